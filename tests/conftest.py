@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vqtok import Tokenizer, VQGANConfig
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+EVAL_PHOTOS = SHARED / "data" / "eval-photos"
+
+# A few-hundred-kB model that runs in milliseconds on a CPU: f4, 512 codes, attention at 16.
+TINY = VQGANConfig(
+    ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(16,), z_channels=16, embed_dim=8, n_embed=512, resolution=64
+)
+
+
+def spread_codebook(model: torch.nn.Module, seed: int = 0) -> None:
+    """Give a random model a trained-like codebook (well separated codes instead of taming's ±1/K init)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        w = model.quantize.embedding.weight
+        w.copy_(torch.randn(w.shape, generator=g) * 0.5)
+
+
+@pytest.fixture
+def tiny_tokenizer() -> Tokenizer:
+    torch.manual_seed(0)
+    tok = Tokenizer.from_config(TINY)
+    spread_codebook(tok.model)
+    return tok
+
+
+def real_photos(n: int = 4) -> list[Image.Image]:
+    """Real photographs: scikit-image's samples (always there in the test extra) + shared eval photos."""
+    from skimage import data
+
+    imgs = [Image.fromarray(getattr(data, name)()) for name in ("astronaut", "chelsea", "coffee", "rocket")]
+    if EVAL_PHOTOS.is_dir():
+        imgs += [Image.open(p).convert("RGB") for p in sorted(EVAL_PHOTOS.glob("*.jpg"))[:4]]
+    return imgs[:n]
+
+
+@pytest.fixture
+def photos() -> list[Image.Image]:
+    return real_photos(4)
+
+
+@pytest.fixture
+def photo_array() -> np.ndarray:
+    return np.array(real_photos(1)[0].resize((64, 64)))

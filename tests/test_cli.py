@@ -1,0 +1,89 @@
+"""The `vqtok` command line: encode / decode / info, and one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import real_photos
+from vqtok import Tokenizer
+from vqtok.cli import main
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vqtok", *args], capture_output=True, text=True)
+
+
+@pytest.fixture
+def model_dir(tiny_tokenizer, tmp_path):
+    return tiny_tokenizer.save_pretrained(tmp_path / "model")
+
+
+@pytest.fixture
+def image_files(tmp_path):
+    paths = []
+    for i, img in enumerate(real_photos(3)):
+        p = tmp_path / f"img{i}.jpg"
+        img.save(p, quality=95)
+        paths.append(str(p))
+    return paths
+
+
+def test_encode_decode_round_trip(model_dir, image_files, tmp_path, capsys):
+    out = tmp_path / "ids.npy"
+    assert main(["encode", *image_files, "--model", str(model_dir), "--out", str(out), "--size", "64"]) == 0
+    ids = np.load(out)
+    assert ids.shape == (3, 16, 16) and ids.dtype == np.uint16
+    tok = Tokenizer.from_pretrained(model_dir)
+    expected = tok.encode([Image.open(p) for p in image_files], size=64)
+    assert np.array_equal(ids, expected.numpy())
+    assert main(["decode", str(out), "--model", str(model_dir), "--out", str(tmp_path / "dec")]) == 0
+    pngs = sorted((tmp_path / "dec").glob("*.png"))
+    assert [p.name for p in pngs] == ["000000.png", "000001.png", "000002.png"]
+    assert np.array_equal(np.asarray(Image.open(pngs[1])), tok.decode(expected, output="np")[1])
+    assert "encoded 3 image(s)" in capsys.readouterr().out
+
+
+def test_info_json(model_dir, capsys):
+    import json
+
+    assert main(["info", str(model_dir), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["codebook_size"] == 512 and info["downsample_factor"] == 4
+    tok = Tokenizer.from_pretrained(model_dir)
+    assert info["parameters"] == sum(p.numel() for p in tok.model.parameters())
+
+
+def test_errors_are_one_line_without_traceback(model_dir, image_files, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    r = run("encode", str(bad), "--model", str(model_dir), "--out", str(tmp_path / "x.npy"))
+    assert r.returncode == 2 and "not a readable image" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x.npy").exists()
+    r = run("encode", image_files[1], "--model", str(model_dir), "--out", str(tmp_path / "x.npy"))
+    assert r.returncode == 2 and "size=" in r.stderr
+    r = run("info", str(tmp_path / "nowhere"))
+    assert r.returncode == 2 and "neither a local folder nor a Hub repo" in r.stderr
+    np.save(tmp_path / "big.npy", np.full((4, 4), 9999, dtype=np.int32))
+    r = run("decode", str(tmp_path / "big.npy"), "--model", str(model_dir), "--out", str(tmp_path / "d"))
+    assert r.returncode == 2 and "[0, 511]" in r.stderr
+    r = run("decode", str(tmp_path / "missing.npy"), "--model", str(model_dir), "--out", str(tmp_path / "d"))
+    assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+def test_version_and_help():
+    r = run("--help")
+    assert r.returncode == 0 and "encode" in r.stdout and "convert" in r.stdout
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout.startswith("vqtok ")
+
+
+def test_stdout_is_clean_when_loading(model_dir, capsys):
+    Tokenizer.from_pretrained(model_dir).encode(torch.zeros(1, 3, 64, 64))
+    assert capsys.readouterr().out == ""

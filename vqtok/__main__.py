@@ -1,0 +1,5 @@
+import sys
+
+from vqtok.cli import main
+
+sys.exit(main())

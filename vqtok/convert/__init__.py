@@ -1,0 +1,6 @@
+"""Importers for checkpoints of other code bases; all read files with a restricted unpickler."""
+
+from vqtok.convert.safe_pickle import Placeholder, UnsafeCheckpointError, load_checkpoint
+from vqtok.convert.taming import from_taming, infer_taming_config, taming_config_from_yaml
+
+__all__ = ["from_taming", "infer_taming_config", "taming_config_from_yaml", "load_checkpoint", "Placeholder", "UnsafeCheckpointError"]

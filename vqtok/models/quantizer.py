@@ -1,0 +1,125 @@
+"""Nearest-code vector quantization (van den Oord et al. 2017; as used by taming-transformers).
+
+``VectorQuantizer`` maps encoder features ẑ to their nearest codebook entry,
+z_q = argmin_k ‖ẑ − e_k‖², and back again with :meth:`VectorQuantizer.codes`
+(the inverse, ``ids -> codes``). Parameter layout follows taming-transformers:
+a single ``embedding`` (``nn.Embedding(n_embed, embed_dim)``), so its checkpoints
+load with strict key matching.
+
+Loss (training only)::
+
+    codebook   = ‖sg[ẑ] − z_q‖²      # moves codes towards encoder outputs
+    commitment = ‖ẑ − sg[z_q]‖²      # keeps the encoder close to its codes
+    loss = codebook + β · commitment                      (legacy=False, the paper)
+    loss = commitment + β · codebook                      (legacy=True, taming's default)
+
+taming-transformers' ``VectorQuantizer``/``VectorQuantizer2(legacy=True)`` puts β on the
+codebook term instead of the commitment term (a historical slip it keeps for
+reproducibility); ``legacy=True`` reproduces that exactly, ``legacy=False`` is the paper's form.
+Gradients reach the encoder through the straight-through estimator ẑ + sg[z_q − ẑ].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["VectorQuantizer", "QuantizerOutput", "nearest_code"]
+
+# Rows of the (N, K) distance matrix computed at once: bounds the extra memory of the
+# search to about 64 MiB of float32 whatever N (batch × grid) and K are.
+_DISTANCE_BUDGET = 1 << 24
+
+
+@dataclass
+class QuantizerOutput:
+    z_q: torch.Tensor  # (B, D, h, w) quantized features (straight-through in training)
+    ids: torch.Tensor  # (B, h, w) long, index of the nearest code
+    loss: torch.Tensor  # () codebook + commitment loss (0 when not training)
+
+
+def nearest_code(z: torch.Tensor, codebook: torch.Tensor, *, chunk_size: int | None = None) -> torch.Tensor:
+    """Index of the nearest codebook row for every row of ``z``.
+
+    z: (N, D), codebook: (K, D) -> (N,) long. Distances are ‖z‖² + ‖e‖² − 2 z·eᵀ, evaluated in
+    the same order as taming-transformers (so ties and rounding match), chunked over N so the
+    (N, K) matrix never exists whole. Computed in float32 at least, whatever the input dtype.
+    """
+    if z.ndim != 2 or codebook.ndim != 2 or z.shape[1] != codebook.shape[1]:
+        raise ValueError(f"nearest_code expects z (N, D) and codebook (K, D), got {tuple(z.shape)} and {tuple(codebook.shape)}")
+    dtype = torch.promote_types(z.dtype, torch.float32)
+    z = z.to(dtype)
+    codebook = codebook.to(dtype)
+    n, k = z.shape[0], codebook.shape[0]
+    if chunk_size is None:
+        chunk_size = max(1, _DISTANCE_BUDGET // max(k, 1))
+    e_sq = torch.sum(codebook**2, dim=1)  # (K,)
+    ids = torch.empty(n, dtype=torch.long, device=z.device)
+    for start in range(0, n, chunk_size):
+        zc = z[start : start + chunk_size]  # (n_c, D)
+        d = torch.sum(zc**2, dim=1, keepdim=True) + e_sq - 2 * torch.matmul(zc, codebook.t())  # (n_c, K)
+        ids[start : start + chunk_size] = torch.argmin(d, dim=1)
+    return ids
+
+
+class VectorQuantizer(nn.Module):
+    """Codebook of ``n_embed`` vectors of size ``embed_dim`` with nearest-code lookup.
+
+    Args:
+        n_embed: number of codes K.
+        embed_dim: code dimension D.
+        beta: weight of the β term of the loss (see module docstring).
+        legacy: taming's term order (β on the codebook term); ``False`` for the paper's.
+        l2_norm: compare and return l2-normalised codes and features (cosine lookup,
+            ViT-VQGAN / LlamaGen). Taming checkpoints use ``False``.
+    """
+
+    def __init__(
+        self, n_embed: int, embed_dim: int, *, beta: float = 0.25, legacy: bool = True, l2_norm: bool = False
+    ) -> None:
+        super().__init__()
+        if n_embed < 1 or embed_dim < 1:
+            raise ValueError(f"n_embed and embed_dim must be positive, got {n_embed} and {embed_dim}")
+        self.n_embed = n_embed
+        self.embed_dim = embed_dim
+        self.beta = beta
+        self.legacy = legacy
+        self.l2_norm = l2_norm
+        self.embedding = nn.Embedding(n_embed, embed_dim)
+        self.embedding.weight.data.uniform_(-1.0 / n_embed, 1.0 / n_embed)
+
+    def codebook(self) -> torch.Tensor:
+        """The codes as used for lookup: (K, D)."""
+        weight = self.embedding.weight
+        return F.normalize(weight, dim=1) if self.l2_norm else weight
+
+    def lookup(self, z: torch.Tensor) -> torch.Tensor:
+        """Ids of the nearest codes: z (B, D, h, w) -> (B, h, w) long."""
+        b, d, h, w = z.shape
+        z_flat = z.permute(0, 2, 3, 1).reshape(-1, d)  # (B*h*w, D)
+        if self.l2_norm:
+            z_flat = F.normalize(z_flat, dim=1)
+        return nearest_code(z_flat, self.codebook()).view(b, h, w)
+
+    def codes(self, ids: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`lookup`: ids (B, h, w) -> codes (B, D, h, w)."""
+        return F.embedding(ids, self.codebook()).permute(0, 3, 1, 2).contiguous()
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        ids = self.lookup(z)  # (B, h, w)
+        z_q = self.codes(ids).to(z.dtype)  # (B, D, h, w)
+        if self.l2_norm:
+            z = F.normalize(z, dim=1)
+        if not self.training:
+            return QuantizerOutput(z_q=z_q, ids=ids, loss=z.new_zeros(()))
+        codebook = torch.mean((z.detach() - z_q) ** 2)
+        commitment = torch.mean((z - z_q.detach()) ** 2)
+        if self.legacy:
+            loss = commitment + self.beta * codebook
+        else:
+            loss = codebook + self.beta * commitment
+        z_q = z + (z_q - z).detach()  # straight-through estimator
+        return QuantizerOutput(z_q=z_q, ids=ids, loss=loss)

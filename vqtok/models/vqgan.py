@@ -1,0 +1,294 @@
+"""VQGAN autoencoder (Esser, Rombach & Ommer 2021, "Taming Transformers").
+
+Encoder E: image -> ẑ, codebook Z: ẑ -> ids -> z_q, decoder G: z_q -> image.
+Module and parameter names follow taming-transformers' ``VQModel`` exactly
+(``encoder.down.0.block.1.norm1.weight``, ``quantize.embedding.weight``,
+``decoder.up.3.attn.0.q.weight``, ...), so its checkpoints load with ``strict=True``.
+
+Shapes below: B batch, C channels, H×W image, h×w = (H/f)×(W/f) token grid, f = 2**(levels-1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vqtok.models.quantizer import QuantizerOutput, VectorQuantizer
+
+__all__ = ["VQGANConfig", "VQGAN", "Encoder", "Decoder"]
+
+
+@dataclass(frozen=True)
+class VQGANConfig:
+    """Architecture of a VQGAN. Defaults are taming's ImageNet f16-1024 model."""
+
+    ch: int = 128  # base channel count of the first level
+    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)  # channel multiplier per level; f = 2**(len-1)
+    num_res_blocks: int = 2  # ResNet blocks per encoder level (decoder uses one more)
+    attn_resolutions: tuple[int, ...] = (16,)  # feature-map sides (relative to `resolution`) with attention
+    z_channels: int = 256  # channels of the encoder output / decoder input
+    embed_dim: int = 256  # code dimension D (quant_conv maps z_channels -> embed_dim)
+    n_embed: int = 1024  # codebook size K
+    resolution: int = 256  # training image side; only places the attention levels
+    in_channels: int = 3  # image channels in
+    out_ch: int = 3  # image channels out
+    dropout: float = 0.0  # dropout inside ResNet blocks (training only)
+    beta: float = 0.25  # commitment weight of the quantizer loss
+    legacy_loss: bool = True  # taming's term order for β (see vqtok.models.quantizer)
+    l2_norm_codes: bool = False  # cosine (l2-normalised) code lookup
+
+    def __post_init__(self) -> None:
+        # JSON gives lists; keep the dataclass hashable and comparable.
+        object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
+        object.__setattr__(self, "attn_resolutions", tuple(int(r) for r in self.attn_resolutions))
+        if not self.ch_mult:
+            raise ValueError("ch_mult must have at least one level")
+        if any((self.ch * m) % 32 for m in (1,) + self.ch_mult):
+            raise ValueError(
+                f"GroupNorm(32) needs channel counts divisible by 32: ch={self.ch}, ch_mult={self.ch_mult}"
+            )
+        if self.n_embed < 1 or self.embed_dim < 1:
+            raise ValueError(f"n_embed and embed_dim must be positive, got {self.n_embed}, {self.embed_dim}")
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ch_mult"] = list(self.ch_mult)
+        d["attn_resolutions"] = list(self.attn_resolutions)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "VQGANConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown VQGAN config keys: {', '.join(unknown)}")
+        return cls(**dict(d))
+
+    def hash(self) -> str:
+        """Short stable hash of the architecture (used to tag token corpora)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def Normalize(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
+
+
+def swish(x: torch.Tensor) -> torch.Tensor:
+    return F.silu(x)
+
+
+class ResnetBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = Normalize(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = Normalize(out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        if in_channels != out_channels:
+            self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, H, W) -> (B, C_out, H, W)
+        h = self.conv1(swish(self.norm1(x)))
+        h = self.conv2(self.dropout(swish(self.norm2(h))))
+        if hasattr(self, "nin_shortcut"):
+            x = self.nin_shortcut(x)
+        return x + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over all h×w positions (1×1 conv projections)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm = Normalize(channels)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.k = nn.Conv2d(channels, channels, 1)
+        self.v = nn.Conv2d(channels, channels, 1)
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
+        b, c, h, w = x.shape
+        y = self.norm(x)
+        # (B, C, H, W) -> (B, 1, H*W, C): one head over all positions
+        q, k, v = (t.reshape(b, 1, c, h * w).transpose(2, 3) for t in (self.q(y), self.k(y), self.v(y)))
+        y = F.scaled_dot_product_attention(q, k, v)  # (B, 1, H*W, C), scale C**-0.5 as taming
+        y = y.transpose(2, 3).reshape(b, c, h, w)
+        return x + self.proj_out(y)
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, C, H/2, W/2)
+        return self.conv(F.pad(x, (0, 1, 0, 1)))  # taming's asymmetric padding
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, C, 2H, 2W)
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class _Level(nn.Module):
+    """One resolution level: ``block`` (ResNets), ``attn`` (maybe empty), then ``downsample``/``upsample``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = nn.ModuleList()
+        self.attn = nn.ModuleList()
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        for i, block in enumerate(self.block):
+            h = block(h)
+            if len(self.attn) > 0:
+                h = self.attn[i](h)
+        return h
+
+
+class _Mid(nn.Module):
+    def __init__(self, channels: int, dropout: float) -> None:
+        super().__init__()
+        self.block_1 = ResnetBlock(channels, channels, dropout)
+        self.attn_1 = AttnBlock(channels)
+        self.block_2 = ResnetBlock(channels, channels, dropout)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.block_2(self.attn_1(self.block_1(h)))
+
+
+class Encoder(nn.Module):
+    """Image (B, in_channels, H, W) -> features (B, z_channels, H/f, W/f)."""
+
+    def __init__(self, cfg: VQGANConfig) -> None:
+        super().__init__()
+        self.conv_in = nn.Conv2d(cfg.in_channels, cfg.ch, 3, padding=1)
+        in_mult = (1,) + cfg.ch_mult
+        res = cfg.resolution
+        self.down = nn.ModuleList()
+        block_out = cfg.ch
+        for i, mult in enumerate(cfg.ch_mult):
+            level = _Level()
+            block_in, block_out = cfg.ch * in_mult[i], cfg.ch * mult
+            for _ in range(cfg.num_res_blocks):
+                level.block.append(ResnetBlock(block_in, block_out, cfg.dropout))
+                block_in = block_out
+                if res in cfg.attn_resolutions:
+                    level.attn.append(AttnBlock(block_out))
+            if i != len(cfg.ch_mult) - 1:
+                level.downsample = Downsample(block_out)
+                res //= 2
+            self.down.append(level)
+        self.mid = _Mid(block_out, cfg.dropout)
+        self.norm_out = Normalize(block_out)
+        self.conv_out = nn.Conv2d(block_out, cfg.z_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x)
+        for level in self.down:
+            h = level(h)
+            if hasattr(level, "downsample"):
+                h = level.downsample(h)
+        h = self.mid(h)
+        return self.conv_out(swish(self.norm_out(h)))
+
+
+class Decoder(nn.Module):
+    """Features (B, z_channels, h, w) -> image (B, out_ch, h*f, w*f), roughly in [-1, 1]."""
+
+    def __init__(self, cfg: VQGANConfig) -> None:
+        super().__init__()
+        n = len(cfg.ch_mult)
+        block_in = cfg.ch * cfg.ch_mult[-1]
+        res = cfg.resolution // 2 ** (n - 1)
+        self.conv_in = nn.Conv2d(cfg.z_channels, block_in, 3, padding=1)
+        self.mid = _Mid(block_in, cfg.dropout)
+        levels: list[_Level] = []
+        for i in reversed(range(n)):
+            level = _Level()
+            block_out = cfg.ch * cfg.ch_mult[i]
+            for _ in range(cfg.num_res_blocks + 1):
+                level.block.append(ResnetBlock(block_in, block_out, cfg.dropout))
+                block_in = block_out
+                if res in cfg.attn_resolutions:
+                    level.attn.append(AttnBlock(block_out))
+            if i != 0:
+                level.upsample = Upsample(block_out)
+                res *= 2
+            levels.insert(0, level)
+        self.up = nn.ModuleList(levels)  # indexed like taming: up[0] is the full-resolution level
+        self.norm_out = Normalize(block_in)
+        self.conv_out = nn.Conv2d(block_in, cfg.out_ch, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.mid(self.conv_in(z))
+        for level in reversed(self.up):
+            h = level(h)
+            if hasattr(level, "upsample"):
+                h = level.upsample(h)
+        return self.conv_out(swish(self.norm_out(h)))
+
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """Weight of the final conv (where the adaptive GAN weight λ is measured)."""
+        return self.conv_out.weight
+
+
+@dataclass
+class VQGANOutput:
+    reconstruction: torch.Tensor  # (B, out_ch, H, W), roughly in [-1, 1]
+    ids: torch.Tensor  # (B, h, w) long
+    codebook_loss: torch.Tensor  # () quantizer loss (0 in eval mode)
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class VQGAN(nn.Module):
+    """Encoder, codebook and decoder with taming's ``VQModel`` parameter layout."""
+
+    def __init__(self, config: VQGANConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or VQGANConfig()
+        cfg = self.config
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        self.quantize = VectorQuantizer(
+            cfg.n_embed, cfg.embed_dim, beta=cfg.beta, legacy=cfg.legacy_loss, l2_norm=cfg.l2_norm_codes
+        )
+        self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.embed_dim, 1)
+        self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1)
+
+    @property
+    def downsample_factor(self) -> int:
+        return self.config.downsample_factor
+
+    def encode(self, x: torch.Tensor) -> QuantizerOutput:
+        """x (B, 3, H, W) in [-1, 1] -> quantized features, ids and codebook loss."""
+        return self.quantize(self.quant_conv(self.encoder(x)))
+
+    def decode(self, z_q: torch.Tensor) -> torch.Tensor:
+        """z_q (B, D, h, w) -> image (B, 3, H, W), roughly in [-1, 1]."""
+        return self.decoder(self.post_quant_conv(z_q))
+
+    def decode_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, h, w) long -> image (B, 3, H, W)."""
+        z_q = self.quantize.codes(ids).to(self.post_quant_conv.weight.dtype)
+        return self.decode(z_q)
+
+    def forward(self, x: torch.Tensor) -> VQGANOutput:
+        q = self.encode(x)
+        return VQGANOutput(reconstruction=self.decode(q.z_q), ids=q.ids, codebook_loss=q.loss)

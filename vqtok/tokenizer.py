@@ -1,0 +1,284 @@
+"""``Tokenizer``: images in, token ids out, and back — the user-facing face of a VQGAN.
+
+    >>> tok = Tokenizer.from_pretrained("some-org/some-vqgan")   # or a local folder
+    >>> ids = tok.encode(image)          # (h, w) long; a batch gives (B, h, w)
+    >>> img = tok.decode(ids)            # PIL image; a batch gives a list
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vqtok import hub
+from vqtok.images import from_model_output, to_model_input, to_uint8_batch
+from vqtok.models.vqgan import VQGAN, VQGANConfig
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Tokenizer", "MODEL_TYPE"]
+
+MODEL_TYPE = "vqgan"
+Precision = Literal["fp32", "bf16", "fp16"]
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Tokenizer:
+    """Wraps a :class:`~vqtok.models.vqgan.VQGAN` with image conversion, batching and device handling.
+
+    Args:
+        model: the VQGAN (put in eval mode; weights are not copied).
+        batch_size: images per forward pass; larger inputs are processed in chunks.
+        precision: ``"fp32"`` (exact: same tokens as taming-transformers), or ``"bf16"`` / ``"fp16"``
+            (autocast; faster, ids agree with fp32 on most but not all positions). The nearest-code
+            search always runs in float32.
+    """
+
+    def __init__(self, model: VQGAN, *, batch_size: int = 32, precision: Precision = "fp32") -> None:
+        if not isinstance(model, VQGAN):
+            raise TypeError(f"Tokenizer wraps a vqtok VQGAN, got {type(model).__name__}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be 'fp32', 'bf16' or 'fp16', got {precision!r}")
+        self.model = model.eval()
+        self.batch_size = batch_size
+        self.precision: Precision = precision
+
+    # ------------------------------------------------------------------ construction and I/O
+    @classmethod
+    def from_config(cls, config: VQGANConfig, **kwargs: Any) -> "Tokenizer":
+        """A randomly initialised tokenizer (for training or tests)."""
+        return cls(VQGAN(config), **kwargs)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        repo_id_or_dir: str | os.PathLike[str],
+        *,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        local_files_only: bool = False,
+        device: str | torch.device | None = None,
+        precision: Precision = "fp32",
+        batch_size: int = 32,
+    ) -> "Tokenizer":
+        """Load a vqtok model folder or Hub repo (``model.safetensors`` + ``config.json``), strictly."""
+        config, state = hub.load_pretrained(
+            repo_id_or_dir,
+            model_type=MODEL_TYPE,
+            revision=revision,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+        )
+        model = VQGAN(VQGANConfig.from_dict(config))
+        _load_strict(model, state, source=str(repo_id_or_dir))
+        tok = cls(model, batch_size=batch_size, precision=precision)
+        if device is not None:
+            tok.to(device)
+        return tok
+
+    @classmethod
+    def default(cls, **kwargs: Any) -> "Tokenizer":
+        """The small tokenizer shipped inside the package (works offline)."""
+        folder = Path(__file__).parent / "weights" / "default"
+        if not (folder / hub.WEIGHTS_NAME).is_file():
+            raise FileNotFoundError(
+                f"this vqtok installation has no default tokenizer at {folder}; "
+                "pass --model / Tokenizer.from_pretrained(PATH_OR_REPO) instead"
+            )
+        return cls.from_pretrained(folder, **kwargs)
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
+        """Write ``model.safetensors`` + ``config.json`` to ``directory``."""
+        return hub.save_pretrained(
+            directory, state_dict=self.model.state_dict(), config=self.config.to_dict(), model_type=MODEL_TYPE
+        )
+
+    def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None) -> str:
+        """Save to a temporary folder and upload it to the Hub repo ``repo_id``."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp)
+            return hub.push_to_hub(tmp, repo_id, private=private, token=token)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def config(self) -> VQGANConfig:
+        return self.model.config
+
+    @property
+    def codebook_size(self) -> int:
+        return self.config.n_embed
+
+    @property
+    def downsample_factor(self) -> int:
+        return self.config.downsample_factor
+
+    @property
+    def embed_dim(self) -> int:
+        return self.config.embed_dim
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.quant_conv.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.quant_conv.weight.dtype
+
+    def grid_shape(self, image_size: int | tuple[int, int]) -> tuple[int, int]:
+        """Token grid (h, w) of an image of side ``image_size`` or (H, W)."""
+        hgt, wid = (image_size, image_size) if isinstance(image_size, int) else image_size
+        f = self.downsample_factor
+        if hgt % f or wid % f or hgt <= 0 or wid <= 0:
+            raise ValueError(f"image size {hgt}x{wid} is not a positive multiple of the downsample factor {f}")
+        return hgt // f, wid // f
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "Tokenizer":
+        """Move the model (in place) and return self. ``dtype`` casts the weights (e.g. torch.bfloat16)."""
+        self.model.to(device=device, dtype=dtype)
+        return self
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (
+            f"Tokenizer(f={self.downsample_factor}, codebook_size={c.n_embed}, embed_dim={c.embed_dim}, "
+            f"ch={c.ch}, ch_mult={c.ch_mult}, device={self.device}, precision={self.precision!r})"
+        )
+
+    # ------------------------------------------------------------------ encode / decode
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=_AUTOCAST[self.precision])
+
+    def _chunks(self, n: int) -> Iterator[slice]:
+        for start in range(0, n, self.batch_size):
+            yield slice(start, min(n, start + self.batch_size))
+
+    def encode(self, images: Any, *, size: int | None = None) -> torch.Tensor:
+        """Images -> token ids (long, on CPU): (h, w) for one image, (B, h, w) for a batch.
+
+        Accepts PIL images (any mode), numpy uint8/float arrays, torch uint8/float tensors,
+        single or batched (see :mod:`vqtok.images`). Sides must be multiples of
+        ``downsample_factor`` unless ``size=S`` is given: then the shorter side is resized to S
+        (bicubic, antialiased) and the center S×S crop is taken.
+        """
+        batch = to_uint8_batch(images, size=size)
+        pixels = batch.pixels  # (B, 3, H, W)
+        hgt, wid = pixels.shape[-2:]
+        f = self.downsample_factor
+        if hgt % f or wid % f:
+            raise ValueError(
+                f"image size {wid}x{hgt} (WxH) is not a multiple of the downsample factor {f}; "
+                f"pass size=S (a multiple of {f}, e.g. {max(f, (min(hgt, wid) // f) * f)}) to resize and center-crop"
+            )
+        out = []
+        with torch.inference_mode(), self._autocast():
+            for sl in self._chunks(pixels.shape[0]):
+                x = to_model_input(pixels[sl].to(self.device), dtype=self.dtype)  # (b, 3, H, W) in [-1, 1]
+                out.append(self.model.encode(x).ids.cpu())  # (b, h, w)
+        ids = torch.cat(out)
+        return ids if batch.batched else ids[0]
+
+    def _check_ids(self, ids: Any, grid: tuple[int, int] | None) -> tuple[torch.Tensor, bool]:
+        if isinstance(ids, np.ndarray):
+            if not (np.issubdtype(ids.dtype, np.integer)):
+                raise ValueError(f"token ids must be integers, got numpy dtype {ids.dtype}")
+            ids = torch.from_numpy(ids.astype(np.int64))
+        if not isinstance(ids, torch.Tensor):
+            raise TypeError(f"token ids must be a torch tensor or numpy array, got {type(ids).__name__}")
+        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            raise ValueError(f"token ids must be integers, got dtype {ids.dtype}")
+        if grid is not None:
+            h, w = grid
+            if ids.ndim not in (1, 2) or ids.shape[-1] != h * w:
+                raise ValueError(f"with grid={grid}, ids must be flat (B, {h * w}) or ({h * w},), got {tuple(ids.shape)}")
+            batched = ids.ndim == 2
+            ids = ids.reshape(-1, h, w)
+        elif ids.ndim == 1:
+            side = math.isqrt(ids.numel())
+            if side * side != ids.numel() or side == 0:
+                raise ValueError(f"{ids.numel()} flat ids do not form a square grid; pass grid=(h, w)")
+            ids, batched = ids.reshape(1, side, side), False
+        elif ids.ndim == 2:
+            ids, batched = ids.unsqueeze(0), False
+        elif ids.ndim == 3:
+            batched = True
+        else:
+            raise ValueError(f"token ids must be (h, w), (B, h, w) or flat with grid=(h, w); got shape {tuple(ids.shape)}")
+        if ids.numel() == 0:
+            raise ValueError(f"empty token ids of shape {tuple(ids.shape)}")
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= self.codebook_size:
+            raise ValueError(
+                f"token ids must lie in [0, {self.codebook_size - 1}] (codebook size {self.codebook_size}), "
+                f"got values in [{lo}, {hi}]"
+            )
+        return ids.long(), batched
+
+    def decode(
+        self,
+        ids: Any,
+        *,
+        output: Literal["pil", "np", "pt"] = "pil",
+        grid: tuple[int, int] | None = None,
+    ) -> Any:
+        """Token ids -> images.
+
+        ids: (h, w) or (B, h, w) of any integer dtype; flat (B, h*w)/(h*w,) with ``grid=(h, w)``
+        (a 1-D input of a square length needs no ``grid``).
+        output: ``"pil"`` PIL image (list for a batch); ``"np"`` uint8 (B, H, W, 3);
+        ``"pt"`` float (B, 3, H, W) in [0, 1] = clamp((x + 1) / 2). A single (unbatched)
+        input gives a single image / drops the batch axis.
+        """
+        if output not in ("pil", "np", "pt"):
+            raise ValueError(f"output must be 'pil', 'np' or 'pt', got {output!r}")
+        ids, batched = self._check_ids(ids, grid)
+        out = []
+        with torch.inference_mode(), self._autocast():
+            for sl in self._chunks(ids.shape[0]):
+                x = self.model.decode_ids(ids[sl].to(self.device))  # (b, 3, H, W)
+                out.append(from_model_output(x).cpu())
+        images = torch.cat(out)  # (B, 3, H, W) float in [0, 1]
+        if output == "pt":
+            return images if batched else images[0]
+        arrays = (images * 255.0).round_().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # (B, H, W, 3)
+        if output == "np":
+            return arrays if batched else arrays[0]
+        pil = [Image.fromarray(a) for a in arrays]
+        return pil if batched else pil[0]
+
+    def reconstruct(self, images: Any, *, size: int | None = None, output: Literal["pil", "np", "pt"] = "pil") -> Any:
+        """decode(encode(images)): the round trip used for reconstruction metrics."""
+        return self.decode(self.encode(images, size=size), output=output)
+
+
+def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
+    """load_state_dict(strict=True) with an error that lists what is missing/unexpected/misshapen."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshapen = [
+        f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or misshapen:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshapen)):
+            if items:
+                more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
+                parts.append(f"{label}: {', '.join(items[:5])}{more}")
+        raise ValueError(f"weights in {source} do not match the config: " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
