@@ -260,3 +260,46 @@ def test_decoded_image_can_be_saved_and_reread(tiny_tokenizer):
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     assert Image.open(buf).size == (16, 16)
+
+
+def test_fake_hub_cache_revision(tiny_tokenizer, tmp_path):
+    repo = tmp_path / "hub" / "models--org--m"
+    torch.manual_seed(1)
+    other = Tokenizer.from_config(TINY)
+    tiny_tokenizer.save_pretrained(repo / "snapshots" / ("a" * 40))
+    other.save_pretrained(repo / "snapshots" / ("b" * 40))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("a" * 40)
+    (repo / "refs" / "v2").write_text("b" * 40)
+    main = Tokenizer.from_pretrained("org/m", cache_dir=tmp_path / "hub", local_files_only=True)
+    v2 = Tokenizer.from_pretrained("org/m", revision="v2", cache_dir=tmp_path / "hub", local_files_only=True)
+    w = "quantize.embedding.weight"
+    assert torch.equal(main.model.state_dict()[w], tiny_tokenizer.model.state_dict()[w])
+    assert torch.equal(v2.model.state_dict()[w], other.model.state_dict()[w])
+
+
+def test_push_to_hub_uploads_the_saved_folder(tiny_tokenizer, monkeypatch):
+    import huggingface_hub
+
+    calls = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls["token"] = token
+
+        def create_repo(self, repo_id, private=False, exist_ok=False):
+            calls["create"] = (repo_id, private, exist_ok)
+
+        def upload_folder(self, repo_id, folder_path, commit_message):
+            from pathlib import Path
+
+            calls["files"] = sorted(p.name for p in Path(folder_path).iterdir())
+            calls["config"] = (Path(folder_path) / "config.json").read_text()
+            return "https://huggingface.co/org/m/commit/123"
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    url = tiny_tokenizer.push_to_hub("org/m", private=True, token="t")
+    assert url.endswith("/commit/123")
+    assert calls["create"] == ("org/m", True, True) and calls["token"] == "t"
+    assert calls["files"] == ["config.json", "model.safetensors"]
+    assert '"model_type": "vqgan"' in calls["config"]
