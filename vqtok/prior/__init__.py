@@ -1,0 +1,22 @@
+"""The second stage: an autoregressive transformer prior over VQGAN codebook ids.
+
+``GPT`` / ``GPTConfig`` (model, save/load), ``generate`` (KV-cached, full-recompute and
+sliding-window sampling with classifier-free guidance), ``train`` / ``PriorTrainConfig``.
+See docs/prior.md.
+"""
+
+from vqtok.prior.gpt import GPT, MODEL_TYPE, GPTConfig, KVCache
+from vqtok.prior.sampling import generate
+from vqtok.prior.train import PriorTrainConfig, TrainResult, load_train_config, train
+
+__all__ = [
+    "GPT",
+    "GPTConfig",
+    "KVCache",
+    "MODEL_TYPE",
+    "generate",
+    "PriorTrainConfig",
+    "TrainResult",
+    "load_train_config",
+    "train",
+]

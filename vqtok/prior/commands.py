@@ -1,0 +1,191 @@
+"""CLI subcommands of the prior: ``vqtok train-prior`` and ``vqtok sample``."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_commands", "parse_grid"]
+
+
+def parse_grid(text: str) -> tuple[int, int]:
+    """``"32x32"`` -> (32, 32); also accepts a single number for a square grid."""
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        nums = [int(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"grid must look like 32x32, got {text!r}") from None
+    if len(nums) == 1:
+        nums = nums * 2
+    if len(nums) != 2 or min(nums) < 1:
+        raise ValueError(f"grid must look like 32x32 with positive sizes, got {text!r}")
+    return nums[0], nums[1]
+
+
+def add_commands(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "train-prior",
+        help="train the transformer prior on token shards",
+        description="Train a GPT prior over codebook ids from `vqtok pretokenize` shards.",
+    )
+    p.add_argument("--tokens", help="token shards, e.g. 'tokens/train-{000000..000099}.tar' (or set in --config)")
+    p.add_argument("--out", required=True, help="output folder (model, checkpoint/, log.jsonl)")
+    p.add_argument("--config", help="PriorTrainConfig as YAML (needs pyyaml) or JSON")
+    p.add_argument("--steps", type=int, help="total optimizer steps")
+    p.add_argument("--batch-size", type=int, help="global batch size per optimizer step")
+    p.add_argument("--grad-accum", type=int, help="micro-steps per optimizer step")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--val-tokens", help="validation token shards (default: hold out val_fraction)")
+    p.add_argument("--seed", type=int, help="seed of init, data order and label dropout")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), help="autocast precision")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train_prior)
+
+    s = subparsers.add_parser(
+        "sample",
+        help="sample images from a prior + tokenizer",
+        description="Sample token grids from a prior, decode them with the tokenizer, write an image grid.",
+    )
+    s.add_argument("--prior", required=True, help="prior folder or Hub repo id")
+    s.add_argument("--tokenizer", required=True, help="tokenizer folder or Hub repo id")
+    s.add_argument("--out", required=True, help="output image (png/jpg)")
+    s.add_argument("--n", type=int, default=16, help="number of samples (default 16)")
+    s.add_argument("--label", type=int, help="class label (class-conditional priors)")
+    s.add_argument(
+        "--grid", type=parse_grid, help="token grid HxW (default: the trained grid; larger = sliding window)"
+    )
+    s.add_argument("--window", type=parse_grid, help="sliding-window shape HxW (default: the trained grid)")
+    s.add_argument("--temperature", type=float, default=1.0)
+    s.add_argument("--top-k", type=int)
+    s.add_argument("--top-p", type=float)
+    s.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (needs --label)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--batch-size", type=int, default=16, help="samples generated at once")
+    s.add_argument("--nrow", type=int, help="images per row of the grid (default: ~sqrt(n))")
+    s.add_argument("--save-ids", help="also write the sampled ids (n, h, w) to this .npy file")
+    s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.set_defaults(func=_sample)
+
+
+def _train_prior(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from vqtok.prior.train import PriorTrainConfig, load_train_config, train
+
+    cfg = load_train_config(args.config) if args.config else PriorTrainConfig()
+    overrides = {
+        "tokens": args.tokens,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "grad_accum": args.grad_accum,
+        "lr": args.lr,
+        "val_tokens": args.val_tokens,
+        "seed": args.seed,
+        "device": args.device,
+        "precision": args.precision,
+    }
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    if not cfg.tokens:
+        raise ValueError("give the token shards with --tokens (or `tokens:` in --config)")
+    result = train(cfg, out=args.out, resume=args.resume, progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
+        return 0
+    val = f"{result.val_bits_per_token:.4f}" if result.val_bits_per_token is not None else "n/a"
+    print(f"trained {result.step} steps: loss {result.train_loss:.4f} nats/token, val {val} bits/token -> {result.out}")
+    return 0
+
+
+def _device(name: str) -> Any:
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _image_grid(images: list[Any], *, nrow: int, pad: int = 2) -> Any:
+    from PIL import Image
+
+    w, h = images[0].size
+    rows = math.ceil(len(images) / nrow)
+    canvas = Image.new("RGB", (nrow * w + (nrow + 1) * pad, rows * h + (rows + 1) * pad), (255, 255, 255))
+    for k, im in enumerate(images):
+        r, c = divmod(k, nrow)
+        canvas.paste(im.convert("RGB"), (pad + c * (w + pad), pad + r * (h + pad)))
+    return canvas
+
+
+def _to_pil_list(decoded: Any) -> list[Any]:
+    """Tokenizer.decode(..., output="pil") result -> list of PIL images."""
+    import numpy as np
+    from PIL import Image
+
+    if isinstance(decoded, Image.Image):
+        return [decoded]
+    if isinstance(decoded, np.ndarray):  # (B, H, W, 3) uint8
+        return [Image.fromarray(a) for a in decoded]
+    return list(decoded)
+
+
+def _sample(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    try:
+        from vqtok import Tokenizer  # type: ignore[attr-defined]
+    except ImportError as err:
+        raise ValueError(f"this vqtok has no Tokenizer to decode samples with ({err})") from err
+
+    from vqtok.prior.gpt import GPT
+
+    if args.n < 1 or args.batch_size < 1:
+        raise ValueError("--n and --batch-size must be >= 1")
+    device = _device(args.device)
+    prior = GPT.from_pretrained(args.prior, device=device)
+    tok = Tokenizer.from_pretrained(args.tokenizer, device=device)
+    if int(tok.codebook_size) != prior.config.vocab_size:
+        raise ValueError(
+            f"the prior models {prior.config.vocab_size} codes but the tokenizer has {tok.codebook_size}; "
+            "they were not trained together"
+        )
+    if args.label is not None and not 0 <= args.label < prior.config.n_classes:
+        raise ValueError(f"--label must be in [0, {prior.config.n_classes}) for this prior")
+    if args.cfg_scale != 1.0 and args.label is None:
+        raise ValueError("--cfg-scale needs --label")
+    gen = torch.Generator().manual_seed(args.seed)
+    chunks = []
+    for start in range(0, args.n, args.batch_size):
+        k = min(args.batch_size, args.n - start)
+        chunks.append(
+            prior.generate(
+                k,
+                labels=args.label,
+                grid=args.grid,
+                window=args.window,
+                temperature=args.temperature,
+                top_k=args.top_k,
+                top_p=args.top_p,
+                cfg_scale=args.cfg_scale,
+                generator=gen,
+                progress=not args.no_progress,
+            )
+        )
+    ids = torch.cat(chunks)  # (n, h, w)
+    if args.save_ids:
+        np.save(args.save_ids, ids.cpu().numpy())
+    images: list[Any] = []
+    with torch.no_grad():
+        for start in range(0, args.n, args.batch_size):
+            images.extend(_to_pil_list(tok.decode(ids[start : start + args.batch_size], output="pil")))
+    nrow = args.nrow or math.ceil(math.sqrt(args.n))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _image_grid(images, nrow=nrow).save(out)
+    print(f"wrote {args.n} samples ({ids.shape[1]}x{ids.shape[2]} tokens) to {out}")
+    return 0

@@ -1,0 +1,396 @@
+"""A small nanoGPT-style transformer over VQGAN codebook ids (the second stage).
+
+The prior models an image's token grid ``s`` (h×w codebook ids, read in row-major /
+raster order) autoregressively::
+
+    p(s | c) = ∏_t p(s_t | c, s_<t)          loss = −log p(s | c)
+
+Sequence layout. The model input at position 0 is a *class token* ``c`` (a learned
+embedding; ``n_classes`` real classes plus one extra "null" class). The null class is
+the start token of unconditional models (``n_classes = 0``) and the "no label" input
+that label dropout trains for classifier-free guidance. Input position ``t ≥ 1`` holds
+``s_{t-1}``; the output at position ``t`` predicts ``s_t``. So a grid of ``T = h·w``
+tokens uses exactly ``T`` positions, and ``block_size`` is the number of image tokens
+of the largest grid the model can see at once (256 for 16×16).
+
+Positions are **learned 1-D** embeddings (one per sequence position). They are simple
+and they are what the sliding-window sampler needs: a window of the trained grid shape,
+flattened row-major, occupies the same positions as a training image did. The grid
+shape the model was trained on is kept in ``GPTConfig.train_grid``.
+
+Blocks are pre-LayerNorm (``x + attn(ln(x))``, ``x + mlp(ln(x))``) with causal
+``F.scaled_dot_product_attention``. The output projection shares its weight with the
+token embedding (tied embeddings); on disk only ``tok_emb.weight`` is stored and the
+tie is rebuilt on load (safetensors refuses shared tensors).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
+
+MODEL_TYPE = "gpt-prior"
+
+__all__ = ["GPTConfig", "GPT", "KVCache", "MODEL_TYPE"]
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """Architecture of the prior. Defaults are a ~40M-parameter model for 16×16 grids."""
+
+    vocab_size: int = 1024  # codebook size K of the tokenizer (ids 0..K-1)
+    block_size: int = 256  # max image tokens in context (= h·w of the training grid)
+    n_layer: int = 12  # transformer blocks
+    n_head: int = 8  # attention heads per block (n_embd must divide evenly)
+    n_embd: int = 512  # width of the residual stream
+    n_classes: int = 0  # number of class labels; 0 = unconditional (only the null/start token)
+    dropout: float = 0.0  # dropout on embeddings, attention and residual branches (training only)
+    bias: bool = True  # biases in Linear layers and LayerNorms
+    train_grid: tuple[int, int] | None = None  # (h, w) grid the model was trained on; sliding-window shape
+
+    def __post_init__(self) -> None:
+        if self.train_grid is not None:  # JSON gives lists
+            object.__setattr__(self, "train_grid", (int(self.train_grid[0]), int(self.train_grid[1])))
+            h, w = self.train_grid
+            if h * w > self.block_size:
+                raise ValueError(f"train_grid {h}x{w} has more tokens than block_size={self.block_size}")
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"GPTConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.n_classes < 0:
+            raise ValueError(f"GPTConfig.n_classes must be >= 0, got {self.n_classes}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def null_class(self) -> int:
+        """Index of the null class embedding (start token / dropped label)."""
+        return self.n_classes
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["train_grid"] = list(self.train_grid) if self.train_grid is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown GPTConfig fields: {', '.join(unknown)}")
+        return cls(**d)
+
+
+@dataclass
+class KVCache:
+    """Per-layer keys/values of the positions seen so far (for incremental decoding).
+
+    ``k[i]`` / ``v[i]`` are preallocated ``(B, n_head, block_size, head_dim)`` buffers;
+    the first ``length`` positions are filled.
+    """
+
+    k: list[Tensor] = field(default_factory=list)
+    v: list[Tensor] = field(default_factory=list)
+    length: int = 0
+
+    @classmethod
+    def empty(cls, config: GPTConfig, batch: int, *, device: torch.device, dtype: torch.dtype) -> KVCache:
+        hd = config.n_embd // config.n_head
+        shape = (batch, config.n_head, config.block_size, hd)
+        return cls(
+            k=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)],
+            v=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)],
+            length=0,
+        )
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
+        self.resid_drop = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor, *, cache: KVCache | None = None, layer: int = 0) -> Tensor:
+        B, L, C = x.shape  # x: (B, L, C)
+        q, k, v = self.qkv(x).split(C, dim=2)
+        # (B, L, C) -> (B, nh, L, hd)
+        q, k, v = (t.view(B, L, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        drop = self.dropout if self.training else 0.0
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True)
+        else:
+            start = cache.length
+            cache.k[layer][:, :, start : start + L] = k
+            cache.v[layer][:, :, start : start + L] = v
+            keys = cache.k[layer][:, :, : start + L]  # (B, nh, start+L, hd)
+            values = cache.v[layer][:, :, : start + L]
+            if L == 1:  # one new query attends to every cached position
+                y = F.scaled_dot_product_attention(q, keys, values, dropout_p=drop)
+            else:  # query i (absolute start+i) sees keys 0..start+i
+                mask = torch.ones(L, start + L, dtype=torch.bool, device=x.device).tril(diagonal=start)
+                y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=drop)
+        y = y.transpose(1, 2).contiguous().view(B, L, C)
+        return self.resid_drop(self.proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: Tensor, *, cache: KVCache | None = None, layer: int = 0) -> Tensor:
+        x = x + self.attn(self.ln1(x), cache=cache, layer=layer)
+        return x + self.mlp(self.ln2(x))
+
+
+class GPT(nn.Module):
+    """Autoregressive prior over codebook ids; see the module docstring for the layout."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
+        self.cls_emb = nn.Embedding(config.n_classes + 1, config.n_embd)  # last row = null class
+        self.pos_emb = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.tok_emb.weight  # tied input/output embeddings
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def device(self) -> torch.device:
+        return self.tok_emb.weight.device
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # tied weight counted once
+
+    def _labels(self, labels: Tensor | None, batch: int) -> Tensor:
+        """(B,) long class indices; None / negative -> null class."""
+        null = self.config.null_class
+        if labels is None:
+            return torch.full((batch,), null, dtype=torch.long, device=self.device)
+        labels = torch.as_tensor(labels, device=self.device).long().reshape(-1)
+        if labels.numel() == 1 and batch > 1:
+            labels = labels.expand(batch)
+        if labels.shape != (batch,):
+            raise ValueError(f"labels must have shape ({batch},), got {tuple(labels.shape)}")
+        if bool((labels > null).any()) or bool((labels < -1).any()):
+            raise ValueError(
+                f"labels must be class ids in [0, {self.config.n_classes}) or -1 / {null} for none; "
+                f"the model has n_classes={self.config.n_classes}"
+            )
+        return torch.where(labels < 0, torch.full_like(labels, null), labels)
+
+    def _run(self, x: Tensor, *, cache: KVCache | None, start: int) -> Tensor:
+        """Add positions and run the blocks. x: (B, L, C) input embeddings at positions start.. -> logits (B, L, V)."""
+        L = x.shape[1]
+        if start + L > self.config.block_size:
+            raise ValueError(f"sequence of {start + L} positions exceeds block_size={self.config.block_size}")
+        pos = torch.arange(start, start + L, device=x.device)
+        x = self.drop(x + self.pos_emb(pos))
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache=cache, layer=i)
+        return self.lm_head(self.ln_f(x))
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, ids: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Teacher-forced logits. ids: (B, T) or (B, h, w) long -> logits (B, T, V).
+
+        ``logits[:, t]`` is the prediction of ``ids[:, t]`` from the class token and
+        ``ids[:, :t]``; the last id is never an input. ``labels``: (B,) long, None or -1 = no class.
+        """
+        ids = ids.reshape(ids.shape[0], -1)  # (B, T)
+        B, T = ids.shape
+        c = self.cls_emb(self._labels(labels, B))[:, None]  # (B, 1, C)
+        x = torch.cat([c, self.tok_emb(ids[:, :-1])], dim=1)  # (B, T, C)
+        return self._run(x, cache=None, start=0)
+
+    def loss(self, ids: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Mean next-token cross-entropy in nats per token (scalar)."""
+        ids = ids.reshape(ids.shape[0], -1)
+        logits = self(ids, labels)  # (B, T, V)
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), ids.reshape(-1))
+
+    @torch.no_grad()
+    def log_prob(self, ids: Tensor, labels: Tensor | None = None) -> Tensor:
+        """log p(ids | labels) in nats, summed over tokens. ids: (n, h, w) or (n, T) -> (n,).
+
+        Bits per token: ``-log_prob / (T * ln 2)``.
+        """
+        ids = ids.to(self.device).reshape(ids.shape[0], -1).long()
+        logits = self(ids, labels).float()  # (n, T, V)
+        lp = torch.log_softmax(logits, dim=-1).gather(-1, ids[..., None])[..., 0]  # (n, T)
+        return lp.sum(dim=1)
+
+    def step(self, prev: Tensor | None, labels: Tensor, cache: KVCache) -> Tensor:
+        """One incremental decoding step with a KV cache -> next-token logits (B, V).
+
+        First call (``cache.length == 0``) feeds the class token (``prev`` ignored);
+        later calls feed ``prev`` (B,) long, the token sampled last.
+        """
+        start = cache.length
+        if start == 0:
+            x = self.cls_emb(labels)[:, None]  # (B, 1, C)
+        else:
+            assert prev is not None
+            x = self.tok_emb(prev)[:, None]
+        logits = self._run(x, cache=cache, start=start)[:, -1]
+        cache.length = start + 1
+        return logits
+
+    def next_logits(self, prefix: Tensor, labels: Tensor) -> Tensor:
+        """Full recomputation: logits of the token after ``prefix`` (B, t) -> (B, V)."""
+        c = self.cls_emb(labels)[:, None]
+        x = torch.cat([c, self.tok_emb(prefix)], dim=1)  # (B, t+1, C)
+        return self._run(x, cache=None, start=0)[:, -1]
+
+    def prefill(self, prefix: Tensor, labels: Tensor, cache: KVCache) -> Tensor:
+        """Reset ``cache`` and fill it with the class token + ``prefix`` (B, t) -> next-token logits (B, V)."""
+        cache.length = 0
+        c = self.cls_emb(labels)[:, None]
+        x = torch.cat([c, self.tok_emb(prefix)], dim=1)  # (B, t+1, C)
+        logits = self._run(x, cache=cache, start=0)[:, -1]
+        cache.length = x.shape[1]
+        return logits
+
+    def new_cache(self, batch: int) -> KVCache:
+        return KVCache.empty(self.config, batch, device=self.device, dtype=self.tok_emb.weight.dtype)
+
+    # ------------------------------------------------------------------ sampling
+    def generate(
+        self,
+        n: int,
+        *,
+        labels: Tensor | int | list[int] | None = None,
+        grid: tuple[int, int] | None = None,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        cfg_scale: float = 1.0,
+        generator: torch.Generator | None = None,
+        window: tuple[int, int] | None = None,
+        use_cache: bool = True,
+        progress: bool = False,
+    ) -> Tensor:
+        """Sample ``n`` token grids -> (n, h, w) long; see :func:`vqtok.prior.sampling.generate`."""
+        from vqtok.prior.sampling import generate
+
+        return generate(
+            self,
+            n,
+            labels=labels,
+            grid=grid,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            cfg_scale=cfg_scale,
+            generator=generator,
+            window=window,
+            use_cache=use_cache,
+            progress=progress,
+        )
+
+    # ------------------------------------------------------------------ I/O
+    def state_dict_for_save(self) -> dict[str, Tensor]:
+        """State dict without the tied copy of the embedding (``lm_head.weight``)."""
+        sd = self.state_dict()
+        sd.pop("lm_head.weight", None)
+        return sd
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
+        """Write ``model.safetensors`` + ``config.json`` (model_type ``gpt-prior``)."""
+        from vqtok.hub import save_pretrained
+
+        save_pretrained(
+            directory, state_dict=self.state_dict_for_save(), config=self.config.to_dict(), model_type=MODEL_TYPE
+        )
+
+    def load_weights(self, state: dict[str, Tensor]) -> None:
+        """Load a state dict written by :meth:`state_dict_for_save` (re-ties the head)."""
+        state = dict(state)
+        state.pop("lm_head.weight", None)
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if k != "lm_head.weight"]
+        if missing or unexpected:
+            raise ValueError(f"prior weights do not match the config: missing={missing}, unexpected={unexpected}")
+        self.lm_head.weight = self.tok_emb.weight
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        repo_id_or_dir: str | os.PathLike[str],
+        *,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        local_files_only: bool = False,
+        device: str | torch.device = "cpu",
+    ) -> GPT:
+        """Load a prior from a folder or Hub repo written by :meth:`save_pretrained` (eval mode)."""
+        from vqtok.hub import load_pretrained
+
+        cfg, state = load_pretrained(
+            repo_id_or_dir,
+            model_type=MODEL_TYPE,
+            revision=revision,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+        )
+        model = cls(GPTConfig.from_dict(cfg))
+        model.load_weights(state)
+        return model.to(device).eval()
+
+    def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None) -> str:
+        """Save to a temporary folder and upload it; returns the commit URL."""
+        import tempfile
+
+        from vqtok.hub import push_to_hub
+
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp)
+            return push_to_hub(tmp, repo_id, private=private, token=token)
