@@ -20,6 +20,7 @@ from vqtok import __version__
 # Modules that register subcommands, in the order they appear in --help.
 COMMAND_MODULES: tuple[str, ...] = (
     "vqtok.commands",
+    "vqtok.pipeline.commands",
     "vqtok.prior.commands",
 )
 

@@ -1,0 +1,387 @@
+"""vqtok.pipeline: pretokenize shards -> token shards (+ stats .json, manifest)."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vqtok.models.vqgan import VQGANConfig
+from vqtok.pipeline import (
+    ErrorRateExceeded,
+    commands,
+    expand_inputs,
+    pretokenize,
+    shards_for_rank,
+    tokenize_shard,
+)
+from vqtok.pipeline import shards as shards_mod
+from vqtok.tokenizer import Tokenizer
+
+SIZE = 64
+
+
+def tiny_tokenizer(seed: int = 0, n_embed: int = 512) -> Tokenizer:
+    torch.manual_seed(seed)
+    cfg = VQGANConfig(
+        ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(), z_channels=16, embed_dim=8,
+        n_embed=n_embed, resolution=64,
+    )
+    tok = Tokenizer.from_config(cfg, batch_size=8)
+    with torch.no_grad():  # well separated codes (taming's ±1/K init maps most inputs to a few codes)
+        w = tok.model.quantize.embedding.weight
+        w.copy_(torch.randn(w.shape, generator=torch.Generator().manual_seed(seed)) * 0.5)
+    return tok
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # The tiny model gains nothing from intra-op threads, and they thrash on a loaded 2-core machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tok() -> Tokenizer:
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory, tok: Tokenizer) -> Path:
+    d = tmp_path_factory.mktemp("model")
+    tok.save_pretrained(d)
+    return d
+
+
+def jpeg_bytes(seed: int, w: int = 80, h: int = 72, mode: str = "RGB") -> bytes:
+    rng = np.random.default_rng(seed)
+    base = np.linspace(0, 255, w)[None, :, None] * rng.random(3)[None, None, :] + rng.integers(0, 60, (h, w, 3))
+    img = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+    buf = io.BytesIO()
+    if mode == "RGB":
+        img.save(buf, format="JPEG", quality=90)
+    else:
+        img.convert(mode).save(buf, format="PNG" if mode in ("L", "LA", "P", "I;16") else "JPEG")
+    return buf.getvalue()
+
+
+def write_tar(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> Path:
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tf:
+        for key, fields in samples:
+            for ext, data in fields.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+def good_samples(shard: int, n: int = 4) -> list[tuple[str, dict[str, bytes]]]:
+    out = []
+    for i in range(n):
+        seed = shard * 100 + i
+        out.append(
+            (
+                f"s{shard:02d}_{i:03d}",
+                {
+                    "jpg": jpeg_bytes(seed, w=70 + 7 * i, h=64 + 5 * (i % 3)),
+                    "cls": str(i % 3).encode(),
+                    "txt": f"caption {seed}".encode(),
+                    "json": json.dumps({"seed": seed}).encode(),
+                    "extra": b"dropped",
+                },
+            )
+        )
+    return out
+
+
+@pytest.fixture()
+def data_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "data"
+    d.mkdir()
+    for s in range(3):
+        write_tar(d / f"train-{s:06d}.tar", good_samples(s))
+    return d
+
+
+PATTERN = "train-{000000..000002}.tar"
+
+
+def read_token_shard(path: Path) -> dict[str, dict[str, bytes]]:
+    out: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(path) as tf:
+        for m in tf:
+            key, ext = m.name.split(".", 1)
+            out.setdefault(key, {})[ext] = tf.extractfile(m).read()  # type: ignore[union-attr]
+    return out
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def run(data_dir: Path, out: Path, model, **kw):
+    kw.setdefault("size", SIZE)
+    kw.setdefault("batch_size", 3)
+    kw.setdefault("workers", 0)
+    kw.setdefault("progress", False)
+    return pretokenize(str(data_dir / PATTERN), out, model=model, **kw)
+
+
+# ---------------------------------------------------------------------- round trip and format
+def test_round_trip_equals_encode(data_dir: Path, tmp_path: Path, tok: Tokenizer) -> None:
+    out = tmp_path / "tokens"
+    result = run(data_dir, out, tok)
+    assert result.samples_written == 12 and result.samples_failed == 0
+    for s in range(3):
+        shard = read_token_shard(out / f"train-{s:06d}.tar")
+        assert list(shard) == [k for k, _ in good_samples(s)]  # input order, all keys
+        stats = json.loads((out / f"train-{s:06d}.json").read_text())
+        assert stats["samples_written"] == 4 and stats["samples_failed"] == []
+        assert stats["codebook_size"] == 512 and len(stats["histogram"]) == 512
+        hist = np.zeros(512, dtype=np.int64)
+        for key, fields in good_samples(s):
+            got = shard[key]
+            assert set(got) == {"ids.npy", "cls", "txt", "json"}  # "extra" is not kept
+            for ext in ("cls", "txt", "json"):
+                assert got[ext] == fields[ext]
+            ids = np.load(io.BytesIO(got["ids.npy"]))
+            assert ids.dtype == np.uint16 and ids.shape == (16, 16)
+            ref = tok.encode(Image.open(io.BytesIO(fields["jpg"])), size=SIZE).numpy()
+            np.testing.assert_array_equal(ids, ref)
+            hist += np.bincount(ids.ravel(), minlength=512)
+        assert stats["histogram"] == hist.tolist()
+        assert (hist > 0).sum() > 20  # ids are diverse enough for equality to mean something
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["shards_done"] == [f"train-{s:06d}.tar" for s in range(3)]
+    assert manifest["totals"]["samples_written"] == 12
+    assert manifest["config_hash"] == tok.config.hash() and "histogram" not in manifest
+
+
+def test_reader_gets_the_same_ids_as_encode(data_dir: Path, tmp_path: Path, tok: Tokenizer) -> None:
+    from vqtok.data import load_token_corpus, token_dataset
+
+    out = tmp_path / "tokens"
+    run(data_dir, out, tok)
+    corpus = load_token_corpus(str(out / PATTERN))
+    samples = [kv for s in range(3) for kv in good_samples(s)]
+    assert corpus.keys == [k for k, _ in samples] and corpus.codebook_size == 512
+    assert corpus.labels.tolist() == [int(f["cls"]) for _, f in samples]
+    want = tok.encode([Image.open(io.BytesIO(f["jpg"])) for _, f in samples], size=SIZE).numpy()
+    np.testing.assert_array_equal(corpus.ids, want)
+    streamed = {d["__key__"]: d["ids"].numpy() for d in token_dataset(str(out / PATTERN), shuffle=0, as_dict=True)}
+    for i, (key, _) in enumerate(samples):
+        np.testing.assert_array_equal(streamed[key], want[i])
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+def test_keep_option_and_workers_give_same_bytes(data_dir: Path, tmp_path: Path, tok: Tokenizer) -> None:
+    run(data_dir, tmp_path / "a", tok, keep=("cls",))
+    run(data_dir, tmp_path / "b", tok, keep=("cls",), workers=3, batch_size=3)
+    assert folder_bytes(tmp_path / "a") == folder_bytes(tmp_path / "b")
+    assert set(read_token_shard(tmp_path / "a" / "train-000000.tar")["s00_000"]) == {"ids.npy", "cls"}
+
+
+def test_int32_for_large_codebooks(tmp_path: Path) -> None:
+    big = tiny_tokenizer(n_embed=65537)
+    src = write_tar(tmp_path / "x.tar", good_samples(0, n=2))
+    stats = tokenize_shard(src, tmp_path / "out" / "x.tar", big, size=SIZE)
+    ids = np.load(io.BytesIO(read_token_shard(tmp_path / "out" / "x.tar")["s00_000"]["ids.npy"]))
+    assert ids.dtype == np.int32 and stats.ids_dtype == "int32"
+    np.testing.assert_array_equal(ids, big.encode(Image.open(io.BytesIO(good_samples(0, n=1)[0][1]["jpg"])), size=SIZE))
+
+
+# ---------------------------------------------------------------------- bad data
+def test_bad_samples_are_recorded_and_the_run_goes_on(tmp_path: Path, tok: Tokenizer) -> None:
+    good = good_samples(0, n=2)
+    jpg = good[0][1]["jpg"]
+    samples = [
+        good[0],
+        ("corrupt", {"jpg": jpg[: len(jpg) // 3] + b"garbage" * 10, "cls": b"1"}),
+        ("empty", {"jpg": b""}),
+        ("noimage", {"txt": b"only text"}),
+        ("notanimage", {"png": b"this is not a png"}),
+        ("grey16", {"png": jpeg_bytes(5, mode="I;16")}),
+        ("palette", {"png": jpeg_bytes(6, mode="P")}),
+        good[1],
+    ]
+    src = write_tar(tmp_path / "bad.tar", samples)
+    stats = tokenize_shard(src, tmp_path / "out" / "bad.tar", tok, size=SIZE, batch_size=3)
+    failed = {f["key"]: f["reason"] for f in stats.samples_failed}
+    assert set(failed) == {"corrupt", "empty", "noimage", "notanimage"}
+    assert "zero-size" in failed["empty"] and "no image field" in failed["noimage"]
+    assert "not a readable image" in failed["notanimage"]
+    written = read_token_shard(tmp_path / "out" / "bad.tar")
+    assert list(written) == ["s00_000", "grey16", "palette", "s00_001"]
+    # The good samples next to bad ones in a batch still match encode().
+    ref = tok.encode(Image.open(io.BytesIO(samples[5][1]["png"])), size=SIZE).numpy()
+    np.testing.assert_array_equal(np.load(io.BytesIO(written["grey16"]["ids.npy"])), ref)
+    on_disk = json.loads((tmp_path / "out" / "bad.json").read_text())
+    assert on_disk["samples_written"] == 4 and len(on_disk["samples_failed"]) == 4
+
+
+@pytest.mark.parametrize("cut", ["mid-member", "boundary", "garbage"])
+def test_truncated_tar(tmp_path: Path, tok: Tokenizer, cut: str) -> None:
+    samples = good_samples(1, n=4)
+    full = write_tar(tmp_path / "full.tar", samples).read_bytes()
+    with tarfile.open(tmp_path / "full.tar") as tf:
+        members = tf.getmembers()
+    third_key = samples[2][0]
+    first_of_third = next(m for m in members if m.name.startswith(third_key))
+    if cut == "mid-member":
+        data = full[: first_of_third.offset_data + first_of_third.size // 2]
+    elif cut == "boundary":
+        data = full[: first_of_third.offset]  # ends exactly between samples, no end-of-archive blocks
+    else:
+        data = full[: first_of_third.offset] + b"\x07" * 2048
+    src = tmp_path / "cut.tar"
+    src.write_bytes(data)
+    stats = tokenize_shard(src, tmp_path / "out" / "cut.tar", tok, size=SIZE)
+    keys = [f["key"] for f in stats.samples_failed]
+    assert "<rest of shard>" in keys
+    assert all("truncated or corrupt tar" in f["reason"] for f in stats.samples_failed)
+    written = list(read_token_shard(tmp_path / "out" / "cut.tar"))
+    assert written[0] == samples[0][0] and third_key not in written
+    assert stats.samples_written + stats.num_failed - 1 <= 3
+
+
+def test_unreadable_shard_does_not_stop_the_run(data_dir: Path, tmp_path: Path, tok: Tokenizer) -> None:
+    (data_dir / "train-000001.tar").write_bytes(b"not a tar at all" * 10)
+    result = run(data_dir, tmp_path / "t", tok, max_error_rate=None, workers=2, batch_size=2)
+    assert result.samples_written == 8
+    stats = json.loads((tmp_path / "t" / "train-000001.json").read_text())
+    assert stats["samples_written"] == 0 and stats["samples_failed"][0]["key"] == "<rest of shard>"
+
+
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    commands.add_commands(parser.add_subparsers())
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_exit_code_follows_max_error_rate(data_dir: Path, tmp_path: Path, model_dir: Path, capsys) -> None:
+    write_tar(data_dir / "train-000001.tar", good_samples(1, n=3) + [("bad", {"jpg": b"\xff\xd8broken"})])
+    base = ["pretokenize", "--model", str(model_dir), "--input", str(data_dir / PATTERN), "--size", str(SIZE), "--batch-size", "4", "--workers", "0", "--no-progress"]
+    assert cli(base + ["--output", str(tmp_path / "a"), "--max-error-rate", "0.05"]) == 1  # 1/12 > 5 %
+    captured = capsys.readouterr()
+    assert "11 samples written, 1 failed" in captured.out and "bad" in captured.err
+    assert cli(base + ["--output", str(tmp_path / "a"), "--max-error-rate", "0.1"]) == 0  # rerun: same totals, now allowed
+    assert "0 done now, 3 already complete" in capsys.readouterr().out
+    with pytest.raises(ErrorRateExceeded) as info:
+        run(data_dir, tmp_path / "b", str(model_dir), max_error_rate=0.0)
+    assert info.value.result.samples_failed == 1
+    assert (tmp_path / "b" / "train-000002.json").is_file()  # everything was still written
+
+
+# ---------------------------------------------------------------------- exactly once
+def test_resume_after_crash_is_byte_identical(data_dir: Path, tmp_path: Path, tok: Tokenizer, monkeypatch) -> None:
+    ref = tmp_path / "ref"
+    run(data_dir, ref, tok)
+
+    out = tmp_path / "out"
+    calls = {"n": 0}
+    real = shards_mod._add_member
+
+    def crashing(tf, name, data):
+        calls["n"] += 1
+        if calls["n"] == 20:  # in the middle of the second shard
+            raise KeyboardInterrupt("killed")
+        real(tf, name, data)
+
+    monkeypatch.setattr(shards_mod, "_add_member", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        run(data_dir, out, tok)
+    monkeypatch.setattr(shards_mod, "_add_member", real)
+    assert (out / "train-000000.json").is_file() and not (out / "train-000001.json").exists()
+    # What a hard kill leaves behind: temporary files of a dead process, and a tar renamed before its .json.
+    (out / "train-000001.tar.tmp-deadhost-4242").write_bytes(b"partial")
+    (out / "train-000001.json.tmp-deadhost-4242").write_bytes(b"{")
+    (out / "train-000002.tar").write_bytes(b"renamed, but the .json never was")
+
+    before = (out / "train-000000.tar").stat().st_mtime_ns
+    result = run(data_dir, out, tok)
+    assert [s.skipped for s in result.shards] == [True, False, False]
+    assert (out / "train-000000.tar").stat().st_mtime_ns == before
+    assert folder_bytes(out) == folder_bytes(ref)
+
+    again = run(data_dir, out, tok)
+    assert again.shards_processed == 0 and again.samples_written == 12
+    assert folder_bytes(out) == folder_bytes(ref)
+
+
+# ---------------------------------------------------------------------- ranks
+def test_ranks_split_disjointly_and_union_equals_single_run(data_dir: Path, tmp_path: Path, tok: Tokenizer, monkeypatch) -> None:
+    names = list(range(7))
+    parts = [shards_for_rank(names, r, 3) for r in range(3)]
+    assert sorted(x for p in parts for x in p) == names and parts[0] == [0, 3, 6]
+
+    run(data_dir, tmp_path / "single", tok)
+    for rank in (1, 0):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        result = run(data_dir, tmp_path / "multi", tok)
+        assert [s.shard for s in result.shards] == (["train-000000.tar", "train-000002.tar"] if rank == 0 else ["train-000001.tar"])
+    assert folder_bytes(tmp_path / "multi") == folder_bytes(tmp_path / "single")
+
+
+def test_progress_bar_only_on_rank_0(data_dir: Path, tmp_path: Path, tok: Tokenizer, capsys) -> None:
+    run(data_dir, tmp_path / "t", tok, progress=True, rank=1, world_size=2)
+    assert capsys.readouterr().err == ""
+    run(data_dir, tmp_path / "t", tok, progress=True, rank=0, world_size=2)
+    captured = capsys.readouterr()
+    assert "img" in captured.err and "8/8" in captured.err and captured.out == ""
+
+
+# ---------------------------------------------------------------------- identity of the output folder
+def test_other_model_or_size_is_refused(data_dir: Path, tmp_path: Path, tok: Tokenizer) -> None:
+    out = tmp_path / "t"
+    run(data_dir, out, tok)
+    with pytest.raises(ValueError, match="another model"):
+        run(data_dir, out, tiny_tokenizer(seed=1))
+    with pytest.raises(ValueError, match="another model"):  # the per-shard function refuses too
+        tokenize_shard(data_dir / "train-000000.tar", out / "train-000000.tar", tiny_tokenizer(seed=1), size=SIZE)
+    with pytest.raises(ValueError, match="--size"):
+        run(data_dir, out, tok, size=32)
+
+
+# ---------------------------------------------------------------------- inputs
+def test_expand_inputs(data_dir: Path, tmp_path: Path) -> None:
+    want = [data_dir / f"train-{s:06d}.tar" for s in range(3)]
+    assert expand_inputs(str(data_dir / PATTERN)) == want
+    assert expand_inputs(str(data_dir / "train-*.tar")) == want
+    assert expand_inputs([str(want[2]), str(want[0]), str(want[2])]) == [want[2], want[0]]
+    with pytest.raises(FileNotFoundError, match="not found"):
+        expand_inputs(str(data_dir / "train-{000000..000004}.tar"))
+    other = tmp_path / "other"
+    other.mkdir()
+    write_tar(other / "train-000000.tar", good_samples(0, n=1))
+    with pytest.raises(ValueError, match="both be written"):
+        expand_inputs([str(want[0]), str(other / "train-000000.tar")])
+
+
+def test_gzipped_input_gives_the_same_shard(tmp_path: Path, tok: Tokenizer) -> None:
+    import gzip
+
+    plain = write_tar(tmp_path / "p.tar", good_samples(2))
+    (tmp_path / "g.tar.gz").write_bytes(gzip.compress(plain.read_bytes()))
+    a = tokenize_shard(plain, tmp_path / "a" / "p.tar", tok, size=SIZE)
+    b = tokenize_shard(tmp_path / "g.tar.gz", tmp_path / "b" / "p.tar", tok, size=SIZE)
+    assert a.samples_written == b.samples_written == 4
+    assert (tmp_path / "a" / "p.tar").read_bytes() == (tmp_path / "b" / "p.tar").read_bytes()
+
+
+def test_native_size_requires_multiples(tmp_path: Path, tok: Tokenizer) -> None:
+    src = write_tar(tmp_path / "n.tar", [("ok", {"jpg": jpeg_bytes(1, w=64, h=48)}), ("odd", {"jpg": jpeg_bytes(2, w=66, h=48)})])
+    stats = tokenize_shard(src, tmp_path / "o" / "n.tar", tok, size=None)
+    assert [f["key"] for f in stats.samples_failed] == ["odd"] and "multiple" in stats.samples_failed[0]["reason"]
+    ids = np.load(io.BytesIO(read_token_shard(tmp_path / "o" / "n.tar")["ok"]["ids.npy"]))
+    np.testing.assert_array_equal(ids, tok.encode(Image.open(io.BytesIO(jpeg_bytes(1, w=64, h=48)))))

@@ -1,0 +1,106 @@
+"""``vqtok pretokenize``: the command line face of :func:`vqtok.pipeline.pretokenize`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from vqtok.pipeline.shards import DEFAULT_KEEP
+
+__all__ = ["add_commands"]
+
+
+def _size(text: str) -> int | None:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--size must be an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"--size must be >= 0, got {value}")
+    return value or None
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--max-error-rate must be a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"--max-error-rate must be in [0, 1], got {value}")
+    return value
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "pretokenize",
+        help="tokenize WebDataset image shards into token shards (one output shard per input shard)",
+        description=(
+            "Tokenize WebDataset tar shards of images into token shards: OUTPUT/<name>.tar with "
+            "<key>.ids.npy (+ kept fields) and OUTPUT/<name>.json with counts, failures and the code "
+            "histogram, plus OUTPUT/manifest.json. Finished shards are skipped on re-runs. Under torchrun "
+            "(RANK/WORLD_SIZE set) rank r handles input shards i with i %% WORLD_SIZE == r."
+        ),
+    )
+    p.add_argument("--model", default=None, help="model folder or Hub id (default: the model shipped with vqtok)")
+    p.add_argument(
+        "--input",
+        required=True,
+        nargs="+",
+        metavar="PATTERN",
+        help="input shards: brace pattern 'data/train-{000000..000999}.tar', glob or paths (quote patterns)",
+    )
+    p.add_argument("--output", required=True, help="output folder (one model per folder)")
+    p.add_argument("--size", type=_size, default=256, help="resize shorter side + center crop to SIZE (0: keep size; default 256)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    p.add_argument("--workers", type=int, default=None, help="image decoding processes (default: CPUs - 1, at most 4)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... ('cuda' under torchrun means cuda:$LOCAL_RANK)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="model precision (default fp32)")
+    p.add_argument(
+        "--keep",
+        default=",".join(DEFAULT_KEEP),
+        help=f"comma-separated fields copied from input samples when present (default {','.join(DEFAULT_KEEP)}; '' for none)",
+    )
+    p.add_argument(
+        "--max-error-rate",
+        type=_rate,
+        default=0.01,
+        help="exit with status 1 at the end when more than this fraction of samples failed (default 0.01)",
+    )
+    p.add_argument("--rank", type=int, default=None, help="this process's rank (default $RANK or 0)")
+    p.add_argument("--world-size", type=int, default=None, help="number of processes (default $WORLD_SIZE or 1)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from vqtok.pipeline.driver import ErrorRateExceeded, pretokenize
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    keep = tuple(k for k in (s.strip() for s in args.keep.split(",")) if k)
+    try:
+        result = pretokenize(
+            args.input[0] if len(args.input) == 1 else args.input,
+            args.output,
+            model=args.model,
+            size=args.size,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            device=args.device,
+            precision=args.precision,
+            keep=keep,
+            max_error_rate=args.max_error_rate,
+            rank=args.rank,
+            world_size=args.world_size,
+            progress=not args.no_progress,
+        )
+    except ErrorRateExceeded as err:
+        print(err.result.summary())
+        print(f"vqtok pretokenize: error: {err}", file=sys.stderr)
+        for shard, key, reason in err.result.failures[:10]:
+            print(f"  {shard}: {key}: {reason}", file=sys.stderr)
+        if len(err.result.failures) > 10:
+            print(f"  ... {len(err.result.failures) - 10} more in the shards' .json files", file=sys.stderr)
+        return 1
+    print(result.summary())
+    return 0

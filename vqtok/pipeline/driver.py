@@ -1,0 +1,451 @@
+"""``pretokenize``: run :func:`~vqtok.pipeline.shards.tokenize_shard` over many shards, on one or many ranks.
+
+Layout of the output folder (see docs/pipeline.md)::
+
+    tokens/
+      manifest.json          model id / fingerprint / config hash, size, input, shards done, totals
+      train-000000.tar       <key>.ids.npy (+ <key>.cls/.txt/.json kept from the input)
+      train-000000.json      samples written, failed (key, reason), histogram of codes  <- completion marker
+      .manifest.lock         (empty; serialises manifest updates between ranks)
+
+Ranks: input shard i (in expansion order) goes to rank ``i % WORLD_SIZE``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vqtok.pipeline.shards import (
+    DEFAULT_KEEP,
+    ShardStats,
+    ids_dtype_for,
+    model_fingerprint,
+    output_name_for,
+    read_shard_stats,
+    tokenize_shards,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "MANIFEST_FORMAT",
+    "MANIFEST_NAME",
+    "ErrorRateExceeded",
+    "RunResult",
+    "expand_inputs",
+    "load_tokenizer",
+    "prepare_output",
+    "pretokenize",
+    "resolve_rank",
+    "shards_for_rank",
+    "update_manifest",
+]
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "vqtok-pretokenize-manifest/1"
+_LOCK_NAME = ".manifest.lock"
+
+
+class ErrorRateExceeded(RuntimeError):
+    """Raised by :func:`pretokenize` at the end of a run whose failure rate is above ``max_error_rate``.
+
+    All outputs are written; ``.result`` holds the :class:`RunResult`.
+    """
+
+    def __init__(self, result: RunResult, max_error_rate: float) -> None:
+        self.result = result
+        self.max_error_rate = max_error_rate
+        super().__init__(
+            f"{result.samples_failed} of {result.samples_total} samples failed "
+            f"({100 * result.error_rate:.2f}% > --max-error-rate {100 * max_error_rate:.2f}%)"
+        )
+
+
+# ---------------------------------------------------------------------- inputs and ranks
+def expand_inputs(inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Brace patterns (``data/train-{000000..000999}.tar``), globs and paths -> shard paths, in order.
+
+    Braces expand in their written order; each glob is sorted. Duplicates are dropped. Every
+    shard must exist, and no two shards may share a file name (outputs are named after inputs).
+    """
+    from braceexpand import braceexpand  # a dependency of webdataset
+
+    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    if not items:
+        raise ValueError("no input shards given")
+    out: list[Path] = []
+    seen: set[str] = set()
+    missing: list[str] = []
+    for item in items:
+        for pattern in braceexpand(os.fspath(item)):
+            if glob.has_magic(pattern):
+                matches = sorted(glob.glob(pattern))
+                if not matches:
+                    missing.append(pattern)
+            else:
+                matches = [pattern]
+            for m in matches:
+                p = Path(m)
+                if os.fspath(p) in seen:
+                    continue
+                seen.add(os.fspath(p))
+                if not p.is_file():
+                    missing.append(m)
+                out.append(p)
+    if missing:
+        more = f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""
+        raise FileNotFoundError(f"{len(missing)} input shard(s) not found: {', '.join(missing[:3])}{more}")
+    names: dict[str, Path] = {}
+    for p in out:
+        name = output_name_for(p)
+        if name in names:
+            raise ValueError(f"input shards {names[name]} and {p} would both be written to {name}; rename one")
+        names[name] = p
+    return out
+
+
+def resolve_rank(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """(rank, world_size) from the arguments, else from $RANK / $WORLD_SIZE (torchrun, Slurm wrappers...), else (0, 1)."""
+
+    def env_int(name: str) -> int | None:
+        v = os.environ.get(name)
+        if v is None or v == "":
+            return None
+        try:
+            return int(v)
+        except ValueError:
+            raise ValueError(f"${name}={v!r} is not an integer") from None
+
+    rank = env_int("RANK") if rank is None else rank
+    world_size = env_int("WORLD_SIZE") if world_size is None else world_size
+    rank, world_size = rank or 0, world_size or 1
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+    return rank, world_size
+
+
+def shards_for_rank(shards: Sequence[Any], rank: int, world_size: int) -> list[Any]:
+    """Shard i goes to rank i % world_size: disjoint, deterministic, and the union is everything."""
+    return list(shards[rank::world_size])
+
+
+# ---------------------------------------------------------------------- model
+def load_tokenizer(
+    model: Any = None, *, device: str | None = None, batch_size: int = 32, precision: str = "fp32"
+) -> tuple[Any, str]:
+    """(Tokenizer, model id for the manifest) from a Tokenizer, a folder / Hub id, or None (the default model)."""
+    from vqtok.tokenizer import Tokenizer
+
+    if isinstance(model, Tokenizer):
+        if device is not None:
+            model.to(device)
+        return model, "<in-memory Tokenizer>"
+    if model is None:
+        return Tokenizer.default(device=device, batch_size=batch_size, precision=precision), "default"
+    return Tokenizer.from_pretrained(model, device=device, batch_size=batch_size, precision=precision), os.fspath(model)
+
+
+def _device_for_rank(device: str | None) -> str | None:
+    """``cuda`` under a launcher with several local processes means ``cuda:$LOCAL_RANK``."""
+    if device == "cuda" and os.environ.get("LOCAL_RANK"):
+        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return device
+
+
+# ---------------------------------------------------------------------- manifest
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive flock on ``folder/.manifest.lock`` (no-op where flock does not exist)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(folder / _LOCK_NAME, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _identity(tokenizer: Any, model_id: str, fingerprint: str, size: int | None, keep: Sequence[str], inputs: Any) -> dict[str, Any]:
+    return {
+        "format": MANIFEST_FORMAT,
+        "model": model_id,
+        "model_fingerprint": fingerprint,
+        "config_hash": tokenizer.config.hash(),
+        "config": tokenizer.config.to_dict(),
+        "precision": getattr(tokenizer, "precision", "fp32"),
+        "codebook_size": int(tokenizer.codebook_size),
+        "ids_dtype": ids_dtype_for(int(tokenizer.codebook_size)).name,
+        "size": size,
+        "keep": list(keep),
+        "input": inputs,
+        "shards_done": [],
+        "totals": {"shards": 0, "samples_written": 0, "samples_failed": 0, "tokens": 0},
+    }
+
+
+def prepare_output(
+    output: str | os.PathLike[str],
+    tokenizer: Any,
+    *,
+    model_id: str = "<in-memory Tokenizer>",
+    size: int | None = 256,
+    keep: Sequence[str] = DEFAULT_KEEP,
+    inputs: Any = "",
+    fingerprint: str | None = None,
+) -> dict[str, Any]:
+    """Create ``output/manifest.json`` (first caller wins) or check that it was made by this model and size.
+
+    Raises ValueError when the folder belongs to another model or size. Returns the manifest.
+    Call this once before dispatching :func:`tokenize_shard` tasks yourself (e.g. with Ray).
+    """
+    folder = Path(output)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"output {folder} exists and is not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    fingerprint = fingerprint or model_fingerprint(tokenizer)
+    path = folder / MANIFEST_NAME
+    with _locked(folder):
+        if not path.exists():
+            manifest = _identity(tokenizer, model_id, fingerprint, size, keep, inputs)
+            _write_json_atomic(path, manifest)
+            return manifest
+        try:
+            manifest = json.loads(path.read_text())
+        except ValueError as err:
+            raise ValueError(f"{path} is not valid JSON ({err}); delete it to start over") from err
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise ValueError(f"{path} is not a vqtok pretokenize manifest; choose an empty output folder")
+    if manifest.get("model_fingerprint") != fingerprint:
+        raise ValueError(
+            f"{folder} holds tokens of another model ({manifest.get('model')!r}, fingerprint "
+            f"{manifest.get('model_fingerprint')}, config hash {manifest.get('config_hash')}); this run's model "
+            f"{model_id!r} has fingerprint {fingerprint} (config hash {tokenizer.config.hash()}). "
+            "Token ids of different models must not be mixed: use another --output folder"
+        )
+    if manifest.get("size") != size:
+        raise ValueError(
+            f"{folder} holds tokens made at --size {manifest.get('size')}, this run uses --size {size}; "
+            "use the same size or another --output folder"
+        )
+    return manifest
+
+
+def update_manifest(output: str | os.PathLike[str]) -> dict[str, Any]:
+    """Refresh ``shards_done`` and ``totals`` of ``output/manifest.json`` from the shards' .json files.
+
+    Runs under the folder's lock and reads every completed shard, so whichever rank finishes last
+    leaves a manifest that lists all shards. The per-shard .json files stay the source of truth.
+    """
+    folder = Path(output)
+    path = folder / MANIFEST_NAME
+    with _locked(folder):
+        manifest = json.loads(path.read_text())
+        fp = manifest["model_fingerprint"]
+        done: list[str] = []
+        totals = {"shards": 0, "samples_written": 0, "samples_failed": 0, "tokens": 0}
+        for stats_file in sorted(folder.glob("*.json")):
+            if stats_file.name == MANIFEST_NAME:
+                continue
+            st = read_shard_stats(stats_file)
+            if st is None or st.get("model_fingerprint") != fp or not (folder / st["shard"]).is_file():
+                continue
+            done.append(st["shard"])
+            totals["shards"] += 1
+            totals["samples_written"] += int(st["samples_written"])
+            totals["samples_failed"] += len(st["samples_failed"])
+            totals["tokens"] += int(st.get("tokens", 0))
+        manifest["shards_done"] = done
+        manifest["totals"] = totals
+        for stale in folder.glob(f"{MANIFEST_NAME}.tmp-*"):
+            stale.unlink(missing_ok=True)
+        _write_json_atomic(path, manifest)
+    return manifest
+
+
+# ---------------------------------------------------------------------- the run
+@dataclass
+class RunResult:
+    """Outcome of :func:`pretokenize` on this rank."""
+
+    output: Path
+    rank: int
+    world_size: int
+    shards: list[ShardStats]  # this rank's shards, in order (skipped ones included, skipped=True)
+    seconds: float
+    failures: list[tuple[str, str, str]] = field(default_factory=list)  # (shard, key, reason)
+
+    @property
+    def samples_written(self) -> int:
+        return sum(s.samples_written for s in self.shards)
+
+    @property
+    def samples_failed(self) -> int:
+        return sum(s.num_failed for s in self.shards)
+
+    @property
+    def samples_total(self) -> int:
+        return self.samples_written + self.samples_failed
+
+    @property
+    def error_rate(self) -> float:
+        return self.samples_failed / self.samples_total if self.samples_total else 0.0
+
+    @property
+    def shards_processed(self) -> int:
+        return sum(not s.skipped for s in self.shards)
+
+    @property
+    def images_per_second(self) -> float:
+        n = sum(s.num_samples for s in self.shards if not s.skipped)
+        return n / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        where = f" (rank {self.rank} of {self.world_size})" if self.world_size > 1 else ""
+        skipped = len(self.shards) - self.shards_processed
+        return (
+            f"pretokenize{where}: {len(self.shards)} shards ({self.shards_processed} done now, {skipped} already complete), "
+            f"{self.samples_written} samples written, {self.samples_failed} failed ({100 * self.error_rate:.2f}%), "
+            f"{self.images_per_second:.1f} img/s, {self.seconds:.1f} s -> {self.output}"
+        )
+
+
+class _Progress:
+    """tqdm over images with an estimated total (known counts + mean per shard × shards not yet read)."""
+
+    def __init__(self, enabled: bool, pending_shards: int) -> None:
+        self.bar = None
+        self.pending = pending_shards
+        self.known = 0
+        self.indexed = 0
+        if enabled:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:  # pragma: no cover - tqdm is optional
+                logger.info("tqdm is not installed: no progress bar")
+                return
+            self.bar = tqdm(total=None, unit="img", file=sys.stderr, dynamic_ncols=True, desc="pretokenize")
+
+    def _retotal(self) -> None:
+        if self.bar is None or not self.indexed:
+            return
+        rest = max(0, self.pending - self.indexed)
+        self.bar.total = self.known + round(self.known / self.indexed * rest)
+        self.bar.refresh()
+
+    def on_index(self, n: int) -> None:
+        self.known += n
+        self.indexed += 1
+        self._retotal()
+
+    def skipped(self) -> None:
+        self.pending -= 1
+        self._retotal()
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def shard(self, done: int, total: int) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"shards {done}/{total}", refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def pretokenize(
+    input: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    output: str | os.PathLike[str],
+    *,
+    model: Any = None,
+    size: int | None = 256,
+    batch_size: int = 32,
+    workers: int | None = None,
+    device: str | None = None,
+    precision: str = "fp32",
+    keep: Sequence[str] = DEFAULT_KEEP,
+    max_error_rate: float | None = 0.01,
+    rank: int | None = None,
+    world_size: int | None = None,
+    progress: bool = True,
+) -> RunResult:
+    """Tokenize every input shard into ``output`` (one token shard + one .json per input shard).
+
+    ``model``: a :class:`~vqtok.Tokenizer`, a model folder or Hub id, or None for ``Tokenizer.default()``.
+    ``workers``: DataLoader processes decoding images (default: CPUs - 1, at most 4).
+    Rank and world size come from the arguments or $RANK/$WORLD_SIZE; this process handles input
+    shards ``i`` with ``i % world_size == rank``. Finished shards are skipped, so a run can be
+    restarted after any crash. When more than ``max_error_rate`` of this rank's samples failed,
+    :class:`ErrorRateExceeded` is raised at the end (after all outputs are written).
+    """
+    t0 = time.perf_counter()
+    if max_error_rate is not None and not 0.0 <= max_error_rate <= 1.0:
+        raise ValueError(f"max_error_rate must be in [0, 1], got {max_error_rate}")
+    if workers is None:
+        workers = min(4, max(0, (os.cpu_count() or 1) - 1))
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    keep = tuple(k.strip().lstrip(".") for k in keep if k.strip())
+    rank, world_size = resolve_rank(rank, world_size)
+    shards = expand_inputs(input)
+    mine = shards_for_rank(shards, rank, world_size)
+    tokenizer, model_id = load_tokenizer(model, device=_device_for_rank(device), batch_size=batch_size, precision=precision)
+    if size is not None and size % tokenizer.downsample_factor:
+        raise ValueError(f"size {size} is not a multiple of the model's downsample factor {tokenizer.downsample_factor}")
+    fingerprint = model_fingerprint(tokenizer)
+    folder = Path(output)
+    pattern = input if isinstance(input, str) else os.fspath(input) if isinstance(input, os.PathLike) else list(map(os.fspath, input))
+    prepare_output(folder, tokenizer, model_id=model_id, size=size, keep=keep, inputs=pattern, fingerprint=fingerprint)
+    logger.info("rank %d/%d: %d of %d shards, model %s (%s)", rank, world_size, len(mine), len(shards), model_id, fingerprint)
+
+    bar = _Progress(progress and rank == 0, len(mine))
+    results: list[ShardStats] = []
+    failures: list[tuple[str, str, str]] = []
+    jobs = [(src, folder / output_name_for(src)) for src in mine]
+    try:
+        for stats in tokenize_shards(
+            jobs,
+            tokenizer,
+            size=size,
+            batch_size=batch_size,
+            workers=workers,
+            keep=keep,
+            fingerprint=fingerprint,
+            on_samples=bar.update,
+            on_index=bar.on_index,
+        ):
+            if stats.skipped:
+                bar.skipped()
+            results.append(stats)
+            bar.shard(len(results), len(mine))
+            failures.extend((stats.shard, f["key"], f["reason"]) for f in stats.samples_failed)
+    finally:
+        bar.close()
+    update_manifest(folder)
+    result = RunResult(output=folder, rank=rank, world_size=world_size, shards=results, seconds=time.perf_counter() - t0, failures=failures)
+    logger.info(result.summary())
+    if max_error_rate is not None and result.error_rate > max_error_rate:
+        raise ErrorRateExceeded(result, max_error_rate)
+    return result
+
