@@ -21,6 +21,7 @@ from vqtok import __version__
 COMMAND_MODULES: tuple[str, ...] = (
     "vqtok.commands",
     "vqtok.pipeline.commands",
+    "vqtok.metrics.commands",
     "vqtok.prior.commands",
 )
 

