@@ -1,4 +1,4 @@
-"""Core subcommands: ``encode``, ``decode``, ``info``, ``convert`` (taming)."""
+"""Core subcommands: ``encode``, ``decode``, ``info``, ``convert`` (taming, llamagen, diffusers), ``export`` (diffusers)."""
 
 from __future__ import annotations
 
@@ -107,6 +107,33 @@ def _convert_taming(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert_llamagen(args: argparse.Namespace) -> int:
+    from vqtok.convert.llamagen import from_llamagen
+
+    tok = from_llamagen(args.ckpt, ema=args.ema)
+    out = tok.save_pretrained(args.out)
+    print(f"converted {args.ckpt} ({'ema' if args.ema else 'model'} weights, {tok.codebook_size} codes, f{tok.downsample_factor}) -> {out}")
+    return 0
+
+
+def _convert_diffusers(args: argparse.Namespace) -> int:
+    from vqtok.convert.diffusers import from_diffusers
+
+    tok = from_diffusers(args.source, subfolder=args.subfolder, revision=args.revision)
+    out = tok.save_pretrained(args.out)
+    print(f"converted diffusers VQModel {args.source} ({tok.codebook_size} codes, f{tok.downsample_factor}) -> {out}")
+    return 0
+
+
+def _export_diffusers(args: argparse.Namespace) -> int:
+    from vqtok.convert.diffusers import to_diffusers
+
+    tok = tokenizer_from_args(args)
+    out = to_diffusers(tok, args.out)
+    print(f"exported {args.model or 'default'} as a diffusers VQModel -> {out} (load with diffusers.VQModel.from_pretrained)")
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("encode", help="images -> token ids (.npy)")
     p.add_argument("images", nargs="+", help="image files")
@@ -134,3 +161,22 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--config", default=None, help="taming model YAML (default: infer from the weights)")
     t.add_argument("--out", "-o", required=True, help="output model folder")
     t.set_defaults(func=_convert_taming)
+    t = families.add_parser("llamagen", help="LlamaGen VQ tokenizer .pt (vq_ds16_c2i.pt, vq_ds8_c2i.pt, ...)")
+    t.add_argument("ckpt", help="LlamaGen torch.save checkpoint ({'model': ..., 'args': ...} or a state dict)")
+    t.add_argument("--ema", action="store_true", help="take the 'ema' weights instead of 'model'")
+    t.add_argument("--out", "-o", required=True, help="output model folder")
+    t.set_defaults(func=_convert_llamagen)
+    t = families.add_parser("diffusers", help="diffusers VQModel folder or Hub repo")
+    t.add_argument("source", help="folder with config.json + diffusion_pytorch_model.safetensors, or a Hub repo id")
+    t.add_argument("--subfolder", default=None, help="subfolder of a pipeline repo holding the VQModel, e.g. vqvae")
+    t.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
+    t.add_argument("--out", "-o", required=True, help="output model folder")
+    t.set_defaults(func=_convert_diffusers)
+
+    p = sub.add_parser("export", help="write a model in another library's format")
+    targets = p.add_subparsers(dest="target", metavar="FORMAT")
+    targets.required = True
+    t = targets.add_parser("diffusers", help="diffusers VQModel folder (VQModel.from_pretrained)")
+    t.add_argument("model", help="vqtok model folder or Hub repo id")
+    t.add_argument("--out", "-o", required=True, help="output folder")
+    t.set_defaults(func=_export_diffusers, device="cpu", precision="fp32", batch_size=1)

@@ -1,6 +1,19 @@
 """Importers for checkpoints of other code bases; all read files with a restricted unpickler."""
 
 from vqtok.convert.safe_pickle import Placeholder, UnsafeCheckpointError, load_checkpoint
+from vqtok.convert.diffusers import from_diffusers, to_diffusers
+from vqtok.convert.llamagen import from_llamagen, infer_llamagen_config
 from vqtok.convert.taming import from_taming, infer_taming_config, taming_config_from_yaml
 
-__all__ = ["from_taming", "infer_taming_config", "taming_config_from_yaml", "load_checkpoint", "Placeholder", "UnsafeCheckpointError"]
+__all__ = [
+    "from_taming",
+    "infer_taming_config",
+    "taming_config_from_yaml",
+    "from_llamagen",
+    "infer_llamagen_config",
+    "from_diffusers",
+    "to_diffusers",
+    "load_checkpoint",
+    "Placeholder",
+    "UnsafeCheckpointError",
+]

@@ -29,8 +29,8 @@ from torch import nn
 
 __all__ = ["VectorQuantizer", "QuantizerOutput", "nearest_code"]
 
-# Rows of the (N, K) distance matrix computed at once: bounds the extra memory of the
-# search to about 64 MiB of float32 whatever N (batch × grid) and K are.
+# Elements of (N, K) distance buffers alive at once: bounds the extra memory of the search to
+# about 64 MiB of float32 whatever N (batch × grid) and K are.
 _DISTANCE_BUDGET = 1 << 24
 
 
@@ -41,27 +41,48 @@ class QuantizerOutput:
     loss: torch.Tensor  # () codebook + commitment loss (0 when not training)
 
 
-def nearest_code(z: torch.Tensor, codebook: torch.Tensor, *, chunk_size: int | None = None) -> torch.Tensor:
+def nearest_code(
+    z: torch.Tensor, codebook: torch.Tensor, *, chunk_size: int | None = None, exact: bool = True
+) -> torch.Tensor:
     """Index of the nearest codebook row for every row of ``z``.
 
-    z: (N, D), codebook: (K, D) -> (N,) long. Distances are ‖z‖² + ‖e‖² − 2 z·eᵀ, evaluated in
-    the same order as taming-transformers (so ties and rounding match), chunked over N so the
-    (N, K) matrix never exists whole. Computed in float32 at least, whatever the input dtype.
+    z: (N, D), codebook: (K, D) -> (N,) long. Chunked over N so the (N, K) distance matrix never
+    exists whole (extra memory about 64 MiB whatever N and K; ``chunk_size`` overrides the rows
+    per chunk). Always computed in float32 at least, with autocast and autograd off.
+
+    ``exact=True``: distances ‖z‖² + ‖e‖² − 2 z·eᵀ rounded in the same order as
+    taming-transformers (so ties and rounding match its ids bit for bit), in two buffers.
+    ``exact=False``: the fused ‖e‖² − 2 z·eᵀ in a single ``addmm`` (‖z‖² is the same for every
+    code, so the argmin is the same up to rounding); one buffer, fewer passes over memory.
     """
     if z.ndim != 2 or codebook.ndim != 2 or z.shape[1] != codebook.shape[1]:
         raise ValueError(f"nearest_code expects z (N, D) and codebook (K, D), got {tuple(z.shape)} and {tuple(codebook.shape)}")
-    dtype = torch.promote_types(z.dtype, torch.float32)
-    z = z.to(dtype)
-    codebook = codebook.to(dtype)
-    n, k = z.shape[0], codebook.shape[0]
-    if chunk_size is None:
-        chunk_size = max(1, _DISTANCE_BUDGET // max(k, 1))
-    e_sq = torch.sum(codebook**2, dim=1)  # (K,)
-    ids = torch.empty(n, dtype=torch.long, device=z.device)
-    for start in range(0, n, chunk_size):
-        zc = z[start : start + chunk_size]  # (n_c, D)
-        d = torch.sum(zc**2, dim=1, keepdim=True) + e_sq - 2 * torch.matmul(zc, codebook.t())  # (n_c, K)
-        ids[start : start + chunk_size] = torch.argmin(d, dim=1)
+    # ids carry no gradient; out= buffers need no_grad when z comes from a training graph
+    with torch.no_grad(), torch.autocast(device_type=z.device.type, enabled=False):
+        dtype = torch.promote_types(z.dtype, torch.float32)
+        z = z.to(dtype)
+        codebook = codebook.to(dtype)
+        n, k = z.shape[0], codebook.shape[0]
+        if chunk_size is None:
+            chunk_size = max(1, _DISTANCE_BUDGET // (max(k, 1) * (2 if exact else 1)))
+        if n == 0:
+            return torch.empty(0, dtype=torch.long, device=z.device)
+        e_sq = torch.sum(codebook**2, dim=1)  # (K,)
+        codebook_t = codebook.t()
+        ids = torch.empty(n, dtype=torch.long, device=z.device)
+        rows = min(n, chunk_size)
+        dist = z.new_empty(rows, k)  # reused across chunks: no allocator churn, no fresh page faults
+        prod = z.new_empty(rows, k) if exact else dist
+        for start in range(0, n, chunk_size):
+            zc = z[start : start + chunk_size]  # (n_c, D)
+            d, m = dist[: zc.shape[0]], prod[: zc.shape[0]]
+            if exact:
+                # taming: (‖z‖² + ‖e‖²) − 2·(z·eᵀ). add_(alpha=-2) gives the same bits: −2·m is exact.
+                torch.add(torch.sum(zc**2, dim=1, keepdim=True), e_sq, out=d)  # (n_c, K)
+                d.add_(torch.mm(zc, codebook_t, out=m), alpha=-2)
+            else:
+                torch.addmm(e_sq, zc, codebook_t, alpha=-2, out=d)  # (n_c, K)
+            torch.argmin(d, dim=1, out=ids[start : start + chunk_size])
     return ids
 
 
@@ -96,13 +117,13 @@ class VectorQuantizer(nn.Module):
         weight = self.embedding.weight
         return F.normalize(weight, dim=1) if self.l2_norm else weight
 
-    def lookup(self, z: torch.Tensor) -> torch.Tensor:
-        """Ids of the nearest codes: z (B, D, h, w) -> (B, h, w) long."""
+    def lookup(self, z: torch.Tensor, *, exact: bool = True) -> torch.Tensor:
+        """Ids of the nearest codes: z (B, D, h, w) -> (B, h, w) long (``exact``: see :func:`nearest_code`)."""
         b, d, h, w = z.shape
-        z_flat = z.permute(0, 2, 3, 1).reshape(-1, d)  # (B*h*w, D)
+        z_flat = z.permute(0, 2, 3, 1).reshape(-1, d)  # (B*h*w, D); a view when z is channels_last
         if self.l2_norm:
             z_flat = F.normalize(z_flat, dim=1)
-        return nearest_code(z_flat, self.codebook()).view(b, h, w)
+        return nearest_code(z_flat, self.codebook(), exact=exact).view(b, h, w)
 
     def codes(self, ids: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`lookup`: ids (B, h, w) -> codes (B, D, h, w)."""

@@ -120,10 +120,11 @@ class AttnBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
         b, c, h, w = x.shape
         y = self.norm(x)
-        # (B, C, H, W) -> (B, 1, H*W, C): one head over all positions
-        q, k, v = (t.reshape(b, 1, c, h * w).transpose(2, 3) for t in (self.q(y), self.k(y), self.v(y)))
+        # (B, C, H, W) -> (B, 1, H*W, C): one head over all positions (a view, no copy, when
+        # the activations are channels_last — see Tokenizer's channels_last)
+        q, k, v = (t.flatten(2).transpose(1, 2).unsqueeze(1) for t in (self.q(y), self.k(y), self.v(y)))
         y = F.scaled_dot_product_attention(q, k, v)  # (B, 1, H*W, C), scale C**-0.5 as taming
-        y = y.transpose(2, 3).reshape(b, c, h, w)
+        y = y.squeeze(1).transpose(1, 2).reshape(b, c, h, w)  # channels_last view of a contiguous y
         return x + self.proj_out(y)
 
 
