@@ -52,7 +52,7 @@ def add_commands(subparsers: Any) -> None:
         description="Sample token grids from a prior, decode them with the tokenizer, write an image grid.",
     )
     s.add_argument("--prior", required=True, help="prior folder or Hub repo id")
-    s.add_argument("--tokenizer", required=True, help="tokenizer folder or Hub repo id")
+    s.add_argument("--tokenizer", default=None, help="tokenizer folder or Hub repo id (default: the built-in tokenizer)")
     s.add_argument("--out", required=True, help="output image (png/jpg)")
     s.add_argument("--n", type=int, default=16, help="number of samples (default 16)")
     s.add_argument("--label", type=int, help="class label (class-conditional priors)")
@@ -137,18 +137,14 @@ def _sample(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    try:
-        from vqtok import Tokenizer  # type: ignore[attr-defined]
-    except ImportError as err:
-        raise ValueError(f"this vqtok has no Tokenizer to decode samples with ({err})") from err
-
     from vqtok.prior.gpt import GPT
+    from vqtok.tokenizer import Tokenizer
 
     if args.n < 1 or args.batch_size < 1:
         raise ValueError("--n and --batch-size must be >= 1")
     device = _device(args.device)
     prior = GPT.from_pretrained(args.prior, device=device)
-    tok = Tokenizer.from_pretrained(args.tokenizer, device=device)
+    tok = Tokenizer.default(device=device) if args.tokenizer is None else Tokenizer.from_pretrained(args.tokenizer, device=device)
     if int(tok.codebook_size) != prior.config.vocab_size:
         raise ValueError(
             f"the prior models {prior.config.vocab_size} codes but the tokenizer has {tok.codebook_size}; "
