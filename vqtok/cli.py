@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "vqtok.commands",
     "vqtok.pipeline.commands",
     "vqtok.metrics.commands",
+    "vqtok.training.commands",
     "vqtok.prior.commands",
 )
 

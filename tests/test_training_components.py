@@ -1,0 +1,218 @@
+"""vqtok.training: losses, discriminator, codebook tricks, config, data stream (fast, no training loop)."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vqtok.models.quantizer import VectorQuantizer
+from vqtok.models.vqgan import VQGAN
+from vqtok.training import (
+    CodebookConfig,
+    CodebookTrainer,
+    NLayerDiscriminator,
+    TrainConfig,
+    kmeans,
+)
+from vqtok.training.config import LossConfig, default_model_config
+from vqtok.training.data import TrainImages, make_loader, random_crop
+from vqtok.training.losses import VQGANLoss, adaptive_weight, hinge_d_loss
+
+
+def write_images(folder: Path, n: int = 5, size: tuple[int, int] = (80, 64), seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        w, h = size
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = np.stack([(xx * (i + 1)) % 256, (yy * 3) % 256, ((xx + yy) * 2) % 256], -1)
+        img = (base + rng.integers(0, 30, (h, w, 3))).clip(0, 255).astype(np.uint8)
+        Image.fromarray(img).save(folder / f"img{i}.png")
+    return folder
+
+
+# -- losses / discriminator ------------------------------------------------------------
+def test_hinge_loss_values() -> None:
+    real = torch.tensor([2.0, 0.5])  # relu(1 - real) = [0, 0.5]
+    fake = torch.tensor([-2.0, 0.0])  # relu(1 + fake) = [0, 1]
+    assert hinge_d_loss(real, fake).item() == pytest.approx(0.5 * (0.25 + 0.5))
+
+
+def test_adaptive_weight_is_gradient_norm_ratio() -> None:
+    w = torch.randn(4, 3, requires_grad=True)
+    x = torch.randn(5, 3)
+    rec = (x @ w.t()).abs().mean()
+    g = -(x @ w.t()).mean() * 3.0
+    gr = torch.autograd.grad(rec, w, retain_graph=True)[0]
+    gg = torch.autograd.grad(g, w, retain_graph=True)[0]
+    expected = gr.norm() / (gg.norm() + 1e-4)
+    assert adaptive_weight(rec, g, w).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert adaptive_weight(rec, g * 0, w, max_lambda=7.0).item() == pytest.approx(7.0)  # clamped
+
+
+def test_discriminator_matches_taming_layout() -> None:
+    taming = pytest.importorskip("taming.modules.discriminator.model")
+    ref = taming.NLayerDiscriminator(input_nc=3, ndf=16, n_layers=3)
+    ours = NLayerDiscriminator(3, 16, 3)
+    ref_sd = ref.state_dict()
+    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == {k: tuple(v.shape) for k, v in ref_sd.items()}
+    ours.load_state_dict(ref_sd, strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    ours.eval(), ref.eval()
+    torch.testing.assert_close(ours(x), ref(x))
+
+
+def test_generator_loss_terms_and_gan_switch() -> None:
+    cfg = LossConfig(perceptual_weight=0.5, disc_weight=0.8, disc_start=10, disc_ch=8, disc_layers=2)
+    calls = []
+
+    def fake_perceptual(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return (x - y).pow(2).flatten(1).mean(1)
+
+    loss = VQGANLoss(cfg, perceptual=fake_perceptual)
+    last = torch.randn(3, 4, 3, 3, requires_grad=True)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    rec = torch.tanh(torch.nn.functional.conv2d(torch.randn(2, 4, 16, 16), last, padding=1))
+    q = torch.tensor(0.1)
+    before = loss.generator(x, rec, q, step=9, last_layer=last)
+    assert before.gan.item() == 0 and before.lam.item() == 0 and calls
+    expected = (x - rec).abs().mean() + 0.5 * (x - rec).pow(2).mean() + 0.1
+    assert before.total.item() == pytest.approx(expected.item(), rel=1e-5)
+    after = loss.generator(x, rec, q, step=10, last_layer=last)
+    assert after.lam.item() > 0 and after.total.item() != pytest.approx(before.total.item())
+    d = loss.discriminator_loss(x, rec, step=10)
+    assert d.item() > 0
+
+
+def test_perceptual_without_weights_is_a_clear_error(tmp_path: Path) -> None:
+    cfg = LossConfig(perceptual_weight=1.0, vgg_weights=str(tmp_path / "missing-vgg16.pth"))
+    with pytest.raises(FileNotFoundError, match="perceptual_weight: 0"):
+        VQGANLoss(cfg)
+    assert VQGANLoss(LossConfig(perceptual_weight=0.0, disc_weight=0.0)).perceptual is None
+
+
+# -- codebook tricks -------------------------------------------------------------------
+def test_kmeans_recovers_clusters() -> None:
+    g = torch.Generator().manual_seed(0)
+    centers = torch.tensor([[5.0, 0.0], [-5.0, 0.0], [0.0, 5.0]])
+    x = torch.cat([c + 0.1 * torch.randn(50, 2, generator=g) for c in centers])
+    found = kmeans(x, 3, iters=10, generator=g)
+    dist = torch.cdist(centers, found).min(dim=1).values
+    assert dist.max() < 0.2
+
+
+def test_kmeans_init_then_dead_code_restart() -> None:
+    torch.manual_seed(0)
+    q = VectorQuantizer(16, 4, beta=0.25, legacy=False, l2_norm=True)
+    cfg = CodebookConfig(kmeans_init=True, kmeans_batches=2, dead_after=3, restart_every=1, buffer_size=64)
+    cb = CodebookTrainer(q, cfg).train()
+    before = q.embedding.weight.detach().clone()
+    z = torch.randn(2, 4, 4, 4)
+    out = cb(z)
+    assert out.z_q.shape == z.shape and out.loss.item() > 0
+    cb.end_step()
+    assert not bool(cb.initialised)
+    cb(torch.randn(2, 4, 4, 4))
+    assert bool(cb.initialised) and not torch.equal(before, q.embedding.weight)  # k-means replaced the init
+    cb.end_step()
+    # from now on only feed features near one direction: most codes go unused, then get re-seeded
+    direction = torch.tensor([1.0, 0.0, 0.0, 0.0]).view(1, 4, 1, 1)
+    restarted = 0
+    for _ in range(8):
+        cb(direction + 0.05 * torch.randn(2, 4, 4, 4))
+        restarted += cb.end_step()
+    assert restarted > 0 and int(cb.restarts) == restarted
+    # re-seeded codes come from recent features: the codebook now points mostly along that direction
+    codes = torch.nn.functional.normalize(q.embedding.weight, dim=1)
+    assert (codes[:, 0] > 0.8).float().mean() > 0.5
+    # statistics live in the trainer, never in the quantizer's state dict
+    assert set(q.state_dict()) == {"embedding.weight"}
+    assert "embedding.weight" not in cb.state_dict()
+
+
+def test_ema_codebook_moves_codes_to_assigned_means() -> None:
+    q = VectorQuantizer(2, 2, l2_norm=False)
+    with torch.no_grad():
+        q.embedding.weight.copy_(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))
+    cb = CodebookTrainer(q, CodebookConfig(ema=True, ema_decay=0.5, kmeans_init=False, dead_after=0)).train()
+    assert not q.embedding.weight.requires_grad
+    z = torch.tensor([[[[3.0], [-3.0]], [[0.0], [0.0]]]])  # (B=1, D=2, h=2, w=1): features (3,0) and (-3,0)
+    out = cb(z)
+    assert out.ids.flatten().tolist() == [0, 1]
+    w = q.embedding.weight
+    assert w[0, 0].item() == pytest.approx(2.0, rel=1e-3) and w[1, 0].item() == pytest.approx(-2.0, rel=1e-3)
+    # loss has only the commitment term (the codebook gets no gradient)
+    assert out.loss.item() == pytest.approx(0.25 * torch.mean((z - torch.tensor([[[[1.0], [-1.0]], [[0.0], [0.0]]]])) ** 2).item())
+
+
+def test_codebook_trainer_eval_is_plain_quantizer() -> None:
+    model = VQGAN(default_model_config())
+    cb = CodebookTrainer(model.quantize, CodebookConfig()).eval()
+    z = torch.randn(1, 8, 3, 3)
+    assert torch.equal(cb(z).ids, model.quantize(z).ids)
+
+
+# -- config ----------------------------------------------------------------------------
+def test_config_yaml_roundtrip_and_unknown_keys(tmp_path: Path) -> None:
+    cfg = TrainConfig(steps=7, codebook=CodebookConfig(ema=True))
+    path = cfg.to_yaml(tmp_path / "c.yaml")
+    back = TrainConfig.from_yaml(path)
+    assert back == cfg
+    path.write_text("steps: 3\ncodebook: {deadafter: 5}\n")
+    with pytest.raises(ValueError, match="codebook.deadafter"):
+        TrainConfig.from_yaml(path)
+
+
+def test_repo_default_config_loads() -> None:
+    repo = Path(__file__).resolve().parents[1]
+    cfg = TrainConfig.from_yaml(repo / "configs" / "default-tokenizer.yaml")
+    assert cfg.model == default_model_config()
+    assert cfg.loss.perceptual_weight == 0 and cfg.model.l2_norm_codes
+
+
+# -- data ------------------------------------------------------------------------------
+def test_random_crop_shapes_and_scales() -> None:
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 300, 3), dtype=np.uint8))
+    crop = random_crop(img, 64, np.random.default_rng(1), max_zoom_out=4.0)
+    assert crop.shape == (3, 64, 64) and crop.dtype == torch.uint8  # short side 50 < 64: upscaled first
+
+
+def test_stream_is_deterministic_resumable_and_worker_independent(tmp_path: Path) -> None:
+    folder = write_images(tmp_path / "imgs")
+    kw = {"batch_size": 3, "crop_size": 32, "seed": 5}
+    full = [b for _, b in zip(range(6), make_loader(TrainImages(str(folder), **kw), num_workers=0))]
+    resumed = [b for _, b in zip(range(2), make_loader(TrainImages(str(folder), start_batch=4, **kw), num_workers=0))]
+    workers = [b for _, b in zip(range(6), make_loader(TrainImages(str(folder), **kw), num_workers=2))]
+    assert all(torch.equal(a, b) for a, b in zip(full[4:], resumed))
+    assert all(torch.equal(a, b) for a, b in zip(full, workers))
+    assert not torch.equal(full[0], full[1])
+    # two DDP ranks see disjoint halves of the same global stream
+    r0 = next(iter(TrainImages(str(folder), rank=0, world_size=2, **kw)))
+    r1 = next(iter(TrainImages(str(folder), rank=1, world_size=2, **kw)))
+    assert not torch.equal(r0, r1)
+
+
+def test_shards_source(tmp_path: Path) -> None:
+    folder = write_images(tmp_path / "imgs", n=4)
+    shard_dir = tmp_path / "shards"
+    shard_dir.mkdir()
+    for s in range(2):
+        with tarfile.open(shard_dir / f"train-{s:06d}.tar", "w") as tf:
+            for i in range(2):
+                data = (folder / f"img{2 * s + i}.png").read_bytes()
+                info = tarfile.TarInfo(f"sample{2 * s + i:04d}.png")
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    spec = str(shard_dir / "train-{000000..000001}.tar")
+    kw = {"batch_size": 3, "crop_size": 32, "seed": 1}
+    full = [b for _, b in zip(range(4), make_loader(TrainImages(spec, **kw), num_workers=0))]
+    resumed = [b for _, b in zip(range(1), make_loader(TrainImages(spec, start_batch=3, **kw), num_workers=2))]
+    assert full[0].shape == (3, 3, 32, 32)
+    assert torch.equal(full[3], resumed[0])

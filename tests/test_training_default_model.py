@@ -1,0 +1,35 @@
+"""The default tokenizer shipped in vqtok/weights/default (trained by vqtok.training)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vqtok import Tokenizer
+from vqtok.metrics import psnr
+from vqtok.training import TrainConfig
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "vqtok" / "weights" / "default"
+pytestmark = pytest.mark.skipif(not (WEIGHTS / "model.safetensors").is_file(), reason="no shipped default weights")
+
+
+def test_default_weights_are_small_and_match_the_recipe() -> None:
+    assert (WEIGHTS / "model.safetensors").stat().st_size <= 20 * 2**20
+    recipe = TrainConfig.from_yaml(Path(__file__).resolve().parents[1] / "configs" / "default-tokenizer.yaml")
+    assert Tokenizer.default().config == recipe.model
+
+
+def test_default_tokenizer_reconstructs_a_photo() -> None:
+    from skimage import data
+
+    tok = Tokenizer.default()
+    img = data.astronaut()[::2, ::2][:128, :128]  # (128, 128, 3) uint8
+    ids = tok.encode(img, size=None)
+    assert ids.shape == (16, 16) and int(ids.max()) < tok.codebook_size
+    rec = tok.decode(ids, output="pt")  # (1, 3, 128, 128) in [0, 1]
+    x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].double() / 255
+    assert float(psnr(rec.double().reshape(x.shape), x)) > 15.0
+    assert len(torch.unique(ids)) > 32  # many distinct codes even on one small image

@@ -1,0 +1,112 @@
+"""vqtok.training: the training loop (tiny models, a few steps on synthetic images)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.test_training_components import write_images
+from vqtok import Tokenizer
+from vqtok.models.vqgan import VQGANConfig
+from vqtok.training import CodebookConfig, TrainConfig, Trainer, train
+from vqtok.training.config import DataConfig, LossConfig
+
+TINY = VQGANConfig(
+    ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), z_channels=16, embed_dim=4, n_embed=32,
+    resolution=32, legacy_loss=False, l2_norm_codes=True,
+)
+
+
+def tiny_config(**changes: object) -> TrainConfig:
+    base = TrainConfig(
+        model=TINY,
+        codebook=CodebookConfig(kmeans_batches=1, kmeans_iters=3, dead_after=2, restart_every=1, buffer_size=256),
+        loss=LossConfig(perceptual_weight=0.0, disc_weight=0.8, disc_start=2, disc_ch=8, disc_layers=2),
+        data=DataConfig(crop_size=32, num_workers=0, val_size=32, val_images=3),
+        steps=6, batch_size=2, grad_accum=2, lr=1e-3, warmup_steps=2, ema_decay=0.9, bf16="off",
+        log_every=1, val_every=3, ckpt_every=3, image_every=3, threads=1,
+    )
+    return base.replace(**changes)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_images(tmp_path_factory.mktemp("train") / "imgs", n=6)
+
+
+def _params(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_exact_resume(tmp_path: Path, images: Path) -> None:
+    cfg = tiny_config()
+    one = train(cfg, str(images), tmp_path / "one", progress=False)
+    # stop after 3 steps (a new Trainer, like a new process), then resume for the rest
+    Trainer(cfg, str(images), tmp_path / "two", progress=False).train(steps=3)
+    two = Trainer(cfg, str(images), tmp_path / "two", progress=False).train()
+    assert one.steps == two.steps == 6
+    a, b = _params(one.final), _params(two.final)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    # the adversarial loss was on (disc_start=2) and the log has train + val records
+    records = [json.loads(line) for line in (tmp_path / "one" / "log.jsonl").read_text().splitlines()]
+    assert any(r["kind"] == "train" and r["lambda"] > 0 for r in records)
+    assert (tmp_path / "one" / "images" / "step-0000006.png").is_file()
+
+
+def test_exported_model_loads_in_tokenizer(tmp_path: Path, images: Path) -> None:
+    cfg = tiny_config(steps=4, loss=LossConfig(perceptual_weight=0.0, disc_weight=0.0), ema_decay=0.0,
+                      data=DataConfig(crop_size=32, num_workers=0, val_data=str(images), val_size=32, val_images=3))
+    result = train(cfg, str(images), tmp_path / "run", progress=False)
+    assert result.validation is not None and 0 < result.validation.usage <= 1 and result.validation.psnr > 0
+    tok = Tokenizer.from_pretrained(result.final)
+    ids = tok.encode(torch.rand(1, 3, 32, 32), size=None)
+    assert ids.shape == (1, 16, 16) and int(ids.max()) < 32
+    assert set(_params(result.final)) == set(tok.model.state_dict())  # no trainer state in the export
+    # checkpoints are Tokenizer folders too
+    latest = (tmp_path / "run" / "checkpoints" / "latest").read_text().strip()
+    Tokenizer.from_pretrained(tmp_path / "run" / "checkpoints" / latest)
+
+
+def test_vanilla_ema_bf16_and_fine_tune(tmp_path: Path, images: Path) -> None:
+    vanilla = VQGANConfig(**{**TINY.to_dict(), "l2_norm_codes": False, "legacy_loss": True, "embed_dim": 16})
+    cfg = tiny_config(model=vanilla, steps=2, grad_accum=1, bf16="on", codebook=CodebookConfig(ema=True, kmeans_init=False, dead_after=0),
+                      loss=LossConfig(perceptual_weight=0.0, disc_weight=0.0))
+    first = train(cfg, str(images), tmp_path / "a", progress=False)
+    second = Trainer(cfg, str(images), tmp_path / "b", progress=False, init_weights=first.final)
+    torch.testing.assert_close(second.model.state_dict()["quantize.embedding.weight"], _params(first.final)["quantize.embedding.weight"])
+    second.train(steps=1)
+
+
+def test_cli_train(tmp_path: Path, images: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from vqtok.training.commands import add_commands
+
+    cfg_path = tiny_config(steps=2, grad_accum=1, loss=LossConfig(perceptual_weight=0.0, disc_weight=0.0)).to_yaml(tmp_path / "c.yaml")
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers())
+    out = tmp_path / "run"
+    args = parser.parse_args(["train", "--data", str(images), "--out", str(out), "--config", str(cfg_path), "--no-progress"])
+    assert args.func(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["steps"] == 2 and Path(summary["model"]).is_dir()
+    args = parser.parse_args(["train", "--data", str(images), "--out", str(out), "--config", str(cfg_path), "--no-resume"])
+    with pytest.raises(ValueError, match="already holds a run"):
+        args.func(args)
+    args = parser.parse_args(["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "x"), "--config", str(cfg_path)])
+    with pytest.raises(FileNotFoundError):
+        args.func(args)
+
+
+def test_cli_set_overrides() -> None:
+    from vqtok.training.commands import apply_overrides
+
+    cfg = apply_overrides(TrainConfig(), ["data.max_zoom_out=8", "steps=12", "bf16=off", "model.n_embed=256"])
+    assert cfg.data.max_zoom_out == 8 and cfg.steps == 12 and cfg.bf16 == "off" and cfg.model.n_embed == 256
+    with pytest.raises(ValueError, match="unknown config key"):
+        apply_overrides(TrainConfig(), ["data.zoom=8"])

@@ -1,0 +1,240 @@
+"""Codebook training tricks that keep most codes in use (training-time only).
+
+:class:`CodebookTrainer` drives a model's :class:`~vqtok.models.quantizer.VectorQuantizer`
+during training and adds, each selectable in :class:`~vqtok.training.config.CodebookConfig`:
+
+* **k-means initialisation**: the codes start as k-means centroids (spherical k-means when
+  the codes are l2-normalised) of the encoder outputs of the first ``kmeans_batches`` batches,
+  instead of taming's uniform(−1/K, 1/K) init that leaves most codes far from every feature.
+* **EMA updates** (VQ-VAE, van den Oord et al. 2017, appendix): each code moves to the
+  exponential moving average of the encoder outputs assigned to it; the codebook term of
+  the loss is dropped (only β·commitment remains).
+* **dead-code restart**: codes not chosen for ``dead_after`` steps are re-seeded from recent
+  encoder outputs (kept in a ring buffer), so no code stays dead.
+
+Low-dimensional factorised lookup and cosine codes are model properties
+(``VQGANConfig.embed_dim`` small, ``l2_norm_codes=True``), not trainer state.
+
+All statistics (EMA sums, last-use steps, the ring buffer) are buffers of this module, saved
+in the training checkpoint only: the exported model still has exactly
+``quantize.embedding.weight``, so it loads in :class:`~vqtok.tokenizer.Tokenizer`.
+Under DDP the statistics are all-reduced and re-seeding is decided on rank 0 and broadcast.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from vqtok.models.quantizer import QuantizerOutput, VectorQuantizer, nearest_code
+from vqtok.training.config import CodebookConfig
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CodebookTrainer", "kmeans"]
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def kmeans(
+    x: torch.Tensor, k: int, *, iters: int = 10, spherical: bool = False, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Lloyd's k-means: x (N, D) -> centroids (k, D). Empty clusters take a random point.
+
+    ``spherical``: points and centroids are l2-normalised (cosine k-means). With N < k the
+    missing centroids are random points plus small noise.
+    """
+    x = x.float()
+    if spherical:
+        x = F.normalize(x, dim=1)
+    n = x.shape[0]
+    if n == 0:
+        raise ValueError("k-means needs at least one point")
+    idx = torch.randperm(n, generator=generator)[: min(n, k)]
+    if n < k:
+        idx = torch.cat([idx, torch.randint(0, n, (k - n,), generator=generator)])
+    centroids = x[idx].clone()
+    if n < k:
+        centroids[n:] += 0.01 * x.std() * torch.randn(k - n, x.shape[1], generator=generator)
+    for _ in range(iters):
+        ids = nearest_code(x, centroids)
+        sums = torch.zeros_like(centroids).index_add_(0, ids, x)
+        counts = torch.bincount(ids, minlength=k).to(x.dtype)
+        empty = counts == 0
+        centroids = torch.where(empty[:, None], centroids, sums / counts.clamp(min=1)[:, None])
+        if empty.any():
+            centroids[empty] = x[torch.randint(0, n, (int(empty.sum()),), generator=generator)]
+        if spherical:
+            centroids = F.normalize(centroids, dim=1)
+    return centroids
+
+
+class CodebookTrainer(nn.Module):
+    """Training-time wrapper of a quantizer. ``forward(z)`` replaces ``quantizer(z)`` while training.
+
+    The quantizer is *not* a submodule (its weight belongs to the model's state dict, not to
+    this module's), so ``state_dict()`` here holds only the training statistics.
+    """
+
+    def __init__(self, quantizer: VectorQuantizer, config: CodebookConfig, *, seed: int = 0) -> None:
+        super().__init__()
+        object.__setattr__(self, "quantizer", quantizer)
+        self.config = config
+        k, d = quantizer.n_embed, quantizer.embed_dim
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.register_buffer("initialised", torch.tensor(not config.kmeans_init))
+        self.register_buffer("last_used", torch.zeros(k, dtype=torch.long))
+        self.register_buffer("restarts", torch.zeros((), dtype=torch.long))  # total codes re-seeded
+        self.register_buffer("ring", torch.zeros(max(1, config.buffer_size), d))
+        self.register_buffer("ring_count", torch.zeros((), dtype=torch.long))  # vectors ever written
+        if config.ema:
+            self.register_buffer("cluster_size", torch.ones(k))
+            self.register_buffer("embed_sum", quantizer.embedding.weight.detach().clone().float())
+            quantizer.embedding.weight.requires_grad_(False)
+        self._kmeans_points: list[torch.Tensor] = []
+        self._generator = torch.Generator().manual_seed(seed + 1234567)
+
+    # -- helpers -------------------------------------------------------------------------
+    def _features(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w) -> (N, D) float32, normalised when the codes are."""
+        flat = z.detach().float().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+        return F.normalize(flat, dim=1) if self.quantizer.l2_norm else flat
+
+    @torch.no_grad()
+    def _set_codes(self, rows: torch.Tensor | None, values: torch.Tensor) -> None:
+        weight = self.quantizer.embedding.weight
+        if rows is None:
+            weight.copy_(values.to(weight.dtype))
+        else:
+            weight[rows] = values.to(weight.dtype)
+        if self.config.ema:
+            if rows is None:
+                self.embed_sum.copy_(values.float())
+                self.cluster_size.fill_(1.0)
+            else:
+                self.embed_sum[rows] = values.float()
+                self.cluster_size[rows] = 1.0
+
+    def _broadcast_codes(self) -> None:
+        if _distributed():
+            dist.broadcast(self.quantizer.embedding.weight.data, src=0)
+            if self.config.ema:
+                dist.broadcast(self.embed_sum, src=0)
+                dist.broadcast(self.cluster_size, src=0)
+
+    @torch.no_grad()
+    def _remember(self, flat: torch.Tensor) -> None:
+        size = self.ring.shape[0]
+        if flat.shape[0] > size:
+            flat = flat[torch.randperm(flat.shape[0], generator=self._generator)[:size]]
+        n = flat.shape[0]
+        start = int(self.ring_count) % size
+        end = start + n
+        if end <= size:
+            self.ring[start:end] = flat
+        else:
+            self.ring[start:] = flat[: size - start]
+            self.ring[: end - size] = flat[size - start :]
+        self.ring_count += n
+
+    @torch.no_grad()
+    def _kmeans_init(self, flat: torch.Tensor) -> None:
+        self._kmeans_points.append(flat.cpu())
+        if len(self._kmeans_points) < self.config.kmeans_batches:
+            return
+        points = torch.cat(self._kmeans_points)
+        if _distributed():
+            gathered = [torch.empty_like(points) for _ in range(dist.get_world_size())]
+            dist.all_gather(gathered, points.to(self.ring.device))
+            points = torch.cat([g.cpu() for g in gathered])
+        q = self.quantizer
+        centroids = kmeans(points, q.n_embed, iters=self.config.kmeans_iters, spherical=q.l2_norm, generator=self._generator)
+        self._set_codes(None, centroids.to(q.embedding.weight.device))
+        self._broadcast_codes()
+        self._kmeans_points.clear()
+        self.initialised.fill_(True)
+        self.last_used.fill_(int(self.step))
+        logger.info("codebook initialised by k-means on %d encoder outputs", points.shape[0])
+
+    # -- training ------------------------------------------------------------------------
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        """z (B, D, h, w) pre-quantization features -> straight-through z_q, ids, loss."""
+        q = self.quantizer
+        if not self.training:
+            return q(z)
+        z = z.float()
+        flat = self._features(z)
+        if not bool(self.initialised):
+            self._kmeans_init(flat)
+        ids = q.lookup(z)
+        z_q = q.codes(ids)
+        if q.l2_norm:
+            z = F.normalize(z, dim=1)
+        commitment = torch.mean((z - z_q.detach()) ** 2)
+        if self.config.ema:
+            loss = q.beta * commitment
+        else:
+            codebook = torch.mean((z.detach() - z_q) ** 2)
+            loss = commitment + q.beta * codebook if q.legacy else codebook + q.beta * commitment
+        with torch.no_grad():
+            self._track(ids.reshape(-1), flat)
+        z_q = z + (z_q - z).detach()
+        return QuantizerOutput(z_q=z_q, ids=ids, loss=loss)
+
+    @torch.no_grad()
+    def _track(self, ids: torch.Tensor, flat: torch.Tensor) -> None:
+        k = self.quantizer.n_embed
+        counts = torch.bincount(ids, minlength=k).float()
+        sums = torch.zeros(k, flat.shape[1], device=flat.device).index_add_(0, ids, flat) if self.config.ema else None
+        if _distributed():
+            dist.all_reduce(counts)
+            if sums is not None:
+                dist.all_reduce(sums)
+        self.last_used[counts > 0] = self.step
+        if self.config.dead_after > 0:
+            self._remember(flat)
+        if sums is not None and bool(self.initialised):
+            decay = self.config.ema_decay
+            self.cluster_size.mul_(decay).add_(counts, alpha=1 - decay)
+            self.embed_sum.mul_(decay).add_(sums, alpha=1 - decay)
+            n = self.cluster_size.sum()
+            eps = 1e-5
+            smoothed = (self.cluster_size + eps) / (n + k * eps) * n
+            self.quantizer.embedding.weight.copy_(self.embed_sum / smoothed[:, None])
+
+    @torch.no_grad()
+    def end_step(self) -> int:
+        """Call after each optimizer step: advances the step and re-seeds dead codes. Returns how many."""
+        self.step += 1
+        cfg = self.config
+        if cfg.dead_after <= 0 or not bool(self.initialised) or int(self.step) % max(1, cfg.restart_every):
+            return 0
+        dead = (self.step - self.last_used) > cfg.dead_after
+        n_dead = int(dead.sum())
+        available = min(int(self.ring_count), self.ring.shape[0])
+        if n_dead == 0 or available == 0:
+            return 0
+        rows = dead.nonzero().squeeze(1)
+        pick = torch.randint(0, available, (n_dead,), generator=self._generator)
+        values = self.ring[pick.to(self.ring.device)]
+        # noise scale: per-dimension spread of the stored features (0 when there is just one)
+        scale = self.ring[:available].std(dim=0, keepdim=True) if available > 1 else torch.zeros_like(values[:1])
+        values = values + cfg.restart_noise * scale * torch.randn(values.shape, generator=self._generator).to(values)
+        if self.quantizer.l2_norm:
+            values = F.normalize(values, dim=1)
+        self._set_codes(rows, values)
+        self._broadcast_codes()
+        self.last_used[rows] = self.step
+        self.restarts += n_dead
+        return n_dead
+
+    def active_fraction(self, window: int | None = None) -> float:
+        """Fraction of codes chosen in the last ``window`` steps (default ``dead_after`` or 100)."""
+        window = window or self.config.dead_after or 100
+        return float(((self.step - self.last_used) <= window).float().mean())

@@ -1,0 +1,103 @@
+"""``vqtok train``: train or fine-tune a VQGAN tokenizer on an image folder or WebDataset shards."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def add_commands(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a VQGAN tokenizer on an image folder or WebDataset shards",
+        description=(
+            "Train a VQGAN (L1/L2 + LPIPS + PatchGAN hinge loss, codebook tricks for high usage) and export "
+            "OUT/final as a tokenizer folder (use it with --model). Resumes from OUT's newest checkpoint. "
+            "Under torchrun each process takes its share of the data (DDP)."
+        ),
+    )
+    p.add_argument("--data", required=True, help="image folder, or shards: 'shards/train-{000000..000099}.tar' (quote it)")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, log.jsonl, images/, final/)")
+    p.add_argument("--config", default=None, help="training config YAML (default: the default tokenizer's recipe)")
+    p.add_argument("--steps", type=int, default=None, help="override config steps")
+    p.add_argument("--batch-size", type=int, default=None, help="override config batch_size")
+    p.add_argument("--lr", type=float, default=None, help="override config lr")
+    p.add_argument("--val-data", default=None, help="validation image folder / shards (PSNR and codebook usage)")
+    p.add_argument("--init", default=None, metavar="MODEL_DIR", help="start from these weights (fine-tuning; same architecture)")
+    p.add_argument("--perceptual-weight", type=float, default=None, help="override loss.perceptual_weight (0 = no VGG16 needed)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default auto)")
+    p.add_argument("--workers", type=int, default=None, help="override data.num_workers")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field, dotted, value in YAML syntax (e.g. --set data.max_zoom_out=8); repeatable")
+    p.add_argument("--no-resume", action="store_true", help="refuse to continue an existing run in OUT")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_train)
+
+
+def apply_overrides(config: Any, items: list[str]) -> Any:
+    """``["data.crop_size=64", "steps=10"]`` applied to a TrainConfig (values parsed as YAML scalars)."""
+    import yaml
+
+    from vqtok.training.config import TrainConfig
+
+    d = config.to_dict()
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        *parents, leaf = key.strip().split(".")
+        target = d
+        for part in parents:
+            if not isinstance(target.get(part), dict):
+                raise ValueError(f"--set {key}: {part!r} is not a config section")  # noqa: TRY004
+            target = target[part]
+        if leaf not in target:
+            raise ValueError(f"--set {key}: unknown config key")
+        target[leaf] = yaml.safe_load(text)
+    return TrainConfig.from_dict(d)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from vqtok.training.config import TrainConfig
+    from vqtok.training.trainer import Trainer
+
+    config = TrainConfig.from_yaml(args.config) if args.config else TrainConfig()
+    top: dict[str, Any] = {}
+    if args.steps is not None:
+        top["steps"] = args.steps
+    if args.batch_size is not None:
+        top["batch_size"] = args.batch_size
+    if args.lr is not None:
+        top["lr"] = args.lr
+    if args.device is not None:
+        top["device"] = args.device
+    data_changes: dict[str, Any] = {}
+    if args.val_data is not None:
+        data_changes["val_data"] = args.val_data
+    if args.workers is not None:
+        data_changes["num_workers"] = args.workers
+    if data_changes:
+        top["data"] = dataclasses.replace(config.data, **data_changes)
+    if args.perceptual_weight is not None:
+        top["loss"] = dataclasses.replace(config.loss, perceptual_weight=args.perceptual_weight)
+    if top:
+        config = dataclasses.replace(config, **top)
+    if args.set:
+        config = apply_overrides(config, args.set)
+    out = Path(args.out)
+    if args.no_resume and (out / "checkpoints" / "latest").is_file():
+        raise ValueError(f"{out} already holds a run (drop --no-resume to continue it, or pick another --out)")
+    trainer = Trainer(config, args.data, out, progress=not args.no_progress, init_weights=args.init)
+    result = trainer.train()
+    summary: dict[str, Any] = {"out": str(result.out), "model": str(result.final), "steps": result.steps}
+    if result.validation is not None:
+        summary["validation"] = dataclasses.asdict(result.validation)
+    if trainer.is_main:
+        print(json.dumps(summary, indent=1))
+    return 0

@@ -1,0 +1,193 @@
+"""Training configuration: one dataclass per concern, loaded from / saved to YAML.
+
+A YAML file mirrors :class:`TrainConfig`::
+
+    model: {ch: 64, ch_mult: [1, 2, 2, 4], n_embed: 4096, embed_dim: 8, l2_norm_codes: true, ...}
+    codebook: {kmeans_init: true, dead_after: 200, ...}
+    loss: {perceptual_weight: 0.0, disc_start: 20000, ...}
+    data: {crop_size: 128, ...}
+    steps: 20000
+    batch_size: 8
+    ...
+
+Unknown keys are errors (a typo must not silently train something else).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from vqtok.models.vqgan import VQGANConfig
+
+__all__ = ["CodebookConfig", "DataConfig", "LossConfig", "TrainConfig", "default_model_config", "vanilla_codebook"]
+
+T = TypeVar("T")
+
+
+@dataclass
+class CodebookConfig:
+    """Training-time codebook behaviour. None of it is saved in the exported model."""
+
+    ema: bool = False  # update codes by an exponential moving average of their assigned encoder outputs (no codebook gradient)
+    ema_decay: float = 0.99  # decay of the EMA statistics
+    kmeans_init: bool = True  # initialise the codes by k-means on the encoder outputs of the first batches
+    kmeans_batches: int = 8  # how many first batches feed the k-means initialisation
+    kmeans_iters: int = 10  # Lloyd iterations of that k-means
+    dead_after: int = 200  # a code not chosen for this many steps is dead and gets re-seeded (0 = never)
+    restart_every: int = 20  # how often (in steps) dead codes are looked for
+    buffer_size: int = 16384  # recent encoder outputs kept to re-seed dead codes from
+    restart_noise: float = 0.01  # relative noise added to re-seeded codes (so duplicates separate)
+
+
+@dataclass
+class LossConfig:
+    """The VQGAN objective (Esser et al. 2021): reconstruction + perceptual + codebook + adversarial."""
+
+    rec_loss: str = "l1"  # pixel loss: "l1", "l2" or "l1+l2"
+    rec_weight: float = 1.0  # weight of the pixel loss
+    perceptual_weight: float = 1.0  # weight of LPIPS(x, x̂); 0 trains without VGG16 weights
+    vgg_weights: str | None = None  # path to vgg16-397923af.pth (else cached / downloaded)
+    lpips_weights: str | None = None  # path to LPIPS v0.1 vgg.pth linear heads (else cached / downloaded)
+    codebook_weight: float = 1.0  # weight of the codebook + commitment loss
+    disc_weight: float = 0.8  # multiplies the adaptive generator weight λ; 0 disables the discriminator
+    disc_start: int = 20000  # step at which the adversarial terms switch on
+    disc_factor: float = 1.0  # weight of the discriminator terms once switched on
+    disc_layers: int = 3  # conv layers of the N-layer PatchGAN
+    disc_ch: int = 64  # channels of its first layer
+    disc_lr_mult: float = 1.0  # discriminator learning rate = lr × this
+    max_lambda: float = 1e4  # upper clamp of the adaptive weight λ
+
+
+@dataclass
+class DataConfig:
+    """Training images and augmentation."""
+
+    crop_size: int = 128  # side of the square training crops (pixels)
+    max_zoom_out: float = 4.0  # crops cover crop_size × s source pixels, s log-uniform in [1, this] (then resized)
+    flip: bool = True  # random horizontal flips
+    num_workers: int = 2  # DataLoader worker processes (0 = load in the training process)
+    cache_images: bool = False  # keep decoded images in (each worker's) memory: fast, costs RAM
+    val_data: str | None = None  # folder / shards of validation images (never the training set)
+    val_size: int = 256  # validation images are resized + center-cropped to this side
+    val_images: int = 32  # at most this many validation images
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs besides the data location and output folder."""
+
+    model: VQGANConfig = field(default_factory=lambda: default_model_config())
+    codebook: CodebookConfig = field(default_factory=CodebookConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    steps: int = 20000  # optimizer steps
+    batch_size: int = 8  # images per micro-batch per process
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 1e-4  # Adam learning rate (autoencoder)
+    betas: tuple[float, float] = (0.5, 0.9)  # Adam betas (taming)
+    weight_decay: float = 0.0  # Adam weight decay
+    warmup_steps: int = 500  # linear learning-rate warmup
+    grad_clip: float = 0.0  # max gradient norm (0 = no clipping)
+    bf16: str = "auto"  # bf16 autocast: "auto" (CUDA with bf16 only), "on" or "off"
+    ema_decay: float = 0.0  # decay of an EMA copy of the weights, exported instead (0 = off)
+    seed: int = 0  # seeds weights, data order and augmentation
+    threads: int = 0  # torch intra-op threads (0 = torch's default)
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    log_every: int = 20  # JSONL log period (steps)
+    val_every: int = 500  # validation period (steps)
+    ckpt_every: int = 500  # checkpoint period (steps)
+    image_every: int = 500  # reconstruction-grid period (steps)
+    keep_checkpoints: int = 2  # newest step checkpoints kept (plus "last")
+
+    def __post_init__(self) -> None:
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
+        if isinstance(self.bf16, bool):  # YAML 1.1 reads a bare on/off as a boolean
+            self.bf16 = "on" if self.bf16 else "off"
+        if self.bf16 not in ("auto", "on", "off"):
+            raise ValueError(f"bf16 must be 'auto', 'on' or 'off', got {self.bf16!r}")
+        if self.loss.rec_loss not in ("l1", "l2", "l1+l2"):
+            raise ValueError(f"loss.rec_loss must be 'l1', 'l2' or 'l1+l2', got {self.loss.rec_loss!r}")
+        if self.steps < 0 or self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("steps must be >= 0, batch_size and grad_accum >= 1")
+        if self.data.crop_size % self.model.downsample_factor:
+            raise ValueError(
+                f"crop_size {self.data.crop_size} must be a multiple of the downsampling factor {self.model.downsample_factor}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["model"] = self.model.to_dict()
+        for name in ("codebook", "loss", "data"):
+            d[name] = asdict(d[name])
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        d = dict(d)
+        _check_keys(cls, d, "")
+        kwargs: dict[str, Any] = {}
+        if "model" in d:
+            kwargs["model"] = VQGANConfig.from_dict(d.pop("model") or {})
+        for name, sub in (("codebook", CodebookConfig), ("loss", LossConfig), ("data", DataConfig)):
+            if name in d:
+                part = dict(d.pop(name) or {})
+                _check_keys(sub, part, name + ".")
+                kwargs[name] = sub(**part)
+        kwargs.update(d)
+        return cls(**kwargs)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str]) -> TrainConfig:
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"training config {path} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise TypeError(f"{path}: a training config is a mapping, got {type(data).__name__}")
+        return cls.from_dict(data)
+
+    def to_yaml(self, path: str | os.PathLike[str]) -> Path:
+        import yaml
+
+        path = Path(path)
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        return path
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return replace(self, **changes)
+
+
+def _check_keys(cls: type, d: Mapping[str, Any], prefix: str) -> None:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown training config keys: {', '.join(prefix + k for k in unknown)}")
+
+
+def default_model_config() -> VQGANConfig:
+    """The architecture of the shipped default tokenizer: f8, 4096 cosine codes of dimension 8."""
+    return VQGANConfig(
+        ch=32,
+        ch_mult=(1, 2, 2, 4),
+        num_res_blocks=1,
+        attn_resolutions=(),
+        z_channels=64,
+        embed_dim=8,
+        n_embed=4096,
+        resolution=96,
+        beta=0.25,
+        legacy_loss=False,
+        l2_norm_codes=True,
+    )
+
+
+def vanilla_codebook() -> CodebookConfig:
+    """taming's plain VQ: random uniform init, codebook gradient, no restarts."""
+    return CodebookConfig(ema=False, kmeans_init=False, dead_after=0)

@@ -1,0 +1,239 @@
+"""Training images: a folder of images or WebDataset-style ``.tar`` shards, as random crops.
+
+Each training crop is a random square covering ``crop_size × s`` source pixels with ``s``
+log-uniform in ``[1, max_zoom_out]`` (several scales of the same large photo), resized to
+``crop_size`` and randomly flipped.
+
+The stream is deterministic: the ``g``-th crop of the run depends only on the seed and ``g``
+(folder: image of epoch permutation ``g // N``, crop randomness seeded by ``(seed, g)``), and
+:class:`TrainImages` yields whole batches with batch ``k`` made by worker ``k mod W``. So a run
+resumed at step ``n`` gets exactly the batches it would have had (``start_batch``), whatever the
+number of DataLoader workers. Under DDP rank ``r`` of ``R`` takes crops ``g ≡ r (mod R)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vqtok.images import load_image, pil_to_rgb, resize_center_crop
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["IMAGE_SUFFIXES", "TrainImages", "list_images", "load_validation_images", "make_loader", "random_crop"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """All image files under ``folder`` (recursive), sorted."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
+    return files
+
+
+def random_crop(
+    img: Image.Image, size: int, rng: np.random.Generator, *, max_zoom_out: float = 4.0, flip: bool = True
+) -> torch.Tensor:
+    """Random multi-scale square crop resized to size×size (+ flip): -> uint8 (3, size, size)."""
+    img = pil_to_rgb(img)
+    w, h = img.size
+    if min(w, h) < size:
+        scale = size / min(w, h)
+        img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BICUBIC)
+        w, h = img.size
+    s_max = max(1.0, min(max_zoom_out, min(w, h) / size))
+    s = math.exp(rng.uniform(0.0, math.log(s_max)))
+    side = min(min(w, h), max(size, round(size * s)))
+    x0 = int(rng.integers(0, w - side + 1))
+    y0 = int(rng.integers(0, h - side + 1))
+    crop = img.crop((x0, y0, x0 + side, y0 + side))
+    if side != size:
+        crop = crop.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
+    arr = np.asarray(crop, dtype=np.uint8)
+    if flip and rng.random() < 0.5:
+        arr = arr[:, ::-1]
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+def _is_shards(source: str) -> bool:
+    return not Path(source).is_dir()
+
+
+def _iter_tar_images(url: str) -> Iterator[tuple[str, bytes | None]]:
+    """(key, lazy reader) of the image members of one tar shard, in order."""
+    with tarfile.open(url, "r|*") as tf:
+        for member in tf:
+            if not member.isfile():
+                continue
+            name = member.name
+            base = name.rsplit("/", 1)[-1]
+            if "." not in base or "." + base.split(".", 1)[1].lower() not in IMAGE_SUFFIXES:
+                continue
+            f = tf.extractfile(member)
+            yield name, (f.read() if f is not None else None)
+
+
+class TrainImages(torch.utils.data.IterableDataset):
+    """Infinite, deterministic stream of uint8 batches (B, 3, S, S) from a folder or shards.
+
+    Args:
+        source: image folder, or shard spec (brace notation / directory of ``.tar``).
+        batch_size: crops per yielded batch.
+        crop_size, max_zoom_out, flip: augmentation (see :func:`random_crop`).
+        seed: seeds the order and the crops.
+        start_batch: index of the first batch to produce (resume).
+        rank, world_size: DDP split of the crops.
+        cache_images: keep decoded folder images in memory (per worker).
+    """
+
+    def __init__(
+        self,
+        source: str,
+        *,
+        batch_size: int,
+        crop_size: int,
+        max_zoom_out: float = 4.0,
+        flip: bool = True,
+        seed: int = 0,
+        start_batch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        cache_images: bool = False,
+    ) -> None:
+        super().__init__()
+        self.source = str(source)
+        self.batch_size = batch_size
+        self.crop_size = crop_size
+        self.max_zoom_out = max_zoom_out
+        self.flip = flip
+        self.seed = seed
+        self.start_batch = start_batch
+        self.rank = rank
+        self.world_size = world_size
+        self.cache_images = cache_images
+        if _is_shards(self.source):
+            from vqtok.data import expand_shards
+
+            self.shards: list[str] = expand_shards(self.source)
+            self.files: list[Path] = []
+        else:
+            self.files = list_images(self.source)
+            self.shards = []
+        self._cache: dict[int, Image.Image] = {}
+
+    def __len__(self) -> int:  # number of source images (folder) or shards
+        return len(self.files) or len(self.shards)
+
+    def _crop(self, img: Image.Image, g: int) -> torch.Tensor:
+        rng = np.random.default_rng([self.seed, g])
+        return random_crop(img, self.crop_size, rng, max_zoom_out=self.max_zoom_out, flip=self.flip)
+
+    def _folder_image(self, g: int) -> Image.Image:
+        n = len(self.files)
+        epoch, pos = divmod(g, n)
+        perm = np.random.default_rng([self.seed, 7, epoch]).permutation(n)
+        i = int(perm[pos])
+        if i in self._cache:
+            return self._cache[i]
+        img = pil_to_rgb(load_image(self.files[i]))
+        if self.cache_images:
+            self._cache[i] = img
+        return img
+
+    def _batch_indices(self, k: int) -> list[int]:
+        """Global crop indices of this rank's batch k."""
+        first = k * self.batch_size
+        return [(first + j) * self.world_size + self.rank for j in range(self.batch_size)]
+
+    def _worker(self) -> tuple[int, int]:
+        info = torch.utils.data.get_worker_info()
+        return (0, 1) if info is None else (info.id, info.num_workers)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        wid, nworkers = self._worker()
+        if self.files:
+            k = self.start_batch + wid
+            while True:
+                yield torch.stack([self._crop(self._folder_image(g), g) for g in self._batch_indices(k)])
+                k += nworkers
+        else:
+            yield from self._iter_shards(wid, nworkers)
+
+    def _shard_stream(self) -> Iterator[tuple[int, bytes | None]]:
+        """(global index g, encoded image) over epochs, shards shuffled per epoch."""
+        g = 0
+        epoch = 0
+        while True:
+            order = np.random.default_rng([self.seed, 7, epoch]).permutation(len(self.shards))
+            seen = 0
+            for s in order:
+                for _, data in _iter_tar_images(self.shards[int(s)]):
+                    yield g, data
+                    g += 1
+                    seen += 1
+            if seen == 0:
+                raise ValueError(f"no images in the shards {self.source}")
+            epoch += 1
+
+    def _iter_shards(self, wid: int, nworkers: int) -> Iterator[torch.Tensor]:
+        per_batch = self.batch_size * self.world_size
+        pending: list[torch.Tensor] = []
+        for g, data in self._shard_stream():
+            k, within = divmod(g, per_batch)
+            if k < self.start_batch or (k - self.start_batch) % nworkers != wid or within % self.world_size != self.rank:
+                continue
+            if data is None:
+                raise ValueError(f"unreadable member in {self.source}")
+            pending.append(self._crop(load_image(data), g))
+            if len(pending) == self.batch_size:
+                yield torch.stack(pending)
+                pending = []
+
+
+def make_loader(dataset: TrainImages, *, num_workers: int) -> torch.utils.data.DataLoader:
+    """DataLoader over whole batches (the dataset batches itself, keeping the order exact)."""
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=num_workers,
+        persistent_workers=False,
+        prefetch_factor=2 if num_workers > 0 else None,
+    )
+
+
+def load_validation_images(source: str, *, size: int, limit: int) -> torch.Tensor:
+    """Up to ``limit`` images, resized + center-cropped to size×size: uint8 (N, 3, size, size)."""
+    out: list[torch.Tensor] = []
+    if _is_shards(source):
+        from vqtok.data import expand_shards
+
+        for url in expand_shards(source):
+            for _, data in _iter_tar_images(url):
+                if data is not None:
+                    out.append(_to_tensor(resize_center_crop(pil_to_rgb(load_image(data)), size)))
+                if len(out) >= limit:
+                    break
+            if len(out) >= limit:
+                break
+    else:
+        for path in list_images(source)[:limit]:
+            out.append(_to_tensor(resize_center_crop(pil_to_rgb(load_image(path)), size)))
+    if not out:
+        raise FileNotFoundError(f"no validation images in {source}")
+    return torch.stack(out)
+
+
+def _to_tensor(img: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)

@@ -1,0 +1,469 @@
+"""VQGAN training loop: single process or DDP under ``torchrun``.
+
+Output folder layout::
+
+    OUT/train_config.yaml      the full TrainConfig of the run
+    OUT/log.jsonl              one JSON object per log / validation event
+    OUT/images/step-XXXXXXX.png  reconstruction grids (top: originals, bottom: reconstructions)
+    OUT/checkpoints/step-XXXXXXX/  model.safetensors + config.json (a Tokenizer folder),
+                                trainer.safetensors (discriminator, EMA weights, codebook statistics, RNG),
+                                optim.pt (optimizer states), state.json (step)
+    OUT/checkpoints/latest     name of the newest complete checkpoint
+    OUT/final/                 the exported model (EMA weights when enabled): Tokenizer.from_pretrained(OUT/final)
+
+Resuming (the default when OUT has a checkpoint) restores every tensor and the data position,
+so N steps + resume + M steps equals N + M steps in one go.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from vqtok import hub
+from vqtok.images import from_model_output, to_model_input
+from vqtok.models.vqgan import VQGAN
+from vqtok.training.codebook import CodebookTrainer
+from vqtok.training.config import TrainConfig
+from vqtok.training.data import TrainImages, load_validation_images, make_loader
+from vqtok.training.losses import PerceptualFn, VQGANLoss
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TrainResult", "Trainer", "ValidationResult", "train"]
+
+MODEL_TYPE = "vqgan"
+
+
+@dataclass
+class ValidationResult:
+    psnr: float  # mean PSNR (dB) of the validation reconstructions
+    usage: float  # fraction of the codebook used on the validation images
+    used_codes: int
+    perplexity: float
+
+
+@dataclass
+class TrainResult:
+    out: Path  # output folder
+    final: Path  # exported model folder
+    steps: int  # optimizer steps done in total
+    validation: ValidationResult | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _AutoEncoder(nn.Module):
+    """Encoder -> training codebook -> decoder, one module so DDP can wrap it."""
+
+    def __init__(self, model: VQGAN, codebook: CodebookTrainer) -> None:
+        super().__init__()
+        self.model = model
+        self.codebook = codebook
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        z = self.model.quant_conv(self.model.encoder(x))
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            q = self.codebook(z.float())
+        rec = self.model.decode(q.z_q.to(z.dtype))
+        return rec, q.ids, q.loss
+
+
+class WeightEMA:
+    """Exponential moving average of a model's parameters (buffers copied)."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for p_ema, p in zip(self.model.parameters(), model.parameters()):
+            p_ema.lerp_(p.detach(), 1.0 - self.decay)
+        for b_ema, b in zip(self.model.buffers(), model.buffers()):
+            b_ema.copy_(b)
+
+
+def _resolve_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device(f"cuda:{local_rank}")
+    return dev
+
+
+def _use_bf16(setting: str, device: torch.device) -> bool:
+    if setting == "on":
+        return True
+    if setting == "off":
+        return False
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def _save_grid(originals: torch.Tensor, recs: torch.Tensor, path: Path) -> None:
+    """uint8 (N,3,H,W) originals over [0,1] reconstructions -> one PNG (2 rows)."""
+    from PIL import Image
+
+    top = torch.cat(list(originals), dim=2)
+    bottom = torch.cat(list((recs * 255).round().to(torch.uint8)), dim=2)
+    grid = torch.cat([top, bottom], dim=1).permute(1, 2, 0).numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).save(path)
+
+
+class Trainer:
+    """Train a VQGAN on ``data`` (image folder or shards) into ``out``.
+
+    Args:
+        config: the run's TrainConfig.
+        data: image folder or shard spec (``shards/train-{000000..000009}.tar``).
+        out: output folder (created; resumed from when it has a checkpoint and ``resume``).
+        progress: tqdm bar on stderr (rank 0).
+        resume: continue from ``out``'s newest checkpoint when there is one.
+        perceptual: override of the perceptual loss function (x, x̂) -> (B,) (tests).
+        init_weights: optional model folder / safetensors to start from (fine-tuning).
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        data: str,
+        out: str | os.PathLike[str],
+        *,
+        progress: bool = True,
+        resume: bool = True,
+        perceptual: PerceptualFn | None = None,
+        init_weights: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.config = config
+        self.data = str(data)
+        self.out = Path(out)
+        self.progress = progress
+        self.resume = resume
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if config.threads > 0:
+            torch.set_num_threads(config.threads)
+        self.device = _resolve_device(config.device, self.local_rank)
+        if self.world_size > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.bf16 = _use_bf16(config.bf16, self.device)
+
+        torch.manual_seed(config.seed)
+        self.model = VQGAN(config.model).to(self.device)
+        if init_weights is not None:
+            self._load_init(Path(init_weights))
+        self.codebook = CodebookTrainer(self.model.quantize, config.codebook, seed=config.seed).to(self.device)
+        self.loss = VQGANLoss(config.loss, perceptual=perceptual, device=self.device).to(self.device)
+        self.ae = _AutoEncoder(self.model, self.codebook)
+        self.ae_ddp: nn.Module = self.ae
+        if self.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # codebook statistics are synchronised by CodebookTrainer itself, not by DDP's buffer broadcast
+            self.ae_ddp = nn.parallel.DistributedDataParallel(self.ae, device_ids=ids, broadcast_buffers=False)
+            if self.loss.discriminator is not None:  # not DDP-wrapped (it is frozen inside the generator loss):
+                for p in self.loss.discriminator.parameters():  # same initial weights on every rank
+                    dist.broadcast(p.data, src=0)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.Adam(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+        self.opt_d: torch.optim.Optimizer | None = None
+        if self.loss.discriminator is not None:
+            self.opt_d = torch.optim.Adam(
+                self.loss.discriminator.parameters(), lr=config.lr * config.loss.disc_lr_mult, betas=config.betas
+            )
+        self.ema = WeightEMA(self.model, config.ema_decay) if config.ema_decay > 0 else None
+        self.step = 0
+        self.val_images: torch.Tensor | None = None
+        self.history: list[dict[str, Any]] = []
+
+    # -- setup -------------------------------------------------------------------------
+    def _load_init(self, path: Path) -> None:
+        file = path / hub.WEIGHTS_NAME if path.is_dir() else path
+        if not file.is_file():
+            raise FileNotFoundError(f"initial weights {file} do not exist")
+        self.model.load_state_dict(load_file(str(file)), strict=True)
+        logger.info("initialised the model from %s", file)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def _latest_checkpoint(self) -> Path | None:
+        marker = self.out / "checkpoints" / "latest"
+        if not marker.is_file():
+            return None
+        path = self.out / "checkpoints" / marker.read_text().strip()
+        return path if (path / "state.json").is_file() else None
+
+    # -- checkpoints -------------------------------------------------------------------
+    def _trainer_tensors(self) -> dict[str, torch.Tensor]:
+        t: dict[str, torch.Tensor] = {}
+        for k, v in self.codebook.state_dict().items():
+            t["codebook." + k] = v
+        if self.loss.discriminator is not None:
+            for k, v in self.loss.discriminator.state_dict().items():
+                t["disc." + k] = v
+        if self.ema is not None:
+            for k, v in self.ema.model.state_dict().items():
+                t["ema." + k] = v
+        t["rng.torch"] = torch.get_rng_state()
+        t["rng.codebook"] = self.codebook._generator.get_state()
+        if self.device.type == "cuda":
+            t["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        return {k: v.detach().cpu().contiguous() for k, v in t.items()}
+
+    def save_checkpoint(self) -> Path | None:
+        """Write a checkpoint for the current step (rank 0); returns its folder."""
+        if not self.is_main:
+            return None
+        root = self.out / "checkpoints"
+        name = f"step-{self.step:07d}"
+        tmp = root / (name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        hub.save_pretrained(tmp, state_dict=self.model.state_dict(), config=self.config.model.to_dict(), model_type=MODEL_TYPE)
+        save_file(self._trainer_tensors(), str(tmp / "trainer.safetensors"))
+        optim = {"ae": self.opt.state_dict(), "disc": self.opt_d.state_dict() if self.opt_d is not None else None}
+        torch.save(optim, tmp / "optim.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": self.step, "config": self.config.to_dict()}, indent=1))
+        final = root / name
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        (root / "latest.tmp").write_text(name + "\n")
+        os.replace(root / "latest.tmp", root / "latest")
+        steps = sorted(p for p in root.glob("step-???????") if p.is_dir())
+        for old in steps[: max(0, len(steps) - max(1, self.config.keep_checkpoints))]:
+            shutil.rmtree(old, ignore_errors=True)
+        logger.info("checkpoint %s", final)
+        return final
+
+    def load_checkpoint(self, path: Path) -> None:
+        state = json.loads((path / "state.json").read_text())
+        saved_model = state["config"]["model"]
+        if saved_model != self.config.model.to_dict():
+            raise ValueError(f"checkpoint {path} has a different model config than this run")
+        self.model.load_state_dict(load_file(str(path / hub.WEIGHTS_NAME), device=str(self.device)), strict=True)
+        tensors = load_file(str(path / "trainer.safetensors"), device="cpu")
+        part = lambda prefix: {k[len(prefix):]: v.to(self.device) for k, v in tensors.items() if k.startswith(prefix)}
+        self.codebook.load_state_dict(part("codebook."), strict=True)
+        if self.loss.discriminator is not None:
+            self.loss.discriminator.load_state_dict(part("disc."), strict=True)
+        if self.ema is not None:
+            self.ema.model.load_state_dict(part("ema."), strict=True)
+        torch.set_rng_state(tensors["rng.torch"])
+        self.codebook._generator.set_state(tensors["rng.codebook"])
+        if "rng.cuda" in tensors and self.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+        optim = torch.load(path / "optim.pt", map_location=self.device, weights_only=True)
+        self.opt.load_state_dict(optim["ae"])
+        if self.opt_d is not None and optim.get("disc") is not None:
+            self.opt_d.load_state_dict(optim["disc"])
+        self.step = int(state["step"])
+        logger.info("resumed from %s (step %d)", path, self.step)
+
+    # -- logging -----------------------------------------------------------------------
+    def _log(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        if not self.is_main:
+            return
+        with open(self.out / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # -- validation --------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self, images: torch.Tensor | None = None, *, model: VQGAN | None = None) -> ValidationResult:
+        """PSNR and codebook usage of ``model`` (EMA weights if any) on the validation images."""
+        from vqtok.metrics import codebook_usage, psnr
+
+        model = model or (self.ema.model if self.ema is not None else self.model)
+        images = self.val_images if images is None else images
+        if images is None:
+            raise ValueError("no validation images (set data.val_data)")
+        was_training = model.training
+        model.eval()
+        scores, ids_all = [], []
+        for start in range(0, images.shape[0], 8):
+            x = to_model_input(images[start : start + 8]).to(self.device)
+            with self._autocast():
+                q = model.encode(x)
+                rec = model.decode(q.z_q)
+            scores.append(psnr(from_model_output(rec).cpu().double(), images[start : start + 8].double() / 255))
+            ids_all.append(q.ids.cpu())
+        model.train(was_training)
+        usage = codebook_usage(torch.cat([i.reshape(-1) for i in ids_all]), model.config.n_embed)
+        return ValidationResult(
+            psnr=float(torch.cat(scores).mean()), usage=usage.used_fraction, used_codes=usage.used_codes, perplexity=usage.perplexity
+        )
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    @torch.no_grad()
+    def _write_grid(self, batch: torch.Tensor) -> None:
+        model = self.ema.model if self.ema is not None else self.model
+        was_training = model.training
+        model.eval()
+        src = self.val_images[:8] if self.val_images is not None else batch[:8]
+        with self._autocast():
+            rec = model(to_model_input(src).to(self.device)).reconstruction
+        model.train(was_training)
+        _save_grid(src.cpu(), from_model_output(rec).cpu(), self.out / "images" / f"step-{self.step:07d}.png")
+
+    # -- the loop ----------------------------------------------------------------------
+    def _batches(self) -> Iterator[torch.Tensor]:
+        cfg = self.config
+        dataset = TrainImages(
+            self.data,
+            batch_size=cfg.batch_size,
+            crop_size=cfg.data.crop_size,
+            max_zoom_out=cfg.data.max_zoom_out,
+            flip=cfg.data.flip,
+            seed=cfg.seed,
+            start_batch=self.step * cfg.grad_accum,
+            rank=self.rank,
+            world_size=self.world_size,
+            cache_images=cfg.data.cache_images,
+        )
+        return iter(make_loader(dataset, num_workers=cfg.data.num_workers))
+
+    def _lr(self, step: int) -> float:
+        warm = self.config.warmup_steps
+        return self.config.lr * min(1.0, (step + 1) / warm) if warm > 0 else self.config.lr
+
+    def train(self, steps: int | None = None) -> TrainResult:
+        """Run until ``steps`` total optimizer steps (default ``config.steps``); returns the result."""
+        cfg = self.config
+        total = cfg.steps if steps is None else steps
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        latest = self._latest_checkpoint() if self.resume else None
+        if latest is not None:
+            self.load_checkpoint(latest)
+        if self.is_main:
+            cfg.to_yaml(self.out / "train_config.yaml")
+        if cfg.data.val_data:
+            self.val_images = load_validation_images(cfg.data.val_data, size=cfg.data.val_size, limit=cfg.data.val_images)
+        self.ae.train()
+        if self.loss.discriminator is not None:
+            self.loss.discriminator.train()
+        batches = self._batches()
+        bar = None
+        if self.progress and self.is_main:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        t0, window = time.time(), []
+        last_val: ValidationResult | None = None
+        batch = None
+        while self.step < total:
+            metrics = self._train_step(batches)
+            batch = metrics.pop("_batch")
+            window.append(metrics)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(rec=f"{metrics['rec']:.4f}", act=f"{metrics['active']:.2f}")
+            if self.step % cfg.log_every == 0 or self.step == total:
+                avg = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+                self._log({"step": self.step, "kind": "train", "time": round(time.time() - t0, 2), **avg})
+                logger.info("step %d: %s", self.step, " ".join(f"{k}={v:.4g}" for k, v in avg.items()))
+                window = []
+            if self.val_images is not None and (self.step % cfg.val_every == 0 or self.step == total) and self.is_main:
+                last_val = self.validate()
+                self._log({"step": self.step, "kind": "val", **last_val.__dict__})
+                logger.info("step %d: val PSNR %.2f dB, usage %.1f%%", self.step, last_val.psnr, 100 * last_val.usage)
+            if self.is_main and (self.step % cfg.image_every == 0 or self.step == total):
+                self._write_grid(batch)
+            if self.step % cfg.ckpt_every == 0 or self.step == total:
+                self.save_checkpoint()
+        if bar is not None:
+            bar.close()
+        final = self.export(self.out / "final")
+        if self.world_size > 1:
+            dist.barrier()
+        return TrainResult(out=self.out, final=final, steps=self.step, validation=last_val, history=self.history)
+
+    def _train_step(self, batches: Iterator[torch.Tensor]) -> dict[str, Any]:
+        cfg = self.config
+        lr = self._lr(self.step)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        if self.opt_d is not None:
+            for group in self.opt_d.param_groups:
+                group["lr"] = lr * cfg.loss.disc_lr_mult
+        gan = self.loss.gan_active(self.step)
+        sums: dict[str, float] = {"rec": 0.0, "perceptual": 0.0, "codebook": 0.0, "gan": 0.0, "lambda": 0.0, "d_loss": 0.0}
+        self.opt.zero_grad(set_to_none=True)
+        if self.opt_d is not None:
+            self.opt_d.zero_grad(set_to_none=True)
+        x = None
+        for micro in range(cfg.grad_accum):
+            raw = next(batches)
+            x = to_model_input(raw).to(self.device)
+            sync = micro == cfg.grad_accum - 1
+            ctx = self.ae_ddp.no_sync() if (self.world_size > 1 and not sync) else contextlib.nullcontext()  # type: ignore[operator]
+            with ctx:
+                if self.loss.discriminator is not None:
+                    self.loss.discriminator.requires_grad_(False)
+                with self._autocast():
+                    rec, _ids, qloss = self.ae_ddp(x)
+                    g = self.loss.generator(x, rec, qloss, step=self.step, last_layer=self.model.decoder.last_layer)
+                (g.total / cfg.grad_accum).backward()
+            if gan and self.loss.discriminator is not None:
+                self.loss.discriminator.requires_grad_(True)
+                with self._autocast():
+                    d_loss = self.loss.discriminator_loss(x, rec.detach(), step=self.step)
+                (d_loss / cfg.grad_accum).backward()
+                sums["d_loss"] += float(d_loss.detach()) / cfg.grad_accum
+            for k, v in (("rec", g.rec), ("perceptual", g.perceptual), ("codebook", g.codebook), ("gan", g.gan), ("lambda", g.lam)):
+                sums[k] += float(v) / cfg.grad_accum
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.opt.step()
+        if gan and self.opt_d is not None:
+            if self.world_size > 1:  # average the discriminator's gradients over ranks
+                for p in self.loss.discriminator.parameters():  # type: ignore[union-attr]
+                    if p.grad is not None:
+                        dist.all_reduce(p.grad)
+                        p.grad /= self.world_size
+            self.opt_d.step()
+        restarted = self.codebook.end_step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.step += 1
+        sums.update(lr=lr, restarted=float(restarted), active=self.codebook.active_fraction())
+        sums["_batch"] = raw  # type: ignore[assignment]
+        return sums
+
+    def export(self, directory: str | os.PathLike[str]) -> Path:
+        """Write the trained model (EMA weights when enabled) as a Tokenizer folder (rank 0)."""
+        model = self.ema.model if self.ema is not None else self.model
+        path = Path(directory)
+        if self.is_main:
+            hub.save_pretrained(path, state_dict=model.state_dict(), config=self.config.model.to_dict(), model_type=MODEL_TYPE)
+        return path
+
+
+def train(
+    config: TrainConfig, data: str, out: str | os.PathLike[str], *, steps: int | None = None, **kwargs: Any
+) -> TrainResult:
+    """Train a VQGAN (see :class:`Trainer`); returns the result with the exported model folder."""
+    return Trainer(config, data, out, **kwargs).train(steps)
