@@ -1,14 +1,23 @@
-"""Images/s of ``vqtok.pipeline.pretokenize`` vs a plain loop calling ``Tokenizer.encode`` per image.
+"""Images/s of the full ``vqtok pretokenize`` pipeline vs encode-only on tensors already in memory.
 
-Builds WebDataset shards from a folder of JPEGs (default: ../shared/data/eval-photos), then times
+Builds WebDataset tar shards from real JPEGs (default: ../shared/data/eval-photos, 189-778 px,
+repeated to ``--images``), then, in one process, with the same model, batch size and torch
+intra-op thread count:
 
-* baseline: read each tar with ``tarfile``, ``load_image`` + ``tok.encode(img, size=S)`` one image at a time;
-* pipeline: ``pretokenize(..., workers=W, batch_size=B)`` (JPEG decode + resize in DataLoader
-  workers, overlapped with batched model calls in the main process).
+* **encode-only** (the ceiling): every image decoded, converted and resized *beforehand*
+  (``load_image`` -> ``pil_to_rgb`` -> ``resize_center_crop``, exactly what the pipeline's workers
+  do), held in memory as uint8 arrays, then ``Tokenizer.encode`` on batches of ``--batch-size``;
+  timed once before and once after the pipeline runs (the machine is shared, load drifts) and
+  the mean is the baseline;
+* **pipeline**: ``pretokenize(shards, out, workers=W, batch_size=B)`` for each ``--workers`` value —
+  tar indexing, JPEG decode + resize in W DataLoader processes (in the main process for W=0),
+  batching, encode, tar + stats writing, manifest; everything from the call to its return.
 
-Both produce the same ids (checked). One run each, after one warm-up image.
+Ratio = pipeline images/s / encode-only images/s (≥ 0.9 is the target). Every run's ids are checked against
+encode-only's (and two images against ``Tokenizer.encode(PIL image, size=S)``).
 
-    python benchmarks/pretokenize.py --images 64 --size 128 --model-preset small --workers 1
+    python benchmarks/pretokenize.py                      # f8 ch64 random model, 256 px, batch 16, workers 0 1 2
+    python benchmarks/pretokenize.py --threads 2 --workers 0
 """
 
 from __future__ import annotations
@@ -26,44 +35,48 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vqtok.images import load_image
+from vqtok.images import load_image, pil_to_rgb, resize_center_crop
 from vqtok.models.vqgan import VQGANConfig
 from vqtok.pipeline import pretokenize
 from vqtok.tokenizer import Tokenizer
 
 PRESETS = {
-    # the test model: f=4, 512 codes, ~0.1 M parameters
+    # the test model: f=4, 512 codes, ~0.1 M parameters — decode dominates, not a realistic ratio
     "tiny": {"ch": 32, "ch_mult": (1, 2, 2), "num_res_blocks": 1, "attn_resolutions": (), "z_channels": 16, "embed_dim": 8, "n_embed": 512},
-    # a small f=8 model, ~3 M parameters in the encoder
-    "small": {"ch": 64, "ch_mult": (1, 1, 2, 2), "num_res_blocks": 1, "attn_resolutions": (), "z_channels": 64, "embed_dim": 64, "n_embed": 1024},
+    # f=8, ch 64: ~1.6 M encoder parameters, ~0.3 s per 256 px image on one CPU core
+    "f8-ch64": {"ch": 64, "ch_mult": (1, 1, 2, 2), "num_res_blocks": 1, "attn_resolutions": (), "z_channels": 64, "embed_dim": 64, "n_embed": 1024},
+    # f=8, ch 128: ~17 M encoder parameters, ~1.1 s per 256 px image on one CPU core
+    "f8-ch128": {"ch": 128, "ch_mult": (1, 1, 2, 4), "num_res_blocks": 1, "attn_resolutions": (), "z_channels": 64, "embed_dim": 64, "n_embed": 1024},
 }
 
 
-def make_shards(photos: list[str], n_images: int, n_shards: int, folder: Path) -> list[Path]:
-    paths = []
+def make_shards(photos: list[str], n_images: int, n_shards: int, folder: Path) -> tuple[list[Path], list[tuple[str, bytes]]]:
+    """WebDataset tars of ``<key>.jpg`` + ``<key>.cls``; returns the shards and (key, jpeg bytes) in order."""
+    paths, samples = [], []
     per = -(-n_images // n_shards)
     for s in range(n_shards):
         path = folder / f"bench-{s:06d}.tar"
         with tarfile.open(path, "w") as tf:
             for i in range(s * per, min(n_images, (s + 1) * per)):
-                data = Path(photos[i % len(photos)]).read_bytes()
+                key, data = f"img{i:06d}", Path(photos[i % len(photos)]).read_bytes()
+                samples.append((key, data))
                 for ext, payload in (("jpg", data), ("cls", str(i % 10).encode())):
-                    info = tarfile.TarInfo(f"img{i:06d}.{ext}")
+                    info = tarfile.TarInfo(f"{key}.{ext}")
                     info.size = len(payload)
                     tf.addfile(info, io.BytesIO(payload))
         paths.append(path)
-    return paths
+    return paths, samples
 
 
-def baseline(shards: list[Path], tok: Tokenizer, size: int) -> dict[str, np.ndarray]:
-    out = {}
-    for shard in shards:
-        with tarfile.open(shard) as tf:
-            for m in tf:
-                if m.name.endswith(".jpg"):
-                    img = load_image(tf.extractfile(m).read())  # type: ignore[union-attr]
-                    out[m.name[:-4]] = tok.encode(img, size=size).numpy()
-    return out
+def prepare(data: bytes, size: int) -> np.ndarray:
+    """What a pipeline worker does to one image (and what ``Tokenizer.encode(img, size=size)`` does)."""
+    return np.asarray(resize_center_crop(pil_to_rgb(load_image(data)), size), dtype=np.uint8)
+
+
+def encode_only(tok: Tokenizer, pixels: np.ndarray, batch: int) -> tuple[float, np.ndarray]:
+    t0 = time.perf_counter()
+    ids = [tok.encode(pixels[i : i + batch]) for i in range(0, len(pixels), batch)]
+    return time.perf_counter() - t0, torch.cat(ids).numpy()
 
 
 def read_ids(folder: Path) -> dict[str, np.ndarray]:
@@ -80,17 +93,16 @@ def main() -> int:
     here = Path(__file__).resolve().parent
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--photos", default=str(here.parent.parent / "shared" / "data" / "eval-photos"))
-    ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--images", type=int, default=96)
     ap.add_argument("--shards", type=int, default=4)
-    ap.add_argument("--size", type=int, default=128)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--model", default=None, help="model folder (default: a random model of --model-preset)")
-    ap.add_argument("--model-preset", choices=sorted(PRESETS), default="small")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads in the main process")
+    ap.add_argument("--model-preset", choices=sorted(PRESETS), default="f8-ch64")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads, for encode-only and the pipeline (default 1)")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
 
     photos = sorted(glob.glob(os.path.join(args.photos, "*.jpg")))
     if not photos:
@@ -103,34 +115,53 @@ def main() -> int:
         torch.manual_seed(0)
         tok = Tokenizer.from_config(VQGANConfig(resolution=args.size, **PRESETS[args.model_preset]), batch_size=args.batch_size)
         model_name = f"random {args.model_preset}"
-    n_params = sum(p.numel() for p in tok.model.parameters()) / 1e6
-
-    with tempfile.TemporaryDirectory() as tmp:
-        shards = make_shards(photos, args.images, args.shards, Path(tmp))
-        tok.encode(load_image(photos[0]), size=args.size)  # warm-up
-
-        t0 = time.perf_counter()
-        ref = baseline(shards, tok, args.size)
-        t_base = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        pretokenize([str(p) for p in shards], Path(tmp) / "tokens", model=tok, size=args.size,
-                    batch_size=args.batch_size, workers=args.workers, progress=False)
-        t_pipe = time.perf_counter() - t0
-
-        got = read_ids(Path(tmp) / "tokens")
-        same = got.keys() == ref.keys() and all(np.array_equal(got[k], ref[k]) for k in ref)
-
+    n_params = sum(p.numel() for p in tok.model.encoder.parameters()) / 1e6
     n = args.images
-    print(f"model: {model_name} ({n_params:.2f} M params, f={tok.downsample_factor}, {tok.codebook_size} codes); "
-          f"{n} photos (189-778 px) in {args.shards} shards at {args.size} px; {os.cpu_count()} CPUs, "
-          f"torch threads {torch.get_num_threads()}, batch {args.batch_size}, workers {args.workers}")
-    print("| method | seconds | images/s |")
-    print("|---|---:|---:|")
-    print(f"| loop: `Tokenizer.encode` one image at a time | {t_base:.2f} | {n / t_base:.1f} |")
-    print(f"| `pretokenize` (workers={args.workers}, batch={args.batch_size}) | {t_pipe:.2f} | {n / t_pipe:.1f} |")
-    print(f"speed-up: {t_base / t_pipe:.2f}x; identical ids: {same}")
-    return 0 if same else 1
+    load_before = os.getloadavg()[0]
+
+    rows: list[tuple[int, float, float, dict[str, np.ndarray]]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        shards, samples = make_shards(photos, n, args.shards, Path(tmp))
+        t0 = time.perf_counter()
+        pixels = np.stack([prepare(data, args.size) for _, data in samples])  # (N, S, S, 3) uint8
+        t_prep = time.perf_counter() - t0
+        tok.encode(pixels[: args.batch_size])  # warm-up
+
+        # encode-only before and after every pipeline run: each run is compared with the mean of
+        # the two encode-only runs around it, which cancels most of the load drift of a shared machine.
+        t_enc, ref = encode_only(tok, pixels, args.batch_size)
+        base_times, ok = [t_enc], True
+        for w in args.workers:
+            out = Path(tmp) / f"tokens-w{w}"
+            t0 = time.perf_counter()
+            pretokenize([str(p) for p in shards], out, model=tok, size=args.size,
+                        batch_size=args.batch_size, workers=w, progress=False)
+            secs = time.perf_counter() - t0
+            assert torch.get_num_threads() == args.threads  # the pipeline restores the thread count
+            t_enc, again = encode_only(tok, pixels, args.batch_size)
+            ok = ok and np.array_equal(ref, again)
+            rows.append((w, secs, (base_times[-1] + t_enc) / 2, read_ids(out)))
+            base_times.append(t_enc)
+
+    ok = ok and all(
+        np.array_equal(tok.encode(load_image(data), size=args.size).numpy(), ref[i]) for i, (_, data) in enumerate(samples[:2])
+    )
+    keys = [k for k, _ in samples]
+    print(f"model: {model_name} (encoder {n_params:.1f} M params, f={tok.downsample_factor}, {tok.codebook_size} codes); "
+          f"{n} photos ({len(photos)} distinct, 189-778 px JPEG) in {args.shards} shards -> {args.size} px; "
+          f"batch {args.batch_size}; torch threads {args.threads}; {os.cpu_count()} CPUs, "
+          f"load average {load_before:.1f} before / {os.getloadavg()[0]:.1f} after")
+    print(f"decode + convert + resize alone, one process: {t_prep:.2f} s ({1000 * t_prep / n:.1f} ms/image)")
+    print(f"encode-only runs (s): {', '.join(f'{t:.1f}' for t in base_times)}")
+    print()
+    print("| run | seconds | images/s | encode-only around it: s, images/s | ratio | ids identical |")
+    print("|---|---:|---:|---:|---:|---|")
+    for w, secs, base, got in rows:
+        same = list(got) == keys and all(np.array_equal(got[k], ref[i]) for i, k in enumerate(keys))
+        ok = ok and same
+        print(f"| `pretokenize`, workers={w} | {secs:.2f} | {n / secs:.2f} | {base:.2f} s, {n / base:.2f} | **{base / secs:.2f}** | {same} |")
+    print(f"all ids identical to encode-only (and to Tokenizer.encode(PIL image, size={args.size})): {ok}")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

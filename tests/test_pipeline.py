@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -318,6 +321,19 @@ def test_resume_after_crash_is_byte_identical(data_dir: Path, tmp_path: Path, to
     assert folder_bytes(out) == folder_bytes(ref)
 
 
+def test_deleted_outputs_are_redone_byte_identical(data_dir: Path, tmp_path: Path, tok: Tokenizer) -> None:
+    out = tmp_path / "out"
+    run(data_dir, out, tok)
+    ref = folder_bytes(out)
+    (out / "train-000001.tar").unlink()  # a finished token shard lost (its .json is still there)
+    (out / "train-000002.json").unlink()  # a completion marker lost (its tar is still there)
+    before = (out / "train-000000.tar").stat().st_mtime_ns
+    result = run(data_dir, out, tok)
+    assert [s.skipped for s in result.shards] == [True, False, False]
+    assert (out / "train-000000.tar").stat().st_mtime_ns == before  # not rewritten
+    assert folder_bytes(out) == ref  # tars, stats .json and manifest, byte for byte
+
+
 # ---------------------------------------------------------------------- ranks
 def test_ranks_split_disjointly_and_union_equals_single_run(data_dir: Path, tmp_path: Path, tok: Tokenizer, monkeypatch) -> None:
     names = list(range(7))
@@ -331,6 +347,34 @@ def test_ranks_split_disjointly_and_union_equals_single_run(data_dir: Path, tmp_
         result = run(data_dir, tmp_path / "multi", tok)
         assert [s.shard for s in result.shards] == (["train-000000.tar", "train-000002.tar"] if rank == 0 else ["train-000001.tar"])
     assert folder_bytes(tmp_path / "multi") == folder_bytes(tmp_path / "single")
+
+
+def test_two_rank_processes_equal_one(data_dir: Path, tmp_path: Path, model_dir: Path) -> None:
+    # Real data problems in the mix: a corrupt JPEG and a PNG in shard 1, a truncated shard 2.
+    write_tar(data_dir / "train-000001.tar", good_samples(1, n=2) + [
+        ("corrupt", {"jpg": good_samples(1)[0][1]["jpg"][:300], "cls": b"1"}),
+        ("png", {"png": jpeg_bytes(7, mode="P"), "cls": b"2"}),
+    ])
+    full = (data_dir / "train-000002.tar").read_bytes()
+    (data_dir / "train-000002.tar").write_bytes(full[: len(full) * 2 // 3])
+    run(data_dir, tmp_path / "single", str(model_dir), max_error_rate=None)
+
+    cmd = [sys.executable, "-m", "vqtok", "pretokenize", "--model", str(model_dir), "--input", str(data_dir / PATTERN),
+           "--output", str(tmp_path / "multi"), "--size", str(SIZE), "--batch-size", "3", "--workers", "1",
+           "--max-error-rate", "1", "--no-progress"]
+    env = {**os.environ, "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(cmd, env={**env, "RANK": str(r)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for r, (p, (out, err)) in enumerate(zip(procs, outs)):
+        assert p.returncode == 0, err
+        assert f"(rank {r} of 2)" in out
+    assert "2 shards" in outs[0][0] and "1 shards" in outs[1][0]
+    single, multi = folder_bytes(tmp_path / "single"), folder_bytes(tmp_path / "multi")
+    assert sorted(multi) == sorted(single)
+    assert multi == single  # every token shard, stats .json and the manifest, byte for byte
+    stats = {s: json.loads(single[f"train-00000{s}.json"]) for s in (1, 2)}
+    assert [f["key"] for f in stats[1]["samples_failed"]] == ["corrupt"] and stats[1]["samples_written"] == 3
+    assert stats[2]["samples_failed"][-1]["key"] == "<rest of shard>"
 
 
 def test_progress_bar_only_on_rank_0(data_dir: Path, tmp_path: Path, tok: Tokenizer, capsys) -> None:

@@ -17,17 +17,26 @@ def add_commands(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "eval",
         help="reconstruction scores of a tokenizer: rFID (+n), KID, PSNR, SSIM, LPIPS, codebook usage",
-        description="Encode+decode images with a tokenizer and score the reconstructions against the originals. "
-        "Writes a JSON of the numbers and a PNG grid (original | reconstruction).",
+        description="Encode+decode images (a folder, files, globs or WebDataset .tar shards) with a tokenizer and "
+        "score the reconstructions against the originals. Writes a JSON report; optionally a PNG grid "
+        "(originals above reconstructions) and a PNG of the sorted code-frequency curve.",
     )
-    p.add_argument("images", nargs="+", help="image folders (searched recursively), files or globs")
+    p.add_argument("images", nargs="*", help=argparse.SUPPRESS)  # legacy positional form of --data
+    p.add_argument("--data", nargs="+", action="extend", default=None, metavar="SHARDS_OR_FOLDER",
+                   help="image folder (recursive), image files, globs, or WebDataset shards "
+                   "(data/val-{000000..000009}.tar); several allowed")
     p.add_argument("--model", default=None, help="tokenizer folder or Hub repo (default: the packaged default tokenizer)")
     p.add_argument("--size", type=int, default=256, help="resize shorter side to S and center-crop SxS (default 256; 0 = keep sizes)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images (sorted by path)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N readable images (in input order)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default="eval-out", help="folder for eval.json and grid.png (default ./eval-out)")
-    p.add_argument("--grid-count", type=int, default=8, help="rows in grid.png (default 8)")
+    p.add_argument("--out", default="report.json", metavar="REPORT.json",
+                   help="JSON report path (default ./report.json). A path not ending in .json is a folder: "
+                   "FOLDER/eval.json and FOLDER/grid.png (older form)")
+    p.add_argument("--grid", default=None, metavar="PNG", help="write originals (top rows) above reconstructions to this PNG")
+    p.add_argument("--grid-count", type=int, default=8, help="images in the grid (default 8)")
+    p.add_argument("--grid-columns", type=int, default=8, help="images per grid row (default 8)")
+    p.add_argument("--usage-plot", default=None, metavar="PNG", help="write the sorted code-frequency curve (log scale) to this PNG")
     fid = p.add_mutually_exclusive_group()
     fid.add_argument("--fid", dest="fid", action="store_true", default=None, help="require rFID/KID (error if no Inception weights)")
     fid.add_argument("--no-fid", dest="fid", action="store_false", help="skip rFID/KID")
@@ -88,14 +97,45 @@ def _load_tokenizer(args: argparse.Namespace) -> Any:
     return Tokenizer.from_pretrained(args.model, device=args.device, batch_size=args.batch_size)
 
 
+def _output_paths(args: argparse.Namespace) -> tuple[Path, Path | None, Path | None]:
+    """(report, grid, usage plot) paths from --out/--grid/--usage-plot."""
+    out = Path(args.out).expanduser()
+    grid = Path(args.grid).expanduser() if args.grid else None
+    plot = Path(args.usage_plot).expanduser() if args.usage_plot else None
+    if out.suffix.lower() == ".json":
+        report = out
+    else:  # older form: --out FOLDER -> FOLDER/eval.json + FOLDER/grid.png
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} is a file but does not end in .json; give REPORT.json or a folder")
+        report = out / "eval.json"
+        grid = grid or out / "grid.png"
+    for p in (report, grid, plot):
+        if p is not None and p.is_dir():
+            raise ValueError(f"{p} is a folder; give a file path")
+    return report, grid, plot
+
+
 def run_eval(args: argparse.Namespace) -> int:
-    from vqtok.metrics.evaluate import evaluate_reconstruction, find_images, write_json
+    from vqtok.metrics.evaluate import (
+        build_report,
+        evaluate_reconstruction,
+        resolve_data,
+        write_json,
+    )
     from vqtok.metrics.inception import load_fid_inception
     from vqtok.metrics.lpips import load_lpips
 
     if args.size is not None and args.size < 0:
         raise ValueError("--size must be >= 0")
-    paths = find_images(args.images, limit=args.limit)
+    if args.limit is not None and args.limit < 1:
+        raise ValueError("--limit must be >= 1")
+    if args.grid_count < 1 or args.grid_columns < 1:
+        raise ValueError("--grid-count and --grid-columns must be >= 1")
+    specs = list(args.data or []) + list(args.images or [])
+    if not specs:
+        raise ValueError("no input: give --data SHARDS_OR_FOLDER (an image folder, image files/globs or .tar shards)")
+    report_path, grid_path, plot_path = _output_paths(args)
+    source = resolve_data(specs)
     tok = _load_tokenizer(args)
     skipped: dict[str, str] = {}
 
@@ -129,24 +169,41 @@ def run_eval(args: argparse.Namespace) -> int:
     else:
         skipped["lpips"] = "--no-lpips"
 
-    out = Path(args.out)
     result = evaluate_reconstruction(
         tok,
-        paths,
+        source,
         size=args.size or None,
         batch_size=args.batch_size,
+        limit=args.limit,
         inception=inception,
         lpips_model=lpips_model,
         kid_subsets=args.kid_subsets,
         kid_subset_size=args.kid_subset_size,
-        grid_path=out / "grid.png",
+        grid_path=grid_path,
         grid_count=args.grid_count,
+        grid_columns=args.grid_columns,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
     result.skipped.update(skipped)
     result.inception_weights = inception_info.to_dict() if inception_info else None
     result.lpips_weights = lpips_info.to_dict() if lpips_info else None
-    json_path = write_json(result, out / "eval.json", extra={"model": args.model or "default", "images": args.images})
+    model_id = args.model or "default"
+    if plot_path is not None and result.histogram is not None:
+        from vqtok.metrics.plots import save_usage_plot
+
+        save_usage_plot(result.histogram, plot_path, title=f"{model_id}: sorted code frequencies over {result.n} images")
+    report = build_report(
+        result,
+        model=model_id,
+        tokenizer=tok,
+        data=specs,
+        outputs={
+            "report": str(report_path),
+            "grid": str(grid_path) if grid_path else None,
+            "usage_plot": str(plot_path) if plot_path else None,
+        },
+    )
+    json_path = write_json(report, report_path)
 
     def show(name: str, value: float | None, fmt: str, key: str) -> None:
         if value is None:
@@ -154,6 +211,7 @@ def run_eval(args: argparse.Namespace) -> int:
         else:
             print(f"{name:<9} {value:{fmt}}")
 
+    print(f"model     {model_id}  (config {report.get('config_hash')})")
     print(f"n         {result.n}" + ("  (n < 2048: singular covariance, rFID biased; compare at equal n)" if result.n < 2048 and result.rfid is not None else ""))
     show("rFID", result.rfid, ".4f", "rfid")
     if result.kid_mean is not None:
@@ -165,5 +223,8 @@ def run_eval(args: argparse.Namespace) -> int:
     show("LPIPS", result.lpips, ".6f", "lpips")
     if result.usage is not None:
         print(f"usage     {result.usage.summary()}")
-    print(f"wrote     {json_path} and {out / 'grid.png'}")
+    if result.bad_samples.count:
+        first = result.bad_samples.first[0]
+        print(f"bad       {result.bad_samples.count} sample(s) skipped, e.g. {first['key']}: {first['reason']}")
+    print("wrote     " + ", ".join(str(p) for p in (json_path, grid_path, plot_path) if p is not None))
     return 0

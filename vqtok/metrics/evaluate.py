@@ -1,4 +1,10 @@
-"""Reconstruction evaluation of a tokenizer: rFID (+ n), KID, PSNR, SSIM, LPIPS, codebook usage."""
+"""Reconstruction evaluation of a tokenizer: rFID (+ n), KID, PSNR, SSIM, LPIPS, codebook usage.
+
+Inputs (:func:`resolve_data`): image folders (searched recursively), image files, globs, and
+WebDataset tar shards (``.tar``, ``.tar.gz``, ``.tgz``; brace patterns such as
+``data/val-{000000..000009}.tar``). Unreadable images and broken shard samples are skipped and
+counted in :class:`BadSamples`; they never stop an evaluation.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,10 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterator, Sequence
+import re
+import tarfile
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,9 +39,49 @@ from vqtok.metrics.usage import CodebookUsage, token_histogram, usage_from_histo
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IMAGE_SUFFIXES", "EvalResult", "evaluate_reconstruction", "find_images", "save_grid"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "SHARD_IMAGE_EXTENSIONS",
+    "SHARD_SUFFIXES",
+    "BadSamples",
+    "DataSource",
+    "EvalResult",
+    "Sample",
+    "build_report",
+    "evaluate_reconstruction",
+    "find_images",
+    "resolve_data",
+    "save_grid",
+    "write_json",
+]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm")
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+# Image members of a WebDataset sample, in order of preference when a sample has several.
+SHARD_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "ppm", "bmp")
+_KEY_RE = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's key / extension split
+FID_FULL_RANK_N = FIDInceptionV3.FEATURE_DIM  # below this n the covariances are singular
+
+
+# ---------------------------------------------------------------------- results
+@dataclass
+class BadSamples:
+    """Samples that could not be evaluated: how many, and the first few (key, reason)."""
+
+    count: int = 0
+    first: list[dict[str, str]] = field(default_factory=list)
+    max_listed: int = 10
+
+    def add(self, key: str, reason: str) -> None:
+        self.count += 1
+        if len(self.first) < self.max_listed:
+            self.first.append({"key": key, "reason": reason})
+            logger.warning("skipped %s: %s", key, reason)
+        else:
+            logger.debug("skipped %s: %s", key, reason)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "first": list(self.first)}
 
 
 @dataclass
@@ -53,64 +102,253 @@ class EvalResult:
     fid_preprocess: str | None = None
     lpips_weights: dict[str, str] | None = None
     skipped: dict[str, str] = field(default_factory=dict)  # metric -> reason
+    bad_samples: BadSamples = field(default_factory=BadSamples)
+    histogram: np.ndarray | None = field(default=None, repr=False)  # code counts (codebook_size,)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d.pop("histogram", None)
         if self.usage is not None:
             d["usage"] = self.usage.to_dict()
+        d["bad_samples"] = self.bad_samples.to_dict()
         return d
+
+
+# ---------------------------------------------------------------------- inputs
+@dataclass
+class Sample:
+    """One input: an image file (``data`` is a Path) or an encoded shard member (bytes), or an error."""
+
+    key: str
+    data: Path | bytes | None
+    error: str | None = None
+
+
+def _is_shard(path: str | os.PathLike[str]) -> bool:
+    name = os.fspath(path).lower()
+    return name.endswith(SHARD_SUFFIXES)
+
+
+@dataclass
+class DataSource:
+    """An ordered list of inputs: ("image", path) and ("shard", path) items, in the order given."""
+
+    items: list[tuple[str, Path]]
+
+    @property
+    def images(self) -> list[Path]:
+        return [p for kind, p in self.items if kind == "image"]
+
+    @property
+    def shards(self) -> list[Path]:
+        return [p for kind, p in self.items if kind == "shard"]
+
+    @property
+    def kind(self) -> str:
+        kinds = {k for k, _ in self.items}
+        return "mixed" if len(kinds) > 1 else ("shards" if "shard" in kinds else "images")
+
+    def count_hint(self) -> int | None:
+        """Number of samples when known without reading shards (None when there are shards)."""
+        return None if self.shards else len(self.items)
+
+    def samples(self) -> Iterator[Sample]:
+        for kind, path in self.items:
+            if kind == "image":
+                yield Sample(key=str(path), data=path)
+            else:
+                yield from iter_shard_samples(path)
+
+
+def resolve_data(specs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> DataSource:
+    """Folders (images searched recursively; a folder without images but with shards gives its shards),
+    image files, ``.tar`` shards, globs (``**`` allowed) and brace patterns -> an ordered :class:`DataSource`.
+
+    Raises FileNotFoundError naming every spec that matches nothing.
+    """
+    from braceexpand import braceexpand  # a dependency of webdataset
+
+    spec_list = [specs] if isinstance(specs, (str, os.PathLike)) else list(specs)
+    if not spec_list:
+        raise ValueError("no input given (pass --data FOLDER, image files, globs or .tar shards)")
+    items: list[tuple[str, Path]] = []
+    missing: list[str] = []
+    for spec in spec_list:
+        for pattern in braceexpand(os.path.expanduser(os.fspath(spec))):
+            p = Path(pattern)
+            if p.is_dir():
+                imgs = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+                if imgs:
+                    items += [("image", q) for q in imgs]
+                    continue
+                tars = sorted(q for q in p.rglob("*") if q.is_file() and _is_shard(q))
+                if tars:
+                    items += [("shard", q) for q in tars]
+                else:
+                    missing.append(f"{pattern} (folder without images or .tar shards)")
+            elif p.is_file():
+                items.append(("shard" if _is_shard(p) else "image", p))
+            elif glob.has_magic(pattern):
+                matches = sorted(Path(m) for m in glob.glob(pattern, recursive=True))
+                found = [("shard" if _is_shard(m) else "image", m) for m in matches if m.is_file() and (_is_shard(m) or m.suffix.lower() in IMAGE_SUFFIXES)]
+                if not found:
+                    missing.append(f"{pattern} (glob matches no image or shard)")
+                items += found
+            else:
+                missing.append(pattern)
+    if missing:
+        more = f", ... (+{len(missing) - 3} more)" if len(missing) > 3 else ""
+        raise FileNotFoundError(f"{len(missing)} input(s) not found (no such folder, file or shard): {', '.join(missing[:3])}{more}")
+    seen: set[Path] = set()
+    unique = [(k, p) for k, p in items if not (p in seen or seen.add(p))]  # type: ignore[func-returns-value]
+    if not unique:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) or shards found in {', '.join(map(str, spec_list))}")
+    return DataSource(unique)
 
 
 def find_images(specs: Sequence[str], *, limit: int | None = None) -> list[Path]:
     """Expand folders (recursively), globs (``**`` allowed) and files into a sorted, de-duplicated image list."""
-    found: list[Path] = []
-    for spec in specs:
-        p = Path(spec).expanduser()
-        if p.is_dir():
-            found += sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.is_file():
-            found.append(p)
-        else:
-            matches = sorted(Path(m) for m in glob.glob(os.path.expanduser(spec), recursive=True))
-            matches = [m for m in matches if m.is_file() and m.suffix.lower() in IMAGE_SUFFIXES]
-            if not matches:
-                raise FileNotFoundError(f"{spec}: no such folder or file, and no image matches it as a glob")
-            found += matches
-    seen: set[Path] = set()
-    unique = [f for f in found if not (f in seen or seen.add(f))]  # type: ignore[func-returns-value]
-    if not unique:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {', '.join(specs)}")
-    return unique[:limit] if limit else unique
+    source = resolve_data(specs)
+    if source.shards:
+        raise ValueError(f"find_images lists image files only; {source.shards[0]} is a shard (use resolve_data)")
+    paths = source.images
+    return paths[:limit] if limit else paths
 
 
-def save_grid(pairs: Sequence[tuple[np.ndarray, np.ndarray]], path: str | os.PathLike[str], *, gap: int = 4) -> Path:
-    """PNG with one row per image: original | reconstruction. Arrays are uint8 (H, W, 3)."""
+def iter_shard_samples(path: Path, *, image_exts: Sequence[str] = SHARD_IMAGE_EXTENSIONS) -> Iterator[Sample]:
+    """Samples of one WebDataset tar (plain or compressed), in tar order.
+
+    Consecutive members with the same key form a sample (webdataset's rule). A sample without an
+    image member, or a tar that is truncated/corrupt, gives a :class:`Sample` with ``error`` set
+    (key ``<shard name>:<rest of shard>`` for the unreadable tail); reading then goes on with the
+    next shard.
+    """
+    name = path.name
+    key: str | None = None
+    fields: dict[str, bytes] = {}
+    members = 0
+
+    def finish(k: str, f: dict[str, bytes]) -> Sample:
+        ext = next((e for e in image_exts if e in f), None)
+        if ext is None:
+            have = ", ".join(sorted(f)) or "nothing"
+            return Sample(f"{name}:{k}", None, f"no image member (looked for {'/'.join(image_exts)}; have {have})")
+        return Sample(f"{name}:{k}", f[ext])
+
+    try:
+        with tarfile.open(path, "r|*") as tf:
+            for m in tf:
+                if not m.isfile():
+                    continue
+                split = _KEY_RE.match(m.name)
+                if split is None:
+                    continue
+                k, ext = split.group(1), split.group(2).lower()
+                fh = tf.extractfile(m)
+                data = fh.read() if fh is not None else b""
+                if len(data) != m.size:
+                    raise tarfile.ReadError(f"member {m.name} is cut off ({len(data)} of {m.size} bytes)")
+                members += 1
+                if k != key:
+                    if key is not None:
+                        yield finish(key, fields)
+                    key, fields = k, {}
+                fields[ext] = data
+    except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error) as err:
+        if key is not None:
+            yield finish(key, fields)
+            key = None
+        yield Sample(f"{name}:<rest of shard>", None, f"truncated or corrupt tar after {members} members: {type(err).__name__}: {err}")
+    if key is not None:
+        yield finish(key, fields)
+
+
+def _prepare(sample: Sample, size: int | None, factor: int) -> np.ndarray:
+    """Decode one sample to uint8 (H, W, 3) as the tokenizer sees it (shorter side -> size, center crop)."""
+    from vqtok.images import load_image, pil_to_rgb, resize_center_crop
+
+    assert sample.data is not None
+    rgb = pil_to_rgb(load_image(sample.data))
+    if size is not None:
+        rgb = resize_center_crop(rgb, size)
+    elif rgb.width % factor or rgb.height % factor:
+        raise ValueError(f"image size {rgb.width}x{rgb.height} is not a multiple of the downsample factor {factor} (give --size)")
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def _decoded(samples: Iterable[Sample], size: int | None, factor: int, bad: BadSamples) -> Iterator[tuple[str, np.ndarray]]:
+    for s in samples:
+        if s.error is not None:
+            bad.add(s.key, s.error)
+            continue
+        try:
+            yield s.key, _prepare(s, size, factor)
+        except FileNotFoundError:
+            raise
+        except Exception as err:  # noqa: BLE001 - any per-sample data problem is recorded, not fatal
+            bad.add(s.key, f"{type(err).__name__}: {str(err).replace('<bytes>', 'image member')}")
+
+
+def _batches(arrays: Iterator[tuple[str, np.ndarray]], size: int, limit: int | None) -> Iterator[list[np.ndarray]]:
+    """Consecutive images in batches of ``size`` (a batch is cut early where the image shape changes)."""
+    batch: list[np.ndarray] = []
+    for taken, (_key, arr) in enumerate(arrays, start=1):
+        if batch and (len(batch) >= size or arr.shape != batch[0].shape):
+            yield batch
+            batch = []
+        batch.append(arr)
+        if limit is not None and taken >= limit:
+            break
+    if batch:
+        yield batch
+
+
+# ---------------------------------------------------------------------- grid
+def save_grid(
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+    path: str | os.PathLike[str],
+    *,
+    columns: int = 8,
+    gap: int = 4,
+    pair_gap: int = 12,
+) -> Path:
+    """PNG of originals above their reconstructions. Arrays are uint8 (H, W, 3).
+
+    Up to ``columns`` images per row; each group of images takes a pair of rows, originals on
+    top and reconstructions directly below (``gap`` pixels apart, and between columns), with
+    ``pair_gap`` pixels between pairs. Cells are max(H) x max(W); smaller images sit top-left
+    on white.
+    """
     if not pairs:
         raise ValueError("no images for the grid")
+    if columns < 1:
+        raise ValueError(f"columns must be >= 1, got {columns}")
     h = max(max(a.shape[0], b.shape[0]) for a, b in pairs)
-    w = max(a.shape[1] + b.shape[1] for a, b in pairs) + gap
-    canvas = np.full((len(pairs) * (h + gap) - gap, w, 3), 255, dtype=np.uint8)
+    w = max(max(a.shape[1], b.shape[1]) for a, b in pairs)
+    cols = min(columns, len(pairs))
+    rows = -(-len(pairs) // cols)
+    width = cols * w + (cols - 1) * gap
+    height = rows * (2 * h + gap) + (rows - 1) * pair_gap
+    canvas = np.full((height, width, 3), 255, dtype=np.uint8)
     for i, (a, b) in enumerate(pairs):
-        top = i * (h + gap)
-        canvas[top : top + a.shape[0], : a.shape[1]] = a
-        canvas[top : top + b.shape[0], a.shape[1] + gap : a.shape[1] + gap + b.shape[1]] = b
+        r, c = divmod(i, cols)
+        top, left = r * (2 * h + gap + pair_gap), c * (w + gap)
+        canvas[top : top + a.shape[0], left : left + a.shape[1]] = a
+        canvas[top + h + gap : top + h + gap + b.shape[0], left : left + b.shape[1]] = b
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(canvas).save(out)
     return out
 
 
-def _batches(paths: Sequence[Path], size: int) -> Iterator[list[Path]]:
-    for i in range(0, len(paths), size):
-        yield list(paths[i : i + size])
-
-
+# ---------------------------------------------------------------------- evaluation
 def evaluate_reconstruction(
     tokenizer: Any,
-    paths: Sequence[Path],
+    data: DataSource | Sequence[Path | str],
     *,
     size: int | None = 256,
     batch_size: int = 8,
+    limit: int | None = None,
     inception: FIDInceptionV3 | None = None,
     lpips_model: LPIPS | None = None,
     kid_subsets: int = 100,
@@ -118,14 +356,17 @@ def evaluate_reconstruction(
     quantize: bool = True,
     grid_path: str | os.PathLike[str] | None = None,
     grid_count: int = 8,
+    grid_columns: int = 8,
     progress: bool = True,
 ) -> EvalResult:
     """Encode+decode every image and score the reconstructions against the originals.
 
+    ``data`` is a :class:`DataSource` (see :func:`resolve_data`) or a list of image paths.
     Originals are the images as the tokenizer sees them (shorter side resized to ``size``,
     center crop). With ``quantize`` (default) reconstructions are rounded to uint8 first, so
     the numbers equal those of tools run on the saved PNGs. FID statistics stream (float64
-    running mean/covariance); Inception features are kept (float32) only for KID.
+    running mean/covariance); Inception features are kept (float32) only for KID. Unreadable
+    samples are skipped and listed in ``result.bad_samples``. ``limit`` counts good images.
     """
     try:
         from tqdm.auto import tqdm
@@ -139,10 +380,18 @@ def evaluate_reconstruction(
 
             return _Null()
 
-    from vqtok.images import load_image, pil_to_rgb, to_uint8_batch
-
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    source = data if isinstance(data, DataSource) else DataSource([("image", Path(p)) for p in data])
+    if not source.items:
+        raise ValueError("no images to evaluate")
+    total = source.count_hint()
+    if limit is not None:
+        total = limit if total is None else min(total, limit)
+
+    bad = BadSamples()
     hist = np.zeros(tokenizer.codebook_size, dtype=np.int64)
     stats_real = RunningStats(FIDInceptionV3.FEATURE_DIM) if inception is not None else None
     stats_fake = RunningStats(FIDInceptionV3.FEATURE_DIM) if inception is not None else None
@@ -152,13 +401,11 @@ def evaluate_reconstruction(
     ssims: list[torch.Tensor] = []
     lpipss: list[torch.Tensor] = []
     pairs: list[tuple[np.ndarray, np.ndarray]] = []
-    bar = tqdm(total=len(paths), unit="img", disable=not progress, desc="eval", leave=False)
-    for chunk in _batches(paths, batch_size):
-        images = [pil_to_rgb(load_image(p)) for p in chunk]
-        try:
-            original_u8 = to_uint8_batch(images, size=size).pixels  # (B, 3, H, W) uint8
-        except ValueError as err:
-            raise ValueError(f"{err} (images {chunk[0]}...)") from err
+    n = 0
+    bar = tqdm(total=total, unit="img", disable=not progress, desc="eval", leave=False)
+    arrays = _decoded(source.samples(), size, tokenizer.downsample_factor, bad)
+    for chunk in _batches(arrays, batch_size, limit):
+        original_u8 = torch.from_numpy(np.stack(chunk)).permute(0, 3, 1, 2).contiguous()  # (B, 3, H, W) uint8
         ids = tokenizer.encode(original_u8, size=None)  # (B, h, w)
         hist += token_histogram(ids, tokenizer.codebook_size)
         recon = tokenizer.decode(ids, output="pt").float()  # (B, 3, H, W) in [0, 1]
@@ -181,13 +428,17 @@ def evaluate_reconstruction(
             if len(pairs) >= grid_count:
                 break
             pairs.append((o.permute(1, 2, 0).numpy(), (r * 255).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()))
+        n += len(chunk)
         bar.update(len(chunk))
     bar.close()
 
-    n = len(paths)
-    result = EvalResult(n=n, image_size=size)
-    all_psnr = torch.cat(psnrs)
-    result.psnr = float(all_psnr.mean())
+    if n == 0:
+        reasons = "; ".join(f"{b['key']}: {b['reason']}" for b in bad.first[:3])
+        raise ValueError(f"no readable images among the inputs ({bad.count} bad samples: {reasons})")
+    if bad.count:
+        logger.warning("%d sample(s) could not be read and were skipped (listed in the report)", bad.count)
+    result = EvalResult(n=n, image_size=size, bad_samples=bad, histogram=hist)
+    result.psnr = float(torch.cat(psnrs).mean())
     result.ssim = float(torch.cat(ssims).mean())
     if lpipss:
         result.lpips = float(torch.cat(lpipss).mean())
@@ -195,7 +446,7 @@ def evaluate_reconstruction(
     if inception is not None and stats_real is not None and stats_fake is not None:
         result.fid_preprocess = inception.preprocess
         if n >= 2:
-            if n <= FIDInceptionV3.FEATURE_DIM:  # exact low-rank form, same value, no 2048x2048 eigh
+            if n <= FID_FULL_RANK_N:  # exact low-rank form, same value, no 2048x2048 eigh
                 result.rfid = fid_from_features(torch.cat(feats_real), torch.cat(feats_fake))
             else:
                 result.rfid = frechet_distance(stats_real.stats(), stats_fake.stats())
@@ -205,16 +456,98 @@ def evaluate_reconstruction(
             result.kid_mean, result.kid_std, result.kid_subset_size = kid.mean, kid.std, kid.subset_size
         else:
             result.skipped["rfid"] = result.skipped["kid"] = "needs at least 2 images"
-        if n < FIDInceptionV3.FEATURE_DIM:
-            logger.warning("rFID over n=%d < 2048 images: the covariance is singular and rFID is biased upwards; compare only at equal n", n)
+        if n < FID_FULL_RANK_N:
+            logger.warning(
+                "rFID over n=%d < 2048 images: the covariance is singular and rFID is biased upwards; compare only at equal n", n
+            )
     if grid_path is not None and pairs:
-        save_grid(pairs, grid_path)
+        save_grid(pairs, grid_path, columns=grid_columns)
     return result
 
 
-def write_json(result: EvalResult, path: str | os.PathLike[str], *, extra: dict[str, Any] | None = None) -> Path:
+# ---------------------------------------------------------------------- report
+def _finite(x: float | None) -> float | str | None:
+    """JSON has no inf/nan: write them as strings."""
+    if x is None or math.isfinite(x):
+        return x
+    return str(x)
+
+
+def build_report(
+    result: EvalResult,
+    *,
+    model: str,
+    tokenizer: Any = None,
+    data: Sequence[str] = (),
+    outputs: dict[str, str | None] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The JSON report of ``vqtok eval`` (schema in docs/metrics.md)."""
+    from vqtok import __version__
+
+    usage = result.usage
+    report: dict[str, Any] = {"model": model}
+    if tokenizer is not None:
+        report["config_hash"] = tokenizer.config.hash()
+        report["codebook_size"] = int(tokenizer.codebook_size)
+        report["downsample_factor"] = int(tokenizer.downsample_factor)
+    report.update(
+        {
+            "data": [str(d) for d in data],
+            "image_count": result.n,
+            "size": result.image_size,
+            "rfid": _finite(result.rfid),
+            "rfid_n": result.n if result.rfid is not None else None,
+            "kid_mean": _finite(result.kid_mean),
+            "kid_std": _finite(result.kid_std),
+            "kid_subset_size": result.kid_subset_size,
+            "psnr": _finite(result.psnr),
+            "ssim": _finite(result.ssim),
+            "lpips": _finite(result.lpips),
+            "skipped": dict(result.skipped),
+        }
+    )
+    if result.rfid is not None and result.n < FID_FULL_RANK_N:
+        report["rfid_note"] = (
+            f"n={result.n} < 2048: singular covariances, rFID biased upwards; comparable only with rFIDs at the same n "
+            "on the same images, not with published 50k ImageNet-val numbers"
+        )
+    report["codebook_usage"] = (
+        {
+            "codebook_size": usage.codebook_size,
+            "total_tokens": usage.total_tokens,
+            "used_codes": usage.used_codes,
+            "used_fraction": usage.used_fraction,
+            "perplexity": usage.perplexity,
+            "entropy_bits": usage.entropy_bits,
+            "max_entropy_bits": math.log2(usage.codebook_size),
+            "dead_count": len(usage.dead_codes),
+            "top_k": usage.top_k,
+            "top_k_share": usage.top_k_share,
+            "top_codes": usage.top_codes,
+        }
+        if usage is not None
+        else None
+    )
+    report["weights"] = {
+        "inception": result.inception_weights,
+        "fid_preprocess": result.fid_preprocess,
+        "lpips": result.lpips_weights,
+    }
+    report["bad_samples"] = result.bad_samples.to_dict()
+    report["outputs"] = dict(outputs or {})
+    report["vqtok_version"] = __version__
+    report.update(extra or {})
+    return report
+
+
+def write_json(
+    result: EvalResult | dict[str, Any], path: str | os.PathLike[str], *, extra: dict[str, Any] | None = None
+) -> Path:
+    """Write a result (or a ready report dict) as indented JSON, creating parent folders."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {**(extra or {}), **result.to_dict()}
+    body = result if isinstance(result, dict) else result.to_dict()
+    payload = {**(extra or {}), **body}
     out.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     return out
