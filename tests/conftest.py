@@ -26,6 +26,15 @@ def spread_codebook(model: torch.nn.Module, seed: int = 0) -> None:
         w.copy_(torch.randn(w.shape, generator=g) * 0.5)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest single-threaded; extra OpenMP threads only spin on a shared CPU."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture
 def tiny_tokenizer() -> Tokenizer:
     torch.manual_seed(0)

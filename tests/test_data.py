@@ -14,13 +14,7 @@ import webdataset as wds
 from vqtok.data import NO_LABEL, decode_token_sample, expand_shards, load_token_corpus, token_dataset
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> object:
-    """Tiny models run fastest single-threaded; extra OpenMP threads only spin on a shared CPU."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _npy(a: np.ndarray) -> bytes:

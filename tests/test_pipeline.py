@@ -44,13 +44,7 @@ def tiny_tokenizer(seed: int = 0, n_embed: int = 512) -> Tokenizer:
     return tok
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The tiny model gains nothing from intra-op threads, and they thrash on a loaded 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,7 @@ from vqtok.prior import GPT, GPTConfig
 from vqtok.prior.sampling import filter_logits, sample_logits, window_context, window_for
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> object:
-    """Tiny models run fastest single-threaded; extra OpenMP threads only spin on a shared CPU."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 CFG = GPTConfig(vocab_size=48, block_size=16, n_layer=2, n_head=2, n_embd=32, n_classes=3, train_grid=(4, 4))

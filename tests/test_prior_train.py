@@ -20,13 +20,7 @@ from vqtok.prior.commands import add_commands, parse_grid
 from vqtok.prior.train import StepSampler, iter_log, lr_at
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> object:
-    """Tiny models run fastest single-threaded; extra OpenMP threads only spin on a shared CPU."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY_MODEL = {"n_layer": 2, "n_head": 2, "n_embd": 32, "dropout": 0.0}
