@@ -152,19 +152,30 @@ def load_pretrained(
 
 
 def push_to_hub(
-    folder: str | os.PathLike[str],
+    source: str | os.PathLike[str] | Any,
     repo_id: str,
     *,
     private: bool = False,
     token: str | None = None,
     commit_message: str = "Upload vqtok model",
 ) -> str:
-    """Upload a folder written by ``save_pretrained`` to the Hub; returns the commit URL."""
+    """Upload a model to the Hub repo ``repo_id``; returns the commit URL.
+
+    ``source`` is a folder written by ``save_pretrained``, or any object with a
+    ``save_pretrained(directory)`` method (saved to a temporary folder first).
+    """
+    import tempfile
+
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
-    info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message)
+    if not hasattr(source, "save_pretrained"):
+        info = api.upload_folder(repo_id=repo_id, folder_path=str(source), commit_message=commit_message)
+        return str(info)
+    with tempfile.TemporaryDirectory() as tmp:
+        source.save_pretrained(tmp)
+        info = api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message)
     return str(info)
 
 

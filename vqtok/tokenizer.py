@@ -118,12 +118,8 @@ class Tokenizer:
         return to_diffusers(self, directory)
 
     def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None) -> str:
-        """Save to a temporary folder and upload it to the Hub repo ``repo_id``."""
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            self.save_pretrained(tmp)
-            return hub.push_to_hub(tmp, repo_id, private=private, token=token)
+        """Upload ``model.safetensors`` + ``config.json`` to the Hub repo ``repo_id``; returns the commit URL."""
+        return hub.push_to_hub(self, repo_id, private=private, token=token)
 
     # ------------------------------------------------------------------ properties
     @property

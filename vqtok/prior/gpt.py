@@ -386,11 +386,7 @@ class GPT(nn.Module):
         return model.to(device).eval()
 
     def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None) -> str:
-        """Save to a temporary folder and upload it; returns the commit URL."""
-        import tempfile
-
+        """Upload ``model.safetensors`` + ``config.json`` to the Hub repo ``repo_id``; returns the commit URL."""
         from vqtok.hub import push_to_hub
 
-        with tempfile.TemporaryDirectory() as tmp:
-            self.save_pretrained(tmp)
-            return push_to_hub(tmp, repo_id, private=private, token=token)
+        return push_to_hub(self, repo_id, private=private, token=token)
