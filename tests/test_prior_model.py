@@ -82,3 +82,28 @@ def test_tied_embeddings_and_roundtrip(model: GPT, tmp_path: Path) -> None:
         from vqtok.hub import load_pretrained
 
         load_pretrained(tmp_path / "p", model_type="vqgan")
+
+
+def test_push_to_hub_uploads_config_and_weights(monkeypatch):
+    import huggingface_hub
+
+    seen = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, private=False, exist_ok=False):
+            seen["repo"] = repo_id
+
+        def upload_folder(self, repo_id, folder_path, commit_message):
+            from pathlib import Path
+
+            seen["files"] = sorted(p.name for p in Path(folder_path).iterdir())
+            seen["config"] = (Path(folder_path) / "config.json").read_text()
+            return "https://huggingface.co/org/prior/commit/1"
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    GPT(CFG).push_to_hub("org/prior")
+    assert seen["repo"] == "org/prior" and seen["files"] == ["config.json", "model.safetensors"]
+    assert '"model_type": "gpt-prior"' in seen["config"]
