@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
 import torch
@@ -255,7 +255,6 @@ class VQGANOutput:
     reconstruction: torch.Tensor  # (B, out_ch, H, W), roughly in [-1, 1]
     ids: torch.Tensor  # (B, h, w) long
     codebook_loss: torch.Tensor  # () quantizer loss (0 in eval mode)
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class VQGAN(nn.Module):
