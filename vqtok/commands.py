@@ -5,12 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from vqtok.tokenizer import Tokenizer
 

@@ -34,6 +34,7 @@ import io
 import json
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -240,12 +241,9 @@ def load_token_corpus(shards: str | Sequence[str], *, progress: bool = False) ->
     sizes: set[int] = set()
     it: Iterator[str] = iter(urls)
     if progress:
-        try:
-            from tqdm.auto import tqdm
+        from tqdm.auto import tqdm
 
-            it = iter(tqdm(urls, desc="reading token shards", unit="shard"))
-        except ImportError:  # tqdm is optional
-            logger.info("reading %d token shards (install tqdm for a progress bar)", len(urls))
+        it = iter(tqdm(urls, desc="reading token shards", unit="shard", file=sys.stderr))
     for url in it:
         size = _stats_codebook_size(url)
         if size is not None:

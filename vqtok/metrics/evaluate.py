@@ -368,17 +368,7 @@ def evaluate_reconstruction(
     running mean/covariance); Inception features are kept (float32) only for KID. Unreadable
     samples are skipped and listed in ``result.bad_samples``. ``limit`` counts good images.
     """
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm is optional (extra "metrics"): no progress bar without it
-        progress = False
-
-        def tqdm(*_a: Any, **_k: Any) -> Any:  # type: ignore[no-redef]
-            class _Null:
-                def update(self, _n: int) -> None: ...
-                def close(self) -> None: ...
-
-            return _Null()
+    from tqdm.auto import tqdm
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -338,11 +338,8 @@ class _Progress:
         self.known = 0
         self.indexed = 0
         if enabled:
-            try:
-                from tqdm.auto import tqdm
-            except ImportError:  # pragma: no cover - tqdm is optional
-                logger.info("tqdm is not installed: no progress bar")
-                return
+            from tqdm.auto import tqdm
+
             self.bar = tqdm(total=None, unit="img", file=sys.stderr, dynamic_ncols=True, desc="pretokenize")
 
     def _retotal(self) -> None:

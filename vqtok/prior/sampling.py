@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -220,12 +221,9 @@ def generate(
     flat = out.view(n, H * W)
     bar = None
     if progress:
-        try:
-            from tqdm.auto import tqdm
+        from tqdm.auto import tqdm
 
-            bar = tqdm(total=H * W, desc="sampling", unit="tok", leave=False)
-        except ImportError:  # tqdm is optional
-            logger.debug("tqdm is not installed: no progress bar")
+        bar = tqdm(total=H * W, desc="sampling", unit="tok", leave=False, file=sys.stderr)
     try:
         if win is None and use_cache:
             cache = model.new_cache(lab.shape[0])

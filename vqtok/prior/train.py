@@ -30,6 +30,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -498,12 +499,11 @@ def _train(
     log = open(out / LOG_NAME, "a") if dist.main else None  # noqa: SIM115
     bar = None
     if progress:
-        try:
-            from tqdm.auto import tqdm
+        from tqdm.auto import tqdm
 
-            bar = tqdm(total=cfg.steps, initial=start_step, desc="train-prior", unit="step", dynamic_ncols=True)
-        except ImportError:  # tqdm is optional (the `train` extra)
-            logger.warning("tqdm is not installed: no progress bar (pip install 'vqtok[train]')")
+        bar = tqdm(
+            total=cfg.steps, initial=start_step, desc="train-prior", unit="step", dynamic_ncols=True, file=sys.stderr
+        )
     last_loss, last_val = float("nan"), None
     tokens_per_step = cfg.batch_size * train_set.grid[0] * train_set.grid[1]
     t0 = time.perf_counter()
