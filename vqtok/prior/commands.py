@@ -42,7 +42,10 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, help="seed of init, data order and label dropout")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), help="autocast precision")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
+    p.add_argument(
+        "--stop-after", type=int, help="stop with a checkpoint after this step (time-sliced jobs; schedule unchanged)"
+    )
+    p.add_argument("--no-resume", action="store_true", help="refuse to continue an existing run in OUT")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train_prior)
 
@@ -93,7 +96,9 @@ def _train_prior(args: argparse.Namespace) -> int:
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     if not cfg.tokens:
         raise ValueError("give the token shards with --tokens (or `tokens:` in --config)")
-    result = train(cfg, out=args.out, resume=args.resume, progress=not args.no_progress)
+    result = train(
+        cfg, out=args.out, resume=not args.no_resume, progress=not args.no_progress, stop_after=args.stop_after
+    )
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         return 0
     val = f"{result.val_bits_per_token:.4f}" if result.val_bits_per_token is not None else "n/a"

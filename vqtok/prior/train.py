@@ -373,23 +373,22 @@ def train(
     cfg: PriorTrainConfig,
     *,
     out: str | os.PathLike[str],
-    resume: bool = False,
+    resume: bool = True,
     progress: bool = True,
     stop_after: int | None = None,
 ) -> TrainResult:
     """Train a prior into ``out``; see the module docstring.
 
-    resume: continue from ``<out>/checkpoint`` (error if absent). Without it an existing
-        checkpoint is an error, so runs are never silently overwritten.
+    resume: continue from ``<out>/checkpoint`` when there is one (as the VQGAN trainer does);
+        ``False`` makes an existing checkpoint an error, so a run is never silently continued.
     stop_after: stop (with a checkpoint) after this global step, as if interrupted; the
         schedule still uses ``cfg.steps``. For tests and time-sliced jobs.
     """
     out = Path(out)
     ckpt = out / CHECKPOINT_DIR
-    if resume and not (ckpt / STATE_NAME).is_file():
-        raise FileNotFoundError(f"nothing to resume: {ckpt / STATE_NAME} does not exist")
     if not resume and ckpt.exists():
-        raise ValueError(f"{out} already holds a training run; pass --resume or choose another --out")
+        raise ValueError(f"{out} already holds a run (drop --no-resume to continue it, or pick another --out)")
+    resume = (ckpt / STATE_NAME).is_file()
     if not cfg.tokens:
         raise ValueError("no token shards given (--tokens)")
 

@@ -1,0 +1,57 @@
+"""DDP under torchrun (2 CPU processes, gloo): training runs, and resume is exact across processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.test_prior_train import TINY_MODEL, write_corpus
+from tests.test_training_loop import tiny_config
+from tests.test_training_components import write_images
+
+
+def torchrun(*argv: str, cwd: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "vqtok", *argv]
+    run = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    x, y = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert x.keys() == y.keys()
+    for k in x:
+        torch.testing.assert_close(x[k], y[k], rtol=0, atol=0, msg=k)
+
+
+def test_prior_ddp_resume_is_exact(tmp_path: Path) -> None:
+    grids = np.random.default_rng(0).integers(0, 16, size=(8, 4, 4))
+    spec = write_corpus(tmp_path / "tokens", grids, [0, 1, 2, 3, 0, 1, 2, 3])
+    cfg = tmp_path / "prior.json"
+    cfg.write_text(json.dumps({"model": TINY_MODEL, "batch_size": 4, "warmup_steps": 1, "val_fraction": 0.0,
+                               "checkpoint_every": 100, "precision": "fp32", "device": "cpu"}))
+    common = ["train-prior", "--tokens", spec, "--config", str(cfg), "--no-progress"]
+    torchrun(*common, "--out", str(tmp_path / "straight"), "--steps", "6", cwd=tmp_path)
+    torchrun(*common, "--out", str(tmp_path / "resumed"), "--steps", "6", "--stop-after", "3", cwd=tmp_path)
+    torchrun(*common, "--out", str(tmp_path / "resumed"), "--steps", "6", cwd=tmp_path)
+    assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
+    log = [json.loads(line) for line in (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()]
+    assert max(r.get("step", 0) for r in log) == 6
+
+
+def test_vqgan_ddp_resume_is_exact(tmp_path: Path) -> None:
+    images = write_images(tmp_path / "imgs", n=8)
+    cfg = tiny_config(steps=4, val_every=100, image_every=100, ckpt_every=2).to_yaml(tmp_path / "c.yaml")
+    common = ["train", "--data", str(images), "--config", str(cfg), "--no-progress"]
+    torchrun(*common, "--out", str(tmp_path / "straight"), cwd=tmp_path)
+    torchrun(*common, "--out", str(tmp_path / "resumed"), "--steps", "2", cwd=tmp_path)
+    torchrun(*common, "--out", str(tmp_path / "resumed"), cwd=tmp_path)
+    assert_same_weights(tmp_path / "straight" / "final", tmp_path / "resumed" / "final")
