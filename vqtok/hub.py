@@ -51,6 +51,7 @@ def save_pretrained(
     # Write to temporary names then rename, so a crash never leaves a half-written model.
     tmp_weights = out / (WEIGHTS_NAME + ".tmp")
     save_file(tensors, str(tmp_weights), metadata={"format": "pt", "vqtok_format": str(FORMAT_VERSION)})
+    os.chmod(tmp_weights, 0o644)  # safetensors creates its file 0600; a model folder is meant to be shared
     payload = {"vqtok_format": FORMAT_VERSION, "model_type": model_type, **dict(config)}
     tmp_config = out / (CONFIG_NAME + ".tmp")
     tmp_config.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
