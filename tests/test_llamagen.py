@@ -213,11 +213,11 @@ def test_cli_convert_llamagen(llamagen_ckpt, tmp_path, capsys):
 
 def test_clear_errors(tmp_path):
     # a taming checkpoint
-    torch.save({"state_dict": Tokenizer.from_config(VQGANConfig(ch=32, ch_mult=(1, 2), n_embed=8)).model.state_dict()},
-               tmp_path / "taming.ckpt")
+    state = Tokenizer.from_config(VQGANConfig(ch=32, ch_mult=(1, 2), n_embed=8)).model.state_dict()
+    torch.save({"state_dict": state}, tmp_path / "taming.ckpt")
     with pytest.raises(ValueError, match="Lightning checkpoint.*vqtok convert taming"):
         from_llamagen(tmp_path / "taming.ckpt")
-    torch.save(torch.load(tmp_path / "taming.ckpt")["state_dict"], tmp_path / "taming_bare.pt")
+    torch.save(state, tmp_path / "taming_bare.pt")
     with pytest.raises(ValueError, match="taming-transformers checkpoint.*vqtok convert taming"):
         from_llamagen(tmp_path / "taming_bare.pt")
     # something else entirely
