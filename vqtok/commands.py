@@ -25,10 +25,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def tokenizer_from_args(args: argparse.Namespace) -> Tokenizer:
-    kwargs = dict(device=args.device, precision=args.precision, batch_size=args.batch_size)
-    if args.model is None:
-        return Tokenizer.default(**kwargs)
-    return Tokenizer.from_pretrained(args.model, **kwargs)
+    return Tokenizer.load(args.model, device=args.device, precision=args.precision, batch_size=args.batch_size)
 
 
 def ids_dtype(codebook_size: int) -> np.dtype:

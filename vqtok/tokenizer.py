@@ -95,6 +95,11 @@ class Tokenizer:
         return tok
 
     @classmethod
+    def load(cls, model: str | os.PathLike[str] | None = None, **options: Any) -> "Tokenizer":
+        """``from_pretrained(model, **options)``, or the built-in tokenizer when ``model`` is None."""
+        return cls.default(**options) if model is None else cls.from_pretrained(model, **options)
+
+    @classmethod
     def default(cls, **kwargs: Any) -> "Tokenizer":
         """The small tokenizer shipped inside the package (works offline)."""
         folder = Path(__file__).parent / "weights" / "default"

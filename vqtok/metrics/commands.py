@@ -92,9 +92,7 @@ def run_usage(args: argparse.Namespace) -> int:
 def _load_tokenizer(args: argparse.Namespace) -> Any:
     from vqtok import Tokenizer
 
-    if args.model is None:
-        return Tokenizer.default(device=args.device, batch_size=args.batch_size)
-    return Tokenizer.from_pretrained(args.model, device=args.device, batch_size=args.batch_size)
+    return Tokenizer.load(args.model, device=args.device, batch_size=args.batch_size)
 
 
 def _output_paths(args: argparse.Namespace) -> tuple[Path, Path | None, Path | None]:

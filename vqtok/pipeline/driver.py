@@ -150,9 +150,8 @@ def load_tokenizer(
         if device is not None:
             model.to(device)
         return model, "<in-memory Tokenizer>"
-    if model is None:
-        return Tokenizer.default(device=device, batch_size=batch_size, precision=precision), "default"
-    return Tokenizer.from_pretrained(model, device=device, batch_size=batch_size, precision=precision), os.fspath(model)
+    tok = Tokenizer.load(model, device=device, batch_size=batch_size, precision=precision)
+    return tok, "default" if model is None else os.fspath(model)
 
 
 def _device_for_rank(device: str | None) -> str | None:

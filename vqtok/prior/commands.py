@@ -149,7 +149,7 @@ def _sample(args: argparse.Namespace) -> int:
         raise ValueError("--n and --batch-size must be >= 1")
     device = _device(args.device)
     prior = GPT.from_pretrained(args.prior, device=device)
-    tok = Tokenizer.default(device=device) if args.tokenizer is None else Tokenizer.from_pretrained(args.tokenizer, device=device)
+    tok = Tokenizer.load(args.tokenizer, device=device)
     if int(tok.codebook_size) != prior.config.vocab_size:
         raise ValueError(
             f"the prior models {prior.config.vocab_size} codes but the tokenizer has {tok.codebook_size}; "
