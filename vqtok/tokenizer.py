@@ -31,6 +31,13 @@ Precision = Literal["fp32", "bf16", "fp16"]
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def _native_on_cpu(precision: str) -> bool:
+    """Whether oneDNN has native kernels for bf16 (AVX512-BF16/AMX) or fp16 (AVX512-FP16/AMX-FP16)."""
+    if precision == "bf16":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+
+
 class Tokenizer:
     """Wraps a :class:`~vqtok.models.vqgan.VQGAN` with image conversion, batching and device handling.
 
@@ -38,11 +45,11 @@ class Tokenizer:
         model: the VQGAN (put in eval mode; weights are not copied).
         batch_size: images per forward pass; larger inputs are processed in chunks.
         precision: ``"fp32"`` (exact: same tokens as taming-transformers), or ``"bf16"`` / ``"fp16"``
-            (autocast over the encoder/decoder: measured 1.6-2.9x taming's fp32 speed on a CPU
-            with AVX512-BF16; on GPUs use bf16/fp16). Ids agree with fp32 on most but not all
-            positions (96-99% with random weights). The codebook side (``quant_conv`` +
-            nearest-code search) always runs in the model's dtype, outside autocast.
-            See docs/performance.md.
+            (autocast over the encoder/decoder). bf16 measured 2.3-2.6x taming's fp32 speed on a
+            CPU with AVX512-BF16, with 98.2% of the shipped tokenizer's ids equal to fp32; fp16
+            keeps 99.8% but is for GPUs (CPUs without AVX512-FP16/AMX-FP16 emulate it, ~6x slower
+            than fp32; a warning is logged). The codebook side (``quant_conv`` + nearest-code
+            search) always runs in the model's dtype, outside autocast. See docs/performance.md.
         channels_last: run the convolution stacks on NHWC (channels_last) activations: faster
             oneDNN/cuDNN kernels, same tokens. Only the inputs are converted; weights are untouched.
     """
@@ -54,11 +61,9 @@ class Tokenizer:
             raise TypeError(f"Tokenizer wraps a vqtok VQGAN, got {type(model).__name__}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be 'fp32', 'bf16' or 'fp16', got {precision!r}")
         self.model = model.eval()
         self.batch_size = batch_size
-        self.precision: Precision = precision
+        self.precision = precision
         self.channels_last = channels_last
 
     # ------------------------------------------------------------------ construction and I/O
@@ -171,10 +176,29 @@ class Tokenizer:
             f"ch={c.ch}, ch_mult={c.ch_mult}, device={self.device}, precision={self.precision!r})"
         )
 
+    @property
+    def precision(self) -> Precision:
+        """``"fp32"`` (exact), ``"bf16"`` or ``"fp16"`` (autocast); settable."""
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: Precision) -> None:
+        if value not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be 'fp32', 'bf16' or 'fp16', got {value!r}")
+        self._precision: Precision = value
+        self._warned_emulated = False
+
     # ------------------------------------------------------------------ encode / decode
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.precision == "fp32":
             return contextlib.nullcontext()
+        if self.device.type == "cpu" and not self._warned_emulated and not _native_on_cpu(self.precision):
+            self._warned_emulated = True
+            logger.warning(
+                "precision=%r on a CPU without native %s support is emulated and slower than fp32; "
+                "use precision='fp32' (exact) on this machine",
+                self.precision, self.precision,
+            )
         return torch.autocast(device_type=self.device.type, dtype=_AUTOCAST[self.precision])
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
