@@ -178,7 +178,7 @@ def test_corrupt_shard_samples_are_skipped_and_reported(tiny_model, images, tmp_
     assert bad["count"] == 3
     reasons = {b["key"]: b["reason"] for b in bad["first"]}
     assert "not a readable image" in reasons["s-0.tar:broken"]
-    assert reasons["s-0.tar:meta"].startswith("no image member")
+    assert reasons["s-0.tar:meta"].startswith("no image field")
     assert "truncated or corrupt tar" in reasons["s-1.tar:<rest of shard>"]
     assert "bad       3 sample(s) skipped" in capsys.readouterr().out
 

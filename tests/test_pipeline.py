@@ -225,8 +225,9 @@ def test_bad_samples_are_recorded_and_the_run_goes_on(tmp_path: Path, tok: Token
     assert on_disk["samples_written"] == 4 and len(on_disk["samples_failed"]) == 4
 
 
+@pytest.mark.parametrize("gzipped", [False, True], ids=["tar", "tar.gz"])
 @pytest.mark.parametrize("cut", ["mid-member", "boundary", "garbage"])
-def test_truncated_tar(tmp_path: Path, tok: Tokenizer, cut: str) -> None:
+def test_truncated_tar(tmp_path: Path, tok: Tokenizer, cut: str, gzipped: bool) -> None:
     samples = good_samples(1, n=4)
     full = write_tar(tmp_path / "full.tar", samples).read_bytes()
     with tarfile.open(tmp_path / "full.tar") as tf:
@@ -239,7 +240,11 @@ def test_truncated_tar(tmp_path: Path, tok: Tokenizer, cut: str) -> None:
         data = full[: first_of_third.offset]  # ends exactly between samples, no end-of-archive blocks
     else:
         data = full[: first_of_third.offset] + b"\x07" * 2048
-    src = tmp_path / "cut.tar"
+    src = tmp_path / ("cut.tar.gz" if gzipped else "cut.tar")
+    if gzipped:
+        import gzip
+
+        data = gzip.compress(data)  # a complete gzip stream of a cut tar
     src.write_bytes(data)
     stats = tokenize_shard(src, tmp_path / "out" / "cut.tar", tok, size=SIZE)
     keys = [f["key"] for f in stats.samples_failed]

@@ -216,3 +216,52 @@ def test_shards_source(tmp_path: Path) -> None:
     resumed = [b for _, b in zip(range(1), make_loader(TrainImages(spec, start_batch=3, **kw), num_workers=2))]
     assert full[0].shape == (3, 3, 32, 32)
     assert torch.equal(full[3], resumed[0])
+
+
+def test_unreadable_images_are_skipped_and_the_stream_stays_resumable(tmp_path: Path, caplog) -> None:
+    folder = write_images(tmp_path / "imgs", n=4)
+    (folder / "img1.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    kw = {"batch_size": 4, "crop_size": 32, "seed": 3}
+    with caplog.at_level("WARNING", logger="vqtok.training.data"):
+        full = [b for _, b in zip(range(4), TrainImages(str(folder), **kw))]
+    # each batch is one epoch of 4 images: the bad one leaves 3 crops; it is named once
+    assert [b.shape[0] for b in full] == [3, 3, 3, 3]
+    warned = [r.getMessage() for r in caplog.records if "img1.png" in r.getMessage()]
+    assert len(warned) == 1 and "not a readable image" in warned[0]
+    resumed = next(iter(TrainImages(str(folder), start_batch=2, **kw)))
+    assert torch.equal(resumed, full[2])
+
+    for i in (0, 2, 3):
+        (folder / f"img{i}.png").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="every image of training batch 0 is unreadable"):
+        next(iter(TrainImages(str(folder), **kw)))
+
+
+def test_bad_shard_members_and_truncated_shards_are_skipped(tmp_path: Path, caplog) -> None:
+    folder = write_images(tmp_path / "imgs", n=4)
+    good = [(folder / f"img{i}.png").read_bytes() for i in range(4)]
+    shard_dir = tmp_path / "shards"
+    shard_dir.mkdir()
+    with tarfile.open(shard_dir / "train-000000.tar", "w") as tf:
+        for name, data in (("a.png", good[0]), ("a.json", b"{}"), ("b.png", b"broken"), ("meta.json", b"{}"), ("c.png", good[1])):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    cut = shard_dir / "train-000001.tar"
+    with tarfile.open(cut, "w") as tf:
+        for name, data in (("d.png", good[2]), ("e.png", good[3])):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    cut.write_bytes(cut.read_bytes()[: 512 + len(good[2]) + 700])  # e.png cut off
+    kw = {"batch_size": 4, "crop_size": 32, "seed": 0}
+    spec = str(shard_dir / "train-{000000..000001}.tar")
+    with caplog.at_level("WARNING", logger="vqtok.training.data"):
+        batches = [b for _, b in zip(range(3), TrainImages(spec, **kw))]
+    # per epoch: a, b (unreadable), c, d are the image samples (meta.json has no image; e is cut off)
+    assert [b.shape[0] for b in batches] == [3, 3, 3]
+    messages = " | ".join(r.getMessage() for r in caplog.records)
+    assert "train-000000.tar:b" in messages and "not a readable image" in messages
+    assert "skipped the rest of shard" in messages and "truncated or corrupt tar" in messages
+    resumed = next(iter(TrainImages(spec, start_batch=2, **kw)))
+    assert torch.equal(resumed, batches[2])

@@ -27,7 +27,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["ImageBatch", "to_uint8_batch", "pil_to_rgb", "resize_center_crop", "load_image", "to_model_input", "from_model_output"]
+__all__ = ["IMAGE_SUFFIXES", "ImageBatch", "to_uint8_batch", "pil_to_rgb", "resize_center_crop", "load_image", "to_model_input", "from_model_output"]
+
+# File suffixes taken as images when a folder is searched (training, evaluation, the CLI).
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm")
 
 
 @dataclass

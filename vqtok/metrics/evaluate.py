@@ -13,9 +13,6 @@ import json
 import logging
 import math
 import os
-import re
-import tarfile
-import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,13 +33,12 @@ from vqtok.metrics.image import psnr, ssim
 from vqtok.metrics.inception import FIDInceptionV3
 from vqtok.metrics.lpips import LPIPS
 from vqtok.metrics.usage import CodebookUsage, token_histogram, usage_from_histogram
+from vqtok.images import IMAGE_SUFFIXES
+from vqtok.tars import is_shard, read_samples
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "IMAGE_SUFFIXES",
-    "SHARD_IMAGE_EXTENSIONS",
-    "SHARD_SUFFIXES",
     "BadSamples",
     "DataSource",
     "EvalResult",
@@ -55,11 +51,6 @@ __all__ = [
     "write_json",
 ]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm")
-SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
-# Image members of a WebDataset sample, in order of preference when a sample has several.
-SHARD_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "ppm", "bmp")
-_KEY_RE = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's key / extension split
 FID_FULL_RANK_N = FIDInceptionV3.FEATURE_DIM  # below this n the covariances are singular
 
 
@@ -124,11 +115,6 @@ class Sample:
     error: str | None = None
 
 
-def _is_shard(path: str | os.PathLike[str]) -> bool:
-    name = os.fspath(path).lower()
-    return name.endswith(SHARD_SUFFIXES)
-
-
 @dataclass
 class DataSource:
     """An ordered list of inputs: ("image", path) and ("shard", path) items, in the order given."""
@@ -181,16 +167,16 @@ def resolve_data(specs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]
                 if imgs:
                     items += [("image", q) for q in imgs]
                     continue
-                tars = sorted(q for q in p.rglob("*") if q.is_file() and _is_shard(q))
+                tars = sorted(q for q in p.rglob("*") if q.is_file() and is_shard(q))
                 if tars:
                     items += [("shard", q) for q in tars]
                 else:
                     missing.append(f"{pattern} (folder without images or .tar shards)")
             elif p.is_file():
-                items.append(("shard" if _is_shard(p) else "image", p))
+                items.append(("shard" if is_shard(p) else "image", p))
             elif glob.has_magic(pattern):
                 matches = sorted(Path(m) for m in glob.glob(pattern, recursive=True))
-                found = [("shard" if _is_shard(m) else "image", m) for m in matches if m.is_file() and (_is_shard(m) or m.suffix.lower() in IMAGE_SUFFIXES)]
+                found = [("shard" if is_shard(m) else "image", m) for m in matches if m.is_file() and (is_shard(m) or m.suffix.lower() in IMAGE_SUFFIXES)]
                 if not found:
                     missing.append(f"{pattern} (glob matches no image or shard)")
                 items += found
@@ -215,52 +201,21 @@ def find_images(specs: Sequence[str], *, limit: int | None = None) -> list[Path]
     return paths[:limit] if limit else paths
 
 
-def iter_shard_samples(path: Path, *, image_exts: Sequence[str] = SHARD_IMAGE_EXTENSIONS) -> Iterator[Sample]:
-    """Samples of one WebDataset tar (plain or compressed), in tar order.
+def iter_shard_samples(path: Path) -> Iterator[Sample]:
+    """Samples of one WebDataset tar (plain or compressed), in tar order, keyed ``<shard name>:<key>``.
 
-    Consecutive members with the same key form a sample (webdataset's rule). A sample without an
-    image member, or a tar that is truncated/corrupt, gives a :class:`Sample` with ``error`` set
-    (key ``<shard name>:<rest of shard>`` for the unreadable tail); reading then goes on with the
-    next shard.
+    A sample without an image field, or the unreadable rest of a truncated/corrupt tar (key
+    ``<shard name>:<rest of shard>``), gives a :class:`Sample` with ``error`` set; reading then
+    goes on with the next shard (see :func:`vqtok.tars.read_samples`).
     """
-    name = path.name
-    key: str | None = None
-    fields: dict[str, bytes] = {}
-    members = 0
-
-    def finish(k: str, f: dict[str, bytes]) -> Sample:
-        ext = next((e for e in image_exts if e in f), None)
-        if ext is None:
-            have = ", ".join(sorted(f)) or "nothing"
-            return Sample(f"{name}:{k}", None, f"no image member (looked for {'/'.join(image_exts)}; have {have})")
-        return Sample(f"{name}:{k}", f[ext])
-
-    try:
-        with tarfile.open(path, "r|*") as tf:
-            for m in tf:
-                if not m.isfile():
-                    continue
-                split = _KEY_RE.match(m.name)
-                if split is None:
-                    continue
-                k, ext = split.group(1), split.group(2).lower()
-                fh = tf.extractfile(m)
-                data = fh.read() if fh is not None else b""
-                if len(data) != m.size:
-                    raise tarfile.ReadError(f"member {m.name} is cut off ({len(data)} of {m.size} bytes)")
-                members += 1
-                if k != key:
-                    if key is not None:
-                        yield finish(key, fields)
-                    key, fields = k, {}
-                fields[ext] = data
-    except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error) as err:
-        if key is not None:
-            yield finish(key, fields)
-            key = None
-        yield Sample(f"{name}:<rest of shard>", None, f"truncated or corrupt tar after {members} members: {type(err).__name__}: {err}")
-    if key is not None:
-        yield finish(key, fields)
+    for s in read_samples(path):
+        key = f"{path.name}:{s.key}"
+        if s.error is not None:
+            yield Sample(key, None, s.error)
+        elif s.image is None:
+            yield Sample(key, None, s.missing_image())
+        else:
+            yield Sample(key, s.image)
 
 
 def _prepare(sample: Sample, size: int | None, factor: int) -> np.ndarray:

@@ -17,7 +17,6 @@ import io
 import json
 import logging
 import os
-import re
 import socket
 import tarfile
 import time
@@ -30,13 +29,13 @@ import numpy as np
 import torch
 
 from vqtok.images import load_image, pil_to_rgb, resize_center_crop
+from vqtok.tars import IMAGE_FIELDS, TAR_ERRORS, TRUNCATED_KEY, check_complete, group_members
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_KEEP",
     "FORMAT",
-    "IMAGE_EXTENSIONS",
     "ShardStats",
     "ids_dtype_for",
     "model_fingerprint",
@@ -49,11 +48,7 @@ __all__ = [
 
 FORMAT = "vqtok-token-shard/1"
 DEFAULT_KEEP: tuple[str, ...] = ("cls", "txt", "json")
-# Fields tried, in this order, as the sample's image.
-IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif", "ppm", "pgm", "pbm", "img", "image")
 _MEMBER_MTIME = 0  # fixed so that outputs are byte-identical across runs
-_KEY_RE = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's key/extension split
-_TRUNCATED = "<rest of shard>"
 
 
 # ---------------------------------------------------------------------- small helpers
@@ -130,28 +125,6 @@ class _ShardIndex:
     seekable: bool
 
 
-def _split_key(name: str) -> tuple[str, str] | None:
-    m = _KEY_RE.match(name)
-    return (m.group(1), m.group(2)) if m else None
-
-
-def _group(members: Iterable[tuple[str, Any]]) -> Iterable[tuple[str, dict[str, Any]]]:
-    """Consecutive members with the same key form one sample (webdataset's rule)."""
-    key, fields = None, {}
-    for name, value in members:
-        split = _split_key(name)
-        if split is None:
-            continue
-        k, ext = split
-        if k != key:
-            if key is not None:
-                yield key, fields
-            key, fields = k, {}
-        fields[ext] = value
-    if key is not None:
-        yield key, fields
-
-
 def _index_tar(src: Path) -> _ShardIndex:
     """List the samples of a tar without reading image data (uncompressed tars are read by offset)."""
     members: list[tuple[str, Any]] = []
@@ -162,11 +135,15 @@ def _index_tar(src: Path) -> _ShardIndex:
             magic = fh.read(3)
         if magic[:2] == b"\x1f\x8b" or magic == b"BZh" or magic[:3] == b"\xfd7z":
             seekable = False
-            with tarfile.open(src, "r|*") as tf:
+            with tarfile.open(src, "r:*") as tf:
                 for m in tf:
                     if m.isfile():
                         f = tf.extractfile(m)
-                        members.append((m.name, f.read() if f is not None else b""))
+                        data = f.read() if f is not None else b""
+                        if len(data) != m.size:
+                            raise tarfile.ReadError(f"member {m.name} is cut off")
+                        members.append((m.name, data))
+                check_complete(tf)
         else:
             filesize = src.stat().st_size
             with tarfile.open(src, "r:") as tf:
@@ -176,18 +153,12 @@ def _index_tar(src: Path) -> _ShardIndex:
                     if m.offset_data + m.size > filesize:
                         raise tarfile.ReadError(f"member {m.name} is cut off")
                     members.append((m.name, (m.offset_data, m.size)))
-                end = tf.offset
-                with open(src, "rb") as fh:
-                    fh.seek(end)
-                    block = fh.read(tarfile.BLOCKSIZE)
-                # tarfile stops quietly at a cut or garbled header; a complete tar ends with zero blocks.
-                if len(block) < tarfile.BLOCKSIZE or block.count(0) != tarfile.BLOCKSIZE:
-                    raise tarfile.ReadError(f"no end-of-archive marker at byte {end} (file has {filesize} bytes)")
-    except (tarfile.TarError, EOFError, OSError, ValueError) as err:
+                check_complete(tf)
+    except TAR_ERRORS as err:
         tail_error = f"truncated or corrupt tar after {len(members)} members: {type(err).__name__}: {err}"
     samples: list[_Sample] = []
     seen: set[str] = set()
-    grouped = list(_group(members))
+    grouped = list(group_members(members))
     for i, (key, fields) in enumerate(grouped):
         s = _Sample(index=i, key=key, fields=fields)
         if key in seen:
@@ -476,7 +447,7 @@ def tokenize_shards(
     batch_size: int = 32,
     workers: int = 0,
     keep: Sequence[str] = DEFAULT_KEEP,
-    image_exts: Sequence[str] = IMAGE_EXTENSIONS,
+    image_exts: Sequence[str] = IMAGE_FIELDS,
     fingerprint: str | None = None,
     overwrite: bool = False,
     on_samples: Callable[[int], None] | None = None,
@@ -540,7 +511,7 @@ def tokenize_shards(
                 on_samples(len(results))
             if b == nblocks - 1:
                 if tail is not None:
-                    writer.fail(_TRUNCATED, tail)
+                    writer.fail(TRUNCATED_KEY, tail)
                 stats = writer.finish()
                 writer = None
                 expect = (k + 1, 0)
@@ -565,7 +536,7 @@ def tokenize_shard(
     batch_size: int = 32,
     workers: int = 0,
     keep: Sequence[str] = DEFAULT_KEEP,
-    image_exts: Sequence[str] = IMAGE_EXTENSIONS,
+    image_exts: Sequence[str] = IMAGE_FIELDS,
     fingerprint: str | None = None,
     overwrite: bool = False,
     on_samples: Callable[[int], None] | None = None,

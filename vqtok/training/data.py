@@ -9,13 +9,17 @@ The stream is deterministic: the ``g``-th crop of the run depends only on the se
 :class:`TrainImages` yields whole batches with batch ``k`` made by worker ``k mod W``. So a run
 resumed at step ``n`` gets exactly the batches it would have had (``start_batch``), whatever the
 number of DataLoader workers. Under DDP rank ``r`` of ``R`` takes crops ``g ≡ r (mod R)``.
+
+Bad samples do not stop a run: an image that cannot be decoded keeps its index ``g`` but gives no
+crop (its batch is one crop smaller; a warning names it, once per worker), and the unreadable
+rest of a truncated or corrupt shard is skipped with a warning. So the stream stays exactly the
+same on resume; only a batch whose every crop is unreadable raises.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,13 +27,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vqtok.images import load_image, pil_to_rgb, resize_center_crop
+from vqtok.images import IMAGE_SUFFIXES, load_image, pil_to_rgb, resize_center_crop
+from vqtok.tars import read_samples
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IMAGE_SUFFIXES", "TrainImages", "list_images", "load_validation_images", "make_loader", "random_crop"]
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+__all__ = ["TrainImages", "list_images", "load_validation_images", "make_loader", "random_crop"]
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -71,18 +74,16 @@ def _is_shards(source: str) -> bool:
     return not Path(source).is_dir()
 
 
-def _iter_tar_images(url: str) -> Iterator[tuple[str, bytes | None]]:
-    """(key, lazy reader) of the image members of one tar shard, in order."""
-    with tarfile.open(url, "r|*") as tf:
-        for member in tf:
-            if not member.isfile():
-                continue
-            name = member.name
-            base = name.rsplit("/", 1)[-1]
-            if "." not in base or "." + base.split(".", 1)[1].lower() not in IMAGE_SUFFIXES:
-                continue
-            f = tf.extractfile(member)
-            yield name, (f.read() if f is not None else None)
+def _shard_images(url: str) -> Iterator[tuple[str, bytes]]:
+    """(key, encoded image) of the samples of one shard that have an image, in order.
+
+    The unreadable rest of a truncated/corrupt shard is logged and skipped.
+    """
+    for sample in read_samples(url):
+        if sample.error is not None:
+            logger.warning("skipped the rest of shard %s: %s", url, sample.error)
+        elif sample.image is not None:
+            yield sample.key, sample.image
 
 
 class TrainImages(torch.utils.data.IterableDataset):
@@ -132,6 +133,7 @@ class TrainImages(torch.utils.data.IterableDataset):
             self.files = list_images(self.source)
             self.shards = []
         self._cache: dict[int, Image.Image] = {}
+        self._reported: set[str] = set()  # bad samples already warned about (per worker)
 
     def __len__(self) -> int:  # number of source images (folder) or shards
         return len(self.files) or len(self.shards)
@@ -140,17 +142,33 @@ class TrainImages(torch.utils.data.IterableDataset):
         rng = np.random.default_rng([self.seed, g])
         return random_crop(img, self.crop_size, rng, max_zoom_out=self.max_zoom_out, flip=self.flip)
 
-    def _folder_image(self, g: int) -> Image.Image:
+    def _bad(self, key: str, err: Exception) -> None:
+        if key not in self._reported:
+            self._reported.add(key)
+            logger.warning("skipped unreadable training image %s: %s", key, err)
+
+    def _folder_crop(self, g: int) -> torch.Tensor | None:
+        """Crop g of a folder source, or None (logged) when its image cannot be read."""
         n = len(self.files)
         epoch, pos = divmod(g, n)
         perm = np.random.default_rng([self.seed, 7, epoch]).permutation(n)
         i = int(perm[pos])
-        if i in self._cache:
-            return self._cache[i]
-        img = pil_to_rgb(load_image(self.files[i]))
-        if self.cache_images:
-            self._cache[i] = img
-        return img
+        img = self._cache.get(i)
+        try:
+            if img is None:
+                img = pil_to_rgb(load_image(self.files[i]))
+                if self.cache_images:
+                    self._cache[i] = img
+            return self._crop(img, g)
+        except (ValueError, OSError) as err:
+            self._bad(str(self.files[i]), err)
+            return None
+
+    def _stack(self, crops: list[torch.Tensor | None], k: int) -> torch.Tensor:
+        good = [c for c in crops if c is not None]
+        if not good:
+            raise ValueError(f"every image of training batch {k} is unreadable ({self.source}); see the warnings")
+        return torch.stack(good)
 
     def _batch_indices(self, k: int) -> list[int]:
         """Global crop indices of this rank's batch k."""
@@ -166,21 +184,22 @@ class TrainImages(torch.utils.data.IterableDataset):
         if self.files:
             k = self.start_batch + wid
             while True:
-                yield torch.stack([self._crop(self._folder_image(g), g) for g in self._batch_indices(k)])
+                yield self._stack([self._folder_crop(g) for g in self._batch_indices(k)], k)
                 k += nworkers
         else:
             yield from self._iter_shards(wid, nworkers)
 
-    def _shard_stream(self) -> Iterator[tuple[int, bytes | None]]:
-        """(global index g, encoded image) over epochs, shards shuffled per epoch."""
+    def _shard_stream(self) -> Iterator[tuple[int, str, bytes]]:
+        """(global index g, sample key, encoded image) over epochs, shards shuffled per epoch."""
         g = 0
         epoch = 0
         while True:
             order = np.random.default_rng([self.seed, 7, epoch]).permutation(len(self.shards))
             seen = 0
             for s in order:
-                for _, data in _iter_tar_images(self.shards[int(s)]):
-                    yield g, data
+                url = self.shards[int(s)]
+                for key, data in _shard_images(url):
+                    yield g, f"{url}:{key}", data
                     g += 1
                     seen += 1
             if seen == 0:
@@ -189,16 +208,18 @@ class TrainImages(torch.utils.data.IterableDataset):
 
     def _iter_shards(self, wid: int, nworkers: int) -> Iterator[torch.Tensor]:
         per_batch = self.batch_size * self.world_size
-        pending: list[torch.Tensor] = []
-        for g, data in self._shard_stream():
+        pending: list[torch.Tensor | None] = []  # this rank's slots of batch k (None: unreadable)
+        for g, key, data in self._shard_stream():
             k, within = divmod(g, per_batch)
             if k < self.start_batch or (k - self.start_batch) % nworkers != wid or within % self.world_size != self.rank:
                 continue
-            if data is None:
-                raise ValueError(f"unreadable member in {self.source}")
-            pending.append(self._crop(load_image(data), g))
+            try:
+                pending.append(self._crop(load_image(data), g))
+            except (ValueError, OSError) as err:
+                self._bad(key, err)
+                pending.append(None)
             if len(pending) == self.batch_size:
-                yield torch.stack(pending)
+                yield self._stack(pending, k)
                 pending = []
 
 
@@ -219,17 +240,18 @@ def load_validation_images(source: str, *, size: int, limit: int) -> torch.Tenso
     if _is_shards(source):
         from vqtok.data import expand_shards
 
-        for url in expand_shards(source):
-            for _, data in _iter_tar_images(url):
-                if data is not None:
-                    out.append(_to_tensor(resize_center_crop(pil_to_rgb(load_image(data)), size)))
-                if len(out) >= limit:
-                    break
-            if len(out) >= limit:
-                break
+        items: Iterator[tuple[str, str | Path | bytes]] = (
+            (f"{url}:{key}", data) for url in expand_shards(source) for key, data in _shard_images(url)
+        )
     else:
-        for path in list_images(source)[:limit]:
-            out.append(_to_tensor(resize_center_crop(pil_to_rgb(load_image(path)), size)))
+        items = ((str(path), path) for path in list_images(source))
+    for key, data in items:
+        try:
+            out.append(_to_tensor(resize_center_crop(pil_to_rgb(load_image(data)), size)))
+        except (ValueError, OSError) as err:
+            logger.warning("skipped unreadable validation image %s: %s", key, err)
+        if len(out) >= limit:
+            break
     if not out:
         raise FileNotFoundError(f"no validation images in {source}")
     return torch.stack(out)

@@ -1,0 +1,75 @@
+"""vqtok.tars: the WebDataset tar reading shared by training, evaluation and pre-tokenization."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import tarfile
+from pathlib import Path
+
+from vqtok.tars import TRUNCATED_KEY, group_members, image_field, is_shard, read_samples, split_key
+
+
+def _tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    with tarfile.open(path, "w") as tf:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_split_key_follows_webdataset() -> None:
+    assert split_key("dir/000123.seg.png") == ("dir/000123", "seg.png")
+    assert split_key("a.jpg") == ("a", "jpg")
+    assert split_key("README") is None
+    assert split_key("dir.v2/x.cls") == ("dir.v2/x", "cls")
+
+
+def test_group_members_groups_consecutive_keys_only() -> None:
+    members = [("a.jpg", 1), ("a.cls", 2), ("noext", 0), ("b.jpg", 3), ("a.txt", 4)]
+    assert list(group_members(members)) == [("a", {"jpg": 1, "cls": 2}), ("b", {"jpg": 3}), ("a", {"txt": 4})]
+
+
+def test_read_samples_plain_and_gzip(tmp_path: Path) -> None:
+    members = [("x.png", b"P1"), ("x.cls", b"7"), ("y.json", b"{}"), ("y.webp", b"W")]
+    plain = _tar(tmp_path / "s.tar", members)
+    gz = tmp_path / "s.tar.gz"
+    gz.write_bytes(gzip.compress(plain.read_bytes()))
+    for path in (plain, gz):
+        samples = list(read_samples(path))
+        assert [(s.key, s.fields, s.error) for s in samples] == [
+            ("x", {"png": b"P1", "cls": b"7"}, None),
+            ("y", {"json": b"{}", "webp": b"W"}, None),
+        ]
+        assert [s.image for s in samples] == [b"P1", b"W"]
+    assert is_shard(gz) and is_shard("A.TGZ") and not is_shard("a.png")
+    assert image_field({"json": 1, "png": 2, "jpg": 3}) == "jpg"
+
+
+def test_truncated_tar_yields_complete_members_then_an_error_sample(tmp_path: Path) -> None:
+    big = bytes(range(256)) * 8  # 2048 bytes
+    path = _tar(tmp_path / "s.tar", [("a.jpg", b"A"), ("b.jpg", big), ("b.cls", b"1"), ("c.jpg", big)])
+    data = path.read_bytes()
+    path.write_bytes(data[: 512 * 3 + 1024 + 512 + 512 + 512 + 100])  # inside c.jpg's data
+    samples = list(read_samples(path))
+    assert [s.key for s in samples] == ["a", "b", TRUNCATED_KEY]
+    assert samples[1].fields == {"jpg": big, "cls": b"1"}
+    assert samples[2].fields == {} and "truncated or corrupt tar after 3 members" in samples[2].error
+
+    path.write_bytes(b"\x1f\x8b" + b"\x00" * 100)  # a gzip header and garbage
+    (only,) = read_samples(path)
+    assert only.key == TRUNCATED_KEY and "after 0 members" in only.error
+    missing = list(read_samples(tmp_path / "nope.tar"))
+    assert missing[0].key == TRUNCATED_KEY and "FileNotFoundError" in missing[0].error
+
+
+def test_a_tar_cut_inside_a_header_is_not_taken_as_complete(tmp_path: Path) -> None:
+    # tarfile itself ends quietly at a cut header; read_samples checks for the end-of-archive marker
+    path = _tar(tmp_path / "s.tar", [("a.jpg", b"A" * 10), ("b.jpg", b"B" * 10)])
+    cut = path.read_bytes()[: 512 + 512 + 100]  # a's header + data block, then part of b's header
+    for name, data in (("cut.tar", cut), ("cut.tar.gz", gzip.compress(cut))):
+        (tmp_path / name).write_bytes(data)
+        samples = list(read_samples(tmp_path / name))
+        assert [s.key for s in samples] == ["a", TRUNCATED_KEY], name
+        assert "no end-of-archive marker" in samples[1].error
