@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import io
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -61,3 +63,13 @@ def photos() -> list[Image.Image]:
 @pytest.fixture
 def photo_array() -> np.ndarray:
     return np.array(real_photos(1)[0].resize((64, 64)))
+
+
+def write_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    """A plain tar with the given (member name, bytes), in order."""
+    with tarfile.open(path, "w") as tf:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path

@@ -6,7 +6,6 @@ import argparse
 import io
 import json
 import sys
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.conftest import write_tar
 from vqtok.metrics.commands import add_commands
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -38,15 +38,6 @@ def _png_bytes(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
-
-
-def _write_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
-    with tarfile.open(path, "w") as tf:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +75,8 @@ def folder_and_shards(tmp_path, images) -> tuple[Path, Path]:
         members.append((f"img{i}.cls", str(i).encode()))
     shards = tmp_path / "shards"
     shards.mkdir()
-    _write_tar(shards / "val-000000.tar", members[:6])
-    _write_tar(shards / "val-000001.tar", members[6:])
+    write_tar(shards / "val-000000.tar", members[:6])
+    write_tar(shards / "val-000001.tar", members[6:])
     return folder, shards
 
 
@@ -161,9 +152,9 @@ def test_report_fields_grid_and_usage_plot(tiny_model, images, folder_and_shards
 
 def test_corrupt_shard_samples_are_skipped_and_reported(tiny_model, images, tmp_path, capsys) -> None:
     good = [(f"ok{i}.jpg", _png_bytes(img)) for i, img in enumerate(images[:3])]  # PNG bytes under .jpg: PIL sniffs
-    shard = _write_tar(tmp_path / "s-0.tar", [good[0], ("broken.jpg", b"\xff\xd8 not really a jpeg"), good[1], ("meta.json", b"{}"), good[2]])
+    shard = write_tar(tmp_path / "s-0.tar", [good[0], ("broken.jpg", b"\xff\xd8 not really a jpeg"), good[1], ("meta.json", b"{}"), good[2]])
     # a second shard cut in the middle of its second member
-    full = _write_tar(tmp_path / "full.tar", [("a.png", _png_bytes(images[3])), ("b.png", _png_bytes(images[4]))]).read_bytes()
+    full = write_tar(tmp_path / "full.tar", [("a.png", _png_bytes(images[3])), ("b.png", _png_bytes(images[4]))]).read_bytes()
     second_data = 512 + -(-len(_png_bytes(images[3])) // 512) * 512 + 512  # header a, data a (padded), header b
     (tmp_path / "s-1.tar").write_bytes(full[: second_data + 100])
     (tmp_path / "full.tar").unlink()
@@ -194,7 +185,7 @@ def test_limit_and_clear_errors(tiny_model, folder_and_shards, tmp_path) -> None
         _run(common + ["--data", str(shards / "val-{000000..000009}.tar"), "--out", str(tmp_path / "x.json")])
     with pytest.raises(ValueError, match="--data"):
         _run(common + ["--out", str(tmp_path / "x.json")])
-    empty = _write_tar(tmp_path / "empty.tar", [("x.txt", b"hello")])
+    empty = write_tar(tmp_path / "empty.tar", [("x.txt", b"hello")])
     with pytest.raises(ValueError, match="no readable images"):
         _run(common + ["--data", str(empty), "--out", str(tmp_path / "x.json")])
 

@@ -3,20 +3,10 @@
 from __future__ import annotations
 
 import gzip
-import io
-import tarfile
 from pathlib import Path
 
+from tests.conftest import write_tar
 from vqtok.tars import TRUNCATED_KEY, group_members, image_field, is_shard, read_samples, split_key
-
-
-def _tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
-    with tarfile.open(path, "w") as tf:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return path
 
 
 def test_split_key_follows_webdataset() -> None:
@@ -33,7 +23,7 @@ def test_group_members_groups_consecutive_keys_only() -> None:
 
 def test_read_samples_plain_and_gzip(tmp_path: Path) -> None:
     members = [("x.png", b"P1"), ("x.cls", b"7"), ("y.json", b"{}"), ("y.webp", b"W")]
-    plain = _tar(tmp_path / "s.tar", members)
+    plain = write_tar(tmp_path / "s.tar", members)
     gz = tmp_path / "s.tar.gz"
     gz.write_bytes(gzip.compress(plain.read_bytes()))
     for path in (plain, gz):
@@ -49,7 +39,7 @@ def test_read_samples_plain_and_gzip(tmp_path: Path) -> None:
 
 def test_truncated_tar_yields_complete_members_then_an_error_sample(tmp_path: Path) -> None:
     big = bytes(range(256)) * 8  # 2048 bytes
-    path = _tar(tmp_path / "s.tar", [("a.jpg", b"A"), ("b.jpg", big), ("b.cls", b"1"), ("c.jpg", big)])
+    path = write_tar(tmp_path / "s.tar", [("a.jpg", b"A"), ("b.jpg", big), ("b.cls", b"1"), ("c.jpg", big)])
     data = path.read_bytes()
     path.write_bytes(data[: 512 * 3 + 1024 + 512 + 512 + 512 + 100])  # inside c.jpg's data
     samples = list(read_samples(path))
@@ -66,7 +56,7 @@ def test_truncated_tar_yields_complete_members_then_an_error_sample(tmp_path: Pa
 
 def test_a_tar_cut_inside_a_header_is_not_taken_as_complete(tmp_path: Path) -> None:
     # tarfile itself ends quietly at a cut header; read_samples checks for the end-of-archive marker
-    path = _tar(tmp_path / "s.tar", [("a.jpg", b"A" * 10), ("b.jpg", b"B" * 10)])
+    path = write_tar(tmp_path / "s.tar", [("a.jpg", b"A" * 10), ("b.jpg", b"B" * 10)])
     cut = path.read_bytes()[: 512 + 512 + 100]  # a's header + data block, then part of b's header
     for name, data in (("cut.tar", cut), ("cut.tar.gz", gzip.compress(cut))):
         (tmp_path / name).write_bytes(data)

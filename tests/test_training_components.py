@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.conftest import write_tar
 from vqtok.models.quantizer import VectorQuantizer
 from vqtok.models.vqgan import VQGAN
 from vqtok.training import (
@@ -204,12 +203,8 @@ def test_shards_source(tmp_path: Path) -> None:
     shard_dir = tmp_path / "shards"
     shard_dir.mkdir()
     for s in range(2):
-        with tarfile.open(shard_dir / f"train-{s:06d}.tar", "w") as tf:
-            for i in range(2):
-                data = (folder / f"img{2 * s + i}.png").read_bytes()
-                info = tarfile.TarInfo(f"sample{2 * s + i:04d}.png")
-                info.size = len(data)
-                tf.addfile(info, io.BytesIO(data))
+        members = [(f"sample{2 * s + i:04d}.png", (folder / f"img{2 * s + i}.png").read_bytes()) for i in range(2)]
+        write_tar(shard_dir / f"train-{s:06d}.tar", members)
     spec = str(shard_dir / "train-{000000..000001}.tar")
     kw = {"batch_size": 3, "crop_size": 32, "seed": 1}
     full = [b for _, b in zip(range(4), make_loader(TrainImages(spec, **kw), num_workers=0))]
@@ -242,17 +237,9 @@ def test_bad_shard_members_and_truncated_shards_are_skipped(tmp_path: Path, capl
     good = [(folder / f"img{i}.png").read_bytes() for i in range(4)]
     shard_dir = tmp_path / "shards"
     shard_dir.mkdir()
-    with tarfile.open(shard_dir / "train-000000.tar", "w") as tf:
-        for name, data in (("a.png", good[0]), ("a.json", b"{}"), ("b.png", b"broken"), ("meta.json", b"{}"), ("c.png", good[1])):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    cut = shard_dir / "train-000001.tar"
-    with tarfile.open(cut, "w") as tf:
-        for name, data in (("d.png", good[2]), ("e.png", good[3])):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
+    members = [("a.png", good[0]), ("a.json", b"{}"), ("b.png", b"broken"), ("meta.json", b"{}"), ("c.png", good[1])]
+    write_tar(shard_dir / "train-000000.tar", members)
+    cut = write_tar(shard_dir / "train-000001.tar", [("d.png", good[2]), ("e.png", good[3])])
     cut.write_bytes(cut.read_bytes()[: 512 + len(good[2]) + 700])  # e.png cut off
     kw = {"batch_size": 4, "crop_size": 32, "seed": 0}
     spec = str(shard_dir / "train-{000000..000001}.tar")
