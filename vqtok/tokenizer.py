@@ -38,6 +38,9 @@ def _native_on_cpu(precision: str) -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
 
 
+_DEFAULT_FOLDER = Path(__file__).parent / "weights" / "default"
+
+
 class Tokenizer:
     """Wraps a :class:`~vqtok.models.vqgan.VQGAN` with image conversion, batching and device handling.
 
@@ -68,9 +71,11 @@ class Tokenizer:
 
     # ------------------------------------------------------------------ construction and I/O
     @classmethod
-    def from_config(cls, config: VQGANConfig, **kwargs: Any) -> "Tokenizer":
+    def from_config(
+        cls, config: VQGANConfig, *, batch_size: int = 32, precision: Precision = "fp32", channels_last: bool = True
+    ) -> "Tokenizer":
         """A randomly initialised tokenizer (for training or tests)."""
-        return cls(VQGAN(config), **kwargs)
+        return cls(VQGAN(config), batch_size=batch_size, precision=precision, channels_last=channels_last)
 
     @classmethod
     def from_pretrained(
@@ -100,20 +105,29 @@ class Tokenizer:
         return tok
 
     @classmethod
-    def load(cls, model: str | os.PathLike[str] | None = None, **options: Any) -> "Tokenizer":
-        """``from_pretrained(model, **options)``, or the built-in tokenizer when ``model`` is None."""
-        return cls.default(**options) if model is None else cls.from_pretrained(model, **options)
-
-    @classmethod
-    def default(cls, **kwargs: Any) -> "Tokenizer":
-        """The small tokenizer shipped inside the package (works offline)."""
-        folder = Path(__file__).parent / "weights" / "default"
-        if not (folder / hub.WEIGHTS_NAME).is_file():
+    def load(
+        cls,
+        model: str | os.PathLike[str] | None = None,
+        *,
+        device: str | torch.device | None = None,
+        precision: Precision = "fp32",
+        batch_size: int = 32,
+    ) -> "Tokenizer":
+        """``from_pretrained(model, ...)``, or the built-in tokenizer when ``model`` is None."""
+        folder = _DEFAULT_FOLDER if model is None else model
+        if model is None and not (_DEFAULT_FOLDER / hub.WEIGHTS_NAME).is_file():
             raise FileNotFoundError(
-                f"this vqtok installation has no default tokenizer at {folder}; "
+                f"this vqtok installation has no default tokenizer at {_DEFAULT_FOLDER}; "
                 "pass --model / Tokenizer.from_pretrained(PATH_OR_REPO) instead"
             )
-        return cls.from_pretrained(folder, **kwargs)
+        return cls.from_pretrained(folder, device=device, precision=precision, batch_size=batch_size)
+
+    @classmethod
+    def default(
+        cls, *, device: str | torch.device | None = None, precision: Precision = "fp32", batch_size: int = 32
+    ) -> "Tokenizer":
+        """The small tokenizer shipped inside the package (works offline)."""
+        return cls.load(None, device=device, precision=precision, batch_size=batch_size)
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
         """Write ``model.safetensors`` + ``config.json`` to ``directory``."""

@@ -463,7 +463,16 @@ class Trainer:
 
 
 def train(
-    config: TrainConfig, data: str, out: str | os.PathLike[str], *, steps: int | None = None, **kwargs: Any
+    config: TrainConfig,
+    data: str,
+    out: str | os.PathLike[str],
+    *,
+    steps: int | None = None,
+    progress: bool = True,
+    resume: bool = True,
+    perceptual: PerceptualFn | None = None,
+    init_weights: str | os.PathLike[str] | None = None,
 ) -> TrainResult:
     """Train a VQGAN (see :class:`Trainer`); returns the result with the exported model folder."""
-    return Trainer(config, data, out, **kwargs).train(steps)
+    trainer = Trainer(config, data, out, progress=progress, resume=resume, perceptual=perceptual, init_weights=init_weights)
+    return trainer.train(steps)
