@@ -428,3 +428,65 @@ def test_native_size_requires_multiples(tmp_path: Path, tok: Tokenizer) -> None:
     assert [f["key"] for f in stats.samples_failed] == ["odd"] and "multiple" in stats.samples_failed[0]["reason"]
     ids = np.load(io.BytesIO(read_token_shard(tmp_path / "o" / "n.tar")["ok"]["ids.npy"]))
     np.testing.assert_array_equal(ids, tok.encode(Image.open(io.BytesIO(jpeg_bytes(1, w=64, h=48)))))
+
+
+# ---------------------------------------------------------------------- remote inputs
+def _outputs(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("train-*"))}
+
+
+def test_remote_shards_pipe_and_http_give_the_local_outputs(data_dir: Path, tmp_path: Path, tok: Tokenizer) -> None:
+    import functools
+    import http.server
+    import threading
+
+    run(data_dir, tmp_path / "local", tok)
+    pretokenize(f"pipe:cat {data_dir}/{PATTERN}", tmp_path / "pipe", model=tok, size=SIZE, batch_size=3, workers=0, progress=False)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(data_dir))
+    handler.log_message = lambda *a, **k: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{PATTERN}"
+        result = pretokenize(url, tmp_path / "http", model=tok, size=SIZE, batch_size=3, workers=0, progress=False)
+    finally:
+        server.shutdown()
+    local = _outputs(tmp_path / "local")
+    assert len(local) == 6  # 3 token shards + 3 stats files
+    assert _outputs(tmp_path / "pipe") == local == _outputs(tmp_path / "http")
+    assert result.samples_written == 12 and not (tmp_path / "http" / ".incoming").exists()
+
+
+def test_failed_fetch_leaves_the_shard_undone_and_a_rerun_fetches_it(data_dir: Path, tmp_path: Path, model_dir: Path, capsys) -> None:
+    run(data_dir, tmp_path / "local", str(model_dir))
+    hidden = data_dir / "train-000001.tar"
+    hidden.rename(tmp_path / "away.tar")
+    spec = f"pipe:cat {data_dir}/{PATTERN}"
+    argv = ["pretokenize", "--model", str(model_dir), "--input", spec, "--output", str(tmp_path / "out"),
+            "--size", str(SIZE), "--batch-size", "4", "--workers", "0", "--no-progress"]
+    assert cli(argv) == 1
+    captured = capsys.readouterr()
+    assert "1 remote shard(s) could not be fetched; re-run to retry them" in captured.err
+    assert "train-000001.tar" in captured.err and "exit 1" in captured.err
+    assert (tmp_path / "out" / "train-000002.json").is_file()
+    assert not (tmp_path / "out" / "train-000001.json").exists()  # not marked done
+
+    (tmp_path / "away.tar").rename(hidden)
+    assert cli(argv) == 0
+    assert "1 done now, 2 already complete" in capsys.readouterr().out
+    assert _outputs(tmp_path / "out") == _outputs(tmp_path / "local")
+
+
+def test_remote_shard_names() -> None:
+    from vqtok.pipeline import output_name_for
+    from vqtok.pipeline.remote import is_remote, shard_name
+
+    assert shard_name("pipe:aws s3 cp s3://bucket/x/train-000001.tar -") == "train-000001.tar"
+    assert shard_name("https://host/data/train-000007.tar.gz?download=1") == "train-000007.tar.gz"
+    assert output_name_for("pipe:curl -s https://h/a/val-01.tgz") == "val-01.tar"
+    assert is_remote("gs://b/x.tar") and is_remote("pipe:cat x.tar") and not is_remote("data/x.tar")
+    assert not is_remote("file:///data/x.tar") and not is_remote(Path("pipe:x.tar"))
+    with pytest.raises(ValueError, match="no word of the command ends in .tar"):
+        shard_name("pipe:cat everything")
+    with pytest.raises(ValueError, match="does not end in .tar"):
+        expand_inputs("https://host/shards/")

@@ -10,6 +10,7 @@ Output layout and guarantees: docs/pipeline.md.
 from vqtok.pipeline.driver import (
     ErrorRateExceeded,
     RunResult,
+    ShardsNotFetched,
     expand_inputs,
     prepare_output,
     pretokenize,
@@ -32,6 +33,7 @@ __all__ = [
     "ErrorRateExceeded",
     "RunResult",
     "ShardStats",
+    "ShardsNotFetched",
     "expand_inputs",
     "model_fingerprint",
     "output_name_for",

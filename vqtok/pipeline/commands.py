@@ -47,7 +47,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
         required=True,
         nargs="+",
         metavar="PATTERN",
-        help="input shards: brace pattern 'data/train-{000000..000999}.tar', glob or paths (quote patterns)",
+        help=(
+            "input shards: brace pattern 'data/train-{000000..000999}.tar', glob, paths, URLs or "
+            "'pipe:CMD' (e.g. 'pipe:aws s3 cp s3://b/train-{000..099}.tar -'); quote patterns"
+        ),
     )
     p.add_argument("--output", required=True, help="output folder (one model per folder)")
     p.add_argument("--size", type=_size, default=256, help="resize shorter side + center crop to SIZE (0: keep size; default 256)")
@@ -73,7 +76,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
 
 
 def _run(args: argparse.Namespace) -> int:
-    from vqtok.pipeline.driver import ErrorRateExceeded, pretokenize
+    from vqtok.pipeline.driver import ErrorRateExceeded, ShardsNotFetched, pretokenize
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -94,6 +97,12 @@ def _run(args: argparse.Namespace) -> int:
             world_size=args.world_size,
             progress=not args.no_progress,
         )
+    except ShardsNotFetched as err:
+        print(err.result.summary())
+        print(f"vqtok pretokenize: error: {err}", file=sys.stderr)
+        for shard, reason in err.result.fetch_failures[:10]:
+            print(f"  {shard}: {reason}", file=sys.stderr)
+        return 1
     except ErrorRateExceeded as err:
         print(err.result.summary())
         print(f"vqtok pretokenize: error: {err}", file=sys.stderr)

@@ -20,14 +20,17 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vqtok.pipeline.remote import fetch, is_remote, shard_name
 from vqtok.pipeline.shards import (
     DEFAULT_KEEP,
     ShardStats,
+    completed_output,
     ids_dtype_for,
     model_fingerprint,
     output_name_for,
@@ -42,6 +45,7 @@ __all__ = [
     "MANIFEST_NAME",
     "ErrorRateExceeded",
     "RunResult",
+    "ShardsNotFetched",
     "expand_inputs",
     "load_tokenizer",
     "prepare_output",
@@ -52,6 +56,7 @@ __all__ = [
 ]
 
 MANIFEST_NAME = "manifest.json"
+INCOMING_DIR = ".incoming"  # local copies of remote shards while they are tokenized
 MANIFEST_FORMAT = "vqtok-pretokenize-manifest/1"
 _LOCK_NAME = ".manifest.lock"
 
@@ -71,41 +76,62 @@ class ErrorRateExceeded(RuntimeError):
         )
 
 
-# ---------------------------------------------------------------------- inputs and ranks
-def expand_inputs(inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """Brace patterns (``data/train-{000000..000999}.tar``), globs and paths -> shard paths, in order.
+class ShardsNotFetched(RuntimeError):
+    """Raised by :func:`pretokenize` at the end of a run in which some remote shards could not be fetched.
 
-    Braces expand in their written order; each glob is sorted. Duplicates are dropped. Every
-    shard must exist, and no two shards may share a file name (outputs are named after inputs).
+    Everything else is written; those shards have no output, so a re-run fetches them again.
+    ``.result`` holds the :class:`RunResult` (``result.fetch_failures``: (shard, reason)).
+    """
+
+    def __init__(self, result: RunResult) -> None:
+        self.result = result
+        n = len(result.fetch_failures)
+        super().__init__(f"{n} remote shard(s) could not be fetched; re-run to retry them")
+
+
+# ---------------------------------------------------------------------- inputs and ranks
+def expand_inputs(inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Path | str]:
+    """Brace patterns (``data/train-{000000..000999}.tar``), globs, paths and remote shards -> shards, in order.
+
+    Braces expand in their written order (also inside URLs and ``pipe:`` commands); each glob is
+    sorted. Local shards come back as Paths and must exist; remote ones (``pipe:...``,
+    ``https://...``, ``s3``/``gs`` through ``pipe:``, see :mod:`vqtok.pipeline.remote`) as strings,
+    fetched when their turn comes. Duplicates are dropped, and no two shards may share a file name
+    (outputs are named after inputs).
     """
     from braceexpand import braceexpand  # a dependency of webdataset
 
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     if not items:
         raise ValueError("no input shards given")
-    out: list[Path] = []
+    out: list[Path | str] = []
     seen: set[str] = set()
     missing: list[str] = []
     for item in items:
         for pattern in braceexpand(os.fspath(item)):
-            if glob.has_magic(pattern):
+            if is_remote(pattern):
+                matches = [pattern]
+            elif glob.has_magic(pattern):
                 matches = sorted(glob.glob(pattern))
                 if not matches:
                     missing.append(pattern)
             else:
                 matches = [pattern]
             for m in matches:
-                p = Path(m)
-                if os.fspath(p) in seen:
+                key = m if is_remote(m) else os.fspath(Path(m))
+                if key in seen:
                     continue
-                seen.add(os.fspath(p))
-                if not p.is_file():
+                seen.add(key)
+                if is_remote(m):
+                    out.append(m)
+                    continue
+                if not Path(m).is_file():
                     missing.append(m)
-                out.append(p)
+                out.append(Path(m))
     if missing:
         more = f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""
         raise FileNotFoundError(f"{len(missing)} input shard(s) not found: {', '.join(missing[:3])}{more}")
-    names: dict[str, Path] = {}
+    names: dict[str, Path | str] = {}
     for p in out:
         name = output_name_for(p)
         if name in names:
@@ -292,6 +318,7 @@ class RunResult:
     shards: list[ShardStats]  # this rank's shards, in order (skipped ones included, skipped=True)
     seconds: float
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # (shard, key, reason)
+    fetch_failures: list[tuple[str, str]] = field(default_factory=list)  # (remote shard, reason): not done
 
     @property
     def samples_written(self) -> int:
@@ -325,6 +352,7 @@ class RunResult:
             f"pretokenize{where}: {len(self.shards)} shards ({self.shards_processed} done now, {skipped} already complete), "
             f"{self.samples_written} samples written, {self.samples_failed} failed ({100 * self.error_rate:.2f}%), "
             f"{self.images_per_second:.1f} img/s, {self.seconds:.1f} s -> {self.output}"
+            + (f"; {len(self.fetch_failures)} remote shard(s) not fetched" if self.fetch_failures else "")
         )
 
 
@@ -368,6 +396,71 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def _run_jobs(
+    jobs: Sequence[tuple[Path | str, Path]],
+    tokenize: Callable[[list[tuple[Path, Path]]], Iterator[ShardStats]],
+    incoming: Path,
+    *,
+    fingerprint: str,
+    size: int | None,
+    failures: list[tuple[str, str]],
+) -> Iterator[ShardStats]:
+    """Stats of every job, in order. Runs of local shards go to ``tokenize`` together (one
+    DataLoader); each remote shard not yet complete is fetched into ``incoming`` (the next one
+    downloads while the current one is tokenized), tokenized, and its copy deleted. A shard whose
+    fetch fails is appended to ``failures`` and left without output."""
+    remote_todo = [
+        i for i, (src, dst) in enumerate(jobs) if isinstance(src, str) and completed_output(dst, fingerprint, size) is None
+    ]
+    if remote_todo:
+        incoming.mkdir(parents=True, exist_ok=True)
+        names = tuple(shard_name(str(jobs[i][0])) + "." for i in remote_todo)
+        for stale in incoming.glob("*.part"):  # partial copies left by a crashed run of this rank
+            if stale.name.startswith(names):
+                stale.unlink(missing_ok=True)
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vqtok-fetch")
+    futures: dict[int, Future[Path]] = {}
+
+    def prefetch(after: int) -> None:
+        nxt = next((i for i in remote_todo if i > after and i not in futures), None)
+        if nxt is not None:
+            futures[nxt] = pool.submit(fetch, str(jobs[nxt][0]), incoming)
+
+    try:
+        prefetch(-1)
+        run: list[tuple[Path, Path]] = []
+        for i, (src, dst) in enumerate(jobs):
+            if isinstance(src, Path):
+                run.append((src, dst))
+                continue
+            if run:
+                yield from tokenize(run)
+                run = []
+            if i not in futures:  # complete already
+                done = completed_output(dst, fingerprint, size)
+                assert done is not None
+                yield done
+                continue
+            prefetch(i)
+            try:
+                local = futures.pop(i).result()
+            except Exception as err:  # noqa: BLE001 - a failed download must not stop the other shards
+                logger.error("could not fetch %s: %s: %s (its shard is left undone)", src, type(err).__name__, err)
+                failures.append((src, f"{type(err).__name__}: {err}"))
+                continue
+            try:
+                yield from tokenize([(local, dst)])
+            finally:
+                local.unlink(missing_ok=True)
+        if run:
+            yield from tokenize(run)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        if remote_todo:
+            with contextlib.suppress(OSError):
+                incoming.rmdir()  # only when empty
 
 
 def pretokenize(
@@ -419,9 +512,11 @@ def pretokenize(
     results: list[ShardStats] = []
     failures: list[tuple[str, str, str]] = []
     jobs = [(src, folder / output_name_for(src)) for src in mine]
-    try:
-        for stats in tokenize_shards(
-            jobs,
+    fetch_failures: list[tuple[str, str]] = []
+
+    def tokenize(run: list[tuple[Path, Path]]) -> Iterator[ShardStats]:
+        return tokenize_shards(
+            run,
             tokenizer,
             size=size,
             batch_size=batch_size,
@@ -430,7 +525,10 @@ def pretokenize(
             fingerprint=fingerprint,
             on_samples=bar.update,
             on_index=bar.on_index,
-        ):
+        )
+
+    try:
+        for stats in _run_jobs(jobs, tokenize, folder / INCOMING_DIR, fingerprint=fingerprint, size=size, failures=fetch_failures):
             if stats.skipped:
                 bar.skipped()
             results.append(stats)
@@ -439,8 +537,18 @@ def pretokenize(
     finally:
         bar.close()
     update_manifest(folder)
-    result = RunResult(output=folder, rank=rank, world_size=world_size, shards=results, seconds=time.perf_counter() - t0, failures=failures)
+    result = RunResult(
+        output=folder,
+        rank=rank,
+        world_size=world_size,
+        shards=results,
+        seconds=time.perf_counter() - t0,
+        failures=failures,
+        fetch_failures=fetch_failures,
+    )
     logger.info(result.summary())
+    if fetch_failures:
+        raise ShardsNotFetched(result)
     if max_error_rate is not None and result.error_rate > max_error_rate:
         raise ErrorRateExceeded(result, max_error_rate)
     return result

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from vqtok.images import load_image, pil_to_rgb, resize_center_crop
+from vqtok.pipeline.remote import is_remote, shard_name
 from vqtok.tars import IMAGE_FIELDS, TAR_ERRORS, TRUNCATED_KEY, check_complete, group_members
 
 logger = logging.getLogger(__name__)
@@ -58,8 +59,8 @@ def ids_dtype_for(codebook_size: int) -> np.dtype:
 
 
 def output_name_for(src: str | os.PathLike[str]) -> str:
-    """``train-000123.tar`` (also ``.tar.gz``/``.tgz``) -> ``train-000123.tar``."""
-    name = Path(src).name
+    """``train-000123.tar`` (also ``.tar.gz``/``.tgz``, and remote shards by their file name) -> ``train-000123.tar``."""
+    name = shard_name(src) if is_remote(src) else Path(src).name
     for suffix in (".tar.gz", ".tgz", ".tar"):
         if name.endswith(suffix) and len(name) > len(suffix):
             return name[: -len(suffix)] + ".tar"
@@ -358,6 +359,18 @@ def _completed(src: Path, dst: Path, fingerprint: str, size: int | None, overwri
         raise FileNotFoundError(f"input shard {src} does not exist")
     if dst.exists() and src.resolve() == dst.resolve():
         raise ValueError(f"output {dst} is the input shard itself; choose another output folder")
+    return completed_output(dst, fingerprint, size, overwrite=overwrite)
+
+
+def completed_output(
+    dst: str | os.PathLike[str], fingerprint: str, size: int | None, *, overwrite: bool = False
+) -> ShardStats | None:
+    """The stats of ``dst`` when it is a complete output of this model and size, else None
+    (always None with ``overwrite``).
+
+    Removes temporary files left by a crash; raises ValueError when ``dst`` was made by another model.
+    """
+    dst = Path(dst)
     stats_path = stats_path_for(dst)
     _remove_stale_tmp(dst)
     _remove_stale_tmp(stats_path)
