@@ -118,16 +118,14 @@ def expand_inputs(inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[st
             else:
                 matches = [pattern]
             for m in matches:
-                key = m if is_remote(m) else os.fspath(Path(m))
-                if key in seen:
+                remote = is_remote(m)
+                shard: Path | str = m if remote else Path(m)
+                if os.fspath(shard) in seen:
                     continue
-                seen.add(key)
-                if is_remote(m):
-                    out.append(m)
-                    continue
-                if not Path(m).is_file():
+                seen.add(os.fspath(shard))
+                if not remote and not Path(shard).is_file():
                     missing.append(m)
-                out.append(Path(m))
+                out.append(shard)
     if missing:
         more = f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""
         raise FileNotFoundError(f"{len(missing)} input shard(s) not found: {', '.join(missing[:3])}{more}")
