@@ -13,11 +13,16 @@ intra-op thread count:
   tar indexing, JPEG decode + resize in W DataLoader processes (in the main process for W=0),
   batching, encode, tar + stats writing, manifest; everything from the call to its return.
 
+* with ``--remote``, also **pipeline on remote inputs**: the same shards given as ``pipe:cat
+  SHARD`` (the remote-input path: each shard copied to ``.incoming/`` one ahead, then tokenized
+  one shard per DataLoader), with the last ``--workers`` value.
+
 Ratio = pipeline images/s / encode-only images/s (≥ 0.9 is the target). Every run's ids are checked against
 encode-only's (and two images against ``Tokenizer.encode(PIL image, size=S)``).
 
     python benchmarks/pretokenize.py                      # f8 ch64 random model, 256 px, batch 16, workers 0 1 2
     python benchmarks/pretokenize.py --threads 2 --workers 0
+    python benchmarks/pretokenize.py --workers 1 --remote    # local vs pipe:cat inputs
 """
 
 from __future__ import annotations
@@ -101,6 +106,7 @@ def main() -> int:
     ap.add_argument("--model", default=None, help="model folder (default: a random model of --model-preset)")
     ap.add_argument("--model-preset", choices=sorted(PRESETS), default="f8-ch64")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads, for encode-only and the pipeline (default 1)")
+    ap.add_argument("--remote", action="store_true", help="also run on the shards as 'pipe:cat SHARD' inputs")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -119,7 +125,7 @@ def main() -> int:
     n = args.images
     load_before = os.getloadavg()[0]
 
-    rows: list[tuple[int, float, float, dict[str, np.ndarray]]] = []
+    rows: list[tuple[str, float, float, dict[str, np.ndarray]]] = []
     with tempfile.TemporaryDirectory() as tmp:
         shards, samples = make_shards(photos, n, args.shards, Path(tmp))
         t0 = time.perf_counter()
@@ -131,16 +137,18 @@ def main() -> int:
         # the two encode-only runs around it, which cancels most of the load drift of a shared machine.
         t_enc, ref = encode_only(tok, pixels, args.batch_size)
         base_times, ok = [t_enc], True
-        for w in args.workers:
-            out = Path(tmp) / f"tokens-w{w}"
+        runs = [(f"workers={w}", [str(p) for p in shards], w) for w in args.workers]
+        if args.remote:
+            runs.append((f"workers={args.workers[-1]}, `pipe:cat` inputs", [f"pipe:cat {p}" for p in shards], args.workers[-1]))
+        for i, (label, inputs, w) in enumerate(runs):
+            out = Path(tmp) / f"tokens-{i}"
             t0 = time.perf_counter()
-            pretokenize([str(p) for p in shards], out, model=tok, size=args.size,
-                        batch_size=args.batch_size, workers=w, progress=False)
+            pretokenize(inputs, out, model=tok, size=args.size, batch_size=args.batch_size, workers=w, progress=False)
             secs = time.perf_counter() - t0
             assert torch.get_num_threads() == args.threads  # the pipeline restores the thread count
             t_enc, again = encode_only(tok, pixels, args.batch_size)
             ok = ok and np.array_equal(ref, again)
-            rows.append((w, secs, (base_times[-1] + t_enc) / 2, read_ids(out)))
+            rows.append((label, secs, (base_times[-1] + t_enc) / 2, read_ids(out)))
             base_times.append(t_enc)
 
     ok = ok and all(
@@ -156,10 +164,10 @@ def main() -> int:
     print()
     print("| run | seconds | images/s | encode-only around it: s, images/s | ratio | ids identical |")
     print("|---|---:|---:|---:|---:|---|")
-    for w, secs, base, got in rows:
+    for label, secs, base, got in rows:
         same = list(got) == keys and all(np.array_equal(got[k], ref[i]) for i, k in enumerate(keys))
         ok = ok and same
-        print(f"| `pretokenize`, workers={w} | {secs:.2f} | {n / secs:.2f} | {base:.2f} s, {n / base:.2f} | **{base / secs:.2f}** | {same} |")
+        print(f"| `pretokenize`, {label} | {secs:.2f} | {n / secs:.2f} | {base:.2f} s, {n / base:.2f} | **{base / secs:.2f}** | {same} |")
     print(f"all ids identical to encode-only (and to Tokenizer.encode(PIL image, size={args.size})): {ok}")
     return 0 if ok else 1
 
