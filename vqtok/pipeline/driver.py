@@ -455,10 +455,8 @@ def _run_jobs(
         if run:
             yield from tokenize(run)
     finally:
+        # The (empty) folder stays: other ranks may be fetching into it.
         pool.shutdown(wait=False, cancel_futures=True)
-        if remote_todo:
-            with contextlib.suppress(OSError):
-                incoming.rmdir()  # only when empty
 
 
 def pretokenize(
