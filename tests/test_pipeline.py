@@ -441,7 +441,12 @@ def test_remote_shards_pipe_and_http_give_the_local_outputs(data_dir: Path, tmp_
     import threading
 
     run(data_dir, tmp_path / "local", tok)
+    incoming = tmp_path / "pipe" / ".incoming"  # left by a crashed run: this rank's copies go, others stay
+    incoming.mkdir(parents=True)
+    for name in ("train-000001.tar", "train-000002.tar.4242.part", "other-000000.tar.1.part"):
+        (incoming / name).write_bytes(b"stale")
     pretokenize(f"pipe:cat {data_dir}/{PATTERN}", tmp_path / "pipe", model=tok, size=SIZE, batch_size=3, workers=0, progress=False)
+    assert [p.name for p in incoming.iterdir()] == ["other-000000.tar.1.part"]
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(data_dir))
     handler.log_message = lambda *a, **k: None  # type: ignore[attr-defined]
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)

@@ -412,11 +412,10 @@ def _run_jobs(
     remote_todo = [
         i for i, (src, dst) in enumerate(jobs) if isinstance(src, str) and completed_output(dst, fingerprint, size) is None
     ]
-    if remote_todo:
-        incoming.mkdir(parents=True, exist_ok=True)
-        names = tuple(shard_name(str(jobs[i][0])) + "." for i in remote_todo)
-        for stale in incoming.glob("*.part"):  # partial copies left by a crashed run of this rank
-            if stale.name.startswith(names):
+    if incoming.is_dir():  # copies left by a crashed run of this rank (its shards only: others may be fetching)
+        mine = {shard_name(src) for src, _ in jobs if isinstance(src, str)}
+        for stale in incoming.iterdir():
+            if stale.name in mine or (stale.name.endswith(".part") and stale.name.removesuffix(".part").rsplit(".", 1)[0] in mine):
                 stale.unlink(missing_ok=True)
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vqtok-fetch")
     futures: dict[int, Future[Path]] = {}
