@@ -252,3 +252,8 @@ def test_bad_shard_members_and_truncated_shards_are_skipped(tmp_path: Path, capl
     assert "skipped the rest of shard" in messages and "truncated or corrupt tar" in messages
     resumed = next(iter(TrainImages(spec, start_batch=2, **kw)))
     assert torch.equal(resumed, batches[2])
+
+
+def test_remote_shards_are_refused_up_front() -> None:
+    with pytest.raises(ValueError, match="training reads local shard files; pipe:cat x.tar is remote"):
+        TrainImages("pipe:cat x.tar", batch_size=2, crop_size=32)

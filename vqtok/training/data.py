@@ -128,6 +128,11 @@ class TrainImages(torch.utils.data.IterableDataset):
             from vqtok.data import expand_shards
 
             self.shards: list[str] = expand_shards(self.source)
+            remote = [u for u in self.shards if "://" in u or u.startswith("pipe:")]
+            if remote:
+                raise ValueError(
+                    f"training reads local shard files; {remote[0]} is remote (copy the shards or mount the bucket)"
+                )
             self.files: list[Path] = []
         else:
             self.files = list_images(self.source)
