@@ -42,6 +42,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from vqtok.tars import is_remote
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["expand_shards", "decode_token_sample", "token_dataset", "TokenCorpus", "load_token_corpus", "NO_LABEL"]
@@ -71,7 +73,7 @@ def expand_shards(spec: str | os.PathLike[str] | Sequence[str | os.PathLike[str]
             urls.extend(expand_urls(s))
     if not urls:
         raise FileNotFoundError(f"no shards in {spec!r}")
-    missing = [u for u in urls if "://" not in u and not u.startswith("pipe:") and not Path(u).is_file()]
+    missing = [u for u in urls if not is_remote(u) and not Path(u).is_file()]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise FileNotFoundError(f"token shard {missing[0]} does not exist{more}")

@@ -30,6 +30,7 @@ __all__ = [
     "check_complete",
     "group_members",
     "image_field",
+    "is_remote",
     "is_shard",
     "read_samples",
     "split_key",
@@ -44,6 +45,7 @@ SHARD_SUFFIXES: tuple[str, ...] = (".tar", ".tar.gz", ".tgz")
 TAR_ERRORS: tuple[type[BaseException], ...] = (tarfile.TarError, EOFError, OSError, ValueError, zlib.error)
 TRUNCATED_KEY = "<rest of shard>"  # key of the error sample for the unreadable tail of a shard
 
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _KEY_RE = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's key / extension split
 V = TypeVar("V")
 
@@ -70,6 +72,13 @@ def group_members(members: Iterable[tuple[str, V]]) -> Iterator[tuple[str, dict[
         fields[ext] = value
     if key is not None:
         yield key, fields
+
+
+def is_remote(spec: str | os.PathLike[str]) -> bool:
+    """Whether a shard spec is remote: ``pipe:...`` or ``scheme://...`` (except ``file://``)."""
+    if not isinstance(spec, str):
+        return False
+    return spec.startswith("pipe:") or (_SCHEME.match(spec) is not None and not spec.startswith("file://"))
 
 
 def is_shard(path: str | os.PathLike[str]) -> bool:

@@ -17,25 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shlex
 import shutil
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
-from vqtok.tars import is_shard
+from vqtok.tars import is_remote, is_shard
 
 __all__ = ["fetch", "is_remote", "shard_name"]
-
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-def is_remote(spec: str | os.PathLike[str]) -> bool:
-    """``pipe:...`` or ``scheme://...`` (except ``file://``)."""
-    if not isinstance(spec, str):
-        return False
-    return spec.startswith("pipe:") or (_SCHEME.match(spec) is not None and not spec.startswith("file://"))
-
 
 def shard_name(spec: str) -> str:
     """The shard's file name (see the module docstring); ValueError when it cannot be told."""

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from vqtok.images import IMAGE_SUFFIXES, load_image, pil_to_rgb, resize_center_crop
-from vqtok.tars import read_samples
+from vqtok.tars import is_remote, read_samples
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ class TrainImages(torch.utils.data.IterableDataset):
             from vqtok.data import expand_shards
 
             self.shards: list[str] = expand_shards(self.source)
-            remote = [u for u in self.shards if "://" in u or u.startswith("pipe:")]
+            remote = [u for u in self.shards if is_remote(u)]
             if remote:
                 raise ValueError(
                     f"training reads local shard files; {remote[0]} is remote (copy the shards or mount the bucket)"
