@@ -87,3 +87,37 @@ def test_version_and_help():
 def test_stdout_is_clean_when_loading(model_dir, capsys):
     Tokenizer.from_pretrained(model_dir).encode(torch.zeros(1, 3, 64, 64))
     assert capsys.readouterr().out == ""
+
+
+def test_encode_and_decode_stream_in_chunks(model_dir, image_files, tmp_path, monkeypatch, capsys):
+    import vqtok.commands as commands
+
+    monkeypatch.setattr(commands, "_CHUNK", 2)  # 3 images -> two rounds
+    whole = tmp_path / "whole.npy"
+    assert main(["encode", *image_files, "--model", str(model_dir), "--out", str(whole), "--size", "64", "--batch-size", "1"]) == 0
+    tok = Tokenizer.from_pretrained(model_dir)
+    expected = tok.encode([Image.open(p) for p in image_files], size=64).numpy()
+    assert np.array_equal(np.load(whole), expected)
+    assert main(["decode", str(whole), "--model", str(model_dir), "--out", str(tmp_path / "dec"), "--batch-size", "1"]) == 0
+    pngs = sorted((tmp_path / "dec").glob("*.png"))
+    assert len(pngs) == 3
+    diff = np.asarray(Image.open(pngs[2])).astype(int) - tok.decode(expected, output="np")[2]
+    assert np.abs(diff).max() <= 1  # batch 1 vs 3: float summation order may move a pixel by one level
+
+    # a later chunk of another size, without --size: a clear error naming the file, no output
+    small = tmp_path / "small.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(small)
+    same = tmp_path / "same.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(same)
+    argv = ["encode", str(same), str(same), str(small), "--model", str(model_dir), "--out", str(tmp_path / "x.npy"), "--batch-size", "1"]
+    assert main(argv) == 2
+    assert "small.png gives a 8x8 token grid, the images before it 16x16; pass --size" in capsys.readouterr().err
+    assert not (tmp_path / "x.npy").exists()
+
+    # an out-of-range id anywhere: nothing is written
+    bad = expected.astype(np.int32)
+    bad[2, 0, 0] = 512
+    np.save(tmp_path / "bad.npy", bad)
+    assert main(["decode", str(tmp_path / "bad.npy"), "--model", str(model_dir), "--out", str(tmp_path / "nothing")]) == 2
+    assert "[0, 511]" in capsys.readouterr().err
+    assert not (tmp_path / "nothing").exists()

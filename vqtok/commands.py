@@ -13,6 +13,8 @@ from vqtok.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
+_CHUNK = 64  # images per load/encode (or decode/save) round in the encode/decode commands
+
 __all__ = ["add_commands", "add_model_arguments", "tokenizer_from_args", "ids_dtype"]
 
 
@@ -37,11 +39,23 @@ def _encode(args: argparse.Namespace) -> int:
     from vqtok.images import load_image
 
     tok = tokenizer_from_args(args)
-    images = [load_image(p) for p in args.images]
-    ids = tok.encode(images, size=args.size)  # (B, h, w)
     out = Path(args.out)
+    # Chunks of images are loaded, encoded and dropped: memory holds one chunk of pixels, whatever
+    # the number of files (the ids of all images, 2 KiB each at 32x32, are kept for the one .npy).
+    chunk = max(_CHUNK, tok.batch_size)
+    parts: list[np.ndarray] = []
+    for start in range(0, len(args.images), chunk):
+        paths = args.images[start : start + chunk]
+        ids = tok.encode([load_image(p) for p in paths], size=args.size).numpy()  # (b, h, w)
+        if parts and ids.shape[1:] != parts[0].shape[1:]:
+            raise ValueError(
+                f"{paths[0]} gives a {ids.shape[1]}x{ids.shape[2]} token grid, the images before it "
+                f"{parts[0].shape[1]}x{parts[0].shape[2]}; pass --size S to resize them all to SxS"
+            )
+        parts.append(ids.astype(ids_dtype(tok.codebook_size)))
+    ids = np.concatenate(parts)
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.save(out, ids.numpy().astype(ids_dtype(tok.codebook_size)))
+    np.save(out, ids)
     print(f"encoded {ids.shape[0]} image(s) to {tuple(ids.shape[1:])} token grids -> {out}")
     return 0
 
@@ -55,14 +69,17 @@ def _decode(args: argparse.Namespace) -> int:
         ids = np.load(path, allow_pickle=False)
     except ValueError as err:
         raise ValueError(f"{path} is not a numpy .npy file of ids: {err}") from err
+    tok._check_ids(ids, None)  # shape, dtype and range of every id, before anything is written
     if ids.ndim == 2:
         ids = ids[None]
-    images = tok.decode(ids, output="pil")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for i, img in enumerate(images):
-        img.save(out / f"{i:06d}.png")
-    print(f"decoded {len(images)} image(s) of {images[0].width}x{images[0].height} -> {out}/")
+    chunk = max(_CHUNK, tok.batch_size)
+    for start in range(0, len(ids), chunk):  # decode, write and drop one chunk of images at a time
+        for i, img in enumerate(tok.decode(ids[start : start + chunk], output="pil"), start):
+            img.save(out / f"{i:06d}.png")
+    f = tok.downsample_factor
+    print(f"decoded {len(ids)} image(s) of {ids.shape[2] * f}x{ids.shape[1] * f} -> {out}/")
     return 0
 
 
