@@ -35,6 +35,8 @@ def test_read_samples_plain_and_gzip(tmp_path: Path) -> None:
         assert [s.image for s in samples] == [b"P1", b"W"]
     assert is_shard(gz) and is_shard("A.TGZ") and not is_shard("a.png")
     assert image_field({"json": 1, "png": 2, "jpg": 3}) == "jpg"
+    assert image_field({"json": 1, "JPG": 2}) == "JPG" and image_field({"json": 1}) is None
+    assert image_field({"png": 1, "webp": 2}, ("webp", "png")) == "webp"
 
 
 def test_truncated_tar_yields_complete_members_then_an_error_sample(tmp_path: Path) -> None:

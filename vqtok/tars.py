@@ -17,7 +17,7 @@ import os
 import re
 import tarfile
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -86,9 +86,11 @@ def is_shard(path: str | os.PathLike[str]) -> bool:
     return os.fspath(path).lower().endswith(SHARD_SUFFIXES)
 
 
-def image_field(fields: Mapping[str, object]) -> str | None:
-    """The field holding the sample's image (the first of :data:`IMAGE_FIELDS` present), or None."""
-    return next((ext for ext in IMAGE_FIELDS if ext in fields), None)
+def image_field(fields: Mapping[str, object], exts: Sequence[str] = IMAGE_FIELDS) -> str | None:
+    """The field holding the sample's image: the first of ``exts`` present, in any letter case
+    (``JPG`` counts as ``jpg``); None when there is none."""
+    lower = {f.lower(): f for f in reversed(list(fields))}  # the first spelling wins
+    return next((lower[ext] for ext in exts if ext in lower), None)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ import torch
 
 from vqtok.images import load_image, pil_to_rgb, resize_center_crop
 from vqtok.pipeline.remote import is_remote, shard_name
-from vqtok.tars import IMAGE_FIELDS, TAR_ERRORS, TRUNCATED_KEY, check_complete, group_members
+from vqtok.tars import IMAGE_FIELDS, TAR_ERRORS, TRUNCATED_KEY, check_complete, group_members, image_field
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ class _BlockStream(torch.utils.data.IterableDataset):
     def _prepare(self, fh: Any, s: _Sample) -> tuple[str, np.ndarray | None, str | None, dict[str, bytes]]:
         if s.error is not None:
             return s.key, None, s.error, {}
-        ext = next((e for e in self.image_exts if e in s.fields), None)
+        ext = image_field(s.fields, self.image_exts)
         if ext is None:
             have = ", ".join(sorted(s.fields)) or "nothing"
             return s.key, None, f"no image field (looked for {'/'.join(self.image_exts[:5])}...; have {have})", {}
