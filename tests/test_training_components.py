@@ -174,6 +174,9 @@ def test_repo_default_config_loads() -> None:
     cfg = TrainConfig.from_yaml(repo / "configs" / "default-tokenizer.yaml")
     assert cfg.model == default_model_config()
     assert cfg.loss.perceptual_weight == 0 and cfg.model.l2_norm_codes
+    experiment = TrainConfig.from_yaml(repo / "configs" / "taming-layout-f16-small.yaml")
+    assert experiment.model.downsample_factor == 16 and not experiment.model.l2_norm_codes
+    assert (experiment.model.n_embed, experiment.model.embed_dim) == (1024, 256)  # taming's codebook
 
 
 # -- data ------------------------------------------------------------------------------
