@@ -1,38 +1,124 @@
-"""Held-out scores of a tokenizer folder (default: the shipped one) for the model card.
+"""Held-out scores of tokenizers next to classical codecs at the same bytes (the model card's table).
 
-PSNR / SSIM (uint8-rounded reconstructions), codebook usage, and rFID (n small: indicative only)
-when the FID Inception weights are available, on 256×256 center crops of
-``../shared/data/eval-photos`` (never trained on).
+Every row is scored the same way on 256×256 center crops of ``../shared/data/eval-photos`` (never
+trained on; shorter side resized to 256 with the tokenizer's own resize, then center-cropped):
+PSNR / SSIM on uint8 reconstructions, rFID (n small: indicative only; compare rows, not papers),
+the mean colour offset per channel (reconstruction − original, in 1/255 units: signed mean over all
+pixels of all images, and the mean over images of its absolute value), and "green kept": of the
+pixels whose original is clearly green (G exceeds R and B by 16/255), the fraction still green-
+dominant (G > R and G > B) after reconstruction.
 
-    python benchmarks/default_tokenizer_eval.py [--model vqtok/weights/default] [--out runs/default-eval]
+Codec rows get the same budget as the first tokenizer's ids (12 bits per token of an f8 4096-code
+model = 1536 bytes per 256×256 image): each image at the best quality whose whole file fits.
+
+    python benchmarks/default_tokenizer_eval.py                       # shipped default vs codecs
+    python benchmarks/default_tokenizer_eval.py --model vqtok/weights/default-v1 --model runs/x/final
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 REPO = Path(__file__).resolve().parents[1]
+
+Codec = Callable[[np.ndarray], np.ndarray]  # uint8 (H, W, 3) -> uint8 (H, W, 3)
+
+
+def _best_under(img: Image.Image, budget: int, save: Callable[[Image.Image, int], bytes], lo: int, hi: int) -> np.ndarray:
+    """Highest quality in [lo, hi] whose encoded size fits ``budget`` bytes (binary search), decoded back."""
+    best: bytes | None = None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        data = save(img, mid)
+        if len(data) <= budget:
+            best, lo = data, mid + 1
+        else:
+            hi = mid - 1
+    if best is None:
+        raise ValueError(f"even the lowest quality does not fit {budget} bytes")
+    return np.asarray(Image.open(io.BytesIO(best)).convert("RGB"), dtype=np.uint8)
+
+
+def _saver(fmt: str, **options: object) -> Callable[[Image.Image, int], bytes]:
+    def save(img: Image.Image, quality: int) -> bytes:
+        buf = io.BytesIO()
+        img.save(buf, format=fmt, quality=quality, **options)
+        return buf.getvalue()
+
+    return save
+
+
+def codecs(budget: int) -> dict[str, Codec]:
+    jpeg = _saver("JPEG", optimize=True, subsampling="4:2:0")
+    webp = _saver("WEBP", method=6)
+    avif = _saver("AVIF", speed=0)
+    return {
+        f"JPEG (optimized, 4:2:0), {budget} B": lambda a: _best_under(Image.fromarray(a), budget, jpeg, 1, 95),
+        f"WebP (method 6), {budget} B": lambda a: _best_under(Image.fromarray(a), budget, webp, 0, 100),
+        f"AVIF (speed 0), {budget} B": lambda a: _best_under(Image.fromarray(a), budget, avif, 0, 100),
+        "bicubic 32x32 RGB (3072 B)": lambda a: np.asarray(
+            Image.fromarray(a).resize((32, 32), Image.BICUBIC).resize(a.shape[1::-1], Image.BICUBIC), dtype=np.uint8
+        ),
+    }
+
+
+def score(originals: np.ndarray, recons: np.ndarray, inception: object | None) -> dict[str, object]:
+    """originals, recons: uint8 (N, H, W, 3) -> the table's numbers."""
+    import torch
+
+    from vqtok.metrics import psnr, ssim
+    from vqtok.metrics.fid import fid_from_features
+
+    o = torch.from_numpy(originals).permute(0, 3, 1, 2).double() / 255  # (N, 3, H, W)
+    r = torch.from_numpy(recons).permute(0, 3, 1, 2).double() / 255
+    per_image = (r - o).mean(dim=(2, 3)) * 255  # (N, 3) signed offsets in 1/255
+    g = originals.astype(np.int16)
+    green = (g[..., 1] - g[..., 0] > 16) & (g[..., 1] - g[..., 2] > 16)
+    rr = recons.astype(np.int16)
+    kept = (rr[..., 1] > rr[..., 0]) & (rr[..., 1] > rr[..., 2])
+    out: dict[str, object] = {
+        "psnr": round(float(psnr(o, r).mean()), 3),
+        "ssim": round(float(ssim(o, r).mean()), 4),
+        "rfid": None,
+        "offset_rgb": [round(float(v), 2) for v in per_image.mean(0)],
+        "abs_offset_rgb": [round(float(v), 2) for v in per_image.abs().mean(0)],
+        "green_kept": round(float(kept[green].mean()), 4) if green.any() else None,
+    }
+    if inception is not None:
+        with torch.no_grad():
+            fo = torch.cat([inception(o[i : i + 16].float()) for i in range(0, len(o), 16)])
+            fr = torch.cat([inception(r[i : i + 16].float()) for i in range(0, len(r), 16)])
+        out["rfid"] = round(fid_from_features(fo, fr), 1)
+    return out
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=str(REPO / "vqtok" / "weights" / "default"))
+    p.add_argument("--model", action="append", default=None, help="tokenizer folder (repeatable; default: the shipped one)")
     p.add_argument("--images", default=str(REPO.parent / "shared" / "data" / "eval-photos"))
     p.add_argument("--size", type=int, default=256)
-    p.add_argument("--out", default="runs/default-eval")
+    p.add_argument("--no-codecs", action="store_true", help="tokenizer rows only")
     p.add_argument("--no-fid", action="store_true")
+    p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = p.parse_args()
 
     import torch
 
     from vqtok import Tokenizer
-    from vqtok.metrics.evaluate import evaluate_reconstruction, find_images
+    from vqtok.images import load_image, pil_to_rgb, resize_center_crop
 
     torch.set_num_threads(1)
-    tok = Tokenizer.from_pretrained(args.model)
+    files = sorted(f for f in Path(args.images).iterdir() if f.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    originals = np.stack([np.asarray(resize_center_crop(pil_to_rgb(load_image(f)), args.size)) for f in files])
     inception = None
     if not args.no_fid:
         try:
@@ -41,20 +127,39 @@ def main() -> int:
             inception, _ = load_fid_inception(allow_download=False)
         except (FileNotFoundError, ValueError) as err:
             print(f"no rFID: {err}", file=sys.stderr)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    result = evaluate_reconstruction(
-        tok, find_images([args.images]), size=args.size, inception=inception, grid_path=out / "grid.png", progress=False,
-        kid_subset_size=50, kid_subsets=20,
-    )
-    d = result.to_dict()
-    (out / "eval.json").write_text(json.dumps(d, indent=1, default=str))
-    usage = result.usage
-    print(json.dumps({
-        "n": result.n, "size": args.size, "psnr": round(result.psnr, 3), "ssim": round(result.ssim, 4), "rfid": result.rfid,
-        "usage": usage.used_fraction if usage else None, "used_codes": usage.used_codes if usage else None,
-        "perplexity": usage.perplexity if usage else None, "params": sum(p.numel() for p in tok.model.parameters()),
-    }, indent=1))
+
+    rows: list[dict[str, object]] = []
+    budget = None
+    for folder in args.model or [str(REPO / "vqtok" / "weights" / "default")]:
+        tok = Tokenizer.from_pretrained(folder)
+        x = torch.from_numpy(originals).permute(0, 3, 1, 2)
+        ids = tok.encode(x)  # (N, h, w)
+        recons = tok.decode(ids, output="np")  # (N, H, W, 3) uint8
+        bits = math.log2(tok.codebook_size) * ids[0].numel()
+        budget = budget or int(bits // 8)
+        from vqtok.metrics import codebook_usage
+
+        usage = codebook_usage(ids.reshape(-1), tok.codebook_size)
+        rows.append({"method": f"tokenizer {folder}", "bytes": int(bits // 8), **score(originals, recons, inception),
+                     "usage": round(usage.used_fraction, 4)})
+        print(json.dumps(rows[-1]), file=sys.stderr)
+    if not args.no_codecs:
+        for name, codec in codecs(budget or 1536).items():
+            recons = np.stack([codec(a) for a in originals])
+            rows.append({"method": name, "bytes": None, **score(originals, recons, inception), "usage": None})
+            print(json.dumps(rows[-1]), file=sys.stderr)
+
+    print(f"{len(files)} photos from {args.images} at {args.size}x{args.size}")
+    print("| method | PSNR (dB) | SSIM | rFID | mean offset R/G/B (1/255) | mean abs offset R/G/B | green kept | usage |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        off = " / ".join(f"{v:+.1f}" for v in r["offset_rgb"])  # type: ignore[attr-defined]
+        aoff = " / ".join(f"{v:.1f}" for v in r["abs_offset_rgb"])  # type: ignore[attr-defined]
+        usage = "" if r["usage"] is None else f"{100 * r['usage']:.1f} %"  # type: ignore[operator]
+        print(f"| {r['method']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['rfid'] if r['rfid'] is not None else 'n/a'} | "
+              f"{off} | {aoff} | {r['green_kept']} | {usage} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0
 
 

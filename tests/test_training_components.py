@@ -260,3 +260,26 @@ def test_bad_shard_members_and_truncated_shards_are_skipped(tmp_path: Path, capl
 def test_remote_shards_are_refused_up_front() -> None:
     with pytest.raises(ValueError, match="training reads local shard files; pipe:cat x.tar is remote"):
         TrainImages("pipe:cat x.tar", batch_size=2, crop_size=32)
+
+
+def test_lr_schedules_warmup_then_decay_to_min_lr() -> None:
+    from types import SimpleNamespace
+
+    from vqtok.training.config import TrainConfig
+    from vqtok.training.trainer import Trainer
+
+    def lr(cfg: TrainConfig, step: int) -> float:
+        return Trainer._lr(SimpleNamespace(config=cfg), step)  # type: ignore[arg-type]
+
+    const = TrainConfig(lr=1e-3, warmup_steps=10, steps=100)
+    assert lr(const, 0) == pytest.approx(1e-4) and lr(const, 9) == pytest.approx(1e-3) and lr(const, 99) == 1e-3
+    cos = TrainConfig(lr=1e-3, min_lr=1e-5, warmup_steps=10, steps=50, total_steps=110, lr_schedule="cosine")
+    assert lr(cos, 10) == pytest.approx(1e-3)
+    assert lr(cos, 60) == pytest.approx(1e-5 + (1e-3 - 1e-5) * 0.5)  # half-way through the decay
+    assert lr(cos, 110) == pytest.approx(1e-5) and lr(cos, 500) == pytest.approx(1e-5)  # total_steps, not steps
+    lin = TrainConfig(lr=1e-3, warmup_steps=0, steps=100, lr_schedule="linear")
+    assert lr(lin, 25) == pytest.approx(0.75e-3) and lr(lin, 100) == 0.0
+    values = [lr(cos, s) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(values, values[1:]))  # monotone after warmup
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="step")

@@ -91,6 +91,9 @@ class TrainConfig:
     betas: tuple[float, float] = (0.5, 0.9)  # Adam betas (taming)
     weight_decay: float = 0.0  # Adam weight decay
     warmup_steps: int = 500  # linear learning-rate warmup
+    lr_schedule: str = "constant"  # after warmup: "constant", "cosine" or "linear" (decay to min_lr at total_steps)
+    min_lr: float = 0.0  # learning rate the cosine / linear schedule ends at
+    total_steps: int = 0  # length of the decay (0 = steps); fixed in the config so the curve survives resume and --steps
     grad_clip: float = 0.0  # max gradient norm (0 = no clipping)
     bf16: str = "auto"  # bf16 autocast: "auto" (CUDA with bf16 only), "on" or "off"
     ema_decay: float = 0.0  # decay of an EMA copy of the weights, exported instead (0 = off)
@@ -109,6 +112,10 @@ class TrainConfig:
             self.bf16 = "on" if self.bf16 else "off"
         if self.bf16 not in ("auto", "on", "off"):
             raise ValueError(f"bf16 must be 'auto', 'on' or 'off', got {self.bf16!r}")
+        if self.lr_schedule not in ("constant", "cosine", "linear"):
+            raise ValueError(f"lr_schedule must be 'constant', 'cosine' or 'linear', got {self.lr_schedule!r}")
+        if self.min_lr < 0 or self.total_steps < 0:
+            raise ValueError("min_lr and total_steps must be >= 0")
         if self.loss.rec_loss not in ("l1", "l2", "l1+l2"):
             raise ValueError(f"loss.rec_loss must be 'l1', 'l2' or 'l1+l2', got {self.loss.rec_loss!r}")
         if self.steps < 0 or self.batch_size < 1 or self.grad_accum < 1:

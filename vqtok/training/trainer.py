@@ -21,6 +21,7 @@ import contextlib
 import copy
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -346,8 +347,16 @@ class Trainer:
         return iter(make_loader(dataset, num_workers=cfg.data.num_workers))
 
     def _lr(self, step: int) -> float:
-        warm = self.config.warmup_steps
-        return self.config.lr * min(1.0, (step + 1) / warm) if warm > 0 else self.config.lr
+        """Learning rate of optimizer step ``step`` (0-based): linear warmup, then the schedule's decay."""
+        cfg = self.config
+        if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        if cfg.lr_schedule == "constant":
+            return cfg.lr
+        total = cfg.total_steps or cfg.steps
+        t = min(1.0, max(0.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)))  # 0 -> 1 over the decay
+        shape = 0.5 * (1.0 + math.cos(math.pi * t)) if cfg.lr_schedule == "cosine" else 1.0 - t
+        return cfg.min_lr + (cfg.lr - cfg.min_lr) * shape
 
     def train(self, steps: int | None = None) -> TrainResult:
         """Run until ``steps`` total optimizer steps (default ``config.steps``); returns the result."""
