@@ -25,7 +25,7 @@ from vqtok.pipeline import (
     shards_for_rank,
     tokenize_shard,
 )
-from vqtok.pipeline import shards as shards_mod
+from vqtok import tokens as tokens_mod
 from vqtok.tokenizer import Tokenizer
 
 SIZE = 64
@@ -164,7 +164,7 @@ def test_round_trip_equals_encode(data_dir: Path, tmp_path: Path, tok: Tokenizer
 
 
 def test_reader_gets_the_same_ids_as_encode(data_dir: Path, tmp_path: Path, tok: Tokenizer) -> None:
-    from vqtok.data import load_token_corpus, token_dataset
+    from vqtok.tokens import load_token_corpus, token_dataset
 
     out = tmp_path / "tokens"
     run(data_dir, out, tok)
@@ -291,7 +291,7 @@ def test_resume_after_crash_is_byte_identical(data_dir: Path, tmp_path: Path, to
 
     out = tmp_path / "out"
     calls = {"n": 0}
-    real = shards_mod._add_member
+    real = tokens_mod._add_member
 
     def crashing(tf, name, data):
         calls["n"] += 1
@@ -299,10 +299,10 @@ def test_resume_after_crash_is_byte_identical(data_dir: Path, tmp_path: Path, to
             raise KeyboardInterrupt("killed")
         real(tf, name, data)
 
-    monkeypatch.setattr(shards_mod, "_add_member", crashing)
+    monkeypatch.setattr(tokens_mod, "_add_member", crashing)
     with pytest.raises(KeyboardInterrupt):
         run(data_dir, out, tok)
-    monkeypatch.setattr(shards_mod, "_add_member", real)
+    monkeypatch.setattr(tokens_mod, "_add_member", real)
     assert (out / "train-000000.json").is_file() and not (out / "train-000001.json").exists()
     # What a hard kill leaves behind: temporary files of a dead process, and a tar renamed before its .json.
     (out / "train-000001.tar.tmp-deadhost-4242").write_bytes(b"partial")
@@ -443,10 +443,10 @@ def test_remote_shards_pipe_and_http_give_the_local_outputs(data_dir: Path, tmp_
     run(data_dir, tmp_path / "local", tok)
     incoming = tmp_path / "pipe" / ".incoming"  # left by a crashed run: this rank's copies go, others stay
     incoming.mkdir(parents=True)
-    for name in ("train-000001.tar", "train-000002.tar.4242.part", "other-000000.tar.1.part"):
+    for name in ("train-000001.tar", "train-000002.tar.tmp-deadhost-4242", "other-000000.tar.tmp-deadhost-1"):
         (incoming / name).write_bytes(b"stale")
     pretokenize(f"pipe:cat {data_dir}/{PATTERN}", tmp_path / "pipe", model=tok, size=SIZE, batch_size=3, workers=0, progress=False)
-    assert [p.name for p in incoming.iterdir()] == ["other-000000.tar.1.part"]
+    assert [p.name for p in incoming.iterdir()] == ["other-000000.tar.tmp-deadhost-1"]
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(data_dir))
     handler.log_message = lambda *a, **k: None  # type: ignore[attr-defined]
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)

@@ -7,9 +7,12 @@
 Output layout and guarantees: docs/pipeline.md.
 """
 
+from vqtok.pipeline._naming import model_fingerprint, output_name_for
 from vqtok.pipeline.driver import (
     ErrorRateExceeded,
+    FetchFailure,
     RunResult,
+    SampleFailure,
     ShardsNotFetched,
     expand_inputs,
     prepare_output,
@@ -18,20 +21,15 @@ from vqtok.pipeline.driver import (
     shards_for_rank,
     update_manifest,
 )
-from vqtok.pipeline.shards import (
-    DEFAULT_KEEP,
-    ShardStats,
-    model_fingerprint,
-    output_name_for,
-    stats_path_for,
-    tokenize_shard,
-    tokenize_shards,
-)
+from vqtok.pipeline.shards import TokenizeOptions, tokenize_shard, tokenize_shards
+from vqtok.tokens import DEFAULT_KEEP, ShardStats, stats_path_for
 
 __all__ = [
     "DEFAULT_KEEP",
     "ErrorRateExceeded",
+    "FetchFailure",
     "RunResult",
+    "SampleFailure",
     "ShardStats",
     "ShardsNotFetched",
     "expand_inputs",
@@ -42,6 +40,7 @@ __all__ = [
     "resolve_rank",
     "shards_for_rank",
     "stats_path_for",
+    "TokenizeOptions",
     "tokenize_shard",
     "tokenize_shards",
     "update_manifest",
