@@ -495,3 +495,43 @@ def test_remote_shard_names() -> None:
         shard_name("pipe:cat everything")
     with pytest.raises(ValueError, match="does not end in .tar"):
         expand_inputs("https://host/shards/")
+
+
+@pytest.mark.parametrize("gzipped", [False, True], ids=["tar", "tar.gz"])
+@pytest.mark.parametrize("cut", ["header", "data"])
+def test_eval_training_and_pretokenize_keep_the_same_samples_of_a_damaged_shard(
+    tmp_path: Path, tok: Tokenizer, cut: str, gzipped: bool
+) -> None:
+    """Issue 12: a duplicate key plus a truncated tar; eval kept 4 images where pretokenize kept 3."""
+    from vqtok.metrics.evaluate import evaluate_reconstruction, resolve_data
+    from vqtok.tars import read_samples
+
+    samples = [(f"k{i}", {"jpg": jpeg_bytes(i), "cls": b"1"}) for i in range(5)]
+    samples.insert(3, ("k1", {"txt": b"the key k1 again, not next to its first members"}))
+    full = write_tar(tmp_path / "full.tar", samples).read_bytes()
+    with tarfile.open(tmp_path / "full.tar") as tf:
+        last = [m for m in tf.getmembers() if m.name.startswith("k4.")][0]
+    # "header": the file ends inside k4's first header, so k3 (the sample in progress) may be missing
+    # members; "data": k4's header is read, so k3 is known to be complete.
+    end = last.offset + 100 if cut == "header" else last.offset_data + 10
+    src = tmp_path / ("cut.tar.gz" if gzipped else "cut.tar")
+    if gzipped:
+        import gzip
+
+        src.write_bytes(gzip.compress(full[:end]))
+    else:
+        src.write_bytes(full[:end])
+
+    stats = tokenize_shard(src, tmp_path / "out" / "cut.tar", tok, size=SIZE)
+    result = evaluate_reconstruction(tok, resolve_data([src]), size=SIZE, progress=False)
+    from vqtok.training.data import _shard_images  # the training reader
+
+    trained = [key for key, _ in _shard_images(str(src))]
+    written = sorted(k for k in read_token_shard(tmp_path / "out" / "cut.tar"))
+    expected = ["k0", "k1", "k2"] + (["k3"] if cut == "data" else [])
+    assert written == expected and trained == expected
+    assert stats.samples_written == result.n == len(expected)
+    assert stats.num_failed == result.bad_samples.count  # the duplicate, (k3), and the rest of the shard
+    reasons = {f["key"]: f["reason"] for f in stats.samples_failed}
+    assert reasons["k1"].startswith("duplicate key") and "<rest of shard>" in reasons
+    assert [s.key for s in read_samples(src) if s.error is None] == expected
