@@ -146,6 +146,33 @@ def check_complete(tf: tarfile.TarFile) -> None:
         raise tarfile.ReadError(f"no end-of-archive marker at byte {tf.offset} (cut or garbled header)")
 
 
+_BAD_HEADER = "_vqtok_bad_header"
+
+
+class _HeaderCheck(tarfile.TarInfo):
+    """Records on the TarFile why a header could not be read where tarfile itself just stops
+    (a stream cannot be sought back to look, as :func:`check_complete` does)."""
+
+    @classmethod
+    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        try:
+            return super().fromtarfile(tarfile_)
+        except tarfile.EOFHeaderError:  # the zero block of a complete tar
+            raise
+        except tarfile.HeaderError as err:
+            setattr(tarfile_, _BAD_HEADER, f"{type(err).__name__}: {err}")
+            raise
+
+
+def _member_bytes(tf: tarfile.TarFile, m: tarfile.TarInfo) -> bytes:
+    """The whole data of member ``m``; ReadError when the tar ends before it does."""
+    fh = tf.extractfile(m)
+    data = fh.read() if fh is not None else b""
+    if len(data) != m.size:
+        raise tarfile.ReadError(f"member {m.name} is cut off ({len(data)} of {m.size} bytes)")
+    return data
+
+
 class _Reading:
     """What one pass over a tar found besides its members: the tail error and where it happened."""
 
@@ -164,7 +191,7 @@ class _Reading:
                 with open(path, "rb") as fh:
                     magic = fh.read(6)
                 self.seekable = not (magic[:2] == b"\x1f\x8b" or magic[:3] == b"BZh" or magic[:6] == b"\xfd7zXZ\x00")
-            if is_remote(path):  # a stream: read once, in order (no end-of-archive check possible)
+            if is_remote(path):  # a stream: read once, in order
                 yield from self._stream_members(str(path))
                 return
             with tarfile.open(path, "r:" if self.seekable else "r:*") as tf:
@@ -179,10 +206,7 @@ class _Reading:
                             raise tarfile.ReadError(f"member {m.name} is cut off")
                         value = (m.offset_data, m.size)
                     else:
-                        fh = tf.extractfile(m)
-                        value = fh.read() if fh is not None else b""
-                        if len(value) != m.size:
-                            raise tarfile.ReadError(f"member {m.name} is cut off ({len(value)} of {m.size} bytes)")
+                        value = _member_bytes(tf, m)
                     self._reading = None
                     self.members += 1
                     yield m.name, value
@@ -195,18 +219,18 @@ class _Reading:
     def _stream_members(self, url: str) -> Iterator[tuple[str, bytes]]:
         from webdataset.gopen import gopen
 
-        with contextlib.closing(gopen(url, "rb")) as stream, tarfile.open(fileobj=stream, mode="r|*") as tf:
+        with contextlib.closing(gopen(url, "rb")) as stream, tarfile.open(fileobj=stream, mode="r|*", tarinfo=_HeaderCheck) as tf:
             for m in tf:
                 if not m.isfile():
                     continue
                 self._reading = m.name
-                fh = tf.extractfile(m)
-                value = fh.read() if fh is not None else b""
-                if len(value) != m.size:
-                    raise tarfile.ReadError(f"member {m.name} is cut off ({len(value)} of {m.size} bytes)")
+                value = _member_bytes(tf, m)
                 self._reading = None
                 self.members += 1
                 yield m.name, value
+            bad = getattr(tf, _BAD_HEADER, None)
+            if bad is not None:  # tarfile ends quietly at a cut or garbled header after the first member
+                raise tarfile.ReadError(f"no end-of-archive marker (cut or garbled header: {bad})")
 
     def samples(self, members: Iterable[tuple[str, F]]) -> Iterator[TarSample[F]]:
         """Group members into samples and give the verdicts of the module docstring."""
