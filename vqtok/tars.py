@@ -36,12 +36,10 @@ __all__ = [
     "DUPLICATE_KEY",
     "IMAGE_FIELDS",
     "SHARD_SUFFIXES",
-    "TAR_ERRORS",
     "TRUNCATED_KEY",
     "ShardIndex",
     "Span",
     "TarSample",
-    "check_complete",
     "expand_shards",
     "group_members",
     "image_field",
@@ -58,7 +56,7 @@ IMAGE_FIELDS: tuple[str, ...] = (
 )
 SHARD_SUFFIXES: tuple[str, ...] = (".tar", ".tar.gz", ".tgz")
 # What reading a damaged tar can raise (zlib.error: a corrupt gzip stream).
-TAR_ERRORS: tuple[type[BaseException], ...] = (tarfile.TarError, EOFError, OSError, ValueError, zlib.error)
+_TAR_ERRORS: tuple[type[BaseException], ...] = (tarfile.TarError, EOFError, OSError, ValueError, zlib.error)
 TRUNCATED_KEY = "<rest of shard>"  # key of the error sample for the unreadable tail of a shard
 DUPLICATE_KEY = "duplicate key (its members are not consecutive in the tar)"  # error of a repeated key
 Span = tuple[int, int]  # (offset, size) of a member's data inside an uncompressed tar file
@@ -132,7 +130,7 @@ class TarSample(Generic[F]):
         return f"no image field (looked for {'/'.join(exts[:6])}/...; have {have})"
 
 
-def check_complete(tf: tarfile.TarFile) -> None:
+def _check_complete(tf: tarfile.TarFile) -> None:
     """After iterating ``tf`` (opened seekable, ``"r:*"``): raise ``tarfile.ReadError`` unless the
     archive ended with its end-of-archive marker.
 
@@ -151,7 +149,7 @@ _BAD_HEADER = "_vqtok_bad_header"
 
 class _HeaderCheck(tarfile.TarInfo):
     """Records on the TarFile why a header could not be read where tarfile itself just stops
-    (a stream cannot be sought back to look, as :func:`check_complete` does)."""
+    (a stream cannot be sought back to look, as :func:`_check_complete` does)."""
 
     @classmethod
     def fromtarfile(cls, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
@@ -210,8 +208,8 @@ class _Reading:
                     self._reading = None
                     self.members += 1
                     yield m.name, value
-                check_complete(tf)
-        except TAR_ERRORS as err:
+                _check_complete(tf)
+        except _TAR_ERRORS as err:
             self.error = f"truncated or corrupt tar after {self.members} members: {type(err).__name__}: {err}"
             split = split_key(self._reading) if self._reading is not None else None
             self.cut_key = split[0] if split is not None else None

@@ -42,7 +42,9 @@ __all__ = [
     "MANIFEST_FORMAT",
     "MANIFEST_NAME",
     "ErrorRateExceeded",
+    "FetchFailure",
     "RunResult",
+    "SampleFailure",
     "ShardsNotFetched",
     "expand_inputs",
     "load_tokenizer",
@@ -70,7 +72,7 @@ class ErrorRateExceeded(RuntimeError):
         self.max_error_rate = max_error_rate
         super().__init__(
             f"{result.samples_failed} of {result.samples_total} samples failed "
-            f"({100 * result.error_rate:.2f}% > --max-error-rate {100 * max_error_rate:.2f}%)"
+            f"({100 * result.error_rate:.2f}% > max_error_rate {100 * max_error_rate:.2f}%)"
         )
 
 
@@ -231,12 +233,12 @@ def prepare_output(
             f"{folder} holds tokens of another model ({manifest.get('model')!r}, fingerprint "
             f"{manifest.get('model_fingerprint')}, config hash {manifest.get('config_hash')}); this run's model "
             f"{model_id!r} has fingerprint {fingerprint} (config hash {tokenizer.config.hash()}). "
-            "Token ids of different models must not be mixed: use another --output folder"
+            "Token ids of different models must not be mixed: use another output folder"
         )
     if manifest.get("size") != size:
         raise ValueError(
-            f"{folder} holds tokens made at --size {manifest.get('size')}, this run uses --size {size}; "
-            "use the same size or another --output folder"
+            f"{folder} holds tokens made at size {manifest.get('size')}, this run uses size {size}; "
+            "use the same size or another output folder"
         )
     return manifest
 
