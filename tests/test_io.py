@@ -51,7 +51,8 @@ def test_a_folder_replaces_the_old_one(tmp_path: Path) -> None:
     target = tmp_path / "ckpt"
     target.mkdir()
     (target / "old.txt").write_text("old")
-    with atomic_write(target) as tmp:
+    with atomic_write(target, owner="step7") as tmp:
+        assert tmp == tmp_path / "ckpt.tmp-step7"  # a name other ranks can write into too
         tmp.mkdir()
         (tmp / "new.txt").write_text("new")
     assert [p.name for p in target.iterdir()] == ["new.txt"] and [p.name for p in tmp_path.iterdir()] == ["ckpt"]

@@ -39,8 +39,11 @@ def _remove(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str], *, mode: int | None = 0o644) -> Iterator[Path]:
+def atomic_write(path: str | os.PathLike[str], *, mode: int | None = 0o644, owner: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; the caller creates a file or a folder there.
+
+    ``owner`` replaces ``<host>-<pid>`` in the temporary name, for several processes that fill one
+    folder (ranks agree on e.g. ``f"step{step}"``; the one that entered this block commits it).
 
     On normal exit a file is given permissions ``mode`` (None: as created; safetensors creates its
     files 0600, a model folder is meant to be shared) and renamed onto ``path``; a folder replaces an
@@ -50,7 +53,7 @@ def atomic_write(path: str | os.PathLike[str], *, mode: int | None = 0o644) -> I
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}{_TMP}{_owner()}")
+    tmp = target.with_name(f"{target.name}{_TMP}{owner or _owner()}")
     _remove(tmp)
     try:
         yield tmp

@@ -185,13 +185,13 @@ class _Reading:
         """(name, data) of the tar's file members; ``by_offset``: Spans instead of bytes for plain tars.
         A remote shard (:func:`is_remote`) is streamed through webdataset's ``gopen``."""
         try:
-            if by_offset and not is_remote(path):
-                with open(path, "rb") as fh:
-                    magic = fh.read(6)
-                self.seekable = not (magic[:2] == b"\x1f\x8b" or magic[:3] == b"BZh" or magic[:6] == b"\xfd7zXZ\x00")
             if is_remote(path):  # a stream: read once, in order
                 yield from self._stream_members(str(path))
                 return
+            if by_offset:
+                with open(path, "rb") as fh:
+                    magic = fh.read(6)
+                self.seekable = not (magic[:2] == b"\x1f\x8b" or magic[:3] == b"BZh" or magic[:6] == b"\xfd7zXZ\x00")
             with tarfile.open(path, "r:" if self.seekable else "r:*") as tf:
                 size = os.fstat(tf.fileobj.fileno()).st_size if self.seekable and tf.fileobj is not None else 0
                 for m in tf:
