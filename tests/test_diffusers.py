@@ -145,3 +145,12 @@ def test_cli_export_and_convert(tmp_path, capsys):
     (tmp_path / "vq" / DIFFUSERS_CONFIG_NAME).write_text(json.dumps(cfg))
     assert main(["convert", "diffusers", str(tmp_path / "vq"), "--out", str(tmp_path / "x")]) == 2
     assert "cannot be expressed" in capsys.readouterr().err
+
+
+def test_export_is_readable_by_others_and_leaves_no_temporary_files(tmp_path):
+    import stat
+
+    out = to_diffusers(_tok(TINY), tmp_path / "vq")
+    assert sorted(p.name for p in out.iterdir()) == sorted([DIFFUSERS_CONFIG_NAME, DIFFUSERS_WEIGHTS_NAME])
+    for p in out.iterdir():
+        assert stat.S_IMODE(p.stat().st_mode) == 0o644, p.name  # safetensors alone creates 0600

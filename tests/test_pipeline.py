@@ -22,10 +22,10 @@ from vqtok.pipeline import (
     commands,
     expand_inputs,
     pretokenize,
-    shards_for_rank,
     tokenize_shard,
 )
-from vqtok.pipeline import shards as shards_mod
+from vqtok.pipeline.driver import shards_for_rank
+from vqtok import tokens as tokens_mod
 from vqtok.tokenizer import Tokenizer
 
 SIZE = 64
@@ -164,7 +164,7 @@ def test_round_trip_equals_encode(data_dir: Path, tmp_path: Path, tok: Tokenizer
 
 
 def test_reader_gets_the_same_ids_as_encode(data_dir: Path, tmp_path: Path, tok: Tokenizer) -> None:
-    from vqtok.data import load_token_corpus, token_dataset
+    from vqtok.tokens import load_token_corpus, token_dataset
 
     out = tmp_path / "tokens"
     run(data_dir, out, tok)
@@ -291,7 +291,7 @@ def test_resume_after_crash_is_byte_identical(data_dir: Path, tmp_path: Path, to
 
     out = tmp_path / "out"
     calls = {"n": 0}
-    real = shards_mod._add_member
+    real = tokens_mod._add_member
 
     def crashing(tf, name, data):
         calls["n"] += 1
@@ -299,10 +299,10 @@ def test_resume_after_crash_is_byte_identical(data_dir: Path, tmp_path: Path, to
             raise KeyboardInterrupt("killed")
         real(tf, name, data)
 
-    monkeypatch.setattr(shards_mod, "_add_member", crashing)
+    monkeypatch.setattr(tokens_mod, "_add_member", crashing)
     with pytest.raises(KeyboardInterrupt):
         run(data_dir, out, tok)
-    monkeypatch.setattr(shards_mod, "_add_member", real)
+    monkeypatch.setattr(tokens_mod, "_add_member", real)
     assert (out / "train-000000.json").is_file() and not (out / "train-000001.json").exists()
     # What a hard kill leaves behind: temporary files of a dead process, and a tar renamed before its .json.
     (out / "train-000001.tar.tmp-deadhost-4242").write_bytes(b"partial")
@@ -392,7 +392,7 @@ def test_other_model_or_size_is_refused(data_dir: Path, tmp_path: Path, tok: Tok
         run(data_dir, out, tiny_tokenizer(seed=1))
     with pytest.raises(ValueError, match="another model"):  # the per-shard function refuses too
         tokenize_shard(data_dir / "train-000000.tar", out / "train-000000.tar", tiny_tokenizer(seed=1), size=SIZE)
-    with pytest.raises(ValueError, match="--size"):
+    with pytest.raises(ValueError, match="made at size 64, this run uses size 32"):
         run(data_dir, out, tok, size=32)
 
 
@@ -443,10 +443,10 @@ def test_remote_shards_pipe_and_http_give_the_local_outputs(data_dir: Path, tmp_
     run(data_dir, tmp_path / "local", tok)
     incoming = tmp_path / "pipe" / ".incoming"  # left by a crashed run: this rank's copies go, others stay
     incoming.mkdir(parents=True)
-    for name in ("train-000001.tar", "train-000002.tar.4242.part", "other-000000.tar.1.part"):
+    for name in ("train-000001.tar", "train-000002.tar.tmp-deadhost-4242", "other-000000.tar.tmp-deadhost-1"):
         (incoming / name).write_bytes(b"stale")
     pretokenize(f"pipe:cat {data_dir}/{PATTERN}", tmp_path / "pipe", model=tok, size=SIZE, batch_size=3, workers=0, progress=False)
-    assert [p.name for p in incoming.iterdir()] == ["other-000000.tar.1.part"]
+    assert [p.name for p in incoming.iterdir()] == ["other-000000.tar.tmp-deadhost-1"]
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(data_dir))
     handler.log_message = lambda *a, **k: None  # type: ignore[attr-defined]
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -495,3 +495,43 @@ def test_remote_shard_names() -> None:
         shard_name("pipe:cat everything")
     with pytest.raises(ValueError, match="does not end in .tar"):
         expand_inputs("https://host/shards/")
+
+
+@pytest.mark.parametrize("gzipped", [False, True], ids=["tar", "tar.gz"])
+@pytest.mark.parametrize("cut", ["header", "data"])
+def test_eval_training_and_pretokenize_keep_the_same_samples_of_a_damaged_shard(
+    tmp_path: Path, tok: Tokenizer, cut: str, gzipped: bool
+) -> None:
+    """Issue 12: a duplicate key plus a truncated tar; eval kept 4 images where pretokenize kept 3."""
+    from vqtok.metrics.evaluate import evaluate_reconstruction, resolve_data
+    from vqtok.tars import read_samples
+
+    samples = [(f"k{i}", {"jpg": jpeg_bytes(i), "cls": b"1"}) for i in range(5)]
+    samples.insert(3, ("k1", {"txt": b"the key k1 again, not next to its first members"}))
+    full = write_tar(tmp_path / "full.tar", samples).read_bytes()
+    with tarfile.open(tmp_path / "full.tar") as tf:
+        last = [m for m in tf.getmembers() if m.name.startswith("k4.")][0]
+    # "header": the file ends inside k4's first header, so k3 (the sample in progress) may be missing
+    # members; "data": k4's header is read, so k3 is known to be complete.
+    end = last.offset + 100 if cut == "header" else last.offset_data + 10
+    src = tmp_path / ("cut.tar.gz" if gzipped else "cut.tar")
+    if gzipped:
+        import gzip
+
+        src.write_bytes(gzip.compress(full[:end]))
+    else:
+        src.write_bytes(full[:end])
+
+    stats = tokenize_shard(src, tmp_path / "out" / "cut.tar", tok, size=SIZE)
+    result = evaluate_reconstruction(tok, resolve_data([src]), size=SIZE, progress=False)
+    from vqtok.training.data import load_validation_images  # the training reader
+
+    trained = load_validation_images(str(src), size=SIZE, limit=100)  # (N, 3, SIZE, SIZE) uint8
+    written = sorted(k for k in read_token_shard(tmp_path / "out" / "cut.tar"))
+    expected = ["k0", "k1", "k2"] + (["k3"] if cut == "data" else [])
+    assert written == expected and trained.shape[0] == len(expected)
+    assert stats.samples_written == result.n == len(expected)
+    assert stats.num_failed == result.bad_samples.count  # the duplicate, (k3), and the rest of the shard
+    reasons = {f["key"]: f["reason"] for f in stats.samples_failed}
+    assert reasons["k1"].startswith("duplicate key") and "<rest of shard>" in reasons
+    assert [s.key for s in read_samples(src) if s.error is None] == expected

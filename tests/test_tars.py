@@ -5,8 +5,20 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import write_tar
-from vqtok.tars import TRUNCATED_KEY, group_members, image_field, is_shard, read_samples, split_key
+
+from vqtok.tars import (
+    DUPLICATE_KEY,
+    TRUNCATED_KEY,
+    expand_shards,
+    group_members,
+    image_field,
+    is_shard,
+    read_samples,
+    split_key,
+)
 
 
 def test_split_key_follows_webdataset() -> None:
@@ -65,3 +77,33 @@ def test_a_tar_cut_inside_a_header_is_not_taken_as_complete(tmp_path: Path) -> N
         samples = list(read_samples(tmp_path / name))
         assert [s.key for s in samples] == ["a", TRUNCATED_KEY], name
         assert "no end-of-archive marker" in samples[1].error
+
+
+def test_remote_shards_are_streamed_with_the_same_verdicts(tmp_path: Path) -> None:
+    big = bytes(range(256)) * 8
+    path = write_tar(tmp_path / "s.tar", [("a.jpg", b"A"), ("b.jpg", big), ("a.cls", b"1"), ("c.jpg", big)])
+    local = [(s.key, s.fields, s.error) for s in read_samples(path)]
+    assert [(s.key, s.fields, s.error) for s in read_samples(f"pipe:cat {path}")] == local
+    assert local[2][0] == "a" and local[2][2] == DUPLICATE_KEY  # a's members are not consecutive
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(path.read_bytes()[: 512 * 3 + 2048 + 512 + 512 + 100])  # inside c.jpg's data
+    streamed = list(read_samples(f"pipe:cat {cut}"))
+    assert [s.key for s in streamed] == ["a", "b", "a", TRUNCATED_KEY] and streamed[1].error is None
+    assert [(s.key, s.error is None) for s in streamed] == [(s.key, s.error is None) for s in read_samples(cut)]
+
+
+def test_expand_shards(tmp_path: Path) -> None:
+    for name in ("b-000000.tar", "b-000001.tar.gz", "x.png", "sub/c-000000.tgz", ".incoming/b-000002.tar"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    d = str(tmp_path)
+    assert expand_shards(d) == [f"{d}/b-000000.tar", f"{d}/b-000001.tar.gz", f"{d}/sub/c-000000.tgz"]  # not .incoming
+    assert expand_shards(d, images=True) == [f"{d}/x.png"]  # a folder with images gives its images
+    assert expand_shards([f"{d}/b-{{000000..000001}}.tar*", f"{d}/b-000000.tar", "pipe:cat a-{0..1}.tar"]) == [
+        f"{d}/b-000000.tar", f"{d}/b-000001.tar.gz", "pipe:cat a-0.tar", "pipe:cat a-1.tar",
+    ]
+    assert expand_shards(f"{d}/**/*.tgz") == [f"{d}/sub/c-000000.tgz"]
+    with pytest.raises(FileNotFoundError, match=r"2 input\(s\) not found .*nope.tar.*\*.zip \(glob matches no shard\)"):
+        expand_shards([f"{d}/nope.tar", f"{d}/*.zip"])
+    with pytest.raises(ValueError, match="no input shards"):
+        expand_shards([])

@@ -228,7 +228,7 @@ def test_loading_is_strict(tiny_tokenizer, tmp_path):
 
 
 def test_load_errors_are_clear(tmp_path, tiny_tokenizer):
-    with pytest.raises(FileNotFoundError, match="lacks"):
+    with pytest.raises(FileNotFoundError, match="has no config.json and no model.safetensors"):
         Tokenizer.from_pretrained(tmp_path)
     folder = tiny_tokenizer.save_pretrained(tmp_path / "m")
     (folder / "model.safetensors").write_bytes(b"garbage")

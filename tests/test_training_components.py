@@ -243,7 +243,7 @@ def test_bad_shard_members_and_truncated_shards_are_skipped(tmp_path: Path, capl
     members = [("a.png", good[0]), ("a.json", b"{}"), ("b.png", b"broken"), ("meta.json", b"{}"), ("c.png", good[1])]
     write_tar(shard_dir / "train-000000.tar", members)
     cut = write_tar(shard_dir / "train-000001.tar", [("d.png", good[2]), ("e.png", good[3])])
-    cut.write_bytes(cut.read_bytes()[: 512 + len(good[2]) + 700])  # e.png cut off
+    cut.write_bytes(cut.read_bytes()[: 512 + -(-len(good[2]) // 512) * 512 + 512 + 100])  # inside e.png's data
     kw = {"batch_size": 4, "crop_size": 32, "seed": 0}
     spec = str(shard_dir / "train-{000000..000001}.tar")
     with caplog.at_level("WARNING", logger="vqtok.training.data"):

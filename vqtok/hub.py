@@ -15,10 +15,12 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from vqtok._io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +36,9 @@ __all__ = [
     "load_pretrained",
     "push_to_hub",
     "resolve_folder",
+    "load_strict",
+    "download_weights",
+    "weights_cache_dir",
 ]
 
 
@@ -48,40 +53,44 @@ def save_pretrained(
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-    # Write to temporary names then rename, so a crash never leaves a half-written model.
-    tmp_weights = out / (WEIGHTS_NAME + ".tmp")
-    save_file(tensors, str(tmp_weights), metadata={"format": "pt", "vqtok_format": str(FORMAT_VERSION)})
-    os.chmod(tmp_weights, 0o644)  # safetensors creates its file 0600; a model folder is meant to be shared
     payload = {"vqtok_format": FORMAT_VERSION, "model_type": model_type, **dict(config)}
-    tmp_config = out / (CONFIG_NAME + ".tmp")
-    tmp_config.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp_weights, out / WEIGHTS_NAME)
-    os.replace(tmp_config, out / CONFIG_NAME)
+    # config.json is renamed last: a folder with a config always has its whole weights file.
+    with atomic_write(out / CONFIG_NAME) as tmp_config:
+        tmp_config.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        with atomic_write(out / WEIGHTS_NAME) as tmp_weights:
+            save_file(tensors, str(tmp_weights), metadata={"format": "pt", "vqtok_format": str(FORMAT_VERSION)})
     logger.info("saved %s model to %s", model_type, out)
     return out
+
+
+_VQTOK_FOLDER = f"a vqtok model folder holds {CONFIG_NAME} and {WEIGHTS_NAME} (write one with save_pretrained)"
 
 
 def resolve_folder(
     repo_id_or_dir: str | os.PathLike[str],
     *,
+    files: Sequence[str | Sequence[str]] = (CONFIG_NAME, WEIGHTS_NAME),
+    subfolder: str | None = None,
     revision: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     local_files_only: bool = False,
+    what: str = _VQTOK_FOLDER,
 ) -> Path:
-    """Return a local folder holding ``config.json`` and ``model.safetensors``.
+    """Return a local folder holding ``files`` (the one folder resolver of vqtok).
 
-    A path that exists locally is used as is; anything else is treated as a Hub repo id
-    and fetched through ``huggingface_hub`` (which owns caching, revisions and offline mode).
+    Each entry of ``files`` is a file name or a sequence of alternative names (the first present
+    wins). A path that exists locally is used as is (``subfolder`` inside it); anything else is
+    treated as a Hub repo id and fetched through ``huggingface_hub`` (which owns caching, revisions
+    and offline mode). ``what`` ends the error for a local folder that lacks a file.
     """
+    wanted = [(f,) if isinstance(f, str) else tuple(f) for f in files]
     path = Path(repo_id_or_dir)
     if path.is_dir():
-        missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if not (path / n).is_file()]
+        folder = path / subfolder if subfolder else path
+        missing = [alt[0] for alt in wanted if not any((folder / n).is_file() for n in alt)]
         if missing:
-            raise FileNotFoundError(
-                f"{path} is a folder but lacks {', '.join(missing)}; a vqtok model folder holds "
-                f"{CONFIG_NAME} and {WEIGHTS_NAME} (write one with save_pretrained)"
-            )
-        return path
+            raise FileNotFoundError(f"{folder} has no {' and no '.join(missing)}; {what}")
+        return folder
     if path.exists():
         raise ValueError(f"{path} is a file, not a model folder; to import a foreign checkpoint use `vqtok convert`")
     repo_id = str(repo_id_or_dir)
@@ -91,27 +100,59 @@ def resolve_folder(
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 
+    where = f"Hub repo {repo_id!r}" + (f" (subfolder {subfolder!r})" if subfolder else "")
     folder: Path | None = None
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
-        try:
-            file = hf_hub_download(
-                repo_id,
-                name,
-                revision=revision,
-                cache_dir=str(cache_dir) if cache_dir is not None else None,
-                local_files_only=local_files_only,
-            )
-        except LocalEntryNotFoundError as err:
-            raise FileNotFoundError(
-                f"{name} of Hub repo {repo_id!r} (revision {revision or 'main'}) is not in the local cache "
-                f"and downloading is off or impossible; download it on a connected machine "
-                f"(`huggingface-cli download {repo_id}`) and point HF_HOME/cache_dir at that cache"
-            ) from err
-        except (RepositoryNotFoundError, EntryNotFoundError) as err:
-            raise FileNotFoundError(f"Hub repo {repo_id!r} has no {name}: {err}") from err
-        folder = Path(file).parent
+    for alternatives in wanted:
+        for i, name in enumerate(alternatives):
+            try:
+                file = hf_hub_download(
+                    repo_id,
+                    name,
+                    subfolder=subfolder,
+                    revision=revision,
+                    cache_dir=str(cache_dir) if cache_dir is not None else None,
+                    local_files_only=local_files_only,
+                )
+            except LocalEntryNotFoundError as err:
+                if i + 1 < len(alternatives):
+                    continue
+                raise FileNotFoundError(
+                    f"{name} of {where} (revision {revision or 'main'}) is not in the local cache "
+                    f"and downloading is off or impossible; download it on a connected machine "
+                    f"(`huggingface-cli download {repo_id}`) and point HF_HOME/cache_dir at that cache"
+                ) from err
+            except (RepositoryNotFoundError, EntryNotFoundError) as err:
+                if i + 1 < len(alternatives):
+                    continue
+                hint = "" if subfolder else " (a pipeline repo keeps its model in a subfolder, e.g. subfolder='vqvae')"
+                raise FileNotFoundError(f"{where} has no {name}{hint}: {err}") from err
+            folder = Path(file).parent
+            break
     assert folder is not None
     return folder
+
+
+def load_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> None:
+    """``load_state_dict(strict=True)`` with an error that lists what is missing, unexpected or misshapen.
+
+    ``source`` names where the weights came from (a file, folder or repo) in the error.
+    """
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshapen = [
+        f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or misshapen:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshapen)):
+            if items:
+                more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
+                parts.append(f"{label}: {', '.join(items[:5])}{more}")
+        raise ValueError(f"weights in {source} do not match the config: " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
 
 
 def load_pretrained(
@@ -247,18 +288,15 @@ def download_weights(
     if not local_files_only:
         folder.mkdir(parents=True, exist_ok=True)
         if url is not None:
-            tmp = folder / (filename + ".part")
             try:
                 logger.info("downloading %s to %s", url, target)
-                torch.hub.download_url_to_file(url, str(tmp), progress=False)
-                verify(tmp)
-                os.replace(tmp, target)
+                with atomic_write(target) as tmp:
+                    torch.hub.download_url_to_file(url, str(tmp), progress=False)
+                    verify(tmp)
                 return target
             except ValueError:
-                tmp.unlink(missing_ok=True)
                 raise
             except Exception as err:  # network errors come in many types
-                tmp.unlink(missing_ok=True)
                 errors.append(f"{url}: {type(err).__name__}: {err}")
         if hub is not None:
             try:
@@ -268,9 +306,8 @@ def download_weights(
                 verify(file)
                 import shutil
 
-                tmp = folder / (filename + ".part")
-                shutil.copyfile(file, tmp)
-                os.replace(tmp, target)
+                with atomic_write(target) as tmp:
+                    shutil.copyfile(file, tmp)
                 return target
             except ValueError:
                 raise

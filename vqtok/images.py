@@ -27,7 +27,17 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["IMAGE_SUFFIXES", "ImageBatch", "to_uint8_batch", "pil_to_rgb", "resize_center_crop", "load_image", "to_model_input", "from_model_output"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "ImageBatch",
+    "from_model_output",
+    "load_image",
+    "pil_to_rgb",
+    "prepare_image",
+    "resize_center_crop",
+    "to_model_input",
+    "to_uint8_batch",
+]
 
 # File suffixes taken as images when a folder is searched (training, evaluation, the CLI).
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm")
@@ -96,18 +106,38 @@ def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
+def prepare_image(
+    image: Image.Image | bytes | str | os.PathLike[str], *, size: int | None = None, factor: int | None = None
+) -> np.ndarray:
+    """One image as the tokenizer sees it: decode (a path or encoded bytes) -> RGB -> uint8 (H, W, 3).
+
+    ``size``: resize the shorter side to ``size`` and center-crop to size×size (:func:`resize_center_crop`).
+    Without a size, ``factor`` (the downsample factor) checks that both sides are multiples of it
+    (ValueError otherwise; None: no check). The one image-preparation path of vqtok: the Tokenizer,
+    ``pretokenize`` and ``eval`` give the same pixels for the same file.
+    """
+    if isinstance(image, bytes) and not image:
+        raise ValueError("zero-size image (0 bytes)")
+    rgb = pil_to_rgb(image if isinstance(image, Image.Image) else load_image(image))
+    if size is not None:
+        rgb = resize_center_crop(rgb, size)
+    elif factor is not None and (rgb.width % factor or rgb.height % factor):
+        raise ValueError(
+            f"image size {rgb.width}x{rgb.height} is not a multiple of the downsample factor {factor} "
+            "(give a size to resize and center-crop)"
+        )
+    return np.asarray(rgb, dtype=np.uint8)
+
+
 def _pil_batch(images: Sequence[Any], size: int | None) -> torch.Tensor:
     arrays = []
     for i, img in enumerate(images):
         if not isinstance(img, Image.Image):
             raise TypeError(f"item {i} of the image list is {type(img).__name__}, expected a PIL image")
         try:
-            rgb = pil_to_rgb(img)
+            arrays.append(prepare_image(img, size=size))  # (H, W, 3) uint8; sides checked by the caller
         except ValueError as err:
             raise ValueError(f"image {i}: {err}") from err
-        if size is not None:
-            rgb = resize_center_crop(rgb, size)
-        arrays.append(np.asarray(rgb, dtype=np.uint8))
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         sizes = sorted({f"{s[1]}x{s[0]}" for s in shapes})

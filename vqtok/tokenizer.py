@@ -98,7 +98,7 @@ class Tokenizer:
             local_files_only=local_files_only,
         )
         model = VQGAN(VQGANConfig.from_dict(config))
-        _load_strict(model, state, source=str(repo_id_or_dir))
+        hub.load_strict(model, state, source=str(repo_id_or_dir))
         tok = cls(model, batch_size=batch_size, precision=precision)
         if device is not None:
             tok.to(device)
@@ -136,10 +136,10 @@ class Tokenizer:
         )
 
     def to_diffusers(self, directory: str | os.PathLike[str]) -> Path:
-        """Write a diffusers ``VQModel`` folder (``diffusers.VQModel.from_pretrained(directory)`` loads it)."""
-        from vqtok.convert.diffusers import to_diffusers
+        """Write a diffusers ``VQModel`` folder: same as :func:`vqtok.convert.to_diffusers` (self, directory)."""
+        from vqtok.convert import diffusers  # imported here: vqtok.convert imports this module
 
-        return to_diffusers(self, directory)
+        return diffusers.to_diffusers(self, directory)
 
     def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None) -> str:
         """Upload ``model.safetensors`` + ``config.json`` to the Hub repo ``repo_id``; returns the commit URL."""
@@ -336,22 +336,3 @@ class Tokenizer:
         """decode(encode(images)): the round trip used for reconstruction metrics."""
         return self.decode(self.encode(images, size=size), output=output)
 
-
-def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
-    """load_state_dict(strict=True) with an error that lists what is missing/unexpected/misshapen."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    misshapen = [
-        f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    if missing or unexpected or misshapen:
-        parts = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshapen)):
-            if items:
-                more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
-                parts.append(f"{label}: {', '.join(items[:5])}{more}")
-        raise ValueError(f"weights in {source} do not match the config: " + "; ".join(parts))
-    model.load_state_dict(state, strict=True)

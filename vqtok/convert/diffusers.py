@@ -49,8 +49,10 @@ from typing import Any, Mapping
 import torch
 from safetensors.torch import load_file, save_file
 
+from vqtok._io import atomic_write
+from vqtok.hub import load_strict, resolve_folder
 from vqtok.models.vqgan import VQGAN, VQGANConfig
-from vqtok.tokenizer import Tokenizer, _load_strict
+from vqtok.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -312,59 +314,22 @@ def _resolve_diffusers_folder(
     cache_dir: str | os.PathLike[str] | None,
     local_files_only: bool,
 ) -> tuple[Path, Path]:
-    """(config.json, weights file) of a local diffusers folder or a Hub repo."""
+    """(config.json, weights file) of a local diffusers folder or a Hub repo (through :func:`vqtok.hub.resolve_folder`)."""
     path = Path(path_or_repo)
-    if path.is_dir():
-        folder = path / subfolder if subfolder else path
-        if not subfolder and not (folder / DIFFUSERS_CONFIG_NAME).is_file() and (path / "vqvae" / DIFFUSERS_CONFIG_NAME).is_file():
-            folder = path / "vqvae"  # a whole pipeline folder: its VQModel lives in vqvae/
-            logger.info("using the pipeline's vqvae/ subfolder of %s", path)
-        config = folder / DIFFUSERS_CONFIG_NAME
-        if not config.is_file():
-            raise FileNotFoundError(f"{folder} has no {DIFFUSERS_CONFIG_NAME}; a diffusers VQModel folder holds "
-                                    f"{DIFFUSERS_CONFIG_NAME} and {DIFFUSERS_WEIGHTS_NAME}")
-        for name in (DIFFUSERS_WEIGHTS_NAME, _DIFFUSERS_BIN_NAME):
-            if (folder / name).is_file():
-                return config, folder / name
-        raise FileNotFoundError(f"{folder} has no {DIFFUSERS_WEIGHTS_NAME} (nor {_DIFFUSERS_BIN_NAME})")
-    if path.exists():
-        raise ValueError(f"{path} is a file; pass the diffusers model folder (with {DIFFUSERS_CONFIG_NAME}) instead")
-    repo_id = str(path_or_repo)
-    if repo_id.count("/") != 1 or repo_id.startswith((".", "/")):
-        raise FileNotFoundError(f"{repo_id!r} is neither a local folder nor a Hub repo id of the form 'org/name'")
-
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
+    if path.is_dir() and not subfolder and not (path / DIFFUSERS_CONFIG_NAME).is_file() and (path / "vqvae" / DIFFUSERS_CONFIG_NAME).is_file():
+        subfolder = "vqvae"  # a whole pipeline folder: its VQModel lives in vqvae/
+        logger.info("using the pipeline's vqvae/ subfolder of %s", path)
+    weights = (DIFFUSERS_WEIGHTS_NAME, _DIFFUSERS_BIN_NAME)
+    folder = resolve_folder(
+        path_or_repo,
+        files=(DIFFUSERS_CONFIG_NAME, weights),
+        subfolder=subfolder,
+        revision=revision,
+        cache_dir=cache_dir,
+        local_files_only=local_files_only,
+        what=f"a diffusers VQModel folder holds {DIFFUSERS_CONFIG_NAME} and {DIFFUSERS_WEIGHTS_NAME}",
     )
-
-    def fetch(name: str) -> Path:
-        return Path(
-            hf_hub_download(
-                repo_id,
-                name,
-                subfolder=subfolder,
-                revision=revision,
-                cache_dir=str(cache_dir) if cache_dir is not None else None,
-                local_files_only=local_files_only,
-            )
-        )
-
-    where = f"Hub repo {repo_id!r}" + (f" (subfolder {subfolder!r})" if subfolder else "")
-    try:
-        config = fetch(DIFFUSERS_CONFIG_NAME)
-    except LocalEntryNotFoundError as err:
-        raise FileNotFoundError(f"{DIFFUSERS_CONFIG_NAME} of {where} is not in the local cache and cannot be downloaded") from err
-    except (RepositoryNotFoundError, EntryNotFoundError) as err:
-        hint = "" if subfolder else " (a pipeline repo keeps its VQModel in a subfolder: pass subfolder='vqvae')"
-        raise FileNotFoundError(f"{where} has no {DIFFUSERS_CONFIG_NAME}{hint}: {err}") from err
-    try:
-        weights = fetch(DIFFUSERS_WEIGHTS_NAME)
-    except (LocalEntryNotFoundError, RepositoryNotFoundError, EntryNotFoundError) as err:
-        raise FileNotFoundError(f"{where} has no usable {DIFFUSERS_WEIGHTS_NAME}: {err}") from err
-    return config, weights
+    return folder / DIFFUSERS_CONFIG_NAME, next(folder / n for n in weights if (folder / n).is_file())
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -407,7 +372,7 @@ def from_diffusers(
     cfg = diffusers_config_to_vqtok(raw)
     state = diffusers_to_vqtok_keys(_read_weights(weights_path), levels=len(cfg.ch_mult))
     model = VQGAN(cfg)
-    _load_strict(model, state, source=str(weights_path))
+    load_strict(model, state, source=str(weights_path))
     logger.info("converted diffusers VQModel %s: %s", path_or_repo, cfg)
     return Tokenizer(model)
 
@@ -426,12 +391,9 @@ def to_diffusers(model: Tokenizer | VQGAN, directory: str | os.PathLike[str]) ->
     state = vqtok_to_diffusers_keys(vq.state_dict(), levels=len(vq.config.ch_mult))
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
     out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp_weights = out / (DIFFUSERS_WEIGHTS_NAME + ".tmp")
-    save_file(tensors, str(tmp_weights), metadata={"format": "pt"})
-    tmp_config = out / (DIFFUSERS_CONFIG_NAME + ".tmp")
-    tmp_config.write_text(json.dumps(config, indent=2) + "\n")
-    os.replace(tmp_weights, out / DIFFUSERS_WEIGHTS_NAME)
-    os.replace(tmp_config, out / DIFFUSERS_CONFIG_NAME)
+    with atomic_write(out / DIFFUSERS_CONFIG_NAME) as tmp_config:  # renamed last, after the weights
+        tmp_config.write_text(json.dumps(config, indent=2) + "\n")
+        with atomic_write(out / DIFFUSERS_WEIGHTS_NAME) as tmp_weights:
+            save_file(tensors, str(tmp_weights), metadata={"format": "pt"})
     logger.info("exported %s as a diffusers VQModel to %s", vq.config, out)
     return out

@@ -37,7 +37,8 @@ import torch
 
 from vqtok.convert.safe_pickle import Placeholder, load_checkpoint
 from vqtok.models.vqgan import VQGAN, VQGANConfig
-from vqtok.tokenizer import Tokenizer, _load_strict
+from vqtok.hub import load_strict
+from vqtok.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -292,7 +293,7 @@ def from_llamagen(
     state = llamagen_state_dict(checkpoint, ema=ema)
     cfg = infer_llamagen_config(state, args=args, l2_norm=l2_norm)
     model = VQGAN(cfg)
-    _load_strict(model, llamagen_to_vqtok_keys(state), source=str(ckpt))
+    load_strict(model, llamagen_to_vqtok_keys(state), source=str(ckpt))
     if args.get("vq_model"):
         logger.info("LlamaGen checkpoint %s: %s, %s weights", ckpt, args["vq_model"], "ema" if ema else "model")
     logger.info("converted LlamaGen checkpoint %s: %s", ckpt, cfg)

@@ -19,7 +19,8 @@ import torch
 
 from vqtok.convert.safe_pickle import load_checkpoint
 from vqtok.models.vqgan import VQGAN, VQGANConfig
-from vqtok.tokenizer import Tokenizer, _load_strict
+from vqtok.hub import load_strict
+from vqtok.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +163,6 @@ def from_taming(
         if diffs:
             raise ValueError("config does not match the checkpoint: " + "; ".join(diffs))
     model = VQGAN(cfg)
-    _load_strict(model, state, source=str(ckpt))
+    load_strict(model, state, source=str(ckpt))
     logger.info("converted taming checkpoint %s: %s", ckpt, cfg)
     return Tokenizer(model)

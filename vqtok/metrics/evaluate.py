@@ -8,7 +8,6 @@ counted in :class:`BadSamples`; they never stop an evaluation.
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import math
@@ -33,8 +32,8 @@ from vqtok.metrics.image import psnr, ssim
 from vqtok.metrics.inception import FIDInceptionV3
 from vqtok.metrics.lpips import LPIPS
 from vqtok.metrics.usage import CodebookUsage, token_histogram, usage_from_histogram
-from vqtok.images import IMAGE_SUFFIXES
-from vqtok.tars import is_shard, read_samples
+from vqtok.images import prepare_image
+from vqtok.tars import expand_shards, is_remote, is_shard, read_samples
 
 logger = logging.getLogger(__name__)
 
@@ -148,48 +147,19 @@ class DataSource:
 
 def resolve_data(specs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> DataSource:
     """Folders (images searched recursively; a folder without images but with shards gives its shards),
-    image files, ``.tar`` shards, globs (``**`` allowed) and brace patterns -> an ordered :class:`DataSource`.
+    image files, tar shards, globs (``**`` allowed) and brace patterns -> an ordered :class:`DataSource`
+    (:func:`vqtok.tars.expand_shards` with ``images=True``).
 
     Raises FileNotFoundError naming every spec that matches nothing.
     """
-    from braceexpand import braceexpand  # a dependency of webdataset
-
     spec_list = [specs] if isinstance(specs, (str, os.PathLike)) else list(specs)
     if not spec_list:
         raise ValueError("no input given (pass --data FOLDER, image files, globs or .tar shards)")
-    items: list[tuple[str, Path]] = []
-    missing: list[str] = []
-    for spec in spec_list:
-        for pattern in braceexpand(os.path.expanduser(os.fspath(spec))):
-            p = Path(pattern)
-            if p.is_dir():
-                imgs = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
-                if imgs:
-                    items += [("image", q) for q in imgs]
-                    continue
-                tars = sorted(q for q in p.rglob("*") if q.is_file() and is_shard(q))
-                if tars:
-                    items += [("shard", q) for q in tars]
-                else:
-                    missing.append(f"{pattern} (folder without images or .tar shards)")
-            elif p.is_file():
-                items.append(("shard" if is_shard(p) else "image", p))
-            elif glob.has_magic(pattern):
-                matches = sorted(Path(m) for m in glob.glob(pattern, recursive=True))
-                found = [("shard" if is_shard(m) else "image", m) for m in matches if m.is_file() and (is_shard(m) or m.suffix.lower() in IMAGE_SUFFIXES)]
-                if not found:
-                    missing.append(f"{pattern} (glob matches no image or shard)")
-                items += found
-            else:
-                missing.append(pattern)
-    if missing:
-        more = f", ... (+{len(missing) - 3} more)" if len(missing) > 3 else ""
-        raise FileNotFoundError(f"{len(missing)} input(s) not found (no such folder, file or shard): {', '.join(missing[:3])}{more}")
-    seen: set[Path] = set()
-    unique = [(k, p) for k, p in items if not (p in seen or seen.add(p))]  # type: ignore[func-returns-value]
-    if not unique:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) or shards found in {', '.join(map(str, spec_list))}")
-    return DataSource(unique)
+    found = expand_shards(spec_list, images=True)
+    remote = [f for f in found if is_remote(f)]
+    if remote:
+        raise ValueError(f"evaluation reads local files; {remote[0]} is remote (copy the shards first)")
+    return DataSource([("shard" if is_shard(f) else "image", Path(f)) for f in found])
 
 
 def find_images(specs: Sequence[str], *, limit: int | None = None) -> list[Path]:
@@ -218,26 +188,14 @@ def iter_shard_samples(path: Path) -> Iterator[Sample]:
             yield Sample(key, s.image)
 
 
-def _prepare(sample: Sample, size: int | None, factor: int) -> np.ndarray:
-    """Decode one sample to uint8 (H, W, 3) as the tokenizer sees it (shorter side -> size, center crop)."""
-    from vqtok.images import load_image, pil_to_rgb, resize_center_crop
-
-    assert sample.data is not None
-    rgb = pil_to_rgb(load_image(sample.data))
-    if size is not None:
-        rgb = resize_center_crop(rgb, size)
-    elif rgb.width % factor or rgb.height % factor:
-        raise ValueError(f"image size {rgb.width}x{rgb.height} is not a multiple of the downsample factor {factor} (give --size)")
-    return np.asarray(rgb, dtype=np.uint8)
-
-
 def _decoded(samples: Iterable[Sample], size: int | None, factor: int, bad: BadSamples) -> Iterator[tuple[str, np.ndarray]]:
     for s in samples:
         if s.error is not None:
             bad.add(s.key, s.error)
             continue
         try:
-            yield s.key, _prepare(s, size, factor)
+            assert s.data is not None
+            yield s.key, prepare_image(s.data, size=size, factor=factor)  # (H, W, 3) uint8
         except FileNotFoundError:
             raise
         except Exception as err:  # noqa: BLE001 - any per-sample data problem is recorded, not fatal

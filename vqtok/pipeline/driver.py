@@ -14,7 +14,7 @@ Ranks: input shard i (in expansion order) goes to rank ``i % WORLD_SIZE``.
 from __future__ import annotations
 
 import contextlib
-import glob
+import dataclasses
 import json
 import logging
 import os
@@ -24,19 +24,17 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from vqtok.pipeline.remote import fetch, is_remote, shard_name
-from vqtok.pipeline.shards import (
-    DEFAULT_KEEP,
-    ShardStats,
-    completed_output,
-    ids_dtype_for,
-    model_fingerprint,
-    output_name_for,
-    read_shard_stats,
-    tokenize_shards,
-)
+from vqtok._io import atomic_write, remove_stale_tmp
+from vqtok.pipeline._naming import completed_output, model_fingerprint, output_name_for
+from vqtok.pipeline.remote import fetch, shard_name
+from vqtok.pipeline.shards import TokenizeOptions, tokenize_shards
+from vqtok.tars import expand_shards, is_remote
+from vqtok.tokens import DEFAULT_KEEP, ShardStats, ids_dtype_for, read_shard_stats
+
+if TYPE_CHECKING:
+    from vqtok.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +42,9 @@ __all__ = [
     "MANIFEST_FORMAT",
     "MANIFEST_NAME",
     "ErrorRateExceeded",
+    "FetchFailure",
     "RunResult",
+    "SampleFailure",
     "ShardsNotFetched",
     "expand_inputs",
     "load_tokenizer",
@@ -72,7 +72,7 @@ class ErrorRateExceeded(RuntimeError):
         self.max_error_rate = max_error_rate
         super().__init__(
             f"{result.samples_failed} of {result.samples_total} samples failed "
-            f"({100 * result.error_rate:.2f}% > --max-error-rate {100 * max_error_rate:.2f}%)"
+            f"({100 * result.error_rate:.2f}% > max_error_rate {100 * max_error_rate:.2f}%)"
         )
 
 
@@ -91,44 +91,11 @@ class ShardsNotFetched(RuntimeError):
 
 # ---------------------------------------------------------------------- inputs and ranks
 def expand_inputs(inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Path | str]:
-    """Brace patterns (``data/train-{000000..000999}.tar``), globs, paths and remote shards -> shards, in order.
-
-    Braces expand in their written order (also inside URLs and ``pipe:`` commands); each glob is
-    sorted. Local shards come back as Paths and must exist; remote ones (``pipe:...``,
-    ``https://...``, ``s3``/``gs`` through ``pipe:``, see :mod:`vqtok.pipeline.remote`) as strings,
-    fetched when their turn comes. Duplicates are dropped, and no two shards may share a file name
-    (outputs are named after inputs).
-    """
-    from braceexpand import braceexpand  # a dependency of webdataset
-
-    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-    if not items:
-        raise ValueError("no input shards given")
-    out: list[Path | str] = []
-    seen: set[str] = set()
-    missing: list[str] = []
-    for item in items:
-        for pattern in braceexpand(os.fspath(item)):
-            if is_remote(pattern):
-                matches = [pattern]
-            elif glob.has_magic(pattern):
-                matches = sorted(glob.glob(pattern))
-                if not matches:
-                    missing.append(pattern)
-            else:
-                matches = [pattern]
-            for m in matches:
-                remote = is_remote(m)
-                shard: Path | str = m if remote else Path(m)
-                if os.fspath(shard) in seen:
-                    continue
-                seen.add(os.fspath(shard))
-                if not remote and not Path(shard).is_file():
-                    missing.append(m)
-                out.append(shard)
-    if missing:
-        more = f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""
-        raise FileNotFoundError(f"{len(missing)} input shard(s) not found: {', '.join(missing[:3])}{more}")
+    """Input shard specs -> shards, in order (:func:`vqtok.tars.expand_shards`: brace patterns, globs,
+    folders, paths, remote shards); local shards come back as Paths, remote ones (fetched when their
+    turn comes, see :mod:`vqtok.pipeline.remote`) as strings. No two shards may share a file name
+    (outputs are named after inputs)."""
+    out: list[Path | str] = [s if is_remote(s) else Path(s) for s in expand_shards(inputs)]
     names: dict[str, Path | str] = {}
     for p in out:
         name = output_name_for(p)
@@ -165,8 +132,12 @@ def shards_for_rank(shards: Sequence[Any], rank: int, world_size: int) -> list[A
 
 # ---------------------------------------------------------------------- model
 def load_tokenizer(
-    model: Any = None, *, device: str | None = None, batch_size: int = 32, precision: str = "fp32"
-) -> tuple[Any, str]:
+    model: Tokenizer | str | os.PathLike[str] | None = None,
+    *,
+    device: str | None = None,
+    batch_size: int = 32,
+    precision: str = "fp32",
+) -> tuple[Tokenizer, str]:
     """(Tokenizer, model id for the manifest) from a Tokenizer, a folder / Hub id, or None (the default model)."""
     from vqtok.tokenizer import Tokenizer
 
@@ -203,12 +174,11 @@ def _locked(folder: Path) -> Iterator[None]:
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def _identity(tokenizer: Any, model_id: str, fingerprint: str, size: int | None, keep: Sequence[str], inputs: Any) -> dict[str, Any]:
+def _identity(tokenizer: Tokenizer, model_id: str, fingerprint: str, size: int | None, keep: Sequence[str], inputs: Any) -> dict[str, Any]:
     return {
         "format": MANIFEST_FORMAT,
         "model": model_id,
@@ -228,7 +198,7 @@ def _identity(tokenizer: Any, model_id: str, fingerprint: str, size: int | None,
 
 def prepare_output(
     output: str | os.PathLike[str],
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     *,
     model_id: str = "<in-memory Tokenizer>",
     size: int | None = 256,
@@ -263,12 +233,12 @@ def prepare_output(
             f"{folder} holds tokens of another model ({manifest.get('model')!r}, fingerprint "
             f"{manifest.get('model_fingerprint')}, config hash {manifest.get('config_hash')}); this run's model "
             f"{model_id!r} has fingerprint {fingerprint} (config hash {tokenizer.config.hash()}). "
-            "Token ids of different models must not be mixed: use another --output folder"
+            "Token ids of different models must not be mixed: use another output folder"
         )
     if manifest.get("size") != size:
         raise ValueError(
-            f"{folder} holds tokens made at --size {manifest.get('size')}, this run uses --size {size}; "
-            "use the same size or another --output folder"
+            f"{folder} holds tokens made at size {manifest.get('size')}, this run uses size {size}; "
+            "use the same size or another output folder"
         )
     return manifest
 
@@ -299,13 +269,27 @@ def update_manifest(output: str | os.PathLike[str]) -> dict[str, Any]:
             totals["tokens"] += int(st.get("tokens", 0))
         manifest["shards_done"] = done
         manifest["totals"] = totals
-        for stale in folder.glob(f"{MANIFEST_NAME}.tmp-*"):
-            stale.unlink(missing_ok=True)
+        remove_stale_tmp(path)  # under the lock: no other rank is writing it
         _write_json_atomic(path, manifest)
     return manifest
 
 
 # ---------------------------------------------------------------------- the run
+class SampleFailure(NamedTuple):
+    """A sample that was not tokenized (also in its shard's .json)."""
+
+    shard: str  # the token shard's file name
+    key: str  # the sample's key (``<rest of shard>`` for the unreadable tail of a tar)
+    reason: str
+
+
+class FetchFailure(NamedTuple):
+    """A remote shard that could not be fetched (its shard has no output; a re-run retries it)."""
+
+    shard: str  # the remote spec
+    reason: str
+
+
 @dataclass
 class RunResult:
     """Outcome of :func:`pretokenize` on this rank."""
@@ -315,8 +299,8 @@ class RunResult:
     world_size: int
     shards: list[ShardStats]  # this rank's shards, in order (skipped ones included, skipped=True)
     seconds: float
-    failures: list[tuple[str, str, str]] = field(default_factory=list)  # (shard, key, reason)
-    fetch_failures: list[tuple[str, str]] = field(default_factory=list)  # (remote shard, reason): not done
+    failures: list[SampleFailure] = field(default_factory=list)  # every failed sample of this rank's shards
+    fetch_failures: list[FetchFailure] = field(default_factory=list)  # remote shards not fetched: not done
 
     @property
     def samples_written(self) -> int:
@@ -403,7 +387,7 @@ def _run_jobs(
     *,
     fingerprint: str,
     size: int | None,
-    failures: list[tuple[str, str]],
+    failures: list[FetchFailure],
 ) -> Iterator[ShardStats]:
     """Stats of every job, in order. Runs of local shards go to ``tokenize`` together (one
     DataLoader); each remote shard not yet complete is fetched into ``incoming`` (the next one
@@ -413,10 +397,10 @@ def _run_jobs(
         i for i, (src, dst) in enumerate(jobs) if isinstance(src, str) and completed_output(dst, fingerprint, size) is None
     ]
     if incoming.is_dir():  # copies left by a crashed run of this rank (its shards only: others may be fetching)
-        mine = {shard_name(src) for src, _ in jobs if isinstance(src, str)}
-        for stale in incoming.iterdir():
-            if stale.name in mine or (stale.name.endswith(".part") and stale.name.removesuffix(".part").rsplit(".", 1)[0] in mine):
-                stale.unlink(missing_ok=True)
+        for src, _ in jobs:
+            if isinstance(src, str):
+                (incoming / shard_name(src)).unlink(missing_ok=True)
+                remove_stale_tmp(incoming / shard_name(src))
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vqtok-fetch")
     futures: dict[int, Future[Path]] = {}
 
@@ -445,7 +429,7 @@ def _run_jobs(
                 local = futures.pop(i).result()
             except Exception as err:  # noqa: BLE001 - a failed download must not stop the other shards
                 logger.error("could not fetch %s: %s: %s (its shard is left undone)", src, type(err).__name__, err)
-                failures.append((src, f"{type(err).__name__}: {err}"))
+                failures.append(FetchFailure(src, f"{type(err).__name__}: {err}"))
                 continue
             try:
                 yield from tokenize([(local, dst)])
@@ -462,22 +446,21 @@ def pretokenize(
     input: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     output: str | os.PathLike[str],
     *,
-    model: Any = None,
-    size: int | None = 256,
-    batch_size: int = 32,
-    workers: int | None = None,
+    model: Tokenizer | str | os.PathLike[str] | None = None,
+    options: TokenizeOptions | None = None,
     device: str | None = None,
     precision: str = "fp32",
-    keep: Sequence[str] = DEFAULT_KEEP,
     max_error_rate: float | None = 0.01,
     rank: int | None = None,
     world_size: int | None = None,
     progress: bool = True,
+    **changes: Any,
 ) -> RunResult:
     """Tokenize every input shard into ``output`` (one token shard + one .json per input shard).
 
     ``model``: a :class:`~vqtok.Tokenizer`, a model folder or Hub id, or None for ``Tokenizer.default()``.
-    ``workers``: DataLoader processes decoding images (default: CPUs - 1, at most 4).
+    ``options`` / keyword arguments: :class:`~vqtok.pipeline.TokenizeOptions` (``size``,
+    ``batch_size``, ``workers`` (default: CPUs - 1, at most 4), ``keep``, ...).
     Rank and world size come from the arguments or $RANK/$WORLD_SIZE; this process handles input
     shards ``i`` with ``i % world_size == rank``. Finished shards are skipped, so a run can be
     restarted after any crash. When more than ``max_error_rate`` of this rank's samples failed,
@@ -486,18 +469,16 @@ def pretokenize(
     t0 = time.perf_counter()
     if max_error_rate is not None and not 0.0 <= max_error_rate <= 1.0:
         raise ValueError(f"max_error_rate must be in [0, 1], got {max_error_rate}")
-    if workers is None:
-        workers = min(4, max(0, (os.cpu_count() or 1) - 1))
-    if workers < 0:
-        raise ValueError(f"workers must be >= 0, got {workers}")
-    keep = tuple(k.strip().lstrip(".") for k in keep if k.strip())
+    opts = TokenizeOptions.make(options, **changes)
+    if opts.workers is None:
+        opts = dataclasses.replace(opts, workers=min(4, max(0, (os.cpu_count() or 1) - 1)))
     rank, world_size = resolve_rank(rank, world_size)
     shards = expand_inputs(input)
     mine = shards_for_rank(shards, rank, world_size)
-    tokenizer, model_id = load_tokenizer(model, device=_device_for_rank(device), batch_size=batch_size, precision=precision)
-    if size is not None and size % tokenizer.downsample_factor:
-        raise ValueError(f"size {size} is not a multiple of the model's downsample factor {tokenizer.downsample_factor}")
-    fingerprint = model_fingerprint(tokenizer)
+    tokenizer, model_id = load_tokenizer(model, device=_device_for_rank(device), batch_size=opts.batch_size, precision=precision)
+    opts.check(tokenizer)
+    size, keep = opts.size, opts.keep
+    fingerprint = opts.fingerprint or model_fingerprint(tokenizer)
     folder = Path(output)
     pattern = input if isinstance(input, str) else os.fspath(input) if isinstance(input, os.PathLike) else list(map(os.fspath, input))
     prepare_output(folder, tokenizer, model_id=model_id, size=size, keep=keep, inputs=pattern, fingerprint=fingerprint)
@@ -505,22 +486,13 @@ def pretokenize(
 
     bar = _Progress(progress and rank == 0, len(mine))
     results: list[ShardStats] = []
-    failures: list[tuple[str, str, str]] = []
+    failures: list[SampleFailure] = []
     jobs = [(src, folder / output_name_for(src)) for src in mine]
-    fetch_failures: list[tuple[str, str]] = []
+    fetch_failures: list[FetchFailure] = []
+    run_opts = dataclasses.replace(opts, fingerprint=fingerprint, on_samples=bar.update, on_index=bar.on_index)
 
     def tokenize(run: list[tuple[Path, Path]]) -> Iterator[ShardStats]:
-        return tokenize_shards(
-            run,
-            tokenizer,
-            size=size,
-            batch_size=batch_size,
-            workers=workers,
-            keep=keep,
-            fingerprint=fingerprint,
-            on_samples=bar.update,
-            on_index=bar.on_index,
-        )
+        return tokenize_shards(run, tokenizer, run_opts)
 
     try:
         for stats in _run_jobs(jobs, tokenize, folder / INCOMING_DIR, fingerprint=fingerprint, size=size, failures=fetch_failures):
@@ -528,7 +500,7 @@ def pretokenize(
                 bar.skipped()
             results.append(stats)
             bar.shard(len(results), len(mine))
-            failures.extend((stats.shard, f["key"], f["reason"]) for f in stats.samples_failed)
+            failures.extend(SampleFailure(stats.shard, f["key"], f["reason"]) for f in stats.samples_failed)
     finally:
         bar.close()
     update_manifest(folder)

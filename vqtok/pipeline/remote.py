@@ -22,9 +22,11 @@ import shutil
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
+from vqtok._io import atomic_write
 from vqtok.tars import is_remote, is_shard
 
 __all__ = ["fetch", "is_remote", "shard_name"]
+
 
 def shard_name(spec: str) -> str:
     """The shard's file name (see the module docstring); ValueError when it cannot be told."""
@@ -45,21 +47,13 @@ def shard_name(spec: str) -> str:
 def fetch(spec: str, folder: str | os.PathLike[str]) -> Path:
     """Copy the remote shard ``spec`` to ``folder/<shard name>`` and return that path.
 
-    The copy is written as ``<name>.<pid>.part`` and renamed only after the stream ended and the
-    command/download exited successfully, so ``<name>`` is always a whole copy. Raises OSError
-    (failed command, HTTP error, ...) and leaves nothing behind.
+    The copy is written under a temporary name (:func:`vqtok._io.atomic_write`) and renamed only
+    after the stream ended and the command/download exited successfully, so ``<name>`` is always a
+    whole copy. Raises OSError (failed command, HTTP error, ...) and leaves nothing behind.
     """
     from webdataset.gopen import gopen
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    dst = folder / shard_name(spec)
-    tmp = dst.with_name(f"{dst.name}.{os.getpid()}.part")
-    try:
-        with contextlib.closing(gopen(spec, "rb")) as src, open(tmp, "wb") as out:
-            shutil.copyfileobj(src, out, 1 << 20)
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    dst = Path(folder) / shard_name(spec)
+    with atomic_write(dst) as tmp, contextlib.closing(gopen(spec, "rb")) as src, open(tmp, "wb") as out:
+        shutil.copyfileobj(src, out, 1 << 20)
     return dst

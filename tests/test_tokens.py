@@ -1,4 +1,4 @@
-"""vqtok.data: the token-shard reader (webdataset pipeline + in-memory corpus)."""
+"""vqtok.tokens: the token-shard reader (webdataset pipeline + in-memory corpus)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 import torch
 import webdataset as wds
 
-from vqtok.data import NO_LABEL, decode_token_sample, expand_shards, load_token_corpus, token_dataset
+from vqtok.tars import expand_shards
+from vqtok.tokens import NO_LABEL, decode_token_sample, load_token_corpus, token_dataset
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -132,7 +133,7 @@ def test_load_corpus(tmp_path: Path) -> None:
 
 
 def test_errors(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"2 input\(s\) not found .*nope-000001.tar"):
         expand_shards(str(tmp_path / "nope-{000000..000001}.tar"))
     with pytest.raises(ValueError, match="no .ids.npy"):
         decode_token_sample({"__key__": "x", "cls": b"1"})
@@ -142,3 +143,25 @@ def test_errors(tmp_path: Path) -> None:
     write_shards(tmp_path / "b", n_shards=1, grid=(3, 3))
     with pytest.raises(ValueError, match="differ in shape"):
         load_token_corpus([str(tmp_path / "a" / "tok-000000.tar"), str(tmp_path / "b" / "tok-000000.tar")])
+
+
+def test_old_import_path_still_works_with_a_deprecation_warning() -> None:
+    import importlib
+    import sys
+
+    import vqtok.tokens
+
+    sys.modules.pop("vqtok.data", None)
+    with pytest.warns(DeprecationWarning, match="removed in vqtok 0.3.0"):
+        old = importlib.import_module("vqtok.data")
+    assert old.load_token_corpus is vqtok.tokens.load_token_corpus and old.expand_shards is expand_shards
+
+
+def test_a_damaged_token_shard_is_an_error(tmp_path: Path) -> None:
+    write_shards(tmp_path / "d", n_shards=1, codebook_size=None)
+    shard = tmp_path / "d" / "tok-000000.tar"
+    shard.write_bytes(shard.read_bytes()[:1500])
+    with pytest.raises(ValueError, match=r"(?s)truncated or corrupt tar.*re-run pretokenize"):
+        load_token_corpus(str(shard))
+    with pytest.raises(ValueError, match="truncated or corrupt tar"):
+        list(token_dataset(str(shard), shuffle=0))

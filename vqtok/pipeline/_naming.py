@@ -1,0 +1,72 @@
+"""Names and completion records of ``pretokenize`` outputs: which token shard an input shard becomes,
+which model made it, and whether it is already complete."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from vqtok._io import remove_stale_tmp
+from vqtok.pipeline.remote import shard_name
+from vqtok.tars import is_remote
+from vqtok.tokens import ShardStats, read_shard_stats, stats_path_for
+
+if TYPE_CHECKING:
+    from vqtok.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["completed_output", "model_fingerprint", "output_name_for"]
+
+
+def output_name_for(src: str | os.PathLike[str]) -> str:
+    """``train-000123.tar`` (also ``.tar.gz``/``.tgz``, and remote shards by their file name) -> ``train-000123.tar``."""
+    name = shard_name(src) if is_remote(src) else Path(src).name  # type: ignore[arg-type]
+    for suffix in (".tar.gz", ".tgz", ".tar"):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)] + ".tar"
+    return name + ".tar"
+
+
+def model_fingerprint(tokenizer: Tokenizer) -> str:
+    """sha256 (16 hex) of the config, the weights and the precision: what decides the ids."""
+    h = hashlib.sha256()
+    h.update(json.dumps(tokenizer.config.to_dict(), sort_keys=True).encode())
+    h.update(str(getattr(tokenizer, "precision", "fp32")).encode())
+    for name, tensor in sorted(tokenizer.model.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def completed_output(
+    dst: str | os.PathLike[str], fingerprint: str, size: int | None, *, overwrite: bool = False
+) -> ShardStats | None:
+    """The stats of ``dst`` when it is a complete output of this model and size, else None
+    (always None with ``overwrite``).
+
+    Removes temporary files left by a crash; raises ValueError when ``dst`` was made by another model.
+    """
+    dst = Path(dst)
+    stats_path = stats_path_for(dst)
+    remove_stale_tmp(dst)
+    remove_stale_tmp(stats_path)
+    done = read_shard_stats(stats_path)
+    if done is None or overwrite:
+        return None
+    if done.get("model_fingerprint") != fingerprint:
+        raise ValueError(
+            f"{stats_path} was made by another model (fingerprint {done.get('model_fingerprint')}, "
+            f"this one is {fingerprint}); use another output folder or delete it"
+        )
+    if done.get("size") != size or not dst.is_file():
+        return None
+    logger.info("%s is complete, skipping", dst)
+    return ShardStats.from_json(done, skipped=True)

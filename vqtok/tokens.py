@@ -1,0 +1,455 @@
+"""The token-shard format: what ``vqtok pretokenize`` writes and the prior reads (writer, stats, reader).
+
+Shard format: tar files, one sample per image, in input order, members
+
+* ``<key>.ids.npy`` – ``np.save`` of the (h, w) codebook ids (:func:`ids_dtype_for`: uint16 when the
+  codebook has ≤ 65536 entries, else int32);
+* ``<key>.cls`` – optional ASCII integer class label;
+* ``<key>.txt`` / ``<key>.json`` – optional caption / metadata, byte for byte from the input.
+
+Members have fixed metadata (mtime 0, mode 0444, uid/gid 0), so the same input and model give
+byte-identical shards. Beside each shard ``<name>.tar`` a ``<name>.json`` (:func:`stats_path_for`)
+holds its :class:`ShardStats` (``format`` :data:`FORMAT`, samples written and failed, code
+histogram, ...); it is written last and marks the shard complete. :class:`TokenShardWriter`
+writes both under temporary names (:func:`vqtok._io.atomic_write`).
+
+**Labels**: an ``int``; ``-1`` (:data:`NO_LABEL`) when the sample has no ``.cls`` member (the prior
+treats -1 as "no class", i.e. the null class token).
+
+Two ways to read:
+
+* :func:`token_dataset` – a streaming ``webdataset`` pipeline (an ``IterableDataset``)
+  yielding ``(ids, label)`` with ``ids`` a (h, w) int64 tensor and ``label`` an int, or dicts
+  with ``as_dict=True``. Shards are split across nodes (``RANK``/``WORLD_SIZE`` or the
+  initialised process group, via ``wds.split_by_node``) and across ``DataLoader`` workers
+  (``wds.split_by_worker``); with ``resampled=True`` every node/worker instead draws
+  shards with replacement from its own seeded stream (infinite; cut it into epochs with
+  ``epoch_length``), which is what DDP training wants (equal-length streams, no hangs).
+  Without resampling, give at least ``world_size × num_workers`` shards.
+* :func:`load_token_corpus` – all samples in memory (ids of a 16×16 grid take 512 bytes as
+  uint16, so ImageNet fits in ~650 MB); what ``vqtok train-prior`` uses, because batches
+  drawn by index from a seeded generator make resuming exact.
+
+Both read tars with :func:`vqtok.tars.read_samples`; a damaged token shard is an error (it is our
+own output: re-run ``pretokenize`` to redo it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import sys
+import tarfile
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vqtok._io import atomic_write
+from vqtok.tars import expand_shards, is_remote, read_samples
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_KEEP",
+    "FORMAT",
+    "NO_LABEL",
+    "ShardStats",
+    "TokenCorpus",
+    "TokenShardWriter",
+    "decode_token_sample",
+    "ids_dtype_for",
+    "load_token_corpus",
+    "read_shard_stats",
+    "stats_path_for",
+    "token_dataset",
+]
+
+FORMAT = "vqtok-token-shard/1"
+DEFAULT_KEEP: tuple[str, ...] = ("cls", "txt", "json")  # input fields copied into token shards
+NO_LABEL = -1  # label of samples without a .cls member
+_MEMBER_MTIME = 0  # fixed so that outputs are byte-identical across runs
+
+
+# ---------------------------------------------------------------------- names and stats
+def ids_dtype_for(codebook_size: int) -> np.dtype:
+    """uint16 when every id fits (codebook ≤ 65536), else int32."""
+    return np.dtype(np.uint16) if codebook_size <= 65536 else np.dtype(np.int32)
+
+
+def stats_path_for(dst: str | os.PathLike[str]) -> Path:
+    """The stats file beside a token shard: ``tokens/train-000123.tar`` -> ``tokens/train-000123.json``."""
+    dst = Path(dst)
+    stem = dst.name.removesuffix(".tar")
+    return dst.with_name(stem + ".json")
+
+
+def read_shard_stats(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The parsed stats .json, or None when it is missing or not a complete vqtok shard record."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("format") != FORMAT or "histogram" not in data:
+        return None
+    return data
+
+
+@dataclass
+class ShardStats:
+    """What :func:`tokenize_shard` did for one shard (the content of its .json, plus bookkeeping)."""
+
+    shard: str
+    source: str
+    samples_written: int
+    samples_failed: list[dict[str, str]]
+    histogram: np.ndarray
+    codebook_size: int
+    ids_dtype: str
+    size: int | None
+    model_fingerprint: str
+    config_hash: str
+    tokens: int = 0
+    skipped: bool = False  # an existing complete output was reused
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_failed(self) -> int:
+        return len(self.samples_failed)
+
+    @property
+    def num_samples(self) -> int:
+        return self.samples_written + self.num_failed
+
+    def to_json(self) -> dict[str, Any]:
+        """The stats file content (deterministic: no timings, no host names)."""
+        return {
+            "format": FORMAT,
+            "shard": self.shard,
+            "source": self.source,
+            "samples_written": self.samples_written,
+            "num_failed": self.num_failed,
+            "samples_failed": list(self.samples_failed),
+            "tokens": self.tokens,
+            "codebook_size": self.codebook_size,
+            "ids_dtype": self.ids_dtype,
+            "size": self.size,
+            "model_fingerprint": self.model_fingerprint,
+            "config_hash": self.config_hash,
+            "histogram": [int(x) for x in self.histogram],
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], *, skipped: bool = False) -> ShardStats:
+        return cls(
+            shard=d["shard"],
+            source=d.get("source", ""),
+            samples_written=int(d["samples_written"]),
+            samples_failed=list(d["samples_failed"]),
+            histogram=np.asarray(d["histogram"], dtype=np.int64),
+            codebook_size=int(d["codebook_size"]),
+            ids_dtype=d["ids_dtype"],
+            size=d.get("size"),
+            model_fingerprint=d["model_fingerprint"],
+            config_hash=d.get("config_hash", ""),
+            tokens=int(d.get("tokens", 0)),
+            skipped=skipped,
+        )
+
+
+def _add_member(tf: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = _MEMBER_MTIME
+    info.mode = 0o444
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tf.addfile(info, io.BytesIO(data))
+
+
+def _npy_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+class TokenShardWriter:
+    """Writes one token shard and its stats .json under temporary names; :meth:`finish` renames
+    them (the .json last), :meth:`abort` removes them."""
+
+    def __init__(
+        self,
+        dst: str | os.PathLike[str],
+        *,
+        source: str,
+        codebook_size: int,
+        size: int | None,
+        keep: Sequence[str],
+        fingerprint: str,
+        config_hash: str,
+    ) -> None:
+        self.dst = Path(dst)
+        self.stats_path = stats_path_for(self.dst)
+        self.source = source
+        self.keep = tuple(keep)
+        self.codebook_size = int(codebook_size)
+        self.dtype = ids_dtype_for(self.codebook_size)
+        self.hist = np.zeros(self.codebook_size, dtype=np.int64)
+        self.failed: list[dict[str, str]] = []
+        self.written = self.tokens = 0
+        self.size, self.fingerprint, self.config_hash = size, fingerprint, config_hash
+        self.t0 = time.perf_counter()
+        self._files = contextlib.ExitStack()  # exits innermost first: the tar is renamed before the .json
+        self.tmp_stats = self._files.enter_context(atomic_write(self.stats_path))
+        self.tmp_tar = self._files.enter_context(atomic_write(self.dst))
+        self.tar = tarfile.open(self.tmp_tar, "w", format=tarfile.PAX_FORMAT)  # noqa: SIM115 - closed in finish/abort
+
+    def fail(self, key: str, reason: str) -> None:
+        self.failed.append({"key": key, "reason": reason})
+
+    def add(self, key: str, ids: torch.Tensor, kept: dict[str, bytes]) -> None:
+        """One sample: ids (h, w) integer tensor, plus the ``keep`` fields it has."""
+        ids_np = ids.numpy().astype(self.dtype, copy=False)
+        self.hist += np.bincount(ids_np.reshape(-1).astype(np.int64), minlength=self.codebook_size)
+        self.tokens += ids_np.size
+        _add_member(self.tar, f"{key}.ids.npy", _npy_bytes(ids_np))
+        for ext in self.keep:
+            if ext in kept:
+                _add_member(self.tar, f"{key}.{ext}", kept[ext])
+        self.written += 1
+
+    def finish(self) -> ShardStats:
+        self.tar.close()
+        stats = ShardStats(
+            shard=self.dst.name,
+            source=self.source,
+            samples_written=self.written,
+            samples_failed=self.failed,
+            histogram=self.hist,
+            codebook_size=self.codebook_size,
+            ids_dtype=self.dtype.name,
+            size=self.size,
+            model_fingerprint=self.fingerprint,
+            config_hash=self.config_hash,
+            tokens=self.tokens,
+        )
+        self.tmp_stats.write_text(json.dumps(stats.to_json(), sort_keys=True) + "\n")
+        self._files.close()  # renames: the tar, then the .json that marks the shard complete
+        stats.seconds = time.perf_counter() - self.t0
+        if self.failed:
+            first = self.failed[0]
+            logger.info("%s: %d written, %d failed (first: %s: %s)", self.dst.name, self.written, len(self.failed), first["key"], first["reason"])
+        return stats
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):  # best effort while unwinding
+            self.tar.close()
+        self._files.pop_all()  # nothing is renamed
+        for p in (self.tmp_tar, self.tmp_stats):
+            p.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------- reading
+def _as_bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def decode_token_sample(sample: dict[str, Any]) -> dict[str, Any]:
+    """Raw webdataset sample (bytes per extension) -> ``{"__key__", "ids", "label", "txt"?, "json"?}``.
+
+    ``ids`` is a (h, w) numpy array in the stored dtype; ``label`` an int (-1 when absent).
+    """
+    key = sample.get("__key__", "?")
+    if "ids.npy" not in sample:
+        raise ValueError(f"token sample {key!r} has no .ids.npy member (members: {sorted(sample)})")
+    ids = np.load(io.BytesIO(sample["ids.npy"]), allow_pickle=False)
+    if ids.ndim != 2:
+        raise ValueError(f"token sample {key!r}: ids must be (h, w), got shape {ids.shape}")
+    out: dict[str, Any] = {"__key__": key, "ids": ids, "label": NO_LABEL}
+    if "cls" in sample:
+        text = _as_bytes(sample["cls"]).decode().strip()
+        try:
+            out["label"] = int(text)
+        except ValueError as err:
+            raise ValueError(f"token sample {key!r}: .cls is not an integer: {text!r}") from err
+    if "txt" in sample:
+        out["txt"] = _as_bytes(sample["txt"]).decode()
+    if "json" in sample:
+        out["json"] = json.loads(_as_bytes(sample["json"]))
+    return out
+
+
+def _read_token_shards(source: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """webdataset stage: shard URLs ``{"url": ...}`` -> raw samples, read by :func:`vqtok.tars.read_samples`."""
+    for item in source:
+        url = item["url"]
+        for s in read_samples(url):
+            if s.error is not None:
+                raise ValueError(f"token shard {url}: {s.key}: {s.error} (re-run pretokenize to redo it)")
+            yield {"__key__": s.key, "__url__": url, **s.fields}
+
+
+def _to_pair(sample: dict[str, Any]) -> tuple[torch.Tensor, int]:
+    return torch.from_numpy(sample["ids"].astype(np.int64)), int(sample["label"])
+
+
+def _to_torch_dict(sample: dict[str, Any]) -> dict[str, Any]:
+    sample = dict(sample)
+    sample["ids"] = torch.from_numpy(sample["ids"].astype(np.int64))
+    return sample
+
+
+def token_dataset(
+    shards: str | Sequence[str],
+    *,
+    shuffle: int = 1000,
+    resampled: bool = False,
+    seed: int = 0,
+    epoch_length: int | None = None,
+    as_dict: bool = False,
+) -> Any:
+    """A ``webdataset.DataPipeline`` over token shards yielding ``(ids, label)`` (or dicts).
+
+    shuffle: sample shuffle buffer size (0 = keep shard order; shard order is shuffled too
+        when > 0 and not resampled).
+    resampled: draw shards with replacement forever (per node/worker seeded stream).
+    seed: seeds shard and sample shuffling (same seed → same order for a given rank/worker).
+    epoch_length: samples per epoch per worker (``with_epoch``); useful with ``resampled``.
+    as_dict: yield ``{"__key__", "ids" (h, w) int64 tensor, "label", "txt"?, "json"?}``
+        instead of ``(ids, label)``.
+    """
+    import webdataset as wds
+
+    urls = expand_shards(shards)
+    if resampled:
+        # ResampledShards with a deterministic per-(rank, worker) seed; nodes/workers draw
+        # independent streams, so no node/worker splitting of the shard list is needed.
+        from webdataset.shardlists import ResampledShards
+
+        ds = wds.DataPipeline(ResampledShards(urls, seed=seed, deterministic=True), _read_token_shards)
+    else:
+        ds = wds.DataPipeline(
+            wds.SimpleShardList(urls),
+            wds.split_by_node,
+            wds.split_by_worker,
+            wds.filters.detshuffle(len(urls) if shuffle > 0 else False, seed=seed),
+            _read_token_shards,
+        )
+    if shuffle > 0:
+        ds.append(wds.filters.shuffle(shuffle, initial=min(shuffle, 100), seed=seed))
+    ds.append(wds.filters.map(decode_token_sample))
+    ds.append(wds.filters.map(_to_torch_dict if as_dict else _to_pair))
+    if epoch_length is not None:
+        ds = ds.with_epoch(epoch_length)
+    return ds
+
+
+@dataclass
+class TokenCorpus:
+    """A whole token corpus in memory."""
+
+    ids: np.ndarray  # (N, h, w) uint16 or int32, as stored
+    labels: np.ndarray  # (N,) int64; -1 = no label
+    keys: list[str] = field(default_factory=list)  # __key__ of each sample
+    codebook_size: int | None = None  # from the shards' stats json, if recorded
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return int(self.ids.shape[1]), int(self.ids.shape[2])
+
+    @property
+    def has_labels(self) -> bool:
+        return bool((self.labels >= 0).any())
+
+    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """index: (B,) long -> ids (B, h, w) int64, labels (B,) int64 (CPU tensors)."""
+        idx = index.cpu().numpy()
+        return torch.from_numpy(self.ids[idx].astype(np.int64)), torch.from_numpy(self.labels[idx])
+
+    def subset(self, index: np.ndarray) -> TokenCorpus:
+        """The samples at ``index`` (1-D integer array), in that order."""
+        index = np.asarray(index, dtype=np.int64)
+        return TokenCorpus(self.ids[index], self.labels[index], [self.keys[i] for i in index], self.codebook_size)
+
+    def split(self, n_val: int) -> tuple[TokenCorpus, TokenCorpus]:
+        """(train, val) with the last ``n_val`` samples as validation."""
+        cut = len(self) - n_val
+        return (
+            TokenCorpus(self.ids[:cut], self.labels[:cut], self.keys[:cut], self.codebook_size),
+            TokenCorpus(self.ids[cut:], self.labels[cut:], self.keys[cut:], self.codebook_size),
+        )
+
+
+def _stats_codebook_size(url: str) -> int | None:
+    stats = stats_path_for(url)
+    if is_remote(url) or not stats.is_file():
+        return None
+    try:
+        data = json.loads(stats.read_text())
+    except (OSError, json.JSONDecodeError):
+        logger.warning("could not read shard stats %s", stats)
+        return None
+    for key in ("codebook_size", "n_embed", "vocab_size"):
+        if isinstance(data, dict) and isinstance(data.get(key), int):
+            return int(data[key])
+    return None
+
+
+def _iter_shard(url: str) -> Iterator[dict[str, Any]]:
+    return map(decode_token_sample, _read_token_shards([{"url": url}]))
+
+
+def load_token_corpus(shards: str | Sequence[str], *, progress: bool = False) -> TokenCorpus:
+    """Read every sample of the shards (in shard order) into memory.
+
+    All grids must share one shape (ValueError otherwise). Every process reads the whole
+    corpus (no node splitting): the trainer draws per-rank batches from it.
+    """
+    urls = expand_shards(shards)
+    ids: list[np.ndarray] = []
+    labels: list[int] = []
+    keys: list[str] = []
+    sizes: set[int] = set()
+    it: Iterator[str] = iter(urls)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = iter(tqdm(urls, desc="reading token shards", unit="shard", file=sys.stderr))
+    for url in it:
+        size = _stats_codebook_size(url)
+        if size is not None:
+            sizes.add(size)
+        for s in _iter_shard(url):
+            if ids and s["ids"].shape != ids[0].shape:
+                raise ValueError(
+                    f"token grids differ in shape: {s['__key__']!r} in {url} is {s['ids'].shape}, "
+                    f"earlier samples are {ids[0].shape}"
+                )
+            ids.append(s["ids"])
+            labels.append(int(s["label"]))
+            keys.append(s["__key__"])
+    if not ids:
+        raise ValueError(f"no samples in {len(urls)} token shard(s) ({urls[0]} ...)")
+    if len(sizes) > 1:
+        raise ValueError(f"shards disagree on the codebook size: {sorted(sizes)}")
+    stacked = np.stack(ids)
+    if stacked.dtype not in (np.uint16, np.int32, np.int64):
+        raise ValueError(f"token ids must be uint16/int32, got {stacked.dtype}")
+    logger.info("read %d token grids of shape %s from %d shards", len(ids), stacked.shape[1:], len(urls))
+    return TokenCorpus(
+        ids=stacked,
+        labels=np.asarray(labels, dtype=np.int64),
+        keys=keys,
+        codebook_size=sizes.pop() if sizes else None,
+    )
