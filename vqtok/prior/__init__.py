@@ -6,8 +6,9 @@ See docs/prior.md.
 """
 
 from vqtok.prior.gpt import GPT, MODEL_TYPE, GPTConfig, KVCache
-from vqtok.prior.sampling import generate
 from vqtok.prior.train import PriorTrainConfig, TrainResult, load_train_config, train
+
+generate = GPT.generate  # ``generate(model, n, ...)``: the same function as ``model.generate(n, ...)``
 
 __all__ = [
     "GPT",
