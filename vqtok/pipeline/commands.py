@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vqtok.commands import add_model_arguments, add_out_argument, device_from_args
 from vqtok.pipeline.shards import DEFAULT_KEEP
 
 __all__ = ["add_commands"]
@@ -41,7 +42,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
             "(RANK/WORLD_SIZE set) rank r handles input shards i with i %% WORLD_SIZE == r."
         ),
     )
-    p.add_argument("--model", default=None, help="model folder or Hub id (default: the model shipped with vqtok)")
+    add_model_arguments(p)
     p.add_argument(
         "--input",
         required=True,
@@ -52,12 +53,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
             "'pipe:CMD' (e.g. 'pipe:aws s3 cp s3://b/train-{000..099}.tar -'); quote patterns"
         ),
     )
-    p.add_argument("--output", required=True, help="output folder (one model per folder)")
+    add_out_argument(p, "output folder (one model per folder)")
     p.add_argument("--size", type=_size, default=256, help="resize shorter side + center crop to SIZE (0: keep size; default 256)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     p.add_argument("--workers", type=int, default=None, help="image decoding processes (default: CPUs - 1, at most 4)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... ('cuda' under torchrun means cuda:$LOCAL_RANK)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="model precision (default fp32)")
     p.add_argument(
         "--keep",
         default=",".join(DEFAULT_KEEP),
@@ -78,18 +76,17 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
 def _run(args: argparse.Namespace) -> int:
     from vqtok.pipeline.driver import ErrorRateExceeded, ShardsNotFetched, pretokenize
 
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     keep = tuple(k for k in (s.strip() for s in args.keep.split(",")) if k)
+    device = device_from_args(args)
     try:
         result = pretokenize(
             args.input[0] if len(args.input) == 1 else args.input,
-            args.output,
+            args.out,
             model=args.model,
             size=args.size,
             batch_size=args.batch_size,
             workers=args.workers,
-            device=args.device,
+            device=str(device),
             precision=args.precision,
             keep=keep,
             max_error_rate=args.max_error_rate,
@@ -104,8 +101,13 @@ def _run(args: argparse.Namespace) -> int:
             print(f"  {shard}: {reason}", file=sys.stderr)
         return 1
     except ErrorRateExceeded as err:
-        print(err.result.summary())
-        print(f"vqtok pretokenize: error: {err}", file=sys.stderr)
+        r = err.result
+        print(r.summary())
+        print(
+            f"vqtok pretokenize: error: {r.samples_failed} of {r.samples_total} samples failed "
+            f"({100 * r.error_rate:.2f}% > --max-error-rate {100 * err.max_error_rate:.2f}%)",
+            file=sys.stderr,
+        )
         for shard, key, reason in err.result.failures[:10]:
             print(f"  {shard}: {key}: {reason}", file=sys.stderr)
         if len(err.result.failures) > 10:

@@ -72,7 +72,7 @@ class ErrorRateExceeded(RuntimeError):
         self.max_error_rate = max_error_rate
         super().__init__(
             f"{result.samples_failed} of {result.samples_total} samples failed "
-            f"({100 * result.error_rate:.2f}% > --max-error-rate {100 * max_error_rate:.2f}%)"
+            f"({100 * result.error_rate:.2f}% > max_error_rate {100 * max_error_rate:.2f}%)"
         )
 
 

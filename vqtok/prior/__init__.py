@@ -6,7 +6,7 @@ See docs/prior.md.
 """
 
 from vqtok.prior.gpt import GPT, MODEL_TYPE, GPTConfig, KVCache
-from vqtok.prior.train import PriorTrainConfig, TrainResult, load_train_config, train
+from vqtok.prior.train import PriorTrainConfig, PriorTrainResult, TrainResult, load_train_config, train
 
 generate = GPT.generate  # ``generate(model, n, ...)``: the same function as ``model.generate(n, ...)``
 
@@ -17,6 +17,7 @@ __all__ = [
     "MODEL_TYPE",
     "generate",
     "PriorTrainConfig",
+    "PriorTrainResult",
     "TrainResult",
     "load_train_config",
     "train",
