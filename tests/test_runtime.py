@@ -87,8 +87,8 @@ def test_jsonl_and_config_files(tmp_path: Path) -> None:
         read_config_file(tmp_path / "none.yaml")
 
 
-# One command of each family with a --device (convert/export only rewrite weights, on the CPU): an unusable --device is one line on stderr and exit status 2,
-# before any model, data or output is touched.
+# One command of each family with a --device (convert/export only rewrite weights, on the CPU):
+# an unusable --device is one line on stderr and exit status 2, before any model, data or output is touched.
 FAMILIES = {
     "core": ["encode", "x.png", "--out", "ids.npy"],
     "pipeline": ["pretokenize", "--input", "shards-{0..1}.tar", "--out", "tokens"],

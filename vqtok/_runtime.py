@@ -56,7 +56,8 @@ def resolve_device(name: str | torch.device | None = "auto", *, local_rank: int 
         if device.index is None:
             device = torch.device(f"cuda:{rank}")
         if device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {str(device)!r} asked for, but this machine has {torch.cuda.device_count()} CUDA device(s)")
+            count = torch.cuda.device_count()
+            raise ValueError(f"device {str(device)!r} asked for, but this machine has {count} CUDA device(s)")
     elif device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device {str(name)!r} asked for, but MPS is not available on this machine (use cpu or auto)")
     return device

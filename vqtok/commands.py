@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+N = TypeVar("N", int, float)
+
 _CHUNK = 64  # images per load/encode (or decode/save) round in the encode/decode commands
 
 __all__ = [
@@ -31,20 +34,29 @@ __all__ = [
     "add_out_argument",
     "device_from_args",
     "ids_dtype",
+    "number_in",
     "positive_int",
     "tokenizer_from_args",
 ]
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def number_in(kind: Callable[[str], N], low: N, high: N | None = None) -> Callable[[str], N]:
+    """argparse type: a ``kind`` (int / float) in ``[low, high]`` (argparse names the option in its error)."""
+
+    def parse(text: str) -> N:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        if value < low or (high is not None and value > high):  # type: ignore[operator]
+            bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        return value
+
+    return parse
+
+
+positive_int = number_in(int, 1)  # argparse type: an integer >= 1
 
 
 def add_device_argument(p: argparse.ArgumentParser, *, default: str | None = "auto", default_help: str = "auto") -> None:
@@ -52,7 +64,7 @@ def add_device_argument(p: argparse.ArgumentParser, *, default: str | None = "au
     p.add_argument(
         "--device",
         default=default,
-        help=f"auto (CUDA when available), cpu, cuda, cuda:N; 'cuda' under torchrun is cuda:$LOCAL_RANK (default: {default_help})",
+        help=f"auto (CUDA when available), cpu, cuda, cuda:N; under torchrun cuda is cuda:$LOCAL_RANK (default: {default_help})",
     )
 
 

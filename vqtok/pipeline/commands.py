@@ -5,30 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vqtok.commands import add_model_arguments, add_out_argument, device_from_args
+from vqtok.commands import add_model_arguments, add_out_argument, device_from_args, number_in
 from vqtok.pipeline.shards import DEFAULT_KEEP
 
 __all__ = ["add_commands"]
 
 
 def _size(text: str) -> int | None:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--size must be an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"--size must be >= 0, got {value}")
-    return value or None
-
-
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--max-error-rate must be a number, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"--max-error-rate must be in [0, 1], got {value}")
-    return value
+    return number_in(int, 0)(text) or None  # 0 = keep the image size
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -63,7 +47,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     )
     p.add_argument(
         "--max-error-rate",
-        type=_rate,
+        type=number_in(float, 0.0, 1.0),
         default=0.01,
         help="exit with status 1 at the end when more than this fraction of samples failed (default 0.01)",
     )

@@ -263,12 +263,12 @@ def prepare_output(
             f"{folder} holds tokens of another model ({manifest.get('model')!r}, fingerprint "
             f"{manifest.get('model_fingerprint')}, config hash {manifest.get('config_hash')}); this run's model "
             f"{model_id!r} has fingerprint {fingerprint} (config hash {tokenizer.config.hash()}). "
-            "Token ids of different models must not be mixed: use another --output folder"
+            "Token ids of different models must not be mixed: use another output folder"
         )
     if manifest.get("size") != size:
         raise ValueError(
-            f"{folder} holds tokens made at --size {manifest.get('size')}, this run uses --size {size}; "
-            "use the same size or another --output folder"
+            f"{folder} holds tokens made at size {manifest.get('size')}, this run uses size {size}; "
+            "use the same size or another output folder"
         )
     return manifest
 

@@ -1,8 +1,8 @@
 """The second stage: an autoregressive transformer prior over VQGAN codebook ids.
 
-``GPT`` / ``GPTConfig`` (model, save/load), ``generate`` (KV-cached, full-recompute and
-sliding-window sampling with classifier-free guidance), ``train`` / ``PriorTrainConfig``.
-See docs/prior.md.
+``GPT`` / ``GPTConfig`` (model, save/load, ``GPT.generate``: KV-cached or full-recompute,
+whole-grid or sliding-window sampling with classifier-free guidance; ``generate`` is the same
+function), ``train`` / ``PriorTrainConfig`` / ``PriorTrainResult``. See docs/prior.md.
 """
 
 from vqtok.prior.gpt import GPT, MODEL_TYPE, GPTConfig, KVCache

@@ -408,7 +408,10 @@ def _start_model(
     return model, opt, state[0]
 
 
-def _prepare(cfg: PriorTrainConfig, out: Path, checkpoint: Path | None, dist: Distributed, device: torch.device, *, progress: bool) -> _Run:
+def _prepare(
+    cfg: PriorTrainConfig, out: Path, checkpoint: Path | None, dist: Distributed, device: torch.device, *, progress: bool
+) -> _Run:
+    """Data, model, optimizer (fresh or from ``checkpoint``), autocast and DDP; writes ``train_config.yaml``."""
     per_rank, rem = divmod(cfg.batch_size, dist.world_size * cfg.grad_accum)
     if rem or per_rank == 0:
         raise ValueError(

@@ -96,7 +96,9 @@ def run_train(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, **top)
     if args.set:
         config = apply_overrides(config, args.set)
-    trainer = Trainer(config, args.data, args.out, progress=not args.no_progress, resume=not args.no_resume, init_weights=args.init)
+    trainer = Trainer(
+        config, args.data, args.out, progress=not args.no_progress, resume=not args.no_resume, init_weights=args.init
+    )
     result = trainer.train()
     summary: dict[str, Any] = {"out": str(result.out), "model": str(result.final), "steps": result.steps}
     if result.validation is not None:

@@ -210,7 +210,7 @@ class Trainer:
             for k, v in self.ema.model.state_dict().items():
                 t["ema." + k] = v
         t["rng.torch"] = torch.get_rng_state()
-        t["rng.codebook"] = self.codebook._generator.get_state()
+        t["rng.codebook"] = self.codebook.generator.get_state()
         if self.device.type == "cuda":
             t["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         return {k: v.detach().cpu().contiguous() for k, v in t.items()}
@@ -241,7 +241,7 @@ class Trainer:
         if self.ema is not None:
             self.ema.model.load_state_dict(part("ema."), strict=True)
         torch.set_rng_state(tensors["rng.torch"])
-        self.codebook._generator.set_state(tensors["rng.codebook"])
+        self.codebook.generator.set_state(tensors["rng.codebook"])
         if "rng.cuda" in tensors and self.device.type == "cuda":
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
         optim = torch.load(path / "optim.pt", map_location=self.device, weights_only=True)
