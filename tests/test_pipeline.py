@@ -392,7 +392,7 @@ def test_other_model_or_size_is_refused(data_dir: Path, tmp_path: Path, tok: Tok
         run(data_dir, out, tiny_tokenizer(seed=1))
     with pytest.raises(ValueError, match="another model"):  # the per-shard function refuses too
         tokenize_shard(data_dir / "train-000000.tar", out / "train-000000.tar", tiny_tokenizer(seed=1), size=SIZE)
-    with pytest.raises(ValueError, match="--size"):
+    with pytest.raises(ValueError, match="made at size"):
         run(data_dir, out, tok, size=32)
 
 

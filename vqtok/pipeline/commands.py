@@ -20,9 +20,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
         "pretokenize",
         help="tokenize WebDataset image shards into token shards (one output shard per input shard)",
         description=(
-            "Tokenize WebDataset tar shards of images into token shards: OUTPUT/<name>.tar with "
-            "<key>.ids.npy (+ kept fields) and OUTPUT/<name>.json with counts, failures and the code "
-            "histogram, plus OUTPUT/manifest.json. Finished shards are skipped on re-runs. Under torchrun "
+            "Tokenize WebDataset tar shards of images into token shards: OUT/<name>.tar with "
+            "<key>.ids.npy (+ kept fields) and OUT/<name>.json with counts, failures and the code "
+            "histogram, plus OUT/manifest.json. Finished shards are skipped on re-runs. Under torchrun "
             "(RANK/WORLD_SIZE set) rank r handles input shards i with i %% WORLD_SIZE == r."
         ),
     )
