@@ -173,8 +173,16 @@ def test_generate_is_one_function() -> None:
     import vqtok.prior
     import vqtok.prior.sampling
 
+    import ast
+    from pathlib import Path
+
     assert vqtok.prior.generate is GPT.generate  # generate(model, n, ...) and model.generate(n, ...): one sampler
     assert not hasattr(vqtok.prior.sampling, "generate")
+    # the model imports the sampler's pieces, never the other way round (no import cycle, not even a lazy one)
+    tree = ast.parse(Path(vqtok.prior.sampling.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not any(m and m.startswith("vqtok") for m in imported), imported
 
 
 def test_grid_errors(model: GPT) -> None:
