@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -42,8 +43,8 @@ def configs(args: argparse.Namespace) -> dict[str, TrainConfig]:
         "loss": LossConfig(perceptual_weight=0.0, disc_weight=0.0, rec_loss="l1+l2"),
         "data": DataConfig(crop_size=args.crop, max_zoom_out=args.max_zoom_out, num_workers=1, cache_images=True),
         "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "warmup_steps": min(100, args.steps // 5),
-        "bf16": "on" if args.bf16 else "off", "seed": args.seed, "threads": args.threads,
-        "log_every": 50, "val_every": 10**9, "ckpt_every": 10**9, "image_every": 10**9,
+        "precision": "bf16" if args.bf16 else "fp32", "seed": args.seed, "threads": args.threads,
+        "log_every": 50, "val_every": 10**9, "checkpoint_every": 10**9, "image_every": 10**9,
     }
     vanilla_arch = dataclasses.replace(arch, embed_dim=arch.z_channels, l2_norm_codes=False, legacy_loss=True)
     default_cb = CodebookConfig(kmeans_init=True, kmeans_batches=8, dead_after=args.dead_after, restart_every=10)
@@ -108,6 +109,7 @@ def main() -> int:
     for name, cfg in configs(args).items():
         t0 = time.time()
         run = out / name.split()[0].replace("+", "-") / ("ema" if cfg.codebook.ema else "")
+        shutil.rmtree(run, ignore_errors=True)  # a fresh run each time (resume=False refuses an existing one)
         result = train(cfg, args.train, run, progress=False, resume=False)
         tok = Tokenizer.from_pretrained(result.final)
         rows[name] = {**evaluate(tok, images), "train_s": round(time.time() - t0, 1), "embed_dim": cfg.model.embed_dim}

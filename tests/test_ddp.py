@@ -48,7 +48,7 @@ def test_prior_ddp_resume_is_exact(tmp_path: Path) -> None:
 
 def test_vqgan_ddp_resume_is_exact(tmp_path: Path) -> None:
     images = write_images(tmp_path / "imgs", n=8)
-    cfg = tiny_config(steps=4, val_every=100, image_every=100, ckpt_every=2).to_yaml(tmp_path / "c.yaml")
+    cfg = tiny_config(steps=4, val_every=100, image_every=100, checkpoint_every=2).to_yaml(tmp_path / "c.yaml")
     common = ["train", "--data", str(images), "--config", str(cfg), "--no-progress"]
     torchrun(*common, "--out", str(tmp_path / "straight"), cwd=tmp_path)
     torchrun(*common, "--out", str(tmp_path / "resumed"), "--steps", "2", cwd=tmp_path)

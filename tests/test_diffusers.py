@@ -67,7 +67,9 @@ def test_key_mapping_round_trip():
 
 def test_export_then_import_is_exact(tmp_path):
     tok = _tok(TINY)
-    out = tok.to_diffusers(tmp_path / "vq")
+    out = to_diffusers(tok, tmp_path / "vq")
+    with pytest.warns(DeprecationWarning, match="vqtok.convert.to_diffusers"):  # the 0.1 method, until 0.3
+        assert tok.to_diffusers(tmp_path / "vq2") == tmp_path / "vq2"
     assert sorted(p.name for p in out.iterdir()) == [DIFFUSERS_CONFIG_NAME, DIFFUSERS_WEIGHTS_NAME]
     config = json.loads((out / DIFFUSERS_CONFIG_NAME).read_text())
     assert config["_class_name"] == "VQModel" and config["sample_size"] == 64

@@ -12,7 +12,7 @@ import torch
 
 from tests.conftest import real_photos
 from vqtok import Tokenizer, VQGANConfig
-from vqtok.convert import from_diffusers
+from vqtok.convert import from_diffusers, to_diffusers
 from vqtok.images import to_model_input, to_uint8_batch
 
 diffusers = pytest.importorskip("diffusers", reason="needs diffusers (pip install diffusers)")
@@ -63,7 +63,7 @@ def test_export_loads_in_diffusers_with_same_ids_and_pixels(cfg, tmp_path):
     torch.manual_seed(0)
     tok = Tokenizer.from_config(cfg)
     _spread(tok.model.quantize.embedding.weight, 0)
-    tok.to_diffusers(tmp_path / "vq")
+    to_diffusers(tok, tmp_path / "vq")
     vq, info = VQModel.from_pretrained(tmp_path / "vq", output_loading_info=True)
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")), info
     assert list(vq.config.block_out_channels) == [cfg.ch * m for m in cfg.ch_mult]

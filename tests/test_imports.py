@@ -101,12 +101,9 @@ def test_the_walker_finds_a_cycle_and_reads_package_imports() -> None:
 
 
 # Deferred imports kept on purpose, each the only way back into a lower layer; nothing else may be added.
-# Tokenizer.to_diffusers is part of the Tokenizer API (issue 12 keeps that API unchanged); the exporter
-# itself is vqtok.convert.to_diffusers, and convert depends on the tokenizer, not the other way round.
+# Tokenizer.to_diffusers is part of the 0.1 Tokenizer API, deprecated and removed in 0.3 (then this set
+# is empty); the exporter is vqtok.convert.to_diffusers: convert depends on the tokenizer, not back.
 ALLOWED_DEFERRED = {("vqtok.tokenizer", "vqtok.convert")}
-
-# prior/gpt.py <-> prior/sampling.py (GPT.generate) is split up on the training/prior branch of issue 12.
-_PRIOR_CYCLE = {"vqtok.prior.gpt", "vqtok.prior.sampling"}
 
 
 def _graph() -> dict[str, set[str]]:
@@ -117,11 +114,5 @@ def _graph() -> dict[str, set[str]]:
     return graph
 
 
-def test_no_import_cycles_outside_prior() -> None:
-    cycles = [c for c in find_cycles(_graph()) if not set(c) <= _PRIOR_CYCLE]
-    assert cycles == [], f"import cycles: {cycles}"
-
-
-@pytest.mark.xfail(strict=False, reason="issue 12: prior/gpt.py <-> prior/sampling.py, fixed on the prior branch")
-def test_no_import_cycles_at_all() -> None:
+def test_no_import_cycles() -> None:
     assert find_cycles(_graph()) == []

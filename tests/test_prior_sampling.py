@@ -138,6 +138,53 @@ def test_sliding_window_sampling(model: GPT, monkeypatch: pytest.MonkeyPatch) ->
     )
 
 
+# Tokens the three separate sampling loops (KV cache, recomputation, sliding window) drew before they
+# became one windowed loop (vqtok 0.1.0 main, a1fb06d), for model(), 3 samples, seed 7: the one loop
+# must draw exactly these, with and without the cache.
+REFERENCE_TOKENS = {
+    'plain': [[[15,15,15,15],[15,25,20,20],[28,28,28,28],[23,23,23,23]],[[15,33,33,12],[8,3,45,45],[45,11,11,11],[11,11,11,11]],[[40,40,40,9],[9,34,37,37],[37,37,37,12],[20,30,20,20]]],
+    'labels_topk': [[[23,23,23,23],[23,23,23,23],[25,25,25,25],[25,25,25,25]],[[17,26,26,16],[16,16,39,39],[39,39,27,27],[27,27,27,27]],[[35,35,35,21],[21,35,35,35],[35,35,35,21],[21,21,21,21]]],
+    'cfg_topp': [[[23,23,23,23],[23,23,23,23],[23,23,23,23],[23,23,23,23]],[[23,23,23,23],[23,23,23,23],[23,23,23,23],[23,23,23,23]],[[25,25,25,25],[25,25,25,25],[25,25,25,25],[25,25,25,25]]],
+    'top_rows': [[[14,14,14,14],[14,27,26,34]],[[13,42,42,8],[8,3,45,45]],[[37,37,37,12],[12,44,44,44]]],
+    'window_7x9': [[[12,13,13,30,16,16,16,16,24],[37,37,37,37,37,37,37,37,37],[37,37,37,37,37,37,37,37,37],[37,2,29,29,29,29,13,20,20],[29,29,29,34,37,2,36,36,1],[46,46,27,27,27,27,27,8,19],[27,41,43,6,6,6,6,6,32]],[[12,41,37,14,7,2,47,47,47],[14,9,9,9,9,9,9,9,9],[25,25,25,25,25,25,25,25,25],[25,25,25,25,25,28,28,39,39],[25,25,25,38,33,19,11,11,11],[28,28,28,28,23,23,23,23,23],[23,23,23,23,18,18,18,18,18]],[[41,41,41,4,4,36,39,39,39],[36,36,4,4,22,22,22,1,38],[36,36,36,20,20,20,20,20,36],[47,33,33,33,33,33,33,33,33],[33,33,33,33,33,47,10,10,10],[33,33,33,33,31,31,31,31,26],[37,37,37,37,37,9,9,9,9]]],
+    'window_9x7_cfg': [[[17,17,17,17,17],[20,20,20,20,20],[20,20,20,20,20],[20,20,20,20,20],[20,20,20,20,20],[36,20,20,4,4]],[[23,28,28,17,17],[12,47,47,47,13],[12,12,12,12,12],[31,31,31,31,31],[31,31,31,31,31],[31,31,31,31,31]],[[31,31,31,12,12],[47,47,39,39,39],[39,25,25,25,25],[25,9,9,25,25],[25,25,25,25,25],[25,25,39,39,39]]],
+    'greedy': [[[27,27,27,27],[27,27,27,27],[27,27,27,27],[27,27,27,27]],[[27,27,27,27],[27,27,27,27],[27,27,27,27],[27,27,27,27]],[[27,27,27,27],[27,27,27,27],[27,27,27,27],[27,27,27,27]]],
+}
+
+REFERENCE_CASES = {
+    "plain": {},
+    "labels_topk": {"labels": [0, 1, 2], "top_k": 5},
+    "cfg_topp": {"labels": 2, "cfg_scale": 3.0, "top_p": 0.8, "temperature": 0.7},
+    "top_rows": {"grid": (2, 4), "labels": 1},
+    "window_7x9": {"labels": 0, "grid": (7, 9)},
+    "window_9x7_cfg": {"labels": [1, 2, 0], "grid": (6, 5), "cfg_scale": 2.0, "top_k": 8},
+    "greedy": {"labels": 1, "temperature": 0.0},
+}
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+@pytest.mark.parametrize("case", sorted(REFERENCE_CASES))
+def test_one_loop_draws_the_tokens_of_the_three_old_loops(model: GPT, case: str, use_cache: bool) -> None:
+    ids = model.generate(3, generator=torch.Generator().manual_seed(7), use_cache=use_cache, **REFERENCE_CASES[case])
+    assert ids.tolist() == REFERENCE_TOKENS[case]
+
+
+def test_generate_is_one_function() -> None:
+    import vqtok.prior
+    import vqtok.prior.sampling
+
+    import ast
+    from pathlib import Path
+
+    assert vqtok.prior.generate is GPT.generate  # generate(model, n, ...) and model.generate(n, ...): one sampler
+    assert not hasattr(vqtok.prior.sampling, "generate")
+    # the model imports the sampler's pieces, never the other way round (no import cycle, not even a lazy one)
+    tree = ast.parse(Path(vqtok.prior.sampling.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not any(m and m.startswith("vqtok") for m in imported), imported
+
+
 def test_grid_errors(model: GPT) -> None:
     assert gen(model, grid=(2, 4)).shape == (6, 2, 4)  # top rows of a trained-width grid
     with pytest.raises(ValueError, match="smaller than the window"):

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +66,7 @@ def test_overfit_tiny_corpus_and_reproduce_it(corpus: tuple[str, np.ndarray], tm
         device="cpu",
     )
     result = train(cfg, out=tmp_path / "run", progress=False)
-    assert result.step == 150 and result.train_loss < 0.05, result
+    assert result.steps == 150 and result.train_loss < 0.05, result
     model = GPT.from_pretrained(tmp_path / "run")
     assert model.config.vocab_size == 16 and model.config.n_classes == 4 and model.config.train_grid == (4, 4)
     ids = torch.from_numpy(grids).long()
@@ -99,17 +100,44 @@ def test_resume_is_exact(corpus: tuple[str, np.ndarray], tmp_path: Path) -> None
     )
     train(cfg, out=tmp_path / "full", progress=False)
     part = train(cfg, out=tmp_path / "split", progress=False, stop_after=4)
-    assert part.step == 4
+    assert part.steps == 4
     with pytest.raises(ValueError, match="already holds a run"):
         train(cfg, out=tmp_path / "split", progress=False, resume=False)
     done = train(cfg, out=tmp_path / "split", progress=False)  # continues from the checkpoint
-    assert done.step == 6 and done.val_bits_per_token is not None
+    assert done.steps == 6 and done.val_bits_per_token is not None
     a = GPT.from_pretrained(tmp_path / "full").state_dict()
     b = GPT.from_pretrained(tmp_path / "split").state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     full_log = [r for r in iter_log(tmp_path / "full") if "loss" in r]
     split_log = [r for r in iter_log(tmp_path / "split") if "loss" in r]
     assert [r["loss"] for r in full_log] == [r["loss"] for r in split_log]
+
+
+def test_run_folder_of_vqtok_0_1_resumes_exactly(corpus: tuple[str, np.ndarray], tmp_path: Path) -> None:
+    """vqtok 0.1 kept one OUT/checkpoint/ (model, trainer_state.pt, rng_rank<r>.pt); it still resumes, bit-exact."""
+    spec, _ = corpus
+    cfg = PriorTrainConfig(tokens=spec, model={**TINY_MODEL, "dropout": 0.1}, steps=5, batch_size=4, warmup_steps=2,
+                           label_dropout=0.5, val_fraction=0.0, log_every=1, precision="fp32", device="cpu")
+    train(cfg, out=tmp_path / "full", progress=False)
+    train(cfg, out=tmp_path / "old", progress=False, stop_after=3)
+    # rewrite the checkpoint into the 0.1 layout
+    new = tmp_path / "old" / "checkpoints" / "step-0000003"
+    legacy = tmp_path / "old" / "checkpoint"
+    legacy.mkdir()
+    for name in (WEIGHTS_NAME, "config.json", "rng_rank0.pt"):
+        (new / name).rename(legacy / name)
+    state = {"step": 3, "optimizer": torch.load(new / "optim.pt", weights_only=True), "train_config": cfg.to_dict()}
+    torch.save(state, legacy / "trainer_state.pt")
+    shutil.rmtree(tmp_path / "old" / "checkpoints")
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(cfg, out=tmp_path / "old", progress=False, resume=False)
+    done = train(cfg, out=tmp_path / "old", progress=False)
+    assert done.steps == 5 and done.step == 5  # .step: the 0.1 name
+    a = GPT.from_pretrained(tmp_path / "full").state_dict()
+    b = GPT.from_pretrained(tmp_path / "old").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not legacy.exists()  # superseded by checkpoints/step-0000005
+    assert (tmp_path / "old" / "checkpoints" / "latest").read_text().strip() == "step-0000005"
 
 
 def test_schedule_and_sampler() -> None:
@@ -176,9 +204,12 @@ def test_cli_train_and_sample(
         == 0
     )
     assert "trained 3 steps" in capsys.readouterr().out
-    assert (tmp_path / "run" / WEIGHTS_NAME).is_file() and (
-        tmp_path / "run" / "checkpoint" / "trainer_state.pt"
-    ).is_file()
+    latest = (tmp_path / "run" / "checkpoints" / "latest").read_text().strip()
+    assert (tmp_path / "run" / WEIGHTS_NAME).is_file() and latest == "step-0000003"
+    assert {"state.json", "optim.pt", "rng_rank0.pt", WEIGHTS_NAME} <= {
+        p.name for p in (tmp_path / "run" / "checkpoints" / latest).iterdir()
+    }
+    assert (tmp_path / "run" / "train_config.yaml").is_file()
 
     tok = Tokenizer.from_config(
         VQGANConfig(

@@ -12,13 +12,9 @@ from PIL import Image
 from tests.conftest import write_tar
 from vqtok.models.quantizer import VectorQuantizer
 from vqtok.models.vqgan import VQGAN
-from vqtok.training import (
-    CodebookConfig,
-    CodebookTrainer,
-    NLayerDiscriminator,
-    TrainConfig,
-    kmeans,
-)
+from vqtok.training import CodebookConfig, TrainConfig
+from vqtok.training.codebook import CodebookTrainer, kmeans
+from vqtok.training.discriminator import NLayerDiscriminator
 from vqtok.training.config import LossConfig, default_model_config
 from vqtok.training.data import TrainImages, make_loader, random_crop
 from vqtok.training.losses import VQGANLoss, adaptive_weight, hinge_d_loss

@@ -28,8 +28,8 @@ def tiny_config(**changes: object) -> TrainConfig:
         codebook=CodebookConfig(kmeans_batches=1, kmeans_iters=3, dead_after=2, restart_every=1, buffer_size=256),
         loss=LossConfig(perceptual_weight=0.0, disc_weight=0.8, disc_start=2, disc_ch=8, disc_layers=2),
         data=DataConfig(crop_size=32, num_workers=0, val_size=32, val_images=3),
-        steps=6, batch_size=2, grad_accum=2, lr=1e-3, warmup_steps=2, ema_decay=0.9, bf16="off",
-        log_every=1, val_every=3, ckpt_every=3, image_every=3, threads=1,
+        steps=6, batch_size=2, grad_accum=2, lr=1e-3, warmup_steps=2, ema_decay=0.9, precision="fp32",
+        log_every=1, val_every=3, checkpoint_every=3, image_every=3, threads=1,
     )
     return base.replace(**changes)
 
@@ -43,6 +43,23 @@ def _params(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "model.safetensors"))
 
 
+def _to_v01_names(run: Path) -> None:
+    """Rewrite a run folder's train_config.yaml and checkpoint state.json with vqtok 0.1's key names."""
+    import yaml
+
+    def old(d: dict) -> dict:
+        d = dict(d)
+        d["bf16"] = {"fp32": "off", "bf16": "on", "auto": "auto"}[d.pop("precision")]
+        d["ckpt_every"] = d.pop("checkpoint_every")
+        return d
+
+    cfg_file = run / "train_config.yaml"
+    cfg_file.write_text(yaml.safe_dump(old(yaml.safe_load(cfg_file.read_text())), sort_keys=False).replace("bf16: 'off'", "bf16: off"))
+    for state_file in (run / "checkpoints").glob("step-*/state.json"):
+        state = json.loads(state_file.read_text())
+        state_file.write_text(json.dumps({**state, "config": old(state["config"])}))
+
+
 def test_exact_resume(tmp_path: Path, images: Path) -> None:
     cfg = tiny_config()
     one = train(cfg, str(images), tmp_path / "one", progress=False)
@@ -54,6 +71,14 @@ def test_exact_resume(tmp_path: Path, images: Path) -> None:
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    # a run folder written by vqtok 0.1 (config keys bf16 / ckpt_every) resumes exactly: same layout, old names
+    Trainer(cfg, str(images), tmp_path / "old", progress=False).train(steps=3)
+    _to_v01_names(tmp_path / "old")
+    old_cfg = TrainConfig.from_yaml(tmp_path / "old" / "train_config.yaml")
+    assert old_cfg == cfg
+    three = Trainer(old_cfg, str(images), tmp_path / "old", progress=False).train()
+    c = _params(three.final)
+    assert three.steps == 6 and all(torch.equal(a[k], c[k]) for k in a)
     # the adversarial loss was on (disc_start=2) and the log has train + val records
     records = [json.loads(line) for line in (tmp_path / "one" / "log.jsonl").read_text().splitlines()]
     assert any(r["kind"] == "train" and r["lambda"] > 0 for r in records)
@@ -76,7 +101,7 @@ def test_exported_model_loads_in_tokenizer(tmp_path: Path, images: Path) -> None
 
 def test_vanilla_ema_bf16_and_fine_tune(tmp_path: Path, images: Path) -> None:
     vanilla = VQGANConfig(**{**TINY.to_dict(), "l2_norm_codes": False, "legacy_loss": True, "embed_dim": 16})
-    cfg = tiny_config(model=vanilla, steps=2, grad_accum=1, bf16="on", codebook=CodebookConfig(ema=True, kmeans_init=False, dead_after=0),
+    cfg = tiny_config(model=vanilla, steps=2, grad_accum=1, precision="bf16", codebook=CodebookConfig(ema=True, kmeans_init=False, dead_after=0),
                       loss=LossConfig(perceptual_weight=0.0, disc_weight=0.0))
     first = train(cfg, str(images), tmp_path / "a", progress=False)
     second = Trainer(cfg, str(images), tmp_path / "b", progress=False, init_weights=first.final)
@@ -106,7 +131,9 @@ def test_cli_train(tmp_path: Path, images: Path, capsys: pytest.CaptureFixture[s
 def test_cli_set_overrides() -> None:
     from vqtok.training.commands import apply_overrides
 
-    cfg = apply_overrides(TrainConfig(), ["data.max_zoom_out=8", "steps=12", "bf16=off", "model.n_embed=256"])
-    assert cfg.data.max_zoom_out == 8 and cfg.steps == 12 and cfg.bf16 == "off" and cfg.model.n_embed == 256
+    cfg = apply_overrides(TrainConfig(), ["data.max_zoom_out=8", "steps=12", "precision=bf16", "model.n_embed=256"])
+    assert cfg.data.max_zoom_out == 8 and cfg.steps == 12 and cfg.precision == "bf16" and cfg.model.n_embed == 256
+    old = apply_overrides(TrainConfig(), ["bf16=off", "ckpt_every=7"])  # vqtok 0.1 names still work
+    assert old.precision == "fp32" and old.checkpoint_every == 7
     with pytest.raises(ValueError, match="unknown config key"):
         apply_overrides(TrainConfig(), ["data.zoom=8"])

@@ -21,7 +21,7 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["atomic_write", "remove_stale_tmp"]
+__all__ = ["atomic_write", "remove_stale_tmp", "temporary_path"]
 
 _TMP = ".tmp-"  # <name>.tmp-<host>-<pid>: the temporary file or folder being written
 _OLD = ".old-"  # <name>.old-<host>-<pid>: a replaced folder, removed after the swap
@@ -53,7 +53,7 @@ def atomic_write(path: str | os.PathLike[str], *, mode: int | None = 0o644, owne
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}{_TMP}{owner or _owner()}")
+    tmp = temporary_path(target, owner=owner)
     _remove(tmp)
     try:
         yield tmp
@@ -72,6 +72,13 @@ def atomic_write(path: str | os.PathLike[str], *, mode: int | None = 0o644, owne
     except BaseException:
         _remove(tmp)
         raise
+
+
+def temporary_path(path: str | os.PathLike[str], *, owner: str | None = None) -> Path:
+    """The temporary name :func:`atomic_write` writes ``path`` under (other ranks filling the same
+    folder with an agreed ``owner`` use this to find it)."""
+    target = Path(path)
+    return target.with_name(f"{target.name}{_TMP}{owner or _owner()}")
 
 
 def remove_stale_tmp(path: str | os.PathLike[str]) -> list[Path]:

@@ -3,8 +3,11 @@
 Each subsystem contributes its subcommands through a module with
 ``add_commands(subparsers) -> None``; every subparser sets ``func=handler`` where
 ``handler(args: argparse.Namespace) -> int`` returns the exit code. Expected failures
-(bad input, missing files) raise ``ValueError``/``TypeError``/``FileNotFoundError``/
-``VqtokError`` and are printed as one line on stderr with exit code 2 (no traceback).
+(bad input, missing files, an unusable ``--device``) raise one of :data:`EXPECTED_ERRORS`
+(``ValueError``, ``TypeError``, ``FileNotFoundError``, ...) and are printed as one line on
+stderr with exit code 2 (no traceback). Library messages do not name command-line flags; a
+handler that wants a flag in the message catches and rewords (e.g. ``pretokenize``'s
+``--max-error-rate``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from vqtok import __version__
 # Modules that register subcommands, in the order they appear in --help.
 COMMAND_MODULES: tuple[str, ...] = (
     "vqtok.commands",
+    "vqtok.convert.commands",
     "vqtok.pipeline.commands",
     "vqtok.metrics.commands",
     "vqtok.training.commands",

@@ -1,33 +1,99 @@
-"""Core subcommands: ``encode``, ``decode``, ``info``, ``convert`` (taming, llamagen, diffusers), ``export`` (diffusers)."""
+"""Core subcommands (``encode``, ``decode``, ``info``) and the options every command family shares.
+
+Shared options: :func:`add_model_arguments` (``--model/--device/--precision/--batch-size``),
+:func:`add_device_argument` (``--device``, default ``auto``; checked by :func:`device_from_args`)
+and :func:`add_out_argument` (``--out``/``-o``; ``--output`` is a hidden alias).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
 from vqtok.tokenizer import Tokenizer
 
+if TYPE_CHECKING:
+    import torch
+
 logger = logging.getLogger(__name__)
+
+N = TypeVar("N", int, float)
 
 _CHUNK = 64  # images per load/encode (or decode/save) round in the encode/decode commands
 
-__all__ = ["add_commands", "add_model_arguments", "tokenizer_from_args", "ids_dtype"]
+__all__ = [
+    "add_commands",
+    "add_device_argument",
+    "add_model_arguments",
+    "add_out_argument",
+    "device_from_args",
+    "ids_dtype",
+    "number_in",
+    "positive_int",
+    "tokenizer_from_args",
+]
 
 
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
+def number_in(kind: Callable[[str], N], low: N, high: N | None = None) -> Callable[[str], N]:
+    """argparse type: a ``kind`` (int / float) in ``[low, high]`` (argparse names the option in its error)."""
+
+    def parse(text: str) -> N:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        if value < low or (high is not None and value > high):  # type: ignore[operator]
+            bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        return value
+
+    return parse
+
+
+positive_int = number_in(int, 1)  # argparse type: an integer >= 1
+
+
+def add_device_argument(p: argparse.ArgumentParser, *, default: str | None = "auto", default_help: str = "auto") -> None:
+    """``--device``: auto (CUDA when available, else CPU), cpu, cuda, cuda:N."""
+    p.add_argument(
+        "--device",
+        default=default,
+        help=f"auto (CUDA when available), cpu, cuda, cuda:N; under torchrun cuda is cuda:$LOCAL_RANK (default: {default_help})",
+    )
+
+
+def device_from_args(args: argparse.Namespace) -> torch.device:
+    """The checked ``--device`` (an unusable one is a ValueError: one line, exit status 2)."""
+    from vqtok._runtime import resolve_device
+
+    return resolve_device(args.device)
+
+
+def add_out_argument(
+    p: argparse.ArgumentParser | argparse._ArgumentGroup, help: str, *, required: bool = True, default: str | None = None
+) -> None:
+    """``--out``/``-o`` (the one spelling of every command's output; ``--output`` still works, unlisted)."""
+    group = p.add_mutually_exclusive_group(required=required)
+    group.add_argument("--out", "-o", dest="out", default=default, metavar="OUT", help=help)
+    group.add_argument("--output", dest="out", default=default, help=argparse.SUPPRESS)
+
+
+def add_model_arguments(p: argparse.ArgumentParser, *, batch_size: int = 32) -> None:
     """--model / --device / --precision / --batch-size, shared by every command that runs a tokenizer."""
     p.add_argument("--model", "-m", default=None, help="model folder or Hub repo id (default: the built-in tokenizer)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
+    add_device_argument(p)
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="fp32 is exact (default)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    p.add_argument("--batch-size", type=positive_int, default=batch_size, help=f"images per forward pass (default: {batch_size})")
 
 
 def tokenizer_from_args(args: argparse.Namespace) -> Tokenizer:
-    return Tokenizer.load(args.model, device=args.device, precision=args.precision, batch_size=args.batch_size)
+    return Tokenizer.load(args.model, device=device_from_args(args), precision=args.precision, batch_size=args.batch_size)
 
 
 def ids_dtype(codebook_size: int) -> np.dtype:
@@ -109,53 +175,17 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _convert_taming(args: argparse.Namespace) -> int:
-    from vqtok.convert.taming import from_taming
-
-    tok = from_taming(args.ckpt, config=args.config)
-    out = tok.save_pretrained(args.out)
-    print(f"converted {args.ckpt} ({tok.codebook_size} codes, f{tok.downsample_factor}) -> {out}")
-    return 0
-
-
-def _convert_llamagen(args: argparse.Namespace) -> int:
-    from vqtok.convert.llamagen import from_llamagen
-
-    tok = from_llamagen(args.ckpt, ema=args.ema)
-    out = tok.save_pretrained(args.out)
-    print(f"converted {args.ckpt} ({'ema' if args.ema else 'model'} weights, {tok.codebook_size} codes, f{tok.downsample_factor}) -> {out}")
-    return 0
-
-
-def _convert_diffusers(args: argparse.Namespace) -> int:
-    from vqtok.convert.diffusers import from_diffusers
-
-    tok = from_diffusers(args.source, subfolder=args.subfolder, revision=args.revision)
-    out = tok.save_pretrained(args.out)
-    print(f"converted diffusers VQModel {args.source} ({tok.codebook_size} codes, f{tok.downsample_factor}) -> {out}")
-    return 0
-
-
-def _export_diffusers(args: argparse.Namespace) -> int:
-    from vqtok.convert.diffusers import to_diffusers
-
-    tok = tokenizer_from_args(args)
-    out = to_diffusers(tok, args.out)
-    print(f"exported {args.model or 'default'} as a diffusers VQModel -> {out} (load with diffusers.VQModel.from_pretrained)")
-    return 0
-
-
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("encode", help="images -> token ids (.npy)")
     p.add_argument("images", nargs="+", help="image files")
-    p.add_argument("--out", "-o", required=True, help="output .npy file: (B, h, w) ids, uint16 or int32")
+    add_out_argument(p, "output .npy file: (B, h, w) ids, uint16 or int32")
     p.add_argument("--size", type=int, default=None, help="resize shorter side to S and center-crop SxS")
     add_model_arguments(p)
     p.set_defaults(func=_encode)
 
     p = sub.add_parser("decode", help="token ids (.npy) -> PNG images")
     p.add_argument("ids", help=".npy file of (h, w) or (B, h, w) integer ids")
-    p.add_argument("--out", "-o", required=True, help="output folder for 000000.png, 000001.png, ...")
+    add_out_argument(p, "output folder for 000000.png, 000001.png, ...")
     add_model_arguments(p)
     p.set_defaults(func=_decode)
 
@@ -163,31 +193,3 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", nargs="?", default=None, help="model folder or Hub repo id (default: built-in)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_info, device="cpu", precision="fp32", batch_size=1)
-
-    p = sub.add_parser("convert", help="import a checkpoint of another code base")
-    families = p.add_subparsers(dest="family", metavar="FAMILY")
-    families.required = True
-    t = families.add_parser("taming", help="taming-transformers VQModel .ckpt")
-    t.add_argument("ckpt", help="Lightning .ckpt (or torch.save state dict)")
-    t.add_argument("--config", default=None, help="taming model YAML (default: infer from the weights)")
-    t.add_argument("--out", "-o", required=True, help="output model folder")
-    t.set_defaults(func=_convert_taming)
-    t = families.add_parser("llamagen", help="LlamaGen VQ tokenizer .pt (vq_ds16_c2i.pt, vq_ds8_c2i.pt, ...)")
-    t.add_argument("ckpt", help="LlamaGen torch.save checkpoint ({'model': ..., 'args': ...} or a state dict)")
-    t.add_argument("--ema", action="store_true", help="take the 'ema' weights instead of 'model'")
-    t.add_argument("--out", "-o", required=True, help="output model folder")
-    t.set_defaults(func=_convert_llamagen)
-    t = families.add_parser("diffusers", help="diffusers VQModel folder or Hub repo")
-    t.add_argument("source", help="folder with config.json + diffusion_pytorch_model.safetensors, or a Hub repo id")
-    t.add_argument("--subfolder", default=None, help="subfolder of a pipeline repo holding the VQModel, e.g. vqvae")
-    t.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
-    t.add_argument("--out", "-o", required=True, help="output model folder")
-    t.set_defaults(func=_convert_diffusers)
-
-    p = sub.add_parser("export", help="write a model in another library's format")
-    targets = p.add_subparsers(dest="target", metavar="FORMAT")
-    targets.required = True
-    t = targets.add_parser("diffusers", help="diffusers VQModel folder (VQModel.from_pretrained)")
-    t.add_argument("model", help="vqtok model folder or Hub repo id")
-    t.add_argument("--out", "-o", required=True, help="output folder")
-    t.set_defaults(func=_export_diffusers, device="cpu", precision="fp32", batch_size=1)

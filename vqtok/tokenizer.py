@@ -136,8 +136,13 @@ class Tokenizer:
         )
 
     def to_diffusers(self, directory: str | os.PathLike[str]) -> Path:
-        """Write a diffusers ``VQModel`` folder: same as :func:`vqtok.convert.to_diffusers` (self, directory)."""
-        from vqtok.convert import diffusers  # imported here: vqtok.convert imports this module
+        """Deprecated (removed in 0.3): use :func:`vqtok.convert.to_diffusers` (tokenizer, directory)."""
+        import warnings
+
+        from vqtok.convert import diffusers  # the one deferred import back into convert (tests/test_imports.py)
+
+        warnings.warn("Tokenizer.to_diffusers is deprecated; use vqtok.convert.to_diffusers(tokenizer, directory)",
+                      DeprecationWarning, stacklevel=2)
 
         return diffusers.to_diffusers(self, directory)
 

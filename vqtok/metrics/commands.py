@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from vqtok.commands import add_model_arguments, add_out_argument, device_from_args, positive_int, tokenizer_from_args
+
 logger = logging.getLogger(__name__)
 
 
@@ -25,14 +27,11 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--data", nargs="+", action="extend", default=None, metavar="SHARDS_OR_FOLDER",
                    help="image folder (recursive), image files, globs, or WebDataset shards "
                    "(data/val-{000000..000009}.tar); several allowed")
-    p.add_argument("--model", default=None, help="tokenizer folder or Hub repo (default: the packaged default tokenizer)")
+    add_model_arguments(p, batch_size=8)
     p.add_argument("--size", type=int, default=256, help="resize shorter side to S and center-crop SxS (default 256; 0 = keep sizes)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N readable images (in input order)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default="report.json", metavar="REPORT.json",
-                   help="JSON report path (default ./report.json). A path not ending in .json is a folder: "
-                   "FOLDER/eval.json and FOLDER/grid.png (older form)")
+    p.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N readable images (in input order)")
+    add_out_argument(p, "JSON report path (default ./report.json). A path not ending in .json is a folder: "
+                     "FOLDER/eval.json and FOLDER/grid.png (older form)", required=False, default="report.json")
     p.add_argument("--grid", default=None, metavar="PNG", help="write originals (top rows) above reconstructions to this PNG")
     p.add_argument("--grid-count", type=int, default=8, help="images in the grid (default 8)")
     p.add_argument("--grid-columns", type=int, default=8, help="images per grid row (default 8)")
@@ -89,12 +88,6 @@ def run_usage(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_tokenizer(args: argparse.Namespace) -> Any:
-    from vqtok import Tokenizer
-
-    return Tokenizer.load(args.model, device=args.device, batch_size=args.batch_size)
-
-
 def _output_paths(args: argparse.Namespace) -> tuple[Path, Path | None, Path | None]:
     """(report, grid, usage plot) paths from --out/--grid/--usage-plot."""
     out = Path(args.out).expanduser()
@@ -125,16 +118,15 @@ def run_eval(args: argparse.Namespace) -> int:
 
     if args.size is not None and args.size < 0:
         raise ValueError("--size must be >= 0")
-    if args.limit is not None and args.limit < 1:
-        raise ValueError("--limit must be >= 1")
     if args.grid_count < 1 or args.grid_columns < 1:
         raise ValueError("--grid-count and --grid-columns must be >= 1")
     specs = list(args.data or []) + list(args.images or [])
     if not specs:
         raise ValueError("no input: give --data SHARDS_OR_FOLDER (an image folder, image files/globs or .tar shards)")
     report_path, grid_path, plot_path = _output_paths(args)
+    device = device_from_args(args)
     source = resolve_data(specs)
-    tok = _load_tokenizer(args)
+    tok = tokenizer_from_args(args)
     skipped: dict[str, str] = {}
 
     inception = None
@@ -142,7 +134,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.fid is not False:
         try:
             inception, inception_info = load_fid_inception(
-                args.inception_weights, preprocess=args.fid_preprocess, allow_download=not args.offline, device=args.device
+                args.inception_weights, preprocess=args.fid_preprocess, allow_download=not args.offline, device=device
             )
         except FileNotFoundError as err:
             if args.fid or args.inception_weights is not None:
@@ -157,7 +149,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.lpips is not False:
         try:
             lpips_model, lpips_info = load_lpips(
-                vgg_weights=args.vgg_weights, lin_weights=args.lpips_weights, allow_download=not args.offline, device=args.device
+                vgg_weights=args.vgg_weights, lin_weights=args.lpips_weights, allow_download=not args.offline, device=device
             )
         except FileNotFoundError as err:
             if args.lpips or args.vgg_weights is not None or args.lpips_weights is not None:

@@ -5,29 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vqtok.pipeline.shards import DEFAULT_KEEP
+from vqtok.commands import add_model_arguments, add_out_argument, device_from_args, number_in
+from vqtok.tokens import DEFAULT_KEEP
 
 __all__ = ["add_commands"]
 
 
 def _size(text: str) -> int | None:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--size must be an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"--size must be >= 0, got {value}")
-    return value or None
-
-
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--max-error-rate must be a number, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"--max-error-rate must be in [0, 1], got {value}")
-    return value
+    return number_in(int, 0)(text) or None  # 0 = keep the image size
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -35,13 +20,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
         "pretokenize",
         help="tokenize WebDataset image shards into token shards (one output shard per input shard)",
         description=(
-            "Tokenize WebDataset tar shards of images into token shards: OUTPUT/<name>.tar with "
-            "<key>.ids.npy (+ kept fields) and OUTPUT/<name>.json with counts, failures and the code "
-            "histogram, plus OUTPUT/manifest.json. Finished shards are skipped on re-runs. Under torchrun "
+            "Tokenize WebDataset tar shards of images into token shards: OUT/<name>.tar with "
+            "<key>.ids.npy (+ kept fields) and OUT/<name>.json with counts, failures and the code "
+            "histogram, plus OUT/manifest.json. Finished shards are skipped on re-runs. Under torchrun "
             "(RANK/WORLD_SIZE set) rank r handles input shards i with i %% WORLD_SIZE == r."
         ),
     )
-    p.add_argument("--model", default=None, help="model folder or Hub id (default: the model shipped with vqtok)")
+    add_model_arguments(p)
     p.add_argument(
         "--input",
         required=True,
@@ -52,12 +37,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
             "'pipe:CMD' (e.g. 'pipe:aws s3 cp s3://b/train-{000..099}.tar -'); quote patterns"
         ),
     )
-    p.add_argument("--output", required=True, help="output folder (one model per folder)")
+    add_out_argument(p, "output folder (one model per folder)")
     p.add_argument("--size", type=_size, default=256, help="resize shorter side + center crop to SIZE (0: keep size; default 256)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     p.add_argument("--workers", type=int, default=None, help="image decoding processes (default: CPUs - 1, at most 4)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... ('cuda' under torchrun means cuda:$LOCAL_RANK)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="model precision (default fp32)")
     p.add_argument(
         "--keep",
         default=",".join(DEFAULT_KEEP),
@@ -65,7 +47,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     )
     p.add_argument(
         "--max-error-rate",
-        type=_rate,
+        type=number_in(float, 0.0, 1.0),
         default=0.01,
         help="exit with status 1 at the end when more than this fraction of samples failed (default 0.01)",
     )
@@ -78,18 +60,17 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
 def _run(args: argparse.Namespace) -> int:
     from vqtok.pipeline.driver import ErrorRateExceeded, ShardsNotFetched, pretokenize
 
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     keep = tuple(k for k in (s.strip() for s in args.keep.split(",")) if k)
+    device = device_from_args(args)
     try:
         result = pretokenize(
             args.input[0] if len(args.input) == 1 else args.input,
-            args.output,
+            args.out,
             model=args.model,
             size=args.size,
             batch_size=args.batch_size,
             workers=args.workers,
-            device=args.device,
+            device=str(device),
             precision=args.precision,
             keep=keep,
             max_error_rate=args.max_error_rate,
@@ -104,8 +85,13 @@ def _run(args: argparse.Namespace) -> int:
             print(f"  {shard}: {reason}", file=sys.stderr)
         return 1
     except ErrorRateExceeded as err:
-        print(err.result.summary())
-        print(f"vqtok pretokenize: error: {err}", file=sys.stderr)
+        r = err.result
+        print(r.summary())
+        print(
+            f"vqtok pretokenize: error: {r.samples_failed} of {r.samples_total} samples failed "
+            f"({100 * r.error_rate:.2f}% > --max-error-rate {100 * err.max_error_rate:.2f}%)",
+            file=sys.stderr,
+        )
         for shard, key, reason in err.result.failures[:10]:
             print(f"  {shard}: {key}: {reason}", file=sys.stderr)
         if len(err.result.failures) > 10:

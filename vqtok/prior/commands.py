@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from vqtok.commands import add_device_argument, add_out_argument, device_from_args, positive_int
+
 __all__ = ["add_commands", "parse_grid"]
 
 
@@ -32,15 +34,15 @@ def add_commands(subparsers: Any) -> None:
         description="Train a GPT prior over codebook ids from `vqtok pretokenize` shards.",
     )
     p.add_argument("--tokens", help="token shards, e.g. 'tokens/train-{000000..000099}.tar' (or set in --config)")
-    p.add_argument("--out", required=True, help="output folder (model, checkpoint/, log.jsonl)")
-    p.add_argument("--config", help="PriorTrainConfig as YAML (needs pyyaml) or JSON")
-    p.add_argument("--steps", type=int, help="total optimizer steps")
-    p.add_argument("--batch-size", type=int, help="global batch size per optimizer step")
-    p.add_argument("--grad-accum", type=int, help="micro-steps per optimizer step")
+    add_out_argument(p, "run folder (model, checkpoints/, log.jsonl)")
+    p.add_argument("--config", help="PriorTrainConfig as YAML or JSON")
+    p.add_argument("--steps", type=positive_int, help="total optimizer steps")
+    p.add_argument("--batch-size", type=positive_int, help="global batch size per optimizer step")
+    p.add_argument("--grad-accum", type=positive_int, help="micro-steps per optimizer step")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--val-tokens", help="validation token shards (default: hold out val_fraction)")
     p.add_argument("--seed", type=int, help="seed of init, data order and label dropout")
-    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    add_device_argument(p, default=None, default_help="the config's device, auto")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), help="autocast precision")
     p.add_argument(
         "--stop-after", type=int, help="stop with a checkpoint after this step (time-sliced jobs; schedule unchanged)"
@@ -56,8 +58,8 @@ def add_commands(subparsers: Any) -> None:
     )
     s.add_argument("--prior", required=True, help="prior folder or Hub repo id")
     s.add_argument("--tokenizer", default=None, help="tokenizer folder or Hub repo id (default: the built-in tokenizer)")
-    s.add_argument("--out", required=True, help="output image (png/jpg)")
-    s.add_argument("--n", type=int, default=16, help="number of samples (default 16)")
+    add_out_argument(s, "output image (png/jpg)")
+    s.add_argument("--n", type=positive_int, default=16, help="number of samples (default 16)")
     s.add_argument("--label", type=int, help="class label (class-conditional priors)")
     s.add_argument(
         "--grid", type=parse_grid, help="token grid HxW (default: the trained grid; larger = sliding window)"
@@ -68,10 +70,10 @@ def add_commands(subparsers: Any) -> None:
     s.add_argument("--top-p", type=float)
     s.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (needs --label)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--batch-size", type=int, default=16, help="samples generated at once")
+    s.add_argument("--batch-size", type=positive_int, default=16, help="samples generated at once")
     s.add_argument("--nrow", type=int, help="images per row of the grid (default: ~sqrt(n))")
     s.add_argument("--save-ids", help="also write the sampled ids (n, h, w) to this .npy file")
-    s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_device_argument(s)
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(func=_sample)
 
@@ -102,16 +104,8 @@ def _train_prior(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         return 0
     val = f"{result.val_bits_per_token:.4f}" if result.val_bits_per_token is not None else "n/a"
-    print(f"trained {result.step} steps: loss {result.train_loss:.4f} nats/token, val {val} bits/token -> {result.out}")
+    print(f"trained {result.steps} steps: loss {result.train_loss:.4f} nats/token, val {val} bits/token -> {result.out}")
     return 0
-
-
-def _device(name: str) -> Any:
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _image_grid(images: list[Any], *, nrow: int, pad: int = 2) -> Any:
@@ -145,9 +139,7 @@ def _sample(args: argparse.Namespace) -> int:
     from vqtok.prior.gpt import GPT
     from vqtok.tokenizer import Tokenizer
 
-    if args.n < 1 or args.batch_size < 1:
-        raise ValueError("--n and --batch-size must be >= 1")
-    device = _device(args.device)
+    device = device_from_args(args)
     prior = GPT.from_pretrained(args.prior, device=device)
     tok = Tokenizer.load(args.tokenizer, device=device)
     if int(tok.codebook_size) != prior.config.vocab_size:

@@ -30,12 +30,16 @@ import dataclasses
 import logging
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
+
+from vqtok.prior.sampling import resolve_grid, resolve_window, sample_logits, window_context, window_for
 
 logger = logging.getLogger(__name__)
 
@@ -126,10 +130,8 @@ class CausalSelfAttention(nn.Module):
         self.resid_drop = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor, *, cache: KVCache | None = None, layer: int = 0) -> Tensor:
-        B, L, C = x.shape  # x: (B, L, C)
-        q, k, v = self.qkv(x).split(C, dim=2)
-        # (B, L, C) -> (B, nh, L, hd)
-        q, k, v = (t.view(B, L, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        L = x.shape[1]  # x: (B, L, C)
+        q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.n_head)  # 3× (B, nh, L, hd)
         drop = self.dropout if self.training else 0.0
         if cache is None:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True)
@@ -144,7 +146,7 @@ class CausalSelfAttention(nn.Module):
             else:  # query i (absolute start+i) sees keys 0..start+i
                 mask = torch.ones(L, start + L, dtype=torch.bool, device=x.device).tril(diagonal=start)
                 y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=drop)
-        y = y.transpose(1, 2).contiguous().view(B, L, C)
+        y = rearrange(y, "b h l d -> b l (h d)")  # (B, nh, L, hd) -> (B, L, C)
         return self.resid_drop(self.proj(y))
 
 
@@ -303,6 +305,7 @@ class GPT(nn.Module):
         return KVCache.empty(self.config, batch, device=self.device, dtype=self.tok_emb.weight.dtype)
 
     # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
     def generate(
         self,
         n: int,
@@ -318,23 +321,66 @@ class GPT(nn.Module):
         use_cache: bool = True,
         progress: bool = False,
     ) -> Tensor:
-        """Sample ``n`` token grids -> (n, h, w) long; see :func:`vqtok.prior.sampling.generate`."""
-        from vqtok.prior.sampling import generate
+        """Sample ``n`` token grids -> ids (n, h, w) long on the model's device (see :mod:`vqtok.prior.sampling`).
 
-        return generate(
-            self,
-            n,
-            labels=labels,
-            grid=grid,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            cfg_scale=cfg_scale,
-            generator=generator,
-            window=window,
-            use_cache=use_cache,
-            progress=progress,
-        )
+        labels: None (unconditional / null class), an int for all samples, or (n,) ids (-1 = none).
+        grid: (h, w); defaults to the trained grid. Grids larger than the trained grid use the
+        sliding window (shape ``window``, default ``config.train_grid``).
+        temperature / top_k / top_p: logits filtering (:func:`~vqtok.prior.sampling.sample_logits`).
+        cfg_scale: classifier-free guidance scale (needs labels; 1 = off).
+        use_cache: False re-runs the full context every step (reference path; same tokens).
+        """
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        geometry = {"block_size": self.config.block_size, "train_grid": self.config.train_grid}
+        H, W = resolve_grid(grid, **geometry)
+        win = resolve_window((H, W), window, **geometry)
+        cond = self._labels(torch.as_tensor(labels) if labels is not None else None, n)  # (n,)
+        guided = cfg_scale != 1.0
+        if guided and (labels is None or self.config.n_classes == 0):
+            raise ValueError("cfg_scale != 1 needs a class-conditional model and labels")
+        lab = torch.cat([cond, torch.full_like(cond, self.config.null_class)]) if guided else cond  # (n or 2n,)
+
+        def pick(logits: Tensor) -> Tensor:  # logits (n or 2n, V) -> (n,)
+            logits = logits.float()
+            if guided:
+                lc, lu = logits[:n], logits[n:]
+                logits = lu + cfg_scale * (lc - lu)
+            return sample_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+
+        def dup(x: Tensor) -> Tensor:  # batch for the (maybe doubled) model input
+            return torch.cat([x, x]) if guided else x
+
+        was_training = self.training
+        self.eval()
+        out = torch.zeros(n, H, W, dtype=torch.long, device=self.device)
+        cache = self.new_cache(lab.shape[0]) if use_cache else None
+        cached_at: tuple[int, int] | None = None  # window origin the cache holds the context of
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=H * W, desc="sampling", unit="tok", leave=False, file=sys.stderr)
+        try:
+            for i in range(H):
+                for j in range(W):
+                    ctx = window_context(out, win, i, j)  # (n, L)
+                    w = window_for((H, W), win, i, j)
+                    if cache is None:
+                        logits = self.next_logits(dup(ctx), lab)
+                    elif cached_at == (w.top, w.left) and cache.length == ctx.shape[1]:
+                        logits = self.step(dup(ctx[:, -1]), lab, cache)  # same window: feed the token sampled last
+                    else:  # first token, or the window moved: fill the cache with the context
+                        logits = self.prefill(dup(ctx), lab, cache)
+                        cached_at = (w.top, w.left)
+                    out[:, i, j] = pick(logits)
+                    if bar is not None:
+                        bar.update()
+        finally:
+            if bar is not None:
+                bar.close()
+            self.train(was_training)
+        return out
 
     # ------------------------------------------------------------------ I/O
     def state_dict_for_save(self) -> dict[str, Tensor]:

@@ -10,14 +10,20 @@
   of the corpus and step ``s`` takes global samples ``s·B .. s·B+B-1`` of that stream; label
   dropout is drawn from a generator seeded the same way. Resuming therefore continues the
   data stream exactly.
-* Checkpoint (``<out>/checkpoint/``, replaced atomically): the model folder
-  (``model.safetensors`` + ``config.json``), ``trainer_state.pt`` (optimizer state, step,
-  train config; plain tensors/dicts, loaded with ``weights_only=True``) and
-  ``rng_rank<r>.pt`` (torch/CUDA/numpy/python RNG states of each rank, for dropout).
-  Resuming from it reproduces an uninterrupted run's weights exactly (same hardware).
-* Logs: ``<out>/log.jsonl`` (one JSON object per logged step / validation) and a tqdm bar
-  on stderr. Validation NLL is reported in bits per token.
-* The latest weights are also written to ``<out>/`` itself, so ``vqtok sample --prior <out>`` works.
+* Output folder, the layout of the VQGAN trainer (:mod:`vqtok.training.trainer`)::
+
+    OUT/train_config.yaml            the run's PriorTrainConfig
+    OUT/log.jsonl                    one JSON object per logged step / validation
+    OUT/checkpoints/step-NNNNNNN/    model folder (model.safetensors + config.json), optim.pt
+                                     (optimizer state, loaded with weights_only=True), rng_rank<r>.pt
+                                     (torch/CUDA/numpy/python RNG states of each rank, for dropout),
+                                     state.json (step, train config; written last)
+    OUT/checkpoints/latest           name of the newest complete checkpoint (keep_checkpoints are kept)
+    OUT/model.safetensors, config.json  the latest weights, so ``vqtok sample --prior OUT`` works
+
+  Resuming reproduces an uninterrupted run's weights exactly (same hardware). A run folder of
+  vqtok 0.1 (``OUT/checkpoint/`` with ``trainer_state.pt``) is resumed too.
+* Validation NLL is reported in bits per token; a tqdm bar goes to stderr.
 """
 
 from __future__ import annotations
@@ -32,24 +38,51 @@ import random
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from vqtok.data import TokenCorpus, load_token_corpus
+from vqtok._runtime import (
+    CHECKPOINTS_DIR,
+    CONFIG_NAME,
+    LOG_NAME,
+    CheckpointDir,
+    Distributed,
+    append_jsonl,
+    autocast,
+    autocast_dtype,
+    check_precision,
+    init_distributed,
+    read_config_file,
+    read_jsonl,
+    resolve_device,
+    write_config_file,
+)
+from vqtok.tokens import TokenCorpus, load_token_corpus
 from vqtok.prior.gpt import GPT, GPTConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PriorTrainConfig", "TrainResult", "load_train_config", "train", "build_model_config", "lr_at"]
+__all__ = [
+    "PriorTrainConfig",
+    "PriorTrainResult",
+    "TrainResult",
+    "build_model_config",
+    "iter_log",
+    "load_train_config",
+    "lr_at",
+    "train",
+]
 
-CHECKPOINT_DIR = "checkpoint"
-STATE_NAME = "trainer_state.pt"
-LOG_NAME = "log.jsonl"
+STATE_NAME = "state.json"  # step + train config of a checkpoint (the VQGAN trainer's name)
+OPTIM_NAME = "optim.pt"  # optimizer state of a checkpoint
+LEGACY_CHECKPOINT_DIR = "checkpoint"  # vqtok 0.1: one OUT/checkpoint/ folder ...
+LEGACY_STATE_NAME = "trainer_state.pt"  # ... holding step, optimizer state and train config in one file
 
 
 @dataclass
@@ -79,6 +112,7 @@ class PriorTrainConfig:
     log_every: int = 50  # steps between log.jsonl lines
     val_every: int = 1000  # steps between validations (and at the end)
     checkpoint_every: int = 1000  # steps between checkpoints (and at the end)
+    keep_checkpoints: int = 2  # newest checkpoints/step-N folders kept
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" ...
 
     def __post_init__(self) -> None:
@@ -90,11 +124,12 @@ class PriorTrainConfig:
             "warmup_steps": self.warmup_steps >= 0,
             "label_dropout": 0.0 <= self.label_dropout < 1.0,
             "val_fraction": 0.0 <= self.val_fraction < 1.0,
-            "precision": self.precision in ("auto", "bf16", "fp32"),
             "log_every": self.log_every >= 1,
             "val_every": self.val_every >= 1,
             "checkpoint_every": self.checkpoint_every >= 1,
+            "keep_checkpoints": self.keep_checkpoints >= 1,
         }
+        check_precision(self.precision)
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ValueError(
@@ -119,35 +154,27 @@ class PriorTrainConfig:
 
 
 def load_train_config(path: str | os.PathLike[str]) -> PriorTrainConfig:
-    """Read a ``PriorTrainConfig`` from JSON or YAML (YAML needs the optional ``pyyaml``)."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"config file {p} does not exist")
-    text = p.read_text()
-    if p.suffix.lower() in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError as err:
-            raise ValueError(f"{p} is YAML but pyyaml is not installed: `pip install pyyaml` or use JSON") from err
-        data = yaml.safe_load(text)
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{p} is not valid JSON ({err}); YAML files need a .yaml/.yml suffix") from err
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{p} must hold a mapping of config keys")
-    return PriorTrainConfig.from_dict(data)
+    """Read a ``PriorTrainConfig`` from YAML (``.yaml`` / ``.yml``) or JSON."""
+    return PriorTrainConfig.from_dict(read_config_file(path))
 
 
 @dataclass
-class TrainResult:
-    step: int  # optimizer steps done in total
+class PriorTrainResult:
+    """What :func:`train` did (the VQGAN trainer's :class:`vqtok.training.TrainResult` has the same first three fields)."""
+
+    out: Path  # run folder
+    final: Path  # folder of the latest model weights (= out: GPT.from_pretrained(final))
+    steps: int  # optimizer steps done in total
     train_loss: float  # last logged training loss (nats/token)
     val_bits_per_token: float | None  # last validation NLL, None if no validation set
-    out: Path  # output folder (holds the final model)
+
+    @property
+    def step(self) -> int:
+        """Old name of ``steps`` (vqtok 0.1); kept until vqtok 0.3."""
+        return self.steps
+
+
+TrainResult = PriorTrainResult  # old name (vqtok 0.1), kept until vqtok 0.3
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -224,26 +251,6 @@ def build_model_config(cfg: PriorTrainConfig, corpus: TokenCorpus) -> GPTConfig:
     return GPTConfig(**m)
 
 
-def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 if requested/auto and supported on ``device``, else None (fp32)."""
-    if precision == "fp32":
-        return None
-    if device.type == "cuda":
-        ok = torch.cuda.is_bf16_supported()
-    elif precision == "auto":
-        ok = False  # bf16 matmuls on most CPUs are emulated and slower than fp32
-    else:
-        try:
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
-                torch.ones(2, 2, device=device) @ torch.ones(2, 2, device=device)
-            ok = True
-        except (RuntimeError, TypeError):
-            ok = False
-    if precision == "bf16" and not ok:
-        logger.warning("bf16 autocast is not supported on %s; training in fp32", device)
-    return torch.bfloat16 if ok else None
-
-
 def _rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     return {
@@ -272,42 +279,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-@dataclass
-class _Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    initialized_here: bool = False
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _init_distributed(device_pref: str) -> tuple[_Dist, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device_pref == "auto":
-        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(device_pref)
-        if device.type == "cuda" and device.index is None:
-            device = torch.device(f"cuda:{local_rank}")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if world <= 1:
-        return _Dist(), device
-    import torch.distributed as dist
-
-    created = False
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-        created = True
-    return _Dist(
-        rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank, initialized_here=created
-    ), device
-
-
 def _make_optimizer(model: GPT, cfg: PriorTrainConfig) -> torch.optim.AdamW:
     decay, no_decay = [], []
     for _, p in model.named_parameters():  # named_parameters lists the tied weight once
@@ -319,113 +290,74 @@ def _make_optimizer(model: GPT, cfg: PriorTrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
 
 
-def _save_checkpoint(
-    out: Path, model: GPT, opt: torch.optim.Optimizer, step: int, cfg: PriorTrainConfig, dist: _Dist
-) -> None:
-    final = out / CHECKPOINT_DIR
-    tmp = out / (CHECKPOINT_DIR + ".tmp")
-    if dist.main:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        model.save_pretrained(tmp)
-        torch.save({"step": step, "optimizer": opt.state_dict(), "train_config": cfg.to_dict()}, tmp / STATE_NAME)
-    _barrier(dist)
-    torch.save(_rng_state(), tmp / f"rng_rank{dist.rank}.pt")
-    _barrier(dist)
-    if dist.main:
-        old = out / (CHECKPOINT_DIR + ".old")
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        if old.exists():
-            shutil.rmtree(old)
-        model.save_pretrained(out)  # latest weights at the top level, for `vqtok sample`
-        logger.info("checkpoint at step %d -> %s", step, final)
-    _barrier(dist)
-
-
-def _barrier(dist: _Dist) -> None:
-    if dist.world > 1:
-        from torch import distributed as tdist
-
-        tdist.barrier()
-
-
-@torch.no_grad()
-def _validate(model: GPT, val: TokenCorpus, *, batch: int, device: torch.device, amp: torch.dtype | None) -> float:
-    """Mean NLL of the validation set in bits per token (labels as recorded)."""
-    was = model.training
-    model.eval()
-    total, count = 0.0, 0
-    for start in range(0, len(val), batch):
-        ids, labels = val.batch(torch.arange(start, min(start + batch, len(val))))
-        ids, labels = ids.to(device), labels.to(device)
-        with torch.autocast(device_type=device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            loss = model.loss(ids, labels)
-        total += float(loss) * ids.numel()
-        count += ids.numel()
-    model.train(was)
-    return total / max(count, 1) / math.log(2)
-
-
-# ---------------------------------------------------------------------------- main loop
-def train(
-    cfg: PriorTrainConfig,
-    *,
-    out: str | os.PathLike[str],
-    resume: bool = True,
-    progress: bool = True,
-    stop_after: int | None = None,
-) -> TrainResult:
-    """Train a prior into ``out``; see the module docstring.
-
-    resume: continue from ``<out>/checkpoint`` when there is one (as the VQGAN trainer does);
-        ``False`` makes an existing checkpoint an error, so a run is never silently continued.
-    stop_after: stop (with a checkpoint) after this global step, as if interrupted; the
-        schedule still uses ``cfg.steps``. For tests and time-sliced jobs.
-    """
-    out = Path(out)
-    ckpt = out / CHECKPOINT_DIR
-    if not resume and ckpt.exists():
-        raise ValueError(f"{out} already holds a run (drop --no-resume to continue it, or pick another --out)")
-    resume = (ckpt / STATE_NAME).is_file()
-    if not cfg.tokens:
-        raise ValueError("no token shards given (--tokens)")
-
-    dist, device = _init_distributed(cfg.device)
-    try:
-        return _train(
-            cfg,
-            out=out,
-            resume=resume,
-            progress=progress and dist.main,
-            stop_after=stop_after,
-            dist=dist,
-            device=device,
+# ---------------------------------------------------------------------------- checkpoints
+def _latest_checkpoint(out: Path) -> Path | None:
+    """The newest checkpoint folder of the run in ``out`` (either layout), or None."""
+    latest = CheckpointDir(out).latest()
+    if latest is not None:
+        return latest
+    legacy = out / LEGACY_CHECKPOINT_DIR
+    if (legacy / LEGACY_STATE_NAME).is_file():
+        logger.warning(
+            "%s is a checkpoint of the vqtok 0.1 layout; resuming from it (new checkpoints go to %s/step-N, "
+            "this folder is deleted after the first one; the old layout is read until vqtok 0.3)",
+            legacy,
+            CHECKPOINTS_DIR,
         )
-    finally:
-        if dist.initialized_here:
-            from torch import distributed as tdist
-
-            tdist.destroy_process_group()
+        return legacy
+    return None
 
 
-def _train(
-    cfg: PriorTrainConfig,
-    *,
-    out: Path,
-    resume: bool,
-    progress: bool,
-    stop_after: int | None,
-    dist: _Dist,
-    device: torch.device,
-) -> TrainResult:
-    per_rank, rem = divmod(cfg.batch_size, dist.world * cfg.grad_accum)
-    if rem or per_rank == 0:
-        raise ValueError(
-            f"batch_size={cfg.batch_size} must be a positive multiple of world_size*grad_accum="
-            f"{dist.world * cfg.grad_accum}"
-        )
+def _read_checkpoint_state(path: Path) -> tuple[int, dict[str, Any], dict[str, Any]]:
+    """(step, train config dict, optimizer state) of a checkpoint folder of either layout."""
+    if (path / STATE_NAME).is_file():
+        state = json.loads((path / STATE_NAME).read_text())
+        optim = torch.load(path / OPTIM_NAME, map_location="cpu", weights_only=True)
+        return int(state["step"]), state["config"], optim
+    legacy = torch.load(path / LEGACY_STATE_NAME, map_location="cpu", weights_only=True)
+    return int(legacy["step"]), legacy["train_config"], legacy["optimizer"]
+
+
+def _save_checkpoint(run: _Run, step: int) -> None:
+    """``out/checkpoints/step-N/``: model folder, optim.pt, rng_rank<r>.pt (every rank), state.json (last)."""
+    dist, out = run.dist, run.out
+    ckpts = CheckpointDir(out, keep=run.cfg.keep_checkpoints)
+    with ckpts.write(step, main=dist.is_main) as tmp:
+        if dist.is_main:
+            run.model.save_pretrained(tmp)
+            torch.save(run.opt.state_dict(), tmp / OPTIM_NAME)
+        dist.barrier()
+        torch.save(_rng_state(), tmp / f"rng_rank{dist.rank}.pt")
+        dist.barrier()
+        if dist.is_main:
+            (tmp / STATE_NAME).write_text(json.dumps({"step": step, "config": run.cfg.to_dict()}, indent=1) + "\n")
+    if dist.is_main:
+        shutil.rmtree(out / LEGACY_CHECKPOINT_DIR, ignore_errors=True)  # superseded by the new layout
+        run.model.save_pretrained(out)  # latest weights at the top level, for `vqtok sample`
+    dist.barrier()
+
+
+# ---------------------------------------------------------------------------- the run
+@dataclass
+class _Run:
+    """What the loop works with; built by :func:`_prepare`."""
+
+    cfg: PriorTrainConfig
+    out: Path
+    dist: Distributed
+    device: torch.device
+    train_set: TokenCorpus
+    val_set: TokenCorpus | None
+    model: GPT
+    ddp: nn.Module  # the model, DDP-wrapped under torchrun
+    opt: torch.optim.AdamW
+    amp: torch.dtype | None  # autocast dtype (None = fp32)
+    start_step: int
+    per_rank: int  # samples per rank per micro-step
+
+
+def _load_data(cfg: PriorTrainConfig, *, progress: bool) -> tuple[TokenCorpus, TokenCorpus | None]:
+    """(train, validation) corpora: ``val_tokens``, else a seeded random hold-out of ``tokens``."""
     corpus = load_token_corpus(cfg.tokens, progress=progress)
     if cfg.val_tokens:
         train_set, val_set = corpus, load_token_corpus(cfg.val_tokens)
@@ -440,19 +372,20 @@ def _train(
         val_set = val_set.split(len(val_set) - cfg.val_max_samples)[1]
     if val_set is not None and val_set.grid != train_set.grid:
         raise ValueError(f"validation grids are {val_set.grid}, training grids {train_set.grid}")
+    return train_set, val_set
 
-    start_step = 0
-    state: dict[str, Any] | None = None
-    if resume:
-        model = GPT.from_pretrained(out / CHECKPOINT_DIR, device=device)
-        state = torch.load(out / CHECKPOINT_DIR / STATE_NAME, map_location="cpu", weights_only=True)
-        start_step = int(state["step"])
-        saved = PriorTrainConfig.from_dict(state["train_config"])
-        changed = [
-            k
-            for k, v in saved.to_dict().items()
-            if k not in ("steps", "tokens", "val_tokens", "device") and getattr(cfg, k) != v
-        ]
+
+def _start_model(
+    cfg: PriorTrainConfig, checkpoint: Path | None, train_set: TokenCorpus, dist: Distributed, device: torch.device
+) -> tuple[GPT, torch.optim.AdamW, int]:
+    """(model, optimizer, first step): a fresh seeded model, or everything restored from ``checkpoint``."""
+    state: tuple[int, dict[str, Any], dict[str, Any]] | None = None
+    if checkpoint is not None:
+        model = GPT.from_pretrained(checkpoint, device=device)
+        state = _read_checkpoint_state(checkpoint)
+        saved = PriorTrainConfig.from_dict(state[1])
+        ignored = ("steps", "tokens", "val_tokens", "device", "keep_checkpoints")
+        changed = [k for k, v in saved.to_dict().items() if k not in ignored and getattr(cfg, k) != v]
         if changed:
             logger.warning("resuming with changed config fields: %s", ", ".join(changed))
     else:
@@ -464,24 +397,36 @@ def _train(
     if model.config.train_grid is not None and tuple(model.config.train_grid) != train_set.grid:
         raise ValueError(f"the model was trained on {model.config.train_grid} grids, the corpus has {train_set.grid}")
     opt = _make_optimizer(model, cfg)
-    if state is not None:
-        opt.load_state_dict(state["optimizer"])
-        rng_file = out / CHECKPOINT_DIR / f"rng_rank{dist.rank}.pt"
-        if rng_file.is_file():
-            _set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=True))
-        else:
-            logger.warning("no RNG state for rank %d in the checkpoint; dropout noise will differ", dist.rank)
+    if state is None:
+        return model, opt, 0
+    opt.load_state_dict(state[2])
+    rng_file = checkpoint / f"rng_rank{dist.rank}.pt"  # type: ignore[operator]
+    if rng_file.is_file():
+        _set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=True))
+    else:
+        logger.warning("no RNG state for rank %d in the checkpoint; dropout noise will differ", dist.rank)
+    return model, opt, state[0]
 
-    amp = _autocast_dtype(cfg.precision, device)
+
+def _prepare(
+    cfg: PriorTrainConfig, out: Path, checkpoint: Path | None, dist: Distributed, device: torch.device, *, progress: bool
+) -> _Run:
+    """Data, model, optimizer (fresh or from ``checkpoint``), autocast and DDP; writes ``train_config.yaml``."""
+    per_rank, rem = divmod(cfg.batch_size, dist.world_size * cfg.grad_accum)
+    if rem or per_rank == 0:
+        raise ValueError(
+            f"batch_size={cfg.batch_size} must be a positive multiple of world_size*grad_accum="
+            f"{dist.world_size * cfg.grad_accum}"
+        )
+    train_set, val_set = _load_data(cfg, progress=progress)
+    model, opt, start_step = _start_model(cfg, checkpoint, train_set, dist, device)
+    amp = autocast_dtype(cfg.precision, device)
     ddp: nn.Module = model
-    if dist.world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    if dist.main:
+    if dist.world_size > 1:
+        ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        write_config_file(out / CONFIG_NAME, cfg.to_dict())
         logger.info(
             "prior: %.2fM parameters, %s, %d train / %d val grids of %s, device %s, %s",
             model.num_parameters() / 1e6,
@@ -492,96 +437,133 @@ def _train(
             device,
             "bf16 autocast" if amp else "fp32",
         )
-    sampler = StepSampler(len(train_set), cfg.batch_size, cfg.seed)
-    null = model.config.null_class
+    return _Run(cfg, out, dist, device, train_set, val_set, model, ddp, opt, amp, start_step, per_rank)
+
+
+def _step_batch(run: _Run, sampler: StepSampler, step: int) -> tuple[Tensor, Tensor]:
+    """This rank's (ids (b·grad_accum, h, w), labels (b·grad_accum,)) of optimizer step ``step``, labels dropped."""
+    cfg = run.cfg
+    ids_all, labels_all = run.train_set.batch(sampler.indices(step))  # the global batch
+    g = torch.Generator().manual_seed(_seed_for(cfg.seed, 4, step))
+    drop = torch.rand(cfg.batch_size, generator=g) < cfg.label_dropout
+    null = run.model.config.null_class
+    labels_all = torch.where(drop | (labels_all < 0), torch.full_like(labels_all, null), labels_all)
+    n = run.per_rank * cfg.grad_accum
+    mine = slice(run.dist.rank * n, (run.dist.rank + 1) * n)
+    return ids_all[mine].to(run.device), labels_all[mine].to(run.device)
+
+
+def _train_step(run: _Run, ids: Tensor, labels: Tensor, lr: float) -> tuple[Tensor, float]:
+    """One optimizer step over ``grad_accum`` micro-steps -> (summed micro losses (scalar), grad norm or nan)."""
+    cfg, b = run.cfg, run.per_rank
+    for group in run.opt.param_groups:
+        group["lr"] = lr
+    loss_sum = torch.zeros((), device=run.device)
+    for micro in range(cfg.grad_accum):
+        sync = micro == cfg.grad_accum - 1 or run.dist.world_size == 1
+        with contextlib.nullcontext() if sync else run.ddp.no_sync():  # type: ignore[operator]
+            with autocast(run.device, run.amp):
+                ids_m = ids[micro * b : (micro + 1) * b].reshape(b, -1)  # (b, T)
+                logits = run.ddp(ids_m, labels[micro * b : (micro + 1) * b])  # (b, T, V)
+                loss = nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), ids_m.reshape(-1))
+            (loss / cfg.grad_accum).backward()
+        loss_sum += loss.detach()
+    grad_norm = float(nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)) if cfg.grad_clip > 0 else float("nan")
+    run.opt.step()
+    run.opt.zero_grad(set_to_none=True)
+    if run.dist.world_size > 1:
+        torch.distributed.all_reduce(loss_sum, op=torch.distributed.ReduceOp.AVG)
+    return loss_sum, grad_norm
+
+
+@torch.no_grad()
+def _validate(run: _Run) -> float:
+    """Mean NLL of the validation set in bits per token (labels as recorded)."""
+    model, val = run.model, run.val_set
+    assert val is not None
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(val), run.per_rank):
+        ids, labels = val.batch(torch.arange(start, min(start + run.per_rank, len(val))))
+        ids, labels = ids.to(run.device), labels.to(run.device)
+        with autocast(run.device, run.amp):
+            loss = model.loss(ids, labels)
+        total += float(loss) * ids.numel()
+        count += ids.numel()
+    model.train()
+    return total / max(count, 1) / math.log(2)
+
+
+def train(
+    cfg: PriorTrainConfig,
+    *,
+    out: str | os.PathLike[str],
+    resume: bool = True,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> PriorTrainResult:
+    """Train a prior into ``out``; see the module docstring.
+
+    resume: continue from the newest checkpoint in ``out`` when there is one (as the VQGAN trainer
+        does); ``False`` makes an existing checkpoint an error, so a run is never silently continued.
+    stop_after: stop (with a checkpoint) after this global step, as if interrupted; the
+        schedule still uses ``cfg.steps``. For tests and time-sliced jobs.
+    """
+    out = Path(out)
+    checkpoint = _latest_checkpoint(out)
+    if not resume and checkpoint is not None:
+        raise ValueError(f"{out} already holds a run; continue it or pick another output folder")
+    if not cfg.tokens:
+        raise ValueError("no token shards given (PriorTrainConfig.tokens)")
+    device = resolve_device(cfg.device)
+    dist = init_distributed(device)
+    try:
+        run = _prepare(cfg, out, checkpoint, dist, device, progress=progress and dist.is_main)
+        return _loop(run, stop_after=stop_after, progress=progress and dist.is_main)
+    finally:
+        dist.close()
+
+
+def _loop(run: _Run, *, stop_after: int | None, progress: bool) -> PriorTrainResult:
+    cfg, start = run.cfg, run.start_step
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-    log = open(out / LOG_NAME, "a") if dist.main else None  # noqa: SIM115
+    sampler = StepSampler(len(run.train_set), cfg.batch_size, cfg.seed)
+    log = run.out / LOG_NAME
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(
-            total=cfg.steps, initial=start_step, desc="train-prior", unit="step", dynamic_ncols=True, file=sys.stderr
-        )
+        bar = tqdm(total=cfg.steps, initial=start, desc="train-prior", unit="step", dynamic_ncols=True, file=sys.stderr)
     last_loss, last_val = float("nan"), None
-    tokens_per_step = cfg.batch_size * train_set.grid[0] * train_set.grid[1]
+    tokens_per_step = cfg.batch_size * run.train_set.grid[0] * run.train_set.grid[1]
     t0 = time.perf_counter()
     try:
-        for step in range(start_step, end):
+        for step in range(start, end):
             lr = lr_at(step, cfg)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            idx = sampler.indices(step)  # (batch_size,) global
-            ids_all, labels_all = train_set.batch(idx)
-            g = torch.Generator().manual_seed(_seed_for(cfg.seed, 4, step))
-            drop = torch.rand(cfg.batch_size, generator=g) < cfg.label_dropout
-            labels_all = torch.where(drop | (labels_all < 0), torch.full_like(labels_all, null), labels_all)
-            mine = slice(dist.rank * per_rank * cfg.grad_accum, (dist.rank + 1) * per_rank * cfg.grad_accum)
-            ids_r, labels_r = ids_all[mine].to(device), labels_all[mine].to(device)
-            loss_sum = torch.zeros((), device=device)
-            for micro in range(cfg.grad_accum):
-                sl = slice(micro * per_rank, (micro + 1) * per_rank)
-                sync = micro == cfg.grad_accum - 1 or dist.world == 1
-                ctx = contextlib.nullcontext() if sync else ddp.no_sync()  # type: ignore[operator]
-                with ctx:
-                    with torch.autocast(device_type=device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                        ids_m = ids_r[sl].reshape(per_rank, -1)  # (b, T)
-                        logits = ddp(ids_m, labels_r[sl])  # (b, T, V)
-                        loss = nn.functional.cross_entropy(
-                            logits.float().reshape(-1, logits.shape[-1]), ids_m.reshape(-1)
-                        )
-                    (loss / cfg.grad_accum).backward()
-                loss_sum += loss.detach()
-            grad_norm = (
-                float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
-                if cfg.grad_clip > 0
-                else float("nan")
-            )
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            loss_sum, grad_norm = _train_step(run, *_step_batch(run, sampler, step), lr)
             done = step + 1
-            if dist.world > 1:
-                from torch import distributed as tdist
-
-                tdist.all_reduce(loss_sum, op=tdist.ReduceOp.AVG)
             if done % cfg.log_every == 0 or done == end:
                 last_loss = float(loss_sum) / cfg.grad_accum
-                elapsed = time.perf_counter() - t0
-                rec = {
-                    "step": done,
-                    "loss": last_loss,
-                    "bits_per_token": last_loss / math.log(2),
-                    "lr": lr,
-                    "grad_norm": grad_norm,
-                    "tokens_per_s": tokens_per_step * (done - start_step) / max(elapsed, 1e-9),
-                }
-                if log is not None:
-                    log.write(json.dumps(rec) + "\n")
-                    log.flush()
+                rate = tokens_per_step * (done - start) / max(time.perf_counter() - t0, 1e-9)
+                if run.dist.is_main:
+                    append_jsonl(log, {"step": done, "loss": last_loss, "bits_per_token": last_loss / math.log(2),
+                                       "lr": lr, "grad_norm": grad_norm, "tokens_per_s": rate})
                 if bar is not None:
                     bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr:.2e}")
-            if val_set is not None and (done % cfg.val_every == 0 or done == cfg.steps) and dist.main:
-                last_val = _validate(model, val_set, batch=per_rank, device=device, amp=amp)
-                if log is not None:
-                    log.write(json.dumps({"step": done, "val_bits_per_token": last_val}) + "\n")
-                    log.flush()
+            if run.val_set is not None and (done % cfg.val_every == 0 or done == cfg.steps) and run.dist.is_main:
+                last_val = _validate(run)
+                append_jsonl(log, {"step": done, "val_bits_per_token": last_val})
                 logger.info("step %d: validation %.4f bits/token", done, last_val)
             if done % cfg.checkpoint_every == 0 or done == end:
-                _save_checkpoint(out, model, opt, done, cfg, dist)
+                _save_checkpoint(run, done)
             if bar is not None:
                 bar.update()
     finally:
         if bar is not None:
             bar.close()
-        if log is not None:
-            log.close()
-    return TrainResult(step=end, train_loss=last_loss, val_bits_per_token=last_val, out=out)
+    return PriorTrainResult(out=run.out, final=run.out, steps=end, train_loss=last_loss, val_bits_per_token=last_val)
 
 
 def iter_log(out: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     """Records of ``<out>/log.jsonl``."""
-    path = Path(out) / LOG_NAME
-    with open(path) as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
+    return read_jsonl(Path(out) / LOG_NAME)

@@ -3,9 +3,12 @@
 >>> from vqtok.training import TrainConfig, train
 >>> result = train(TrainConfig.from_yaml("configs/default-tokenizer.yaml"), "photos/", "runs/x")
 >>> Tokenizer.from_pretrained(result.final)
+
+The names below are the public surface. The parts of the objective and the codebook tricks
+(``vqtok.training.codebook``, ``.losses``, ``.discriminator``, ``.data``) are importable from their
+modules for experiments, without a stability promise.
 """
 
-from vqtok.training.codebook import CodebookTrainer, kmeans
 from vqtok.training.config import (
     CodebookConfig,
     DataConfig,
@@ -14,25 +17,17 @@ from vqtok.training.config import (
     default_model_config,
     vanilla_codebook,
 )
-from vqtok.training.discriminator import NLayerDiscriminator
-from vqtok.training.losses import VQGANLoss, adaptive_weight, hinge_d_loss
 from vqtok.training.trainer import Trainer, TrainResult, ValidationResult, train
 
 __all__ = [
     "CodebookConfig",
-    "CodebookTrainer",
     "DataConfig",
     "LossConfig",
-    "NLayerDiscriminator",
     "TrainConfig",
     "TrainResult",
     "Trainer",
-    "VQGANLoss",
     "ValidationResult",
-    "adaptive_weight",
     "default_model_config",
-    "hinge_d_loss",
-    "kmeans",
     "train",
     "vanilla_codebook",
 ]

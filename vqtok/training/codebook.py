@@ -98,7 +98,7 @@ class CodebookTrainer(nn.Module):
             self.register_buffer("embed_sum", quantizer.embedding.weight.detach().clone().float())
             quantizer.embedding.weight.requires_grad_(False)
         self._kmeans_points: list[torch.Tensor] = []
-        self._generator = torch.Generator().manual_seed(seed + 1234567)
+        self.generator = torch.Generator().manual_seed(seed + 1234567)  # k-means, restarts; its state is checkpointed
 
     # -- helpers -------------------------------------------------------------------------
     def _features(self, z: torch.Tensor) -> torch.Tensor:
@@ -132,7 +132,7 @@ class CodebookTrainer(nn.Module):
     def _remember(self, flat: torch.Tensor) -> None:
         size = self.ring.shape[0]
         if flat.shape[0] > size:
-            flat = flat[torch.randperm(flat.shape[0], generator=self._generator)[:size]]
+            flat = flat[torch.randperm(flat.shape[0], generator=self.generator)[:size]]
         n = flat.shape[0]
         start = int(self.ring_count) % size
         end = start + n
@@ -154,7 +154,7 @@ class CodebookTrainer(nn.Module):
             dist.all_gather(gathered, points.to(self.ring.device))
             points = torch.cat([g.cpu() for g in gathered])
         q = self.quantizer
-        centroids = kmeans(points, q.n_embed, iters=self.config.kmeans_iters, spherical=q.l2_norm, generator=self._generator)
+        centroids = kmeans(points, q.n_embed, iters=self.config.kmeans_iters, spherical=q.l2_norm, generator=self.generator)
         self._set_codes(None, centroids.to(q.embedding.weight.device))
         self._broadcast_codes()
         self._kmeans_points.clear()
@@ -221,11 +221,11 @@ class CodebookTrainer(nn.Module):
         if n_dead == 0 or available == 0:
             return 0
         rows = dead.nonzero().squeeze(1)
-        pick = torch.randint(0, available, (n_dead,), generator=self._generator)
+        pick = torch.randint(0, available, (n_dead,), generator=self.generator)
         values = self.ring[pick.to(self.ring.device)]
         # noise scale: per-dimension spread of the stored features (0 when there is just one)
         scale = self.ring[:available].std(dim=0, keepdim=True) if available > 1 else torch.zeros_like(values[:1])
-        values = values + cfg.restart_noise * scale * torch.randn(values.shape, generator=self._generator).to(values)
+        values = values + cfg.restart_noise * scale * torch.randn(values.shape, generator=self.generator).to(values)
         if self.quantizer.l2_norm:
             values = F.normalize(values, dim=1)
         self._set_codes(rows, values)

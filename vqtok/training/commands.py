@@ -6,8 +6,9 @@ import argparse
 import dataclasses
 import json
 import logging
-from pathlib import Path
 from typing import Any
+
+from vqtok.commands import add_device_argument, add_out_argument, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -23,15 +24,15 @@ def add_commands(subparsers: Any) -> None:
         ),
     )
     p.add_argument("--data", required=True, help="image folder, or shards: 'shards/train-{000000..000099}.tar' (quote it)")
-    p.add_argument("--out", required=True, help="run folder (checkpoints, log.jsonl, images/, final/)")
-    p.add_argument("--config", default=None, help="training config YAML (default: the default tokenizer's recipe)")
+    add_out_argument(p, "run folder (checkpoints/, log.jsonl, images/, final/)")
+    p.add_argument("--config", default=None, help="training config YAML or JSON (default: the default tokenizer's recipe)")
     p.add_argument("--steps", type=int, default=None, help="override config steps")
-    p.add_argument("--batch-size", type=int, default=None, help="override config batch_size")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="override config batch_size")
     p.add_argument("--lr", type=float, default=None, help="override config lr")
     p.add_argument("--val-data", default=None, help="validation image folder / shards (PSNR and codebook usage)")
     p.add_argument("--init", default=None, metavar="MODEL_DIR", help="start from these weights (fine-tuning; same architecture)")
     p.add_argument("--perceptual-weight", type=float, default=None, help="override loss.perceptual_weight (0 = no VGG16 needed)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default auto)")
+    add_device_argument(p, default=None, default_help="the config's device, auto")
     p.add_argument("--workers", type=int, default=None, help="override data.num_workers")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, dotted, value in YAML syntax (e.g. --set data.max_zoom_out=8); repeatable")
@@ -44,14 +45,19 @@ def apply_overrides(config: Any, items: list[str]) -> Any:
     """``["data.crop_size=64", "steps=10"]`` applied to a TrainConfig (values parsed as YAML scalars)."""
     import yaml
 
-    from vqtok.training.config import TrainConfig
+    from vqtok.training.config import LEGACY_KEYS, TrainConfig
 
     d = config.to_dict()
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        *parents, leaf = key.strip().split(".")
+        key = key.strip()
+        if key in LEGACY_KEYS:  # vqtok 0.1 names (bf16, ckpt_every), read until vqtok 0.3
+            new, convert = LEGACY_KEYS[key]
+            logger.warning("--set %s is deprecated (read until vqtok 0.3): use --set %s", key, new)
+            key, text = new, str(convert(yaml.safe_load(text)))
+        *parents, leaf = key.split(".")
         target = d
         for part in parents:
             if not isinstance(target.get(part), dict):
@@ -90,10 +96,9 @@ def run_train(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, **top)
     if args.set:
         config = apply_overrides(config, args.set)
-    out = Path(args.out)
-    if args.no_resume and (out / "checkpoints" / "latest").is_file():
-        raise ValueError(f"{out} already holds a run (drop --no-resume to continue it, or pick another --out)")
-    trainer = Trainer(config, args.data, out, progress=not args.no_progress, init_weights=args.init)
+    trainer = Trainer(
+        config, args.data, args.out, progress=not args.no_progress, resume=not args.no_resume, init_weights=args.init
+    )
     result = trainer.train()
     summary: dict[str, Any] = {"out": str(result.out), "model": str(result.final), "steps": result.steps}
     if result.validation is not None:

@@ -1,4 +1,4 @@
-"""Training configuration: one dataclass per concern, loaded from / saved to YAML.
+"""Training configuration: one dataclass per concern, loaded from / saved to YAML (or JSON).
 
 A YAML file mirrors :class:`TrainConfig`::
 
@@ -10,18 +10,24 @@ A YAML file mirrors :class:`TrainConfig`::
     batch_size: 8
     ...
 
-Unknown keys are errors (a typo must not silently train something else).
+Unknown keys are errors (a typo must not silently train something else). The names of vqtok 0.1
+are read until vqtok 0.3, with a deprecation warning: ``bf16: auto|on|off`` is
+``precision: auto|bf16|fp32`` and ``ckpt_every`` is ``checkpoint_every`` (the prior trainer's names).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from vqtok._runtime import check_precision, read_config_file, write_config_file
 from vqtok.models.vqgan import VQGANConfig
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["CodebookConfig", "DataConfig", "LossConfig", "TrainConfig", "default_model_config", "vanilla_codebook"]
 
@@ -95,23 +101,20 @@ class TrainConfig:
     min_lr: float = 0.0  # learning rate the cosine / linear schedule ends at
     total_steps: int = 0  # length of the decay (0 = steps); fixed in the config so the curve survives resume and --steps
     grad_clip: float = 0.0  # max gradient norm (0 = no clipping)
-    bf16: str = "auto"  # bf16 autocast: "auto" (CUDA with bf16 only), "on" or "off"
+    precision: str = "auto"  # autocast: "auto" (bf16 on CUDA with bf16, else fp32), "bf16" or "fp32"
     ema_decay: float = 0.0  # decay of an EMA copy of the weights, exported instead (0 = off)
     seed: int = 0  # seeds weights, data order and augmentation
     threads: int = 0  # torch intra-op threads (0 = torch's default)
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     log_every: int = 20  # JSONL log period (steps)
     val_every: int = 500  # validation period (steps)
-    ckpt_every: int = 500  # checkpoint period (steps)
+    checkpoint_every: int = 500  # checkpoint period (steps)
     image_every: int = 500  # reconstruction-grid period (steps)
     keep_checkpoints: int = 2  # newest step checkpoints kept (plus "last")
 
     def __post_init__(self) -> None:
         self.betas = (float(self.betas[0]), float(self.betas[1]))
-        if isinstance(self.bf16, bool):  # YAML 1.1 reads a bare on/off as a boolean
-            self.bf16 = "on" if self.bf16 else "off"
-        if self.bf16 not in ("auto", "on", "off"):
-            raise ValueError(f"bf16 must be 'auto', 'on' or 'off', got {self.bf16!r}")
+        check_precision(self.precision)
         if self.lr_schedule not in ("constant", "cosine", "linear"):
             raise ValueError(f"lr_schedule must be 'constant', 'cosine' or 'linear', got {self.lr_schedule!r}")
         if self.min_lr < 0 or self.total_steps < 0:
@@ -135,7 +138,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
-        d = dict(d)
+        d = upgrade_legacy_keys(d)
         _check_keys(cls, d, "")
         kwargs: dict[str, Any] = {}
         if "model" in d:
@@ -150,25 +153,40 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> TrainConfig:
-        import yaml
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"training config {path} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise TypeError(f"{path}: a training config is a mapping, got {type(data).__name__}")
-        return cls.from_dict(data)
+        """Read a YAML file (or JSON, by any other suffix)."""
+        return cls.from_dict(read_config_file(path))
 
     def to_yaml(self, path: str | os.PathLike[str]) -> Path:
-        import yaml
-
-        path = Path(path)
-        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-        return path
+        return write_config_file(path, self.to_dict())
 
     def replace(self, **changes: Any) -> TrainConfig:
         return replace(self, **changes)
+
+
+def _legacy_bf16(value: Any) -> str:
+    # YAML 1.1 reads a bare on/off as a boolean
+    return {True: "bf16", False: "fp32", "on": "bf16", "off": "fp32", "auto": "auto"}.get(value, str(value))
+
+
+# vqtok 0.1 key -> (key now, value conversion); read until vqtok 0.3
+LEGACY_KEYS: dict[str, tuple[str, Any]] = {
+    "bf16": ("precision", _legacy_bf16),
+    "ckpt_every": ("checkpoint_every", int),
+}
+
+
+def upgrade_legacy_keys(d: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of the top-level config mapping ``d`` with vqtok 0.1 key names renamed (logged as deprecated)."""
+    d = dict(d)
+    for old, (new, convert) in LEGACY_KEYS.items():
+        if old not in d:
+            continue
+        if new in d:
+            raise ValueError(f"training config gives both {old!r} and its new name {new!r}; keep {new!r}")
+        value = convert(d.pop(old))
+        logger.warning("training config key %r is deprecated (read until vqtok 0.3): use %s: %s", old, new, value)
+        d[new] = value
+    return d
 
 
 def _check_keys(cls: type, d: Mapping[str, Any], prefix: str) -> None:

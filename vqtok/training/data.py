@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vqtok.images import IMAGE_SUFFIXES, load_image, pil_to_rgb, resize_center_crop
+from vqtok.images import IMAGE_SUFFIXES, load_image, pil_to_rgb, prepare_image
 from vqtok.tars import is_remote, read_samples
 
 logger = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ class TrainImages(torch.utils.data.IterableDataset):
         self.world_size = world_size
         self.cache_images = cache_images
         if _is_shards(self.source):
-            from vqtok.data import expand_shards
+            from vqtok.tars import expand_shards
 
             self.shards: list[str] = expand_shards(self.source)
             remote = [u for u in self.shards if is_remote(u)]
@@ -243,7 +243,7 @@ def load_validation_images(source: str, *, size: int, limit: int) -> torch.Tenso
     """Up to ``limit`` images, resized + center-cropped to size×size: uint8 (N, 3, size, size)."""
     out: list[torch.Tensor] = []
     if _is_shards(source):
-        from vqtok.data import expand_shards
+        from vqtok.tars import expand_shards
 
         items: Iterator[tuple[str, str | Path | bytes]] = (
             (f"{url}:{key}", data) for url in expand_shards(source) for key, data in _shard_images(url)
@@ -252,7 +252,7 @@ def load_validation_images(source: str, *, size: int, limit: int) -> torch.Tenso
         items = ((str(path), path) for path in list_images(source))
     for key, data in items:
         try:
-            out.append(_to_tensor(resize_center_crop(pil_to_rgb(load_image(data)), size)))
+            out.append(torch.from_numpy(prepare_image(data, size=size)).permute(2, 0, 1))  # (3, size, size) uint8
         except (ValueError, OSError) as err:
             logger.warning("skipped unreadable validation image %s: %s", key, err)
         if len(out) >= limit:
@@ -260,7 +260,3 @@ def load_validation_images(source: str, *, size: int, limit: int) -> torch.Tenso
     if not out:
         raise FileNotFoundError(f"no validation images in {source}")
     return torch.stack(out)
-
-
-def _to_tensor(img: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)

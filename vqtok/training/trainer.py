@@ -1,6 +1,6 @@
 """VQGAN training loop: single process or DDP under ``torchrun``.
 
-Output folder layout::
+Output folder layout (the prior trainer, :mod:`vqtok.prior.train`, uses the same names)::
 
     OUT/train_config.yaml      the full TrainConfig of the run
     OUT/log.jsonl              one JSON object per log / validation event
@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -37,6 +36,16 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vqtok import hub
+from vqtok._runtime import (
+    CONFIG_NAME,
+    LOG_NAME,
+    CheckpointDir,
+    append_jsonl,
+    autocast,
+    autocast_dtype,
+    init_distributed,
+    resolve_device,
+)
 from vqtok.images import from_model_output, to_model_input
 from vqtok.models.vqgan import VQGAN
 from vqtok.training.codebook import CodebookTrainer
@@ -61,8 +70,10 @@ class ValidationResult:
 
 @dataclass
 class TrainResult:
-    out: Path  # output folder
-    final: Path  # exported model folder
+    """What :meth:`Trainer.train` did (the prior's :class:`vqtok.prior.PriorTrainResult` starts with the same fields)."""
+
+    out: Path  # run folder
+    final: Path  # exported model folder (Tokenizer.from_pretrained(final))
     steps: int  # optimizer steps done in total
     validation: ValidationResult | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -99,23 +110,6 @@ class WeightEMA:
             b_ema.copy_(b)
 
 
-def _resolve_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device(f"cuda:{local_rank}")
-    return dev
-
-
-def _use_bf16(setting: str, device: torch.device) -> bool:
-    if setting == "on":
-        return True
-    if setting == "off":
-        return False
-    return device.type == "cuda" and torch.cuda.is_bf16_supported()
-
-
 def _save_grid(originals: torch.Tensor, recs: torch.Tensor, path: Path) -> None:
     """uint8 (N,3,H,W) originals over [0,1] reconstructions -> one PNG (2 rows)."""
     from PIL import Image
@@ -133,9 +127,10 @@ class Trainer:
     Args:
         config: the run's TrainConfig.
         data: image folder or shard spec (``shards/train-{000000..000009}.tar``).
-        out: output folder (created; resumed from when it has a checkpoint and ``resume``).
+        out: output folder (created; resumed from when it has a checkpoint).
         progress: tqdm bar on stderr (rank 0).
-        resume: continue from ``out``'s newest checkpoint when there is one.
+        resume: continue from ``out``'s newest checkpoint when there is one; ``False`` makes an
+            existing checkpoint an error, so a run is never silently continued (as in the prior trainer).
         perceptual: override of the perceptual loss function (x, x̂) -> (B,) (tests).
         init_weights: optional model folder / safetensors to start from (fine-tuning).
     """
@@ -155,18 +150,15 @@ class Trainer:
         self.data = str(data)
         self.out = Path(out)
         self.progress = progress
-        self.resume = resume
-        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.checkpoints = CheckpointDir(self.out, keep=config.keep_checkpoints)
+        if not resume and self.checkpoints.latest() is not None:
+            raise ValueError(f"{self.out} already holds a run; continue it or pick another output folder")
         if config.threads > 0:
             torch.set_num_threads(config.threads)
-        self.device = _resolve_device(config.device, self.local_rank)
-        if self.world_size > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-        self.bf16 = _use_bf16(config.bf16, self.device)
+        self.device = resolve_device(config.device)
+        self.dist = init_distributed(self.device)
+        self.world_size, self.rank = self.dist.world_size, self.dist.rank
+        self.amp_dtype = autocast_dtype(config.precision, self.device)  # None = fp32
 
         torch.manual_seed(config.seed)
         self.model = VQGAN(config.model).to(self.device)
@@ -205,14 +197,7 @@ class Trainer:
 
     @property
     def is_main(self) -> bool:
-        return self.rank == 0
-
-    def _latest_checkpoint(self) -> Path | None:
-        marker = self.out / "checkpoints" / "latest"
-        if not marker.is_file():
-            return None
-        path = self.out / "checkpoints" / marker.read_text().strip()
-        return path if (path / "state.json").is_file() else None
+        return self.dist.is_main
 
     # -- checkpoints -------------------------------------------------------------------
     def _trainer_tensors(self) -> dict[str, torch.Tensor]:
@@ -226,7 +211,7 @@ class Trainer:
             for k, v in self.ema.model.state_dict().items():
                 t["ema." + k] = v
         t["rng.torch"] = torch.get_rng_state()
-        t["rng.codebook"] = self.codebook._generator.get_state()
+        t["rng.codebook"] = self.codebook.generator.get_state()
         if self.device.type == "cuda":
             t["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         return {k: v.detach().cpu().contiguous() for k, v in t.items()}
@@ -235,28 +220,16 @@ class Trainer:
         """Write a checkpoint for the current step (rank 0); returns its folder."""
         if not self.is_main:
             return None
-        root = self.out / "checkpoints"
-        name = f"step-{self.step:07d}"
-        tmp = root / (name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        hub.save_pretrained(tmp, state_dict=self.model.state_dict(), config=self.config.model.to_dict(), model_type=MODEL_TYPE)
-        save_file(self._trainer_tensors(), str(tmp / "trainer.safetensors"))
-        optim = {"ae": self.opt.state_dict(), "disc": self.opt_d.state_dict() if self.opt_d is not None else None}
-        torch.save(optim, tmp / "optim.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": self.step, "config": self.config.to_dict()}, indent=1))
-        final = root / name
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        (root / "latest.tmp").write_text(name + "\n")
-        os.replace(root / "latest.tmp", root / "latest")
-        steps = sorted(p for p in root.glob("step-???????") if p.is_dir())
-        for old in steps[: max(0, len(steps) - max(1, self.config.keep_checkpoints))]:
-            shutil.rmtree(old, ignore_errors=True)
-        logger.info("checkpoint %s", final)
-        return final
+        with self.checkpoints.write(self.step) as tmp:
+            hub.save_pretrained(tmp, state_dict=self.model.state_dict(), config=self.config.model.to_dict(), model_type=MODEL_TYPE)
+            save_file(self._trainer_tensors(), str(tmp / "trainer.safetensors"))
+            optim = {"ae": self.opt.state_dict(), "disc": self.opt_d.state_dict() if self.opt_d is not None else None}
+            torch.save(optim, tmp / "optim.pt")
+            (tmp / "state.json").write_text(json.dumps({"step": self.step, "config": self.config.to_dict()}, indent=1))
+        return self.checkpoints.path(self.step)
 
     def load_checkpoint(self, path: Path) -> None:
-        state = json.loads((path / "state.json").read_text())
+        state = json.loads((path / "state.json").read_text())  # its config may use vqtok 0.1 key names: only model is read
         saved_model = state["config"]["model"]
         if saved_model != self.config.model.to_dict():
             raise ValueError(f"checkpoint {path} has a different model config than this run")
@@ -269,7 +242,7 @@ class Trainer:
         if self.ema is not None:
             self.ema.model.load_state_dict(part("ema."), strict=True)
         torch.set_rng_state(tensors["rng.torch"])
-        self.codebook._generator.set_state(tensors["rng.codebook"])
+        self.codebook.generator.set_state(tensors["rng.codebook"])
         if "rng.cuda" in tensors and self.device.type == "cuda":
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
         optim = torch.load(path / "optim.pt", map_location=self.device, weights_only=True)
@@ -282,10 +255,8 @@ class Trainer:
     # -- logging -----------------------------------------------------------------------
     def _log(self, record: dict[str, Any]) -> None:
         self.history.append(record)
-        if not self.is_main:
-            return
-        with open(self.out / "log.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if self.is_main:
+            append_jsonl(self.out / LOG_NAME, record)
 
     # -- validation --------------------------------------------------------------------
     @torch.no_grad()
@@ -302,7 +273,7 @@ class Trainer:
         scores, ids_all = [], []
         for start in range(0, images.shape[0], 8):
             x = to_model_input(images[start : start + 8]).to(self.device)
-            with self._autocast():
+            with autocast(self.device, self.amp_dtype):
                 q = model.encode(x)
                 rec = model.decode(q.z_q)
             scores.append(psnr(from_model_output(rec).cpu().double(), images[start : start + 8].double() / 255))
@@ -313,18 +284,13 @@ class Trainer:
             psnr=float(torch.cat(scores).mean()), usage=usage.used_fraction, used_codes=usage.used_codes, perplexity=usage.perplexity
         )
 
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if not self.bf16:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-
     @torch.no_grad()
     def _write_grid(self, batch: torch.Tensor) -> None:
         model = self.ema.model if self.ema is not None else self.model
         was_training = model.training
         model.eval()
         src = self.val_images[:8] if self.val_images is not None else batch[:8]
-        with self._autocast():
+        with autocast(self.device, self.amp_dtype):
             rec = model(to_model_input(src).to(self.device)).reconstruction
         model.train(was_training)
         _save_grid(src.cpu(), from_model_output(rec).cpu(), self.out / "images" / f"step-{self.step:07d}.png")
@@ -364,11 +330,11 @@ class Trainer:
         total = cfg.steps if steps is None else steps
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-        latest = self._latest_checkpoint() if self.resume else None
+        latest = self.checkpoints.latest()
         if latest is not None:
             self.load_checkpoint(latest)
         if self.is_main:
-            cfg.to_yaml(self.out / "train_config.yaml")
+            cfg.to_yaml(self.out / CONFIG_NAME)
         if cfg.data.val_data:
             self.val_images = load_validation_images(cfg.data.val_data, size=cfg.data.val_size, limit=cfg.data.val_images)
         self.ae.train()
@@ -401,13 +367,12 @@ class Trainer:
                 logger.info("step %d: val PSNR %.2f dB, usage %.1f%%", self.step, last_val.psnr, 100 * last_val.usage)
             if self.is_main and (self.step % cfg.image_every == 0 or self.step == total):
                 self._write_grid(batch)
-            if self.step % cfg.ckpt_every == 0 or self.step == total:
+            if self.step % cfg.checkpoint_every == 0 or self.step == total:
                 self.save_checkpoint()
         if bar is not None:
             bar.close()
         final = self.export(self.out / "final")
-        if self.world_size > 1:
-            dist.barrier()
+        self.dist.barrier()
         return TrainResult(out=self.out, final=final, steps=self.step, validation=last_val, history=self.history)
 
     def _train_step(self, batches: Iterator[torch.Tensor]) -> dict[str, Any]:
@@ -432,13 +397,13 @@ class Trainer:
             with ctx:
                 if self.loss.discriminator is not None:
                     self.loss.discriminator.requires_grad_(False)
-                with self._autocast():
+                with autocast(self.device, self.amp_dtype):
                     rec, _ids, qloss = self.ae_ddp(x)
                     g = self.loss.generator(x, rec, qloss, step=self.step, last_layer=self.model.decoder.last_layer)
                 (g.total / cfg.grad_accum).backward()
             if gan and self.loss.discriminator is not None:
                 self.loss.discriminator.requires_grad_(True)
-                with self._autocast():
+                with autocast(self.device, self.amp_dtype):
                     d_loss = self.loss.discriminator_loss(x, rec.detach(), step=self.step)
                 (d_loss / cfg.grad_accum).backward()
                 sums["d_loss"] += float(d_loss.detach()) / cfg.grad_accum

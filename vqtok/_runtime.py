@@ -1,0 +1,246 @@
+"""Run-time plumbing shared by the two trainers and the CLI (private: not part of the public API).
+
+* :func:`resolve_device`: ``"auto"`` / ``"cpu"`` / ``"cuda"`` / ``"cuda:N"`` -> a checked ``torch.device``
+  (one clear ``ValueError`` for an unknown name or a device this machine does not have).
+* :func:`init_distributed`: ``torchrun``'s ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` -> :class:`Distributed`.
+* :func:`autocast_dtype` / :func:`autocast`: the ``precision`` option (``auto`` | ``bf16`` | ``fp32``).
+* :class:`CheckpointDir`: ``OUT/checkpoints/step-NNNNNNN/`` folders plus ``OUT/checkpoints/latest``.
+* :func:`append_jsonl` / :func:`read_jsonl`: the ``OUT/log.jsonl`` of a run.
+* :func:`read_config_file` / :func:`write_config_file`: training configs as YAML (or JSON).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vqtok._io import atomic_write, temporary_path
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "bf16", "fp32")
+LOG_NAME = "log.jsonl"
+CONFIG_NAME = "train_config.yaml"
+CHECKPOINTS_DIR = "checkpoints"
+LATEST_NAME = "latest"
+
+
+# ---------------------------------------------------------------------------- device
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, str(default)))
+
+
+def resolve_device(name: str | torch.device | None = "auto", *, local_rank: int | None = None) -> torch.device:
+    """The device a run or command uses; raises ``ValueError`` (one line) when it cannot be used here.
+
+    ``"auto"`` (or None) is ``cuda:LOCAL_RANK`` when CUDA is available, else ``cpu``; a bare ``"cuda"``
+    is ``cuda:LOCAL_RANK`` (``LOCAL_RANK`` from the environment under ``torchrun``, else 0).
+    """
+    rank = _env_int("LOCAL_RANK", 0) if local_rank is None else local_rank
+    if name is None or str(name) == "auto":
+        return torch.device(f"cuda:{rank}") if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"unknown device {str(name)!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(name)!r} asked for, but CUDA is not available on this machine (use cpu or auto)")
+        if device.index is None:
+            device = torch.device(f"cuda:{rank}")
+        if device.index >= torch.cuda.device_count():
+            count = torch.cuda.device_count()
+            raise ValueError(f"device {str(device)!r} asked for, but this machine has {count} CUDA device(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {str(name)!r} asked for, but MPS is not available on this machine (use cpu or auto)")
+    return device
+
+
+# ---------------------------------------------------------------------------- distributed
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a ``torchrun`` job (rank 0 of 1 without one)."""
+
+    rank: int = 0  # global rank
+    world_size: int = 1  # processes in the job
+    local_rank: int = 0  # rank on this machine (picks the GPU)
+    initialized_here: bool = False  # init_distributed created the process group (close() destroys it)
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes the files of the run."""
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            torch.distributed.barrier()
+
+    def close(self) -> None:
+        if self.initialized_here and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def init_distributed(device: torch.device) -> Distributed:
+    """Join the ``torchrun`` job of the environment (NCCL on CUDA, gloo on CPU); select ``device``."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    world = _env_int("WORLD_SIZE", 1)
+    local_rank = _env_int("LOCAL_RANK", 0)
+    if world <= 1:
+        return Distributed(local_rank=local_rank)
+    created = False
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        created = True
+    return Distributed(
+        rank=torch.distributed.get_rank(),
+        world_size=torch.distributed.get_world_size(),
+        local_rank=local_rank,
+        initialized_here=created,
+    )
+
+
+# ---------------------------------------------------------------------------- precision
+def check_precision(value: str) -> str:
+    if value not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {value!r}")
+    return value
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 when asked for (``"bf16"``) or ``"auto"`` on a CUDA device with bf16; None = fp32.
+
+    ``"auto"`` stays fp32 on CPUs (bf16 matmuls are emulated, slower than fp32 on most of them).
+    ``"bf16"`` on a device without bf16 autocast falls back to fp32 with a warning.
+    """
+    check_precision(precision)
+    if precision == "fp32":
+        return None
+    if device.type == "cuda":
+        ok = torch.cuda.is_bf16_supported()
+    elif precision == "auto":
+        ok = False
+    else:
+        try:
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+                torch.ones(2, 2, device=device) @ torch.ones(2, 2, device=device)
+            ok = True
+        except (RuntimeError, TypeError):
+            ok = False
+    if precision == "bf16" and not ok:
+        logger.warning("bf16 autocast is not supported on %s; training in fp32", device)
+    return torch.bfloat16 if ok else None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
+    """``torch.autocast`` to ``dtype`` on ``device``; a no-op context when ``dtype`` is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------- checkpoints
+class CheckpointDir:
+    """``OUT/checkpoints/step-NNNNNNN/`` folders and ``OUT/checkpoints/latest`` (the newest complete one's name).
+
+    A checkpoint is filled under a temporary name and renamed into place by :func:`vqtok._io.atomic_write`
+    (:meth:`write`), then named in ``latest``, so a crash never leaves ``latest`` pointing at a partial
+    folder. A folder counts as complete when it holds ``marker`` (the file written last into it).
+    """
+
+    def __init__(self, out: str | os.PathLike[str], *, keep: int = 2, marker: str = "state.json") -> None:
+        self.root = Path(out) / CHECKPOINTS_DIR
+        self.keep = max(1, keep)  # newest step folders kept
+        self.marker = marker
+
+    def path(self, step: int) -> Path:
+        return self.root / f"step-{step:07d}"
+
+    def latest(self) -> Path | None:
+        """The newest complete checkpoint folder, or None."""
+        pointer = self.root / LATEST_NAME
+        if not pointer.is_file():
+            return None
+        path = self.root / pointer.read_text().strip()
+        return path if (path / self.marker).is_file() else None
+
+    @contextlib.contextmanager
+    def write(self, step: int, *, main: bool = True) -> Iterator[Path]:
+        """Yield the temporary folder of step ``step``'s checkpoint, to fill; on exit the main process
+        renames it into place, points ``latest`` at it and deletes all but the ``keep`` newest.
+
+        Every rank may write into the folder (``main=False`` ranks get the same path, created by the main
+        rank: put a barrier between its creation and their writes). On an exception nothing is committed.
+        """
+        final = self.path(step)
+        owner = f"step{step}"  # the same temporary name on every rank
+        if not main:
+            yield temporary_path(final, owner=owner)
+            return
+        with atomic_write(final, owner=owner) as tmp:
+            tmp.mkdir(parents=True)
+            yield tmp
+        with atomic_write(self.root / LATEST_NAME) as pointer:
+            pointer.write_text(final.name + "\n")
+        steps = sorted(p for p in self.root.glob("step-???????") if p.is_dir())
+        for old in steps[: max(0, len(steps) - self.keep)]:
+            shutil.rmtree(old, ignore_errors=True)
+        logger.info("checkpoint %s", final)
+
+
+# ---------------------------------------------------------------------------- logs and config files
+def append_jsonl(path: str | os.PathLike[str], record: Mapping[str, Any]) -> None:
+    """Append one JSON object as a line to ``path``."""
+    with open(path, "a") as f:
+        f.write(json.dumps(dict(record)) + "\n")
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a ``.jsonl`` file (blank lines skipped)."""
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
+
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A training config mapping from YAML (``.yaml`` / ``.yml``) or JSON (any other suffix)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"training config {p} does not exist")
+    text = p.read_text()
+    if p.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ValueError(f"{p} is not valid YAML: {err}") from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{p} is not valid JSON ({err}); YAML files need a .yaml/.yml suffix") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{p}: a training config is a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def write_config_file(path: str | os.PathLike[str], config: Mapping[str, Any]) -> Path:
+    """Write ``config`` as YAML (keys in their given order; tuples become lists)."""
+    import yaml
+
+    p = Path(path)
+    p.write_text(yaml.safe_dump(json.loads(json.dumps(dict(config))), sort_keys=False))
+    return p

@@ -1,0 +1,75 @@
+"""``vqtok convert`` (taming, llamagen, diffusers -> a vqtok model folder) and ``vqtok export`` (diffusers)."""
+
+from __future__ import annotations
+
+import argparse
+
+from vqtok.commands import add_out_argument, tokenizer_from_args
+
+__all__ = ["add_commands"]
+
+
+def _convert_taming(args: argparse.Namespace) -> int:
+    from vqtok.convert.taming import from_taming
+
+    tok = from_taming(args.ckpt, config=args.config)
+    out = tok.save_pretrained(args.out)
+    print(f"converted {args.ckpt} ({tok.codebook_size} codes, f{tok.downsample_factor}) -> {out}")
+    return 0
+
+
+def _convert_llamagen(args: argparse.Namespace) -> int:
+    from vqtok.convert.llamagen import from_llamagen
+
+    tok = from_llamagen(args.ckpt, ema=args.ema)
+    out = tok.save_pretrained(args.out)
+    print(f"converted {args.ckpt} ({'ema' if args.ema else 'model'} weights, {tok.codebook_size} codes, f{tok.downsample_factor}) -> {out}")
+    return 0
+
+
+def _convert_diffusers(args: argparse.Namespace) -> int:
+    from vqtok.convert.diffusers import from_diffusers
+
+    tok = from_diffusers(args.source, subfolder=args.subfolder, revision=args.revision)
+    out = tok.save_pretrained(args.out)
+    print(f"converted diffusers VQModel {args.source} ({tok.codebook_size} codes, f{tok.downsample_factor}) -> {out}")
+    return 0
+
+
+def _export_diffusers(args: argparse.Namespace) -> int:
+    from vqtok.convert.diffusers import to_diffusers
+
+    tok = tokenizer_from_args(args)
+    out = to_diffusers(tok, args.out)
+    print(f"exported {args.model or 'default'} as a diffusers VQModel -> {out} (load with diffusers.VQModel.from_pretrained)")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("convert", help="import a checkpoint of another code base")
+    families = p.add_subparsers(dest="family", metavar="FAMILY")
+    families.required = True
+    t = families.add_parser("taming", help="taming-transformers VQModel .ckpt")
+    t.add_argument("ckpt", help="Lightning .ckpt (or torch.save state dict)")
+    t.add_argument("--config", default=None, help="taming model YAML (default: infer from the weights)")
+    add_out_argument(t, "output model folder")
+    t.set_defaults(func=_convert_taming)
+    t = families.add_parser("llamagen", help="LlamaGen VQ tokenizer .pt (vq_ds16_c2i.pt, vq_ds8_c2i.pt, ...)")
+    t.add_argument("ckpt", help="LlamaGen torch.save checkpoint ({'model': ..., 'args': ...} or a state dict)")
+    t.add_argument("--ema", action="store_true", help="take the 'ema' weights instead of 'model'")
+    add_out_argument(t, "output model folder")
+    t.set_defaults(func=_convert_llamagen)
+    t = families.add_parser("diffusers", help="diffusers VQModel folder or Hub repo")
+    t.add_argument("source", help="folder with config.json + diffusion_pytorch_model.safetensors, or a Hub repo id")
+    t.add_argument("--subfolder", default=None, help="subfolder of a pipeline repo holding the VQModel, e.g. vqvae")
+    t.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
+    add_out_argument(t, "output model folder")
+    t.set_defaults(func=_convert_diffusers)
+
+    p = sub.add_parser("export", help="write a model in another library's format")
+    targets = p.add_subparsers(dest="target", metavar="FORMAT")
+    targets.required = True
+    t = targets.add_parser("diffusers", help="diffusers VQModel folder (VQModel.from_pretrained)")
+    t.add_argument("model", help="vqtok model folder or Hub repo id")
+    add_out_argument(t, "output folder")
+    t.set_defaults(func=_export_diffusers, device="cpu", precision="fp32", batch_size=1)
