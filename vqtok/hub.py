@@ -147,7 +147,7 @@ def load_pretrained(
     found_type = raw.pop("model_type", None)
     accepted = (model_type,) if isinstance(model_type, str) else tuple(model_type)
     if found_type not in accepted:
-        expected = repr(model_type) if isinstance(model_type, str) else "one of " + ", ".join(map(repr, accepted))
+        expected = " or ".join(map(repr, accepted))
         raise ValueError(f"{folder} holds a {found_type!r} model, expected {expected}")
     if not isinstance(model_type, str):
         raw["model_type"] = found_type

@@ -80,17 +80,17 @@ def magvit2_state_dict(checkpoint: Any, *, ema: bool | None = None) -> dict[str,
             model[key] = value
     if dropped:
         logger.info("dropped %d training-only tensors (loss.*: discriminator, LPIPS; EMA bookkeeping)", dropped)
-    if "quantize.embedding.weight" in model:
-        raise ValueError(
-            "this checkpoint has a learned codebook (quantize.embedding.weight): an IBQ / VQ model, "
-            "not Open-MAGVIT2's lookup-free quantizer"
-        )
     if "encoder.conv_in.weight" not in model or "decoder.conv_out.weight" not in model:
         raise ValueError("not an Open-MAGVIT2 checkpoint: 'encoder.conv_in.weight' / 'decoder.conv_out.weight' are missing")
     if "encoder.mid_block.0.conv1.weight" not in model or not any(k.startswith("decoder.adaptive.") for k in model):
         raise ValueError(
             "not an Open-MAGVIT2 checkpoint: no encoder.mid_block / decoder.adaptive tensors "
             "(a taming VQGAN? use vqtok.convert.from_taming)"
+        )
+    if "quantize.embedding.weight" in model:
+        raise ValueError(
+            "this checkpoint has a learned codebook (quantize.embedding.weight): an IBQ / VQ model, "
+            "not Open-MAGVIT2's lookup-free quantizer"
         )
     use_ema = bool(averaged) if ema is None else ema
     if not use_ema:

@@ -90,7 +90,12 @@ def nearest_code(
             chunk_size = max(1, _DISTANCE_BUDGET // (max(k, 1) * (2 if exact else 1)))
         if n == 0:
             return torch.empty(0, dtype=torch.long, device=z.device)
-        e_sq = torch.sum(codebook**2, dim=1)  # (K,)
+        # (K,) ‖e‖², a block of codes at a time: codebook**2 whole would be a second codebook-sized
+        # temporary (256 MiB at 262144 x 256). Each row's sum is reduced alone, so the bits do not change.
+        e_sq = torch.empty(k, dtype=dtype, device=z.device)
+        block = max(1, _DISTANCE_BUDGET // max(codebook.shape[1], 1))
+        for start in range(0, k, block):
+            torch.sum(codebook[start : start + block] ** 2, dim=1, out=e_sq[start : start + block])
         codebook_t = codebook.t()
         ids = torch.empty(n, dtype=torch.long, device=z.device)
         rows = min(n, chunk_size)
