@@ -243,3 +243,23 @@ def test_pretokenize_and_usage_with_262144_codes(tmp_path: Path) -> None:
     usage = usage_from_histogram(hist)
     assert usage.codebook_size == 2**18 and usage.total_tokens == 3 * 256
     assert usage.used_codes == len(np.unique(want))
+
+
+def test_cli_eval_and_usage_on_a_magvit2_folder(tmp_path: Path, capsys) -> None:
+    from vqtok.cli import main
+
+    Tokenizer(_model(4)).save_pretrained(tmp_path / "m")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, img in enumerate(real_photos(3)):
+        img.save(photos / f"{i}.png")
+    report = tmp_path / "report.json"
+    argv = ["eval", "--model", str(tmp_path / "m"), "--data", str(photos), "--size", "64", "--no-fid", "--no-lpips",
+            "--no-progress", "--out", str(report)]
+    assert main(argv) == 0
+    r = json.loads(report.read_text())
+    assert r["image_count"] == 3 and r["codebook_usage"]["codebook_size"] == 2**18
+    assert r["config_hash"] == MAGVIT2Config.from_dict(
+        {k: v for k, v in json.loads((tmp_path / "m" / "config.json").read_text()).items() if k not in ("vqtok_format", "model_type")}
+    ).hash()
+    assert 0 < r["codebook_usage"]["used_codes"] <= 3 * 256
