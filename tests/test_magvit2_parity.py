@@ -88,7 +88,8 @@ def _compare(ref: nn.Module, tok, *, n: int, size: int) -> dict[str, float]:
     with torch.no_grad():  # the reference keeps x + (q − x) in eval: equal to the codes up to rounding
         ours_zq = tok.model.encode(x).z_q
     torch.testing.assert_close(ours_zq, quant, rtol=0, atol=1e-6)
-    return {"pixel_max_abs": pixel_diff}
+    return {"pixel_max_abs": pixel_diff, "zq_max_abs": float((ours_zq - quant).abs().max()),
+            "distinct_ids": int(ids.unique().numel()), "ids": ids.numel()}
 
 
 @pytest.mark.parametrize("ch_mult,size", [((1, 2, 2), 64), ((1, 1, 2, 2, 4), 128)])
@@ -98,11 +99,11 @@ def test_reduced_width(ch_mult, size, tmp_path: Path) -> None:
     ema = _lightning_ckpt(ref, ckpt, ema_noise=0.01)
     raw = from_magvit2(ckpt, ema=False)
     assert raw.codebook_size == 2**18 and raw.config.ch_mult == ch_mult and raw.config.num_res_blocks == 2
-    _compare(ref, raw, n=4, size=size)
+    print(ch_mult, size, "raw weights:", _compare(ref, raw, n=4, size=size))
     # default: the EMA weights, as Open-MAGVIT2's ema_scope runs them
     tok = from_magvit2(ckpt)
     ref.load_state_dict(ema, strict=True)
-    _compare(ref, tok, n=4, size=size)
+    print(ch_mult, size, "EMA weights:", _compare(ref, tok, n=4, size=size))
     # and through a saved vqtok folder
     tok.save_pretrained(tmp_path / "folder")
     from vqtok import Tokenizer
@@ -120,4 +121,4 @@ def test_full_width_256(tmp_path: Path) -> None:
     tok = from_magvit2(ckpt, ema=False)
     assert sum(p.numel() for p in tok.model.parameters()) == sum(p.numel() for p in ref.parameters())
     assert tok.grid_shape(256) == (16, 16)
-    _compare(ref, tok, n=2, size=256)
+    print("full width 256:", _compare(ref, tok, n=2, size=256))

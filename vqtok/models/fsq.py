@@ -11,9 +11,9 @@ codebook has ∏ levels entries and needs no parameters, no lookup and no auxili
     code    = q / ⌊L/2⌋ ∈ [−1, 1]                                # what the decoder sees
     id      = Σ_d (q_d + ⌊L_d/2⌋) · ∏_{e<d} L_e                # mixed radix, channel 0 least significant
 
-The bound and the id order are those of ``vector-quantize-pytorch``'s ``FSQ`` (also used by
-NVIDIA Cosmos' discrete tokenizers), so ids agree with it. Gradients pass the rounding with the
-straight-through estimator.
+The bound (with (1 + ε), and atanh for the shift) and the id order are those of
+``vector-quantize-pytorch``'s ``FSQ``; ids and codes agree with it exactly (tests/test_fsq_lfq.py).
+Gradients pass the rounding with the straight-through estimator.
 """
 
 from __future__ import annotations
