@@ -121,6 +121,10 @@ def test_tokenizer_folder_round_trip(tmp_path: Path) -> None:
     torch.testing.assert_close(pixels, expected, rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match=r"\[0, 262143\]"):
         again.decode(torch.full((4, 4), 2**18))
+    # the bf16 fast path (encoder under autocast, the sign lookup in fp32) runs too
+    again.precision = "bf16"
+    fast = again.encode(photos, size=64)
+    assert fast.shape == ids.shape and float((fast == ids).float().mean()) > 0.5
 
 
 def test_old_vqgan_folder_still_loads_and_unknown_type_is_refused(tmp_path: Path) -> None:
