@@ -108,6 +108,6 @@ def build_model(model_type: str, config: Mapping[str, Any]) -> nn.Module:
 def model_from_config(config: Any) -> nn.Module:
     """A randomly initialised model for a config object (VQGANConfig -> VQGAN, MAGVIT2Config -> MAGVIT2, ...)."""
     for entry in _REGISTRY.values():
-        if type(config) is entry.config_class:
+        if isinstance(config, entry.config_class):
             return entry.model_class(config)
     raise TypeError(f"{type(config).__name__} is not a registered vqtok model config ({', '.join(MODEL_TYPES)})")
