@@ -15,7 +15,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -158,7 +158,7 @@ def load_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, so
 def load_pretrained(
     repo_id_or_dir: str | os.PathLike[str],
     *,
-    model_type: str,
+    model_type: str | Collection[str],
     revision: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     local_files_only: bool = False,
@@ -166,6 +166,8 @@ def load_pretrained(
     """Read ``(config, state_dict)`` of a vqtok model folder or Hub repo.
 
     The config returned has the bookkeeping keys (``vqtok_format``, ``model_type``) removed.
+    ``model_type`` may also be a collection of accepted kinds: then the config keeps the
+    ``"model_type"`` found, for the caller to dispatch on.
     """
     folder = resolve_folder(
         repo_id_or_dir, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only
@@ -184,8 +186,12 @@ def load_pretrained(
             f"{folder} uses vqtok format {version}, newer than this vqtok understands ({FORMAT_VERSION}); upgrade vqtok"
         )
     found_type = raw.pop("model_type", None)
-    if found_type != model_type:
-        raise ValueError(f"{folder} holds a {found_type!r} model, expected {model_type!r}")
+    accepted = (model_type,) if isinstance(model_type, str) else tuple(model_type)
+    if found_type not in accepted:
+        expected = " or ".join(map(repr, accepted))
+        raise ValueError(f"{folder} holds a {found_type!r} model, expected {expected}")
+    if not isinstance(model_type, str):
+        raw["model_type"] = found_type
     try:
         state = load_file(str(folder / WEIGHTS_NAME))
     except Exception as err:  # safetensors raises its own error types

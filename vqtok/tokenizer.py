@@ -20,6 +20,7 @@ from PIL import Image
 
 from vqtok import hub
 from vqtok.images import from_model_output, to_model_input, to_uint8_batch
+from vqtok.models import registry
 from vqtok.models.vqgan import VQGAN, VQGANConfig
 
 logger = logging.getLogger(__name__)
@@ -58,10 +59,9 @@ class Tokenizer:
     """
 
     def __init__(
-        self, model: VQGAN, *, batch_size: int = 32, precision: Precision = "fp32", channels_last: bool = True
+        self, model: VQGAN | registry.TokenizerModel, *, batch_size: int = 32, precision: Precision = "fp32", channels_last: bool = True
     ) -> None:
-        if not isinstance(model, VQGAN):
-            raise TypeError(f"Tokenizer wraps a vqtok VQGAN, got {type(model).__name__}")
+        registry.model_type_of(model)  # TypeError unless a registered architecture (VQGAN, MAGVIT2, ...)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model.eval()
@@ -72,10 +72,12 @@ class Tokenizer:
     # ------------------------------------------------------------------ construction and I/O
     @classmethod
     def from_config(
-        cls, config: VQGANConfig, *, batch_size: int = 32, precision: Precision = "fp32", channels_last: bool = True
+        cls, config: VQGANConfig | registry.ModelConfig, *, batch_size: int = 32, precision: Precision = "fp32",
+        channels_last: bool = True,
     ) -> "Tokenizer":
-        """A randomly initialised tokenizer (for training or tests)."""
-        return cls(VQGAN(config), batch_size=batch_size, precision=precision, channels_last=channels_last)
+        """A randomly initialised tokenizer (for training or tests); the architecture follows the config's class."""
+        model = registry.model_from_config(config)
+        return cls(model, batch_size=batch_size, precision=precision, channels_last=channels_last)
 
     @classmethod
     def from_pretrained(
@@ -92,12 +94,12 @@ class Tokenizer:
         """Load a vqtok model folder or Hub repo (``model.safetensors`` + ``config.json``), strictly."""
         config, state = hub.load_pretrained(
             repo_id_or_dir,
-            model_type=MODEL_TYPE,
+            model_type=registry.MODEL_TYPES,
             revision=revision,
             cache_dir=cache_dir,
             local_files_only=local_files_only,
         )
-        model = VQGAN(VQGANConfig.from_dict(config))
+        model = registry.build_model(config.pop("model_type"), config)
         hub.load_strict(model, state, source=str(repo_id_or_dir))
         tok = cls(model, batch_size=batch_size, precision=precision)
         if device is not None:
@@ -132,7 +134,8 @@ class Tokenizer:
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
         """Write ``model.safetensors`` + ``config.json`` to ``directory``."""
         return hub.save_pretrained(
-            directory, state_dict=self.model.state_dict(), config=self.config.to_dict(), model_type=MODEL_TYPE
+            directory, state_dict=self.model.state_dict(), config=self.config.to_dict(),
+            model_type=registry.model_type_of(self.model),
         )
 
     def to_diffusers(self, directory: str | os.PathLike[str]) -> Path:
@@ -152,7 +155,7 @@ class Tokenizer:
 
     # ------------------------------------------------------------------ properties
     @property
-    def config(self) -> VQGANConfig:
+    def config(self) -> VQGANConfig | registry.ModelConfig:
         return self.model.config
 
     @property
@@ -169,11 +172,11 @@ class Tokenizer:
 
     @property
     def device(self) -> torch.device:
-        return self.model.quant_conv.weight.device
+        return next(self.model.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.quant_conv.weight.dtype
+        return next(self.model.parameters()).dtype
 
     def grid_shape(self, image_size: int | tuple[int, int]) -> tuple[int, int]:
         """Token grid (h, w) of an image of side ``image_size`` or (H, W)."""

@@ -3,6 +3,7 @@
 from vqtok.convert.safe_pickle import Placeholder, UnsafeCheckpointError, load_checkpoint
 from vqtok.convert.diffusers import from_diffusers, to_diffusers
 from vqtok.convert.llamagen import from_llamagen, infer_llamagen_config
+from vqtok.convert.magvit2 import from_magvit2, infer_magvit2_config
 from vqtok.convert.taming import from_taming, infer_taming_config, taming_config_from_yaml
 
 __all__ = [
@@ -11,6 +12,8 @@ __all__ = [
     "taming_config_from_yaml",
     "from_llamagen",
     "infer_llamagen_config",
+    "from_magvit2",
+    "infer_magvit2_config",
     "from_diffusers",
     "to_diffusers",
     "load_checkpoint",

@@ -1,4 +1,4 @@
-"""``vqtok convert`` (taming, llamagen, diffusers -> a vqtok model folder) and ``vqtok export`` (diffusers)."""
+"""``vqtok convert`` (taming, llamagen, magvit2, diffusers -> a vqtok model folder) and ``vqtok export`` (diffusers)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,15 @@ def _convert_llamagen(args: argparse.Namespace) -> int:
     tok = from_llamagen(args.ckpt, ema=args.ema)
     out = tok.save_pretrained(args.out)
     print(f"converted {args.ckpt} ({'ema' if args.ema else 'model'} weights, {tok.codebook_size} codes, f{tok.downsample_factor}) -> {out}")
+    return 0
+
+
+def _convert_magvit2(args: argparse.Namespace) -> int:
+    from vqtok.convert.magvit2 import from_magvit2
+
+    tok = from_magvit2(args.ckpt, ema=args.ema, resolution=args.resolution)
+    out = tok.save_pretrained(args.out)
+    print(f"converted Open-MAGVIT2 {args.ckpt} ({tok.codebook_size} codes, f{tok.downsample_factor}) -> {out}")
     return 0
 
 
@@ -59,6 +68,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     t.add_argument("--ema", action="store_true", help="take the 'ema' weights instead of 'model'")
     add_out_argument(t, "output model folder")
     t.set_defaults(func=_convert_llamagen)
+    t = families.add_parser("magvit2", help="Open-MAGVIT2 Lightning .ckpt (imagenet_256_L.ckpt, ...)")
+    t.add_argument("ckpt", help="Lightning .ckpt with the weights under 'state_dict'")
+    t.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
+                   help="take the model_ema.* weights (default: when present, as Open-MAGVIT2's own scripts do)")
+    t.add_argument("--resolution", type=int, default=256, help="training resolution recorded in the config")
+    add_out_argument(t, "output model folder")
+    t.set_defaults(func=_convert_magvit2)
     t = families.add_parser("diffusers", help="diffusers VQModel folder or Hub repo")
     t.add_argument("source", help="folder with config.json + diffusion_pytorch_model.safetensors, or a Hub repo id")
     t.add_argument("--subfolder", default=None, help="subfolder of a pipeline repo holding the VQModel, e.g. vqvae")

@@ -22,12 +22,13 @@ Gradients reach the encoder through the straight-through estimator ẑ + sg[z_q 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["VectorQuantizer", "QuantizerOutput", "nearest_code"]
+__all__ = ["VectorQuantizer", "QuantizerOutput", "Quantizer", "nearest_code"]
 
 # Elements of (N, K) distance buffers alive at once: bounds the extra memory of the search to
 # about 64 MiB of float32 whatever N (batch × grid) and K are.
@@ -39,6 +40,28 @@ class QuantizerOutput:
     z_q: torch.Tensor  # (B, D, h, w) quantized features (straight-through in training)
     ids: torch.Tensor  # (B, h, w) long, index of the nearest code
     loss: torch.Tensor  # () codebook + commitment loss (0 when not training)
+
+
+@runtime_checkable
+class Quantizer(Protocol):
+    """What every vqtok quantizer offers (VectorQuantizer, :class:`~vqtok.models.fsq.FSQ`, :class:`~vqtok.models.lfq.LFQ`).
+
+    ``forward(z)`` gives a :class:`QuantizerOutput`; ``lookup`` is its ids alone (no gradient)
+    and ``codes`` its inverse, so ``codes(lookup(z))`` is the ``z_q`` of eval mode.
+    """
+
+    codebook_size: int  # number of distinct ids K: ids lie in [0, K)
+    embed_dim: int  # channels D of z and of the codes
+
+    def lookup(self, z: torch.Tensor) -> torch.Tensor:
+        """z (B, D, h, w) -> ids (B, h, w) long."""
+        ...
+
+    def codes(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, h, w) -> codes (B, D, h, w)."""
+        ...
+
+    def __call__(self, z: torch.Tensor) -> QuantizerOutput: ...
 
 
 def nearest_code(
@@ -67,7 +90,12 @@ def nearest_code(
             chunk_size = max(1, _DISTANCE_BUDGET // (max(k, 1) * (2 if exact else 1)))
         if n == 0:
             return torch.empty(0, dtype=torch.long, device=z.device)
-        e_sq = torch.sum(codebook**2, dim=1)  # (K,)
+        # (K,) ‖e‖², a block of codes at a time: codebook**2 whole would be a second codebook-sized
+        # temporary (256 MiB at 262144 x 256). Each row's sum is reduced alone, so the bits do not change.
+        e_sq = torch.empty(k, dtype=dtype, device=z.device)
+        block = max(1, _DISTANCE_BUDGET // max(codebook.shape[1], 1))
+        for start in range(0, k, block):
+            torch.sum(codebook[start : start + block] ** 2, dim=1, out=e_sq[start : start + block])
         codebook_t = codebook.t()
         ids = torch.empty(n, dtype=torch.long, device=z.device)
         rows = min(n, chunk_size)
@@ -111,6 +139,11 @@ class VectorQuantizer(nn.Module):
         self.l2_norm = l2_norm
         self.embedding = nn.Embedding(n_embed, embed_dim)
         self.embedding.weight.data.uniform_(-1.0 / n_embed, 1.0 / n_embed)
+
+    @property
+    def codebook_size(self) -> int:
+        """Number of codes K (= ``n_embed``)."""
+        return self.n_embed
 
     def codebook(self) -> torch.Tensor:
         """The codes as used for lookup: (K, D)."""

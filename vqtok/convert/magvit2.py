@@ -1,0 +1,163 @@
+"""Import Open-MAGVIT2 image tokenizers (TencentARC, ``TencentARC/Open-MAGVIT2-Tokenizer-*``).
+
+Published checkpoints (``imagenet_256_L.ckpt``, ``imagenet_128_L.ckpt``...) are PyTorch
+Lightning ``.ckpt`` files: ``{"state_dict": ..., "optimizer_states": ..., "hyper_parameters": ...}``.
+They are read with vqtok's restricted unpickler; nothing pickled in them is imported or run.
+
+The ``state_dict`` of ``lfqgan.VQModel`` holds
+
+* ``encoder.*`` / ``decoder.*`` — the autoencoder, named exactly as
+  :class:`~vqtok.models.magvit2.MAGVIT2` (so they load with ``strict=True``);
+* ``loss.*`` — the discriminator and LPIPS of the training loss (dropped);
+* ``model_ema.*`` when trained with ``use_ema: True`` (the published models): an exponential
+  moving average of every parameter, stored by Lightning's ``LitEma`` under the parameter's
+  name with the dots removed (``encoder.conv_in.weight`` -> ``model_ema.encoderconv_inweight``),
+  plus ``model_ema.decay`` / ``model_ema.num_updates``. Open-MAGVIT2's own reconstruction and
+  evaluation scripts run the EMA weights (``ema_scope``) when they exist, so does this
+  importer by default (``ema=None``); ``ema=False`` takes the raw weights.
+
+The LFQ quantizer has no tensors (its codebook is implicit), and the architecture is read off
+the tensor shapes: ``ch``, ``ch_mult``, ``num_res_blocks``, ``z_channels`` (= bits per token).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Any, Mapping
+
+import torch
+
+from vqtok.convert.safe_pickle import load_checkpoint
+from vqtok.models.magvit2 import MAGVIT2, MAGVIT2Config
+from vqtok.hub import load_strict
+from vqtok.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["from_magvit2", "infer_magvit2_config", "magvit2_state_dict"]
+
+_EMA_PREFIX = "model_ema."
+_EMA_BOOKKEEPING = ("model_ema.decay", "model_ema.num_updates")
+_DROPPED_PREFIXES = ("loss.",)  # discriminator + LPIPS of the training loss
+_PREFIXES = ("module.", "_orig_mod.")  # DDP / torch.compile wrappers, should a file keep them
+
+
+def _strip(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for p in _PREFIXES:
+            if key.startswith(p):
+                key, changed = key[len(p) :], True
+    return key
+
+
+def magvit2_state_dict(checkpoint: Any, *, ema: bool | None = None) -> dict[str, torch.Tensor]:
+    """The autoencoder tensors of a loaded Open-MAGVIT2 checkpoint (Lightning dict or bare state dict).
+
+    ema: ``None`` takes the EMA weights when the file has them (as Open-MAGVIT2's scripts do),
+    ``True`` requires them, ``False`` takes the raw training weights.
+    """
+    state = checkpoint["state_dict"] if isinstance(checkpoint, Mapping) and "state_dict" in checkpoint else checkpoint
+    if not isinstance(state, Mapping):
+        raise ValueError(f"checkpoint holds no state dict (found {type(state).__name__})")
+    model: dict[str, torch.Tensor] = {}
+    averaged: dict[str, torch.Tensor] = {}
+    dropped = 0
+    for raw_key, value in state.items():
+        if not isinstance(raw_key, str):
+            continue
+        key = _strip(raw_key)
+        if key.startswith(_DROPPED_PREFIXES) or key in _EMA_BOOKKEEPING:
+            dropped += 1
+            continue
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"checkpoint entry {raw_key!r} is a {type(value).__name__}, not a tensor")
+        if key.startswith(_EMA_PREFIX):
+            averaged[key[len(_EMA_PREFIX) :]] = value
+        else:
+            model[key] = value
+    if dropped:
+        logger.info("dropped %d training-only tensors (loss.*: discriminator, LPIPS; EMA bookkeeping)", dropped)
+    if "encoder.conv_in.weight" not in model or "decoder.conv_out.weight" not in model:
+        raise ValueError("not an Open-MAGVIT2 checkpoint: 'encoder.conv_in.weight' / 'decoder.conv_out.weight' are missing")
+    if "encoder.mid_block.0.conv1.weight" not in model or not any(k.startswith("decoder.adaptive.") for k in model):
+        raise ValueError(
+            "not an Open-MAGVIT2 checkpoint: no encoder.mid_block / decoder.adaptive tensors "
+            "(a taming VQGAN? use vqtok.convert.from_taming)"
+        )
+    if "quantize.embedding.weight" in model:
+        raise ValueError(
+            "this checkpoint has a learned codebook (quantize.embedding.weight): an IBQ / VQ model, "
+            "not Open-MAGVIT2's lookup-free quantizer"
+        )
+    use_ema = bool(averaged) if ema is None else ema
+    if not use_ema:
+        return model
+    if not averaged:
+        raise ValueError("ema=True but the checkpoint has no model_ema.* weights (trained with use_ema: False)")
+    out: dict[str, torch.Tensor] = {}
+    missing = []
+    for key, value in model.items():
+        flat = key.replace(".", "")
+        if flat in averaged:
+            out[key] = averaged[flat]
+        else:
+            missing.append(key)
+    if missing:
+        more = f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""
+        raise ValueError(f"the checkpoint's EMA weights lack {', '.join(missing[:5])}{more}; pass ema=False for the raw weights")
+    logger.info("using the EMA weights of the checkpoint (%d tensors)", len(out))
+    return out
+
+
+def _count(state: Mapping[str, torch.Tensor], pattern: str) -> int:
+    rx = re.compile(pattern)
+    return len({m.group(1) for k in state if (m := rx.match(k))})
+
+
+def infer_magvit2_config(state: Mapping[str, torch.Tensor], *, resolution: int = 256) -> MAGVIT2Config:
+    """Read the architecture off the tensor shapes (``resolution`` is not in the weights: it is recorded as given)."""
+    conv_in = state["encoder.conv_in.weight"]  # (ch, in_channels, 3, 3)
+    ch, in_channels = int(conv_in.shape[0]), int(conv_in.shape[1])
+    levels = _count(state, r"encoder\.down\.(\d+)\.")
+    if levels == 0:
+        raise ValueError("no encoder.down.* tensors: not an Open-MAGVIT2 encoder")
+    ch_mult = tuple(int(state[f"encoder.down.{i}.block.0.conv1.weight"].shape[0]) // ch for i in range(levels))
+    num_res_blocks = _count(state, r"encoder\.down\.0\.block\.(\d+)\.")
+    z_channels = int(state["encoder.conv_out.weight"].shape[0])
+    if int(state["decoder.conv_in.weight"].shape[1]) != z_channels:
+        raise ValueError(
+            f"encoder.conv_out gives {z_channels} channels but decoder.conv_in takes {state['decoder.conv_in.weight'].shape[1]}"
+        )
+    decoder_blocks = _count(state, r"decoder\.up\.0\.block\.(\d+)\.")
+    if decoder_blocks != num_res_blocks:
+        raise ValueError(f"encoder has {num_res_blocks} blocks per level but decoder {decoder_blocks}: not a supported layout")
+    return MAGVIT2Config(
+        ch=ch,
+        ch_mult=ch_mult,
+        num_res_blocks=num_res_blocks,
+        z_channels=z_channels,
+        resolution=resolution,
+        in_channels=in_channels,
+        out_ch=int(state["decoder.conv_out.weight"].shape[0]),
+    )
+
+
+def from_magvit2(
+    ckpt: str | os.PathLike[str], *, ema: bool | None = None, resolution: int = 256
+) -> Tokenizer:
+    """Load an Open-MAGVIT2 Lightning checkpoint (``imagenet_256_L.ckpt``, ...) into a :class:`~vqtok.Tokenizer`.
+
+    ckpt: the ``.ckpt`` (weights under ``state_dict``) or a bare state dict saved with torch.save,
+    read without executing pickled code. ema: see :func:`magvit2_state_dict`. resolution: the
+    training image side, recorded in the config (the published files: 256 or 128).
+    """
+    state = magvit2_state_dict(load_checkpoint(ckpt), ema=ema)
+    cfg = infer_magvit2_config(state, resolution=resolution)
+    model = MAGVIT2(cfg)
+    load_strict(model, state, source=str(ckpt))
+    logger.info("converted Open-MAGVIT2 checkpoint %s: %s", ckpt, cfg)
+    return Tokenizer(model)
