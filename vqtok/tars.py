@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Generic, TypeVar, Union
 
+from vqtok._errors import reason
 from vqtok.images import IMAGE_SUFFIXES
 
 __all__ = [
@@ -158,7 +159,7 @@ class _HeaderCheck(tarfile.TarInfo):
         except tarfile.EOFHeaderError:  # the zero block of a complete tar
             raise
         except tarfile.HeaderError as err:
-            setattr(tarfile_, _BAD_HEADER, f"{type(err).__name__}: {err}")
+            setattr(tarfile_, _BAD_HEADER, reason(err))
             raise
 
 
@@ -210,7 +211,7 @@ class _Reading:
                     yield m.name, value
                 _check_complete(tf)
         except _TAR_ERRORS as err:
-            self.error = f"truncated or corrupt tar after {self.members} members: {type(err).__name__}: {err}"
+            self.error = f"truncated or corrupt tar after {self.members} members: {reason(err)}"
             split = split_key(self._reading) if self._reading is not None else None
             self.cut_key = split[0] if split is not None else None
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vqtok._errors import reason
 from vqtok.metrics.fid import (
     KIDResult,
     RunningStats,
@@ -199,7 +200,7 @@ def _decoded(samples: Iterable[Sample], size: int | None, factor: int, bad: BadS
         except FileNotFoundError:
             raise
         except Exception as err:  # noqa: BLE001 - any per-sample data problem is recorded, not fatal
-            bad.add(s.key, f"{type(err).__name__}: {str(err).replace('<bytes>', 'image member')}")
+            bad.add(s.key, reason(err, subject="image member"))
 
 
 def _batches(arrays: Iterator[tuple[str, np.ndarray]], size: int, limit: int | None) -> Iterator[list[np.ndarray]]:

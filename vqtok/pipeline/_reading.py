@@ -11,6 +11,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
+from vqtok._errors import reason
 from vqtok.images import prepare_image
 from vqtok.tars import TRUNCATED_KEY, ShardIndex, Span, TarSample, image_field, index_shard
 
@@ -93,7 +94,6 @@ class BlockStream(torch.utils.data.IterableDataset):
             pixels = prepare_image(ShardIndex.read(fh, s.fields[ext]), size=self.size, factor=self.factor)  # (H, W, 3) uint8
             kept = {k: ShardIndex.read(fh, s.fields[k]) for k in self.keep if k in s.fields}
         except Exception as err:  # noqa: BLE001 - any per-sample data problem is recorded, not fatal
-            msg = str(err).replace("<bytes>", f"{ext} field")
-            return Prepared(s.key, None, f"{type(err).__name__}: {msg}")
+            return Prepared(s.key, None, reason(err, subject=f"{ext} field"))
         return Prepared(s.key, pixels, None, kept)
 

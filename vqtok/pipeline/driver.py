@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from vqtok._errors import reason
 from vqtok._io import atomic_write, remove_stale_tmp
 from vqtok.pipeline._naming import completed_output, model_fingerprint, output_name_for
 from vqtok.pipeline.remote import fetch, shard_name
@@ -429,7 +430,7 @@ def _run_jobs(
                 local = futures.pop(i).result()
             except Exception as err:  # noqa: BLE001 - a failed download must not stop the other shards
                 logger.error("could not fetch %s: %s: %s (its shard is left undone)", src, type(err).__name__, err)
-                failures.append(FetchFailure(src, f"{type(err).__name__}: {err}"))
+                failures.append(FetchFailure(src, reason(err)))
                 continue
             try:
                 yield from tokenize([(local, dst)])

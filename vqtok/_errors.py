@@ -1,0 +1,31 @@
+"""One stable, one-line text for an exception, as recorded in stats files and reports.
+
+Reports must be reproducible byte for byte: two runs over the same bad sample write the same reason.
+Python and PIL messages can hold object reprs with memory addresses (``<_io.BytesIO object at
+0x7fc4409a7c40>``) and temporary file names; :func:`reason` replaces those and keeps the first line.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["reason"]
+
+_OBJECT_REPR = re.compile(r"<([A-Za-z_][\w.]*) object at 0x[0-9a-fA-F]+>")
+_ADDRESS = re.compile(r"\b0x[0-9a-fA-F]{6,}\b")
+_TEMP_NAME = re.compile(r"(\.tmp-|\.old-)[\w.-]+")
+
+
+def reason(err: BaseException, *, subject: str | None = None) -> str:
+    """``"TypeName: message"`` with object addresses and temporary-name suffixes removed, one line.
+
+    ``subject`` replaces the ``<bytes>`` placeholder of :func:`vqtok.images.load_image` (e.g. ``"jpg field"``).
+    """
+    text = str(err).strip()
+    text = text.splitlines()[0] if text else ""
+    text = _OBJECT_REPR.sub(lambda m: f"<{m.group(1).rsplit('.', 1)[-1]}>", text)
+    text = _ADDRESS.sub("0x…", text)
+    text = _TEMP_NAME.sub("", text)
+    if subject is not None:
+        text = text.replace("<bytes>", subject)
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
