@@ -301,7 +301,7 @@ class RunResult:
     shards: list[ShardStats]  # this rank's shards, in order (skipped ones included, skipped=True)
     seconds: float
     failures: list[SampleFailure] = field(default_factory=list)  # every failed sample of this rank's shards
-    fetch_failures: list[FetchFailure] = field(default_factory=list)  # remote shards not fetched: not done
+    fetch_failures: list[FetchFailure] = field(default_factory=list)  # shards left undone: not fetched (or, on Ray, failed)
 
     @property
     def samples_written(self) -> int:
@@ -335,7 +335,7 @@ class RunResult:
             f"pretokenize{where}: {len(self.shards)} shards ({self.shards_processed} done now, {skipped} already complete), "
             f"{self.samples_written} samples written, {self.samples_failed} failed ({100 * self.error_rate:.2f}%), "
             f"{self.images_per_second:.1f} img/s, {self.seconds:.1f} s -> {self.output}"
-            + (f"; {len(self.fetch_failures)} remote shard(s) not fetched" if self.fetch_failures else "")
+            + (f"; {len(self.fetch_failures)} shard(s) left undone (not fetched or failed)" if self.fetch_failures else "")
         )
 
 
