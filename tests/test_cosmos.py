@@ -222,7 +222,8 @@ def test_from_cosmos_round_trip_gives_the_archives_ids(cfg: CosmosConfig, tmp_pa
     assert torch.equal(got.ids, want_ids.long())
     assert torch.equal(got.z_q, want_codes)
     assert len(torch.unique(want_ids)) > 50  # many distinct codes, not a degenerate latent
-    assert torch.equal(got_pixels, want_pixels)  # decode_ids lays the codes out channels-last, as Cosmos does
+    assert torch.equal(got_pixels, want_pixels)  # decode lays the codes out channels-last, as Cosmos does
+    assert torch.equal(tok.model.decode(got.z_q), want_pixels)
     # and through the Tokenizer's public API (PIL in, ids out)
     assert torch.equal(tok.encode(real_photos(3), size=128), want_ids.long())
 
@@ -234,6 +235,27 @@ def test_traced_encoder_archive_converts_too(tmp_path: Path) -> None:
     x = _photo_batch(2, 64)
     with torch.no_grad():
         assert torch.equal(tok.model.encode(x).ids, enc_jit(x)[0].long())
+
+
+def test_bfloat16_archive_converts_to_float32(tmp_path: Path, caplog) -> None:
+    model = _model(TINY8, seed=3)
+    _, dec_path, _, _ = _archives(model, tmp_path)
+    enc = nn.Sequential(OrderedDict(encoder=model.encoder, quant_conv=model.quant_conv,
+                                    quantizer=CosmosFSQuantizer(TINY8.levels))).to(torch.bfloat16).eval()
+    torch.jit.script(enc).save(str(tmp_path / "enc_bf16.jit"))
+    assert read_torchscript_tensors(tmp_path / "enc_bf16.jit")["encoder.conv_in.weight"].dtype == torch.bfloat16
+    with caplog.at_level("INFO", logger="vqtok.convert.cosmos"):
+        tok = from_cosmos(tmp_path / "enc_bf16.jit", dec_path, resolution=256, attn_resolutions=(16,))
+    assert "torch.bfloat16" in caplog.text
+    w = tok.model.encoder.conv_in.weight
+    assert w.dtype == torch.float32 and torch.equal(w, enc.encoder.conv_in.weight.float())
+
+
+def test_bf16_precision_runs(tmp_path: Path) -> None:
+    tok = Tokenizer(_model(TINY16, seed=4), precision="bf16")
+    ids = tok.encode(real_photos(2), size=64)
+    assert ids.shape == (2, 4, 4) and int(ids.max()) < 64000
+    assert tok.decode(ids, output="pt").shape == (2, 3, 64, 64)
 
 
 def test_read_torchscript_tensors_names_every_tensor(tmp_path: Path) -> None:

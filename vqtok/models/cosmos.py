@@ -470,18 +470,17 @@ class CosmosDI(nn.Module):
         return self.quantize(self.quant_conv(self.encoder(x)))
 
     def decode(self, z_q: torch.Tensor) -> torch.Tensor:
-        """FSQ codes (B, 6, h, w) -> image (B, 3, H, W), roughly in [-1, 1]."""
-        return self.decoder(self.post_quant_conv(z_q))
+        """FSQ codes (B, 6, h, w) -> image (B, 3, H, W), roughly in [-1, 1].
 
-    def decode_ids(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids (B, h, w) -> image (B, 3, H, W).
-
-        The codes are laid out channels-last, as Cosmos's ``indices_to_codes`` leaves them (a
+        The codes are laid out channels-last, as Cosmos's quantizer leaves them (a
         ``b h w d -> b d h w`` view): the convolutions then take the same kernels and the pixels
         match the original bit for bit on CPU.
         """
-        codes = self.quantize.codes(ids).to(self.post_quant_conv.weight.dtype)  # (B, D, h, w)
-        return self.decode(codes.contiguous(memory_format=torch.channels_last))
+        return self.decoder(self.post_quant_conv(z_q.contiguous(memory_format=torch.channels_last)))
+
+    def decode_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, h, w) -> image (B, 3, H, W)."""
+        return self.decode(self.quantize.codes(ids).to(self.post_quant_conv.weight.dtype))
 
     def forward(self, x: torch.Tensor) -> CosmosOutput:
         q = self.encode(x)
