@@ -168,7 +168,10 @@ def read_torchscript_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Te
         except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError, IndexError, KeyError) as err:
             raise ValueError(f"{source}: data.pkl is not a readable TorchScript module tree: {err}") from err
     tensors: dict[str, torch.Tensor] = {}
-    _collect(root, "", tensors, set())
+    try:
+        _collect(root, "", tensors, set())
+    except RecursionError:
+        raise ValueError(f"{source}: the module tree in data.pkl is nested too deeply to be a model") from None
     if not tensors:
         raise ValueError(f"{source}: no tensors found in the archive's module tree")
     logger.debug("read %d tensors from %s (root %r)", len(tensors), source, root)
