@@ -91,8 +91,8 @@ def test_registry() -> None:
     assert set(MODEL_TYPES) >= {"vqgan", "magvit2"}
     assert model_type_of(_model()) == "magvit2" and model_type_of(VQGAN(TINY)) == "vqgan"
     assert isinstance(build_model("magvit2", SMALL.to_dict()), MAGVIT2)
-    with pytest.raises(ValueError, match="unknown model_type 'cosmos'"):
-        build_model("cosmos", {})
+    with pytest.raises(ValueError, match="unknown model_type 'no-such-architecture'"):
+        build_model("no-such-architecture", {})
     with pytest.raises(TypeError, match="not a registered vqtok model"):
         Tokenizer(torch.nn.Linear(2, 2))  # type: ignore[arg-type]
 
@@ -135,9 +135,9 @@ def test_old_vqgan_folder_still_loads_and_unknown_type_is_refused(tmp_path: Path
     assert cfg["model_type"] == "vqgan"
     again = Tokenizer.from_pretrained(tmp_path / "v")
     assert isinstance(again.model, VQGAN) and again.config == TINY
-    cfg["model_type"] = "cosmos"
+    cfg["model_type"] = "no-such-architecture"
     (tmp_path / "v" / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="holds a 'cosmos' model, expected 'vqgan' or 'magvit2'"):
+    with pytest.raises(ValueError, match="holds a 'no-such-architecture' model, expected 'vqgan' or 'magvit2'"):
         Tokenizer.from_pretrained(tmp_path / "v")
 
 

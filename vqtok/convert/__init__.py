@@ -1,6 +1,7 @@
 """Importers for checkpoints of other code bases; all read files with a restricted unpickler."""
 
 from vqtok.convert.safe_pickle import Placeholder, UnsafeCheckpointError, load_checkpoint
+from vqtok.convert.cosmos import from_cosmos, infer_cosmos_config, read_torchscript_tensors
 from vqtok.convert.diffusers import from_diffusers, to_diffusers
 from vqtok.convert.llamagen import from_llamagen, infer_llamagen_config
 from vqtok.convert.magvit2 import from_magvit2, infer_magvit2_config
@@ -14,6 +15,9 @@ __all__ = [
     "infer_llamagen_config",
     "from_magvit2",
     "infer_magvit2_config",
+    "from_cosmos",
+    "infer_cosmos_config",
+    "read_torchscript_tensors",
     "from_diffusers",
     "to_diffusers",
     "load_checkpoint",

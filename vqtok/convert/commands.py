@@ -1,4 +1,4 @@
-"""``vqtok convert`` (taming, llamagen, magvit2, diffusers -> a vqtok model folder) and ``vqtok export`` (diffusers)."""
+"""``vqtok convert`` (taming, llamagen, magvit2, cosmos, diffusers -> a vqtok model folder) and ``vqtok export`` (diffusers)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,15 @@ def _convert_magvit2(args: argparse.Namespace) -> int:
     tok = from_magvit2(args.ckpt, ema=args.ema, resolution=args.resolution)
     out = tok.save_pretrained(args.out)
     print(f"converted Open-MAGVIT2 {args.ckpt} ({tok.codebook_size} codes, f{tok.downsample_factor}) -> {out}")
+    return 0
+
+
+def _convert_cosmos(args: argparse.Namespace) -> int:
+    from vqtok.convert.cosmos import from_cosmos
+
+    tok = from_cosmos(args.encoder, args.decoder, resolution=args.resolution, attn_resolutions=args.attn_resolutions)
+    out = tok.save_pretrained(args.out)
+    print(f"converted Cosmos {args.encoder} + {args.decoder} ({tok.codebook_size} codes, f{tok.downsample_factor}) -> {out}")
     return 0
 
 
@@ -75,6 +84,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     t.add_argument("--resolution", type=int, default=256, help="training resolution recorded in the config")
     add_out_argument(t, "output model folder")
     t.set_defaults(func=_convert_magvit2)
+    t = families.add_parser("cosmos", help="NVIDIA Cosmos DI8x8 / DI16x16 encoder.jit + decoder.jit (tensors read, code not run)")
+    t.add_argument("encoder", help="encoder.jit (TorchScript archive: encoder, quant_conv, quantizer)")
+    t.add_argument("decoder", help="decoder.jit (TorchScript archive: inv_quant, post_quant_conv, decoder)")
+    t.add_argument("--resolution", type=int, default=1024, help="Cosmos config 'resolution' (places attention; published: 1024)")
+    t.add_argument("--attn-resolutions", type=int, nargs="*", default=[32],
+                   help="Cosmos config 'attn_resolutions' (published: 32, i.e. attention in the mid blocks only)")
+    add_out_argument(t, "output model folder")
+    t.set_defaults(func=_convert_cosmos)
     t = families.add_parser("diffusers", help="diffusers VQModel folder or Hub repo")
     t.add_argument("source", help="folder with config.json + diffusion_pytorch_model.safetensors, or a Hub repo id")
     t.add_argument("--subfolder", default=None, help="subfolder of a pipeline repo holding the VQModel, e.g. vqvae")

@@ -1,5 +1,6 @@
-"""Model definitions: architectures (taming VQGAN, Open-MAGVIT2) and the quantizer family (VQ, FSQ, LFQ)."""
+"""Model definitions: architectures (taming VQGAN, Open-MAGVIT2, Cosmos DI) and the quantizer family (VQ, FSQ, LFQ)."""
 
+from vqtok.models.cosmos import CosmosConfig, CosmosDI
 from vqtok.models.fsq import FSQ
 from vqtok.models.lfq import LFQ
 from vqtok.models.magvit2 import MAGVIT2, MAGVIT2Config
@@ -14,6 +15,8 @@ __all__ = [
     "Decoder",
     "MAGVIT2",
     "MAGVIT2Config",
+    "CosmosDI",
+    "CosmosConfig",
     "VectorQuantizer",
     "FSQ",
     "LFQ",

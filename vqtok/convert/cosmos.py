@@ -1,0 +1,350 @@
+"""Import NVIDIA Cosmos discrete image tokenizers (``nvidia/Cosmos-0.1-Tokenizer-DI8x8``, ``-DI16x16``).
+
+The weights are published as two TorchScript archives: ``encoder.jit`` (a ``Sequential`` of
+``encoder``, ``quant_conv``, ``quantizer``) and ``decoder.jit`` (``inv_quant``,
+``post_quant_conv``, ``decoder``). A TorchScript archive is a zip file::
+
+    <name>/data.pkl        the module tree: one pickled object per module, its attributes in a dict
+    <name>/data/<n>        raw little-endian bytes of storage n, referenced from data.pkl by persistent id
+    <name>/code/...        the TorchScript source of every module's methods (what torch.jit.load compiles)
+    <name>/constants.pkl   tensor constants used by that code
+    <name>/version, <name>/byteorder, ...
+
+:func:`read_torchscript_tensors` reads ``data.pkl`` with vqtok's restricted unpickler
+(:mod:`vqtok.convert.safe_pickle`): module classes (``__torch__.…``) become inert placeholders,
+tensors are rebuilt from the ``data/<n>`` bytes, and the only functions the file may call are
+torch's tensor rebuilders and TorchScript's list builders (``torch.jit._pickle.build_intlist``
+and friends, re-implemented here as plain ``list``). ``code/`` and ``constants.pkl`` are never
+read, compiled or run; ``torch.jit.load`` is never called.
+
+What that means for trust: the archive's own forward code is ignored. The converted model is
+vqtok's re-implementation of the published architecture (:mod:`vqtok.models.cosmos`), built
+from the tensor names and shapes found in the archive and loaded strictly — every tensor the
+model needs must be there with the right shape, and every tensor in the archive must be one the
+model uses or one of the fixed buffers checked below. If NVIDIA's archives computed something
+other than the published ``cosmos_tokenizer`` source, the converted model would silently compute
+the published thing instead; nothing in the archive can make vqtok run other code.
+
+Fixed buffers are verified, not ignored: the wavelet taps of ``encoder.patcher`` /
+``decoder.unpatcher`` (Haar 1/√2 or rearrange 1) give ``patch_method``; the FSQ ``_levels``
+give the levels; ``_basis`` and (when present) ``implicit_codebook`` — Cosmos's own
+id → code table — must equal vqtok's FSQ numbering exactly, so a file whose ids mean other codes
+is refused.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import pickle
+import re
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from vqtok.convert.safe_pickle import Placeholder, RestrictedUnpickler, UnsafeCheckpointError
+from vqtok.hub import load_strict
+from vqtok.models.cosmos import CosmosConfig, CosmosDI
+from vqtok.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["from_cosmos", "read_torchscript_tensors", "infer_cosmos_config", "cosmos_state_dict"]
+
+
+def _as_list(values: Any) -> list[Any]:
+    return list(values)
+
+
+def _restore_type_tag(value: Any, type_str: Any) -> Any:
+    return value  # TorchScript tags containers with their static type; the value is what matters here
+
+
+# TorchScript's pickler wraps specialised lists and typed containers in these (torch/jit/_pickle.py).
+_TORCHSCRIPT_HELPERS: dict[tuple[str, str], Any] = {
+    ("torch.jit._pickle", "build_intlist"): _as_list,
+    ("torch.jit._pickle", "build_doublelist"): _as_list,
+    ("torch.jit._pickle", "build_boollist"): _as_list,
+    ("torch.jit._pickle", "build_tensorlist"): _as_list,
+    ("torch.jit._pickle", "restore_type_tag"): _restore_type_tag,
+}
+
+
+class _ArchiveUnpickler(RestrictedUnpickler):
+    """The restricted unpickler plus TorchScript's list helpers and storages read from the zip."""
+
+    def __init__(self, file: Any, archive: zipfile.ZipFile, prefix: str, source: str) -> None:
+        super().__init__(file)
+        self._archive = archive
+        self._prefix = prefix
+        self._source = source
+        self._storages: dict[str, torch.storage.TypedStorage] = {}
+
+    def find_class(self, module: str, name: str) -> Any:  # noqa: D102
+        helper = _TORCHSCRIPT_HELPERS.get((module, name))
+        return helper if helper is not None else super().find_class(module, name)
+
+    def persistent_load(self, pid: Any) -> Any:  # noqa: D102
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise pickle.UnpicklingError(f"{self._source}: unsupported persistent id {pid!r:.80}")
+        _, storage_type, key, _location, numel = pid
+        with warnings.catch_warnings():  # torch.FloatStorage.dtype warns that TypedStorage is deprecated
+            warnings.simplefilter("ignore", UserWarning)
+            dtype = storage_type if isinstance(storage_type, torch.dtype) else getattr(storage_type, "dtype", None)
+        if not isinstance(dtype, torch.dtype):
+            raise pickle.UnpicklingError(f"{self._source}: storage {key!r} has no known dtype ({storage_type!r})")
+        key = str(key)
+        if key not in self._storages:
+            name = f"{self._prefix}data/{key}"
+            try:
+                raw = self._archive.read(name)
+            except KeyError:
+                raise pickle.UnpicklingError(f"{self._source}: data.pkl refers to {name}, which the archive lacks") from None
+            itemsize = torch.empty((), dtype=dtype).element_size()
+            if len(raw) != int(numel) * itemsize:
+                raise pickle.UnpicklingError(
+                    f"{self._source}: {name} holds {len(raw)} bytes, expected {numel} × {itemsize} ({dtype})"
+                )
+            untyped = torch.UntypedStorage.from_buffer(raw, dtype=torch.uint8) if raw else torch.UntypedStorage(0)
+            self._storages[key] = torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
+        return self._storages[key]
+
+
+def _collect(obj: Any, prefix: str, out: dict[str, torch.Tensor], seen: set[int]) -> None:
+    """Walk the module tree of placeholders; record every tensor attribute under its dotted name."""
+    if id(obj) in seen:
+        return
+    seen.add(id(obj))
+    state = obj.state if isinstance(obj, Placeholder) else None
+    if isinstance(state, tuple) and len(state) == 2 and isinstance(state[0], dict):
+        state = state[0]
+    if not isinstance(state, dict):
+        return
+    for name, value in state.items():
+        if not isinstance(name, str):
+            continue
+        if isinstance(value, torch.Tensor):
+            out[prefix + name] = value.detach()
+        elif isinstance(value, Placeholder):
+            _collect(value, f"{prefix}{name}.", out, seen)
+
+
+def read_torchscript_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Every tensor attribute (parameters and buffers) of a TorchScript archive, by dotted module path.
+
+    Reads ``data.pkl`` and ``data/<n>`` only (see the module docstring); nothing in the archive is
+    executed. Raises FileNotFoundError, :class:`~vqtok.convert.safe_pickle.UnsafeCheckpointError`
+    when data.pkl names a dangerous callable, ValueError for anything that is not a readable archive.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"TorchScript archive {p} does not exist")
+    source = str(p)
+    try:
+        archive = zipfile.ZipFile(p)
+    except zipfile.BadZipFile as err:
+        raise ValueError(f"{source} is not a TorchScript archive (not a zip file)") from err
+    with archive:
+        pickles = [n for n in archive.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
+        if len(pickles) != 1:
+            raise ValueError(f"{source} is not a TorchScript archive: expected one <name>/data.pkl, found {pickles or 'none'}")
+        prefix = pickles[0][: -len("data.pkl")]
+        if f"{prefix}code/" not in {n[: len(prefix) + 5] for n in archive.namelist()}:
+            logger.warning("%s has no code/ folder: a plain torch.save zip rather than TorchScript?", source)
+        if f"{prefix}byteorder" in archive.namelist():
+            order = archive.read(f"{prefix}byteorder").decode(errors="replace").strip()
+            if order != "little":
+                raise ValueError(f"{source} stores its tensors {order}-endian; only little-endian archives are supported")
+        unpickler = _ArchiveUnpickler(io.BytesIO(archive.read(pickles[0])), archive, prefix, source)
+        try:
+            root = unpickler.load()
+        except UnsafeCheckpointError as err:
+            raise UnsafeCheckpointError(f"{source}: {err}") from None
+        except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError, IndexError, KeyError) as err:
+            raise ValueError(f"{source}: data.pkl is not a readable TorchScript module tree: {err}") from err
+    tensors: dict[str, torch.Tensor] = {}
+    try:
+        _collect(root, "", tensors, set())
+    except RecursionError:
+        raise ValueError(f"{source}: the module tree in data.pkl is nested too deeply to be a model") from None
+    if not tensors:
+        raise ValueError(f"{source}: no tensors found in the archive's module tree")
+    logger.debug("read %d tensors from %s (root %r)", len(tensors), source, root)
+    return tensors
+
+
+_ENC_BUFFERS = ("encoder.patcher.wavelets", "encoder.patcher._arange")
+_DEC_BUFFERS = ("decoder.unpatcher.wavelets", "decoder.unpatcher._arange")
+_ENC_FSQ = "quantizer."  # encoder.jit: Sequential(encoder, quant_conv, quantizer)
+_DEC_FSQ = "inv_quant.quantizer."  # decoder.jit: Sequential(inv_quant(quantizer), post_quant_conv, decoder)
+_FSQ_BUFFERS = ("_levels", "_basis", "implicit_codebook")
+
+
+def _count(state: dict[str, torch.Tensor], pattern: str) -> int:
+    rx = re.compile(pattern)
+    found = {int(m.group(1)) for k in state for m in [rx.match(k)] if m}
+    return max(found) + 1 if found else 0
+
+
+def _check_fsq_buffers(tensors: dict[str, torch.Tensor], prefix: str, levels: tuple[int, ...], source: str) -> None:
+    """The archive's FSQ bookkeeping must number codes as vqtok's FSQ does."""
+    from vqtok.models.fsq import FSQ
+
+    fsq = FSQ(levels)
+    basis = tensors.get(prefix + "_basis")
+    if basis is not None and basis.long().flatten().tolist() != fsq._basis.tolist():
+        raise ValueError(f"{source}: FSQ _basis {basis.tolist()} is not channel-0-least-significant {fsq._basis.tolist()}")
+    table = tensors.get(prefix + "implicit_codebook")
+    if table is not None:
+        want = fsq.codes(torch.arange(fsq.codebook_size).view(1, -1, 1))[0, :, :, 0].t()  # (K, D)
+        if tuple(table.shape) != tuple(want.shape) or not torch.equal(table.float(), want):
+            raise ValueError(f"{source}: FSQ implicit_codebook (id -> code table) differs from vqtok's FSQ numbering")
+
+
+def _levels_of(tensors: dict[str, torch.Tensor], prefix: str) -> tuple[int, ...] | None:
+    t = tensors.get(prefix + "_levels")
+    return None if t is None else tuple(int(v) for v in t.flatten().tolist())
+
+
+def _patch_method(tensors: dict[str, torch.Tensor], key: str, source: str) -> str | None:
+    taps = tensors.get(key)
+    if taps is None:
+        return None
+    taps = taps.float()
+    if taps.shape == (2,) and torch.allclose(taps, torch.full_like(taps, 1 / math.sqrt(2)), atol=4e-3):  # bf16: 0.70703125
+        return "haar"
+    if taps.shape == (2,) and torch.equal(taps, torch.ones_like(taps)):
+        return "rearrange"
+    raise ValueError(f"{source}: {key} = {taps.tolist()} is neither the Haar nor the rearrange filter")
+
+
+def infer_cosmos_config(
+    state: dict[str, torch.Tensor],
+    *,
+    levels: Sequence[int] = (8, 8, 8, 5, 5, 5),
+    patch_method: str = "haar",
+    resolution: int = 1024,
+    attn_resolutions: Sequence[int] = (32,),
+) -> CosmosConfig:
+    """The architecture of a Cosmos DI state dict (``encoder.*``, ``quant_conv.*``, ``post_quant_conv.*``, ``decoder.*``).
+
+    Widths, depths, patch size and spatial compression are read off the tensor shapes;
+    ``resolution`` / ``attn_resolutions`` only place attention (published: 1024 / [32], i.e. the
+    mid blocks only) and are checked against the keys by the strict load.
+    """
+    for key in ("encoder.conv_in.weight", "encoder.conv_out.weight", "quant_conv.weight", "decoder.conv_out.weight"):
+        if key not in state:
+            raise ValueError(f"not a Cosmos discrete image tokenizer: no {key}")
+    conv_in = state["encoder.conv_in.weight"]
+    channels, in_patched = int(conv_in.shape[0]), int(conv_in.shape[1])
+    out_patched = int(state["decoder.conv_out.weight"].shape[0])
+    if in_patched % 3 or out_patched % 3:
+        raise ValueError(f"encoder.conv_in takes {in_patched} and decoder.conv_out gives {out_patched} channels: not 3·p² (RGB)")
+    patch_size = math.isqrt(in_patched // 3)
+    if patch_size * patch_size * 3 != in_patched or patch_size & (patch_size - 1):
+        raise ValueError(f"encoder.conv_in takes {in_patched} channels, not 3·p² for a power-of-2 patch size p")
+    n_levels = _count(state, r"encoder\.down\.(\d+)\.")
+    if n_levels == 0:
+        raise ValueError("not a Cosmos discrete image tokenizer: no encoder.down.* levels")
+    mults = []
+    for i in range(n_levels):
+        w = state.get(f"encoder.down.{i}.block.0.conv1.weight")
+        if w is None or int(w.shape[0]) % channels:
+            raise ValueError(f"encoder.down.{i}.block.0.conv1.weight is missing or not a multiple of {channels} channels")
+        mults.append(int(w.shape[0]) // channels)
+    num_res_blocks = _count(state, r"encoder\.down\.0\.block\.(\d+)\.")
+    resamples = sum(f"encoder.down.{i}.downsample.conv.weight" in state for i in range(n_levels))
+    return CosmosConfig(
+        channels=channels,
+        channels_mult=tuple(mults),
+        num_res_blocks=num_res_blocks,
+        attn_resolutions=tuple(attn_resolutions),
+        resolution=resolution,
+        patch_size=patch_size,
+        patch_method=patch_method,
+        z_channels=int(state["encoder.conv_out.weight"].shape[0]),
+        embedding_dim=int(state["quant_conv.weight"].shape[0]),
+        levels=tuple(levels),
+        spatial_compression=patch_size * 2**resamples,
+    )
+
+
+def cosmos_state_dict(
+    encoder_tensors: dict[str, torch.Tensor], decoder_tensors: dict[str, torch.Tensor], *, source: str = "Cosmos archives"
+) -> tuple[dict[str, torch.Tensor], tuple[int, ...], str]:
+    """Merge the tensors of ``encoder.jit`` and ``decoder.jit`` into one vqtok state dict (float32).
+
+    Returns (state, FSQ levels, patch method). The fixed buffers (wavelets, FSQ tables) are
+    checked and dropped; any other tensor outside ``encoder.`` / ``quant_conv.`` (encoder archive)
+    or ``post_quant_conv.`` / ``decoder.`` (decoder archive) is an error.
+    """
+    if "encoder.conv_in.weight" not in encoder_tensors:
+        hint = " (it looks like decoder.jit: pass encoder.jit first)" if "decoder.conv_in.weight" in encoder_tensors else ""
+        raise ValueError(f"{source}: the encoder archive has no encoder.conv_in.weight{hint}")
+    if "decoder.conv_in.weight" not in decoder_tensors:
+        hint = " (it looks like encoder.jit: pass decoder.jit second)" if "encoder.conv_in.weight" in decoder_tensors else ""
+        raise ValueError(f"{source}: the decoder archive has no decoder.conv_in.weight{hint}")
+    enc_levels, dec_levels = _levels_of(encoder_tensors, _ENC_FSQ), _levels_of(decoder_tensors, _DEC_FSQ)
+    if enc_levels and dec_levels and enc_levels != dec_levels:
+        raise ValueError(f"{source}: encoder FSQ levels {list(enc_levels)} differ from decoder's {list(dec_levels)}")
+    levels = enc_levels or dec_levels
+    if levels is None:
+        levels = (8, 8, 8, 5, 5, 5)
+        logger.warning("%s: no FSQ _levels buffer in either archive; assuming the published %s", source, list(levels))
+    _check_fsq_buffers(encoder_tensors, _ENC_FSQ, levels, source)
+    _check_fsq_buffers(decoder_tensors, _DEC_FSQ, levels, source)
+    methods = {m for m in (_patch_method(encoder_tensors, _ENC_BUFFERS[0], source), _patch_method(decoder_tensors, _DEC_BUFFERS[0], source)) if m}
+    if len(methods) > 1:
+        raise ValueError(f"{source}: the encoder patches with {sorted(methods)[0]} but the decoder with {sorted(methods)[1]}")
+    method = methods.pop() if methods else "haar"
+
+    state: dict[str, torch.Tensor] = {}
+    for tensors, keep, fixed, fsq, which in (
+        (encoder_tensors, ("encoder.", "quant_conv."), _ENC_BUFFERS, _ENC_FSQ, "encoder"),
+        (decoder_tensors, ("post_quant_conv.", "decoder."), _DEC_BUFFERS, _DEC_FSQ, "decoder"),
+    ):
+        stray = []
+        for key, value in tensors.items():
+            if key in fixed or (key.startswith(fsq) and key[len(fsq) :] in _FSQ_BUFFERS):
+                continue
+            if not key.startswith(keep):
+                stray.append(key)
+                continue
+            if not value.is_floating_point():
+                raise ValueError(f"{source}: {which} tensor {key} has dtype {value.dtype}, expected floating point weights")
+            state[key] = value.to(torch.float32)
+        if stray:
+            more = f" (+{len(stray) - 5} more)" if len(stray) > 5 else ""
+            raise ValueError(f"{source}: unexpected tensors in the {which} archive: {', '.join(sorted(stray)[:5])}{more}")
+    dtypes = sorted({str(v.dtype) for t in (encoder_tensors, decoder_tensors) for k, v in t.items() if v.is_floating_point()})
+    if dtypes != ["torch.float32"]:
+        logger.info("%s: weights stored as %s, converted to float32", source, ", ".join(dtypes))
+    return state, tuple(levels), method
+
+
+def from_cosmos(
+    encoder_jit: str | os.PathLike[str],
+    decoder_jit: str | os.PathLike[str],
+    *,
+    resolution: int = 1024,
+    attn_resolutions: Sequence[int] = (32,),
+) -> Tokenizer:
+    """Load Cosmos ``encoder.jit`` + ``decoder.jit`` (DI8x8, DI16x16) into a :class:`~vqtok.Tokenizer`, without running them.
+
+    resolution / attn_resolutions: where the checkpoint's attention blocks sit, as in Cosmos's
+    config (published: 1024 / [32] = mid blocks only); a mismatch is reported by the strict load.
+    """
+    source = f"{encoder_jit} + {decoder_jit}"
+    state, levels, method = cosmos_state_dict(
+        read_torchscript_tensors(encoder_jit), read_torchscript_tensors(decoder_jit), source=source
+    )
+    cfg = infer_cosmos_config(state, levels=levels, patch_method=method, resolution=resolution, attn_resolutions=attn_resolutions)
+    model = CosmosDI(cfg)
+    load_strict(model, state, source=source)
+    logger.info("converted Cosmos tokenizer %s: %s", source, cfg)
+    return Tokenizer(model)
