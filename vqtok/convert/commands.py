@@ -1,4 +1,4 @@
-"""``vqtok convert`` (taming, llamagen, magvit2, diffusers -> a vqtok model folder) and ``vqtok export`` (diffusers)."""
+"""``vqtok convert`` (taming, llamagen, magvit2, ibq, dalle-mini, diffusers -> a vqtok model folder) and ``vqtok export`` (diffusers)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,15 @@ def _convert_magvit2(args: argparse.Namespace) -> int:
     tok = from_magvit2(args.ckpt, ema=args.ema, resolution=args.resolution)
     out = tok.save_pretrained(args.out)
     print(f"converted Open-MAGVIT2 {args.ckpt} ({tok.codebook_size} codes, f{tok.downsample_factor}) -> {out}")
+    return 0
+
+
+def _convert_dalle_mini(args: argparse.Namespace) -> int:
+    from vqtok.convert.dalle_mini import from_dalle_mini
+
+    tok = from_dalle_mini(args.source, revision=args.revision)
+    out = tok.save_pretrained(args.out)
+    print(f"converted Flax VQGAN {args.source} ({tok.codebook_size} codes, f{tok.downsample_factor}) -> {out}")
     return 0
 
 
@@ -75,6 +84,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     t.add_argument("--resolution", type=int, default=256, help="training resolution recorded in the config")
     add_out_argument(t, "output model folder")
     t.set_defaults(func=_convert_magvit2)
+    t = families.add_parser("dalle-mini", help="dalle-mini / vqgan-jax Flax VQGAN (flax_model.msgpack + config.json)")
+    t.add_argument("source", nargs="?", default="dalle-mini/vqgan_imagenet_f16_16384",
+                   help="folder, .msgpack file or Hub repo id (default: dalle-mini/vqgan_imagenet_f16_16384)")
+    t.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
+    add_out_argument(t, "output model folder")
+    t.set_defaults(func=_convert_dalle_mini)
     t = families.add_parser("diffusers", help="diffusers VQModel folder or Hub repo")
     t.add_argument("source", help="folder with config.json + diffusion_pytorch_model.safetensors, or a Hub repo id")
     t.add_argument("--subfolder", default=None, help="subfolder of a pipeline repo holding the VQModel, e.g. vqvae")
