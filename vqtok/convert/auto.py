@@ -14,9 +14,11 @@ files                                           layout          converter
 ``config.json`` (``VQModel``) + diffusers       ``diffusers``   :func:`~vqtok.convert.from_diffusers`
 weights, at the root or in ``subfolder``
 ``flax_model.msgpack`` (+ ``config.json``)      ``dalle-mini``  :func:`~vqtok.convert.from_dalle_mini`
-one Lightning ``*.ckpt`` (or ``filename=``)     ``magvit2`` or  :func:`~vqtok.convert.from_magvit2` /
-                                                ``ibq``         :func:`~vqtok.convert.from_ibq`
-                                                                (IBQ has ``quantize.embedding.weight``)
+one Lightning ``*.ckpt`` (or ``filename=``)     ``magvit2``,    :func:`~vqtok.convert.from_magvit2` (no
+                                                ``ibq`` or      codebook tensor), :func:`~vqtok.convert.from_ibq`
+                                                ``taming``      (a codebook and ``model_ema.*`` weights, or
+                                                                "ibq" in the repo / file name), else
+                                                                :func:`~vqtok.convert.from_taming`
 one ``*.pt`` / ``*.pth`` (or ``filename=``)     ``llamagen``    :func:`~vqtok.convert.from_llamagen`
 ==============================================  ==============  ===================================
 
@@ -47,7 +49,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["UnrecognisedLayout", "Recognised", "recognise_layout", "resolve_pretrained", "convert_files", "converted_cache_dir", "LAYOUTS"]
 
-LAYOUTS = ("vqtok", "diffusers", "dalle-mini", "magvit2", "ibq", "llamagen")
+LAYOUTS = ("vqtok", "diffusers", "dalle-mini", "magvit2", "ibq", "taming", "llamagen")
 
 _DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 _FLAX_WEIGHTS = "flax_model.msgpack"
@@ -143,12 +145,22 @@ def _listing(names: Sequence[str], n: int = 12) -> str:
 
 
 # ------------------------------------------------------------------------------ conversion
-def _lightning_family(checkpoint: Any) -> str:
+def _lightning_family(checkpoint: Any, *, source: str) -> str:
+    """Which code base wrote a Lightning checkpoint: ``magvit2``, ``ibq`` or ``taming``.
+
+    No codebook tensor: Open-MAGVIT2 (LFQ). A codebook: IBQ and taming share the tensor names, so
+    IBQ is told by its ``model_ema.*`` weights (taming never kept an EMA; the published IBQ files
+    do) or by "ibq" in the repo / file name; anything else is a taming VQGAN.
+    """
     state = checkpoint["state_dict"] if isinstance(checkpoint, Mapping) and "state_dict" in checkpoint else checkpoint
     if not isinstance(state, Mapping):
-        raise ValueError(f"the checkpoint holds no state dict (found {type(state).__name__})")
+        raise ValueError(f"{source} holds no state dict (found {type(state).__name__})")
     keys = {k.removeprefix("module.") for k in state if isinstance(k, str)}
-    return "ibq" if "quantize.embedding.weight" in keys else "magvit2"
+    if "quantize.embedding.weight" not in keys:
+        return "magvit2"
+    if any(k.startswith("model_ema.") for k in keys) or "ibq" in source.lower():
+        return "ibq"
+    return "taming"
 
 
 def convert_files(layout: str, paths: Sequence[Path], *, source: str) -> tuple[str, Tokenizer]:
@@ -169,11 +181,19 @@ def convert_files(layout: str, paths: Sequence[Path], *, source: str) -> tuple[s
         from vqtok.convert.safe_pickle import load_checkpoint
 
         checkpoint = load_checkpoint(paths[0])  # read once, handed to the family's converter
-        family = _lightning_family(checkpoint)
+        family = _lightning_family(checkpoint, source=source)
         if family == "ibq":
             from vqtok.convert.ibq import ibq_tokenizer
 
             return family, ibq_tokenizer(checkpoint, source=source)
+        if family == "taming":
+            from vqtok.convert.taming import infer_taming_config, taming_state_dict
+            from vqtok.models.vqgan import VQGAN
+
+            state = taming_state_dict(checkpoint)
+            vqgan = VQGAN(infer_taming_config(state))
+            load_strict(vqgan, state, source=source)
+            return family, Tokenizer(vqgan)
         from vqtok.convert.magvit2 import infer_magvit2_config, magvit2_state_dict
         from vqtok.models.magvit2 import MAGVIT2
 

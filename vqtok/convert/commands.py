@@ -36,6 +36,15 @@ def _convert_magvit2(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert_ibq(args: argparse.Namespace) -> int:
+    from vqtok.convert.ibq import from_ibq
+
+    tok = from_ibq(args.ckpt, ema=args.ema, resolution=args.resolution)
+    out = tok.save_pretrained(args.out)
+    print(f"converted IBQ {args.ckpt} ({tok.codebook_size} codes, f{tok.downsample_factor}) -> {out}")
+    return 0
+
+
 def _convert_dalle_mini(args: argparse.Namespace) -> int:
     from vqtok.convert.dalle_mini import from_dalle_mini
 
@@ -84,6 +93,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     t.add_argument("--resolution", type=int, default=256, help="training resolution recorded in the config")
     add_out_argument(t, "output model folder")
     t.set_defaults(func=_convert_magvit2)
+    t = families.add_parser("ibq", help="IBQ Lightning .ckpt (imagenet256_262144.ckpt, ...)")
+    t.add_argument("ckpt", help="Lightning .ckpt with the weights under 'state_dict'")
+    t.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
+                   help="take the model_ema.* weights (default: when present, as IBQ's own scripts do)")
+    t.add_argument("--resolution", type=int, default=256, help="training resolution (names the attention levels)")
+    add_out_argument(t, "output model folder")
+    t.set_defaults(func=_convert_ibq)
     t = families.add_parser("dalle-mini", help="dalle-mini / vqgan-jax Flax VQGAN (flax_model.msgpack + config.json)")
     t.add_argument("source", nargs="?", default="dalle-mini/vqgan_imagenet_f16_16384",
                    help="folder, .msgpack file or Hub repo id (default: dalle-mini/vqgan_imagenet_f16_16384)")

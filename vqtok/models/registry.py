@@ -9,6 +9,7 @@ model_type     config / model                           quantizer
 =============  =======================================  ==========================
 ``vqgan``      VQGANConfig / VQGAN (taming layout)      nearest-code VQ
 ``magvit2``    MAGVIT2Config / MAGVIT2 (Open-MAGVIT2)   LFQ (``config.quantizer``)
+``ibq``        IBQConfig / IBQ (taming autoencoder)     largest inner product (IBQ)
 =============  =======================================  ==========================
 
 Every registered model offers the interface the :class:`~vqtok.Tokenizer` uses (see
@@ -23,6 +24,7 @@ from typing import Any, Mapping, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from vqtok.models.ibq import IBQ, IBQConfig
 from vqtok.models.magvit2 import MAGVIT2, MAGVIT2Config
 from vqtok.models.quantizer import Quantizer, QuantizerOutput
 from vqtok.models.vqgan import VQGAN, VQGANConfig
@@ -76,6 +78,7 @@ class ModelEntry:
 _REGISTRY: dict[str, ModelEntry] = {
     "vqgan": ModelEntry(VQGANConfig, VQGAN),
     "magvit2": ModelEntry(MAGVIT2Config, MAGVIT2),
+    "ibq": ModelEntry(IBQConfig, IBQ),
 }
 MODEL_TYPES: tuple[str, ...] = tuple(_REGISTRY)
 
