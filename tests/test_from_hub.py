@@ -203,3 +203,25 @@ def test_recognise_layout_table() -> None:
         "config.json", "flax_model.msgpack")
     assert auto.recognise_layout(["README.md", "ckpts/x.ckpt", "imagenet256_262144.ckpt"]).layout == "lightning"
     assert auto.recognise_layout(["sub/a.pt"], filename="a.pt", subfolder="sub").files == ("sub/a.pt",)
+
+
+def test_ibq_and_taming_checkpoints_are_told_apart(tmp_path: Path, photos, taming: Tokenizer) -> None:
+    from tests.test_ibq import SMALL, ibq_checkpoint
+    from vqtok.models.ibq import IBQ
+    from vqtok.models.vqgan import VQGAN
+
+    hub = tmp_path / "hub"
+    torch.manual_seed(7)
+    raw, ema = IBQ(SMALL), IBQ(SMALL)
+    ibq_checkpoint(_snapshot(hub, "TencentARC/IBQ-Tokenizer-262144") / "imagenet256_262144.ckpt", raw, ema=ema)
+    tok = Tokenizer.from_pretrained("TencentARC/IBQ-Tokenizer-262144", cache_dir=hub, local_files_only=True)
+    assert isinstance(tok.model, IBQ)
+    assert torch.equal(tok.encode(photos, size=64), Tokenizer(ema.eval()).encode(photos, size=64))
+    # an IBQ file without EMA weights is still IBQ when its repo says so
+    ibq_checkpoint(_snapshot(hub, "org/ibq-raw") / "ibq_raw.ckpt", raw)
+    assert isinstance(Tokenizer.from_pretrained("org/ibq-raw", cache_dir=hub, local_files_only=True).model, IBQ)
+    # the same tensor names without EMA: a taming VQGAN .ckpt
+    torch.save({"state_dict": taming.model.state_dict()}, _snapshot(hub, "org/taming-f4") / "last.ckpt")
+    vq = Tokenizer.from_pretrained("org/taming-f4", cache_dir=hub, local_files_only=True)
+    assert type(vq.model) is VQGAN
+    assert torch.equal(vq.encode(photos, size=64), taming.encode(photos, size=64))

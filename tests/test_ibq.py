@@ -127,3 +127,43 @@ def test_cli_convert_ibq(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert isinstance(tok.model, IBQ) and tok.config == SMALL
     photos = real_photos(2)
     assert torch.equal(tok.encode(photos, size=64), Tokenizer(_model(3)).encode(photos, size=64))
+
+
+def test_cli_pretokenize_usage_eval_with_262144_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The pipeline runs unchanged on an IBQ folder: ids above 65535 go to int32 shards."""
+    import io
+    import json
+    import tarfile
+
+    import numpy as np
+
+    cfg = IBQConfig(**{**SMALL.to_dict(), "embed_dim": 8, "n_embed": 2**18})
+    Tokenizer(_model(5, cfg)).save_pretrained(tmp_path / "m")
+    photos = real_photos(3)
+    (tmp_path / "data").mkdir()
+    with tarfile.open(tmp_path / "data" / "train-000000.tar", "w") as tf:
+        for i, img in enumerate(photos):
+            buf = io.BytesIO()
+            img.save(buf, format="PNG")
+            info = tarfile.TarInfo(f"s{i:03d}.png")
+            info.size = len(buf.getvalue())
+            tf.addfile(info, io.BytesIO(buf.getvalue()))
+    assert main(["pretokenize", "--model", str(tmp_path / "m"), "--input", str(tmp_path / "data" / "train-000000.tar"),
+                 "--out", str(tmp_path / "tokens"), "--size", "64", "--workers", "0", "--no-progress"]) == 0
+    with tarfile.open(tmp_path / "tokens" / "train-000000.tar") as tf:
+        arrays = [np.load(io.BytesIO(tf.extractfile(m).read())) for m in tf if m.name.endswith(".npy")]
+    want = Tokenizer.from_pretrained(tmp_path / "m").encode(photos, size=64).numpy()
+    assert [a.dtype for a in arrays] == [np.int32] * 3
+    np.testing.assert_array_equal(np.stack(arrays), want)
+    assert int(want.max()) > 65535
+    capsys.readouterr()
+    assert main(["usage", str(tmp_path / "tokens"), "--json"]) == 0
+    usage = json.loads(capsys.readouterr().out)
+    assert usage["codebook_size"] == 2**18 and usage["used_codes"] == len(np.unique(want))
+    for i, img in enumerate(photos):
+        img.save(tmp_path / f"{i}.png")
+    report = tmp_path / "report.json"
+    assert main(["eval", "--model", str(tmp_path / "m"), "--data", str(tmp_path), "--size", "64", "--no-fid", "--no-lpips",
+                 "--no-progress", "--out", str(report)]) == 0
+    r = json.loads(report.read_text())
+    assert r["image_count"] == 3 and r["codebook_usage"]["codebook_size"] == 2**18 and r["config_hash"] == cfg.hash()
