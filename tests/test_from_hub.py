@@ -126,6 +126,7 @@ def test_llamagen_file_by_name(tmp_path: Path, photos) -> None:
     tok = Tokenizer.from_pretrained("FoundationVision/LlamaGen", filename="vq_ds16_c2i.pt", cache_dir=hub, local_files_only=True)
     assert tok.config.l2_norm_codes and tok.codebook_size == 64
     assert torch.equal(tok.encode(photos, size=64), from_llamagen(path).encode(photos, size=64))
+    assert torch.equal(Tokenizer.from_pretrained(path).encode(photos, size=64), tok.encode(photos, size=64))  # a file path
     with pytest.raises(FileNotFoundError, match="has no 'vq_ds32.pt'"):
         Tokenizer.from_pretrained("FoundationVision/LlamaGen", filename="vq_ds32.pt", cache_dir=hub, local_files_only=True)
 
@@ -166,6 +167,8 @@ def test_dalle_mini_repo_and_local_folder(tmp_path: Path, photos, taming: Tokeni
     assert torch.equal(tok.decode(ref, output="pt"), taming.decode(ref, output="pt"))
     local = shutil.copytree(snap, tmp_path / "local-dalle")
     assert torch.equal(Tokenizer.from_pretrained(local).encode(photos, size=64), ref)
+    # the weights file itself (its config.json beside it)
+    assert torch.equal(Tokenizer.from_pretrained(local / "flax_model.msgpack").encode(photos, size=64), ref)
 
 
 def test_vqtok_repos_are_untouched_and_subfolders_load(tmp_path: Path, photos, taming: Tokenizer, vqtok_cache: Path) -> None:
@@ -225,3 +228,9 @@ def test_ibq_and_taming_checkpoints_are_told_apart(tmp_path: Path, photos, tamin
     vq = Tokenizer.from_pretrained("org/taming-f4", cache_dir=hub, local_files_only=True)
     assert type(vq.model) is VQGAN
     assert torch.equal(vq.encode(photos, size=64), taming.encode(photos, size=64))
+
+
+def test_other_files_keep_the_folder_error(tmp_path: Path, taming: Tokenizer) -> None:
+    folder = taming.save_pretrained(tmp_path / "m")
+    with pytest.raises(ValueError, match="is a file, not a model folder"):
+        Tokenizer.from_pretrained(folder / "model.safetensors")

@@ -264,24 +264,25 @@ def _hub_names(repo_id: str, *, revision: str | None, cache_dir: str | None, loc
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
+    why = "downloading is off (local_files_only)"
     if not local_files_only:
         try:
             from huggingface_hub import HfApi
 
             return sorted(HfApi().list_repo_files(repo_id, revision=revision))
-        except Exception as err:  # offline mode, no network: fall back to the cache
+        except Exception as err:  # offline mode, no network, gated repo: fall back to the cache
             from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
             if isinstance(err, (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError)):
                 raise FileNotFoundError(f"Hub repo {repo_id!r} (revision {revision or 'main'}): {err}") from err
+            why = f"the Hub could not be asked ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
             logger.info("cannot list %s on the Hub (%s); using the local cache", repo_id, type(err).__name__)
     try:
         snapshot = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True))
     except (LocalEntryNotFoundError, FileNotFoundError) as err:
         raise FileNotFoundError(
-            f"Hub repo {repo_id!r} (revision {revision or 'main'}) is not in the local cache and downloading is off "
-            f"or impossible; download it on a connected machine (`huggingface-cli download {repo_id}`) and point "
-            f"HF_HOME/cache_dir at that cache"
+            f"Hub repo {repo_id!r} (revision {revision or 'main'}) is not in the local cache and {why}; download it "
+            f"on a connected machine (`huggingface-cli download {repo_id}`) and point HF_HOME/cache_dir at that cache"
         ) from err
     return _local_names(snapshot)
 
@@ -337,8 +338,16 @@ def resolve_pretrained(
             return None if subfolder is None else (root / recognised.files[0]).parent
         paths = [root / f for f in recognised.files]
         return _convert_cached("local-" + _safe(str(root.resolve()))[-80:], "local", recognised.layout, paths, source=str(root))
-    if local.exists():
-        return None  # a file: the caller's loader explains what a model folder is
+    if local.is_file() and not local.name.lower().endswith(_LIGHTNING_SUFFIXES + _TORCH_SUFFIXES + (".msgpack",)):
+        return None  # the caller's loader explains what a model folder is
+    if local.is_file():  # a checkpoint file itself: its name says the layout
+        if filename is not None or subfolder is not None:
+            raise ValueError(f"{local} is a file: filename= and subfolder= apply to folders and repos")
+        root = local.parent
+        beside = [CONFIG_NAME] if (root / CONFIG_NAME).is_file() and local.name != CONFIG_NAME else []
+        recognised = recognise_layout([local.name, *beside], filename=local.name, where=str(root))
+        paths = [root / f for f in recognised.files]
+        return _convert_cached("local-" + _safe(str(root.resolve()))[-80:], "local", recognised.layout, paths, source=str(local))
     repo_id = str(repo_id_or_dir)
     if repo_id.count("/") != 1 or repo_id.startswith((".", "/")):
         return None  # the caller's loader explains what a repo id is
