@@ -54,7 +54,7 @@ LAYOUTS = ("vqtok", "diffusers", "dalle-mini", "magvit2", "ibq", "taming", "llam
 _DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 _FLAX_WEIGHTS = "flax_model.msgpack"
 _LIGHTNING_SUFFIXES = (".ckpt",)
-_TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+_TORCH_SUFFIXES = (".pt", ".pth")  # found by themselves; a .bin only when named (filename=)
 _COMMIT = re.compile(r"[\\/]snapshots[\\/]([0-9a-f]{40})[\\/]")
 
 
@@ -100,13 +100,13 @@ def recognise_layout(
         lower = filename.lower()
         if lower.endswith(_LIGHTNING_SUFFIXES):
             return Recognised("lightning", (path,))
-        if lower.endswith(_TORCH_SUFFIXES):
+        if lower.endswith(_TORCH_SUFFIXES + (".bin",)):
             return Recognised("llamagen", (path,))
         if lower.endswith(".msgpack"):
             config = prefix + CONFIG_NAME
             return Recognised("dalle-mini", (config, path) if config in names else (path,))
         raise ValueError(
-            f"{filename!r} of {where}: vqtok converts Lightning .ckpt (Open-MAGVIT2, IBQ), LlamaGen .pt and "
+            f"{filename!r} of {where}: vqtok converts Lightning .ckpt (Open-MAGVIT2, IBQ, taming), LlamaGen .pt and "
             f"Flax .msgpack files by name; for a folder layout leave filename out"
         )
     here = [n[len(prefix) :] for n in names if n.startswith(prefix) and "/" not in n[len(prefix) :]]
@@ -134,7 +134,7 @@ def recognise_layout(
     raise UnrecognisedLayout(
         f"{where} is in no layout vqtok recognises (files: {_listing(here)}). vqtok loads its own folders "
         f"(config.json + model.safetensors), diffusers VQModel folders (subfolder='vqvae' for a pipeline), "
-        f"Flax flax_model.msgpack (dalle-mini VQGAN), Lightning .ckpt (Open-MAGVIT2, IBQ) and LlamaGen .pt "
+        f"Flax flax_model.msgpack (dalle-mini VQGAN), Lightning .ckpt (Open-MAGVIT2, IBQ, taming) and LlamaGen .pt "
         f"(filename='vq_ds16_c2i.pt')"
     )
 
