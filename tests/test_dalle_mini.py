@@ -46,6 +46,10 @@ def test_round_trip_through_the_flax_file_gives_identical_ids_and_pixels(taming:
     assert torch.equal(ids, taming.encode(photos, size=64))
     assert len(torch.unique(ids)) > 8
     assert torch.equal(tok.decode(ids, output="pt"), taming.decode(ids, output="pt"))
+    # a config.json that lacks fields: the weights fill them in
+    raw = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({k: v for k, v in raw.items() if k not in ("n_embed", "embed_dim", "attn_resolutions", "ch")}))
+    assert from_dalle_mini(folder).config == TINY
     # the file itself (no config.json beside it): architecture read off the shapes
     (folder / "config.json").unlink()
     again = from_dalle_mini(folder / "flax_model.msgpack")

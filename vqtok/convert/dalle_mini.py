@@ -147,15 +147,20 @@ _CONFIG_FIELDS = ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "z_chan
                   "resolution", "in_channels", "out_ch", "dropout")
 
 
-def dalle_mini_config(raw: Mapping[str, Any]) -> VQGANConfig:
-    """A VQGANConfig from vqgan-jax's ``config.json`` (``transformers`` bookkeeping keys are ignored)."""
+def dalle_mini_config(raw: Mapping[str, Any], *, defaults: VQGANConfig | None = None) -> VQGANConfig:
+    """A VQGANConfig from vqgan-jax's ``config.json`` (``transformers`` bookkeeping keys are ignored).
+
+    Fields the file lacks come from ``defaults`` (the architecture read off the weights), else
+    from VQGANConfig's defaults.
+    """
     if raw.get("double_z"):
         raise ValueError("config.json has double_z: true (a KL autoencoder), not a VQGAN")
     if raw.get("resamp_with_conv") is False:
         raise ValueError("config.json has resamp_with_conv: false (pooling / conv-less resampling); vqtok's VQGAN resamples with convolutions")
     if raw.get("give_pre_end"):
         raise ValueError("config.json has give_pre_end: true (a decoder without its output layers)")
-    values: dict[str, Any] = {k: raw[k] for k in _CONFIG_FIELDS if k in raw}
+    base = defaults.to_dict() if defaults is not None else {}
+    values: dict[str, Any] = {k: raw[k] if k in raw else base[k] for k in _CONFIG_FIELDS if k in raw or k in base}
     for k in ("ch_mult", "attn_resolutions"):
         if k in values:
             values[k] = tuple(int(v) for v in values[k])
@@ -189,22 +194,24 @@ def from_dalle_mini(
             local_files_only=local_files_only,
         )
     state = flax_to_vqtok_keys(read_flax_msgpack(folder / weights))
+    if "encoder.conv_in.weight" not in state or "quantize.embedding.weight" not in state:
+        raise ValueError(f"{folder / weights} is not a VQGAN parameter tree (no encoder/conv_in or quantize/embedding)")
     config_path = folder / "config.json"
+    raw: dict[str, Any] = {}
     if config_path.is_file():
         try:
-            raw = json.loads(config_path.read_text())
+            loaded = json.loads(config_path.read_text())
         except json.JSONDecodeError as err:
             raise ValueError(f"{config_path} is not valid JSON: {err}") from err
-        if not isinstance(raw, dict):
+        if not isinstance(loaded, dict):
             raise ValueError(f"{config_path} is not a JSON object")
-        cfg = dalle_mini_config(raw)
+        raw = loaded
     else:
-        from vqtok.convert.taming import infer_taming_config
-
-        if "encoder.conv_in.weight" not in state or "quantize.embedding.weight" not in state:
-            raise ValueError(f"{folder / weights} is not a VQGAN parameter tree (no encoder/conv_in or quantize/embedding)")
-        cfg = infer_taming_config(state)
         logger.info("no config.json beside %s: architecture read off the weights (resolution 256)", weights)
+    from vqtok.convert.taming import infer_taming_config
+
+    inferred = infer_taming_config(state, resolution=int(raw.get("resolution", 256)))
+    cfg = dalle_mini_config(raw, defaults=inferred)
     model = VQGAN(cfg)
     load_strict(model, state, source=str(folder / weights))
     logger.info("converted Flax VQGAN %s: %s", folder / weights, cfg)
