@@ -234,3 +234,27 @@ def test_other_files_keep_the_folder_error(tmp_path: Path, taming: Tokenizer) ->
     folder = taming.save_pretrained(tmp_path / "m")
     with pytest.raises(ValueError, match="is a file, not a model folder"):
         Tokenizer.from_pretrained(folder / "model.safetensors")
+
+
+def test_online_listing_is_asked_of_the_hub(tmp_path: Path, photos, monkeypatch) -> None:
+    """Without local_files_only the file names come from HfApi.list_repo_files (faked here; downloads from the cache)."""
+    import huggingface_hub
+    import huggingface_hub.constants
+
+    hub = tmp_path / "hub"
+    path = _magvit2_ckpt(_snapshot(hub, "org/online") / "imagenet_256_L.ckpt", 1)
+    asked = []
+
+    def list_repo_files(self, repo_id, *, revision=None, **kwargs):
+        asked.append((repo_id, revision))
+        if repo_id != "org/online":
+            raise ConnectionError("no route to the Hub")
+        return ["README.md", "imagenet_256_L.ckpt", "imagenet_128_L.ckpt.md5"]
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", list_repo_files)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # file downloads: from the cache only
+    tok = Tokenizer.from_pretrained("org/online", cache_dir=hub)
+    assert asked == [("org/online", None)]
+    assert torch.equal(tok.encode(photos, size=64), from_magvit2(path).encode(photos, size=64))
+    with pytest.raises(FileNotFoundError, match=r"not in the local cache and the Hub could not be asked \(ConnectionError: no route"):
+        Tokenizer.from_pretrained("org/unreachable", cache_dir=hub)
