@@ -12,7 +12,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import numpy as np
 import torch
@@ -40,6 +40,19 @@ def _native_on_cpu(precision: str) -> bool:
 
 
 _DEFAULT_FOLDER = Path(__file__).parent / "weights" / "default"
+
+# Turns a folder or Hub repo in another code base's layout into a local vqtok folder (None: a vqtok
+# folder, loaded as is). Registered by vqtok.convert.auto, which ``import vqtok`` imports: the
+# converters depend on the Tokenizer, so the Tokenizer reaches them through this hook, not an import.
+LayoutResolver = Callable[..., "Path | None"]
+_layout_resolvers: list[LayoutResolver] = []
+
+
+def register_layout_resolver(resolver: LayoutResolver) -> None:
+    """Let ``Tokenizer.from_pretrained`` load other layouts: ``resolver(source, *, filename, subfolder,
+    revision, cache_dir, local_files_only)`` returns a local vqtok folder, or None to load ``source`` as is."""
+    if resolver not in _layout_resolvers:
+        _layout_resolvers.append(resolver)
 
 
 class Tokenizer:
@@ -84,6 +97,8 @@ class Tokenizer:
         cls,
         repo_id_or_dir: str | os.PathLike[str],
         *,
+        filename: str | None = None,
+        subfolder: str | None = None,
         revision: str | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         local_files_only: bool = False,
@@ -91,7 +106,23 @@ class Tokenizer:
         precision: Precision = "fp32",
         batch_size: int = 32,
     ) -> "Tokenizer":
-        """Load a vqtok model folder or Hub repo (``model.safetensors`` + ``config.json``), strictly."""
+        """Load a vqtok model folder or Hub repo (``model.safetensors`` + ``config.json``), strictly.
+
+        A folder or repo in another code base's layout (Open-MAGVIT2 / IBQ ``.ckpt``, dalle-mini
+        ``flax_model.msgpack``, LlamaGen ``filename="vq_ds16_c2i.pt"``, diffusers ``subfolder="vqvae"``)
+        is recognised from its files, converted once and cached (see :mod:`vqtok.convert.auto`).
+        """
+        for resolve in _layout_resolvers:
+            folder = resolve(
+                repo_id_or_dir, filename=filename, subfolder=subfolder, revision=revision,
+                cache_dir=cache_dir, local_files_only=local_files_only,
+            )
+            if folder is not None:
+                repo_id_or_dir, revision = folder, None
+                break
+        else:
+            if filename is not None or subfolder is not None:
+                raise ValueError("filename= and subfolder= need vqtok.convert (import vqtok does it)")
         config, state = hub.load_pretrained(
             repo_id_or_dir,
             model_type=registry.MODEL_TYPES,

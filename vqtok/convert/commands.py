@@ -1,4 +1,4 @@
-"""``vqtok convert`` (taming, llamagen, magvit2, cosmos, diffusers -> a vqtok model folder) and ``vqtok export`` (diffusers)."""
+"""``vqtok convert`` (taming, llamagen, magvit2, ibq, dalle-mini, cosmos, diffusers -> a vqtok model folder) and ``vqtok export`` (diffusers)."""
 
 from __future__ import annotations
 
@@ -42,6 +42,24 @@ def _convert_cosmos(args: argparse.Namespace) -> int:
     tok = from_cosmos(args.encoder, args.decoder, resolution=args.resolution, attn_resolutions=args.attn_resolutions)
     out = tok.save_pretrained(args.out)
     print(f"converted Cosmos {args.encoder} + {args.decoder} ({tok.codebook_size} codes, f{tok.downsample_factor}) -> {out}")
+    return 0
+
+
+def _convert_ibq(args: argparse.Namespace) -> int:
+    from vqtok.convert.ibq import from_ibq
+
+    tok = from_ibq(args.ckpt, ema=args.ema, resolution=args.resolution)
+    out = tok.save_pretrained(args.out)
+    print(f"converted IBQ {args.ckpt} ({tok.codebook_size} codes, f{tok.downsample_factor}) -> {out}")
+    return 0
+
+
+def _convert_dalle_mini(args: argparse.Namespace) -> int:
+    from vqtok.convert.dalle_mini import from_dalle_mini
+
+    tok = from_dalle_mini(args.source, revision=args.revision)
+    out = tok.save_pretrained(args.out)
+    print(f"converted Flax VQGAN {args.source} ({tok.codebook_size} codes, f{tok.downsample_factor}) -> {out}")
     return 0
 
 
@@ -92,6 +110,19 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
                    help="Cosmos config 'attn_resolutions' (published: 32, i.e. attention in the mid blocks only)")
     add_out_argument(t, "output model folder")
     t.set_defaults(func=_convert_cosmos)
+    t = families.add_parser("ibq", help="IBQ Lightning .ckpt (imagenet256_262144.ckpt, ...)")
+    t.add_argument("ckpt", help="Lightning .ckpt with the weights under 'state_dict'")
+    t.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
+                   help="take the model_ema.* weights (default: when present, as IBQ's own scripts do)")
+    t.add_argument("--resolution", type=int, default=256, help="training resolution (names the attention levels)")
+    add_out_argument(t, "output model folder")
+    t.set_defaults(func=_convert_ibq)
+    t = families.add_parser("dalle-mini", help="dalle-mini / vqgan-jax Flax VQGAN (flax_model.msgpack + config.json)")
+    t.add_argument("source", nargs="?", default="dalle-mini/vqgan_imagenet_f16_16384",
+                   help="folder, .msgpack file or Hub repo id (default: dalle-mini/vqgan_imagenet_f16_16384)")
+    t.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
+    add_out_argument(t, "output model folder")
+    t.set_defaults(func=_convert_dalle_mini)
     t = families.add_parser("diffusers", help="diffusers VQModel folder or Hub repo")
     t.add_argument("source", help="folder with config.json + diffusion_pytorch_model.safetensors, or a Hub repo id")
     t.add_argument("--subfolder", default=None, help="subfolder of a pipeline repo holding the VQModel, e.g. vqvae")

@@ -10,6 +10,7 @@ model_type     config / model                           quantizer
 ``vqgan``      VQGANConfig / VQGAN (taming layout)      nearest-code VQ
 ``magvit2``    MAGVIT2Config / MAGVIT2 (Open-MAGVIT2)   LFQ (``config.quantizer``)
 ``cosmos``     CosmosConfig / CosmosDI (NVIDIA Cosmos)  FSQ (``config.levels``)
+``ibq``        IBQConfig / IBQ (taming autoencoder)     largest inner product (IBQ)
 =============  =======================================  ==========================
 
 Every registered model offers the interface the :class:`~vqtok.Tokenizer` uses (see
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from vqtok.models.cosmos import CosmosConfig, CosmosDI
+from vqtok.models.ibq import IBQ, IBQConfig
 from vqtok.models.magvit2 import MAGVIT2, MAGVIT2Config
 from vqtok.models.quantizer import Quantizer, QuantizerOutput
 from vqtok.models.vqgan import VQGAN, VQGANConfig
@@ -79,6 +81,7 @@ _REGISTRY: dict[str, ModelEntry] = {
     "vqgan": ModelEntry(VQGANConfig, VQGAN),
     "magvit2": ModelEntry(MAGVIT2Config, MAGVIT2),
     "cosmos": ModelEntry(CosmosConfig, CosmosDI),
+    "ibq": ModelEntry(IBQConfig, IBQ),
 }
 MODEL_TYPES: tuple[str, ...] = tuple(_REGISTRY)
 
