@@ -164,3 +164,18 @@ def test_ray_reports_a_failed_shard_and_writes_the_others(local_ray, shards, mod
 def test_ray_refuses_remote_inputs(local_ray, model_dir, tmp_path) -> None:
     with pytest.raises(ValueError, match="shared file system"):
         pretokenize_ray("pipe:cat x.tar", tmp_path / "o", model=str(model_dir), progress=False)
+
+
+def test_cli_engine_ray(local_ray, shards, model_dir, reference, tmp_path, capsys) -> None:
+    from vqtok.cli import main
+
+    out = tmp_path / "tokens"
+    code = main(["pretokenize", "--engine", "ray", "--ray-actors", "1", "--ray-cpus-per-actor", "1", "--input",
+                 str(shards / PATTERN), "--out", str(out), "--model", str(model_dir), "--size", str(SIZE),
+                 "--batch-size", "2", "--workers", "0", "--max-error-rate", "0.5", "--no-progress"])
+    assert code == 0
+    assert {k: v for k, v in folder_bytes(out).items() if k != "manifest.json"} == {
+        k: v for k, v in reference.items() if k != "manifest.json"}
+    assert main(["pretokenize", "--engine", "ray", "--rank", "1", "--input", str(shards / PATTERN), "--out",
+                 str(tmp_path / "x"), "--model", str(model_dir)]) == 2
+    assert "--rank/--world-size are for the local engine" in capsys.readouterr().err

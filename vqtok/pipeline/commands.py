@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from vqtok.commands import add_model_arguments, add_out_argument, device_from_args, number_in
 from vqtok.tokens import DEFAULT_KEEP
@@ -51,33 +52,70 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
         default=0.01,
         help="exit with status 1 at the end when more than this fraction of samples failed (default 0.01)",
     )
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: this process (and torchrun ranks); ray: actors on a Ray cluster (pip install 'vqtok[ray]')")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="Ray cluster to join ('auto', 'ray://head:10001'; default $RAY_ADDRESS or a local Ray)")
+    p.add_argument("--ray-actors", type=number_in(int, 1), default=None, metavar="N",
+                   help="model replicas (default: GPUs / --ray-gpus-per-actor, else CPUs / --ray-cpus-per-actor)")
+    p.add_argument("--ray-gpus-per-actor", type=number_in(float, 0.0), default=0.0, metavar="G",
+                   help="GPUs per actor (1: one actor per GPU; default 0: CPU actors)")
+    p.add_argument("--ray-cpus-per-actor", type=number_in(float, 0.0), default=None, metavar="C",
+                   help="CPUs reserved per actor (default 1 + --workers)")
     p.add_argument("--rank", type=int, default=None, help="this process's rank (default $RANK or 0)")
     p.add_argument("--world-size", type=int, default=None, help="number of processes (default $WORLD_SIZE or 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)
 
 
+def _run_ray(args: argparse.Namespace, keep: tuple[str, ...]) -> Any:
+    from vqtok.pipeline.ray import RayOptions, pretokenize_ray
+
+    if args.rank is not None or args.world_size is not None:
+        raise ValueError("--rank/--world-size are for the local engine; with --engine ray the cluster shares the shards")
+    return pretokenize_ray(
+        args.input[0] if len(args.input) == 1 else args.input,
+        args.out,
+        model=args.model,
+        size=args.size,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=None if args.device in (None, "auto") else args.device,
+        precision=args.precision,
+        keep=keep,
+        max_error_rate=args.max_error_rate,
+        progress=not args.no_progress,
+        ray_options=RayOptions(
+            address=args.ray_address, num_actors=args.ray_actors, num_gpus=args.ray_gpus_per_actor,
+            num_cpus=args.ray_cpus_per_actor,
+        ),
+    )
+
+
 def _run(args: argparse.Namespace) -> int:
     from vqtok.pipeline.driver import ErrorRateExceeded, ShardsNotFetched, pretokenize
 
     keep = tuple(k for k in (s.strip() for s in args.keep.split(",")) if k)
-    device = device_from_args(args)
     try:
-        result = pretokenize(
-            args.input[0] if len(args.input) == 1 else args.input,
-            args.out,
-            model=args.model,
-            size=args.size,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            device=str(device),
-            precision=args.precision,
-            keep=keep,
-            max_error_rate=args.max_error_rate,
-            rank=args.rank,
-            world_size=args.world_size,
-            progress=not args.no_progress,
-        )
+        if args.engine == "ray":  # the device is the actors' (a GPU node's), not this driver's: checked there
+            result = _run_ray(args, keep)
+        else:
+            device = device_from_args(args)
+            result = pretokenize(
+                args.input[0] if len(args.input) == 1 else args.input,
+                args.out,
+                model=args.model,
+                size=args.size,
+                batch_size=args.batch_size,
+                workers=args.workers,
+                device=str(device),
+                precision=args.precision,
+                keep=keep,
+                max_error_rate=args.max_error_rate,
+                rank=args.rank,
+                world_size=args.world_size,
+                progress=not args.no_progress,
+            )
     except ShardsNotFetched as err:
         print(err.result.summary())
         print(f"vqtok pretokenize: error: {err}", file=sys.stderr)
