@@ -17,11 +17,12 @@ from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from vqtok.models.quantizer import QuantizerOutput, VectorQuantizer
 
-__all__ = ["VQGANConfig", "VQGAN", "Encoder", "Decoder"]
+__all__ = ["VQGANConfig", "VQGAN", "Encoder", "Decoder", "GroupNorm"]
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,27 @@ class VQGANConfig:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` that normalises channels_last (NHWC) activations in NCHW.
+
+    PyTorch's CPU GroupNorm kernel for NHWC tensors (seen in 2.13) loses precision when a group's
+    mean is large against its spread (1e-4 to 1e-2 from float64 at mean/std 10-30, against ~1e-6 for the
+    NCHW kernel), and how it splits the reduction depends on batch size and thread count, so its
+    output for an image changes with its batch companions. The NCHW kernel reduces each (image,
+    group) in one fixed order. Channels_last input is therefore copied to NCHW, normalised and
+    copied back (two copies of a memory-bound op; the convolutions keep their NHWC speed:
+    docs/performance.md). Parameters and ``state_dict`` keys are ``nn.GroupNorm``'s.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> same shape and layout
+        if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            y = F.group_norm(x.contiguous(), self.num_groups, self.weight, self.bias, self.eps)
+            return y.contiguous(memory_format=torch.channels_last)
+        return super().forward(x)
+
+
 def Normalize(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
+    return GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
 
 
 def swish(x: torch.Tensor) -> torch.Tensor:
@@ -118,13 +138,13 @@ class AttnBlock(nn.Module):
         self.proj_out = nn.Conv2d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
-        b, c, h, w = x.shape
+        h, w = x.shape[-2:]
         y = self.norm(x)
-        # (B, C, H, W) -> (B, 1, H*W, C): one head over all positions (a view, no copy, when
-        # the activations are channels_last — see Tokenizer's channels_last)
-        q, k, v = (t.flatten(2).transpose(1, 2).unsqueeze(1) for t in (self.q(y), self.k(y), self.v(y)))
+        # one head over all positions; a view, no copy, when the activations are channels_last
+        # (see Tokenizer's channels_last)
+        q, k, v = (rearrange(t, "b c h w -> b 1 (h w) c") for t in (self.q(y), self.k(y), self.v(y)))
         y = F.scaled_dot_product_attention(q, k, v)  # (B, 1, H*W, C), scale C**-0.5 as taming
-        y = y.squeeze(1).transpose(1, 2).reshape(b, c, h, w)  # channels_last view of a contiguous y
+        y = rearrange(y, "b 1 (h w) c -> b c h w", h=h, w=w)  # channels_last view of a contiguous y
         return x + self.proj_out(y)
 
 
@@ -276,9 +296,28 @@ class VQGAN(nn.Module):
     def downsample_factor(self) -> int:
         return self.config.downsample_factor
 
-    def encode(self, x: torch.Tensor) -> QuantizerOutput:
-        """x (B, 3, H, W) in [-1, 1] -> quantized features, ids and codebook loss."""
-        return self.quantize(self.quant_conv(self.encoder(x)))
+    def encode(self, x: torch.Tensor, *, batch_invariant: bool | None = None) -> QuantizerOutput:
+        """x (B, 3, H, W) in [-1, 1] -> quantized features, ids and codebook loss.
+
+        ``batch_invariant``: run the encoder one image at a time, so an image's features and ids
+        do not depend on how many images share its batch, which ones, or where it sits in it
+        (oneDNN picks convolution kernels by batch size, and they round differently: measured
+        up to 2.6e-6 per layer in fp32, enough to flip ids on a dense codebook). The nearest-code
+        search is batch-invariant by itself (fixed-shape blocks, :func:`~vqtok.models.quantizer.nearest_code`).
+        Default ``None``: on in eval mode on CPU, where one image at a time costs little
+        (docs/performance.md, "Batch invariance"); off in training and on other devices.
+        """
+        if batch_invariant is None:
+            batch_invariant = not self.training and x.device.type == "cpu"
+        if not batch_invariant or x.shape[0] <= 1:
+            return self.quantize(self.quant_conv(self.encoder(x)))
+        # each image in its own fresh (aligned) tensor: the same call as encoding it alone
+        parts = [self.quantize(self.quant_conv(self.encoder(x[i : i + 1].clone()))) for i in range(x.shape[0])]
+        return QuantizerOutput(
+            z_q=torch.cat([p.z_q for p in parts]),  # (B, D, h, w)
+            ids=torch.cat([p.ids for p in parts]),  # (B, h, w)
+            loss=torch.stack([p.loss for p in parts]).mean(),  # images have equal sizes: the batch mean
+        )
 
     def decode(self, z_q: torch.Tensor) -> torch.Tensor:
         """z_q (B, D, h, w) -> image (B, 3, H, W), roughly in [-1, 1]."""
