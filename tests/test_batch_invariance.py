@@ -159,3 +159,22 @@ def test_channels_last_decode_matches_a_float64_decode():
         with torch.inference_mode():
             ours = tok._decode_ids(ids)  # (2, 3, 16, 16), before clamping
         assert (ours.double() - reference).abs().max() < 1e-5, channels_last
+
+
+def test_autocast_encode_is_the_tokenizers_fast_path_and_batch_invariant(probe, one_thread):
+    tok, target, others = probe
+    model = tok.model
+    pixels = torch.cat([others, target])  # (4, 3, 32, 32) uint8
+    x = to_model_input(pixels).contiguous(memory_format=torch.channels_last)
+    tok.precision = "bf16"
+    try:
+        fast = tok.encode(pixels)  # the Tokenizer's bf16 path: the whole batch under autocast
+    finally:
+        tok.precision = "fp32"
+    with torch.inference_mode():
+        batched = model.encode(x, batch_invariant=False, autocast_dtype=torch.bfloat16)
+        invariant = model.encode(x, autocast_dtype=torch.bfloat16)  # eval on CPU: one image at a time
+        alone = [model.encode(x[i : i + 1], autocast_dtype=torch.bfloat16).ids for i in range(x.shape[0])]
+    assert torch.equal(batched.ids, fast)  # same computation as the Tokenizer's fast mode
+    assert batched.z_q.dtype == torch.float32  # quant_conv and the search outside autocast
+    assert torch.equal(invariant.ids, torch.cat(alone))

@@ -296,7 +296,9 @@ class VQGAN(nn.Module):
     def downsample_factor(self) -> int:
         return self.config.downsample_factor
 
-    def encode(self, x: torch.Tensor, *, batch_invariant: bool | None = None) -> QuantizerOutput:
+    def encode(
+        self, x: torch.Tensor, *, batch_invariant: bool | None = None, autocast_dtype: torch.dtype | None = None
+    ) -> QuantizerOutput:
         """x (B, 3, H, W) in [-1, 1] -> quantized features, ids and codebook loss.
 
         ``batch_invariant``: run the encoder one image at a time, so an image's features and ids
@@ -306,18 +308,29 @@ class VQGAN(nn.Module):
         search is batch-invariant by itself (fixed-shape blocks, :func:`~vqtok.models.quantizer.nearest_code`).
         Default ``None``: on in eval mode on CPU, where one image at a time costs little
         (docs/performance.md, "Batch invariance"); off in training and on other devices.
+
+        ``autocast_dtype`` (``torch.bfloat16`` / ``torch.float16``): the encoder alone runs under
+        ``torch.autocast``; ``quant_conv`` and the nearest-code search, which decide the ids and
+        cost little, run in the weights' dtype (the Tokenizer's fast modes).
         """
         if batch_invariant is None:
             batch_invariant = not self.training and x.device.type == "cpu"
         if not batch_invariant or x.shape[0] <= 1:
-            return self.quantize(self.quant_conv(self.encoder(x)))
+            return self._encode(x, autocast_dtype)
         # each image in its own fresh (aligned) tensor: the same call as encoding it alone
-        parts = [self.quantize(self.quant_conv(self.encoder(x[i : i + 1].clone()))) for i in range(x.shape[0])]
+        parts = [self._encode(x[i : i + 1].clone(), autocast_dtype) for i in range(x.shape[0])]
         return QuantizerOutput(
             z_q=torch.cat([p.z_q for p in parts]),  # (B, D, h, w)
             ids=torch.cat([p.ids for p in parts]),  # (B, h, w)
             loss=torch.stack([p.loss for p in parts]).mean(),  # images have equal sizes: the batch mean
         )
+
+    def _encode(self, x: torch.Tensor, autocast_dtype: torch.dtype | None) -> QuantizerOutput:
+        if autocast_dtype is None:
+            return self.quantize(self.quant_conv(self.encoder(x)))
+        with torch.autocast(device_type=x.device.type, dtype=autocast_dtype):
+            h = self.encoder(x)  # (B, z_channels, h, w) in autocast_dtype
+        return self.quantize(self.quant_conv(h.to(self.quant_conv.weight.dtype)))
 
     def decode(self, z_q: torch.Tensor) -> torch.Tensor:
         """z_q (B, D, h, w) -> image (B, 3, H, W), roughly in [-1, 1]."""
