@@ -12,8 +12,8 @@ nearest-code search in fixed-shape row blocks):
    id is decided by rounding -- the worst case of a dense codebook. The probed photo is encoded
    alone, then at random positions of batches of 2..17 random companions (other photos and
    noise images); reported: batches in which any of its ids differ from alone, and ids flipped.
-2. Speed. taming's full-size f16 architecture (ch=128, 1024 codes) at 256 px, random weights,
-   real photos, channels_last input under inference_mode as the Tokenizer runs it; batch sizes
+2. Speed. taming's full-size f16 architecture (ch=128, 1024 codes, random weights) and the
+   shipped default tokenizer (f8, ch=32) at 256 px, real photos, channels_last input under inference_mode as the Tokenizer runs it; batch sizes
    1 and 8; repetitions interleaved across the three modes ("batched", "NCHW GroupNorm" only,
    "invariant"), median images/s and the ratio to "batched".
 
@@ -132,31 +132,42 @@ def flips(args: argparse.Namespace) -> None:
                     n = int((encode_ids(model, model_input(batch), mode)[pos] != alone).sum())
                     bad += n > 0
                     flipped += n
-            print(f"| {kind} | {mode} | {bad} of {16 * args.positions} | {flipped} | {alone.numel()} |")
+            print(f"| {kind} | {mode} | {bad} of {16 * args.positions} | {flipped} | {alone.numel()} |", flush=True)
     print()
 
 
+def speed_models(names: list[str]) -> Iterator[tuple[str, VQGAN]]:
+    for name in names:
+        if name == "f16":
+            torch.manual_seed(0)
+            yield "taming f16 (ch=128, random weights)", VQGAN(VQGANConfig()).eval()
+        else:
+            from vqtok import Tokenizer
+
+            tok = Tokenizer.default()
+            yield f"shipped default (f{tok.downsample_factor}, ch={tok.config.ch})", tok.model.eval()
+
+
 def speed(args: argparse.Namespace) -> None:
-    torch.manual_seed(0)
-    model = VQGAN(VQGANConfig()).eval()
-    print(f"## Speed: taming f16 (ch=128) encode at {args.size} px, {torch.get_num_threads()} thread(s), median of {args.reps}\n")
-    print("| batch | mode | images/s | vs batched | ids equal to batched |")
-    print("|---:|---|---:|---:|---:|")
-    for bs in args.batch_sizes:
-        x = model_input(photos(bs, args.size))
-        encode_ids(model, x[:1], "invariant")  # warm-up (oneDNN primitive creation)
-        times: dict[str, list[float]] = {m: [] for m in MODES}
-        ids: dict[str, torch.Tensor] = {}
-        for _ in range(args.reps):
+    print(f"## Speed: encode at {args.size} px, {torch.get_num_threads()} thread(s), median of {args.reps}\n")
+    print("| model | batch | mode | images/s | vs batched | ids equal to batched |")
+    print("|---|---:|---|---:|---:|---:|")
+    for label, model in speed_models(args.models):
+        for bs in args.batch_sizes:
+            x = model_input(photos(bs, args.size))
+            encode_ids(model, x[:1], "invariant")  # warm-up (oneDNN primitive creation)
+            times: dict[str, list[float]] = {m: [] for m in MODES}
+            ids: dict[str, torch.Tensor] = {}
+            for _ in range(args.reps):
+                for mode in MODES:
+                    t0 = time.perf_counter()
+                    ids[mode] = encode_ids(model, x, mode)
+                    times[mode].append(time.perf_counter() - t0)
+            base = bs / statistics.median(times["batched"])
             for mode in MODES:
-                t0 = time.perf_counter()
-                ids[mode] = encode_ids(model, x, mode)
-                times[mode].append(time.perf_counter() - t0)
-        base = bs / statistics.median(times["batched"])
-        for mode in MODES:
-            ips = bs / statistics.median(times[mode])
-            agree = (ids[mode] == ids["batched"]).float().mean().item()
-            print(f"| {bs} | {mode} | {ips:.3f} | {ips / base:.2f}x | {100 * agree:.2f}% |")
+                ips = bs / statistics.median(times[mode])
+                agree = (ids[mode] == ids["batched"]).float().mean().item()
+                print(f"| {label} | {bs} | {mode} | {ips:.3f} | {ips / base:.2f}x | {100 * agree:.2f}% |", flush=True)
     print()
 
 
@@ -169,6 +180,8 @@ def main() -> None:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--models", nargs="+", default=["f16", "default"], choices=["f16", "default"],
+                   help="speed part: taming's f16 architecture and/or the shipped default tokenizer")
     p.add_argument("--skip-flips", action="store_true")
     p.add_argument("--skip-speed", action="store_true")
     args = p.parse_args()

@@ -22,7 +22,7 @@ from torch import nn
 
 from vqtok.models.quantizer import QuantizerOutput, VectorQuantizer
 
-__all__ = ["VQGANConfig", "VQGAN", "Encoder", "Decoder", "GroupNorm"]
+__all__ = ["VQGANConfig", "VQGAN", "Encoder", "Decoder", "GroupNorm", "group_norm_channels_last"]
 
 
 @dataclass(frozen=True)
@@ -80,23 +80,50 @@ class VQGANConfig:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
+def group_norm_channels_last(
+    x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+) -> torch.Tensor:
+    """GroupNorm of channels_last x (B, C, H, W) in place of PyTorch's NHWC kernel; channels_last out.
+
+    Statistics per (image, group) by Welford's method (``torch.var_mean``, one pass, no
+    E[x²] − E[x]² cancellation), each reduced by one thread in one order whatever the batch size
+    and thread count; then one fused ``addcmul`` pass x·scale + shift with per-(image, channel)
+    scale and shift, which keeps the layout.
+    """
+    b, c, h, w = x.shape
+    per_group = c // num_groups
+    groups = rearrange(x, "b (g k) h w -> b (h w) g k", g=num_groups)  # a view of NHWC memory
+    var, mean = torch.var_mean(groups, dim=(1, 3), correction=0)  # (B, G) each
+    scale = torch.rsqrt(var + eps).repeat_interleave(per_group, dim=1)  # (B, C)
+    if weight is not None:
+        scale = scale * weight
+    shift = -mean.repeat_interleave(per_group, dim=1) * scale  # (B, C)
+    if bias is not None:
+        shift = shift + bias
+    return torch.addcmul(shift.view(b, c, 1, 1), x, scale.view(b, c, 1, 1))
+
+
 class GroupNorm(nn.GroupNorm):
-    """``nn.GroupNorm`` that normalises channels_last (NHWC) activations in NCHW.
+    """``nn.GroupNorm`` that does not use PyTorch's NHWC kernel on channels_last activations.
 
     PyTorch's CPU GroupNorm kernel for NHWC tensors (seen in 2.13) loses precision when a group's
     mean is large against its spread (1e-4 to 1e-2 from float64 at mean/std 10-30, against ~1e-6 for the
     NCHW kernel), and how it splits the reduction depends on batch size and thread count, so its
-    output for an image changes with its batch companions. The NCHW kernel reduces each (image,
-    group) in one fixed order. Channels_last input is therefore copied to NCHW, normalised and
-    copied back (two copies of a memory-bound op; the convolutions keep their NHWC speed:
-    docs/performance.md). Parameters and ``state_dict`` keys are ``nn.GroupNorm``'s.
+    output for an image changes with its batch companions and threads. Channels_last input goes
+    through :func:`group_norm_channels_last` instead (precise, batch- and thread-invariant, keeps
+    the layout; cost in docs/performance.md: copying to NCHW and back cost twice as much).
+    Under autocast, bf16/fp16 input is normalised in float32 (as autocast does for group_norm).
+    Parameters and ``state_dict`` keys are ``nn.GroupNorm``'s.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> same shape and layout
-        if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-            y = F.group_norm(x.contiguous(), self.num_groups, self.weight, self.bias, self.eps)
-            return y.contiguous(memory_format=torch.channels_last)
-        return super().forward(x)
+        if x.ndim != 4 or x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
+            return super().forward(x)
+        if x.dtype not in (torch.float32, torch.float64):
+            if not torch.is_autocast_enabled(x.device.type):
+                return super().forward(x)  # a model cast to half precision: PyTorch's kernel
+            x = x.float()
+        return group_norm_channels_last(x, self.num_groups, self.weight, self.bias, self.eps)
 
 
 def Normalize(channels: int) -> nn.GroupNorm:
