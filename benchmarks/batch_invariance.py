@@ -2,8 +2,9 @@
 
 Two parts, each comparing the encoding before this change ("batched": the whole batch through
 the encoder at once, PyTorch's NHWC GroupNorm kernel on channels_last activations) with the
-default now ("invariant": one image at a time through the encoder, GroupNorm in NCHW, the
-nearest-code search in fixed-shape row blocks):
+default now ("invariant": one image at a time through the encoder, GroupNorm statistics by
+Welford in NHWC (vqtok.models.vqgan.group_norm_channels_last), the nearest-code search in
+fixed-shape row blocks):
 
 1. Flips. A taming-f16-layout model at reduced width (ch=32) whose codebook is dense around real
    latents, built two ways from the encoder outputs of real photos (../shared/data/eval-photos):
@@ -13,8 +14,9 @@ nearest-code search in fixed-shape row blocks):
    alone, then at random positions of batches of 2..17 random companions (other photos and
    noise images); reported: batches in which any of its ids differ from alone, and ids flipped.
 2. Speed. taming's full-size f16 architecture (ch=128, 1024 codes, random weights) and the
-   shipped default tokenizer (f8, ch=32) at 256 px, real photos, channels_last input under inference_mode as the Tokenizer runs it; batch sizes
-   1 and 8; repetitions interleaved across the three modes ("batched", "NCHW GroupNorm" only,
+   shipped default tokenizer (f8, ch=32) at 256 px, real photos, channels_last input under
+   inference_mode as the Tokenizer runs it; batch sizes 1 and 8; repetitions interleaved across
+   the three modes ("batched", "GroupNorm fix only" = batched with the new GroupNorm,
    "invariant"), median images/s and the ratio to "batched".
 
     python benchmarks/batch_invariance.py                       # both parts (docs/performance.md)
@@ -52,7 +54,7 @@ SMALL_F16 = VQGANConfig(
     ch=32, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, attn_resolutions=(16,), z_channels=64,
     embed_dim=64, n_embed=4096, resolution=256,
 )
-MODES = ("batched", "NCHW GroupNorm", "invariant")
+MODES = ("batched", "GroupNorm fix only", "invariant")
 
 
 @contextlib.contextmanager

@@ -178,3 +178,17 @@ def test_autocast_encode_is_the_tokenizers_fast_path_and_batch_invariant(probe, 
     assert torch.equal(batched.ids, fast)  # same computation as the Tokenizer's fast mode
     assert batched.z_q.dtype == torch.float32  # quant_conv and the search outside autocast
     assert torch.equal(invariant.ids, torch.cat(alone))
+
+
+def test_groupnorm_under_autocast_and_in_half_precision():
+    g = torch.Generator().manual_seed(0)
+    norm = GroupNorm(32, 64, eps=1e-6)
+    x = (5 + torch.randn(1, 64, 8, 8, generator=g)).contiguous(memory_format=torch.channels_last)
+    reference = F.group_norm(x.double(), 32, norm.weight.double(), norm.bias.double(), 1e-6)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = norm(x.to(torch.bfloat16))  # bf16 activations: normalised in float32, as autocast does
+    assert out.dtype == torch.float32 and out.is_contiguous(memory_format=torch.channels_last)
+    assert (out.double() - reference).abs().max() < 0.05  # only the bf16 rounding of the input
+    half = GroupNorm(32, 64, eps=1e-6).to(torch.bfloat16)  # a model cast to bf16: PyTorch's kernel, bf16 out
+    with torch.inference_mode():
+        assert half(x.to(torch.bfloat16)).dtype == torch.bfloat16
