@@ -192,3 +192,38 @@ def test_groupnorm_under_autocast_and_in_half_precision():
     half = GroupNorm(32, 64, eps=1e-6).to(torch.bfloat16)  # a model cast to bf16: PyTorch's kernel, bf16 out
     with torch.inference_mode():
         assert half(x.to(torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_pretokenize_ids_equal_encode_for_every_sample(probe, tmp_path, one_thread):
+    import io
+    import tarfile
+
+    import numpy as np
+    from PIL import Image
+
+    from tests.conftest import write_tar
+    from vqtok.pipeline.shards import tokenize_shard
+
+    tok, target, others = probe
+    g = torch.Generator().manual_seed(2)
+    images = []  # the probed photo at keys 0, 3, 6, 9, 11 (positions 0, 3, 1, 4, 1 of batches of 5), the rest noise or photos
+    for i in range(12):
+        if i in (0, 3, 6, 9, 11):
+            images.append(target[0])
+        elif i % 2:
+            images.append(others[i % others.shape[0]])
+        else:
+            images.append(torch.randint(0, 256, (3, SIZE, SIZE), dtype=torch.uint8, generator=g))
+    members = []
+    for i, img in enumerate(images):
+        png = io.BytesIO()
+        Image.fromarray(img.permute(1, 2, 0).numpy()).save(png, format="PNG")  # lossless: encode sees the same pixels
+        members.append((f"s{i:03d}.png", png.getvalue()))
+    src = write_tar(tmp_path / "images.tar", members)
+    stats = tokenize_shard(src, tmp_path / "tokens.tar", tok, size=None, batch_size=5, workers=0)
+    assert stats.samples_written == 12
+    with tarfile.open(tmp_path / "tokens.tar") as tf:
+        got = {m.name.split(".")[0]: np.load(io.BytesIO(tf.extractfile(m).read())) for m in tf.getmembers() if m.name.endswith(".ids.npy")}
+    for i, img in enumerate(images):
+        want = tok.encode(img).numpy()  # (8, 8), the image alone
+        np.testing.assert_array_equal(got[f"s{i:03d}"], want, err_msg=f"sample {i}")
