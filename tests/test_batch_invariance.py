@@ -227,3 +227,24 @@ def test_pretokenize_ids_equal_encode_for_every_sample(probe, tmp_path, one_thre
     for i, img in enumerate(images):
         want = tok.encode(img).numpy()  # (8, 8), the image alone
         np.testing.assert_array_equal(got[f"s{i:03d}"], want, err_msg=f"sample {i}")
+
+
+def test_batch_invariance_can_be_turned_off_on_the_model(probe, monkeypatch):
+    tok, target, others = probe
+    model = tok.model
+    calls = []
+    real_forward = model.encoder.forward
+    monkeypatch.setattr(model.encoder, "forward", lambda x: calls.append(x.shape[0]) or real_forward(x))
+    batch = torch.cat([target, others])  # 4 images
+    tok.encode(batch)
+    assert calls == [1, 1, 1, 1]  # default in eval on CPU: one image at a time
+    calls.clear()
+    model.batch_invariant = False
+    try:
+        tok.encode(batch)
+        assert calls == [4]  # the whole batch at once
+        calls.clear()
+        model.encode(to_model_input(batch), batch_invariant=True)  # the argument wins
+        assert calls == [1, 1, 1, 1]
+    finally:
+        model.batch_invariant = None

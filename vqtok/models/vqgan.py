@@ -318,6 +318,9 @@ class VQGAN(nn.Module):
         )
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1)
+        # default of encode(batch_invariant=None): None = on in eval mode on CPU. Set False to trade
+        # batch invariance for throughput (e.g. tok.model.batch_invariant = False; docs/performance.md).
+        self.batch_invariant: bool | None = None
 
     @property
     def downsample_factor(self) -> int:
@@ -333,13 +336,17 @@ class VQGAN(nn.Module):
         (oneDNN picks convolution kernels by batch size, and they round differently: measured
         up to 2.6e-6 per layer in fp32, enough to flip ids on a dense codebook). The nearest-code
         search is batch-invariant by itself (fixed-shape blocks, :func:`~vqtok.models.quantizer.nearest_code`).
-        Default ``None``: on in eval mode on CPU, where one image at a time costs little
-        (docs/performance.md, "Batch invariance"); off in training and on other devices.
+        Default ``None``: the model's ``batch_invariant`` attribute, and when that is ``None`` too:
+        on in eval mode on CPU, off in training and on other devices. One image at a time costs
+        throughput on CPU too (0.44-0.75x batched, measured in docs/performance.md, "Batch
+        invariance"); ``model.batch_invariant = False`` turns it off for every encode.
 
         ``autocast_dtype`` (``torch.bfloat16`` / ``torch.float16``): the encoder alone runs under
         ``torch.autocast``; ``quant_conv`` and the nearest-code search, which decide the ids and
         cost little, run in the weights' dtype (the Tokenizer's fast modes).
         """
+        if batch_invariant is None:
+            batch_invariant = self.batch_invariant
         if batch_invariant is None:
             batch_invariant = not self.training and x.device.type == "cpu"
         if not batch_invariant or x.shape[0] <= 1:
