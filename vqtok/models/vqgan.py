@@ -338,7 +338,7 @@ class VQGAN(nn.Module):
         search is batch-invariant by itself (fixed-shape blocks, :func:`~vqtok.models.quantizer.nearest_code`).
         Default ``None``: the model's ``batch_invariant`` attribute, and when that is ``None`` too:
         on in eval mode on CPU, off in training and on other devices. One image at a time costs
-        throughput on CPU too (0.44-0.75x batched, measured in docs/performance.md, "Batch
+        throughput on CPU too (0.44-0.86x batched, measured in docs/performance.md, "Batch
         invariance"); ``model.batch_invariant = False`` turns it off for every encode.
 
         ``autocast_dtype`` (``torch.bfloat16`` / ``torch.float16``): the encoder alone runs under
