@@ -4,9 +4,10 @@ The probe model's codebook is the worst case of a dense codebook: two codes mirr
 latent of the probed image (1e-3 of its norm apart), so each id is decided by the rounding of
 the features and distances. Before the fix, oneDNN's batch-size-dependent convolution kernels,
 the NHWC GroupNorm kernel (batch- and thread-dependent) and the 1-row GEMV of the search flipped
-ids here in every batch; now an image gives the same ids alone, at any position of any batch,
-and with any thread count. benchmarks/batch_invariance.py measures the same on a larger model
-(docs/performance.md, "Batch invariance").
+ids here in every batch; now an image gives the same ids alone and at any position of any batch,
+and the same with 1 and 2 threads (not with every thread count: 3 threads split PyTorch's
+elementwise SiLU off SIMD boundaries, see docs/performance.md). benchmarks/batch_invariance.py
+measures the same on a larger model (docs/performance.md, "Batch invariance").
 """
 
 from __future__ import annotations
