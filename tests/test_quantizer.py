@@ -64,3 +64,34 @@ def test_eval_mode_has_zero_loss_and_no_grad_tricks():
     out = q(torch.randn(1, 4, 2, 2))
     assert out.loss.item() == 0.0
     assert out.ids.dtype == torch.long and out.ids.shape == (1, 2, 2)
+
+
+def test_nearest_code_multiplies_blocks_of_one_shape_whatever_n(monkeypatch):
+    from vqtok.models import quantizer
+
+    g = torch.Generator().manual_seed(0)
+    codebook = torch.randn(300, 8, generator=g)
+    shapes = []
+    real_mm = torch.mm
+
+    def spy(a, b, **kw):
+        shapes.append(tuple(a.shape))
+        return real_mm(a, b, **kw)
+
+    monkeypatch.setattr(torch, "mm", spy)
+    for n in (1, 5, 256, 257, 1000):
+        z = torch.randn(n, 8, generator=g)
+        ids = nearest_code(z, codebook)
+        assert ids.shape == (n,)
+        assert torch.equal(ids, torch.cdist(z, codebook).argmin(dim=1))
+    # one (rows, D) shape for every product: 1 + 1 + 1 + 2 + 4 blocks, the last of each zero-padded
+    assert shapes == [(quantizer.block_rows(300), 8)] * 9
+    assert quantizer.block_rows(300) == 256 and quantizer.block_rows(1 << 16) == 128  # budget caps it
+
+
+def test_nearest_code_and_lookup_validate_their_input():
+    with pytest.raises(ValueError, match="chunk_size must be >= 1"):
+        nearest_code(torch.zeros(4, 3), torch.zeros(5, 3), chunk_size=0)
+    q = VectorQuantizer(16, 4)
+    with pytest.raises(ValueError, match=r"lookup expects features \(B, 4, h, w\)"):
+        q.lookup(torch.zeros(1, 3, 2, 2))

@@ -26,13 +26,19 @@ from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
-__all__ = ["VectorQuantizer", "QuantizerOutput", "Quantizer", "nearest_code"]
+__all__ = ["VectorQuantizer", "QuantizerOutput", "Quantizer", "nearest_code", "block_rows"]
 
 # Elements of (N, K) distance buffers alive at once: bounds the extra memory of the search to
 # about 64 MiB of float32 whatever N (batch × grid) and K are.
 _DISTANCE_BUDGET = 1 << 24
+# Rows per block of the search when the budget allows it. Every block has exactly this many rows
+# (the last one zero-padded): BLAS picks its kernel by matrix shape (a 1-row product is a GEMV
+# that rounds differently from the GEMM), so a fixed shape gives a row the same distances, and so
+# the same id, whatever N is and whichever rows share its block.
+_ROW_BLOCK = 256
 
 
 @dataclass
@@ -64,14 +70,21 @@ class Quantizer(Protocol):
     def __call__(self, z: torch.Tensor) -> QuantizerOutput: ...
 
 
+def block_rows(n_codes: int, *, exact: bool = True) -> int:
+    """Rows per block of :func:`nearest_code` for a codebook of ``n_codes``: fixed per codebook."""
+    return max(1, min(_ROW_BLOCK, _DISTANCE_BUDGET // (max(n_codes, 1) * (2 if exact else 1))))
+
+
 def nearest_code(
     z: torch.Tensor, codebook: torch.Tensor, *, chunk_size: int | None = None, exact: bool = True
 ) -> torch.Tensor:
     """Index of the nearest codebook row for every row of ``z``.
 
-    z: (N, D), codebook: (K, D) -> (N,) long. Chunked over N so the (N, K) distance matrix never
-    exists whole (extra memory about 64 MiB whatever N and K; ``chunk_size`` overrides the rows
-    per chunk). Always computed in float32 at least, with autocast and autograd off.
+    z: (N, D), codebook: (K, D) -> (N,) long. Computed in blocks of a fixed number of rows
+    (``chunk_size``; default :func:`block_rows`: 256, fewer for codebooks so large that the
+    (rows, K) buffers would pass about 64 MiB), the last block zero-padded to the same shape, so
+    the (N, K) distance matrix never exists whole and a row's id does not depend on N or on the
+    other rows (batch-invariant). Always computed in float32 at least, with autocast and autograd off.
 
     ``exact=True``: distances ‖z‖² + ‖e‖² − 2 z·eᵀ rounded in the same order as
     taming-transformers (so ties and rounding match its ids bit for bit), in two buffers.
@@ -80,14 +93,15 @@ def nearest_code(
     """
     if z.ndim != 2 or codebook.ndim != 2 or z.shape[1] != codebook.shape[1]:
         raise ValueError(f"nearest_code expects z (N, D) and codebook (K, D), got {tuple(z.shape)} and {tuple(codebook.shape)}")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     # ids carry no gradient; out= buffers need no_grad when z comes from a training graph
     with torch.no_grad(), torch.autocast(device_type=z.device.type, enabled=False):
         dtype = torch.promote_types(z.dtype, torch.float32)
         z = z.to(dtype)
         codebook = codebook.to(dtype)
         n, k = z.shape[0], codebook.shape[0]
-        if chunk_size is None:
-            chunk_size = max(1, _DISTANCE_BUDGET // (max(k, 1) * (2 if exact else 1)))
+        rows = chunk_size or block_rows(k, exact=exact)
         if n == 0:
             return torch.empty(0, dtype=torch.long, device=z.device)
         # (K,) ‖e‖², a block of codes at a time: codebook**2 whole would be a second codebook-sized
@@ -98,19 +112,24 @@ def nearest_code(
             torch.sum(codebook[start : start + block] ** 2, dim=1, out=e_sq[start : start + block])
         codebook_t = codebook.t()
         ids = torch.empty(n, dtype=torch.long, device=z.device)
-        rows = min(n, chunk_size)
-        dist = z.new_empty(rows, k)  # reused across chunks: no allocator churn, no fresh page faults
+        # reused across blocks: no allocator churn, no fresh page faults
+        zc = z.new_zeros(rows, z.shape[1])  # (rows, D) the block, zero rows past N
+        dist = z.new_empty(rows, k)  # (rows, K)
         prod = z.new_empty(rows, k) if exact else dist
-        for start in range(0, n, chunk_size):
-            zc = z[start : start + chunk_size]  # (n_c, D)
-            d, m = dist[: zc.shape[0]], prod[: zc.shape[0]]
+        block_ids = torch.empty(rows, dtype=torch.long, device=z.device)
+        for start in range(0, n, rows):
+            m = min(rows, n - start)
+            zc[:m] = z[start : start + m]
+            if m < rows:
+                zc[m:] = 0
             if exact:
                 # taming: (‖z‖² + ‖e‖²) − 2·(z·eᵀ). add_(alpha=-2) gives the same bits: −2·m is exact.
-                torch.add(torch.sum(zc**2, dim=1, keepdim=True), e_sq, out=d)  # (n_c, K)
-                d.add_(torch.mm(zc, codebook_t, out=m), alpha=-2)
+                torch.add(torch.sum(zc**2, dim=1, keepdim=True), e_sq, out=dist)  # (rows, K)
+                dist.add_(torch.mm(zc, codebook_t, out=prod), alpha=-2)
             else:
-                torch.addmm(e_sq, zc, codebook_t, alpha=-2, out=d)  # (n_c, K)
-            torch.argmin(d, dim=1, out=ids[start : start + chunk_size])
+                torch.addmm(e_sq, zc, codebook_t, alpha=-2, out=dist)  # (rows, K)
+            torch.argmin(dist, dim=1, out=block_ids)
+            ids[start : start + m] = block_ids[:m]
     return ids
 
 
@@ -152,15 +171,18 @@ class VectorQuantizer(nn.Module):
 
     def lookup(self, z: torch.Tensor, *, exact: bool = True) -> torch.Tensor:
         """Ids of the nearest codes: z (B, D, h, w) -> (B, h, w) long (``exact``: see :func:`nearest_code`)."""
-        b, d, h, w = z.shape
-        z_flat = z.permute(0, 2, 3, 1).reshape(-1, d)  # (B*h*w, D); a view when z is channels_last
+        if z.ndim != 4 or z.shape[1] != self.embed_dim:
+            raise ValueError(f"lookup expects features (B, {self.embed_dim}, h, w), got {tuple(z.shape)}")
+        b, _, h, w = z.shape
+        z_flat = rearrange(z, "b d h w -> (b h w) d")  # a view when z is channels_last
         if self.l2_norm:
             z_flat = F.normalize(z_flat, dim=1)
-        return nearest_code(z_flat, self.codebook(), exact=exact).view(b, h, w)
+        ids = nearest_code(z_flat, self.codebook(), exact=exact)  # (B*h*w,)
+        return rearrange(ids, "(b h w) -> b h w", b=b, h=h, w=w)
 
     def codes(self, ids: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`lookup`: ids (B, h, w) -> codes (B, D, h, w)."""
-        return F.embedding(ids, self.codebook()).permute(0, 3, 1, 2).contiguous()
+        return rearrange(F.embedding(ids, self.codebook()), "b h w d -> b d h w").contiguous()
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         ids = self.lookup(z)  # (B, h, w)

@@ -17,11 +17,12 @@ from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from vqtok.models.quantizer import QuantizerOutput, VectorQuantizer
 
-__all__ = ["VQGANConfig", "VQGAN", "Encoder", "Decoder"]
+__all__ = ["VQGANConfig", "VQGAN", "Encoder", "Decoder", "GroupNorm", "group_norm_channels_last"]
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,54 @@ class VQGANConfig:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
+def group_norm_channels_last(
+    x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+) -> torch.Tensor:
+    """GroupNorm of channels_last x (B, C, H, W) in place of PyTorch's NHWC kernel; channels_last out.
+
+    Statistics per (image, group) by Welford's method (``torch.var_mean``, one pass, no
+    E[x²] − E[x]² cancellation), each reduced by one thread in one order whatever the batch size
+    and thread count; then one fused ``addcmul`` pass x·scale + shift with per-(image, channel)
+    scale and shift, which keeps the layout.
+    """
+    b, c, h, w = x.shape
+    per_group = c // num_groups
+    groups = rearrange(x, "b (g k) h w -> b (h w) g k", g=num_groups)  # a view of NHWC memory
+    var, mean = torch.var_mean(groups, dim=(1, 3), correction=0)  # (B, G) each
+    scale = torch.rsqrt(var + eps).repeat_interleave(per_group, dim=1)  # (B, C)
+    if weight is not None:
+        scale = scale * weight
+    shift = -mean.repeat_interleave(per_group, dim=1) * scale  # (B, C)
+    if bias is not None:
+        shift = shift + bias
+    return torch.addcmul(shift.view(b, c, 1, 1), x, scale.view(b, c, 1, 1))
+
+
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` that does not use PyTorch's NHWC kernel on channels_last activations.
+
+    PyTorch's CPU GroupNorm kernel for NHWC tensors (seen in 2.13) loses precision when a group's
+    mean is large against its spread (1e-4 to 1e-2 from float64 at mean/std 10-30, against ~1e-6 for the
+    NCHW kernel), and how it splits the reduction depends on batch size and thread count, so its
+    output for an image changes with its batch companions and threads. Channels_last input goes
+    through :func:`group_norm_channels_last` instead (precise, batch- and thread-invariant, keeps
+    the layout; cost in docs/performance.md: copying to NCHW and back cost twice as much).
+    Under autocast, bf16/fp16 input is normalised in float32 (as autocast does for group_norm).
+    Parameters and ``state_dict`` keys are ``nn.GroupNorm``'s.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> same shape and layout
+        if x.ndim != 4 or x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
+            return super().forward(x)
+        if x.dtype not in (torch.float32, torch.float64):
+            if not torch.is_autocast_enabled(x.device.type):
+                return super().forward(x)  # a model cast to half precision: PyTorch's kernel
+            x = x.float()
+        return group_norm_channels_last(x, self.num_groups, self.weight, self.bias, self.eps)
+
+
 def Normalize(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
+    return GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
 
 
 def swish(x: torch.Tensor) -> torch.Tensor:
@@ -118,13 +165,13 @@ class AttnBlock(nn.Module):
         self.proj_out = nn.Conv2d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
-        b, c, h, w = x.shape
+        h, w = x.shape[-2:]
         y = self.norm(x)
-        # (B, C, H, W) -> (B, 1, H*W, C): one head over all positions (a view, no copy, when
-        # the activations are channels_last — see Tokenizer's channels_last)
-        q, k, v = (t.flatten(2).transpose(1, 2).unsqueeze(1) for t in (self.q(y), self.k(y), self.v(y)))
+        # one head over all positions; a view, no copy, when the activations are channels_last
+        # (see Tokenizer's channels_last)
+        q, k, v = (rearrange(t, "b c h w -> b 1 (h w) c") for t in (self.q(y), self.k(y), self.v(y)))
         y = F.scaled_dot_product_attention(q, k, v)  # (B, 1, H*W, C), scale C**-0.5 as taming
-        y = y.squeeze(1).transpose(1, 2).reshape(b, c, h, w)  # channels_last view of a contiguous y
+        y = rearrange(y, "b 1 (h w) c -> b c h w", h=h, w=w)  # channels_last view of a contiguous y
         return x + self.proj_out(y)
 
 
@@ -271,14 +318,53 @@ class VQGAN(nn.Module):
         )
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1)
+        # default of encode(batch_invariant=None): None = on in eval mode on CPU. Set False to trade
+        # batch invariance for throughput (e.g. tok.model.batch_invariant = False; docs/performance.md).
+        self.batch_invariant: bool | None = None
 
     @property
     def downsample_factor(self) -> int:
         return self.config.downsample_factor
 
-    def encode(self, x: torch.Tensor) -> QuantizerOutput:
-        """x (B, 3, H, W) in [-1, 1] -> quantized features, ids and codebook loss."""
-        return self.quantize(self.quant_conv(self.encoder(x)))
+    def encode(
+        self, x: torch.Tensor, *, batch_invariant: bool | None = None, autocast_dtype: torch.dtype | None = None
+    ) -> QuantizerOutput:
+        """x (B, 3, H, W) in [-1, 1] -> quantized features, ids and codebook loss.
+
+        ``batch_invariant``: run the encoder one image at a time, so an image's features and ids
+        do not depend on how many images share its batch, which ones, or where it sits in it
+        (oneDNN picks convolution kernels by batch size, and they round differently: measured
+        up to 2.6e-6 per layer in fp32, enough to flip ids on a dense codebook). The nearest-code
+        search is batch-invariant by itself (fixed-shape blocks, :func:`~vqtok.models.quantizer.nearest_code`).
+        Default ``None``: the model's ``batch_invariant`` attribute, and when that is ``None`` too:
+        on in eval mode on CPU, off in training and on other devices. One image at a time costs
+        throughput on CPU too (0.44-0.86x batched, measured in docs/performance.md, "Batch
+        invariance"); ``model.batch_invariant = False`` turns it off for every encode.
+
+        ``autocast_dtype`` (``torch.bfloat16`` / ``torch.float16``): the encoder alone runs under
+        ``torch.autocast``; ``quant_conv`` and the nearest-code search, which decide the ids and
+        cost little, run in the weights' dtype (the Tokenizer's fast modes).
+        """
+        if batch_invariant is None:
+            batch_invariant = self.batch_invariant
+        if batch_invariant is None:
+            batch_invariant = not self.training and x.device.type == "cpu"
+        if not batch_invariant or x.shape[0] <= 1:
+            return self._encode(x, autocast_dtype)
+        # each image in its own fresh (aligned) tensor: the same call as encoding it alone
+        parts = [self._encode(x[i : i + 1].clone(), autocast_dtype) for i in range(x.shape[0])]
+        return QuantizerOutput(
+            z_q=torch.cat([p.z_q for p in parts]),  # (B, D, h, w)
+            ids=torch.cat([p.ids for p in parts]),  # (B, h, w)
+            loss=torch.stack([p.loss for p in parts]).mean(),  # images have equal sizes: the batch mean
+        )
+
+    def _encode(self, x: torch.Tensor, autocast_dtype: torch.dtype | None) -> QuantizerOutput:
+        if autocast_dtype is None:
+            return self.quantize(self.quant_conv(self.encoder(x)))
+        with torch.autocast(device_type=x.device.type, dtype=autocast_dtype):
+            h = self.encoder(x)  # (B, z_channels, h, w) in autocast_dtype
+        return self.quantize(self.quant_conv(h.to(self.quant_conv.weight.dtype)))
 
     def decode(self, z_q: torch.Tensor) -> torch.Tensor:
         """z_q (B, D, h, w) -> image (B, 3, H, W), roughly in [-1, 1]."""
