@@ -44,7 +44,7 @@ def test_encode_decode_round_trip(model_dir, image_files, tmp_path, capsys):
     assert np.array_equal(ids, expected.numpy())
     assert main(["decode", str(out), "--model", str(model_dir), "--out", str(tmp_path / "dec")]) == 0
     pngs = sorted((tmp_path / "dec").glob("*.png"))
-    assert [p.name for p in pngs] == ["000000.png", "000001.png", "000002.png"]
+    assert [p.name for p in pngs] == ["img0.png", "img1.png", "img2.png"]  # named after the inputs (ids.json)
     assert np.array_equal(np.asarray(Image.open(pngs[1])), tok.decode(expected, output="np")[1])
     assert "encoded 3 image(s)" in capsys.readouterr().out
 

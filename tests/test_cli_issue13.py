@@ -99,3 +99,89 @@ def test_unreachable_hub_reads_the_cache_only(monkeypatch: pytest.MonkeyPatch, n
     assert time.monotonic() - t0 < 5.0
     assert "cannot be reached" in line and "hf download" in line
     assert no_hub and all(c["local_files_only"] for c in no_hub)
+
+
+# ---------------------------------------------------------------------- item 9: flat ids
+def test_flat_ids_are_square_grids_or_refused(tiny_tokenizer: Tokenizer, model_dir: Path, tmp_path: Path, capsys) -> None:
+    tok = tiny_tokenizer
+    grids = np.random.default_rng(0).integers(0, tok.codebook_size, (2, 16, 16))
+    flat = grids.reshape(2, 256)
+    expected = tok.decode(grids, output="np")  # (2, 64, 64, 3)
+    assert np.array_equal(tok.decode(flat, output="np"), expected)  # was one 8x1024 strip
+    with pytest.raises(ValueError, match=r"grid=\(h, w\)"):
+        tok.decode(np.zeros((2, 250), np.int64))
+    assert tok.decode(np.zeros((2, 250), np.int64), grid=(10, 25), output="np").shape == (2, 40, 100, 3)
+    assert tok.decode(np.zeros((16, 32), np.int64), output="np").shape == (64, 128, 3)  # a 1:2 grid stays a grid
+
+    np.save(tmp_path / "flat.npy", flat.astype(np.uint16))
+    assert main(["decode", str(tmp_path / "flat.npy"), "--model", str(model_dir), "--out", str(tmp_path / "a")]) == 0
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["000000.png", "000001.png"]
+    np.save(tmp_path / "odd.npy", np.zeros((2, 250), np.uint16))
+    line = one_line_error(capsys, ["decode", str(tmp_path / "odd.npy"), "--model", str(model_dir), "--out", str(tmp_path / "b")])
+    assert "--grid" in line and not (tmp_path / "b").exists()
+    capsys.readouterr()
+    assert main(["decode", str(tmp_path / "odd.npy"), "--model", str(model_dir), "--out", str(tmp_path / "b"), "--grid", "10x25"]) == 0
+    assert len(list((tmp_path / "b").glob("*.png"))) == 2
+    with pytest.raises(SystemExit):
+        main(["decode", str(tmp_path / "odd.npy"), "--out", str(tmp_path / "c"), "--grid", "10by25"])
+
+
+# ---------------------------------------------------------------------- item 10: traceable outputs
+def test_encode_records_names_and_decode_uses_them(model_dir: Path, image_files: list[str], tmp_path: Path) -> None:
+    sub = tmp_path / "other"
+    sub.mkdir()
+    twin = sub / Path(image_files[0]).name  # same file name in another folder
+    twin.write_bytes(Path(image_files[0]).read_bytes())
+    inputs = [*image_files, str(twin)]
+    assert main(["encode", *inputs, "--model", str(model_dir), "--out", str(tmp_path / "ids"), "--size", "64"]) == 0
+    record = json.loads((tmp_path / "ids.json").read_text())
+    assert record["names"] == inputs and record["shape"] == [4, 16, 16] and record["size"] == 64
+    from vqtok.pipeline import model_fingerprint
+
+    assert record["model_fingerprint"] == model_fingerprint(Tokenizer.from_pretrained(model_dir))
+    assert main(["decode", str(tmp_path / "ids.npy"), "--model", str(model_dir), "--out", str(tmp_path / "dec")]) == 0
+    names = sorted(p.name for p in (tmp_path / "dec").iterdir())
+    assert names == ["photo0-000003.png", "photo0.png", "photo1.png", "photo2.png"]
+
+
+# ---------------------------------------------------------------------- item 8: messages
+def test_encode_and_decode_messages(model_dir: Path, image_files: list[str], tmp_path: Path, capsys) -> None:
+    base = ["--model", str(model_dir), "--out", str(tmp_path / "x.npy")]
+    line = one_line_error(capsys, ["encode", image_files[0], "--size", "250", *base])
+    assert "--size must be a positive multiple of 4" in line and "250" in line
+    line = one_line_error(capsys, ["encode", image_files[0], "--size", "2000000", *base])
+    assert "GiB" in line and "smaller --size" in line
+    assert not (tmp_path / "x.npy").exists()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello\n")
+    line = one_line_error(capsys, ["decode", str(notes), "--model", str(model_dir), "--out", str(tmp_path / "d")])
+    assert "is not a .npy file of token ids" in line and "allow_pickle" not in line
+
+
+# ---------------------------------------------------------------------- item 11: one progress rule
+def test_progress_rule(model_dir: Path, image_files: list[str], tmp_path: Path, monkeypatch, caplog, capsys) -> None:
+    import io
+
+    from vqtok._progress import Progress, progress_mode
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert progress_mode(True, Tty()) == "bar" and progress_mode(True, io.StringIO()) == "log"
+    assert progress_mode(False, Tty()) == "off"
+    tty = Tty()
+    with Progress("x", total=3, stream=tty) as bar:
+        bar.update(3)
+    assert "| 0/3 [" in tty.getvalue()  # a tqdm bar
+
+    monkeypatch.setenv("VQTOK_PROGRESS_INTERVAL", "0")  # a line per update
+    caplog.set_level("INFO", logger="vqtok.progress")
+    argv = ["encode", *image_files, "--model", str(model_dir), "--out", str(tmp_path / "ids.npy"), "--size", "64"]
+    assert main(argv) == 0  # stderr is not a terminal under pytest: log lines, no bar
+    lines = [r.getMessage() for r in caplog.records if r.name == "vqtok.progress"]
+    assert any(line.startswith("encode: 3/3 img (100%)") for line in lines)
+    assert "\r" not in capsys.readouterr().err
+    caplog.clear()
+    assert main(argv + ["--no-progress"]) == 0
+    assert not [r for r in caplog.records if r.name == "vqtok.progress"]

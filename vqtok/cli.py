@@ -71,6 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    # Progress lines of long commands when stderr is not a terminal (vqtok._progress): shown without -v.
+    logging.getLogger("vqtok.progress").setLevel(min(level, logging.INFO))
     previous = None
     try:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)

@@ -41,7 +41,6 @@ import io
 import json
 import logging
 import os
-import sys
 import tarfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -421,12 +420,11 @@ def load_token_corpus(shards: str | Sequence[str], *, progress: bool = False) ->
     labels: list[int] = []
     keys: list[str] = []
     sizes: set[int] = set()
-    it: Iterator[str] = iter(urls)
-    if progress:
-        from tqdm.auto import tqdm
+    from vqtok._progress import Progress
 
-        it = iter(tqdm(urls, desc="reading token shards", unit="shard", file=sys.stderr))
-    for url in it:
+    bar = Progress("reading token shards", total=len(urls), unit="shard", enabled=progress)
+    for url in urls:
+        bar.update(1)
         size = _stats_codebook_size(url)
         if size is not None:
             sizes.add(size)
