@@ -185,3 +185,15 @@ def test_progress_rule(model_dir: Path, image_files: list[str], tmp_path: Path, 
     caplog.clear()
     assert main(argv + ["--no-progress"]) == 0
     assert not [r for r in caplog.records if r.name == "vqtok.progress"]
+
+
+def test_misleading_messages_of_other_commands(tmp_path: Path, monkeypatch, no_hub, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    diffusers_folder = tmp_path / "vq-diffusers"
+    diffusers_folder.mkdir()
+    (diffusers_folder / "config.json").write_text(json.dumps({"_class_name": "VQModel"}))
+    line = one_line_error(capsys, ["convert", "taming", str(diffusers_folder), "--out", str(tmp_path / "m")])
+    assert "is a folder" in line and "vqtok convert diffusers" in line and "does not exist" not in line
+    line = one_line_error(capsys, ["sample", "--prior", "nothere/", "--out", str(tmp_path / "s.png")])
+    assert "no such model folder: nothere/" in line and "Repo id" not in line
+    assert no_hub == []

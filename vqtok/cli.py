@@ -32,7 +32,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "vqtok.prior.commands",
 )
 
-EXPECTED_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError)
+EXPECTED_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, KeyError)
 
 
 def build_parser() -> argparse.ArgumentParser:
