@@ -197,3 +197,20 @@ def test_misleading_messages_of_other_commands(tmp_path: Path, monkeypatch, no_h
     line = one_line_error(capsys, ["sample", "--prior", "nothere/", "--out", str(tmp_path / "s.png")])
     assert "no such model folder: nothere/" in line and "Repo id" not in line
     assert no_hub == []
+
+
+# ---------------------------------------------------------------------- item 12: statements the docs make
+def test_small_doc_statements_hold(tmp_path: Path, capsys) -> None:
+    import torch
+
+    from vqtok.metrics.fid import kernel_inception_distance
+
+    with pytest.raises(SystemExit):
+        main(["pretokenize", "--help"])
+    help_text = capsys.readouterr().out
+    assert "i % WORLD_SIZE == r" in help_text and "%%" not in help_text
+    feats = torch.randn(40, 16, generator=torch.Generator().manual_seed(0)) * 3
+    kid = kernel_inception_distance(feats, feats + 1, subset_size=1000)  # n < subset size: all subsets = all
+    assert kid.subset_size == 40 and kid.std == 0.0  # was 1.3e-16
+    line = one_line_error(capsys, ["export", "diffusers", "--out", str(tmp_path / "ex")])  # the default model
+    assert "cannot be exported" in line and "l2_norm_codes" in line and not (tmp_path / "ex").exists()

@@ -118,7 +118,7 @@ def resolve_folder(
                     cache_dir=str(cache_dir) if cache_dir is not None else None,
                     local_files_only=local_files_only,
                 )
-            except LocalEntryNotFoundError as err:
+            except LocalEntryNotFoundError:
                 if i + 1 < len(alternatives):
                     continue
                 why = unreachable or "downloading is off (HF_HUB_OFFLINE or local_files_only)"

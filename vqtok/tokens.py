@@ -512,11 +512,13 @@ def load_token_corpus(shards: str | Sequence[str], *, progress: bool = False) ->
             if ids and s["ids"].shape != ids[0].shape:
                 raise ValueError(
                     f"token grids differ in shape: {s['__key__']!r} in {url} is {s['ids'].shape}, "
-                    f"earlier samples are {ids[0].shape}"
+                    f"earlier samples are {ids[0].shape}; a corpus for the prior needs one grid shape "
+                    f"(tokenize the images at one size, not at their own sizes)"
                 )
             ids.append(s["ids"])
             labels.append(int(s["label"]))
             keys.append(s["__key__"])
+    bar.close()
     if not ids:
         raise ValueError(f"no samples in {len(urls)} token shard(s) ({urls[0]} ...)")
     if len(sizes) > 1:

@@ -121,6 +121,17 @@ def _save_grid(originals: torch.Tensor, recs: torch.Tensor, path: Path) -> None:
     Image.fromarray(grid).save(path)
 
 
+def _no_buffer_sync() -> dict[str, bool]:
+    """DDP keyword that turns off the buffer broadcast before each forward: ``forward_sync_buffers=False``
+    where torch has it (``broadcast_buffers`` is deprecated there, with a FutureWarning on every rank),
+    else ``broadcast_buffers=False``. Buffers are equal on every rank at construction (same seed), so
+    the one sync at init that the new keyword keeps changes nothing."""
+    import inspect
+
+    params = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+
+
 class Trainer:
     """Train a VQGAN on ``data`` (image folder or shards) into ``out``.
 
@@ -171,7 +182,7 @@ class Trainer:
         if self.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             # codebook statistics are synchronised by CodebookTrainer itself, not by DDP's buffer broadcast
-            self.ae_ddp = nn.parallel.DistributedDataParallel(self.ae, device_ids=ids, broadcast_buffers=False)
+            self.ae_ddp = nn.parallel.DistributedDataParallel(self.ae, device_ids=ids, **_no_buffer_sync())
             if self.loss.discriminator is not None:  # not DDP-wrapped (it is frozen inside the generator loss):
                 for p in self.loss.discriminator.parameters():  # same initial weights on every rank
                     dist.broadcast(p.data, src=0)
