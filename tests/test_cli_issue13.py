@@ -214,3 +214,9 @@ def test_small_doc_statements_hold(tmp_path: Path, capsys) -> None:
     assert kid.subset_size == 40 and kid.std == 0.0  # was 1.3e-16
     line = one_line_error(capsys, ["export", "diffusers", "--out", str(tmp_path / "ex")])  # the default model
     assert "cannot be exported" in line and "l2_norm_codes" in line and not (tmp_path / "ex").exists()
+
+
+def test_decode_refuses_pickled_arrays(model_dir: Path, tmp_path: Path, capsys) -> None:
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    line = one_line_error(capsys, ["decode", str(tmp_path / "objects.npy"), "--model", str(model_dir), "--out", str(tmp_path / "d")])
+    assert "pickled Python objects" in line and "allow_pickle" not in line

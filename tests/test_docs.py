@@ -15,7 +15,7 @@ minutes) is preceded by ``<!-- skip-test: reason -->``; ``test_skip_list_is_shor
 
 from __future__ import annotations
 
-import json
+import io
 import os
 import re
 import shutil
@@ -24,7 +24,6 @@ import sys
 import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -97,8 +96,6 @@ def _image_shard(path: Path, first: int, n: int = 5) -> None:
             for ext, data in (("jpg", jpeg_bytes(i, w=96, h=80)), ("cls", str(i % 5).encode())):
                 info = tarfile.TarInfo(f"img{i:05d}.{ext}")
                 info.size = len(data)
-                import io
-
                 tf.addfile(info, io.BytesIO(data))
 
 

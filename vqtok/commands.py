@@ -251,8 +251,10 @@ def _decode(args: argparse.Namespace) -> int:
         raise ValueError(f"{path} is not a .npy file of token ids (write one with `vqtok encode` or numpy.save)")
     try:
         ids = np.load(path, allow_pickle=False)
-    except ValueError:
-        raise ValueError(f"{path} holds Python objects, not an integer array of token ids") from None
+    except ValueError as err:
+        if "allow_pickle" in str(err):
+            raise ValueError(f"{path} holds pickled Python objects, not an integer array of token ids") from None
+        raise ValueError(f"{path} is not a readable .npy file of token ids ({err})") from None
     ids = tok._check_ids(ids, args.grid)[0].numpy()  # (B, h, w): shape, dtype and range checked before any write
     names = _output_names(ids_record_path(path), len(ids))
     out = Path(args.out)
