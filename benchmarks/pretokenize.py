@@ -1,6 +1,6 @@
 """Images/s of the full ``vqtok pretokenize`` pipeline vs encode-only on tensors already in memory.
 
-Builds WebDataset tar shards from real JPEGs (default: ../shared/data/eval-photos, 189-778 px,
+Builds WebDataset tar shards from real JPEGs (default: ../shared/data/eval-photos,
 repeated to ``--images``), then, in one process, with the same model, batch size and torch
 intra-op thread count:
 
@@ -53,6 +53,13 @@ PRESETS = {
     # f=8, ch 128: ~17 M encoder parameters, ~1.1 s per 256 px image on one CPU core
     "f8-ch128": {"ch": 128, "ch_mult": (1, 1, 2, 4), "num_res_blocks": 1, "attn_resolutions": (), "z_channels": 64, "embed_dim": 64, "n_embed": 1024},
 }
+
+
+def _image_size(path: str) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.size
 
 
 def make_shards(photos: list[str], n_images: int, n_shards: int, folder: Path) -> tuple[list[Path], list[tuple[str, bytes]]]:
@@ -155,8 +162,9 @@ def main() -> int:
         np.array_equal(tok.encode(load_image(data), size=args.size).numpy(), ref[i]) for i, (_, data) in enumerate(samples[:2])
     )
     keys = [k for k, _ in samples]
+    sides = [side for p in photos for side in _image_size(p)]
     print(f"model: {model_name} (encoder {n_params:.1f} M params, f={tok.downsample_factor}, {tok.codebook_size} codes); "
-          f"{n} photos ({len(photos)} distinct, 189-778 px JPEG) in {args.shards} shards -> {args.size} px; "
+          f"{n} photos ({len(photos)} distinct, {min(sides)}-{max(sides)} px JPEG) in {args.shards} shards -> {args.size} px; "
           f"batch {args.batch_size}; torch threads {args.threads}; {os.cpu_count()} CPUs, "
           f"load average {load_before:.1f} before / {os.getloadavg()[0]:.1f} after")
     print(f"decode + convert + resize alone, one process: {t_prep:.2f} s ({1000 * t_prep / n:.1f} ms/image)")

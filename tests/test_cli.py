@@ -44,7 +44,7 @@ def test_encode_decode_round_trip(model_dir, image_files, tmp_path, capsys):
     assert np.array_equal(ids, expected.numpy())
     assert main(["decode", str(out), "--model", str(model_dir), "--out", str(tmp_path / "dec")]) == 0
     pngs = sorted((tmp_path / "dec").glob("*.png"))
-    assert [p.name for p in pngs] == ["000000.png", "000001.png", "000002.png"]
+    assert [p.name for p in pngs] == ["img0.png", "img1.png", "img2.png"]  # named after the inputs (ids.json)
     assert np.array_equal(np.asarray(Image.open(pngs[1])), tok.decode(expected, output="np")[1])
     assert "encoded 3 image(s)" in capsys.readouterr().out
 
@@ -69,7 +69,7 @@ def test_errors_are_one_line_without_traceback(model_dir, image_files, tmp_path)
     r = run("encode", image_files[1], "--model", str(model_dir), "--out", str(tmp_path / "x.npy"))
     assert r.returncode == 2 and "size=" in r.stderr
     r = run("info", str(tmp_path / "nowhere"))
-    assert r.returncode == 2 and "neither a local folder nor a Hub repo" in r.stderr
+    assert r.returncode == 2 and "no such model folder" in r.stderr
     np.save(tmp_path / "big.npy", np.full((4, 4), 9999, dtype=np.int32))
     r = run("decode", str(tmp_path / "big.npy"), "--model", str(model_dir), "--out", str(tmp_path / "d"))
     assert r.returncode == 2 and "[0, 511]" in r.stderr

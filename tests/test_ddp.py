@@ -17,11 +17,12 @@ from tests.test_training_loop import tiny_config
 from tests.test_training_components import write_images
 
 
-def torchrun(*argv: str, cwd: Path) -> None:
+def torchrun(*argv: str, cwd: Path) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "vqtok", *argv]
     run = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
+    return run.stderr
 
 
 def assert_same_weights(a: Path, b: Path) -> None:
@@ -50,7 +51,8 @@ def test_vqgan_ddp_resume_is_exact(tmp_path: Path) -> None:
     images = write_images(tmp_path / "imgs", n=8)
     cfg = tiny_config(steps=4, val_every=100, image_every=100, checkpoint_every=2).to_yaml(tmp_path / "c.yaml")
     common = ["train", "--data", str(images), "--config", str(cfg), "--no-progress"]
-    torchrun(*common, "--out", str(tmp_path / "straight"), cwd=tmp_path)
+    stderr = torchrun(*common, "--out", str(tmp_path / "straight"), cwd=tmp_path)
+    assert "FutureWarning" not in stderr and "grad strides" not in stderr  # issue 13: DDP warnings on every rank
     torchrun(*common, "--out", str(tmp_path / "resumed"), "--steps", "2", cwd=tmp_path)
     torchrun(*common, "--out", str(tmp_path / "resumed"), cwd=tmp_path)
     assert_same_weights(tmp_path / "straight" / "final", tmp_path / "resumed" / "final")

@@ -376,12 +376,16 @@ def test_two_rank_processes_equal_one(data_dir: Path, tmp_path: Path, model_dir:
     assert stats[2]["samples_failed"][-1]["key"] == "<rest of shard>"
 
 
-def test_progress_bar_only_on_rank_0(data_dir: Path, tmp_path: Path, tok: Tokenizer, capsys) -> None:
+def test_progress_only_on_rank_0(data_dir: Path, tmp_path: Path, tok: Tokenizer, capsys, caplog) -> None:
+    caplog.set_level("INFO", logger="vqtok.progress")
     run(data_dir, tmp_path / "t", tok, progress=True, rank=1, world_size=2)
-    assert capsys.readouterr().err == ""
+    assert capsys.readouterr().err == "" and not caplog.records
     run(data_dir, tmp_path / "t", tok, progress=True, rank=0, world_size=2)
     captured = capsys.readouterr()
-    assert "img" in captured.err and "8/8" in captured.err and captured.out == ""
+    # stderr is not a terminal here: no bar, a log line instead (issue 13 item 11)
+    assert captured.err == "" and captured.out == ""
+    lines = [r.getMessage() for r in caplog.records if r.name == "vqtok.progress"]
+    assert lines and "pretokenize: 8/8 img" in lines[-1]
 
 
 # ---------------------------------------------------------------------- identity of the output folder

@@ -203,7 +203,9 @@ def test_cli_train_and_sample(
         )
         == 0
     )
-    assert "trained 3 steps" in capsys.readouterr().out
+    summary = capsys.readouterr().out
+    assert "trained 3 steps" in summary
+    assert "nats" not in summary and summary.count("bits/token") == 2  # one unit in the summary (issue 13)
     latest = (tmp_path / "run" / "checkpoints" / "latest").read_text().strip()
     assert (tmp_path / "run" / WEIGHTS_NAME).is_file() and latest == "step-0000003"
     assert {"state.json", "optim.pt", "rng_rank0.pt", WEIGHTS_NAME} <= {

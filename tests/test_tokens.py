@@ -165,3 +165,49 @@ def test_a_damaged_token_shard_is_an_error(tmp_path: Path) -> None:
         load_token_corpus(str(shard))
     with pytest.raises(ValueError, match="truncated or corrupt tar"):
         list(token_dataset(str(shard), shuffle=0))
+
+
+# ---------------------------------------------------------------------- issue 13 item 5: a stream per rank x worker
+def _rank_streams(spec: str, monkeypatch: pytest.MonkeyPatch, *, world: int, workers: int, epoch: int = 0,
+                  **kw: object) -> list[list[list[int]]]:
+    """streams[rank][worker]: the sample numbers each DataLoader worker of each rank yields."""
+    out = []
+    for rank in range(world):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", str(world))
+        ds = token_dataset(spec, **kw)
+        ds.set_epoch(epoch)
+        got = [int(ids[0, 0]) for ids, _ in torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers)]
+        out.append([got[w::workers] for w in range(workers)])  # the DataLoader takes from its workers in turn
+    return out
+
+
+def test_ranks_and_workers_read_disjoint_streams_covering_each_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = write_shards(tmp_path, n_shards=8, per_shard=10)  # 80 samples, 4 streams of 2 shards
+    orders = []
+    for epoch in range(2):
+        streams = _rank_streams(spec, monkeypatch, world=2, workers=2, epoch=epoch, shuffle=8, seed=5)
+        flat = [x for rank in streams for worker in rank for x in worker]
+        assert sorted(flat) == list(range(80))  # every sample exactly once per epoch, over ranks x workers
+        lengths = {len(w) for rank in streams for w in rank}
+        assert lengths == {20}
+        # independent shuffles: no two streams are the same permutation of their shards' samples
+        # (with one seed for all, stream b was stream a plus a constant: 4, 24, 6, 26, ...)
+        firsts = [w for rank in streams for w in rank]
+        for a in range(4):
+            for b in range(a + 1, 4):
+                offsets = {y - x for x, y in zip(firsts[a], firsts[b])}
+                assert len(offsets) > 3, (firsts[a], firsts[b])
+        orders.append(flat)
+    assert orders[0] != orders[1]  # another epoch, another order
+    again = _rank_streams(spec, monkeypatch, world=2, workers=2, epoch=1, shuffle=8, seed=5)
+    assert [x for rank in again for w in rank for x in w] == orders[1]  # (seed, epoch) reproduce it
+
+
+def test_resampled_ranks_do_not_repeat_each_other(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = write_shards(tmp_path, n_shards=4, per_shard=20)
+    streams = _rank_streams(spec, monkeypatch, world=2, workers=1, resampled=True, shuffle=16, epoch_length=60)
+    a, b = streams[0][0], streams[1][0]
+    assert len(a) == len(b) == 60
+    same = sum(x == y for x, y in zip(a, b))
+    assert same <= 5, same  # one seed for both ranks gave 10-18 of 60 at the same position

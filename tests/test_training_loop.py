@@ -137,3 +137,26 @@ def test_cli_set_overrides() -> None:
     assert old.precision == "fp32" and old.checkpoint_every == 7
     with pytest.raises(ValueError, match="unknown config key"):
         apply_overrides(TrainConfig(), ["data.zoom=8"])
+
+
+def test_cli_resume_without_config_uses_the_run_folder(tmp_path: Path, images: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 13 item 2: re-running with --data/--out continues the run with its own train_config.yaml
+    (a discriminator unlike the default recipe's: the default config gave a state_dict error)."""
+    from vqtok.cli import main
+
+    cfg_path = tiny_config(steps=2, grad_accum=1, checkpoint_every=2).to_yaml(tmp_path / "c.yaml")
+    out = tmp_path / "run"
+    base = ["train", "--data", str(images), "--out", str(out), "--no-progress"]
+    assert main([*base, "--config", str(cfg_path)]) == 0
+    capsys.readouterr()
+    _to_v01_names(out)  # a run folder written by vqtok 0.1 (bf16, ckpt_every) still continues
+    assert main([*base, "--steps", "3"]) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 3
+    for extra, named in ((["--lr", "0.5"], "--lr 0.5 sets lr to 0.5, but the run in"),
+                         (["--set", "loss.disc_ch=16"], "--set loss.disc_ch=16 sets loss.disc_ch to 16"),
+                         (["--config", str(tiny_config(steps=4, batch_size=3).to_yaml(tmp_path / "d.yaml"))],
+                          f"--config {tmp_path / 'd.yaml'} sets batch_size to 3")):
+        assert main([*base, "--steps", "4", *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and named in err[0], err
+    assert main([*base, "--steps", "4", "--config", str(cfg_path)]) == 0  # same config, longer: fine

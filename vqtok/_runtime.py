@@ -7,6 +7,7 @@
 * :class:`CheckpointDir`: ``OUT/checkpoints/step-NNNNNNN/`` folders plus ``OUT/checkpoints/latest``.
 * :func:`append_jsonl` / :func:`read_jsonl`: the ``OUT/log.jsonl`` of a run.
 * :func:`read_config_file` / :func:`write_config_file`: training configs as YAML (or JSON).
+* :func:`die_with_parent`: the ``worker_init_fn`` of every vqtok DataLoader (workers never outlive their parent).
 """
 
 from __future__ import annotations
@@ -63,6 +64,44 @@ def resolve_device(name: str | torch.device | None = "auto", *, local_rank: int 
     elif device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device {str(name)!r} asked for, but MPS is not available on this machine (use cpu or auto)")
     return device
+
+
+# ---------------------------------------------------------------------------- worker processes
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(worker_id: int = 0) -> None:
+    """``worker_init_fn`` for DataLoaders: the worker gets SIGKILL when its parent dies, whatever killed
+    the parent (SIGKILL included, which leaves it no chance to stop its workers).
+
+    Linux only (``prctl(PR_SET_PDEATHSIG)``); elsewhere a daemon thread polls the parent's pid once a
+    second and exits the worker when it changed. A parent that died before the call is caught too.
+    """
+    import signal
+    import sys
+    import threading
+
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0:
+                if os.getppid() != parent:  # the parent died between fork and prctl
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):  # no libc prctl: fall back to polling
+            pass
+
+    def watch() -> None:
+        import time
+
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="vqtok-parent-watch", daemon=True).start()
 
 
 # ---------------------------------------------------------------------------- distributed

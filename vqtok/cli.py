@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import signal
 import sys
 from typing import Sequence
 
@@ -30,7 +32,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "vqtok.prior.commands",
 )
 
-EXPECTED_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError)
+EXPECTED_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, KeyError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,20 +46,57 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (Slurm/Kubernetes preemption), raised like Ctrl-C so that every ``finally`` and
+    :func:`vqtok._io.atomic_write` cleans up on the way out."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def _quiet_broken_pipe() -> int:
+    """stdout's reader went away (``vqtok ... | head``): point stdout at devnull so that Python's
+    final flush does not print a second error, and exit like a process killed by SIGPIPE."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (captured in tests)
+        pass
+    return 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    # Progress lines of long commands when stderr is not a terminal (vqtok._progress): shown without -v.
+    logging.getLogger("vqtok.progress").setLevel(min(level, logging.INFO))
+    previous = None
     try:
-        return int(args.func(args) or 0)
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread (main() called from a thread): leave SIGTERM alone
+        pass
+    try:
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+        return code
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
     except EXPECTED_ERRORS as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"vqtok {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"vqtok {args.command}: terminated (SIGTERM); partial outputs removed", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("vqtok: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

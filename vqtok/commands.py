@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -32,6 +33,9 @@ __all__ = [
     "add_device_argument",
     "add_model_arguments",
     "add_out_argument",
+    "add_progress_argument",
+    "check_image_size",
+    "parse_grid",
     "device_from_args",
     "ids_dtype",
     "number_in",
@@ -75,6 +79,12 @@ def device_from_args(args: argparse.Namespace) -> torch.device:
     return resolve_device(args.device)
 
 
+def add_progress_argument(p: argparse.ArgumentParser) -> None:
+    """``--no-progress`` (the rule of vqtok._progress: a bar on a terminal, else a log line every 30 s)."""
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress (default: a bar on a terminal, else a log line every 30 s)")
+
+
 def add_out_argument(
     p: argparse.ArgumentParser | argparse._ArgumentGroup, help: str, *, required: bool = True, default: str | None = None
 ) -> None:
@@ -101,49 +111,160 @@ def ids_dtype(codebook_size: int) -> np.dtype:
     return np.dtype(np.uint16) if codebook_size <= 65536 else np.dtype(np.int32)
 
 
+IDS_RECORD_VERSION = 1  # "vqtok_ids" of the .json written beside an encode output
+
+
+def ids_record_path(ids_path: str | os.PathLike[str]) -> Path:
+    """``ids.npy`` -> ``ids.json``: the record of which input made which row (written by ``vqtok encode``)."""
+    return Path(ids_path).with_suffix(".json")
+
+
+def activation_bytes(tok: Tokenizer, size: int) -> int:
+    """A rough peak of the encoder/decoder activations for one size x size image, in bytes (fp32):
+    three full-resolution feature maps of ``ch`` channels (a ResNet block's input, hidden and output)."""
+    ch = int(getattr(tok.config, "ch", 128))
+    return 3 * ch * size * size * 4
+
+
+def _memory_bytes(device: torch.device) -> int | None:
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_image_size(tok: Tokenizer, size: int | None, option: str = "--size") -> None:
+    """A ``--size`` the model can take: a positive multiple of its downsample factor whose activations
+    fit in this machine's memory (ValueError naming ``option`` otherwise)."""
+    if size is None:
+        return
+    f = tok.downsample_factor
+    if size <= 0 or size % f:
+        raise ValueError(f"{option} must be a positive multiple of {f} (the model's downsample factor), got {size}")
+    need, have = activation_bytes(tok, size), _memory_bytes(tok.device)
+    if have is not None and need > have:
+        raise ValueError(
+            f"{option} {size} needs about {need / 2**30:.0f} GiB of activations per image, more than the "
+            f"{have / 2**30:.0f} GiB of this {tok.device.type.upper()}; use a smaller {option}"
+        )
+
+
 def _encode(args: argparse.Namespace) -> int:
+    from vqtok._io import atomic_write
+    from vqtok._progress import Progress
     from vqtok.images import load_image
+    from vqtok.pipeline._naming import model_fingerprint
 
     tok = tokenizer_from_args(args)
+    check_image_size(tok, args.size)
     out = Path(args.out)
+    if out.suffix != ".npy":  # numpy.save's rule, kept: ``--out ids`` writes ids.npy
+        out = out.with_name(out.name + ".npy")
     # Chunks of images are loaded, encoded and dropped: memory holds one chunk of pixels, whatever
     # the number of files (the ids of all images, 2 KiB each at 32x32, are kept for the one .npy).
     chunk = max(_CHUNK, tok.batch_size)
     parts: list[np.ndarray] = []
-    for start in range(0, len(args.images), chunk):
-        paths = args.images[start : start + chunk]
-        ids = tok.encode([load_image(p) for p in paths], size=args.size).numpy()  # (b, h, w)
-        if parts and ids.shape[1:] != parts[0].shape[1:]:
-            raise ValueError(
-                f"{paths[0]} gives a {ids.shape[1]}x{ids.shape[2]} token grid, the images before it "
-                f"{parts[0].shape[1]}x{parts[0].shape[2]}; pass --size S to resize them all to SxS"
-            )
-        parts.append(ids.astype(ids_dtype(tok.codebook_size)))
-    ids = np.concatenate(parts)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.save(out, ids)
-    print(f"encoded {ids.shape[0]} image(s) to {tuple(ids.shape[1:])} token grids -> {out}")
+    with Progress("encode", total=len(args.images), unit="img", enabled=not args.no_progress) as bar:
+        for start in range(0, len(args.images), chunk):
+            paths = args.images[start : start + chunk]
+            ids = tok.encode([load_image(p) for p in paths], size=args.size).numpy()  # (b, h, w)
+            if parts and ids.shape[1:] != parts[0].shape[1:]:
+                raise ValueError(
+                    f"{paths[0]} gives a {ids.shape[1]}x{ids.shape[2]} token grid, the images before it "
+                    f"{parts[0].shape[1]}x{parts[0].shape[2]}; pass --size S to resize them all to SxS"
+                )
+            parts.append(ids.astype(ids_dtype(tok.codebook_size)))
+            bar.update(len(paths))
+    ids = np.concatenate(parts)  # (B, h, w)
+    record = {
+        "vqtok_ids": IDS_RECORD_VERSION,
+        "names": [str(p) for p in args.images],  # row i of the .npy is the ids of names[i]
+        "shape": list(ids.shape),
+        "size": args.size,
+        "model": str(args.model) if args.model else "default",
+        "model_fingerprint": model_fingerprint(tok),
+        "config_hash": tok.config.hash(),
+        "codebook_size": tok.codebook_size,
+    }
+    with atomic_write(ids_record_path(out)) as tmp_record:  # the record lands after the ids it describes
+        tmp_record.write_text(json.dumps(record, indent=1) + "\n")
+        with atomic_write(out) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, ids)
+    print(f"encoded {ids.shape[0]} image(s) to {tuple(ids.shape[1:])} token grids -> {out} (+ {ids_record_path(out).name})")
     return 0
 
 
+def parse_grid(text: str) -> tuple[int, int]:
+    """argparse type of ``--grid``: ``HxW`` or ``N`` (N x N)."""
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        values = [int(v) for v in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW or N, got {text!r}") from None
+    if len(values) == 1:
+        values *= 2
+    if len(values) != 2 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected HxW or N with positive sides, got {text!r}")
+    return values[0], values[1]
+
+
+def _output_names(record_path: Path, count: int) -> list[str]:
+    """``<stem>.png`` per row, after the input names of ``record_path`` when it describes ``count``
+    rows; numbered ``000000.png ...`` otherwise. Repeated stems get ``-<row>``."""
+    names: list[str] | None = None
+    if record_path.is_file():
+        try:
+            record = json.loads(record_path.read_text())
+            given = record.get("names") if isinstance(record, dict) else None
+            if isinstance(given, list) and len(given) == count and all(isinstance(n, str) for n in given):
+                names = given
+            else:
+                logger.warning("%s does not describe these %d rows of ids; numbering the images", record_path, count)
+        except (OSError, ValueError) as err:
+            logger.warning("ignoring %s: %s", record_path, err)
+    if names is None:
+        return [f"{i:06d}.png" for i in range(count)]
+    out: list[str] = []
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        stem = Path(name).stem or f"{i:06d}"
+        file = f"{stem}.png" if stem not in seen else f"{stem}-{i:06d}.png"
+        seen.add(stem)
+        out.append(file)
+    return out
+
+
 def _decode(args: argparse.Namespace) -> int:
+    from vqtok._progress import Progress
+
     tok = tokenizer_from_args(args)
     path = Path(args.ids)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
+    with open(path, "rb") as fh:
+        magic = fh.read(6)
+    if magic != b"\x93NUMPY":
+        raise ValueError(f"{path} is not a .npy file of token ids (write one with `vqtok encode` or numpy.save)")
     try:
         ids = np.load(path, allow_pickle=False)
     except ValueError as err:
-        raise ValueError(f"{path} is not a numpy .npy file of ids: {err}") from err
-    tok._check_ids(ids, None)  # shape, dtype and range of every id, before anything is written
-    if ids.ndim == 2:
-        ids = ids[None]
+        if "allow_pickle" in str(err):
+            raise ValueError(f"{path} holds pickled Python objects, not an integer array of token ids") from None
+        raise ValueError(f"{path} is not a readable .npy file of token ids ({err})") from None
+    ids = tok._check_ids(ids, args.grid)[0].numpy()  # (B, h, w): shape, dtype and range checked before any write
+    names = _output_names(ids_record_path(path), len(ids))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     chunk = max(_CHUNK, tok.batch_size)
-    for start in range(0, len(ids), chunk):  # decode, write and drop one chunk of images at a time
-        for i, img in enumerate(tok.decode(ids[start : start + chunk], output="pil"), start):
-            img.save(out / f"{i:06d}.png")
+    with Progress("decode", total=len(ids), unit="img", enabled=not args.no_progress) as bar:
+        for start in range(0, len(ids), chunk):  # decode, write and drop one chunk of images at a time
+            for i, img in enumerate(tok.decode(ids[start : start + chunk], output="pil"), start):
+                img.save(out / names[i])
+            bar.update(min(chunk, len(ids) - start))
     f = tok.downsample_factor
     print(f"decoded {len(ids)} image(s) of {ids.shape[2] * f}x{ids.shape[1] * f} -> {out}/")
     return 0
@@ -176,17 +297,23 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("encode", help="images -> token ids (.npy)")
+    p = sub.add_parser("encode", help="images -> token ids (.npy) + their names (.json)")
     p.add_argument("images", nargs="+", help="image files")
-    add_out_argument(p, "output .npy file: (B, h, w) ids, uint16 or int32")
-    p.add_argument("--size", type=int, default=None, help="resize shorter side to S and center-crop SxS")
+    add_out_argument(p, "output .npy file: (B, h, w) ids, uint16 or int32; OUT.json beside it names the input of each row")
+    p.add_argument("--size", type=int, default=None,
+                   help="resize shorter side to S and center-crop SxS (a multiple of the downsample factor)")
     add_model_arguments(p)
+    add_progress_argument(p)
     p.set_defaults(func=_encode)
 
     p = sub.add_parser("decode", help="token ids (.npy) -> PNG images")
-    p.add_argument("ids", help=".npy file of (h, w) or (B, h, w) integer ids")
-    add_out_argument(p, "output folder for 000000.png, 000001.png, ...")
+    p.add_argument("ids", help=".npy file of (h, w) or (B, h, w) integer ids, or flat (B, h*w) ids (see --grid)")
+    add_out_argument(p, "output folder: <input name>.png per row when IDS.json (from vqtok encode) is beside IDS, "
+                        "else 000000.png, 000001.png, ...")
+    p.add_argument("--grid", type=parse_grid, default=None, metavar="HxW",
+                   help="token grid of flat ids, HxW or N for NxN (default: square grids inferred)")
     add_model_arguments(p)
+    add_progress_argument(p)
     p.set_defaults(func=_decode)
 
     p = sub.add_parser("info", help="architecture, codebook size, parameter count of a model")

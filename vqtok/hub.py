@@ -84,7 +84,7 @@ def resolve_folder(
     and offline mode). ``what`` ends the error for a local folder that lacks a file.
     """
     wanted = [(f,) if isinstance(f, str) else tuple(f) for f in files]
-    path = Path(repo_id_or_dir)
+    path = Path(repo_id_or_dir).expanduser()
     if path.is_dir():
         folder = path / subfolder if subfolder else path
         missing = [alt[0] for alt in wanted if not any((folder / n).is_file() for n in alt)]
@@ -94,13 +94,18 @@ def resolve_folder(
     if path.exists():
         raise ValueError(f"{path} is a file, not a model folder; to import a foreign checkpoint use `vqtok convert`")
     repo_id = str(repo_id_or_dir)
-    if repo_id.count("/") != 1 or repo_id.startswith((".", "/")):
-        raise FileNotFoundError(f"{repo_id!r} is neither a local folder nor a Hub repo id of the form 'org/name'")
+    if looks_like_path(repo_id):
+        raise FileNotFoundError(f"no such model folder: {repo_id}")
+    if repo_id.count("/") != 1:
+        raise FileNotFoundError(f"no such model folder: {repo_id} (and not a Hub repo id of the form 'org/name')")
 
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     where = f"Hub repo {repo_id!r}" + (f" (subfolder {subfolder!r})" if subfolder else "")
+    unreachable = None if local_files_only else hub_unreachable()
+    if unreachable:  # no network: read the cache only (huggingface_hub would retry for ~30 s first)
+        local_files_only = True
     folder: Path | None = None
     for alternatives in wanted:
         for i, name in enumerate(alternatives):
@@ -113,14 +118,15 @@ def resolve_folder(
                     cache_dir=str(cache_dir) if cache_dir is not None else None,
                     local_files_only=local_files_only,
                 )
-            except LocalEntryNotFoundError as err:
+            except LocalEntryNotFoundError:
                 if i + 1 < len(alternatives):
                     continue
+                why = unreachable or "downloading is off (HF_HUB_OFFLINE or local_files_only)"
                 raise FileNotFoundError(
-                    f"{name} of {where} (revision {revision or 'main'}) is not in the local cache "
-                    f"and downloading is off or impossible; download it on a connected machine "
-                    f"(`huggingface-cli download {repo_id}`) and point HF_HOME/cache_dir at that cache"
-                ) from err
+                    f"{name} of {where} (revision {revision or 'main'}) is not in the local cache and {why}; "
+                    f"download it on a connected machine (`hf download {repo_id}`) and point HF_HOME/cache_dir "
+                    f"at that cache"
+                ) from None
             except (RepositoryNotFoundError, EntryNotFoundError) as err:
                 if i + 1 < len(alternatives):
                     continue
@@ -130,6 +136,46 @@ def resolve_folder(
             break
     assert folder is not None
     return folder
+
+
+def looks_like_path(name: str) -> bool:
+    """Whether ``name`` is meant as a local path rather than a Hub repo id: it starts with ``.``, ``/``
+    or ``~``, has more than one ``/``, or its parent folder exists (``models/nope`` beside ``models/``)."""
+    if name.startswith((".", "/", "~")) or os.sep != "/" and os.sep in name:
+        return True
+    if "/" not in name:
+        return False
+    return name.count("/") > 1 or Path(name).parent.is_dir()
+
+
+_reachability: dict[str, str | None] = {}
+
+
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """None when the Hub endpoint answers a TCP connection (or a proxy is configured); else a short
+    reason ("the Hub (huggingface.co) cannot be reached: ..."). ``HF_HUB_OFFLINE=1`` gives a reason at
+    once. Checked once per process."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    endpoint = constants.ENDPOINT
+    if endpoint not in _reachability:
+        if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
+            _reachability[endpoint] = None  # a proxy decides; let huggingface_hub try
+        else:
+            import socket
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(endpoint)
+            host = parts.hostname or endpoint
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            try:
+                socket.create_connection((host, port), timeout=timeout).close()
+                _reachability[endpoint] = None
+            except OSError as err:
+                _reachability[endpoint] = f"the Hub ({host}) cannot be reached from this machine ({err.strerror or err})"
+    return _reachability[endpoint]
 
 
 def load_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> None:

@@ -54,6 +54,9 @@ def register_layout_resolver(resolver: LayoutResolver) -> None:
     if resolver not in _layout_resolvers:
         _layout_resolvers.append(resolver)
 
+# A 2-D ids array more elongated than this is read as rows of flat ids, (B, h*w), not as one (h, w) grid.
+MAX_GRID_ASPECT = 4
+
 
 class Tokenizer:
     """Wraps a :class:`~vqtok.models.vqgan.VQGAN` with image conversion, batching and device handling.
@@ -314,17 +317,31 @@ class Tokenizer:
             raise ValueError(f"token ids must be integers, got dtype {ids.dtype}")
         if grid is not None:
             h, w = grid
-            if ids.ndim not in (1, 2) or ids.shape[-1] != h * w:
+            if ids.ndim in (2, 3) and tuple(ids.shape[-2:]) == (h, w):  # already (h, w) / (B, h, w)
+                batched = ids.ndim == 3
+            elif ids.ndim not in (1, 2) or ids.shape[-1] != h * w:
                 raise ValueError(f"with grid={grid}, ids must be flat (B, {h * w}) or ({h * w},), got {tuple(ids.shape)}")
-            batched = ids.ndim == 2
+            else:
+                batched = ids.ndim == 2
             ids = ids.reshape(-1, h, w)
         elif ids.ndim == 1:
             side = math.isqrt(ids.numel())
             if side * side != ids.numel() or side == 0:
-                raise ValueError(f"{ids.numel()} flat ids do not form a square grid; pass grid=(h, w)")
+                raise ValueError(f"{ids.numel()} flat ids do not form a square grid; pass grid=(h, w) (--grid HxW)")
             ids, batched = ids.reshape(1, side, side), False
         elif ids.ndim == 2:
-            ids, batched = ids.unsqueeze(0), False
+            rows, cols = ids.shape
+            if max(rows, cols) <= MAX_GRID_ASPECT * min(rows, cols):  # a plausible (h, w) grid of one image
+                ids, batched = ids.unsqueeze(0), False
+            else:  # (B, n): rows of flat ids, square grids when n is a square (the overwhelming case)
+                side = math.isqrt(cols)
+                if side * side != cols or side < 2:
+                    raise ValueError(
+                        f"token ids of shape {tuple(ids.shape)} are neither an (h, w) grid (aspect over "
+                        f"{MAX_GRID_ASPECT}:1) nor rows of square grids ({cols} is not a square); "
+                        f"pass grid=(h, w) (--grid HxW)"
+                    )
+                ids, batched = ids.reshape(rows, side, side), True
         elif ids.ndim == 3:
             batched = True
         else:
@@ -348,8 +365,10 @@ class Tokenizer:
     ) -> Any:
         """Token ids -> images.
 
-        ids: (h, w) or (B, h, w) of any integer dtype; flat (B, h*w)/(h*w,) with ``grid=(h, w)``
-        (a 1-D input of a square length needs no ``grid``).
+        ids: (h, w) or (B, h, w) of any integer dtype; flat (B, h*w)/(h*w,) with ``grid=(h, w)``.
+        Without ``grid``, flat ids of a square length n are square grids (sqrt(n) x sqrt(n)): a 1-D
+        input always, a 2-D (B, n) input when it is more elongated than 4:1 (else it is one (h, w)
+        grid); flat ids of other lengths need ``grid``.
         output: ``"pil"`` PIL image (list for a batch); ``"np"`` uint8 (B, H, W, 3);
         ``"pt"`` float (B, 3, H, W) in [0, 1] = clamp((x + 1) / 2). A single (unbatched)
         input gives a single image / drops the batch axis.

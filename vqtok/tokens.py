@@ -41,7 +41,7 @@ import io
 import json
 import logging
 import os
-import sys
+import random
 import tarfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -307,6 +307,89 @@ def _to_torch_dict(sample: dict[str, Any]) -> dict[str, Any]:
     return sample
 
 
+def _stream_seed(*parts: object) -> int:
+    """A 64-bit seed from any tuple of numbers/strings (sha256, same on every platform and process)."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
+
+
+def _stream_position() -> tuple[int, int, int, int]:
+    """(rank, world_size, worker, num_workers) of the calling process (webdataset's rules: ``RANK`` /
+    ``WORLD_SIZE`` or the initialised process group; the DataLoader worker info)."""
+    from webdataset.utils import pytorch_worker_info
+
+    rank, world, worker, workers = pytorch_worker_info()
+    return int(rank), int(world), int(worker), int(workers)
+
+
+class _TokenShards(torch.utils.data.IterableDataset):
+    """The first stage of :func:`token_dataset`: ``{"url": ...}`` of the shards this rank/worker reads
+    in this epoch, plus the seed of the stream (``(seed, epoch, rank, worker)``) for the later stages.
+
+    Not resampled: one permutation of the shard list per ``(seed, epoch)``, the same on every rank and
+    worker, is dealt out: rank r of R takes every R-th shard, its worker w of W every W-th of those;
+    the streams are disjoint and together read every shard once per epoch. Resampled: each
+    ``(seed, epoch, rank, worker)`` draws shards with replacement from its own generator, forever.
+    """
+
+    def __init__(self, urls: list[str], *, seed: int, resampled: bool, shuffle_shards: bool) -> None:
+        super().__init__()
+        self.urls = urls
+        self.seed = seed
+        self.resampled = resampled
+        self.shuffle_shards = shuffle_shards
+        self.epoch: int | None = None  # set_epoch's value; None: count this copy's iterations
+        self._iterations = 0
+        self.current: tuple[int, int, int, int, int] = (0, 0, 1, 0, 1)  # (epoch, rank, world, worker, workers)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def stream_seed(self, stage: str) -> int:
+        epoch, rank, _, worker, _ = self.current
+        return _stream_seed(self.seed, epoch, rank, worker, stage)
+
+    def __iter__(self) -> Iterator[dict[str, str]]:
+        epoch = self.epoch if self.epoch is not None else self._iterations
+        self._iterations += 1
+        rank, world, worker, workers = _stream_position()
+        self.current = (epoch, rank, world, worker, workers)  # read by the later stages, created after this call
+        if self.resampled:
+            return self._resampled()
+        order = list(self.urls)
+        if self.shuffle_shards:
+            random.Random(_stream_seed(self.seed, epoch, "shards")).shuffle(order)
+        mine = order[rank::world][worker::workers]
+        if not mine:
+            logger.warning(
+                "token_dataset: rank %d worker %d of %d x %d streams has no shard of %d; give at least as many shards "
+                "as ranks x workers (or resampled=True)", rank, worker, world, workers, len(self.urls),
+            )
+        return iter([{"url": u} for u in mine])
+
+    def _resampled(self) -> Iterator[dict[str, str]]:
+        rng = random.Random(self.stream_seed("resample"))
+        while True:
+            yield {"url": rng.choice(self.urls)}
+
+
+class _ShuffleSamples:
+    """The sample-shuffle stage of :func:`token_dataset`, seeded per stream by its :class:`_TokenShards`
+    (a class, not a closure: the pipeline stays picklable for spawned DataLoader workers)."""
+
+    def __init__(self, source: _TokenShards, bufsize: int) -> None:
+        self.source = source
+        self.bufsize = bufsize
+
+    def __call__(self, src: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        from webdataset.filters import _shuffle
+
+        # called once per iteration, after source.__iter__ has set this stream's (epoch, rank, worker)
+        rng = random.Random(self.source.stream_seed("samples"))
+        return _shuffle(src, self.bufsize, min(self.bufsize, 100), rng)
+
+
 def token_dataset(
     shards: str | Sequence[str],
     *,
@@ -318,33 +401,29 @@ def token_dataset(
 ) -> Any:
     """A ``webdataset.DataPipeline`` over token shards yielding ``(ids, label)`` (or dicts).
 
-    shuffle: sample shuffle buffer size (0 = keep shard order; shard order is shuffled too
-        when > 0 and not resampled).
-    resampled: draw shards with replacement forever (per node/worker seeded stream).
-    seed: seeds shard and sample shuffling (same seed → same order for a given rank/worker).
+    Every stream (rank x DataLoader worker) is seeded from ``(seed, epoch, rank, worker)``: streams are
+    independent, and not resampled they are disjoint and cover the corpus once per epoch.
+
+    shuffle: sample shuffle buffer size (0 = keep shard order; the shard list is permuted per
+        ``(seed, epoch)`` too when > 0 and not resampled).
+    resampled: draw shards with replacement forever (a seeded generator per rank/worker).
+    seed: seeds shard and sample shuffling (same seed, epoch, rank and worker → same order).
     epoch_length: samples per epoch per worker (``with_epoch``); useful with ``resampled``.
     as_dict: yield ``{"__key__", "ids" (h, w) int64 tensor, "label", "txt"?, "json"?}``
         instead of ``(ids, label)``.
+
+    The pipeline has ``set_epoch(epoch)`` (like ``DistributedSampler.set_epoch``): call it before each
+    epoch when DataLoader workers are not persistent (each epoch's workers start from a fresh copy);
+    without calls to it, each iteration of a copy counts as its next epoch.
     """
     import webdataset as wds
 
     urls = expand_shards(shards)
-    if resampled:
-        # ResampledShards with a deterministic per-(rank, worker) seed; nodes/workers draw
-        # independent streams, so no node/worker splitting of the shard list is needed.
-        from webdataset.shardlists import ResampledShards
-
-        ds = wds.DataPipeline(ResampledShards(urls, seed=seed, deterministic=True), _read_token_shards)
-    else:
-        ds = wds.DataPipeline(
-            wds.SimpleShardList(urls),
-            wds.split_by_node,
-            wds.split_by_worker,
-            wds.filters.detshuffle(len(urls) if shuffle > 0 else False, seed=seed),
-            _read_token_shards,
-        )
+    source = _TokenShards(urls, seed=seed, resampled=resampled, shuffle_shards=shuffle > 0 and not resampled)
+    ds = wds.DataPipeline(source, _read_token_shards)
+    ds.set_epoch = source.set_epoch  # like DistributedSampler.set_epoch
     if shuffle > 0:
-        ds.append(wds.filters.shuffle(shuffle, initial=min(shuffle, 100), seed=seed))
+        ds.append(_ShuffleSamples(source, shuffle))
     ds.append(wds.filters.map(decode_token_sample))
     ds.append(wds.filters.map(_to_torch_dict if as_dict else _to_pair))
     if epoch_length is not None:
@@ -421,12 +500,11 @@ def load_token_corpus(shards: str | Sequence[str], *, progress: bool = False) ->
     labels: list[int] = []
     keys: list[str] = []
     sizes: set[int] = set()
-    it: Iterator[str] = iter(urls)
-    if progress:
-        from tqdm.auto import tqdm
+    from vqtok._progress import Progress
 
-        it = iter(tqdm(urls, desc="reading token shards", unit="shard", file=sys.stderr))
-    for url in it:
+    bar = Progress("reading token shards", total=len(urls), unit="shard", enabled=progress)
+    for url in urls:
+        bar.update(1)
         size = _stats_codebook_size(url)
         if size is not None:
             sizes.add(size)
@@ -434,11 +512,13 @@ def load_token_corpus(shards: str | Sequence[str], *, progress: bool = False) ->
             if ids and s["ids"].shape != ids[0].shape:
                 raise ValueError(
                     f"token grids differ in shape: {s['__key__']!r} in {url} is {s['ids'].shape}, "
-                    f"earlier samples are {ids[0].shape}"
+                    f"earlier samples are {ids[0].shape}; a corpus for the prior needs one grid shape "
+                    f"(tokenize the images at one size, not at their own sizes)"
                 )
             ids.append(s["ids"])
             labels.append(int(s["label"]))
             keys.append(s["__key__"])
+    bar.close()
     if not ids:
         raise ValueError(f"no samples in {len(urls)} token shard(s) ({urls[0]} ...)")
     if len(sizes) > 1:

@@ -134,6 +134,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     targets = p.add_subparsers(dest="target", metavar="FORMAT")
     targets.required = True
     t = targets.add_parser("diffusers", help="diffusers VQModel folder (VQModel.from_pretrained)")
-    t.add_argument("model", help="vqtok model folder or Hub repo id")
+    t.add_argument("model", nargs="?", default=None,
+                   help="vqtok model folder or Hub repo id (default: the built-in tokenizer, whose cosine codes "
+                        "diffusers cannot reproduce: refused with the reason)")
     add_out_argument(t, "output folder")
     t.set_defaults(func=_export_diffusers, device="cpu", precision="fp32", batch_size=1)

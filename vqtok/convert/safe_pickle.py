@@ -174,6 +174,24 @@ _restricted_pickle = types.SimpleNamespace(
 )
 
 
+def _what_folder(folder: Path) -> str:
+    """Advice for a folder given where a checkpoint file was expected."""
+    import json
+
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        config = None
+    if isinstance(config, dict) and "vqtok_format" in config:
+        return "it is already a vqtok model folder (load it as is)"
+    if isinstance(config, dict) and config.get("_class_name") == "VQModel":
+        return "it looks like a diffusers VQModel folder (use `vqtok convert diffusers`)"
+    if (folder / "model_index.json").is_file() or (folder / "vqvae").is_dir():
+        return "it looks like a diffusers pipeline (use `vqtok convert diffusers` with its vqvae subfolder)"
+    found = sorted(q.name for q in folder.iterdir() if q.suffix in (".ckpt", ".pt", ".pth", ".bin", ".safetensors"))
+    return f"give one of its files ({', '.join(found[:5])})" if found else "give the .ckpt / .pt file"
+
+
 def load_checkpoint(path: str | os.PathLike[str]) -> Any:
     """Load a ``torch.save``/Lightning checkpoint onto the CPU without running code from it.
 
@@ -181,6 +199,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Any:
     :class:`UnsafeCheckpointError` for files that name dangerous callables.
     """
     p = Path(path)
+    if p.is_dir():
+        raise IsADirectoryError(f"{p} is a folder, not a checkpoint file: {_what_folder(p)}")
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint {p} does not exist")
     if p.suffix == ".safetensors":

@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -172,7 +171,7 @@ def run_eval(args: argparse.Namespace) -> int:
         grid_path=grid_path,
         grid_count=args.grid_count,
         grid_columns=args.grid_columns,
-        progress=not args.no_progress and sys.stderr.isatty(),
+        progress=not args.no_progress,
     )
     result.skipped.update(skipped)
     result.inception_weights = inception_info.to_dict() if inception_info else None

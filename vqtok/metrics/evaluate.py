@@ -282,7 +282,7 @@ def evaluate_reconstruction(
     running mean/covariance); Inception features are kept (float32) only for KID. Unreadable
     samples are skipped and listed in ``result.bad_samples``. ``limit`` counts good images.
     """
-    from tqdm.auto import tqdm
+    from vqtok._progress import Progress
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -306,7 +306,7 @@ def evaluate_reconstruction(
     lpipss: list[torch.Tensor] = []
     pairs: list[tuple[np.ndarray, np.ndarray]] = []
     n = 0
-    bar = tqdm(total=total, unit="img", disable=not progress, desc="eval", leave=False)
+    bar = Progress("eval", total=total, unit="img", enabled=progress)
     arrays = _decoded(source.samples(), size, tokenizer.downsample_factor, bad)
     for chunk in _batches(arrays, batch_size, limit):
         original_u8 = torch.from_numpy(np.stack(chunk)).permute(0, 3, 1, 2).contiguous()  # (B, 3, H, W) uint8

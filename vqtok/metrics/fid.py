@@ -145,7 +145,9 @@ def kernel_inception_distance(
         sum_xx = kxx.sum() - np.trace(kxx)
         sum_yy = kyy.sum() - np.trace(kyy)
         mmds[i] = (sum_xx + sum_yy) / (m * (m - 1)) - 2.0 * kxy.sum() / (m * m)
-    return KIDResult(mean=float(mmds.mean()), std=float(mmds.std()), subsets=subsets, subset_size=m)
+    # Subsets of all n images are all the same set: the spread is exactly 0 (np.std gives rounding noise).
+    std = 0.0 if m == min(fa.shape[0], fb.shape[0]) == max(fa.shape[0], fb.shape[0]) else float(mmds.std())
+    return KIDResult(mean=float(mmds.mean()), std=std, subsets=subsets, subset_size=m)
 
 
 def fid_from_features(features_a: torch.Tensor, features_b: torch.Tensor) -> float:

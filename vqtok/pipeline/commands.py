@@ -24,7 +24,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
             "Tokenize WebDataset tar shards of images into token shards: OUT/<name>.tar with "
             "<key>.ids.npy (+ kept fields) and OUT/<name>.json with counts, failures and the code "
             "histogram, plus OUT/manifest.json. Finished shards are skipped on re-runs. Under torchrun "
-            "(RANK/WORLD_SIZE set) rank r handles input shards i with i %% WORLD_SIZE == r."
+            "(RANK/WORLD_SIZE set) rank r handles input shards i with i % WORLD_SIZE == r."
         ),
     )
     add_model_arguments(p)

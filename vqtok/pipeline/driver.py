@@ -18,7 +18,6 @@ import dataclasses
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -340,24 +339,21 @@ class RunResult:
 
 
 class _Progress:
-    """tqdm over images with an estimated total (known counts + mean per shard × shards not yet read)."""
+    """Progress over images (:mod:`vqtok._progress`'s rule) with an estimated total (known counts + mean per shard × shards not yet read)."""
 
     def __init__(self, enabled: bool, pending_shards: int) -> None:
-        self.bar = None
+        from vqtok._progress import Progress
+
         self.pending = pending_shards
         self.known = 0
         self.indexed = 0
-        if enabled:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=None, unit="img", file=sys.stderr, dynamic_ncols=True, desc="pretokenize")
+        self.bar = Progress("pretokenize", unit="img", enabled=enabled)
 
     def _retotal(self) -> None:
-        if self.bar is None or not self.indexed:
+        if not self.indexed:
             return
         rest = max(0, self.pending - self.indexed)
-        self.bar.total = self.known + round(self.known / self.indexed * rest)
-        self.bar.refresh()
+        self.bar.set_total(self.known + round(self.known / self.indexed * rest))
 
     def on_index(self, n: int) -> None:
         self.known += n
@@ -369,16 +365,13 @@ class _Progress:
         self._retotal()
 
     def update(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
+        self.bar.update(n)
 
     def shard(self, done: int, total: int) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"shards {done}/{total}", refresh=False)
+        self.bar.set_postfix(f"shards {done}/{total}")
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.bar.close()
 
 
 def _run_jobs(

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from vqtok._runtime import die_with_parent
 from vqtok.pipeline._naming import completed_output, model_fingerprint
 from vqtok.pipeline._reading import Block, BlockStream, Prepared
 from vqtok.tars import IMAGE_FIELDS, TRUNCATED_KEY
@@ -122,7 +123,8 @@ def tokenize_shards(
         image_exts=opts.image_exts,
     )
     loader = torch.utils.data.DataLoader(
-        stream, batch_size=None, num_workers=workers, collate_fn=_identity, prefetch_factor=2 if workers else None
+        stream, batch_size=None, num_workers=workers, collate_fn=_identity, prefetch_factor=2 if workers else None,
+        worker_init_fn=die_with_parent if workers else None,  # no orphaned worker after a kill -9 of this process
     )
     threads = torch.get_num_threads()
     if workers and tokenizer.device.type == "cpu":

@@ -104,7 +104,8 @@ def _train_prior(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         return 0
     val = f"{result.val_bits_per_token:.4f}" if result.val_bits_per_token is not None else "n/a"
-    print(f"trained {result.steps} steps: loss {result.train_loss:.4f} nats/token, val {val} bits/token -> {result.out}")
+    loss_bits = result.train_loss / math.log(2)  # the training loss is a mean NLL in nats
+    print(f"trained {result.steps} steps: train {loss_bits:.4f} bits/token, val {val} bits/token -> {result.out}")
     return 0
 
 

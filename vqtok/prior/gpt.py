@@ -30,7 +30,6 @@ import dataclasses
 import logging
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -356,11 +355,9 @@ class GPT(nn.Module):
         out = torch.zeros(n, H, W, dtype=torch.long, device=self.device)
         cache = self.new_cache(lab.shape[0]) if use_cache else None
         cached_at: tuple[int, int] | None = None  # window origin the cache holds the context of
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
+        from vqtok._progress import Progress
 
-            bar = tqdm(total=H * W, desc="sampling", unit="tok", leave=False, file=sys.stderr)
+        bar = Progress("sampling", total=H * W, unit="tok", enabled=progress)
         try:
             for i in range(H):
                 for j in range(W):
@@ -374,11 +371,9 @@ class GPT(nn.Module):
                         logits = self.prefill(dup(ctx), lab, cache)
                         cached_at = (w.top, w.left)
                     out[:, i, j] = pick(logits)
-                    if bar is not None:
-                        bar.update()
+                    bar.update()
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close()
             self.train(was_training)
         return out
 

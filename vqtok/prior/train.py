@@ -36,7 +36,6 @@ import math
 import os
 import random
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -529,11 +528,9 @@ def _loop(run: _Run, *, stop_after: int | None, progress: bool) -> PriorTrainRes
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     sampler = StepSampler(len(run.train_set), cfg.batch_size, cfg.seed)
     log = run.out / LOG_NAME
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    from vqtok._progress import Progress
 
-        bar = tqdm(total=cfg.steps, initial=start, desc="train-prior", unit="step", dynamic_ncols=True, file=sys.stderr)
+    bar = Progress("train-prior", total=cfg.steps, initial=start, unit="step", enabled=progress)
     last_loss, last_val = float("nan"), None
     tokens_per_step = cfg.batch_size * run.train_set.grid[0] * run.train_set.grid[1]
     t0 = time.perf_counter()
@@ -548,19 +545,16 @@ def _loop(run: _Run, *, stop_after: int | None, progress: bool) -> PriorTrainRes
                 if run.dist.is_main:
                     append_jsonl(log, {"step": done, "loss": last_loss, "bits_per_token": last_loss / math.log(2),
                                        "lr": lr, "grad_norm": grad_norm, "tokens_per_s": rate})
-                if bar is not None:
-                    bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr:.2e}")
+                bar.set_postfix(f"loss={last_loss:.3f} nats, lr={lr:.2e}")
             if run.val_set is not None and (done % cfg.val_every == 0 or done == cfg.steps) and run.dist.is_main:
                 last_val = _validate(run)
                 append_jsonl(log, {"step": done, "val_bits_per_token": last_val})
                 logger.info("step %d: validation %.4f bits/token", done, last_val)
             if done % cfg.checkpoint_every == 0 or done == end:
                 _save_checkpoint(run, done)
-            if bar is not None:
-                bar.update()
+            bar.update()
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     return PriorTrainResult(out=run.out, final=run.out, steps=end, train_loss=last_loss, val_bits_per_token=last_val)
 
 

@@ -6,11 +6,16 @@ import argparse
 import dataclasses
 import json
 import logging
-from typing import Any
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from vqtok.commands import add_device_argument, add_out_argument, positive_int
 
 logger = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from vqtok.training.config import TrainConfig
 
 
 def add_commands(subparsers: Any) -> None:
@@ -25,7 +30,9 @@ def add_commands(subparsers: Any) -> None:
     )
     p.add_argument("--data", required=True, help="image folder, or shards: 'shards/train-{000000..000099}.tar' (quote it)")
     add_out_argument(p, "run folder (checkpoints/, log.jsonl, images/, final/)")
-    p.add_argument("--config", default=None, help="training config YAML or JSON (default: the default tokenizer's recipe)")
+    p.add_argument("--config", default=None,
+                   help="training config YAML or JSON (default: OUT/train_config.yaml when continuing a run, "
+                        "else the default tokenizer's recipe)")
     p.add_argument("--steps", type=int, default=None, help="override config steps")
     p.add_argument("--batch-size", type=positive_int, default=None, help="override config batch_size")
     p.add_argument("--lr", type=float, default=None, help="override config lr")
@@ -69,18 +76,72 @@ def apply_overrides(config: Any, items: list[str]) -> Any:
     return TrainConfig.from_dict(d)
 
 
-def run_train(args: argparse.Namespace) -> int:
+# Keys a resumed run may change (how long, where, how often it reports); any other difference from the
+# run folder's train_config.yaml would not continue the same run and is refused.
+RESUME_MAY_CHANGE = frozenset({
+    "steps", "device", "threads", "log_every", "val_every", "checkpoint_every", "image_every", "keep_checkpoints",
+    "data.num_workers", "data.cache_images", "data.val_data", "data.val_size", "data.val_images",
+    "loss.vgg_weights", "loss.lpips_weights",
+})
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _saved_run_config(out: str) -> TrainConfig | None:
+    """The config of the run in ``out`` when it has a checkpoint to continue (vqtok 0.1 key names read)."""
+    from vqtok._runtime import CONFIG_NAME, CheckpointDir
     from vqtok.training.config import TrainConfig
+
+    path = Path(out) / CONFIG_NAME
+    if CheckpointDir(out).latest() is None or not path.is_file():
+        return None
+    return TrainConfig.from_yaml(path)
+
+
+def _check_resume(saved: TrainConfig, config: TrainConfig, origins: Mapping[str, str], out: str) -> None:
+    """ValueError (one line, naming the option and both values) for a change that would not continue the run."""
+    from vqtok._runtime import CONFIG_NAME
+
+    old, new = _flatten(saved.to_dict()), _flatten(config.to_dict())
+    for key in sorted(set(old) | set(new)):
+        if key in RESUME_MAY_CHANGE or old.get(key) == new.get(key):
+            continue
+        option = origins.get(key) or next((o for k, o in origins.items() if key.startswith(k + ".")), None)
+        if option is None:
+            option = origins.get("*", "the options")
+        raise ValueError(
+            f"{option} sets {key} to {new.get(key)!r}, but the run in {out} has {key}: {old.get(key)!r} "
+            f"(its {CONFIG_NAME}); drop the option to continue that run, or give another --out for a new one"
+        )
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from vqtok.training.config import LEGACY_KEYS, TrainConfig
     from vqtok.training.trainer import Trainer
 
-    config = TrainConfig.from_yaml(args.config) if args.config else TrainConfig()
+    saved = None if args.no_resume else _saved_run_config(args.out)
+    if args.config:
+        config = TrainConfig.from_yaml(args.config)
+    else:  # a run folder knows its own config: re-running with --data/--out continues it
+        config = saved if saved is not None else TrainConfig()
+    origins: dict[str, str] = {"*": f"--config {args.config}"} if args.config else {}
     top: dict[str, Any] = {}
     if args.steps is not None:
         top["steps"] = args.steps
     if args.batch_size is not None:
         top["batch_size"] = args.batch_size
+        origins["batch_size"] = f"--batch-size {args.batch_size}"
     if args.lr is not None:
         top["lr"] = args.lr
+        origins["lr"] = f"--lr {args.lr}"
     if args.device is not None:
         top["device"] = args.device
     data_changes: dict[str, Any] = {}
@@ -92,10 +153,18 @@ def run_train(args: argparse.Namespace) -> int:
         top["data"] = dataclasses.replace(config.data, **data_changes)
     if args.perceptual_weight is not None:
         top["loss"] = dataclasses.replace(config.loss, perceptual_weight=args.perceptual_weight)
+        origins["loss.perceptual_weight"] = f"--perceptual-weight {args.perceptual_weight}"
+    if args.init is not None:
+        origins["*"] = origins.get("*", f"--init {args.init}")
     if top:
         config = dataclasses.replace(config, **top)
     if args.set:
         config = apply_overrides(config, args.set)
+        for item in args.set:
+            key = item.partition("=")[0].strip()
+            origins[LEGACY_KEYS[key][0] if key in LEGACY_KEYS else key] = f"--set {item}"
+    if saved is not None:
+        _check_resume(saved, config, origins, args.out)
     trainer = Trainer(
         config, args.data, args.out, progress=not args.no_progress, resume=not args.no_resume, init_weights=args.init
     )

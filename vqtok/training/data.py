@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vqtok._runtime import die_with_parent
 from vqtok.images import IMAGE_SUFFIXES, load_image, pil_to_rgb, prepare_image
 from vqtok.tars import is_remote, read_samples
 
@@ -236,6 +237,7 @@ def make_loader(dataset: TrainImages, *, num_workers: int) -> torch.utils.data.D
         num_workers=num_workers,
         persistent_workers=False,
         prefetch_factor=2 if num_workers > 0 else None,
+        worker_init_fn=die_with_parent if num_workers > 0 else None,  # workers die with the trainer
     )
 
 

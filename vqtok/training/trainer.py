@@ -121,6 +121,17 @@ def _save_grid(originals: torch.Tensor, recs: torch.Tensor, path: Path) -> None:
     Image.fromarray(grid).save(path)
 
 
+def _no_buffer_sync() -> dict[str, bool]:
+    """DDP keyword that turns off the buffer broadcast before each forward: ``forward_sync_buffers=False``
+    where torch has it (``broadcast_buffers`` is deprecated there, with a FutureWarning on every rank),
+    else ``broadcast_buffers=False``. Buffers are equal on every rank at construction (same seed), so
+    the one sync at init that the new keyword keeps changes nothing."""
+    import inspect
+
+    params = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+
+
 class Trainer:
     """Train a VQGAN on ``data`` (image folder or shards) into ``out``.
 
@@ -128,7 +139,7 @@ class Trainer:
         config: the run's TrainConfig.
         data: image folder or shard spec (``shards/train-{000000..000009}.tar``).
         out: output folder (created; resumed from when it has a checkpoint).
-        progress: tqdm bar on stderr (rank 0).
+        progress: progress on stderr, rank 0 (a tqdm bar on a terminal, else a log line every 30 s).
         resume: continue from ``out``'s newest checkpoint when there is one; ``False`` makes an
             existing checkpoint an error, so a run is never silently continued (as in the prior trainer).
         perceptual: override of the perceptual loss function (x, x̂) -> (B,) (tests).
@@ -171,7 +182,7 @@ class Trainer:
         if self.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             # codebook statistics are synchronised by CodebookTrainer itself, not by DDP's buffer broadcast
-            self.ae_ddp = nn.parallel.DistributedDataParallel(self.ae, device_ids=ids, broadcast_buffers=False)
+            self.ae_ddp = nn.parallel.DistributedDataParallel(self.ae, device_ids=ids, **_no_buffer_sync())
             if self.loss.discriminator is not None:  # not DDP-wrapped (it is frozen inside the generator loss):
                 for p in self.loss.discriminator.parameters():  # same initial weights on every rank
                     dist.broadcast(p.data, src=0)
@@ -341,11 +352,9 @@ class Trainer:
         if self.loss.discriminator is not None:
             self.loss.discriminator.train()
         batches = self._batches()
-        bar = None
-        if self.progress and self.is_main:
-            from tqdm import tqdm
+        from vqtok._progress import Progress
 
-            bar = tqdm(total=total, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        bar = Progress("train", total=total, initial=self.step, unit="step", enabled=self.progress and self.is_main)
         t0, window = time.time(), []
         last_val: ValidationResult | None = None
         batch = None
@@ -353,9 +362,8 @@ class Trainer:
             metrics = self._train_step(batches)
             batch = metrics.pop("_batch")
             window.append(metrics)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(rec=f"{metrics['rec']:.4f}", act=f"{metrics['active']:.2f}")
+            bar.set_postfix(f"rec={metrics['rec']:.4f}, act={metrics['active']:.2f}")
+            bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == total:
                 avg = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
                 self._log({"step": self.step, "kind": "train", "time": round(time.time() - t0, 2), **avg})
@@ -369,8 +377,7 @@ class Trainer:
                 self._write_grid(batch)
             if self.step % cfg.checkpoint_every == 0 or self.step == total:
                 self.save_checkpoint()
-        if bar is not None:
-            bar.close()
+        bar.close()
         final = self.export(self.out / "final")
         self.dist.barrier()
         return TrainResult(out=self.out, final=final, steps=self.step, validation=last_val, history=self.history)
