@@ -23,6 +23,16 @@ encode-only's (and two images against ``Tokenizer.encode(PIL image, size=S)``).
     python benchmarks/pretokenize.py                      # f8 ch64 random model, 256 px, batch 16, workers 0 1 2
     python benchmarks/pretokenize.py --threads 2 --workers 0
     python benchmarks/pretokenize.py --workers 1 --remote    # local vs pipe:cat inputs
+    python benchmarks/pretokenize.py --ray                   # + engine=ray rows (local Ray, pip install 'vqtok[ray]')
+    python benchmarks/pretokenize.py --input-side --input-photos /work/data/train-images   # decode exact vs fast
+
+* with ``--ray``, **engine ray**: ``pretokenize_ray`` on a local Ray (one actor, ``--workers`` of
+  its own DataLoader processes, the same model file), timed from the call to its return (Ray start-up
+  included; a cluster pays it once).
+* ``--input-side``: the CPU side alone, per worker: JPEG decode + RGB + resize/crop to ``--size`` of
+  photos re-encoded at 500, 1000 and 2000 px (long side, JPEG q90), ``decode="exact"`` vs ``"fast"``
+  (draft to >= 2x size), images/s on one core, and the share of ids equal between the two on the
+  model. Divide the encoder's images/s (on its device) by a worker's images/s to size the CPU side.
 """
 
 from __future__ import annotations
@@ -114,6 +124,9 @@ def main() -> int:
     ap.add_argument("--model-preset", choices=sorted(PRESETS), default="f8-ch64")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads, for encode-only and the pipeline (default 1)")
     ap.add_argument("--remote", action="store_true", help="also run on the shards as 'pipe:cat SHARD' inputs")
+    ap.add_argument("--ray", action="store_true", help="also run engine=ray (local Ray, 1 actor, the last --workers value)")
+    ap.add_argument("--input-side", action="store_true", help="also print the decode table (exact vs fast)")
+    ap.add_argument("--input-photos", default=None, help="large JPEGs for --input-side (default: --photos)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -147,10 +160,20 @@ def main() -> int:
         runs = [(f"workers={w}", [str(p) for p in shards], w) for w in args.workers]
         if args.remote:
             runs.append((f"workers={args.workers[-1]}, `pipe:cat` inputs", [f"pipe:cat {p}" for p in shards], args.workers[-1]))
+        if args.ray:
+            runs.append((f"engine=ray, 1 actor, workers={args.workers[-1]}", [str(p) for p in shards], -1 - args.workers[-1]))
+        model_dir = Path(tmp) / "model"
+        tok.save_pretrained(model_dir)
         for i, (label, inputs, w) in enumerate(runs):
             out = Path(tmp) / f"tokens-{i}"
             t0 = time.perf_counter()
-            pretokenize(inputs, out, model=tok, size=args.size, batch_size=args.batch_size, workers=w, progress=False)
+            if w < 0:  # the Ray row
+                from vqtok.pipeline.ray import RayOptions, pretokenize_ray
+
+                pretokenize_ray(inputs, out, model=str(model_dir), size=args.size, batch_size=args.batch_size, workers=-1 - w,
+                                progress=False, ray_options=RayOptions(num_actors=1, threads=args.threads))
+            else:
+                pretokenize(inputs, out, model=tok, size=args.size, batch_size=args.batch_size, workers=w, progress=False)
             secs = time.perf_counter() - t0
             assert torch.get_num_threads() == args.threads  # the pipeline restores the thread count
             t_enc, again = encode_only(tok, pixels, args.batch_size)
@@ -177,7 +200,37 @@ def main() -> int:
         ok = ok and same
         print(f"| `pretokenize`, {label} | {secs:.2f} | {n / secs:.2f} | {base:.2f} s, {n / base:.2f} | **{base / secs:.2f}** | {same} |")
     print(f"all ids identical to encode-only (and to Tokenizer.encode(PIL image, size={args.size})): {ok}")
+    if args.input_side:
+        input_side(tok, sorted(glob.glob(os.path.join(args.input_photos or args.photos, "*.jp*g"))), args.size, n=24)
     return 0 if ok else 1
+
+
+def input_side(tok: Tokenizer, photos: list[str], size: int, *, n: int) -> None:
+    """Per-worker decode throughput, exact vs fast, at typical web-image sizes; id agreement of the two."""
+    from PIL import Image
+
+    from vqtok.images import prepare_image
+
+    print()
+    print(f"input side, one core: {n} photos per row re-encoded as JPEG q90, -> {size} px")
+    print("| long side | exact ms/image | exact images/s | fast ms/image | fast images/s | speed-up | ids equal (fast vs exact) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for side in (500, 1000, 2000):
+        datas = []
+        for p in photos[:n]:
+            im = Image.open(p).convert("RGB")
+            r = side / max(im.size)
+            buf = io.BytesIO()
+            im.resize((max(1, round(im.width * r)), max(1, round(im.height * r))), Image.BICUBIC).save(buf, "JPEG", quality=90)
+            datas.append(buf.getvalue())
+        times, arrays = {}, {}
+        for mode in ("exact", "fast"):
+            t0 = time.perf_counter()
+            arrays[mode] = np.stack([prepare_image(d, size=size, decode=mode) for d in datas])
+            times[mode] = (time.perf_counter() - t0) / len(datas)
+        same = (tok.encode(arrays["exact"]) == tok.encode(arrays["fast"])).float().mean().item()
+        e, f = times["exact"], times["fast"]
+        print(f"| {side} | {1000 * e:.1f} | {1 / e:.1f} | {1000 * f:.1f} | {1 / f:.1f} | {e / f:.2f}x | {100 * same:.2f} % |")
 
 
 if __name__ == "__main__":

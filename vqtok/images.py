@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 __all__ = [
+    "DECODE_MODES",
     "IMAGE_SUFFIXES",
     "ImageBatch",
     "from_model_output",
@@ -49,13 +50,25 @@ class ImageBatch:
     batched: bool  # False when the caller passed a single image
 
 
-def load_image(source: str | os.PathLike[str] | bytes) -> Image.Image:
-    """Open an image file (path or encoded bytes) fully, with a clear error when it is not one."""
+# How images are decoded before the resize: "exact" (the full image, the default everywhere) or
+# "fast" (JPEGs decoded at 1/2, 1/4 or 1/8 scale in the DCT domain — Pillow's draft mode — to no less
+# than twice the target side, then the same resize; other formats as "exact"). docs/pipeline.md has
+# its speed-up and id agreement.
+DECODE_MODES: tuple[str, ...] = ("exact", "fast")
+
+
+def load_image(source: str | os.PathLike[str] | bytes, *, draft: int | None = None) -> Image.Image:
+    """Open an image file (path or encoded bytes) fully, with a clear error when it is not one.
+
+    ``draft``: let a JPEG decode at a reduced scale (DCT domain) as long as both sides stay >= ``draft``.
+    """
     try:
         if isinstance(source, bytes):
             img = Image.open(io.BytesIO(source))
         else:
             img = Image.open(source)
+        if draft is not None and img.format == "JPEG":
+            img.draft(None, (draft, draft))
         img.load()
     except FileNotFoundError:
         raise
@@ -107,18 +120,26 @@ def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
 
 
 def prepare_image(
-    image: Image.Image | bytes | str | os.PathLike[str], *, size: int | None = None, factor: int | None = None
+    image: Image.Image | bytes | str | os.PathLike[str],
+    *,
+    size: int | None = None,
+    factor: int | None = None,
+    decode: str = "exact",
 ) -> np.ndarray:
     """One image as the tokenizer sees it: decode (a path or encoded bytes) -> RGB -> uint8 (H, W, 3).
 
     ``size``: resize the shorter side to ``size`` and center-crop to size×size (:func:`resize_center_crop`).
     Without a size, ``factor`` (the downsample factor) checks that both sides are multiples of it
     (ValueError otherwise; None: no check). The one image-preparation path of vqtok: the Tokenizer,
-    ``pretokenize`` and ``eval`` give the same pixels for the same file.
+    ``pretokenize`` and ``eval`` give the same pixels for the same file. ``decode="fast"`` (with a
+    ``size``) decodes JPEG files at a reduced scale first (:data:`DECODE_MODES`).
     """
+    if decode not in DECODE_MODES:
+        raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
     if isinstance(image, bytes) and not image:
         raise ValueError("zero-size image (0 bytes)")
-    rgb = pil_to_rgb(image if isinstance(image, Image.Image) else load_image(image))
+    draft = 2 * size if (decode == "fast" and size is not None) else None
+    rgb = pil_to_rgb(image if isinstance(image, Image.Image) else load_image(image, draft=draft))
     if size is not None:
         rgb = resize_center_crop(rgb, size)
     elif factor is not None and (rgb.width % factor or rgb.height % factor):

@@ -260,6 +260,13 @@ class Tokenizer:
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """A CPU batch onto the model's device: through pinned memory with a non-blocking copy on CUDA
+        (the copy overlaps the host's work until the first kernel needs it), a no-op on CPU."""
+        if self.device.type == "cuda" and t.device.type == "cpu":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
+
     def _encode_ids(self, x: torch.Tensor) -> torch.Tensor:
         """Model input (b, 3, H, W) -> ids (b, h, w). Call under inference_mode."""
         x = self._layout(x)
@@ -301,7 +308,7 @@ class Tokenizer:
         out = []
         with torch.inference_mode():
             for sl in self._chunks(pixels.shape[0]):
-                x = to_model_input(pixels[sl].to(self.device), dtype=self.dtype)  # (b, 3, H, W) in [-1, 1]
+                x = to_model_input(self._to_device(pixels[sl]), dtype=self.dtype)  # (b, 3, H, W) in [-1, 1]
                 out.append(self._encode_ids(x).cpu())  # (b, h, w)
         ids = torch.cat(out)
         return ids if batch.batched else ids[0]
@@ -379,7 +386,7 @@ class Tokenizer:
         out = []
         with torch.inference_mode():
             for sl in self._chunks(ids.shape[0]):
-                x = self._decode_ids(ids[sl].to(self.device))  # (b, 3, H, W)
+                x = self._decode_ids(self._to_device(ids[sl]))  # (b, 3, H, W)
                 out.append(from_model_output(x).cpu())
         images = torch.cat(out)  # (B, 3, H, W) float in [0, 1]
         if output == "pt":

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from vqtok import hub
 from vqtok.hub import CONFIG_NAME, WEIGHTS_NAME, load_strict, weights_cache_dir
 from vqtok.tokenizer import Tokenizer, register_layout_resolver
 
@@ -265,12 +266,12 @@ def _local_names(root: Path) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
 
 
-def _hub_names(repo_id: str, *, revision: str | None, cache_dir: str | None, local_files_only: bool) -> list[str]:
+def _hub_names(repo_id: str, *, revision: str | None, cache_dir: str | None, local_files_only: bool, offline_why: str | None = None) -> list[str]:
     """The repo's file names: asked of the Hub, or read from the cached snapshot when offline."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    why = "downloading is off (local_files_only)"
+    why = offline_why or "downloading is off (local_files_only)"
     if not local_files_only:
         try:
             from huggingface_hub import HfApi
@@ -288,7 +289,7 @@ def _hub_names(repo_id: str, *, revision: str | None, cache_dir: str | None, loc
     except (LocalEntryNotFoundError, FileNotFoundError) as err:
         raise FileNotFoundError(
             f"Hub repo {repo_id!r} (revision {revision or 'main'}) is not in the local cache and {why}; download it "
-            f"on a connected machine (`huggingface-cli download {repo_id}`) and point HF_HOME/cache_dir at that cache"
+            f"on a connected machine (`hf download {repo_id}`) and point HF_HOME/cache_dir at that cache"
         ) from err
     return _local_names(snapshot)
 
@@ -355,8 +356,11 @@ def resolve_pretrained(
         paths = [root / f for f in recognised.files]
         return _convert_cached("local-" + _safe(str(root.resolve()))[-80:], "local", recognised.layout, paths, source=str(local))
     repo_id = str(repo_id_or_dir)
-    if repo_id.count("/") != 1 or repo_id.startswith((".", "/")):
-        return None  # the caller's loader explains what a repo id is
+    if repo_id.count("/") != 1 or hub.looks_like_path(repo_id):
+        return None  # the caller's loader explains what a repo id is, or names the missing folder
+    offline_why = None if local_files_only else hub.hub_unreachable()
+    if offline_why:  # HF_HUB_OFFLINE or no network: the cache only, no retries
+        local_files_only = True
     # A vqtok repo is recognised from its config.json alone: no listing, no network beyond the usual.
     if filename is None and subfolder is None:
         try:
@@ -370,7 +374,7 @@ def resolve_pretrained(
     def fetch(path: str) -> Path:
         return _hub_file(repo_id, path, revision=revision, cache_dir=cache, local_files_only=local_files_only)
 
-    names = _hub_names(repo_id, revision=revision, cache_dir=cache, local_files_only=local_files_only)
+    names = _hub_names(repo_id, revision=revision, cache_dir=cache, local_files_only=local_files_only, offline_why=offline_why)
     recognised = recognise_layout(
         names, filename=filename, subfolder=subfolder, read_config=lambda p: _read_json(fetch(p)), where=where
     )

@@ -58,6 +58,7 @@ class BlockStream(torch.utils.data.IterableDataset):
         factor: int,
         keep: Sequence[str],
         image_exts: Sequence[str],
+        decode: str = "exact",
     ) -> None:
         self.sources = list(sources)
         self.block = block
@@ -65,6 +66,7 @@ class BlockStream(torch.utils.data.IterableDataset):
         self.factor = factor
         self.keep = tuple(keep)
         self.image_exts = tuple(image_exts)
+        self.decode = decode
 
     def __iter__(self) -> Iterator[Block]:
         info = torch.utils.data.get_worker_info()
@@ -91,7 +93,7 @@ class BlockStream(torch.utils.data.IterableDataset):
         if ext is None:
             return Prepared(s.key, None, s.missing_image(self.image_exts))
         try:
-            pixels = prepare_image(ShardIndex.read(fh, s.fields[ext]), size=self.size, factor=self.factor)  # (H, W, 3) uint8
+            pixels = prepare_image(ShardIndex.read(fh, s.fields[ext]), size=self.size, factor=self.factor, decode=self.decode)  # (H, W, 3) uint8
             kept = {k: ShardIndex.read(fh, s.fields[k]) for k in self.keep if k in s.fields}
         except Exception as err:  # noqa: BLE001 - any per-sample data problem is recorded, not fatal
             return Prepared(s.key, None, reason(err, subject=f"{ext} field"))

@@ -41,6 +41,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     add_out_argument(p, "output folder (one model per folder)")
     p.add_argument("--size", type=_size, default=256, help="resize shorter side + center crop to SIZE (0: keep size; default 256)")
     p.add_argument("--workers", type=int, default=None, help="image decoding processes (default: CPUs - 1, at most 4)")
+    p.add_argument("--decode", choices=("exact", "fast"), default="exact",
+                   help="exact (default): decode whole images; fast: JPEGs decoded at reduced scale (>= 2x --size) "
+                        "first, ~2.3x faster on 2048 px photos, ~98%% of ids equal (docs/pipeline.md)")
     p.add_argument(
         "--keep",
         default=",".join(DEFAULT_KEEP),
@@ -80,6 +83,7 @@ def _run_ray(args: argparse.Namespace, keep: tuple[str, ...]) -> Any:
         size=args.size,
         batch_size=args.batch_size,
         workers=args.workers,
+        decode=args.decode,
         device=None if args.device in (None, "auto") else args.device,
         precision=args.precision,
         keep=keep,
@@ -108,6 +112,7 @@ def _run(args: argparse.Namespace) -> int:
                 size=args.size,
                 batch_size=args.batch_size,
                 workers=args.workers,
+                decode=args.decode,
                 device=str(device),
                 precision=args.precision,
                 keep=keep,

@@ -178,8 +178,12 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def _identity(tokenizer: Tokenizer, model_id: str, fingerprint: str, size: int | None, keep: Sequence[str], inputs: Any) -> dict[str, Any]:
+def _identity(
+    tokenizer: Tokenizer, model_id: str, fingerprint: str, size: int | None, keep: Sequence[str], inputs: Any, decode: str
+) -> dict[str, Any]:
+    extra = {"decode": decode} if decode != "exact" else {}  # exact folders keep their 0.1 manifest bytes
     return {
+        **extra,
         "format": MANIFEST_FORMAT,
         "model": model_id,
         "model_fingerprint": fingerprint,
@@ -205,8 +209,9 @@ def prepare_output(
     keep: Sequence[str] = DEFAULT_KEEP,
     inputs: Any = "",
     fingerprint: str | None = None,
+    decode: str = "exact",
 ) -> dict[str, Any]:
-    """Create ``output/manifest.json`` (first caller wins) or check that it was made by this model and size.
+    """Create ``output/manifest.json`` (first caller wins) or check that it was made by this model, size and decode mode.
 
     Raises ValueError when the folder belongs to another model or size. Returns the manifest.
     Call this once before dispatching :func:`tokenize_shard` tasks yourself (e.g. with Ray).
@@ -219,7 +224,7 @@ def prepare_output(
     path = folder / MANIFEST_NAME
     with _locked(folder):
         if not path.exists():
-            manifest = _identity(tokenizer, model_id, fingerprint, size, keep, inputs)
+            manifest = _identity(tokenizer, model_id, fingerprint, size, keep, inputs, decode)
             _write_json_atomic(path, manifest)
             return manifest
         try:
@@ -239,6 +244,11 @@ def prepare_output(
         raise ValueError(
             f"{folder} holds tokens made at size {manifest.get('size')}, this run uses size {size}; "
             "use the same size or another output folder"
+        )
+    if manifest.get("decode", "exact") != decode:
+        raise ValueError(
+            f"{folder} holds tokens of images decoded {manifest.get('decode', 'exact')!r}, this run decodes {decode!r}; "
+            "the ids differ slightly: use the same decode mode or another output folder"
         )
     return manifest
 
@@ -475,7 +485,9 @@ def pretokenize(
     fingerprint = opts.fingerprint or model_fingerprint(tokenizer)
     folder = Path(output)
     pattern = input if isinstance(input, str) else os.fspath(input) if isinstance(input, os.PathLike) else list(map(os.fspath, input))
-    prepare_output(folder, tokenizer, model_id=model_id, size=size, keep=keep, inputs=pattern, fingerprint=fingerprint)
+    prepare_output(
+        folder, tokenizer, model_id=model_id, size=size, keep=keep, inputs=pattern, fingerprint=fingerprint, decode=opts.decode
+    )
     logger.info("rank %d/%d: %d of %d shards, model %s (%s)", rank, world_size, len(mine), len(shards), model_id, fingerprint)
 
     bar = _Progress(progress and rank == 0, len(mine))

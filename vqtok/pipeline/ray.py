@@ -207,7 +207,10 @@ def pretokenize_ray(
     opts = dataclasses.replace(opts, fingerprint=fingerprint, on_samples=None, on_index=None)
     folder = Path(output)
     pattern = input if isinstance(input, str) else os.fspath(input) if isinstance(input, os.PathLike) else list(map(os.fspath, input))
-    prepare_output(folder, tokenizer, model_id=model_id, size=opts.size, keep=opts.keep, inputs=pattern, fingerprint=fingerprint)
+    prepare_output(
+        folder, tokenizer, model_id=model_id, size=opts.size, keep=opts.keep, inputs=pattern, fingerprint=fingerprint,
+        decode=opts.decode,
+    )
     jobs = [(Path(src), folder / output_name_for(src)) for src in shards]
     results: dict[int, ShardStats] = {}
     todo: list[int] = []

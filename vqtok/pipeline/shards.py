@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from vqtok._runtime import die_with_parent
+from vqtok.images import DECODE_MODES
 from vqtok.pipeline._naming import completed_output, model_fingerprint
 from vqtok.pipeline._reading import Block, BlockStream, Prepared
 from vqtok.tars import IMAGE_FIELDS, TRUNCATED_KEY
@@ -47,6 +48,7 @@ class TokenizeOptions:
     workers: int | None = None  # DataLoader decoding processes; None: 0 for tokenize_shard(s), min(4, CPUs-1) for pretokenize
     keep: tuple[str, ...] = DEFAULT_KEEP  # input fields copied byte for byte into the token shard
     image_exts: tuple[str, ...] = IMAGE_FIELDS  # fields tried, in order, as the sample's image
+    decode: str = "exact"  # "exact" or "fast" (JPEG draft decoding to >= 2x size first; vqtok.images.DECODE_MODES)
     fingerprint: str | None = None  # the model's fingerprint (computed when None)
     overwrite: bool = False  # redo shards whose complete output exists
     on_samples: Callable[[int], None] | None = None  # called with the number of samples just done (progress)
@@ -63,6 +65,8 @@ class TokenizeOptions:
         """ValueError naming the first option that is out of range for this tokenizer."""
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.decode not in DECODE_MODES:
+            raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, got {self.decode!r}")
         if self.workers is not None and self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         size = self.size
@@ -121,6 +125,7 @@ def tokenize_shards(
         factor=tokenizer.downsample_factor,
         keep=opts.keep,
         image_exts=opts.image_exts,
+        decode=opts.decode,
     )
     loader = torch.utils.data.DataLoader(
         stream, batch_size=None, num_workers=workers, collate_fn=_identity, prefetch_factor=2 if workers else None,
