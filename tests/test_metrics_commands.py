@@ -226,3 +226,33 @@ def test_usage_plot_edge_cases(tmp_path) -> None:
     assert save_usage_plot(np.ones(16384, dtype=np.int64), tmp_path / "u" / "p.png").is_file()  # uniform, large K
     with pytest.raises(ValueError, match="no tokens"):
         usage_plot([0, 0, 0])
+
+
+def test_color_offset_is_the_signed_mean_difference(tmp_path) -> None:
+    """A decoder that adds +8 to red and -4 to blue shows exactly that mean colour offset."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from tests.conftest import real_photos
+    from vqtok.metrics.evaluate import evaluate_reconstruction
+
+    class Tinted:
+        codebook_size, downsample_factor = 4, 8
+
+        def encode(self, x, size=None):
+            self.x = x
+            return torch.zeros(x.shape[0], 1, 1, dtype=torch.long)
+
+        def decode(self, ids, output="pt"):
+            y = self.x.float() + torch.tensor([8.0, 0.0, -4.0]).view(1, 3, 1, 1)
+            return y.clamp(0, 255) / 255
+
+    paths = []
+    for i, img in enumerate(real_photos(2)):
+        arr = np.clip(np.asarray(img.resize((64, 64)).convert("RGB")).astype(int), 10, 240).astype(np.uint8)
+        Image.fromarray(arr).save(tmp_path / f"{i}.png")
+        paths.append(tmp_path / f"{i}.png")
+    result = evaluate_reconstruction(Tinted(), paths, size=64, progress=False)
+    assert result.color_offset == pytest.approx([8.0, 0.0, -4.0], abs=1e-6)
+    assert result.abs_color_offset == pytest.approx([8.0, 0.0, 4.0], abs=1e-6)

@@ -209,6 +209,10 @@ def run_eval(args: argparse.Namespace) -> int:
         show("KID", None, "", "kid")
     print(f"PSNR      {result.psnr:.4f} dB")
     print(f"SSIM      {result.ssim:.6f}")
+    if result.color_offset is not None and result.abs_color_offset is not None:
+        signed = " / ".join(f"{v:+.2f}" for v in result.color_offset)
+        per_image = " / ".join(f"{v:.2f}" for v in result.abs_color_offset)
+        print(f"colour    mean offset R/G/B {signed} (1/255; per image |offset| {per_image})")
     show("LPIPS", result.lpips, ".6f", "lpips")
     if result.usage is not None:
         print(f"usage     {result.usage.summary()}")

@@ -87,6 +87,9 @@ class EvalResult:
     kid_subset_size: int | None = None
     psnr: float = math.nan  # mean over images, dB (inf if some reconstruction is exact)
     ssim: float = math.nan
+    # mean colour offset, reconstruction − original, per channel R/G/B in 1/255 units (on the uint8 images):
+    color_offset: list[float] | None = None  # signed mean over all pixels of all images (a global cast)
+    abs_color_offset: list[float] | None = None  # mean over images of |that image's offset| (per-image casts)
     lpips: float | None = None
     usage: CodebookUsage | None = None
     inception_weights: dict[str, str] | None = None
@@ -303,6 +306,7 @@ def evaluate_reconstruction(
     feats_fake: list[torch.Tensor] = []
     psnrs: list[torch.Tensor] = []
     ssims: list[torch.Tensor] = []
+    offsets: list[torch.Tensor] = []
     lpipss: list[torch.Tensor] = []
     pairs: list[tuple[np.ndarray, np.ndarray]] = []
     n = 0
@@ -318,6 +322,7 @@ def evaluate_reconstruction(
         original = original_u8.float() / 255
         psnrs.append(psnr(original, recon))
         ssims.append(ssim(original, recon))
+        offsets.append(((recon.double() - original.double()) * 255).mean(dim=(2, 3)))  # (B, 3)
         if lpips_model is not None:
             lpipss.append(lpips_model(original, recon).cpu())
         if inception is not None and stats_real is not None and stats_fake is not None:
@@ -344,6 +349,9 @@ def evaluate_reconstruction(
     result = EvalResult(n=n, image_size=size, bad_samples=bad, histogram=hist)
     result.psnr = float(torch.cat(psnrs).mean())
     result.ssim = float(torch.cat(ssims).mean())
+    per_image = torch.cat(offsets)  # (n, 3); images of one size: the image mean is the pixel mean
+    result.color_offset = [round(float(v), 4) for v in per_image.mean(0)]
+    result.abs_color_offset = [round(float(v), 4) for v in per_image.abs().mean(0)]
     if lpipss:
         result.lpips = float(torch.cat(lpipss).mean())
     result.usage = usage_from_histogram(hist)
@@ -407,6 +415,8 @@ def build_report(
             "kid_subset_size": result.kid_subset_size,
             "psnr": _finite(result.psnr),
             "ssim": _finite(result.ssim),
+            "color_offset_rgb": result.color_offset,
+            "abs_color_offset_rgb": result.abs_color_offset,
             "lpips": _finite(result.lpips),
             "skipped": dict(result.skipped),
         }
