@@ -48,6 +48,16 @@ LayoutResolver = Callable[..., "Path | None"]
 _layout_resolvers: list[LayoutResolver] = []
 
 
+# Exporters to other libraries' formats, registered by vqtok.convert (same reason as the resolvers: the
+# tokenizer module never imports the converters). Only the deprecated Tokenizer.to_diffusers uses it.
+_exporters: dict[str, Callable[..., Path]] = {}
+
+
+def register_exporter(name: str, exporter: Callable[..., Path]) -> None:
+    """``exporter(tokenizer, directory) -> Path`` for the format ``name`` (``"diffusers"``)."""
+    _exporters[name] = exporter
+
+
 def register_layout_resolver(resolver: LayoutResolver) -> None:
     """Let ``Tokenizer.from_pretrained`` load other layouts: ``resolver(source, *, filename, subfolder,
     revision, cache_dir, local_files_only)`` returns a local vqtok folder, or None to load ``source`` as is."""
@@ -176,12 +186,11 @@ class Tokenizer:
         """Deprecated (removed in 0.3): use :func:`vqtok.convert.to_diffusers` (tokenizer, directory)."""
         import warnings
 
-        from vqtok.convert import diffusers  # the one deferred import back into convert (tests/test_imports.py)
-
         warnings.warn("Tokenizer.to_diffusers is deprecated; use vqtok.convert.to_diffusers(tokenizer, directory)",
                       DeprecationWarning, stacklevel=2)
-
-        return diffusers.to_diffusers(self, directory)
+        if "diffusers" not in _exporters:
+            raise RuntimeError("the diffusers exporter is not registered (import vqtok.convert, as import vqtok does)")
+        return _exporters["diffusers"](self, directory)
 
     def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None) -> str:
         """Upload ``model.safetensors`` + ``config.json`` to the Hub repo ``repo_id``; returns the commit URL."""

@@ -52,7 +52,7 @@ from safetensors.torch import load_file, save_file
 from vqtok._io import atomic_write
 from vqtok.hub import load_strict, resolve_folder
 from vqtok.models.vqgan import VQGAN, VQGANConfig
-from vqtok.tokenizer import Tokenizer
+from vqtok.tokenizer import Tokenizer, register_exporter
 
 logger = logging.getLogger(__name__)
 
@@ -397,3 +397,6 @@ def to_diffusers(model: Tokenizer | VQGAN, directory: str | os.PathLike[str]) ->
             save_file(tensors, str(tmp_weights), metadata={"format": "pt"})
     logger.info("exported %s as a diffusers VQModel to %s", vq.config, out)
     return out
+
+
+register_exporter("diffusers", to_diffusers)  # for the deprecated Tokenizer.to_diffusers (removed in 0.3)
