@@ -215,7 +215,7 @@ def test_resume_is_exact(name: str, photo_dir: Path, tmp_path: Path) -> None:
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_cli_trains_fsq_and_pretokenize_uses_it(photo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_trains_fsq_then_pretokenize_usage_eval(photo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from vqtok.pipeline import pretokenize
     from vqtok.training.commands import add_commands, apply_overrides
 
@@ -249,3 +249,16 @@ def test_cli_trains_fsq_and_pretokenize_uses_it(photo_dir: Path, tmp_path: Path,
         got = {m.name.split(".")[0]: np.load(io.BytesIO(tf.extractfile(m).read())) for m in tf if m.name.endswith("ids.npy")}  # type: ignore[union-attr]
     for i, (_, data) in enumerate(members):
         np.testing.assert_array_equal(got[f"s{i}"], tok.encode(Image.open(io.BytesIO(data)), size=SIZE).numpy())
+    # vqtok usage reads the token shards' histograms (60 codes); vqtok eval scores the model
+    from vqtok.cli import main
+
+    capsys.readouterr()
+    assert main(["usage", str(tmp_path / "tokens"), "--json"]) == 0
+    usage = json.loads(capsys.readouterr().out)
+    hist = np.bincount(np.concatenate([v.ravel() for v in got.values()]), minlength=60)
+    assert usage["codebook_size"] == 60 and usage["used_codes"] == int((hist > 0).sum())
+    report = tmp_path / "report.json"
+    assert main(["eval", "--model", summary["model"], "--data", str(photo_dir), "--size", str(SIZE), "--no-fid", "--no-lpips",
+                 "--no-progress", "--out", str(report)]) == 0
+    r = json.loads(report.read_text())
+    assert r["image_count"] == 4 and r["codebook_usage"]["codebook_size"] == 60 and r["config_hash"] == tok.config.hash()
