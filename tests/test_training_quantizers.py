@@ -83,6 +83,15 @@ def test_fsq_and_lfq_configs_derive_codes_and_round_trip() -> None:
     assert not any(k.startswith("quantize.") for k in model.state_dict())  # no codebook parameters
 
 
+@pytest.mark.parametrize("name", ["fsq", "lfq"])
+def test_fsq_lfq_models_are_not_exported_to_diffusers(name: str, tmp_path: Path) -> None:
+    from vqtok.convert import to_diffusers
+
+    with pytest.raises(ValueError, match=f"quantizer '{name}'"):
+        to_diffusers(Tokenizer.from_config(QUANTIZERS[name]), tmp_path / "d")
+    assert not (tmp_path / "d" / "config.json").exists()
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
