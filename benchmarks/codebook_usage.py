@@ -1,17 +1,24 @@
-"""Codebook usage: taming's vanilla VQ vs vqtok's default quantizer, same data, steps and seed.
+"""Codebook usage: taming's vanilla VQ, vqtok's default VQ, FSQ and LFQ; same data, steps and seed.
 
-Trains the same encoder/decoder twice with ``vqtok.training``:
+Trains the same encoder/decoder once per variant with ``vqtok.training``:
 
 * **vanilla** (taming): code dimension = z_channels, Euclidean lookup, uniform(−1/K, 1/K) init,
   codebook gradient, β on the codebook term (``legacy_loss``), no restarts;
 * **default** (vqtok): 8-d factorised lookup (``embed_dim=8``), l2-normalised (cosine) codes,
-  k-means initialisation from the first batches, dead-code restart.
+  k-means initialisation from the first batches, dead-code restart;
+* **default+ema**: the default with EMA codebook updates;
+* **fsq**: finite scalar quantization with ``--fsq-levels`` (8,8,8,8 = 4096 codes, 12 bits);
+* **lfq**: lookup-free quantization with ``--lfq-bits`` (12 = 4096 codes) and the MAGVIT-v2
+  entropy penalty (LossConfig's entropy weights, Open-MAGVIT2's values).
+
+VQ variants have ``--n-embed`` codes; compare at the same bits per token (log2 of the codebook size).
 
 then encodes held-out photographs (default ``../shared/data/eval-photos``, never trained on) at
 256×256 center crops with each exported model (``Tokenizer.from_pretrained``) and prints codebook
 usage (fraction of the K codes used on the held-out set), perplexity and reconstruction PSNR.
 
     python benchmarks/codebook_usage.py --train /work/data/corpus --bf16      # 600 steps, ~10 min CPU each
+    python benchmarks/codebook_usage.py --train /work/data/corpus --variants default,fsq,lfq   # VQ vs FSQ vs LFQ, 12 bits
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import shutil
 import sys
 import time
@@ -48,6 +56,9 @@ def configs(args: argparse.Namespace) -> dict[str, TrainConfig]:
     }
     vanilla_arch = dataclasses.replace(arch, embed_dim=arch.z_channels, l2_norm_codes=False, legacy_loss=True)
     default_cb = CodebookConfig(kmeans_init=True, kmeans_batches=8, dead_after=args.dead_after, restart_every=10)
+    fsq_arch = dataclasses.replace(arch, quantizer="fsq", fsq_levels=tuple(args.fsq_levels))
+    lfq_arch = dataclasses.replace(arch, quantizer="lfq", lfq_bits=args.lfq_bits)
+    implicit_cb = CodebookConfig(kmeans_init=False, dead_after=args.dead_after)  # FSQ / LFQ: nothing to initialise
     every = {
         "vanilla": ("vanilla (taming)", TrainConfig(model=vanilla_arch, codebook=vanilla_codebook(), **common)),  # type: ignore[arg-type]
         "default": ("default (vqtok)", TrainConfig(model=arch, codebook=default_cb, **common)),  # type: ignore[arg-type]
@@ -55,6 +66,8 @@ def configs(args: argparse.Namespace) -> dict[str, TrainConfig]:
             "default + EMA codebook",
             TrainConfig(model=arch, codebook=dataclasses.replace(default_cb, ema=True), **common),  # type: ignore[arg-type]
         ),
+        "fsq": (f"FSQ levels {list(args.fsq_levels)}", TrainConfig(model=fsq_arch, codebook=implicit_cb, **common)),  # type: ignore[arg-type]
+        "lfq": (f"LFQ {args.lfq_bits} bits + entropy loss", TrainConfig(model=lfq_arch, codebook=implicit_cb, **common)),  # type: ignore[arg-type]
     }
     unknown = sorted(set(args.variants) - set(every))
     if unknown:
@@ -95,7 +108,10 @@ def main() -> int:
     p.add_argument("--dead-after", type=int, default=150)
     p.add_argument("--max-zoom-out", type=float, default=16.0, help="training crops cover up to crop × this source pixels")
     p.add_argument("--variants", type=lambda s: s.split(","), default=["vanilla", "default"],
-                   help="comma-separated: vanilla, default, default+ema (default: vanilla,default)")
+                   help="comma-separated: vanilla, default, default+ema, fsq, lfq (default: vanilla,default)")
+    p.add_argument("--fsq-levels", type=lambda s: [int(v) for v in s.split(",")], default=[8, 8, 8, 8],
+                   help="FSQ levels per channel, comma-separated (default 8,8,8,8 = 4096 codes)")
+    p.add_argument("--lfq-bits", type=int, default=12, help="LFQ bits per token (default 12 = 4096 codes)")
     p.add_argument("--size", type=int, default=256, help="held-out center-crop side")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
@@ -108,20 +124,22 @@ def main() -> int:
     rows = {}
     for name, cfg in configs(args).items():
         t0 = time.time()
-        run = out / name.split()[0].replace("+", "-") / ("ema" if cfg.codebook.ema else "")
+        run = out / name.split()[0].lower().replace("+", "-") / ("ema" if cfg.codebook.ema else "")
         shutil.rmtree(run, ignore_errors=True)  # a fresh run each time (resume=False refuses an existing one)
         result = train(cfg, args.train, run, progress=False, resume=False)
         tok = Tokenizer.from_pretrained(result.final)
-        rows[name] = {**evaluate(tok, images), "train_s": round(time.time() - t0, 1), "embed_dim": cfg.model.embed_dim}
+        rows[name] = {**evaluate(tok, images), "train_s": round(time.time() - t0, 1), "embed_dim": cfg.model.embed_dim,
+                      "codebook_size": tok.codebook_size}
         print(f"{name}: {rows[name]}", file=sys.stderr, flush=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"args": vars(args), "results": rows}, indent=1))
-    print(f"\n{args.steps} steps, batch {args.batch_size}, {args.crop}px crops, K={args.n_embed}, seed {args.seed}; "
+    print(f"\n{args.steps} steps, batch {args.batch_size}, {args.crop}px crops, seed {args.seed}; "
           f"held-out: {images.shape[0]} images at {args.size}px ({rows[next(iter(rows))]['tokens']} tokens)\n")
-    print("| quantizer | code dim | usage (held-out) | used codes | perplexity | PSNR (dB) | train time (s) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| quantizer | codes | bits/token | code dim | usage (held-out) | used codes | perplexity | PSNR (dB) | train time (s) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
-        print(f"| {name} | {r['embed_dim']} | {100 * r['usage']:.1f}% | {r['used_codes']} | {r['perplexity']:.0f} | {r['psnr']:.2f} | {r['train_s']:.0f} |")
+        print(f"| {name} | {r['codebook_size']} | {math.log2(r['codebook_size']):.2f} | {r['embed_dim']} | {100 * r['usage']:.1f}% "
+              f"| {r['used_codes']} | {r['perplexity']:.0f} | {r['psnr']:.2f} | {r['train_s']:.0f} |")
     return 0
 
 

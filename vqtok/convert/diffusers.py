@@ -173,6 +173,8 @@ def _attn_levels(cfg: VQGANConfig) -> list[int]:
 def vqtok_config_to_diffusers(cfg: VQGANConfig) -> dict[str, Any]:
     """The diffusers ``VQModel`` config of a vqtok model (raises ValueError if it has none)."""
     problems = []
+    if cfg.quantizer != "vq":
+        problems.append(f"quantizer {cfg.quantizer!r}: diffusers' VQModel has only nearest-code VQ")
     if cfg.l2_norm_codes:
         problems.append(
             "l2_norm_codes=True (cosine code lookup, e.g. LlamaGen): diffusers' VectorQuantizer compares raw "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
@@ -20,6 +21,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from vqtok.models.fsq import FSQ
+from vqtok.models.lfq import LFQ
 from vqtok.models.quantizer import QuantizerOutput, VectorQuantizer
 
 __all__ = ["VQGANConfig", "VQGAN", "Encoder", "Decoder", "GroupNorm", "group_norm_channels_last"]
@@ -43,6 +46,13 @@ class VQGANConfig:
     beta: float = 0.25  # commitment weight of the quantizer loss
     legacy_loss: bool = True  # taming's term order for β (see vqtok.models.quantizer)
     l2_norm_codes: bool = False  # cosine (l2-normalised) code lookup
+    # The quantizer: "vq" (nearest code, the fields above), "fsq" (levels) or "lfq" (bits). For fsq / lfq
+    # embed_dim and n_embed follow from the levels / bits (len / prod, bits / 2**bits) and beta,
+    # legacy_loss, l2_norm_codes are unused. Written to config.json only when not "vq", so VQ configs
+    # (and their hash) are as before these fields existed.
+    quantizer: str = "vq"
+    fsq_levels: tuple[int, ...] = ()  # fsq only: levels per channel, e.g. (8, 8, 8, 8) = 4096 codes
+    lfq_bits: int = 0  # lfq only: bits per token D (2**D codes; channel 0 is bit 0)
 
     def __post_init__(self) -> None:
         # JSON gives lists; keep the dataclass hashable and comparable.
@@ -54,6 +64,23 @@ class VQGANConfig:
             raise ValueError(
                 f"GroupNorm(32) needs channel counts divisible by 32: ch={self.ch}, ch_mult={self.ch_mult}"
             )
+        object.__setattr__(self, "fsq_levels", tuple(int(v) for v in self.fsq_levels))
+        if self.quantizer == "fsq":
+            if not self.fsq_levels or any(v < 2 for v in self.fsq_levels):
+                raise ValueError(f"quantizer 'fsq' needs fsq_levels, integers >= 2, got {list(self.fsq_levels)}")
+            object.__setattr__(self, "embed_dim", len(self.fsq_levels))
+            object.__setattr__(self, "n_embed", math.prod(self.fsq_levels))
+        elif self.quantizer == "lfq":
+            if not 1 <= self.lfq_bits <= 31:
+                raise ValueError(f"quantizer 'lfq' needs lfq_bits in [1, 31], got {self.lfq_bits}")
+            object.__setattr__(self, "embed_dim", self.lfq_bits)
+            object.__setattr__(self, "n_embed", 2**self.lfq_bits)
+        elif self.quantizer != "vq":
+            raise ValueError(f"quantizer must be 'vq', 'fsq' or 'lfq', got {self.quantizer!r}")
+        if self.quantizer != "fsq" and self.fsq_levels:
+            raise ValueError(f"fsq_levels is for quantizer 'fsq' (this config's is {self.quantizer!r})")
+        if self.quantizer != "lfq" and self.lfq_bits:
+            raise ValueError(f"lfq_bits is for quantizer 'lfq' (this config's is {self.quantizer!r})")
         if self.n_embed < 1 or self.embed_dim < 1:
             raise ValueError(f"n_embed and embed_dim must be positive, got {self.n_embed}, {self.embed_dim}")
 
@@ -65,6 +92,10 @@ class VQGANConfig:
         d = asdict(self)
         d["ch_mult"] = list(self.ch_mult)
         d["attn_resolutions"] = list(self.attn_resolutions)
+        d["fsq_levels"] = list(self.fsq_levels)
+        for name, default in (("quantizer", "vq"), ("fsq_levels", []), ("lfq_bits", 0)):
+            if d[name] == default:  # VQ configs: keys, config.json and hash() as before these fields
+                del d[name]
         return d
 
     @classmethod
@@ -313,9 +344,15 @@ class VQGAN(nn.Module):
         cfg = self.config
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
-        self.quantize = VectorQuantizer(
-            cfg.n_embed, cfg.embed_dim, beta=cfg.beta, legacy=cfg.legacy_loss, l2_norm=cfg.l2_norm_codes
-        )
+        self.quantize: VectorQuantizer | FSQ | LFQ
+        if cfg.quantizer == "fsq":
+            self.quantize = FSQ(cfg.fsq_levels)
+        elif cfg.quantizer == "lfq":
+            self.quantize = LFQ(cfg.lfq_bits)
+        else:
+            self.quantize = VectorQuantizer(
+                cfg.n_embed, cfg.embed_dim, beta=cfg.beta, legacy=cfg.legacy_loss, l2_norm=cfg.l2_norm_codes
+            )
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1)
         # default of encode(batch_invariant=None): None = on in eval mode on CPU. Set False to trade

@@ -19,6 +19,11 @@ All statistics (EMA sums, last-use steps, the ring buffer) are buffers of this m
 in the training checkpoint only: the exported model still has exactly
 ``quantize.embedding.weight``, so it loads in :class:`~vqtok.tokenizer.Tokenizer`.
 Under DDP the statistics are all-reduced and re-seeding is decided on rank 0 and broadcast.
+
+FSQ and LFQ have no codebook parameters, so none of these tricks applies to them:
+:class:`ImplicitCodebookTrainer` is their training-time wrapper (the LFQ entropy penalty with the
+weights of :class:`~vqtok.training.config.LossConfig`, and code-use tracking for the log).
+:func:`quantizer_trainer` picks the wrapper for a model's quantizer.
 """
 
 from __future__ import annotations
@@ -30,12 +35,18 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from vqtok.models.fsq import FSQ
+from vqtok.models.lfq import LFQ, entropy_loss
 from vqtok.models.quantizer import QuantizerOutput, VectorQuantizer, nearest_code
-from vqtok.training.config import CodebookConfig
+from vqtok.training.config import CodebookConfig, LossConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CodebookTrainer", "kmeans"]
+__all__ = ["CodebookTrainer", "ImplicitCodebookTrainer", "kmeans", "quantizer_trainer"]
+
+# Largest implicit codebook whose per-code last-use step is tracked (a (K,) int64 buffer, 32 MiB);
+# above it the logged ``active`` fraction is that of the current step's batch.
+_MAX_TRACKED_CODES = 1 << 22
 
 
 def _distributed() -> bool:
@@ -238,3 +249,118 @@ class CodebookTrainer(nn.Module):
         """Fraction of codes chosen in the last ``window`` steps (default ``dead_after`` or 100)."""
         window = window or self.config.dead_after or 100
         return float(((self.step - self.last_used) <= window).float().mean())
+
+
+class ImplicitCodebookTrainer(nn.Module):
+    """Training-time wrapper of an FSQ or LFQ quantizer (codes fixed by the quantizer, nothing to learn).
+
+    ``forward(z)`` gives the straight-through ``z_q``, the ids and the loss: none for FSQ; for LFQ
+    MAGVIT-v2's entropy penalty plus a commitment term (see :mod:`vqtok.models.lfq`)::
+
+        loss = entropy_weight · (w_s · H_sample − w_b · H_book) + lfq_commitment_weight · mean‖ẑ − sign(ẑ)‖²
+
+    with the weights and temperature of ``loss_config``. It also records when each code was last
+    chosen, for the logged ``active`` fraction (same meaning as for :class:`CodebookTrainer`). Its
+    ``state_dict`` (the step and last-use steps) goes in the training checkpoint only.
+    """
+
+    def __init__(self, quantizer: FSQ | LFQ, config: CodebookConfig, loss_config: LossConfig) -> None:
+        super().__init__()
+        if not isinstance(quantizer, (FSQ, LFQ)):
+            raise TypeError(f"ImplicitCodebookTrainer wraps FSQ or LFQ, got {type(quantizer).__name__}")
+        object.__setattr__(self, "quantizer", quantizer)  # not a submodule: it belongs to the model
+        self.config = config
+        self.loss_config = loss_config
+        k = quantizer.codebook_size
+        self.track_codes = k <= _MAX_TRACKED_CODES
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.register_buffer("last_used", torch.full((k if self.track_codes else 1,), -(1 << 40), dtype=torch.long))
+        self._batch_fraction = 0.0  # codes used by the last batch / K (when K is too large to track)
+
+    def lfq_losses(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """LFQ training terms of features z (B, D, h, w): per_sample_entropy, codebook_entropy, entropy, commitment."""
+        q = self.quantizer
+        cfg = self.loss_config
+        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]).float()  # (N, D)
+        logits = 2.0 * flat @ q.codebook().t()  # (N, K): 2 ẑ·c = −‖ẑ − c‖² + const
+        per_sample, book, entropy = entropy_loss(
+            logits, temperature=cfg.entropy_temperature, sample_weight=cfg.sample_entropy_weight,
+            batch_weight=cfg.codebook_entropy_weight,
+        )
+        commitment = F.mse_loss(flat, torch.where(flat > 0, 1.0, -1.0))
+        return {"per_sample_entropy": per_sample, "codebook_entropy": book, "entropy": entropy, "commitment": commitment}
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        """z (B, D, h, w) pre-quantization features -> straight-through z_q, ids, loss."""
+        q = self.quantizer
+        if not self.training:
+            return q(z)
+        z = z.float()
+        if isinstance(q, FSQ):
+            out = q(z)  # bounded straight-through rounding, no loss
+            loss = z.new_zeros(())
+            ids, z_q = out.ids, out.z_q
+        else:
+            ids = q.lookup(z)  # (B, h, w)
+            sign = torch.where(z > 0, 1.0, -1.0)  # (B, D, h, w)
+            cfg = self.loss_config
+            loss = cfg.lfq_commitment_weight * F.mse_loss(z, sign)
+            if cfg.entropy_weight > 0:
+                loss = loss + cfg.entropy_weight * self.lfq_losses(z)["entropy"]
+            z_q = z + (sign - z).detach()  # straight-through estimator
+        with torch.no_grad():
+            self._track(ids.reshape(-1))
+        return QuantizerOutput(z_q=z_q, ids=ids, loss=loss)
+
+    @torch.no_grad()
+    def _track(self, ids: torch.Tensor) -> None:
+        k = self.quantizer.codebook_size
+        if self.track_codes:
+            counts = torch.bincount(ids, minlength=k)
+            if _distributed():
+                dist.all_reduce(counts)
+            self.last_used[counts > 0] = self.step
+        else:
+            used = torch.unique(ids)
+            if _distributed():  # the union over ranks: gather every rank's distinct ids
+                sizes = [torch.zeros((), dtype=torch.long, device=ids.device) for _ in range(dist.get_world_size())]
+                dist.all_gather(sizes, torch.tensor(used.numel(), device=ids.device))
+                width = int(max(int(s) for s in sizes))
+                padded = torch.full((width,), -1, dtype=used.dtype, device=used.device)
+                padded[: used.numel()] = used
+                gathered = [torch.empty_like(padded) for _ in sizes]
+                dist.all_gather(gathered, padded)
+                used = torch.unique(torch.cat(gathered))
+                used = used[used >= 0]
+            self._batch_fraction = used.numel() / k
+
+    @torch.no_grad()
+    def end_step(self) -> int:
+        """Call after each optimizer step: advances the step. Returns 0 (no codes are ever re-seeded)."""
+        self.step += 1
+        return 0
+
+    def active_fraction(self, window: int | None = None) -> float:
+        """Fraction of codes chosen in the last ``window`` steps (default ``dead_after`` or 100).
+
+        For codebooks above 2**22 codes: the fraction chosen by the last batch.
+        """
+        if not self.track_codes:
+            return self._batch_fraction
+        window = window or self.config.dead_after or 100
+        return float(((self.step - self.last_used) <= window).float().mean())
+
+
+def quantizer_trainer(
+    quantizer: VectorQuantizer | FSQ | LFQ, config: CodebookConfig, loss_config: LossConfig, *, seed: int = 0
+) -> CodebookTrainer | ImplicitCodebookTrainer:
+    """The training-time wrapper of a model's quantizer: :class:`CodebookTrainer` for nearest-code VQ
+    (k-means init, EMA, dead-code restarts), :class:`ImplicitCodebookTrainer` for FSQ and LFQ."""
+    if isinstance(quantizer, VectorQuantizer):
+        return CodebookTrainer(quantizer, config, seed=seed)
+    if isinstance(quantizer, (FSQ, LFQ)):
+        if config.kmeans_init or config.ema:
+            logger.info("codebook: k-means init, EMA and dead-code restarts are for VQ; %s has no codebook to train",
+                        type(quantizer).__name__)
+        return ImplicitCodebookTrainer(quantizer, config, loss_config)
+    raise TypeError(f"no training wrapper for quantizer {type(quantizer).__name__} (VectorQuantizer, FSQ or LFQ)")

@@ -21,9 +21,10 @@ if TYPE_CHECKING:
 def add_commands(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "train",
-        help="train a VQGAN tokenizer on an image folder or WebDataset shards",
+        help="train a VQGAN tokenizer (VQ, FSQ or LFQ quantizer) on an image folder or WebDataset shards",
         description=(
-            "Train a VQGAN (L1/L2 + LPIPS + PatchGAN hinge loss, codebook tricks for high usage) and export "
+            "Train a VQGAN (L1/L2 + LPIPS + PatchGAN hinge loss; nearest-code VQ with codebook tricks for high usage, "
+            "or FSQ / LFQ with model.quantizer) and export "
             "OUT/final as a tokenizer folder (use it with --model). Resumes from OUT's newest checkpoint. "
             "Under torchrun each process takes its share of the data (DDP)."
         ),
@@ -42,10 +43,18 @@ def add_commands(subparsers: Any) -> None:
     add_device_argument(p, default=None, default_help="the config's device, auto")
     p.add_argument("--workers", type=int, default=None, help="override data.num_workers")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config field, dotted, value in YAML syntax (e.g. --set data.max_zoom_out=8); repeatable")
+                   help="override any config field, dotted, value in YAML syntax (e.g. --set data.max_zoom_out=8, "
+                        "--set model.quantizer=fsq --set model.fsq_levels=[8,8,8,8]); repeatable")
     p.add_argument("--no-resume", action="store_true", help="refuse to continue an existing run in OUT")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_train)
+
+
+def _model_keys() -> set[str]:
+    """Every field of the model config, also those its to_dict omits at their defaults."""
+    from vqtok.models.vqgan import VQGANConfig
+
+    return {f.name for f in dataclasses.fields(VQGANConfig)}
 
 
 def apply_overrides(config: Any, items: list[str]) -> Any:
@@ -70,7 +79,8 @@ def apply_overrides(config: Any, items: list[str]) -> Any:
             if not isinstance(target.get(part), dict):
                 raise ValueError(f"--set {key}: {part!r} is not a config section")  # noqa: TRY004
             target = target[part]
-        if leaf not in target:
+        if leaf not in target and not (parents == ["model"] and leaf in _model_keys()):
+            # (VQGANConfig.to_dict leaves out quantizer / fsq_levels / lfq_bits while they are VQ's defaults)
             raise ValueError(f"--set {key}: unknown config key")
         target[leaf] = yaml.safe_load(text)
     return TrainConfig.from_dict(d)

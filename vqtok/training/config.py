@@ -3,6 +3,7 @@
 A YAML file mirrors :class:`TrainConfig`::
 
     model: {ch: 64, ch_mult: [1, 2, 2, 4], n_embed: 4096, embed_dim: 8, l2_norm_codes: true, ...}
+    # or another quantizer: model: {quantizer: fsq, fsq_levels: [8, 8, 8, 8], ...} / {quantizer: lfq, lfq_bits: 12, ...}
     codebook: {kmeans_init: true, dead_after: 200, ...}
     loss: {perceptual_weight: 0.0, disc_start: 20000, ...}
     data: {crop_size: 128, ...}
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from vqtok._runtime import check_precision, read_config_file, write_config_file
+from vqtok.models.lfq import _MAX_ENTROPY_BITS  # the LFQ entropy loss holds (tokens, 2**bits) probabilities
 from vqtok.models.vqgan import VQGANConfig
 
 logger = logging.getLogger(__name__)
@@ -36,7 +38,9 @@ T = TypeVar("T")
 
 @dataclass
 class CodebookConfig:
-    """Training-time codebook behaviour. None of it is saved in the exported model."""
+    """Training-time codebook behaviour of nearest-code VQ (``model.quantizer: vq``). None of it is saved in
+    the exported model. FSQ and LFQ have no codebook to train: only ``dead_after`` (the window of the
+    logged ``active`` fraction) applies to them."""
 
     ema: bool = False  # update codes by an exponential moving average of their assigned encoder outputs (no codebook gradient)
     ema_decay: float = 0.99  # decay of the EMA statistics
@@ -58,7 +62,12 @@ class LossConfig:
     perceptual_weight: float = 1.0  # weight of LPIPS(x, x̂); 0 trains without VGG16 weights
     vgg_weights: str | None = None  # path to vgg16-397923af.pth (else cached / downloaded)
     lpips_weights: str | None = None  # path to LPIPS v0.1 vgg.pth linear heads (else cached / downloaded)
-    codebook_weight: float = 1.0  # weight of the codebook + commitment loss
+    codebook_weight: float = 1.0  # weight of the quantizer loss (VQ: codebook + commitment; LFQ: entropy + commitment; FSQ: none)
+    entropy_weight: float = 0.1  # LFQ: weight of the MAGVIT-v2 entropy penalty (Open-MAGVIT2: 0.1)
+    lfq_commitment_weight: float = 0.25  # LFQ: weight of the commitment term mean ‖ẑ − sign(ẑ)‖² (Open-MAGVIT2: 0.25)
+    entropy_temperature: float = 0.01  # LFQ: softmax temperature of the code affinities in the entropy penalty
+    sample_entropy_weight: float = 1.0  # LFQ: weight of the per-token entropy (minimised)
+    codebook_entropy_weight: float = 1.0  # LFQ: weight of the entropy of the batch's mean code distribution (maximised)
     disc_weight: float = 0.8  # multiplies the adaptive generator weight λ; 0 disables the discriminator
     disc_start: int = 20000  # step at which the adversarial terms switch on
     disc_factor: float = 1.0  # weight of the discriminator terms once switched on
@@ -121,6 +130,13 @@ class TrainConfig:
             raise ValueError("min_lr and total_steps must be >= 0")
         if self.loss.rec_loss not in ("l1", "l2", "l1+l2"):
             raise ValueError(f"loss.rec_loss must be 'l1', 'l2' or 'l1+l2', got {self.loss.rec_loss!r}")
+        if self.loss.entropy_temperature <= 0:
+            raise ValueError(f"loss.entropy_temperature must be positive, got {self.loss.entropy_temperature}")
+        if self.model.quantizer == "lfq" and self.loss.entropy_weight > 0 and self.model.lfq_bits > _MAX_ENTROPY_BITS:
+            raise ValueError(
+                f"the LFQ entropy loss holds (tokens, 2**lfq_bits) probabilities: train at most {_MAX_ENTROPY_BITS} bits "
+                f"with it, or set loss.entropy_weight: 0 (model.lfq_bits is {self.model.lfq_bits})"
+            )
         if self.steps < 0 or self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("steps must be >= 0, batch_size and grad_accum >= 1")
         if self.data.crop_size % self.model.downsample_factor:

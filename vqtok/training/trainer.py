@@ -48,7 +48,7 @@ from vqtok._runtime import (
 )
 from vqtok.images import from_model_output, to_model_input
 from vqtok.models.vqgan import VQGAN
-from vqtok.training.codebook import CodebookTrainer
+from vqtok.training.codebook import CodebookTrainer, ImplicitCodebookTrainer, quantizer_trainer
 from vqtok.training.config import TrainConfig
 from vqtok.training.data import TrainImages, load_validation_images, make_loader
 from vqtok.training.losses import PerceptualFn, VQGANLoss
@@ -80,9 +80,9 @@ class TrainResult:
 
 
 class _AutoEncoder(nn.Module):
-    """Encoder -> training codebook -> decoder, one module so DDP can wrap it."""
+    """Encoder -> training quantizer (VQ codebook, FSQ or LFQ) -> decoder, one module so DDP can wrap it."""
 
-    def __init__(self, model: VQGAN, codebook: CodebookTrainer) -> None:
+    def __init__(self, model: VQGAN, codebook: CodebookTrainer | ImplicitCodebookTrainer) -> None:
         super().__init__()
         self.model = model
         self.codebook = codebook
@@ -175,7 +175,8 @@ class Trainer:
         self.model = VQGAN(config.model).to(self.device)
         if init_weights is not None:
             self._load_init(Path(init_weights))
-        self.codebook = CodebookTrainer(self.model.quantize, config.codebook, seed=config.seed).to(self.device)
+        # VQ: CodebookTrainer (k-means init, EMA, restarts); FSQ / LFQ: ImplicitCodebookTrainer (LFQ entropy loss)
+        self.codebook = quantizer_trainer(self.model.quantize, config.codebook, config.loss, seed=config.seed).to(self.device)
         self.loss = VQGANLoss(config.loss, perceptual=perceptual, device=self.device).to(self.device)
         self.ae = _AutoEncoder(self.model, self.codebook)
         self.ae_ddp: nn.Module = self.ae
@@ -222,7 +223,8 @@ class Trainer:
             for k, v in self.ema.model.state_dict().items():
                 t["ema." + k] = v
         t["rng.torch"] = torch.get_rng_state()
-        t["rng.codebook"] = self.codebook.generator.get_state()
+        if isinstance(self.codebook, CodebookTrainer):  # FSQ / LFQ draw no random numbers
+            t["rng.codebook"] = self.codebook.generator.get_state()
         if self.device.type == "cuda":
             t["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         return {k: v.detach().cpu().contiguous() for k, v in t.items()}
@@ -253,7 +255,8 @@ class Trainer:
         if self.ema is not None:
             self.ema.model.load_state_dict(part("ema."), strict=True)
         torch.set_rng_state(tensors["rng.torch"])
-        self.codebook.generator.set_state(tensors["rng.codebook"])
+        if isinstance(self.codebook, CodebookTrainer):
+            self.codebook.generator.set_state(tensors["rng.codebook"])
         if "rng.cuda" in tensors and self.device.type == "cuda":
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
         optim = torch.load(path / "optim.pt", map_location=self.device, weights_only=True)
