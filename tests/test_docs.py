@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```(bash|python)\n(.*?)^```\s*$", re.M | re.S)
 SKIP = re.compile(r"<!--\s*skip-test:\s*(.*?)\s*-->\s*$")
-MAX_SKIPPED = 16  # blocks marked skip-test in all pages together
+MAX_SKIPPED = 18  # blocks marked skip-test in all pages together (two of them clone a reference repo for parity)
 
 # Same commands, small scale: (pattern, replacement) applied to every block.
 SMALL_SCALE: list[tuple[str, str]] = [
@@ -143,10 +143,30 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str
     save_llamagen_checkpoint(w / "vq_ds16_c2i.pt", random_state(llamagen_layout()))
     save_llamagen_checkpoint(w / "0250000.pt", random_state(llamagen_layout()), ema_state=random_state(llamagen_layout(), seed=1))
     _ckpt(_model(), w / "imagenet_256_L.ckpt", ema=None)
+    # the other families of interop.md: IBQ, Cosmos (TorchScript archives), dalle-mini (Flax msgpack)
+    from tests.flax_layout import write_flax_folder
+    from tests.test_cosmos import _archives
+    from tests.test_cosmos import _model as cosmos_model
+    from tests.test_ibq import _model as ibq_model
+    from tests.test_ibq import ibq_checkpoint
+    from vqtok.models.cosmos import CosmosConfig
+
+    ibq_checkpoint(w / "imagenet256_262144.ckpt", ibq_model(1), ema=ibq_model(2))
+    cosmos = cosmos_model(CosmosConfig(channels=32, channels_mult=(1, 1, 1), num_res_blocks=1, z_channels=32, spatial_compression=16))
+    _archives(cosmos, w / "Cosmos-0.1-Tokenizer-DI16x16")
+    for name in ("encoder.jit", "decoder.jit"):
+        shutil.copyfile(w / "Cosmos-0.1-Tokenizer-DI16x16" / name, w / name)
+    write_flax_folder(w / "flax-vqgan", tok.model.state_dict(), tok.config)
 
     cache = w / "hf-cache"
     for repo in ("org/my-vqgan", "my-org/my-vqgan", "some-org/some-vqgan"):
         _cache_repo(cache, repo, {"config.json": model / "config.json", "model.safetensors": model / "model.safetensors"})
+    _cache_repo(cache, "TencentARC/Open-MAGVIT2-Tokenizer-256-resolution", {"imagenet_256_L.ckpt": w / "imagenet_256_L.ckpt"})
+    _cache_repo(cache, "TencentARC/IBQ-Tokenizer-262144", {"imagenet256_262144.ckpt": w / "imagenet256_262144.ckpt"})
+    _cache_repo(cache, "dalle-mini/vqgan_imagenet_f16_16384", {p.name: p for p in (w / "flax-vqgan").iterdir()})
+    _cache_repo(cache, "FoundationVision/LlamaGen", {"vq_ds16_c2i.pt": w / "vq_ds16_c2i.pt", "vq_ds8_c2i.pt": w / "vq_ds16_c2i.pt"})
+    _cache_repo(cache, "nvidia/Cosmos-0.1-Tokenizer-DI16x16",
+                {n: w / "Cosmos-0.1-Tokenizer-DI16x16" / n for n in ("encoder.jit", "decoder.jit")})
     _cache_repo(cache, "CompVis/ldm-celebahq-256",
                 {f"vqvae/{p.name}": p for p in (w / "path" / "to" / "vqvae").iterdir()})
 
