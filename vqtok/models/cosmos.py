@@ -37,16 +37,15 @@ re-implementation of Cosmos's formulas.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqtok.models._config import ArchConfig
 from vqtok.models.fsq import FSQ
 from vqtok.models.quantizer import QuantizerOutput
 
@@ -56,8 +55,11 @@ _HAAR = 1.0 / math.sqrt(2.0)  # 0.7071067811865476, the Haar filter taps as publ
 
 
 @dataclass(frozen=True)
-class CosmosConfig:
+class CosmosConfig(ArchConfig):
     """Architecture of a Cosmos discrete image tokenizer. Defaults: ``Cosmos-0.1-Tokenizer-DI16x16``."""
+
+    config_name: ClassVar[str] = "Cosmos"
+    hash_model_type: ClassVar[str | None] = "cosmos"
 
     channels: int = 128  # base channel count
     channels_mult: tuple[int, ...] = (2, 4, 4)  # channel multiplier per resolution level
@@ -76,9 +78,7 @@ class CosmosConfig:
     quantizer: str = "fsq"  # the quantizer family; Cosmos DI uses finite scalar quantization
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "channels_mult", tuple(int(m) for m in self.channels_mult))  # JSON gives lists
-        object.__setattr__(self, "attn_resolutions", tuple(int(r) for r in self.attn_resolutions))
-        object.__setattr__(self, "levels", tuple(int(v) for v in self.levels))
+        self._int_tuples("channels_mult", "attn_resolutions", "levels")
         if not self.channels_mult:
             raise ValueError("channels_mult must have at least one level")
         if any((self.channels * m) % 32 for m in self.channels_mult):
@@ -131,20 +131,6 @@ class CosmosConfig:
         """Codebook size K = ∏ levels (64 000 for the published models)."""
         return math.prod(self.levels)
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        for key in ("channels_mult", "attn_resolutions", "levels"):
-            d[key] = list(d[key])
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "CosmosConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown Cosmos config keys: {', '.join(unknown)}")
-        return cls(**dict(d))
-
     @classmethod
     def preset(cls, name: str) -> "CosmosConfig":
         """The published architecture: ``"DI8x8"`` or ``"DI16x16"`` (also with the ``Cosmos-0.1-Tokenizer-`` prefix)."""
@@ -152,10 +138,6 @@ class CosmosConfig:
         if key not in COSMOS_PRESETS:
             raise ValueError(f"unknown Cosmos discrete image tokenizer {name!r}; known: {', '.join(COSMOS_PRESETS)}")
         return cls(spatial_compression=COSMOS_PRESETS[key])
-
-    def hash(self) -> str:
-        """Short stable hash of the architecture (used to tag token corpora)."""
-        return hashlib.sha256(json.dumps({"model_type": "cosmos", **self.to_dict()}, sort_keys=True).encode()).hexdigest()[:16]
 
 
 COSMOS_PRESETS: dict[str, int] = {"DI8x8": 8, "DI16x16": 16}  # published name -> spatial_compression

@@ -21,15 +21,14 @@ entropy penalty (training only) is not implemented here.
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from dataclasses import dataclass, fields
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqtok.models._config import ArchConfig, HalvingLevels
 from vqtok.models.quantizer import QuantizerOutput
 from vqtok.models.vqgan import Decoder, Encoder, VQGANConfig, VQGANOutput
 
@@ -119,8 +118,14 @@ class IndexQuantizer(nn.Module):
 
 
 @dataclass(frozen=True)
-class IBQConfig:
-    """Architecture of an IBQ tokenizer (defaults: IBQ's ImageNet 256 models, ``imagenet_ibqgan_262144.yaml``)."""
+class IBQConfig(HalvingLevels, ArchConfig):
+    """Architecture of an IBQ tokenizer (defaults: IBQ's ImageNet 256 models, ``imagenet_ibqgan_262144.yaml``).
+
+    ``hash()`` differs from a VQGAN's of the same fields (``model_type`` "ibq" is mixed in).
+    """
+
+    config_name: ClassVar[str] = "IBQ"
+    hash_model_type: ClassVar[str | None] = "ibq"
 
     ch: int = 128  # base channel count of the first level
     ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)  # channel multiplier per level; f = 2**(len-1)
@@ -136,37 +141,13 @@ class IBQConfig:
     beta: float = 0.25  # weight of the commitment term of IBQ's loss
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
-        object.__setattr__(self, "attn_resolutions", tuple(int(r) for r in self.attn_resolutions))
+        self._int_tuples("ch_mult", "attn_resolutions")
         self.vqgan_config()  # validates the autoencoder fields (GroupNorm divisibility, positive sizes)
 
     def vqgan_config(self) -> VQGANConfig:
         """The same autoencoder as a VQGANConfig (IBQ's encoder and decoder are taming's)."""
         shared = {f.name: getattr(self, f.name) for f in fields(self)}
         return VQGANConfig(**shared)
-
-    @property
-    def downsample_factor(self) -> int:
-        return 2 ** (len(self.ch_mult) - 1)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["ch_mult"] = list(self.ch_mult)
-        d["attn_resolutions"] = list(self.attn_resolutions)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "IBQConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown IBQ config keys: {', '.join(unknown)}")
-        return cls(**dict(d))
-
-    def hash(self) -> str:
-        """Short stable hash of the architecture (tags token corpora); differs from a VQGAN's of the same fields."""
-        payload = json.dumps({"model_type": "ibq", **self.to_dict()}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 class IBQ(nn.Module):

@@ -17,14 +17,13 @@ Shapes: B batch, H×W image, h×w = (H/f)×(W/f) token grid, f = 2**(len(ch_mult
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
+from vqtok.models._config import ArchConfig, HalvingLevels
 from vqtok.models.lfq import LFQ
 from vqtok.models.quantizer import QuantizerOutput
 
@@ -32,8 +31,11 @@ __all__ = ["MAGVIT2Config", "MAGVIT2", "MAGVIT2Encoder", "MAGVIT2Decoder", "MAGV
 
 
 @dataclass(frozen=True)
-class MAGVIT2Config:
+class MAGVIT2Config(HalvingLevels, ArchConfig):
     """Architecture of an Open-MAGVIT2 tokenizer. Defaults: the published 256-px ImageNet model (``imagenet_256_L``)."""
+
+    config_name: ClassVar[str] = "MAGVIT2"
+    hash_model_type: ClassVar[str | None] = "magvit2"
 
     ch: int = 128  # base channel count of the first level
     ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)  # channel multiplier per level; f = 2**(len-1)
@@ -50,7 +52,7 @@ class MAGVIT2Config:
     batch_maximization_weight: float = 1.0  # training: w_b of the entropy penalty
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))  # JSON gives lists
+        self._int_tuples("ch_mult")
         if not self.ch_mult:
             raise ValueError("ch_mult must have at least one level")
         if any((self.ch * m) % 32 for m in self.ch_mult):
@@ -65,10 +67,6 @@ class MAGVIT2Config:
             raise ValueError(f"bit_order must be 'little' or 'big', got {self.bit_order!r}")
 
     @property
-    def downsample_factor(self) -> int:
-        return 2 ** (len(self.ch_mult) - 1)
-
-    @property
     def embed_dim(self) -> int:
         """Code dimension D (= z_channels: the LFQ quantizes the encoder output directly)."""
         return self.z_channels
@@ -77,23 +75,6 @@ class MAGVIT2Config:
     def n_embed(self) -> int:
         """Codebook size K = 2**z_channels."""
         return 2**self.z_channels
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["ch_mult"] = list(self.ch_mult)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "MAGVIT2Config":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown MAGVIT2 config keys: {', '.join(unknown)}")
-        return cls(**dict(d))
-
-    def hash(self) -> str:
-        """Short stable hash of the architecture (used to tag token corpora)."""
-        return hashlib.sha256(json.dumps({"model_type": "magvit2", **self.to_dict()}, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def swish(x: torch.Tensor) -> torch.Tensor:

@@ -10,24 +10,25 @@ Shapes below: B batch, C channels, H×W image, h×w = (H/f)×(W/f) token grid, f
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from vqtok.models._config import ArchConfig, HalvingLevels
 from vqtok.models.quantizer import QuantizerOutput, VectorQuantizer
 
 __all__ = ["VQGANConfig", "VQGAN", "Encoder", "Decoder", "GroupNorm", "group_norm_channels_last"]
 
 
 @dataclass(frozen=True)
-class VQGANConfig:
+class VQGANConfig(HalvingLevels, ArchConfig):
     """Architecture of a VQGAN. Defaults are taming's ImageNet f16-1024 model."""
+
+    config_name: ClassVar[str] = "VQGAN"
 
     ch: int = 128  # base channel count of the first level
     ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)  # channel multiplier per level; f = 2**(len-1)
@@ -45,9 +46,7 @@ class VQGANConfig:
     l2_norm_codes: bool = False  # cosine (l2-normalised) code lookup
 
     def __post_init__(self) -> None:
-        # JSON gives lists; keep the dataclass hashable and comparable.
-        object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
-        object.__setattr__(self, "attn_resolutions", tuple(int(r) for r in self.attn_resolutions))
+        self._int_tuples("ch_mult", "attn_resolutions")
         if not self.ch_mult:
             raise ValueError("ch_mult must have at least one level")
         if any((self.ch * m) % 32 for m in (1,) + self.ch_mult):
@@ -57,27 +56,6 @@ class VQGANConfig:
         if self.n_embed < 1 or self.embed_dim < 1:
             raise ValueError(f"n_embed and embed_dim must be positive, got {self.n_embed}, {self.embed_dim}")
 
-    @property
-    def downsample_factor(self) -> int:
-        return 2 ** (len(self.ch_mult) - 1)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["ch_mult"] = list(self.ch_mult)
-        d["attn_resolutions"] = list(self.attn_resolutions)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "VQGANConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown VQGAN config keys: {', '.join(unknown)}")
-        return cls(**dict(d))
-
-    def hash(self) -> str:
-        """Short stable hash of the architecture (used to tag token corpora)."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def group_norm_channels_last(
