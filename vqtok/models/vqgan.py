@@ -11,7 +11,7 @@ Shapes below: B batch, C channels, H×W image, h×w = (H/f)×(W/f) token grid, f
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -113,11 +113,18 @@ def swish(x: torch.Tensor) -> torch.Tensor:
 
 
 class ResnetBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, dropout: float) -> None:
+    """norm → swish → conv3×3 → norm → swish → dropout → conv3×3, plus a 1×1-conv ``nin_shortcut`` when widths differ.
+
+    ``norm``: the normalisation layer for a channel count (Cosmos passes plain ``nn.GroupNorm``).
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, dropout: float, norm: Callable[[int], nn.Module] = Normalize
+    ) -> None:
         super().__init__()
-        self.norm1 = Normalize(in_channels)
+        self.norm1 = norm(in_channels)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = Normalize(out_channels)
+        self.norm2 = norm(out_channels)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         if in_channels != out_channels:
@@ -134,9 +141,9 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head self-attention over all h×w positions (1×1 conv projections)."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, norm: Callable[[int], nn.Module] = Normalize) -> None:
         super().__init__()
-        self.norm = Normalize(channels)
+        self.norm = norm(channels)
         self.q = nn.Conv2d(channels, channels, 1)
         self.k = nn.Conv2d(channels, channels, 1)
         self.v = nn.Conv2d(channels, channels, 1)
@@ -179,6 +186,26 @@ class _Level(nn.Module):
         self.block = nn.ModuleList()
         self.attn = nn.ModuleList()
 
+    @classmethod
+    def build(
+        cls,
+        block_in: int,
+        block_out: int,
+        num_blocks: int,
+        dropout: float,
+        attention: bool,
+        resnet: Callable[[int, int, float], nn.Module] = ResnetBlock,
+        attn: Callable[[int], nn.Module] = AttnBlock,
+    ) -> "_Level":
+        """``num_blocks`` ResNets block_in -> block_out (each followed by attention when ``attention``); no resampling yet."""
+        level = cls()
+        for _ in range(num_blocks):
+            level.block.append(resnet(block_in, block_out, dropout))
+            block_in = block_out
+            if attention:
+                level.attn.append(attn(block_out))
+        return level
+
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         for i, block in enumerate(self.block):
             h = block(h)
@@ -188,11 +215,19 @@ class _Level(nn.Module):
 
 
 class _Mid(nn.Module):
-    def __init__(self, channels: int, dropout: float) -> None:
+    """ResNet → attention → ResNet at the lowest resolution (``mid.block_1``, ``mid.attn_1``, ``mid.block_2``)."""
+
+    def __init__(
+        self,
+        channels: int,
+        dropout: float,
+        resnet: Callable[[int, int, float], nn.Module] = ResnetBlock,
+        attn: Callable[[int], nn.Module] = AttnBlock,
+    ) -> None:
         super().__init__()
-        self.block_1 = ResnetBlock(channels, channels, dropout)
-        self.attn_1 = AttnBlock(channels)
-        self.block_2 = ResnetBlock(channels, channels, dropout)
+        self.block_1 = resnet(channels, channels, dropout)
+        self.attn_1 = attn(channels)
+        self.block_2 = resnet(channels, channels, dropout)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.block_2(self.attn_1(self.block_1(h)))
@@ -209,13 +244,8 @@ class Encoder(nn.Module):
         self.down = nn.ModuleList()
         block_out = cfg.ch
         for i, mult in enumerate(cfg.ch_mult):
-            level = _Level()
-            block_in, block_out = cfg.ch * in_mult[i], cfg.ch * mult
-            for _ in range(cfg.num_res_blocks):
-                level.block.append(ResnetBlock(block_in, block_out, cfg.dropout))
-                block_in = block_out
-                if res in cfg.attn_resolutions:
-                    level.attn.append(AttnBlock(block_out))
+            block_out = cfg.ch * mult
+            level = _Level.build(cfg.ch * in_mult[i], block_out, cfg.num_res_blocks, cfg.dropout, res in cfg.attn_resolutions)
             if i != len(cfg.ch_mult) - 1:
                 level.downsample = Downsample(block_out)
                 res //= 2
@@ -246,13 +276,9 @@ class Decoder(nn.Module):
         self.mid = _Mid(block_in, cfg.dropout)
         levels: list[_Level] = []
         for i in reversed(range(n)):
-            level = _Level()
             block_out = cfg.ch * cfg.ch_mult[i]
-            for _ in range(cfg.num_res_blocks + 1):
-                level.block.append(ResnetBlock(block_in, block_out, cfg.dropout))
-                block_in = block_out
-                if res in cfg.attn_resolutions:
-                    level.attn.append(AttnBlock(block_out))
+            level = _Level.build(block_in, block_out, cfg.num_res_blocks + 1, cfg.dropout, res in cfg.attn_resolutions)
+            block_in = block_out
             if i != 0:
                 level.upsample = Upsample(block_out)
                 res *= 2
