@@ -206,11 +206,13 @@ class _Level(nn.Module):
                 level.attn.append(attn(block_out))
         return level
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        for i, block in enumerate(self.block):
-            h = block(h)
-            if len(self.attn) > 0:
-                h = self.attn[i](h)
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # each block, then its attention if any (TorchScript-able)
+        if len(self.attn) == 0:
+            for block in self.block:
+                h = block(h)
+        else:
+            for block, attn in zip(self.block, self.attn):
+                h = attn(block(h))
         return h
 
 
