@@ -71,21 +71,20 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     p.set_defaults(func=_run)
 
 
+# Options the local and the Ray engine both take, under the same name as the CLI's args.
+_SHARED_OPTIONS = ("model", "size", "batch_size", "workers", "decode", "precision", "max_error_rate")
+
+
 def _common_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The arguments the local and the Ray engine take alike (inputs, output, model, decoding, error policy)."""
-    return dict(
+    kwargs: dict[str, Any] = {name: getattr(args, name) for name in _SHARED_OPTIONS}
+    kwargs.update(
         input=args.input[0] if len(args.input) == 1 else args.input,
         output=args.out,
-        model=args.model,
-        size=args.size,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        decode=args.decode,
-        precision=args.precision,
         keep=tuple(k for k in (s.strip() for s in args.keep.split(",")) if k),
-        max_error_rate=args.max_error_rate,
         progress=not args.no_progress,
     )
+    return kwargs
 
 
 def _run_ray(args: argparse.Namespace) -> Any:
