@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqtok.models._config import ArchConfig
+from vqtok.models._model import LastLayerMixin, ModelOutput, TokenizerModelMixin
 from vqtok.models.fsq import FSQ
 from vqtok.models.quantizer import QuantizerOutput
 from vqtok.models.vqgan import AttnBlock as _TamingAttnBlock
@@ -315,7 +316,7 @@ class CosmosEncoder(nn.Module):
         return self.conv_out(nonlinearity(self.norm_out(h)))
 
 
-class CosmosDecoder(nn.Module):
+class CosmosDecoder(LastLayerMixin, nn.Module):
     """Features (B, z_channels, h, w) -> image (B, out_channels, h·f, w·f), roughly in [-1, 1]."""
 
     def __init__(self, cfg: CosmosConfig) -> None:
@@ -353,20 +354,13 @@ class CosmosDecoder(nn.Module):
         h = self.conv_out(nonlinearity(self.norm_out(h)))  # (B, out·p², H/p, W/p)
         return self.unpatcher(h)
 
-    @property
-    def last_layer(self) -> torch.Tensor:
-        """Weight of the final conv (where an adaptive GAN weight would be measured)."""
-        return self.conv_out.weight
-
 
 @dataclass
-class CosmosOutput:
-    reconstruction: torch.Tensor  # (B, out_channels, H, W), roughly in [-1, 1]
-    ids: torch.Tensor  # (B, h, w) long
-    codebook_loss: torch.Tensor  # () always 0 (FSQ has no auxiliary loss)
+class CosmosOutput(ModelOutput):
+    """``reconstruction`` (B, out_channels, H, W), ``ids`` (B, h, w), ``codebook_loss`` always 0 (FSQ has no auxiliary loss)."""
 
 
-class CosmosDI(nn.Module):
+class CosmosDI(TokenizerModelMixin, nn.Module):
     """Encoder, ``quant_conv``, FSQ, ``post_quant_conv`` and decoder with Cosmos's parameter layout.
 
     Offers the interface of :class:`~vqtok.models.vqgan.VQGAN` (``encode``, ``decode``,
@@ -386,9 +380,7 @@ class CosmosDI(nn.Module):
         self.post_quant_conv = nn.Conv2d(cfg.embedding_dim, cfg.z_channels, 1)
         self.quantize = FSQ(cfg.levels)
 
-    @property
-    def downsample_factor(self) -> int:
-        return self.config.downsample_factor
+    output_class = CosmosOutput
 
     def encode(self, x: torch.Tensor) -> QuantizerOutput:
         """x (B, 3, H, W) in [-1, 1], H and W multiples of f -> FSQ codes (B, 6, h, w), ids (B, h, w), zero loss."""
@@ -402,11 +394,3 @@ class CosmosDI(nn.Module):
         match the original bit for bit on CPU.
         """
         return self.decoder(self.post_quant_conv(z_q.contiguous(memory_format=torch.channels_last)))
-
-    def decode_ids(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids (B, h, w) -> image (B, 3, H, W)."""
-        return self.decode(self.quantize.codes(ids).to(self.post_quant_conv.weight.dtype))
-
-    def forward(self, x: torch.Tensor) -> CosmosOutput:
-        q = self.encode(x)
-        return CosmosOutput(reconstruction=self.decode(q.z_q), ids=q.ids, codebook_loss=q.loss)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqtok.models._config import ArchConfig, HalvingLevels
+from vqtok.models._model import TokenizerModelMixin
 from vqtok.models.quantizer import QuantizerOutput
 from vqtok.models.vqgan import Decoder, Encoder, VQGANConfig, VQGANOutput
 
@@ -150,7 +151,7 @@ class IBQConfig(HalvingLevels, ArchConfig):
         return VQGANConfig(**shared)
 
 
-class IBQ(nn.Module):
+class IBQ(TokenizerModelMixin, nn.Module):
     """Taming's encoder/decoder with IBQ's :class:`IndexQuantizer`; parameter names identical to IBQ's ``VQModel``."""
 
     def __init__(self, config: IBQConfig | None = None) -> None:
@@ -163,9 +164,7 @@ class IBQ(nn.Module):
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1)
 
-    @property
-    def downsample_factor(self) -> int:
-        return self.config.downsample_factor
+    output_class = VQGANOutput
 
     def encode(self, x: torch.Tensor) -> QuantizerOutput:
         """x (B, 3, H, W) in [-1, 1] -> quantized features, ids and IBQ's quantizer loss."""
@@ -174,11 +173,3 @@ class IBQ(nn.Module):
     def decode(self, z_q: torch.Tensor) -> torch.Tensor:
         """z_q (B, D, h, w) -> image (B, 3, H, W), roughly in [-1, 1]."""
         return self.decoder(self.post_quant_conv(z_q))
-
-    def decode_ids(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids (B, h, w) long -> image (B, 3, H, W)."""
-        return self.decode(self.quantize.codes(ids).to(self.post_quant_conv.weight.dtype))
-
-    def forward(self, x: torch.Tensor) -> VQGANOutput:
-        q = self.encode(x)
-        return VQGANOutput(reconstruction=self.decode(q.z_q), ids=q.ids, codebook_loss=q.loss)

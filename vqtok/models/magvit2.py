@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from vqtok.models._config import ArchConfig, HalvingLevels
+from vqtok.models._model import LastLayerMixin, ModelOutput, TokenizerModelMixin
 from vqtok.models.lfq import LFQ
 from vqtok.models.quantizer import QuantizerOutput
 
@@ -189,7 +190,7 @@ class MAGVIT2Encoder(nn.Module):
         return self.conv_out(swish(self.norm_out(h)))
 
 
-class MAGVIT2Decoder(nn.Module):
+class MAGVIT2Decoder(LastLayerMixin, nn.Module):
     """Quantized latent (B, z_channels, h, w) -> image (B, out_ch, h·f, w·f), roughly in [-1, 1]."""
 
     def __init__(self, cfg: MAGVIT2Config) -> None:
@@ -227,20 +228,13 @@ class MAGVIT2Decoder(nn.Module):
                 h = self.up[i].upsample(h)  # (B, C, 2H, 2W)
         return self.conv_out(swish(self.norm_out(h)))
 
-    @property
-    def last_layer(self) -> torch.Tensor:
-        """Weight of the final conv (where an adaptive GAN weight would be measured)."""
-        return self.conv_out.weight
-
 
 @dataclass
-class MAGVIT2Output:
-    reconstruction: torch.Tensor  # (B, out_ch, H, W), roughly in [-1, 1]
-    ids: torch.Tensor  # (B, h, w) long
-    codebook_loss: torch.Tensor  # () LFQ entropy + commitment loss (0 in eval mode)
+class MAGVIT2Output(ModelOutput):
+    """``reconstruction`` (B, out_ch, H, W), ``ids`` (B, h, w), ``codebook_loss``: LFQ entropy + commitment (0 in eval mode)."""
 
 
-class MAGVIT2(nn.Module):
+class MAGVIT2(TokenizerModelMixin, nn.Module):
     """Encoder, LFQ and decoder with Open-MAGVIT2's ``VQModel`` parameter layout.
 
     Offers the same interface as :class:`~vqtok.models.vqgan.VQGAN` (``encode``, ``decode``,
@@ -266,9 +260,12 @@ class MAGVIT2(nn.Module):
         self.quant_conv = nn.Identity()
         self.post_quant_conv = nn.Identity()
 
+    output_class = MAGVIT2Output
+
     @property
-    def downsample_factor(self) -> int:
-        return self.config.downsample_factor
+    def code_dtype(self) -> torch.dtype:
+        """The dtype the decoder takes codes in (post_quant_conv is an identity: the decoder's first conv)."""
+        return self.decoder.conv_in.weight.dtype
 
     def encode(self, x: torch.Tensor) -> QuantizerOutput:
         """x (B, 3, H, W) in [-1, 1] -> quantized latent, ids and LFQ loss."""
@@ -277,11 +274,3 @@ class MAGVIT2(nn.Module):
     def decode(self, z_q: torch.Tensor) -> torch.Tensor:
         """z_q (B, D, h, w) -> image (B, 3, H, W), roughly in [-1, 1]."""
         return self.decoder(z_q)
-
-    def decode_ids(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids (B, h, w) long -> image (B, 3, H, W)."""
-        return self.decode(self.quantize.codes(ids).to(self.decoder.conv_in.weight.dtype))
-
-    def forward(self, x: torch.Tensor) -> MAGVIT2Output:
-        q = self.encode(x)
-        return MAGVIT2Output(reconstruction=self.decode(q.z_q), ids=q.ids, codebook_loss=q.loss)

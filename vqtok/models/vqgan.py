@@ -19,6 +19,7 @@ from einops import rearrange
 from torch import nn
 
 from vqtok.models._config import ArchConfig, HalvingLevels
+from vqtok.models._model import LastLayerMixin, ModelOutput, TokenizerModelMixin
 from vqtok.models.quantizer import QuantizerOutput, VectorQuantizer
 
 __all__ = ["VQGANConfig", "VQGAN", "Encoder", "Decoder", "GroupNorm", "group_norm_channels_last"]
@@ -266,7 +267,7 @@ class Encoder(nn.Module):
         return self.conv_out(swish(self.norm_out(h)))
 
 
-class Decoder(nn.Module):
+class Decoder(LastLayerMixin, nn.Module):
     """Features (B, z_channels, h, w) -> image (B, out_ch, h*f, w*f), roughly in [-1, 1]."""
 
     def __init__(self, cfg: VQGANConfig) -> None:
@@ -297,20 +298,13 @@ class Decoder(nn.Module):
                 h = level.upsample(h)
         return self.conv_out(swish(self.norm_out(h)))
 
-    @property
-    def last_layer(self) -> torch.Tensor:
-        """Weight of the final conv (where the adaptive GAN weight λ is measured)."""
-        return self.conv_out.weight
-
 
 @dataclass
-class VQGANOutput:
-    reconstruction: torch.Tensor  # (B, out_ch, H, W), roughly in [-1, 1]
-    ids: torch.Tensor  # (B, h, w) long
-    codebook_loss: torch.Tensor  # () quantizer loss (0 in eval mode)
+class VQGANOutput(ModelOutput):
+    """What VQGAN (and IBQ) ``forward`` returns: ``reconstruction``, ``ids``, ``codebook_loss``."""
 
 
-class VQGAN(nn.Module):
+class VQGAN(TokenizerModelMixin, nn.Module):
     """Encoder, codebook and decoder with taming's ``VQModel`` parameter layout."""
 
     def __init__(self, config: VQGANConfig | None = None) -> None:
@@ -328,9 +322,7 @@ class VQGAN(nn.Module):
         # batch invariance for throughput (e.g. tok.model.batch_invariant = False; docs/performance.md).
         self.batch_invariant: bool | None = None
 
-    @property
-    def downsample_factor(self) -> int:
-        return self.config.downsample_factor
+    output_class = VQGANOutput
 
     def encode(
         self, x: torch.Tensor, *, batch_invariant: bool | None = None, autocast_dtype: torch.dtype | None = None
@@ -375,12 +367,3 @@ class VQGAN(nn.Module):
     def decode(self, z_q: torch.Tensor) -> torch.Tensor:
         """z_q (B, D, h, w) -> image (B, 3, H, W), roughly in [-1, 1]."""
         return self.decoder(self.post_quant_conv(z_q))
-
-    def decode_ids(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids (B, h, w) long -> image (B, 3, H, W)."""
-        z_q = self.quantize.codes(ids).to(self.post_quant_conv.weight.dtype)
-        return self.decode(z_q)
-
-    def forward(self, x: torch.Tensor) -> VQGANOutput:
-        q = self.encode(x)
-        return VQGANOutput(reconstruction=self.decode(q.z_q), ids=q.ids, codebook_loss=q.loss)
