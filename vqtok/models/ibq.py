@@ -30,7 +30,7 @@ from torch import nn
 
 from vqtok.models._config import ArchConfig, HalvingLevels
 from vqtok.models._model import TokenizerModelMixin
-from vqtok.models.quantizer import QuantizerOutput
+from vqtok.models.quantizer import Codebook, QuantizerOutput
 from vqtok.models.vqgan import Decoder, Encoder, VQGANConfig, VQGANOutput
 
 __all__ = ["IBQConfig", "IBQ", "IndexQuantizer", "max_inner_product"]
@@ -73,22 +73,10 @@ def max_inner_product(
     return ids
 
 
-class IndexQuantizer(nn.Module):
+class IndexQuantizer(Codebook):
     """IBQ's quantizer: a codebook of ``n_embed`` × ``embed_dim`` searched by inner product (see the module docstring)."""
 
-    def __init__(self, n_embed: int, embed_dim: int, *, beta: float = 0.25) -> None:
-        super().__init__()
-        if n_embed < 1 or embed_dim < 1:
-            raise ValueError(f"n_embed and embed_dim must be positive, got {n_embed} and {embed_dim}")
-        self.n_embed = n_embed
-        self.embed_dim = embed_dim
-        self.beta = beta
-        self.embedding = nn.Embedding(n_embed, embed_dim)  # IBQ keeps nn.Embedding's N(0, 1) init
-
-    @property
-    def codebook_size(self) -> int:
-        """Number of codes K (= ``n_embed``)."""
-        return self.n_embed
+    # Codebook's __init__ as is: IBQ keeps nn.Embedding's N(0, 1) init.
 
     def lookup(self, z: torch.Tensor, *, exact: bool = True) -> torch.Tensor:
         """z (B, D, h, w) -> ids (B, h, w) long: the code of largest inner product."""
