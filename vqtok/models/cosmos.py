@@ -297,7 +297,9 @@ class CosmosEncoder(nn.Module):
         for i, mult in enumerate(cfg.channels_mult):
             block_in = cfg.channels * mult
             attention = side in cfg.attn_resolutions
-            level = _Level.build(cfg.channels * in_mult[i], block_in, cfg.num_res_blocks, cfg.dropout, attention, ResnetBlock, AttnBlock)
+            level = _Level.build(
+                cfg.channels * in_mult[i], block_in, cfg.num_res_blocks, cfg.dropout, attention, ResnetBlock, AttnBlock
+            )
             if i < cfg.num_resamples:
                 level.downsample = Downsample(block_in)
                 side //= 2

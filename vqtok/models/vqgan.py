@@ -114,7 +114,7 @@ def swish(x: torch.Tensor) -> torch.Tensor:
 
 
 class ResnetBlock(nn.Module):
-    """norm → swish → conv3×3 → norm → swish → dropout → conv3×3, plus a 1×1-conv ``nin_shortcut`` when widths differ.
+    """norm → swish → conv3×3 → norm → swish → dropout → conv3×3, plus a 1×1 ``nin_shortcut`` when widths differ.
 
     ``norm``: the normalisation layer for a channel count (Cosmos passes plain ``nn.GroupNorm``).
     """
