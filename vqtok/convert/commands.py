@@ -3,73 +3,68 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING, Callable
 
 from vqtok.commands import add_out_argument, tokenizer_from_args
 
+if TYPE_CHECKING:
+    from vqtok.tokenizer import Tokenizer
+
 __all__ = ["add_commands"]
+
+
+def _save_converted(args: argparse.Namespace, tok: Tokenizer, source: str) -> int:
+    """Write a converted tokenizer to ``args.out`` and say what was converted from ``source``."""
+    out = tok.save_pretrained(args.out)
+    print(f"converted {source} ({tok.codebook_size} codes, f{tok.downsample_factor}) -> {out}")
+    return 0
 
 
 def _convert_taming(args: argparse.Namespace) -> int:
     from vqtok.convert.taming import from_taming
 
-    tok = from_taming(args.ckpt, config=args.config)
-    out = tok.save_pretrained(args.out)
-    print(f"converted {args.ckpt} ({tok.codebook_size} codes, f{tok.downsample_factor}) -> {out}")
-    return 0
+    return _save_converted(args, from_taming(args.ckpt, config=args.config), args.ckpt)
 
 
 def _convert_llamagen(args: argparse.Namespace) -> int:
     from vqtok.convert.llamagen import from_llamagen
 
-    tok = from_llamagen(args.ckpt, ema=args.ema)
-    out = tok.save_pretrained(args.out)
-    print(f"converted {args.ckpt} ({'ema' if args.ema else 'model'} weights, {tok.codebook_size} codes, f{tok.downsample_factor}) -> {out}")
-    return 0
+    weights = "ema" if args.ema else "model"
+    return _save_converted(args, from_llamagen(args.ckpt, ema=args.ema), f"{args.ckpt} ({weights} weights)")
 
 
 def _convert_magvit2(args: argparse.Namespace) -> int:
     from vqtok.convert.magvit2 import from_magvit2
 
     tok = from_magvit2(args.ckpt, ema=args.ema, resolution=args.resolution)
-    out = tok.save_pretrained(args.out)
-    print(f"converted Open-MAGVIT2 {args.ckpt} ({tok.codebook_size} codes, f{tok.downsample_factor}) -> {out}")
-    return 0
+    return _save_converted(args, tok, f"Open-MAGVIT2 {args.ckpt}")
 
 
 def _convert_cosmos(args: argparse.Namespace) -> int:
     from vqtok.convert.cosmos import from_cosmos
 
     tok = from_cosmos(args.encoder, args.decoder, resolution=args.resolution, attn_resolutions=args.attn_resolutions)
-    out = tok.save_pretrained(args.out)
-    print(f"converted Cosmos {args.encoder} + {args.decoder} ({tok.codebook_size} codes, f{tok.downsample_factor}) -> {out}")
-    return 0
+    return _save_converted(args, tok, f"Cosmos {args.encoder} + {args.decoder}")
 
 
 def _convert_ibq(args: argparse.Namespace) -> int:
     from vqtok.convert.ibq import from_ibq
 
-    tok = from_ibq(args.ckpt, ema=args.ema, resolution=args.resolution)
-    out = tok.save_pretrained(args.out)
-    print(f"converted IBQ {args.ckpt} ({tok.codebook_size} codes, f{tok.downsample_factor}) -> {out}")
-    return 0
+    return _save_converted(args, from_ibq(args.ckpt, ema=args.ema, resolution=args.resolution), f"IBQ {args.ckpt}")
 
 
 def _convert_dalle_mini(args: argparse.Namespace) -> int:
     from vqtok.convert.dalle_mini import from_dalle_mini
 
     tok = from_dalle_mini(args.source, revision=args.revision)
-    out = tok.save_pretrained(args.out)
-    print(f"converted Flax VQGAN {args.source} ({tok.codebook_size} codes, f{tok.downsample_factor}) -> {out}")
-    return 0
+    return _save_converted(args, tok, f"Flax VQGAN {args.source}")
 
 
 def _convert_diffusers(args: argparse.Namespace) -> int:
     from vqtok.convert.diffusers import from_diffusers
 
     tok = from_diffusers(args.source, subfolder=args.subfolder, revision=args.revision)
-    out = tok.save_pretrained(args.out)
-    print(f"converted diffusers VQModel {args.source} ({tok.codebook_size} codes, f{tok.downsample_factor}) -> {out}")
-    return 0
+    return _save_converted(args, tok, f"diffusers VQModel {args.source}")
 
 
 def _export_diffusers(args: argparse.Namespace) -> int:
@@ -79,6 +74,25 @@ def _export_diffusers(args: argparse.Namespace) -> int:
     out = to_diffusers(tok, args.out)
     print(f"exported {args.model or 'default'} as a diffusers VQModel -> {out} (load with diffusers.VQModel.from_pretrained)")
     return 0
+
+
+def _add_lightning_family(
+    families: argparse._SubParsersAction,  # type: ignore[type-arg]
+    name: str,
+    code_base: str,
+    example: str,
+    func: Callable[[argparse.Namespace], int],
+    *,
+    resolution_help: str,
+) -> None:
+    """``vqtok convert NAME ckpt [--ema/--no-ema] [--resolution N]`` for a SEED-Voken-style Lightning checkpoint."""
+    t = families.add_parser(name, help=f"{code_base} Lightning .ckpt ({example}, ...)")
+    t.add_argument("ckpt", help="Lightning .ckpt with the weights under 'state_dict'")
+    t.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"take the model_ema.* weights (default: when present, as {code_base}'s own scripts do)")
+    t.add_argument("--resolution", type=int, default=256, help=resolution_help)
+    add_out_argument(t, "output model folder")
+    t.set_defaults(func=func)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -95,13 +109,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     t.add_argument("--ema", action="store_true", help="take the 'ema' weights instead of 'model'")
     add_out_argument(t, "output model folder")
     t.set_defaults(func=_convert_llamagen)
-    t = families.add_parser("magvit2", help="Open-MAGVIT2 Lightning .ckpt (imagenet_256_L.ckpt, ...)")
-    t.add_argument("ckpt", help="Lightning .ckpt with the weights under 'state_dict'")
-    t.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
-                   help="take the model_ema.* weights (default: when present, as Open-MAGVIT2's own scripts do)")
-    t.add_argument("--resolution", type=int, default=256, help="training resolution recorded in the config")
-    add_out_argument(t, "output model folder")
-    t.set_defaults(func=_convert_magvit2)
+    _add_lightning_family(families, "magvit2", "Open-MAGVIT2", "imagenet_256_L.ckpt", _convert_magvit2,
+                          resolution_help="training resolution recorded in the config")
     t = families.add_parser("cosmos", help="NVIDIA Cosmos DI8x8 / DI16x16 encoder.jit + decoder.jit (tensors read, code not run)")
     t.add_argument("encoder", help="encoder.jit (TorchScript archive: encoder, quant_conv, quantizer)")
     t.add_argument("decoder", help="decoder.jit (TorchScript archive: inv_quant, post_quant_conv, decoder)")
@@ -110,13 +119,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
                    help="Cosmos config 'attn_resolutions' (published: 32, i.e. attention in the mid blocks only)")
     add_out_argument(t, "output model folder")
     t.set_defaults(func=_convert_cosmos)
-    t = families.add_parser("ibq", help="IBQ Lightning .ckpt (imagenet256_262144.ckpt, ...)")
-    t.add_argument("ckpt", help="Lightning .ckpt with the weights under 'state_dict'")
-    t.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
-                   help="take the model_ema.* weights (default: when present, as IBQ's own scripts do)")
-    t.add_argument("--resolution", type=int, default=256, help="training resolution (names the attention levels)")
-    add_out_argument(t, "output model folder")
-    t.set_defaults(func=_convert_ibq)
+    _add_lightning_family(families, "ibq", "IBQ", "imagenet256_262144.ckpt", _convert_ibq,
+                          resolution_help="training resolution (names the attention levels)")
     t = families.add_parser("dalle-mini", help="dalle-mini / vqgan-jax Flax VQGAN (flax_model.msgpack + config.json)")
     t.add_argument("source", nargs="?", default="dalle-mini/vqgan_imagenet_f16_16384",
                    help="folder, .msgpack file or Hub repo id (default: dalle-mini/vqgan_imagenet_f16_16384)")

@@ -26,6 +26,7 @@ from typing import Any, Mapping
 
 import torch
 
+from vqtok.convert._lightning import select_weights, split_ema_state
 from vqtok.convert.safe_pickle import load_checkpoint
 from vqtok.convert.taming import infer_taming_config
 from vqtok.hub import load_strict
@@ -36,21 +37,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["from_ibq", "ibq_state_dict", "infer_ibq_config", "ibq_tokenizer"]
 
-_EMA_PREFIX = "model_ema."
-_EMA_BOOKKEEPING = ("model_ema.decay", "model_ema.num_updates")
-_DROPPED_PREFIXES = ("loss.",)  # discriminator + LPIPS of the training loss
-_WRAPPERS = ("module.", "_orig_mod.")  # DDP / torch.compile prefixes, should a file keep them
 _KEPT_PREFIXES = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.", "quantize.")
-
-
-def _strip(key: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for p in _WRAPPERS:
-            if key.startswith(p):
-                key, changed = key[len(p) :], True
-    return key
 
 
 def ibq_state_dict(checkpoint: Any, *, ema: bool | None = None) -> dict[str, torch.Tensor]:
@@ -59,29 +46,7 @@ def ibq_state_dict(checkpoint: Any, *, ema: bool | None = None) -> dict[str, tor
     ema: ``None`` takes the EMA weights when the file has them (as IBQ's scripts do), ``True``
     requires them, ``False`` takes the raw training weights.
     """
-    state = checkpoint["state_dict"] if isinstance(checkpoint, Mapping) and "state_dict" in checkpoint else checkpoint
-    if not isinstance(state, Mapping):
-        raise ValueError(f"checkpoint holds no state dict (found {type(state).__name__})")
-    model: dict[str, torch.Tensor] = {}
-    averaged: dict[str, torch.Tensor] = {}
-    dropped = 0
-    for raw_key, value in state.items():
-        if not isinstance(raw_key, str):
-            continue
-        key = _strip(raw_key)
-        if key.startswith(_DROPPED_PREFIXES) or key in _EMA_BOOKKEEPING:
-            dropped += 1
-            continue
-        if not isinstance(value, torch.Tensor):
-            raise ValueError(f"checkpoint entry {raw_key!r} is a {type(value).__name__}, not a tensor")
-        if key.startswith(_EMA_PREFIX):
-            averaged[key[len(_EMA_PREFIX) :]] = value
-        elif key.startswith(_KEPT_PREFIXES):
-            model[key] = value
-        else:
-            dropped += 1
-    if dropped:
-        logger.info("dropped %d training-only entries (loss.*: discriminator, LPIPS; EMA bookkeeping)", dropped)
+    model, averaged = split_ema_state(checkpoint, keep=_KEPT_PREFIXES)
     if "quantize.embedding.weight" not in model or "encoder.conv_in.weight" not in model:
         raise ValueError(
             "not an IBQ checkpoint: 'encoder.conv_in.weight' / 'quantize.embedding.weight' are missing"
@@ -89,24 +54,7 @@ def ibq_state_dict(checkpoint: Any, *, ema: bool | None = None) -> dict[str, tor
         )
     if "encoder.mid.block_1.conv1.weight" not in model:
         raise ValueError("not an IBQ checkpoint: the encoder has no taming mid block (encoder.mid.block_1)")
-    use_ema = bool(averaged) if ema is None else ema
-    if not use_ema:
-        return model
-    if not averaged:
-        raise ValueError("ema=True but the checkpoint has no model_ema.* weights (trained with use_ema: False)")
-    out: dict[str, torch.Tensor] = {}
-    missing = []
-    for key in model:
-        flat = key.replace(".", "")
-        if flat in averaged:
-            out[key] = averaged[flat]
-        else:
-            missing.append(key)
-    if missing:
-        more = f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""
-        raise ValueError(f"the checkpoint's EMA weights lack {', '.join(missing[:5])}{more}; pass ema=False for the raw weights")
-    logger.info("using the EMA weights of the checkpoint (%d tensors)", len(out))
-    return out
+    return select_weights(model, averaged, ema)
 
 
 def infer_ibq_config(state: Mapping[str, torch.Tensor], *, resolution: int = 256) -> IBQConfig:

@@ -37,6 +37,7 @@ import torch
 
 from vqtok.convert.safe_pickle import Placeholder, load_checkpoint
 from vqtok.models.vqgan import VQGAN, VQGANConfig
+from vqtok.convert._lightning import strip_wrappers
 from vqtok.hub import load_strict
 from vqtok.tokenizer import Tokenizer
 
@@ -54,17 +55,6 @@ __all__ = [
 _DROPPED = ("quantize.codebook_used",)  # training-only usage statistics
 _MID = {"0": "block_1", "1": "attn_1", "2": "block_2"}
 _MID_INV = {v: k for k, v in _MID.items()}
-_PREFIXES = ("module.", "_orig_mod.")  # DDP / torch.compile wrappers, should a file keep them
-
-
-def _strip_prefix(key: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for p in _PREFIXES:
-            if key.startswith(p):
-                key, changed = key[len(p) :], True
-    return key
 
 
 def llamagen_args(checkpoint: Any) -> dict[str, Any]:
@@ -112,7 +102,7 @@ def llamagen_state_dict(checkpoint: Any, *, ema: bool = False) -> dict[str, torc
     for key, value in state.items():
         if not isinstance(key, str):
             continue
-        key = _strip_prefix(key)
+        key = strip_wrappers(key)
         if key in _DROPPED:
             continue
         if not isinstance(value, torch.Tensor):

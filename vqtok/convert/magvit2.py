@@ -29,6 +29,7 @@ from typing import Any, Mapping
 
 import torch
 
+from vqtok.convert._lightning import select_weights, split_ema_state
 from vqtok.convert.safe_pickle import load_checkpoint
 from vqtok.models.magvit2 import MAGVIT2, MAGVIT2Config
 from vqtok.hub import load_strict
@@ -38,49 +39,13 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["from_magvit2", "infer_magvit2_config", "magvit2_state_dict"]
 
-_EMA_PREFIX = "model_ema."
-_EMA_BOOKKEEPING = ("model_ema.decay", "model_ema.num_updates")
-_DROPPED_PREFIXES = ("loss.",)  # discriminator + LPIPS of the training loss
-_PREFIXES = ("module.", "_orig_mod.")  # DDP / torch.compile wrappers, should a file keep them
-
-
-def _strip(key: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for p in _PREFIXES:
-            if key.startswith(p):
-                key, changed = key[len(p) :], True
-    return key
-
-
 def magvit2_state_dict(checkpoint: Any, *, ema: bool | None = None) -> dict[str, torch.Tensor]:
     """The autoencoder tensors of a loaded Open-MAGVIT2 checkpoint (Lightning dict or bare state dict).
 
     ema: ``None`` takes the EMA weights when the file has them (as Open-MAGVIT2's scripts do),
     ``True`` requires them, ``False`` takes the raw training weights.
     """
-    state = checkpoint["state_dict"] if isinstance(checkpoint, Mapping) and "state_dict" in checkpoint else checkpoint
-    if not isinstance(state, Mapping):
-        raise ValueError(f"checkpoint holds no state dict (found {type(state).__name__})")
-    model: dict[str, torch.Tensor] = {}
-    averaged: dict[str, torch.Tensor] = {}
-    dropped = 0
-    for raw_key, value in state.items():
-        if not isinstance(raw_key, str):
-            continue
-        key = _strip(raw_key)
-        if key.startswith(_DROPPED_PREFIXES) or key in _EMA_BOOKKEEPING:
-            dropped += 1
-            continue
-        if not isinstance(value, torch.Tensor):
-            raise ValueError(f"checkpoint entry {raw_key!r} is a {type(value).__name__}, not a tensor")
-        if key.startswith(_EMA_PREFIX):
-            averaged[key[len(_EMA_PREFIX) :]] = value
-        else:
-            model[key] = value
-    if dropped:
-        logger.info("dropped %d training-only tensors (loss.*: discriminator, LPIPS; EMA bookkeeping)", dropped)
+    model, averaged = split_ema_state(checkpoint)
     if "encoder.conv_in.weight" not in model or "decoder.conv_out.weight" not in model:
         raise ValueError("not an Open-MAGVIT2 checkpoint: 'encoder.conv_in.weight' / 'decoder.conv_out.weight' are missing")
     if "encoder.mid_block.0.conv1.weight" not in model or not any(k.startswith("decoder.adaptive.") for k in model):
@@ -93,24 +58,7 @@ def magvit2_state_dict(checkpoint: Any, *, ema: bool | None = None) -> dict[str,
             "this checkpoint has a learned codebook (quantize.embedding.weight): an IBQ / VQ model, "
             "not Open-MAGVIT2's lookup-free quantizer"
         )
-    use_ema = bool(averaged) if ema is None else ema
-    if not use_ema:
-        return model
-    if not averaged:
-        raise ValueError("ema=True but the checkpoint has no model_ema.* weights (trained with use_ema: False)")
-    out: dict[str, torch.Tensor] = {}
-    missing = []
-    for key, value in model.items():
-        flat = key.replace(".", "")
-        if flat in averaged:
-            out[key] = averaged[flat]
-        else:
-            missing.append(key)
-    if missing:
-        more = f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""
-        raise ValueError(f"the checkpoint's EMA weights lack {', '.join(missing[:5])}{more}; pass ema=False for the raw weights")
-    logger.info("using the EMA weights of the checkpoint (%d tensors)", len(out))
-    return out
+    return select_weights(model, averaged, ema)
 
 
 def _count(state: Mapping[str, torch.Tensor], pattern: str) -> int:

@@ -37,18 +37,22 @@ re-implementation of Cosmos's formulas.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqtok.models._config import ArchConfig
+from vqtok.models._model import LastLayerMixin, ModelOutput, TokenizerModelMixin
 from vqtok.models.fsq import FSQ
 from vqtok.models.quantizer import QuantizerOutput
+from vqtok.models.vqgan import AttnBlock as _TamingAttnBlock
+from vqtok.models.vqgan import Downsample, _Level, _Mid
+from vqtok.models.vqgan import ResnetBlock as _TamingResnetBlock
+from vqtok.models.vqgan import Upsample as _TamingUpsample
 
 __all__ = ["CosmosConfig", "CosmosDI", "CosmosEncoder", "CosmosDecoder", "Patcher", "UnPatcher", "COSMOS_PRESETS"]
 
@@ -56,8 +60,11 @@ _HAAR = 1.0 / math.sqrt(2.0)  # 0.7071067811865476, the Haar filter taps as publ
 
 
 @dataclass(frozen=True)
-class CosmosConfig:
+class CosmosConfig(ArchConfig):
     """Architecture of a Cosmos discrete image tokenizer. Defaults: ``Cosmos-0.1-Tokenizer-DI16x16``."""
+
+    config_name: ClassVar[str] = "Cosmos"
+    hash_model_type: ClassVar[str | None] = "cosmos"
 
     channels: int = 128  # base channel count
     channels_mult: tuple[int, ...] = (2, 4, 4)  # channel multiplier per resolution level
@@ -76,9 +83,7 @@ class CosmosConfig:
     quantizer: str = "fsq"  # the quantizer family; Cosmos DI uses finite scalar quantization
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "channels_mult", tuple(int(m) for m in self.channels_mult))  # JSON gives lists
-        object.__setattr__(self, "attn_resolutions", tuple(int(r) for r in self.attn_resolutions))
-        object.__setattr__(self, "levels", tuple(int(v) for v in self.levels))
+        self._int_tuples("channels_mult", "attn_resolutions", "levels")
         if not self.channels_mult:
             raise ValueError("channels_mult must have at least one level")
         if any((self.channels * m) % 32 for m in self.channels_mult):
@@ -131,20 +136,6 @@ class CosmosConfig:
         """Codebook size K = ∏ levels (64 000 for the published models)."""
         return math.prod(self.levels)
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        for key in ("channels_mult", "attn_resolutions", "levels"):
-            d[key] = list(d[key])
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "CosmosConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown Cosmos config keys: {', '.join(unknown)}")
-        return cls(**dict(d))
-
     @classmethod
     def preset(cls, name: str) -> "CosmosConfig":
         """The published architecture: ``"DI8x8"`` or ``"DI16x16"`` (also with the ``Cosmos-0.1-Tokenizer-`` prefix)."""
@@ -152,10 +143,6 @@ class CosmosConfig:
         if key not in COSMOS_PRESETS:
             raise ValueError(f"unknown Cosmos discrete image tokenizer {name!r}; known: {', '.join(COSMOS_PRESETS)}")
         return cls(spatial_compression=COSMOS_PRESETS[key])
-
-    def hash(self) -> str:
-        """Short stable hash of the architecture (used to tag token corpora)."""
-        return hashlib.sha256(json.dumps({"model_type": "cosmos", **self.to_dict()}, sort_keys=True).encode()).hexdigest()[:16]
 
 
 COSMOS_PRESETS: dict[str, int] = {"DI8x8": 8, "DI16x16": 16}  # published name -> spatial_compression
@@ -179,10 +166,8 @@ def _haar_filters(wavelets: torch.Tensor, groups: int, dtype: torch.dtype) -> tu
     return low, high
 
 
-class Patcher(nn.Module):
-    """Image -> patches: ``haar`` = log2(p) 2-D Haar analysis steps (each (B, C, H, W) -> (B, 4C, H/2, W/2),
-    sub-bands ordered LL, LH, HL, HH along channels, halved), ``rearrange`` = space-to-depth
-    ``b c (h p1) (w p2) -> b (c p1 p2) h w``. No parameters."""
+class _WaveletPatching(nn.Module):
+    """What :class:`Patcher` and :class:`UnPatcher` share: the factor p, the method and the fixed filter taps."""
 
     def __init__(self, patch_size: int = 1, patch_method: str = "haar") -> None:
         super().__init__()
@@ -191,6 +176,12 @@ class Patcher(nn.Module):
         taps = [_HAAR, _HAAR] if patch_method == "haar" else [1.0, 1.0]
         self.register_buffer("wavelets", torch.tensor(taps), persistent=False)
         self.steps = int(math.log2(patch_size))
+
+
+class Patcher(_WaveletPatching):
+    """Image -> patches: ``haar`` = log2(p) 2-D Haar analysis steps (each (B, C, H, W) -> (B, 4C, H/2, W/2),
+    sub-bands ordered LL, LH, HL, HH along channels, halved), ``rearrange`` = space-to-depth
+    ``b c (h p1) (w p2) -> b (c p1 p2) h w``. No parameters."""
 
     def _dwt(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, 4C, H/2, W/2)
         n = self.wavelets.shape[0]
@@ -218,16 +209,8 @@ class Patcher(nn.Module):
         return x.reshape(b, c * p * p, h // p, w // p).contiguous()
 
 
-class UnPatcher(nn.Module):
+class UnPatcher(_WaveletPatching):
     """Inverse of :class:`Patcher`: (B, C·p², h, w) -> (B, C, h·p, w·p) (Haar synthesis by transposed convs)."""
-
-    def __init__(self, patch_size: int = 1, patch_method: str = "haar") -> None:
-        super().__init__()
-        self.patch_size = patch_size
-        self.patch_method = patch_method
-        taps = [_HAAR, _HAAR] if patch_method == "haar" else [1.0, 1.0]
-        self.register_buffer("wavelets", torch.tensor(taps), persistent=False)
-        self.steps = int(math.log2(patch_size))
 
     def _idwt(self, x: torch.Tensor) -> torch.Tensor:  # (B, 4C, h, w) -> (B, C, 2h, 2w)
         n = self.wavelets.shape[0]
@@ -256,17 +239,17 @@ class UnPatcher(nn.Module):
         return x.reshape(b, c, h * p, w * p)
 
 
-class ResnetBlock(nn.Module):
-    """norm → swish → conv3×3 → norm → swish → dropout → conv3×3, plus a 1×1-conv shortcut when widths differ."""
+# The building blocks are taming's (vqtok.models.vqgan: same parameter names, same layout); what
+# Cosmos computes differently is kept below, since its published pixels are matched bit for bit.
+
+
+class ResnetBlock(_TamingResnetBlock):
+    """Taming's ResNet block as Cosmos computes it: plain ``nn.GroupNorm``, x·σ(x) written out, identity shortcut."""
 
     def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.norm1 = _norm(in_channels)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = _norm(out_channels)
-        self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.nin_shortcut: nn.Module = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        super().__init__(in_channels, out_channels, dropout, norm=_norm)
+        if in_channels == out_channels:
+            self.nin_shortcut = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, H, W) -> (B, C_out, H, W)
         h = self.conv1(nonlinearity(self.norm1(x)))
@@ -274,16 +257,11 @@ class ResnetBlock(nn.Module):
         return self.nin_shortcut(x) + h
 
 
-class AttnBlock(nn.Module):
-    """Single-head self-attention over the H·W positions (1×1-conv q, k, v, proj_out), residual."""
+class AttnBlock(_TamingAttnBlock):
+    """Taming's attention block as Cosmos computes it: plain ``nn.GroupNorm``, softmax(qᵀk/√C) by ``bmm`` (not SDPA)."""
 
     def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.norm = _norm(channels)
-        self.q = nn.Conv2d(channels, channels, 1)
-        self.k = nn.Conv2d(channels, channels, 1)
-        self.v = nn.Conv2d(channels, channels, 1)
-        self.proj_out = nn.Conv2d(channels, channels, 1)
+        super().__init__(channels, norm=_norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> same
         h = self.norm(x)
@@ -296,57 +274,12 @@ class AttnBlock(nn.Module):
         return x + self.proj_out(out)
 
 
-class Downsample(nn.Module):
-    """Zero-pad right and bottom by one, then 3×3 stride-2 conv: (B, C, H, W) -> (B, C, H/2, W/2)."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.pad(x, (0, 1, 0, 1), mode="constant", value=0.0))
-
-
-class Upsample(nn.Module):
-    """Nearest ×2 (each pixel repeated 2×2), then 3×3 conv: (B, C, H, W) -> (B, C, 2H, 2W)."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+class Upsample(_TamingUpsample):
+    """Nearest ×2 by ``repeat_interleave`` as Cosmos does (the values of taming's interpolation, but Cosmos's
+    memory layout, which decides the conv kernels and so the bits), then 3×3 conv: (B, C, H, W) -> (B, C, 2H, 2W)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3))
-
-
-class _Level(nn.Module):
-    """One resolution level: ``block`` (ResNets), ``attn`` (one per block, or empty), optional ``downsample``/``upsample``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.block = nn.ModuleList()
-        self.attn = nn.ModuleList()
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:  # the blocks (each followed by its attention, if any)
-        if len(self.attn) == 0:
-            for block in self.block:
-                h = block(h)
-        else:
-            for block, attn in zip(self.block, self.attn):
-                h = attn(block(h))
-        return h
-
-
-class _Mid(nn.Module):
-    """ResNet → attention → ResNet at the lowest resolution (``mid.block_1``, ``mid.attn_1``, ``mid.block_2``)."""
-
-    def __init__(self, channels: int, dropout: float) -> None:
-        super().__init__()
-        self.block_1 = ResnetBlock(channels, channels, dropout)
-        self.attn_1 = AttnBlock(channels)
-        self.block_2 = ResnetBlock(channels, channels, dropout)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.block_2(self.attn_1(self.block_1(h)))
 
 
 class CosmosEncoder(nn.Module):
@@ -362,18 +295,16 @@ class CosmosEncoder(nn.Module):
         self.down = nn.ModuleList()
         block_in = cfg.channels
         for i, mult in enumerate(cfg.channels_mult):
-            level = _Level()
-            block_in, block_out = cfg.channels * in_mult[i], cfg.channels * mult
-            for _ in range(cfg.num_res_blocks):
-                level.block.append(ResnetBlock(block_in, block_out, cfg.dropout))
-                block_in = block_out
-                if side in cfg.attn_resolutions:
-                    level.attn.append(AttnBlock(block_in))
+            block_in = cfg.channels * mult
+            attention = side in cfg.attn_resolutions
+            level = _Level.build(
+                cfg.channels * in_mult[i], block_in, cfg.num_res_blocks, cfg.dropout, attention, ResnetBlock, AttnBlock
+            )
             if i < cfg.num_resamples:
                 level.downsample = Downsample(block_in)
                 side //= 2
             self.down.append(level)
-        self.mid = _Mid(block_in, cfg.dropout)
+        self.mid = _Mid(block_in, cfg.dropout, ResnetBlock, AttnBlock)
         self.norm_out = _norm(block_in)
         self.conv_out = nn.Conv2d(block_in, cfg.z_channels, 3, padding=1)
 
@@ -387,7 +318,7 @@ class CosmosEncoder(nn.Module):
         return self.conv_out(nonlinearity(self.norm_out(h)))
 
 
-class CosmosDecoder(nn.Module):
+class CosmosDecoder(LastLayerMixin, nn.Module):
     """Features (B, z_channels, h, w) -> image (B, out_channels, h·f, w·f), roughly in [-1, 1]."""
 
     def __init__(self, cfg: CosmosConfig) -> None:
@@ -399,16 +330,13 @@ class CosmosDecoder(nn.Module):
         # not every level upsamples (only decides where attention sits).
         side = (cfg.resolution // p) // 2 ** (n - 1)
         self.conv_in = nn.Conv2d(cfg.z_channels, block_in, 3, padding=1)
-        self.mid = _Mid(block_in, cfg.dropout)
+        self.mid = _Mid(block_in, cfg.dropout, ResnetBlock, AttnBlock)
         levels: list[_Level] = []
         for i in reversed(range(n)):
-            level = _Level()
             block_out = cfg.channels * cfg.channels_mult[i]
-            for _ in range(cfg.num_res_blocks + 1):
-                level.block.append(ResnetBlock(block_in, block_out, cfg.dropout))
-                block_in = block_out
-                if side in cfg.attn_resolutions:
-                    level.attn.append(AttnBlock(block_in))
+            attention = side in cfg.attn_resolutions
+            level = _Level.build(block_in, block_out, cfg.num_res_blocks + 1, cfg.dropout, attention, ResnetBlock, AttnBlock)
+            block_in = block_out
             if i >= n - cfg.num_resamples:
                 level.upsample = Upsample(block_in)
                 side *= 2
@@ -428,20 +356,13 @@ class CosmosDecoder(nn.Module):
         h = self.conv_out(nonlinearity(self.norm_out(h)))  # (B, out·p², H/p, W/p)
         return self.unpatcher(h)
 
-    @property
-    def last_layer(self) -> torch.Tensor:
-        """Weight of the final conv (where an adaptive GAN weight would be measured)."""
-        return self.conv_out.weight
-
 
 @dataclass
-class CosmosOutput:
-    reconstruction: torch.Tensor  # (B, out_channels, H, W), roughly in [-1, 1]
-    ids: torch.Tensor  # (B, h, w) long
-    codebook_loss: torch.Tensor  # () always 0 (FSQ has no auxiliary loss)
+class CosmosOutput(ModelOutput):
+    """``reconstruction`` (B, out_channels, H, W), ``ids`` (B, h, w), ``codebook_loss`` always 0 (FSQ has no auxiliary loss)."""
 
 
-class CosmosDI(nn.Module):
+class CosmosDI(TokenizerModelMixin, nn.Module):
     """Encoder, ``quant_conv``, FSQ, ``post_quant_conv`` and decoder with Cosmos's parameter layout.
 
     Offers the interface of :class:`~vqtok.models.vqgan.VQGAN` (``encode``, ``decode``,
@@ -461,9 +382,7 @@ class CosmosDI(nn.Module):
         self.post_quant_conv = nn.Conv2d(cfg.embedding_dim, cfg.z_channels, 1)
         self.quantize = FSQ(cfg.levels)
 
-    @property
-    def downsample_factor(self) -> int:
-        return self.config.downsample_factor
+    output_class = CosmosOutput
 
     def encode(self, x: torch.Tensor) -> QuantizerOutput:
         """x (B, 3, H, W) in [-1, 1], H and W multiples of f -> FSQ codes (B, 6, h, w), ids (B, h, w), zero loss."""
@@ -477,11 +396,3 @@ class CosmosDI(nn.Module):
         match the original bit for bit on CPU.
         """
         return self.decoder(self.post_quant_conv(z_q.contiguous(memory_format=torch.channels_last)))
-
-    def decode_ids(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids (B, h, w) -> image (B, 3, H, W)."""
-        return self.decode(self.quantize.codes(ids).to(self.post_quant_conv.weight.dtype))
-
-    def forward(self, x: torch.Tensor) -> CosmosOutput:
-        q = self.encode(x)
-        return CosmosOutput(reconstruction=self.decode(q.z_q), ids=q.ids, codebook_loss=q.loss)

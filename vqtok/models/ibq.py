@@ -21,16 +21,16 @@ entropy penalty (training only) is not implemented here.
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from dataclasses import dataclass, fields
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqtok.models.quantizer import QuantizerOutput
+from vqtok.models._config import ArchConfig, HalvingLevels
+from vqtok.models._model import TokenizerModelMixin
+from vqtok.models.quantizer import Codebook, QuantizerOutput
 from vqtok.models.vqgan import Decoder, Encoder, VQGANConfig, VQGANOutput
 
 __all__ = ["IBQConfig", "IBQ", "IndexQuantizer", "max_inner_product"]
@@ -73,22 +73,10 @@ def max_inner_product(
     return ids
 
 
-class IndexQuantizer(nn.Module):
+class IndexQuantizer(Codebook):
     """IBQ's quantizer: a codebook of ``n_embed`` × ``embed_dim`` searched by inner product (see the module docstring)."""
 
-    def __init__(self, n_embed: int, embed_dim: int, *, beta: float = 0.25) -> None:
-        super().__init__()
-        if n_embed < 1 or embed_dim < 1:
-            raise ValueError(f"n_embed and embed_dim must be positive, got {n_embed} and {embed_dim}")
-        self.n_embed = n_embed
-        self.embed_dim = embed_dim
-        self.beta = beta
-        self.embedding = nn.Embedding(n_embed, embed_dim)  # IBQ keeps nn.Embedding's N(0, 1) init
-
-    @property
-    def codebook_size(self) -> int:
-        """Number of codes K (= ``n_embed``)."""
-        return self.n_embed
+    # Codebook's __init__ as is: IBQ keeps nn.Embedding's N(0, 1) init.
 
     def lookup(self, z: torch.Tensor, *, exact: bool = True) -> torch.Tensor:
         """z (B, D, h, w) -> ids (B, h, w) long: the code of largest inner product."""
@@ -119,8 +107,14 @@ class IndexQuantizer(nn.Module):
 
 
 @dataclass(frozen=True)
-class IBQConfig:
-    """Architecture of an IBQ tokenizer (defaults: IBQ's ImageNet 256 models, ``imagenet_ibqgan_262144.yaml``)."""
+class IBQConfig(HalvingLevels, ArchConfig):
+    """Architecture of an IBQ tokenizer (defaults: IBQ's ImageNet 256 models, ``imagenet_ibqgan_262144.yaml``).
+
+    ``hash()`` differs from a VQGAN's of the same fields (``model_type`` "ibq" is mixed in).
+    """
+
+    config_name: ClassVar[str] = "IBQ"
+    hash_model_type: ClassVar[str | None] = "ibq"
 
     ch: int = 128  # base channel count of the first level
     ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)  # channel multiplier per level; f = 2**(len-1)
@@ -136,8 +130,7 @@ class IBQConfig:
     beta: float = 0.25  # weight of the commitment term of IBQ's loss
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
-        object.__setattr__(self, "attn_resolutions", tuple(int(r) for r in self.attn_resolutions))
+        self._int_tuples("ch_mult", "attn_resolutions")
         self.vqgan_config()  # validates the autoencoder fields (GroupNorm divisibility, positive sizes)
 
     def vqgan_config(self) -> VQGANConfig:
@@ -145,31 +138,8 @@ class IBQConfig:
         shared = {f.name: getattr(self, f.name) for f in fields(self)}
         return VQGANConfig(**shared)
 
-    @property
-    def downsample_factor(self) -> int:
-        return 2 ** (len(self.ch_mult) - 1)
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["ch_mult"] = list(self.ch_mult)
-        d["attn_resolutions"] = list(self.attn_resolutions)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "IBQConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown IBQ config keys: {', '.join(unknown)}")
-        return cls(**dict(d))
-
-    def hash(self) -> str:
-        """Short stable hash of the architecture (tags token corpora); differs from a VQGAN's of the same fields."""
-        payload = json.dumps({"model_type": "ibq", **self.to_dict()}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-class IBQ(nn.Module):
+class IBQ(TokenizerModelMixin, nn.Module):
     """Taming's encoder/decoder with IBQ's :class:`IndexQuantizer`; parameter names identical to IBQ's ``VQModel``."""
 
     def __init__(self, config: IBQConfig | None = None) -> None:
@@ -182,9 +152,7 @@ class IBQ(nn.Module):
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1)
 
-    @property
-    def downsample_factor(self) -> int:
-        return self.config.downsample_factor
+    output_class = VQGANOutput
 
     def encode(self, x: torch.Tensor) -> QuantizerOutput:
         """x (B, 3, H, W) in [-1, 1] -> quantized features, ids and IBQ's quantizer loss."""
@@ -193,11 +161,3 @@ class IBQ(nn.Module):
     def decode(self, z_q: torch.Tensor) -> torch.Tensor:
         """z_q (B, D, h, w) -> image (B, 3, H, W), roughly in [-1, 1]."""
         return self.decoder(self.post_quant_conv(z_q))
-
-    def decode_ids(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids (B, h, w) long -> image (B, 3, H, W)."""
-        return self.decode(self.quantize.codes(ids).to(self.post_quant_conv.weight.dtype))
-
-    def forward(self, x: torch.Tensor) -> VQGANOutput:
-        q = self.encode(x)
-        return VQGANOutput(reconstruction=self.decode(q.z_q), ids=q.ids, codebook_loss=q.loss)

@@ -17,14 +17,14 @@ Shapes: B batch, H×W image, h×w = (H/f)×(W/f) token grid, f = 2**(len(ch_mult
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
+from vqtok.models._config import ArchConfig, HalvingLevels
+from vqtok.models._model import LastLayerMixin, ModelOutput, TokenizerModelMixin
 from vqtok.models.lfq import LFQ
 from vqtok.models.quantizer import QuantizerOutput
 
@@ -32,8 +32,11 @@ __all__ = ["MAGVIT2Config", "MAGVIT2", "MAGVIT2Encoder", "MAGVIT2Decoder", "MAGV
 
 
 @dataclass(frozen=True)
-class MAGVIT2Config:
+class MAGVIT2Config(HalvingLevels, ArchConfig):
     """Architecture of an Open-MAGVIT2 tokenizer. Defaults: the published 256-px ImageNet model (``imagenet_256_L``)."""
+
+    config_name: ClassVar[str] = "MAGVIT2"
+    hash_model_type: ClassVar[str | None] = "magvit2"
 
     ch: int = 128  # base channel count of the first level
     ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)  # channel multiplier per level; f = 2**(len-1)
@@ -50,7 +53,7 @@ class MAGVIT2Config:
     batch_maximization_weight: float = 1.0  # training: w_b of the entropy penalty
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))  # JSON gives lists
+        self._int_tuples("ch_mult")
         if not self.ch_mult:
             raise ValueError("ch_mult must have at least one level")
         if any((self.ch * m) % 32 for m in self.ch_mult):
@@ -65,10 +68,6 @@ class MAGVIT2Config:
             raise ValueError(f"bit_order must be 'little' or 'big', got {self.bit_order!r}")
 
     @property
-    def downsample_factor(self) -> int:
-        return 2 ** (len(self.ch_mult) - 1)
-
-    @property
     def embed_dim(self) -> int:
         """Code dimension D (= z_channels: the LFQ quantizes the encoder output directly)."""
         return self.z_channels
@@ -77,23 +76,6 @@ class MAGVIT2Config:
     def n_embed(self) -> int:
         """Codebook size K = 2**z_channels."""
         return 2**self.z_channels
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["ch_mult"] = list(self.ch_mult)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "MAGVIT2Config":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown MAGVIT2 config keys: {', '.join(unknown)}")
-        return cls(**dict(d))
-
-    def hash(self) -> str:
-        """Short stable hash of the architecture (used to tag token corpora)."""
-        return hashlib.sha256(json.dumps({"model_type": "magvit2", **self.to_dict()}, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def swish(x: torch.Tensor) -> torch.Tensor:
@@ -208,7 +190,7 @@ class MAGVIT2Encoder(nn.Module):
         return self.conv_out(swish(self.norm_out(h)))
 
 
-class MAGVIT2Decoder(nn.Module):
+class MAGVIT2Decoder(LastLayerMixin, nn.Module):
     """Quantized latent (B, z_channels, h, w) -> image (B, out_ch, h·f, w·f), roughly in [-1, 1]."""
 
     def __init__(self, cfg: MAGVIT2Config) -> None:
@@ -246,20 +228,13 @@ class MAGVIT2Decoder(nn.Module):
                 h = self.up[i].upsample(h)  # (B, C, 2H, 2W)
         return self.conv_out(swish(self.norm_out(h)))
 
-    @property
-    def last_layer(self) -> torch.Tensor:
-        """Weight of the final conv (where an adaptive GAN weight would be measured)."""
-        return self.conv_out.weight
-
 
 @dataclass
-class MAGVIT2Output:
-    reconstruction: torch.Tensor  # (B, out_ch, H, W), roughly in [-1, 1]
-    ids: torch.Tensor  # (B, h, w) long
-    codebook_loss: torch.Tensor  # () LFQ entropy + commitment loss (0 in eval mode)
+class MAGVIT2Output(ModelOutput):
+    """``reconstruction`` (B, out_ch, H, W), ``ids`` (B, h, w), ``codebook_loss``: LFQ entropy + commitment (0 in eval mode)."""
 
 
-class MAGVIT2(nn.Module):
+class MAGVIT2(TokenizerModelMixin, nn.Module):
     """Encoder, LFQ and decoder with Open-MAGVIT2's ``VQModel`` parameter layout.
 
     Offers the same interface as :class:`~vqtok.models.vqgan.VQGAN` (``encode``, ``decode``,
@@ -285,9 +260,12 @@ class MAGVIT2(nn.Module):
         self.quant_conv = nn.Identity()
         self.post_quant_conv = nn.Identity()
 
+    output_class = MAGVIT2Output
+
     @property
-    def downsample_factor(self) -> int:
-        return self.config.downsample_factor
+    def code_dtype(self) -> torch.dtype:
+        """The dtype the decoder takes codes in (post_quant_conv is an identity: the decoder's first conv)."""
+        return self.decoder.conv_in.weight.dtype
 
     def encode(self, x: torch.Tensor) -> QuantizerOutput:
         """x (B, 3, H, W) in [-1, 1] -> quantized latent, ids and LFQ loss."""
@@ -296,11 +274,3 @@ class MAGVIT2(nn.Module):
     def decode(self, z_q: torch.Tensor) -> torch.Tensor:
         """z_q (B, D, h, w) -> image (B, 3, H, W), roughly in [-1, 1]."""
         return self.decoder(z_q)
-
-    def decode_ids(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids (B, h, w) long -> image (B, 3, H, W)."""
-        return self.decode(self.quantize.codes(ids).to(self.decoder.conv_in.weight.dtype))
-
-    def forward(self, x: torch.Tensor) -> MAGVIT2Output:
-        q = self.encode(x)
-        return MAGVIT2Output(reconstruction=self.decode(q.z_q), ids=q.ids, codebook_loss=q.loss)

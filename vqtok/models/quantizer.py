@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-__all__ = ["VectorQuantizer", "QuantizerOutput", "Quantizer", "nearest_code", "block_rows"]
+__all__ = ["Codebook", "VectorQuantizer", "QuantizerOutput", "Quantizer", "nearest_code", "block_rows"]
 
 # Elements of (N, K) distance buffers alive at once: bounds the extra memory of the search to
 # about 64 MiB of float32 whatever N (batch × grid) and K are.
@@ -133,7 +133,28 @@ def nearest_code(
     return ids
 
 
-class VectorQuantizer(nn.Module):
+class Codebook(nn.Module):
+    """A learned codebook ``embedding`` of ``n_embed`` × ``embed_dim`` (nn.Embedding's N(0, 1) init) and the β of a loss.
+
+    The base of :class:`VectorQuantizer` and IBQ's :class:`~vqtok.models.ibq.IndexQuantizer`.
+    """
+
+    def __init__(self, n_embed: int, embed_dim: int, *, beta: float = 0.25) -> None:
+        super().__init__()
+        if n_embed < 1 or embed_dim < 1:
+            raise ValueError(f"n_embed and embed_dim must be positive, got {n_embed} and {embed_dim}")
+        self.n_embed = n_embed
+        self.embed_dim = embed_dim
+        self.beta = beta
+        self.embedding = nn.Embedding(n_embed, embed_dim)
+
+    @property
+    def codebook_size(self) -> int:
+        """Number of codes K (= ``n_embed``)."""
+        return self.n_embed
+
+
+class VectorQuantizer(Codebook):
     """Codebook of ``n_embed`` vectors of size ``embed_dim`` with nearest-code lookup.
 
     Args:
@@ -148,21 +169,10 @@ class VectorQuantizer(nn.Module):
     def __init__(
         self, n_embed: int, embed_dim: int, *, beta: float = 0.25, legacy: bool = True, l2_norm: bool = False
     ) -> None:
-        super().__init__()
-        if n_embed < 1 or embed_dim < 1:
-            raise ValueError(f"n_embed and embed_dim must be positive, got {n_embed} and {embed_dim}")
-        self.n_embed = n_embed
-        self.embed_dim = embed_dim
-        self.beta = beta
+        super().__init__(n_embed, embed_dim, beta=beta)
         self.legacy = legacy
         self.l2_norm = l2_norm
-        self.embedding = nn.Embedding(n_embed, embed_dim)
-        self.embedding.weight.data.uniform_(-1.0 / n_embed, 1.0 / n_embed)
-
-    @property
-    def codebook_size(self) -> int:
-        """Number of codes K (= ``n_embed``)."""
-        return self.n_embed
+        self.embedding.weight.data.uniform_(-1.0 / n_embed, 1.0 / n_embed)  # taming's init
 
     def codebook(self) -> torch.Tensor:
         """The codes as used for lookup: (K, D)."""

@@ -10,17 +10,17 @@ Shapes below: B batch, C channels, H×W image, h×w = (H/f)×(W/f) token grid, f
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from vqtok.models._config import ArchConfig, HalvingLevels
+from vqtok.models._model import LastLayerMixin, ModelOutput, TokenizerModelMixin
 from vqtok.models.fsq import FSQ
 from vqtok.models.lfq import LFQ
 from vqtok.models.quantizer import QuantizerOutput, VectorQuantizer
@@ -29,8 +29,10 @@ __all__ = ["VQGANConfig", "VQGAN", "Encoder", "Decoder", "GroupNorm", "group_nor
 
 
 @dataclass(frozen=True)
-class VQGANConfig:
+class VQGANConfig(HalvingLevels, ArchConfig):
     """Architecture of a VQGAN. Defaults are taming's ImageNet f16-1024 model."""
+
+    config_name: ClassVar[str] = "VQGAN"
 
     ch: int = 128  # base channel count of the first level
     ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)  # channel multiplier per level; f = 2**(len-1)
@@ -55,16 +57,14 @@ class VQGANConfig:
     lfq_bits: int = 0  # lfq only: bits per token D (2**D codes; channel 0 is bit 0)
 
     def __post_init__(self) -> None:
-        # JSON gives lists; keep the dataclass hashable and comparable.
-        object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
-        object.__setattr__(self, "attn_resolutions", tuple(int(r) for r in self.attn_resolutions))
+        self._int_tuples("ch_mult", "attn_resolutions")
         if not self.ch_mult:
             raise ValueError("ch_mult must have at least one level")
         if any((self.ch * m) % 32 for m in (1,) + self.ch_mult):
             raise ValueError(
                 f"GroupNorm(32) needs channel counts divisible by 32: ch={self.ch}, ch_mult={self.ch_mult}"
             )
-        object.__setattr__(self, "fsq_levels", tuple(int(v) for v in self.fsq_levels))
+        self._int_tuples("fsq_levels")
         if self.quantizer == "fsq":
             if not self.fsq_levels or any(v < 2 for v in self.fsq_levels):
                 raise ValueError(f"quantizer 'fsq' needs fsq_levels, integers >= 2, got {list(self.fsq_levels)}")
@@ -84,31 +84,12 @@ class VQGANConfig:
         if self.n_embed < 1 or self.embed_dim < 1:
             raise ValueError(f"n_embed and embed_dim must be positive, got {self.n_embed}, {self.embed_dim}")
 
-    @property
-    def downsample_factor(self) -> int:
-        return 2 ** (len(self.ch_mult) - 1)
-
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["ch_mult"] = list(self.ch_mult)
-        d["attn_resolutions"] = list(self.attn_resolutions)
-        d["fsq_levels"] = list(self.fsq_levels)
+        d = super().to_dict()
         for name, default in (("quantizer", "vq"), ("fsq_levels", []), ("lfq_bits", 0)):
             if d[name] == default:  # VQ configs: keys, config.json and hash() as before these fields
                 del d[name]
         return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "VQGANConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown VQGAN config keys: {', '.join(unknown)}")
-        return cls(**dict(d))
-
-    def hash(self) -> str:
-        """Short stable hash of the architecture (used to tag token corpora)."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def group_norm_channels_last(
@@ -166,11 +147,18 @@ def swish(x: torch.Tensor) -> torch.Tensor:
 
 
 class ResnetBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, dropout: float) -> None:
+    """norm → swish → conv3×3 → norm → swish → dropout → conv3×3, plus a 1×1 ``nin_shortcut`` when widths differ.
+
+    ``norm``: the normalisation layer for a channel count (Cosmos passes plain ``nn.GroupNorm``).
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, dropout: float, norm: Callable[[int], nn.Module] = Normalize
+    ) -> None:
         super().__init__()
-        self.norm1 = Normalize(in_channels)
+        self.norm1 = norm(in_channels)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = Normalize(out_channels)
+        self.norm2 = norm(out_channels)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         if in_channels != out_channels:
@@ -187,9 +175,9 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head self-attention over all h×w positions (1×1 conv projections)."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, norm: Callable[[int], nn.Module] = Normalize) -> None:
         super().__init__()
-        self.norm = Normalize(channels)
+        self.norm = norm(channels)
         self.q = nn.Conv2d(channels, channels, 1)
         self.k = nn.Conv2d(channels, channels, 1)
         self.v = nn.Conv2d(channels, channels, 1)
@@ -232,20 +220,50 @@ class _Level(nn.Module):
         self.block = nn.ModuleList()
         self.attn = nn.ModuleList()
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        for i, block in enumerate(self.block):
-            h = block(h)
-            if len(self.attn) > 0:
-                h = self.attn[i](h)
+    @classmethod
+    def build(
+        cls,
+        block_in: int,
+        block_out: int,
+        num_blocks: int,
+        dropout: float,
+        attention: bool,
+        resnet: Callable[[int, int, float], nn.Module] = ResnetBlock,
+        attn: Callable[[int], nn.Module] = AttnBlock,
+    ) -> "_Level":
+        """``num_blocks`` ResNets block_in -> block_out (each followed by attention when ``attention``); no resampling yet."""
+        level = cls()
+        for _ in range(num_blocks):
+            level.block.append(resnet(block_in, block_out, dropout))
+            block_in = block_out
+            if attention:
+                level.attn.append(attn(block_out))
+        return level
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # each block, then its attention if any (TorchScript-able)
+        if len(self.attn) == 0:
+            for block in self.block:
+                h = block(h)
+        else:
+            for block, attn in zip(self.block, self.attn):
+                h = attn(block(h))
         return h
 
 
 class _Mid(nn.Module):
-    def __init__(self, channels: int, dropout: float) -> None:
+    """ResNet → attention → ResNet at the lowest resolution (``mid.block_1``, ``mid.attn_1``, ``mid.block_2``)."""
+
+    def __init__(
+        self,
+        channels: int,
+        dropout: float,
+        resnet: Callable[[int, int, float], nn.Module] = ResnetBlock,
+        attn: Callable[[int], nn.Module] = AttnBlock,
+    ) -> None:
         super().__init__()
-        self.block_1 = ResnetBlock(channels, channels, dropout)
-        self.attn_1 = AttnBlock(channels)
-        self.block_2 = ResnetBlock(channels, channels, dropout)
+        self.block_1 = resnet(channels, channels, dropout)
+        self.attn_1 = attn(channels)
+        self.block_2 = resnet(channels, channels, dropout)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.block_2(self.attn_1(self.block_1(h)))
@@ -262,13 +280,8 @@ class Encoder(nn.Module):
         self.down = nn.ModuleList()
         block_out = cfg.ch
         for i, mult in enumerate(cfg.ch_mult):
-            level = _Level()
-            block_in, block_out = cfg.ch * in_mult[i], cfg.ch * mult
-            for _ in range(cfg.num_res_blocks):
-                level.block.append(ResnetBlock(block_in, block_out, cfg.dropout))
-                block_in = block_out
-                if res in cfg.attn_resolutions:
-                    level.attn.append(AttnBlock(block_out))
+            block_out = cfg.ch * mult
+            level = _Level.build(cfg.ch * in_mult[i], block_out, cfg.num_res_blocks, cfg.dropout, res in cfg.attn_resolutions)
             if i != len(cfg.ch_mult) - 1:
                 level.downsample = Downsample(block_out)
                 res //= 2
@@ -287,7 +300,7 @@ class Encoder(nn.Module):
         return self.conv_out(swish(self.norm_out(h)))
 
 
-class Decoder(nn.Module):
+class Decoder(LastLayerMixin, nn.Module):
     """Features (B, z_channels, h, w) -> image (B, out_ch, h*f, w*f), roughly in [-1, 1]."""
 
     def __init__(self, cfg: VQGANConfig) -> None:
@@ -299,13 +312,9 @@ class Decoder(nn.Module):
         self.mid = _Mid(block_in, cfg.dropout)
         levels: list[_Level] = []
         for i in reversed(range(n)):
-            level = _Level()
             block_out = cfg.ch * cfg.ch_mult[i]
-            for _ in range(cfg.num_res_blocks + 1):
-                level.block.append(ResnetBlock(block_in, block_out, cfg.dropout))
-                block_in = block_out
-                if res in cfg.attn_resolutions:
-                    level.attn.append(AttnBlock(block_out))
+            level = _Level.build(block_in, block_out, cfg.num_res_blocks + 1, cfg.dropout, res in cfg.attn_resolutions)
+            block_in = block_out
             if i != 0:
                 level.upsample = Upsample(block_out)
                 res *= 2
@@ -322,20 +331,13 @@ class Decoder(nn.Module):
                 h = level.upsample(h)
         return self.conv_out(swish(self.norm_out(h)))
 
-    @property
-    def last_layer(self) -> torch.Tensor:
-        """Weight of the final conv (where the adaptive GAN weight λ is measured)."""
-        return self.conv_out.weight
-
 
 @dataclass
-class VQGANOutput:
-    reconstruction: torch.Tensor  # (B, out_ch, H, W), roughly in [-1, 1]
-    ids: torch.Tensor  # (B, h, w) long
-    codebook_loss: torch.Tensor  # () quantizer loss (0 in eval mode)
+class VQGANOutput(ModelOutput):
+    """What VQGAN (and IBQ) ``forward`` returns: ``reconstruction``, ``ids``, ``codebook_loss``."""
 
 
-class VQGAN(nn.Module):
+class VQGAN(TokenizerModelMixin, nn.Module):
     """Encoder, codebook and decoder with taming's ``VQModel`` parameter layout."""
 
     def __init__(self, config: VQGANConfig | None = None) -> None:
@@ -359,9 +361,7 @@ class VQGAN(nn.Module):
         # batch invariance for throughput (e.g. tok.model.batch_invariant = False; docs/performance.md).
         self.batch_invariant: bool | None = None
 
-    @property
-    def downsample_factor(self) -> int:
-        return self.config.downsample_factor
+    output_class = VQGANOutput
 
     def encode(
         self, x: torch.Tensor, *, batch_invariant: bool | None = None, autocast_dtype: torch.dtype | None = None
@@ -406,12 +406,3 @@ class VQGAN(nn.Module):
     def decode(self, z_q: torch.Tensor) -> torch.Tensor:
         """z_q (B, D, h, w) -> image (B, 3, H, W), roughly in [-1, 1]."""
         return self.decoder(self.post_quant_conv(z_q))
-
-    def decode_ids(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids (B, h, w) long -> image (B, 3, H, W)."""
-        z_q = self.quantize.codes(ids).to(self.post_quant_conv.weight.dtype)
-        return self.decode(z_q)
-
-    def forward(self, x: torch.Tensor) -> VQGANOutput:
-        q = self.encode(x)
-        return VQGANOutput(reconstruction=self.decode(q.z_q), ids=q.ids, codebook_loss=q.loss)

@@ -71,24 +71,30 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     p.set_defaults(func=_run)
 
 
-def _run_ray(args: argparse.Namespace, keep: tuple[str, ...]) -> Any:
+# Options the local and the Ray engine both take, under the same name as the CLI's args.
+_SHARED_OPTIONS = ("model", "size", "batch_size", "workers", "decode", "precision", "max_error_rate")
+
+
+def _common_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The arguments the local and the Ray engine take alike (inputs, output, model, decoding, error policy)."""
+    kwargs: dict[str, Any] = {name: getattr(args, name) for name in _SHARED_OPTIONS}
+    kwargs.update(
+        input=args.input[0] if len(args.input) == 1 else args.input,
+        output=args.out,
+        keep=tuple(k for k in (s.strip() for s in args.keep.split(",")) if k),
+        progress=not args.no_progress,
+    )
+    return kwargs
+
+
+def _run_ray(args: argparse.Namespace) -> Any:
     from vqtok.pipeline.ray import RayOptions, pretokenize_ray
 
     if args.rank is not None or args.world_size is not None:
         raise ValueError("--rank/--world-size are for the local engine; with --engine ray the cluster shares the shards")
     return pretokenize_ray(
-        args.input[0] if len(args.input) == 1 else args.input,
-        args.out,
-        model=args.model,
-        size=args.size,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        decode=args.decode,
+        **_common_kwargs(args),
         device=None if args.device in (None, "auto") else args.device,
-        precision=args.precision,
-        keep=keep,
-        max_error_rate=args.max_error_rate,
-        progress=not args.no_progress,
         ray_options=RayOptions(
             address=args.ray_address, num_actors=args.ray_actors, num_gpus=args.ray_gpus_per_actor,
             num_cpus=args.ray_cpus_per_actor,
@@ -99,27 +105,13 @@ def _run_ray(args: argparse.Namespace, keep: tuple[str, ...]) -> Any:
 def _run(args: argparse.Namespace) -> int:
     from vqtok.pipeline.driver import ErrorRateExceeded, ShardsNotFetched, pretokenize
 
-    keep = tuple(k for k in (s.strip() for s in args.keep.split(",")) if k)
     try:
         if args.engine == "ray":  # the device is the actors' (a GPU node's), not this driver's: checked there
-            result = _run_ray(args, keep)
+            result = _run_ray(args)
         else:
             device = device_from_args(args)
             result = pretokenize(
-                args.input[0] if len(args.input) == 1 else args.input,
-                args.out,
-                model=args.model,
-                size=args.size,
-                batch_size=args.batch_size,
-                workers=args.workers,
-                decode=args.decode,
-                device=str(device),
-                precision=args.precision,
-                keep=keep,
-                max_error_rate=args.max_error_rate,
-                rank=args.rank,
-                world_size=args.world_size,
-                progress=not args.no_progress,
+                **_common_kwargs(args), device=str(device), rank=args.rank, world_size=args.world_size
             )
     except ShardsNotFetched as err:
         print(err.result.summary())

@@ -1,0 +1,50 @@
+"""Pinned config hashes: token corpora are tagged with ``config.hash()``, so these values must never change."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vqtok.models.cosmos import CosmosConfig
+from vqtok.models.ibq import IBQConfig
+from vqtok.models.magvit2 import MAGVIT2Config
+from vqtok.models.vqgan import VQGANConfig
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "vqtok" / "weights" / "default" / "config.json"
+
+
+def test_vqgan_default_config_hash_is_pinned() -> None:
+    assert VQGANConfig().hash() == "cfbbfe8e440004f7"
+
+
+def test_shipped_default_model_hash_is_pinned() -> None:
+    d = json.loads(DEFAULT_CONFIG.read_text())
+    assert d.pop("model_type") == "vqgan"
+    d.pop("vqtok_format")
+    assert VQGANConfig.from_dict(d).hash() == "f54fbe31ce27d9ba"
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        (IBQConfig(), "55596939a4ad8842"),
+        (MAGVIT2Config(), "d9597decdde56a1b"),
+        (CosmosConfig(), "4a684cbc284f0245"),
+        (CosmosConfig.preset("DI8x8"), "e641a8e2113ee9f3"),
+    ],
+)
+def test_other_architectures_hashes_are_pinned(config: object, expected: str) -> None:
+    assert config.hash() == expected  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("cls", [VQGANConfig, IBQConfig, MAGVIT2Config, CosmosConfig])
+def test_config_dict_round_trip_and_unknown_keys(cls: type) -> None:
+    cfg = cls()
+    d = cfg.to_dict()
+    assert all(not isinstance(v, tuple) for v in d.values())  # JSON-ready: sequences are lists
+    assert json.loads(json.dumps(d)) == d
+    assert cls.from_dict(d) == cfg
+    with pytest.raises(ValueError, match="unknown .* config keys: bogus"):
+        cls.from_dict({**d, "bogus": 1})
