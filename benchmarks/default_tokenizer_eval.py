@@ -36,6 +36,7 @@ Codec = Callable[[np.ndarray], np.ndarray]  # uint8 (H, W, 3) -> uint8 (H, W, 3)
 def _best_under(img: Image.Image, budget: int, save: Callable[[Image.Image, int], bytes], lo: int, hi: int) -> np.ndarray:
     """Highest quality in [lo, hi] whose encoded size fits ``budget`` bytes (binary search), decoded back."""
     best: bytes | None = None
+    lowest = lo
     while lo <= hi:
         mid = (lo + hi) // 2
         data = save(img, mid)
@@ -43,9 +44,13 @@ def _best_under(img: Image.Image, budget: int, save: Callable[[Image.Image, int]
             best, lo = data, mid + 1
         else:
             hi = mid - 1
-    if best is None:
-        raise ValueError(f"even the lowest quality does not fit {budget} bytes")
+    if best is None:  # even the lowest quality is larger: use it, and count it (OVER_BUDGET)
+        best = save(img, lowest)
+        OVER_BUDGET[0] += 1
     return np.asarray(Image.open(io.BytesIO(best)).convert("RGB"), dtype=np.uint8)
+
+
+OVER_BUDGET = [0]  # images of the current codec row whose lowest quality did not fit the budget
 
 
 def _saver(fmt: str, **options: object) -> Callable[[Image.Image, int], bytes]:
@@ -145,8 +150,10 @@ def main() -> int:
         print(json.dumps(rows[-1]), file=sys.stderr)
     if not args.no_codecs:
         for name, codec in codecs(budget or 1536).items():
+            OVER_BUDGET[0] = 0
             recons = np.stack([codec(a) for a in originals])
-            rows.append({"method": name, "bytes": None, **score(originals, recons, inception), "usage": None})
+            label = name + (f" ({OVER_BUDGET[0]} images over budget at the lowest quality)" if OVER_BUDGET[0] else "")
+            rows.append({"method": label, "bytes": None, **score(originals, recons, inception), "usage": None})
             print(json.dumps(rows[-1]), file=sys.stderr)
 
     print(f"{len(files)} photos from {args.images} at {args.size}x{args.size}")
