@@ -519,9 +519,17 @@ def pretokenize(
         failures=failures,
         fetch_failures=fetch_failures,
     )
+    return finish_run(result, max_error_rate)
+
+
+def finish_run(
+    result: RunResult, max_error_rate: float | None, *, undone: type[ShardsNotFetched] = ShardsNotFetched
+) -> RunResult:
+    """Log the run's summary, then raise ``undone`` when shards were left undone
+    (``result.fetch_failures``), or :class:`ErrorRateExceeded` above ``max_error_rate``; else return it."""
     logger.info(result.summary())
-    if fetch_failures:
-        raise ShardsNotFetched(result)
+    if result.fetch_failures:
+        raise undone(result)
     if max_error_rate is not None and result.error_rate > max_error_rate:
         raise ErrorRateExceeded(result, max_error_rate)
     return result

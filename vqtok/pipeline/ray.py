@@ -39,12 +39,12 @@ from typing import TYPE_CHECKING, Any
 from vqtok._errors import reason
 from vqtok.pipeline._naming import completed_output, model_fingerprint, output_name_for
 from vqtok.pipeline.driver import (
-    ErrorRateExceeded,
     FetchFailure,
     RunResult,
     SampleFailure,
     ShardsNotFetched,
     expand_inputs,
+    finish_run,
     load_tokenizer,
     prepare_output,
     update_manifest,
@@ -232,12 +232,7 @@ def pretokenize_ray(
         failures=[SampleFailure(s.shard, f["key"], f["reason"]) for s in ordered for f in s.samples_failed],
         fetch_failures=shard_failures,
     )
-    logger.info(result.summary())
-    if shard_failures:
-        raise ShardFailed(result)
-    if max_error_rate is not None and result.error_rate > max_error_rate:
-        raise ErrorRateExceeded(result, max_error_rate)
-    return result
+    return finish_run(result, max_error_rate, undone=ShardFailed)
 
 
 def _run_on_ray(
