@@ -254,7 +254,7 @@ def load_validation_images(source: str, *, size: int, limit: int) -> torch.Tenso
         items = ((str(path), path) for path in list_images(source))
     for key, data in items:
         try:
-            out.append(torch.from_numpy(prepare_image(data, size=size)).permute(2, 0, 1))  # (3, size, size) uint8
+            out.append(torch.from_numpy(prepare_image(data, size=size).copy()).permute(2, 0, 1))  # (3, size, size) uint8
         except (ValueError, OSError) as err:
             logger.warning("skipped unreadable validation image %s: %s", key, err)
         if len(out) >= limit:
