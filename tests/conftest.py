@@ -73,3 +73,24 @@ def write_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
     return path
+
+
+def pretokenize_photos(tok: Tokenizer, folder: Path, *, n: int = 3, size: int = 64):
+    """Real photos as JPEGs in ``folder/data/train-000000.tar``, pretokenized into ``folder/tokens``.
+
+    Returns (RunResult, {key: ids array read back from the token shard}, the decoded JPEGs the pipeline read).
+    """
+    from vqtok.pipeline import pretokenize
+
+    members = []
+    for i, img in enumerate(real_photos(n)):
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=95)
+        members.append((f"s{i:03d}.jpg", buf.getvalue()))
+    (folder / "data").mkdir()
+    shard = write_tar(folder / "data" / "train-000000.tar", members)
+    result = pretokenize(str(shard), folder / "tokens", model=tok, size=size, workers=0, progress=False, keep=())
+    with tarfile.open(folder / "tokens" / "train-000000.tar") as tf:
+        ids = {m.name.split(".")[0]: np.load(io.BytesIO(tf.extractfile(m).read())) for m in tf if m.name.endswith(".npy")}  # type: ignore[union-attr]
+    decoded = [Image.open(io.BytesIO(data)) for _, data in members]
+    return result, ids, decoded

@@ -11,11 +11,9 @@ archived modules compute when torch runs them.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import pickle
-import tarfile
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -25,7 +23,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import real_photos
+from tests.conftest import pretokenize_photos, real_photos
 from vqtok import Tokenizer
 from vqtok.convert.cosmos import from_cosmos, read_torchscript_tensors
 from vqtok.convert.safe_pickle import UnsafeCheckpointError
@@ -336,21 +334,9 @@ def test_malicious_archive_is_refused_and_nothing_runs(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ pipeline on a converted folder
 
 
-def _write_tar(path: Path, images) -> Path:
-    with tarfile.open(path, "w") as tf:
-        for i, img in enumerate(images):
-            buf = io.BytesIO()
-            img.save(buf, format="JPEG", quality=95)
-            info = tarfile.TarInfo(f"s{i:03d}.jpg")
-            info.size = len(buf.getvalue())
-            tf.addfile(info, io.BytesIO(buf.getvalue()))
-    return path
-
-
 def test_cli_convert_then_pretokenize_usage_eval(tmp_path: Path, capsys) -> None:
     from vqtok.cli import main
     from vqtok.metrics.usage import read_histograms, usage_from_histogram
-    from vqtok.pipeline import pretokenize
 
     model = _model(TINY8, seed=5)
     enc_path, dec_path, enc_jit, _ = _archives(model, tmp_path / "hub")
@@ -362,18 +348,8 @@ def test_cli_convert_then_pretokenize_usage_eval(tmp_path: Path, capsys) -> None
     tok = Tokenizer.from_pretrained(out)
     assert tok.config == TINY8
 
-    photos = real_photos(3)
-    (tmp_path / "data").mkdir()
-    _write_tar(tmp_path / "data" / "train-000000.tar", photos)
-    result = pretokenize(str(tmp_path / "data" / "train-000000.tar"), tmp_path / "tokens", model=tok, size=64,
-                         workers=0, progress=False, keep=())
+    result, arrays, decoded = pretokenize_photos(tok, tmp_path)
     assert result.samples_written == 3
-    with tarfile.open(tmp_path / "tokens" / "train-000000.tar") as tf:
-        arrays = {m.name.split(".")[0]: np.load(io.BytesIO(tf.extractfile(m).read())) for m in tf if m.name.endswith(".npy")}
-    from PIL import Image
-
-    with tarfile.open(tmp_path / "data" / "train-000000.tar") as tf:
-        decoded = [Image.open(io.BytesIO(tf.extractfile(m).read())) for m in tf]
     x = to_model_input(to_uint8_batch(decoded, size=64).pixels)
     with torch.no_grad():
         want = enc_jit(x)[0].numpy()  # the archive's own ids for the JPEGs the pipeline read
@@ -390,7 +366,7 @@ def test_cli_convert_then_pretokenize_usage_eval(tmp_path: Path, capsys) -> None
 
     photo_dir = tmp_path / "photos"
     photo_dir.mkdir()
-    for i, img in enumerate(photos):
+    for i, img in enumerate(real_photos(3)):
         img.save(photo_dir / f"{i}.png")
     report = tmp_path / "report.json"
     assert main(["eval", "--model", str(out), "--data", str(photo_dir), "--size", "64", "--no-fid", "--no-lpips",

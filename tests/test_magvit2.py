@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from tests.conftest import TINY, real_photos
+from tests.conftest import TINY, pretokenize_photos, real_photos
 from vqtok import Tokenizer
 from vqtok.convert.magvit2 import from_magvit2, infer_magvit2_config, magvit2_state_dict
 from vqtok.models.magvit2 import MAGVIT2, MAGVIT2Config, depth_to_space
@@ -206,35 +204,12 @@ def test_from_magvit2_reads_no_code(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ pipeline: 2^18 ids in int32 shards
 
 
-def _write_tar(path: Path, images) -> Path:
-    with tarfile.open(path, "w") as tf:
-        for i, img in enumerate(images):
-            buf = io.BytesIO()
-            img.save(buf, format="JPEG", quality=95)
-            data = buf.getvalue()
-            info = tarfile.TarInfo(f"s{i:03d}.jpg")
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return path
-
-
 def test_pretokenize_and_usage_with_262144_codes(tmp_path: Path) -> None:
     from vqtok.metrics.usage import read_histograms, usage_from_histogram
-    from vqtok.pipeline import pretokenize
 
     tok = Tokenizer(_model(3), batch_size=2)
-    photos = real_photos(3)
-    (tmp_path / "data").mkdir()
-    _write_tar(tmp_path / "data" / "train-000000.tar", photos)
-    result = pretokenize(str(tmp_path / "data" / "train-000000.tar"), tmp_path / "tokens", model=tok, size=64,
-                         workers=0, progress=False, keep=())
+    result, arrays, decoded = pretokenize_photos(tok, tmp_path)
     assert result.samples_written == 3
-    with tarfile.open(tmp_path / "tokens" / "train-000000.tar") as tf:
-        arrays = {m.name.split(".")[0]: np.load(io.BytesIO(tf.extractfile(m).read())) for m in tf if m.name.endswith(".npy")}
-    from PIL import Image
-
-    with tarfile.open(tmp_path / "data" / "train-000000.tar") as tf:
-        decoded = [Image.open(io.BytesIO(tf.extractfile(m).read())) for m in tf]  # the JPEGs the pipeline read
     want = tok.encode(decoded, size=64).numpy()
     for i in range(3):
         a = arrays[f"s{i:03d}"]
