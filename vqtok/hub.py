@@ -201,6 +201,18 @@ def load_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, so
     model.load_state_dict(state, strict=True)
 
 
+def read_config_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A ``config.json`` (ours or another library's) as a dict; ValueError when it is not a JSON object."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path} must hold a JSON object")
+    return raw
+
+
 def load_pretrained(
     repo_id_or_dir: str | os.PathLike[str],
     *,
@@ -218,12 +230,7 @@ def load_pretrained(
     folder = resolve_folder(
         repo_id_or_dir, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only
     )
-    try:
-        raw = json.loads((folder / CONFIG_NAME).read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{folder / CONFIG_NAME} is not valid JSON: {err}") from err
-    if not isinstance(raw, dict):
-        raise ValueError(f"{folder / CONFIG_NAME} must hold a JSON object")
+    raw = read_config_json(folder / CONFIG_NAME)
     version = raw.pop("vqtok_format", None)
     if version is None:
         raise ValueError(f"{folder / CONFIG_NAME} has no 'vqtok_format' key: not a vqtok model folder")

@@ -23,7 +23,6 @@ converted model runs in :class:`~vqtok.models.vqgan.VQGAN` unchanged.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -33,7 +32,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from vqtok.hub import load_strict, resolve_folder
+from vqtok.hub import load_strict, read_config_json, resolve_folder
 from vqtok.models.vqgan import VQGAN, VQGANConfig
 from vqtok.tokenizer import Tokenizer
 
@@ -199,13 +198,7 @@ def from_dalle_mini(
     config_path = folder / "config.json"
     raw: dict[str, Any] = {}
     if config_path.is_file():
-        try:
-            loaded = json.loads(config_path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{config_path} is not valid JSON: {err}") from err
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{config_path} is not a JSON object")
-        raw = loaded
+        raw = read_config_json(config_path)
     else:
         logger.info("no config.json beside %s: architecture read off the weights (resolution 256)", weights)
     from vqtok.convert.taming import infer_taming_config

@@ -50,7 +50,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vqtok._io import atomic_write
-from vqtok.hub import load_strict, resolve_folder
+from vqtok.hub import load_strict, read_config_json, resolve_folder
 from vqtok.models.vqgan import VQGAN, VQGANConfig
 from vqtok.tokenizer import Tokenizer, register_exporter
 
@@ -365,13 +365,7 @@ def from_diffusers(
     config_path, weights_path = _resolve_diffusers_folder(
         path_or_repo, subfolder=subfolder, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only
     )
-    try:
-        raw = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{config_path} is not valid JSON: {err}") from err
-    if not isinstance(raw, dict):
-        raise ValueError(f"{config_path} is not a JSON object")
-    cfg = diffusers_config_to_vqtok(raw)
+    cfg = diffusers_config_to_vqtok(read_config_json(config_path))
     state = diffusers_to_vqtok_keys(_read_weights(weights_path), levels=len(cfg.ch_mult))
     model = VQGAN(cfg)
     load_strict(model, state, source=str(weights_path))
