@@ -178,7 +178,10 @@ def run_train(args: argparse.Namespace) -> int:
     trainer = Trainer(
         config, args.data, args.out, progress=not args.no_progress, resume=not args.no_resume, init_weights=args.init
     )
-    result = trainer.train()
+    try:
+        result = trainer.train()
+    finally:
+        trainer.close()
     summary: dict[str, Any] = {"out": str(result.out), "model": str(result.final), "steps": result.steps}
     if result.validation is not None:
         summary["validation"] = dataclasses.asdict(result.validation)

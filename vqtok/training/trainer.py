@@ -381,9 +381,18 @@ class Trainer:
             if self.step % cfg.checkpoint_every == 0 or self.step == total:
                 self.save_checkpoint()
         bar.close()
+        del batches  # stop the DataLoader workers now, not at interpreter exit
         final = self.export(self.out / "final")
         self.dist.barrier()
         return TrainResult(out=self.out, final=final, steps=self.step, validation=last_val, history=self.history)
+
+    def close(self) -> None:
+        """Leave the ``torchrun`` process group this trainer joined (a no-op without one).
+
+        Call it when done with the trainer: a gloo/NCCL group still alive at interpreter exit can
+        abort the process (``terminate called without an active exception``).
+        """
+        self.dist.close()
 
     def _train_step(self, batches: Iterator[torch.Tensor]) -> dict[str, Any]:
         cfg = self.config
@@ -459,4 +468,7 @@ def train(
 ) -> TrainResult:
     """Train a VQGAN (see :class:`Trainer`); returns the result with the exported model folder."""
     trainer = Trainer(config, data, out, progress=progress, resume=resume, perceptual=perceptual, init_weights=init_weights)
-    return trainer.train(steps)
+    try:
+        return trainer.train(steps)
+    finally:
+        trainer.close()
