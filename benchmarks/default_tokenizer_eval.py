@@ -11,8 +11,8 @@ dominant (G > R and G > B) after reconstruction.
 Codec rows get the same budget as the first tokenizer's ids (12 bits per token of an f8 4096-code
 model = 1536 bytes per 256×256 image): each image at the best quality whose whole file fits.
 
-    python benchmarks/default_tokenizer_eval.py                       # shipped default vs codecs
-    python benchmarks/default_tokenizer_eval.py --model vqtok/weights/default-v1 --model runs/x/final
+    python benchmarks/default_tokenizer_eval.py                       # shipped default (newest) vs codecs
+    python benchmarks/default_tokenizer_eval.py --model default@v1 --model default --model runs/x/final
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def score(originals: np.ndarray, recons: np.ndarray, inception: object | None) -
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", action="append", default=None, help="tokenizer folder (repeatable; default: the shipped one)")
+    p.add_argument("--model", action="append", default=None, help="tokenizer folder, Hub id, 'default' or 'default@v1' (repeatable; default: 'default', the newest shipped one)")
     p.add_argument("--images", default=str(REPO.parent / "shared" / "data" / "eval-photos"))
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--no-codecs", action="store_true", help="tokenizer rows only")
@@ -119,6 +119,7 @@ def main() -> int:
     import torch
 
     from vqtok import Tokenizer
+    from vqtok.tokenizer import model_id
     from vqtok.images import load_image, pil_to_rgb, resize_center_crop
 
     torch.set_num_threads(1)
@@ -135,7 +136,7 @@ def main() -> int:
 
     rows: list[dict[str, object]] = []
     budget = None
-    for folder in args.model or [str(REPO / "vqtok" / "weights" / "default")]:
+    for folder in [model_id(m) for m in args.model or ["default"]]:  # "default" -> "default@v1": rows say which
         tok = Tokenizer.from_pretrained(folder)
         x = torch.from_numpy(originals).permute(0, 3, 1, 2)
         ids = tok.encode(x)  # (N, h, w)

@@ -12,14 +12,14 @@ from vqtok.models.ibq import IBQConfig
 from vqtok.models.magvit2 import MAGVIT2Config
 from vqtok.models.vqgan import VQGANConfig
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "vqtok" / "weights" / "default" / "config.json"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "vqtok" / "weights" / "default-v1" / "config.json"
 
 
 def test_vqgan_default_config_hash_is_pinned() -> None:
     assert VQGANConfig().hash() == "cfbbfe8e440004f7"
 
 
-def test_shipped_default_model_hash_is_pinned() -> None:
+def test_shipped_default_v1_model_hash_is_pinned() -> None:
     d = json.loads(DEFAULT_CONFIG.read_text())
     assert d.pop("model_type") == "vqgan"
     d.pop("vqtok_format")

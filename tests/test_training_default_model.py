@@ -1,4 +1,4 @@
-"""The default tokenizer shipped in vqtok/weights/default (trained by vqtok.training)."""
+"""The default tokenizer shipped in vqtok/weights/default-v<N> (trained by vqtok.training)."""
 
 from __future__ import annotations
 
@@ -10,16 +10,21 @@ import torch
 
 from vqtok import Tokenizer
 from vqtok.metrics import psnr
+from vqtok.tokenizer import DEFAULT_VERSIONS, default_version
 from vqtok.training import TrainConfig
 
-WEIGHTS = Path(__file__).resolve().parents[1] / "vqtok" / "weights" / "default"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+# the training recipe of each shipped version (v2's GAN phase, default-tokenizer-v2-gan.yaml, has the same model block)
+RECIPES = {"v1": "default-tokenizer.yaml", "v2": "default-tokenizer-v2.yaml"}
+WEIGHTS = DEFAULT_VERSIONS[default_version()]
 pytestmark = pytest.mark.skipif(not (WEIGHTS / "model.safetensors").is_file(), reason="no shipped default weights")
 
 
-def test_default_weights_are_small_and_match_the_recipe() -> None:
-    assert (WEIGHTS / "model.safetensors").stat().st_size <= 20 * 2**20
-    recipe = TrainConfig.from_yaml(Path(__file__).resolve().parents[1] / "configs" / "default-tokenizer.yaml")
-    assert Tokenizer.default().config == recipe.model
+@pytest.mark.parametrize("version", list(DEFAULT_VERSIONS))
+def test_default_weights_are_small_and_match_the_recipe(version: str) -> None:
+    assert (DEFAULT_VERSIONS[version] / "model.safetensors").stat().st_size <= 20 * 2**20
+    recipe = TrainConfig.from_yaml(CONFIGS / RECIPES[version])
+    assert Tokenizer.default(version).config == recipe.model
 
 
 def test_default_tokenizer_reconstructs_a_photo() -> None:

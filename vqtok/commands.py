@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
-from vqtok.tokenizer import Tokenizer
+from vqtok.tokenizer import Tokenizer, model_id
 
 if TYPE_CHECKING:
     import torch
@@ -96,7 +96,8 @@ def add_out_argument(
 
 def add_model_arguments(p: argparse.ArgumentParser, *, batch_size: int = 32) -> None:
     """--model / --device / --precision / --batch-size, shared by every command that runs a tokenizer."""
-    p.add_argument("--model", "-m", default=None, help="model folder or Hub repo id (default: the built-in tokenizer)")
+    p.add_argument("--model", "-m", default=None, help="model folder or Hub repo id; 'default' is the built-in tokenizer (newest version), "
+                        "'default@v1' a pinned version (default: 'default')")
     add_device_argument(p)
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="fp32 is exact (default)")
     p.add_argument("--batch-size", type=positive_int, default=batch_size, help=f"images per forward pass (default: {batch_size})")
@@ -185,7 +186,7 @@ def _encode(args: argparse.Namespace) -> int:
         "names": [str(p) for p in args.images],  # row i of the .npy is the ids of names[i]
         "shape": list(ids.shape),
         "size": args.size,
-        "model": str(args.model) if args.model else "default",
+        "model": model_id(args.model),  # "default@v1" for the built-in tokenizer: which default made the ids
         "model_fingerprint": model_fingerprint(tok),
         "config_hash": tok.config.hash(),
         "codebook_size": tok.codebook_size,
@@ -274,7 +275,7 @@ def _info(args: argparse.Namespace) -> int:
     tok = tokenizer_from_args(args)
     n_params = sum(p.numel() for p in tok.model.parameters())
     info = {
-        "model": args.model or "default",
+        "model": model_id(args.model),
         "codebook_size": tok.codebook_size,
         "downsample_factor": tok.downsample_factor,
         "embed_dim": tok.embed_dim,
@@ -317,6 +318,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_decode)
 
     p = sub.add_parser("info", help="architecture, codebook size, parameter count of a model")
-    p.add_argument("model", nargs="?", default=None, help="model folder or Hub repo id (default: built-in)")
+    p.add_argument("model", nargs="?", default=None,
+                   help="model folder or Hub repo id, 'default' or 'default@v1' (default: the built-in one)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_info, device="cpu", precision="fp32", batch_size=1)

@@ -25,7 +25,7 @@ from vqtok.models.vqgan import VQGAN, VQGANConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Tokenizer", "MODEL_TYPE"]
+__all__ = ["DEFAULT_NAME", "DEFAULT_VERSIONS", "MODEL_TYPE", "Tokenizer", "default_version", "model_id", "resolve_default"]
 
 MODEL_TYPE = "vqgan"
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -39,7 +39,66 @@ def _native_on_cpu(precision: str) -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
 
 
-_DEFAULT_FOLDER = Path(__file__).parent / "weights" / "default"
+# ---------------------------------------------------------------------- the shipped default tokenizer
+DEFAULT_NAME = "default"  # model name of the newest shipped version; "default@v1" pins one
+
+# The versions of the default tokenizer shipped in this package, oldest first: version -> its folder
+# (vqtok/weights/default-<version>/). The last one is what ``Tokenizer.default()``, ``--model default``
+# and every command without ``--model`` load. Listed rather than discovered from the folders: the order
+# is explicit (no "v10" < "v2" sorting), and copying a folder in never silently changes what everyone's
+# "default" means. tests/test_default_versions.py checks that this list and the folders agree.
+_WEIGHTS_DIR = Path(__file__).parent / "weights"
+DEFAULT_VERSIONS: dict[str, Path] = {
+    "v1": _WEIGHTS_DIR / "default-v1",  # 2026-11: 6000 steps on 96 px crops (docs/model-card.md)
+}
+
+
+def default_version() -> str:
+    """The newest shipped version of the default tokenizer (what ``"default"`` means)."""
+    if not DEFAULT_VERSIONS:
+        raise FileNotFoundError("this vqtok installation ships no default tokenizer")
+    return next(reversed(DEFAULT_VERSIONS))
+
+
+def is_default_name(model: str | os.PathLike[str] | None) -> bool:
+    """Whether ``model`` names the shipped default tokenizer: None, ``"default"`` or ``"default@<version>"``.
+
+    Only these exact strings: a folder called ``default`` is ``./default``; '@' cannot occur in a Hub repo id.
+    """
+    return model is None or (isinstance(model, str) and (model == DEFAULT_NAME or model.startswith(DEFAULT_NAME + "@")))
+
+
+def resolve_default(model: str | None = None) -> tuple[str, Path]:
+    """(pinned name, folder) of a default-tokenizer name: None / ``"default"`` -> the newest version,
+    ``"default@v1"`` -> v1. The one place that decides what "default" means.
+
+    Raises ValueError for an unknown version (naming the shipped ones) and FileNotFoundError when the
+    version's weights are not installed.
+    """
+    if not is_default_name(model):
+        raise ValueError(f"{model!r} is not a default tokenizer name ({DEFAULT_NAME!r} or '{DEFAULT_NAME}@<version>')")
+    version = default_version() if model is None or model == DEFAULT_NAME else model.partition("@")[2]
+    if version not in DEFAULT_VERSIONS:
+        shipped = ", ".join(f"{DEFAULT_NAME}@{v}" for v in DEFAULT_VERSIONS)
+        raise ValueError(
+            f"unknown default tokenizer version {version!r}; this vqtok ships {shipped} "
+            f"({DEFAULT_NAME!r} is {DEFAULT_NAME}@{default_version()})"
+        )
+    folder = DEFAULT_VERSIONS[version]
+    if not (folder / hub.WEIGHTS_NAME).is_file():
+        raise FileNotFoundError(
+            f"this vqtok installation has no default tokenizer {version} at {folder}; "
+            "pass --model / Tokenizer.from_pretrained(PATH_OR_REPO) instead"
+        )
+    return f"{DEFAULT_NAME}@{version}", folder
+
+
+def model_id(model: str | os.PathLike[str] | None) -> str:
+    """What a run records as its model: the pinned name for the default tokenizer (``"default@v1"``, so a
+    corpus says which default made it, also after ``"default"`` moves on), else ``model`` as given."""
+    if is_default_name(model):
+        return resolve_default(model)[0]  # type: ignore[arg-type]
+    return os.fspath(model)  # type: ignore[arg-type]
 
 # Turns a folder or Hub repo in another code base's layout into a local vqtok folder (None: a vqtok
 # folder, loaded as is). Registered by vqtok.convert.auto, which ``import vqtok`` imports: the
@@ -124,7 +183,16 @@ class Tokenizer:
         A folder or repo in another code base's layout (Open-MAGVIT2 / IBQ ``.ckpt``, dalle-mini
         ``flax_model.msgpack``, LlamaGen ``filename="vq_ds16_c2i.pt"``, diffusers ``subfolder="vqvae"``)
         is recognised from its files, converted once and cached (see :mod:`vqtok.convert.auto`).
+        ``"default"`` (the newest) and ``"default@v1"`` (a pinned version) are the tokenizers shipped in
+        the package, as in :meth:`default`.
         """
+        if is_default_name(repo_id_or_dir):
+            if filename is not None or subfolder is not None or revision is not None:
+                raise ValueError(f"{repo_id_or_dir!r} is the built-in tokenizer: filename=, subfolder= and revision= do not apply")
+            if repo_id_or_dir == DEFAULT_NAME and Path(DEFAULT_NAME).is_dir():
+                logger.warning("%r is the built-in tokenizer, not the folder ./%s here (pass ./%s for it)",
+                               DEFAULT_NAME, DEFAULT_NAME, DEFAULT_NAME)
+            _, repo_id_or_dir = resolve_default(repo_id_or_dir)  # type: ignore[arg-type]
         for resolve in _layout_resolvers:
             folder = resolve(
                 repo_id_or_dir, filename=filename, subfolder=subfolder, revision=revision,
@@ -159,21 +227,27 @@ class Tokenizer:
         precision: Precision = "fp32",
         batch_size: int = 32,
     ) -> "Tokenizer":
-        """``from_pretrained(model, ...)``, or the built-in tokenizer when ``model`` is None."""
-        folder = _DEFAULT_FOLDER if model is None else model
-        if model is None and not (_DEFAULT_FOLDER / hub.WEIGHTS_NAME).is_file():
-            raise FileNotFoundError(
-                f"this vqtok installation has no default tokenizer at {_DEFAULT_FOLDER}; "
-                "pass --model / Tokenizer.from_pretrained(PATH_OR_REPO) instead"
-            )
-        return cls.from_pretrained(folder, device=device, precision=precision, batch_size=batch_size)
+        """``from_pretrained(model, ...)``; None means the built-in tokenizer (``"default"``)."""
+        return cls.from_pretrained(
+            DEFAULT_NAME if model is None else model, device=device, precision=precision, batch_size=batch_size
+        )
 
     @classmethod
     def default(
-        cls, *, device: str | torch.device | None = None, precision: Precision = "fp32", batch_size: int = 32
+        cls,
+        version: str | None = None,
+        *,
+        device: str | torch.device | None = None,
+        precision: Precision = "fp32",
+        batch_size: int = 32,
     ) -> "Tokenizer":
-        """The small tokenizer shipped inside the package (works offline)."""
-        return cls.load(None, device=device, precision=precision, batch_size=batch_size)
+        """The small tokenizer shipped inside the package (works offline).
+
+        ``version``: None for the newest shipped version, or a pinned one (``"v1"``, see
+        ``vqtok.tokenizer.DEFAULT_VERSIONS``) to keep the ids of a corpus tokenized with it.
+        """
+        name = DEFAULT_NAME if version is None else f"{DEFAULT_NAME}@{version}"
+        return cls.from_pretrained(name, device=device, precision=precision, batch_size=batch_size)
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
         """Write ``model.safetensors`` + ``config.json`` to ``directory``."""

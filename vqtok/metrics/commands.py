@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from vqtok.commands import add_model_arguments, add_out_argument, device_from_args, positive_int, tokenizer_from_args
+from vqtok.tokenizer import model_id as tokenizer_model_id
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +177,7 @@ def run_eval(args: argparse.Namespace) -> int:
     result.skipped.update(skipped)
     result.inception_weights = inception_info.to_dict() if inception_info else None
     result.lpips_weights = lpips_info.to_dict() if lpips_info else None
-    model_id = args.model or "default"
+    model_id = tokenizer_model_id(args.model)  # "default@v1" for the built-in tokenizer
     if plot_path is not None and result.histogram is not None:
         from vqtok.metrics.plots import save_usage_plot
 

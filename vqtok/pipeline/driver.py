@@ -139,14 +139,14 @@ def load_tokenizer(
     precision: str = "fp32",
 ) -> tuple[Tokenizer, str]:
     """(Tokenizer, model id for the manifest) from a Tokenizer, a folder / Hub id, or None (the default model)."""
-    from vqtok.tokenizer import Tokenizer
+    from vqtok.tokenizer import Tokenizer, model_id
 
     if isinstance(model, Tokenizer):
         if device is not None:
             model.to(device)
         return model, "<in-memory Tokenizer>"
     tok = Tokenizer.load(model, device=device, batch_size=batch_size, precision=precision)
-    return tok, "default" if model is None else os.fspath(model)
+    return tok, model_id(model)  # "default@v1" for the built-in tokenizer
 
 
 def _device_for_rank(device: str | None) -> str | None:
@@ -200,6 +200,26 @@ def _identity(
     }
 
 
+def _continue_hint(manifest: dict[str, Any]) -> str:
+    """``"continue with --model default@v1, or "`` when a shipped default tokenizer version made the folder's
+    tokens (``"default"`` moves to newer versions; manifests written before versioning say ``"default"``)."""
+    from vqtok.tokenizer import DEFAULT_NAME, DEFAULT_VERSIONS, Tokenizer, is_default_name
+
+    name, precision = manifest.get("model"), manifest.get("precision", "fp32")
+    if not isinstance(name, str) or not is_default_name(name) or precision not in ("fp32", "bf16", "fp16"):
+        return ""
+    candidates = [name] if "@" in name else [f"{DEFAULT_NAME}@{v}" for v in reversed(DEFAULT_VERSIONS)]
+    for candidate in candidates:  # only on this error path: load each and compare the fingerprints
+        try:
+            tok = Tokenizer.from_pretrained(candidate, precision=precision)
+        except (ValueError, FileNotFoundError):
+            continue
+        if model_fingerprint(tok) == manifest.get("model_fingerprint"):
+            flags = f"--model {candidate}" + (f" --precision {precision}" if precision != "fp32" else "")
+            return f"continue with {flags} (Tokenizer.default({candidate.partition('@')[2]!r})), or "
+    return ""
+
+
 def prepare_output(
     output: str | os.PathLike[str],
     tokenizer: Tokenizer,
@@ -238,7 +258,7 @@ def prepare_output(
             f"{folder} holds tokens of another model ({manifest.get('model')!r}, fingerprint "
             f"{manifest.get('model_fingerprint')}, config hash {manifest.get('config_hash')}); this run's model "
             f"{model_id!r} has fingerprint {fingerprint} (config hash {tokenizer.config.hash()}). "
-            "Token ids of different models must not be mixed: use another output folder"
+            f"Token ids of different models must not be mixed: {_continue_hint(manifest)}use another output folder"
         )
     if manifest.get("size") != size:
         raise ValueError(
