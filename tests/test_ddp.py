@@ -56,3 +56,27 @@ def test_vqgan_ddp_resume_is_exact(tmp_path: Path) -> None:
     torchrun(*common, "--out", str(tmp_path / "resumed"), "--steps", "2", cwd=tmp_path)
     torchrun(*common, "--out", str(tmp_path / "resumed"), cwd=tmp_path)
     assert_same_weights(tmp_path / "straight" / "final", tmp_path / "resumed" / "final")
+
+
+def test_vqgan_ddp_decoder_only(tmp_path: Path) -> None:
+    """decoder_only under DDP with the discriminator on: frozen parameters have requires_grad=False before DDP
+    wraps the model (no unused-parameter error), the encoder side stays bitwise, and resume is exact."""
+    from vqtok import Tokenizer
+    from vqtok.models.vqgan import VQGANConfig
+    from vqtok.training.config import LossConfig
+
+    images = write_images(tmp_path / "imgs", n=8)
+    base = tiny_config()
+    torch.manual_seed(0)
+    init = Tokenizer.from_config(VQGANConfig(**base.model.to_dict())).save_pretrained(tmp_path / "init")
+    cfg = base.replace(decoder_only=True, steps=4, val_every=100, image_every=100, checkpoint_every=2,
+                       loss=LossConfig(perceptual_weight=0.0, disc_weight=0.8, disc_start=0, disc_ch=8, disc_layers=2))
+    common = ["train", "--data", str(images), "--config", str(cfg.to_yaml(tmp_path / "c.yaml")), "--no-progress"]
+    torchrun(*common, "--out", str(tmp_path / "straight"), "--init", str(init), cwd=tmp_path)
+    torchrun(*common, "--out", str(tmp_path / "resumed"), "--init", str(init), "--steps", "2", cwd=tmp_path)
+    torchrun(*common, "--out", str(tmp_path / "resumed"), cwd=tmp_path)
+    assert_same_weights(tmp_path / "straight" / "final", tmp_path / "resumed" / "final")
+    x, y = load_file(str(init / "model.safetensors")), load_file(str(tmp_path / "straight" / "final" / "model.safetensors"))
+    frozen = [k for k in x if k.startswith(("encoder.", "quant_conv.", "quantize."))]
+    assert frozen and all(torch.equal(x[k], y[k]) for k in frozen)
+    assert not all(torch.equal(x[k], y[k]) for k in x if k.startswith("decoder."))

@@ -20,6 +20,10 @@ in the training checkpoint only: the exported model still has exactly
 ``quantize.embedding.weight``, so it loads in :class:`~vqtok.tokenizer.Tokenizer`.
 Under DDP the statistics are all-reduced and re-seeding is decided on rank 0 and broadcast.
 
+``frozen=True`` (``TrainConfig.decoder_only``) keeps the codes bitwise as they are: no k-means, no EMA,
+no restarts, no quantizer loss; the wrapper only looks the codes up (exactly as
+:class:`~vqtok.tokenizer.Tokenizer` does: ``quantizer.codes(quantizer.lookup(z))``) and records code use.
+
 FSQ and LFQ have no codebook parameters, so none of these tricks applies to them:
 :class:`ImplicitCodebookTrainer` is their training-time wrapper (the LFQ entropy penalty with the
 weights of :class:`~vqtok.training.config.LossConfig`, and code-use tracking for the log).
@@ -91,20 +95,26 @@ class CodebookTrainer(nn.Module):
 
     The quantizer is *not* a submodule (its weight belongs to the model's state dict, not to
     this module's), so ``state_dict()`` here holds only the training statistics.
+    ``frozen``: the codes never change (see the module docstring); of ``config`` only ``dead_after`` (the
+    window of :meth:`active_fraction`) is used.
     """
 
-    def __init__(self, quantizer: VectorQuantizer, config: CodebookConfig, *, seed: int = 0) -> None:
+    def __init__(self, quantizer: VectorQuantizer, config: CodebookConfig, *, seed: int = 0, frozen: bool = False) -> None:
         super().__init__()
         object.__setattr__(self, "quantizer", quantizer)
         self.config = config
+        self.frozen = frozen
+        self.ema = config.ema and not frozen  # codes follow EMA statistics instead of a gradient
         k, d = quantizer.n_embed, quantizer.embed_dim
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
-        self.register_buffer("initialised", torch.tensor(not config.kmeans_init))
+        self.register_buffer("initialised", torch.tensor(frozen or not config.kmeans_init))
         self.register_buffer("last_used", torch.zeros(k, dtype=torch.long))
         self.register_buffer("restarts", torch.zeros((), dtype=torch.long))  # total codes re-seeded
-        self.register_buffer("ring", torch.zeros(max(1, config.buffer_size), d))
+        self.register_buffer("ring", torch.zeros(max(1, config.buffer_size if not frozen else 1), d))
         self.register_buffer("ring_count", torch.zeros((), dtype=torch.long))  # vectors ever written
-        if config.ema:
+        if frozen:
+            quantizer.embedding.weight.requires_grad_(False)
+        elif config.ema:
             self.register_buffer("cluster_size", torch.ones(k))
             self.register_buffer("embed_sum", quantizer.embedding.weight.detach().clone().float())
             quantizer.embedding.weight.requires_grad_(False)
@@ -124,7 +134,7 @@ class CodebookTrainer(nn.Module):
             weight.copy_(values.to(weight.dtype))
         else:
             weight[rows] = values.to(weight.dtype)
-        if self.config.ema:
+        if self.ema:
             if rows is None:
                 self.embed_sum.copy_(values.float())
                 self.cluster_size.fill_(1.0)
@@ -135,7 +145,7 @@ class CodebookTrainer(nn.Module):
     def _broadcast_codes(self) -> None:
         if _distributed():
             dist.broadcast(self.quantizer.embedding.weight.data, src=0)
-            if self.config.ema:
+            if self.ema:
                 dist.broadcast(self.embed_sum, src=0)
                 dist.broadcast(self.cluster_size, src=0)
 
@@ -179,6 +189,8 @@ class CodebookTrainer(nn.Module):
         q = self.quantizer
         if not self.training:
             return q(z)
+        if self.frozen:
+            return _frozen_lookup(self, z)
         z = z.float()
         flat = self._features(z)
         if not bool(self.initialised):
@@ -188,7 +200,7 @@ class CodebookTrainer(nn.Module):
         if q.l2_norm:
             z = F.normalize(z, dim=1)
         commitment = torch.mean((z - z_q.detach()) ** 2)
-        if self.config.ema:
+        if self.ema:
             loss = q.beta * commitment
         else:
             codebook = torch.mean((z.detach() - z_q) ** 2)
@@ -202,13 +214,13 @@ class CodebookTrainer(nn.Module):
     def _track(self, ids: torch.Tensor, flat: torch.Tensor) -> None:
         k = self.quantizer.n_embed
         counts = torch.bincount(ids, minlength=k).float()
-        sums = torch.zeros(k, flat.shape[1], device=flat.device).index_add_(0, ids, flat) if self.config.ema else None
+        sums = torch.zeros(k, flat.shape[1], device=flat.device).index_add_(0, ids, flat) if self.ema else None
         if _distributed():
             dist.all_reduce(counts)
             if sums is not None:
                 dist.all_reduce(sums)
         self.last_used[counts > 0] = self.step
-        if self.config.dead_after > 0:
+        if self.config.dead_after > 0 and not self.frozen:
             self._remember(flat)
         if sums is not None and bool(self.initialised):
             decay = self.config.ema_decay
@@ -224,7 +236,7 @@ class CodebookTrainer(nn.Module):
         """Call after each optimizer step: advances the step and re-seeds dead codes. Returns how many."""
         self.step += 1
         cfg = self.config
-        if cfg.dead_after <= 0 or not bool(self.initialised) or int(self.step) % max(1, cfg.restart_every):
+        if self.frozen or cfg.dead_after <= 0 or not bool(self.initialised) or int(self.step) % max(1, cfg.restart_every):
             return 0
         dead = (self.step - self.last_used) > cfg.dead_after
         n_dead = int(dead.sum())
@@ -264,12 +276,13 @@ class ImplicitCodebookTrainer(nn.Module):
     ``state_dict`` (the step and last-use steps) goes in the training checkpoint only.
     """
 
-    def __init__(self, quantizer: FSQ | LFQ, config: CodebookConfig, loss_config: LossConfig) -> None:
+    def __init__(self, quantizer: FSQ | LFQ, config: CodebookConfig, loss_config: LossConfig, *, frozen: bool = False) -> None:
         super().__init__()
         if not isinstance(quantizer, (FSQ, LFQ)):
             raise TypeError(f"ImplicitCodebookTrainer wraps FSQ or LFQ, got {type(quantizer).__name__}")
         object.__setattr__(self, "quantizer", quantizer)  # not a submodule: it belongs to the model
         self.config = config
+        self.frozen = frozen  # the encoder is frozen: no loss (nothing upstream can move), codes looked up as in inference
         self.loss_config = loss_config
         k = quantizer.codebook_size
         self.track_codes = k <= _MAX_TRACKED_CODES
@@ -295,6 +308,8 @@ class ImplicitCodebookTrainer(nn.Module):
         q = self.quantizer
         if not self.training:
             return q(z)
+        if self.frozen:
+            return _frozen_lookup(self, z)
         z = z.float()
         if isinstance(q, FSQ):
             out = q(z)  # bounded straight-through rounding, no loss
@@ -351,16 +366,32 @@ class ImplicitCodebookTrainer(nn.Module):
         return float(((self.step - self.last_used) <= window).float().mean())
 
 
+def _frozen_lookup(wrapper: CodebookTrainer | ImplicitCodebookTrainer, z: torch.Tensor) -> QuantizerOutput:
+    """The frozen path of both wrappers: z (B, D, h, w) -> the exact codes of its ids (what
+    ``Tokenizer.decode`` feeds the decoder), no gradient and no loss; only code use is recorded."""
+    q = wrapper.quantizer
+    with torch.no_grad():
+        ids = q.lookup(z.float())  # (B, h, w)
+        z_q = q.codes(ids).float()  # (B, D, h, w)
+        if isinstance(wrapper, CodebookTrainer):
+            wrapper._track(ids.reshape(-1), wrapper._features(z))
+        else:
+            wrapper._track(ids.reshape(-1))
+    return QuantizerOutput(z_q=z_q, ids=ids, loss=z.new_zeros((), dtype=torch.float32))
+
+
 def quantizer_trainer(
-    quantizer: VectorQuantizer | FSQ | LFQ, config: CodebookConfig, loss_config: LossConfig, *, seed: int = 0
+    quantizer: VectorQuantizer | FSQ | LFQ, config: CodebookConfig, loss_config: LossConfig, *, seed: int = 0,
+    frozen: bool = False,
 ) -> CodebookTrainer | ImplicitCodebookTrainer:
     """The training-time wrapper of a model's quantizer: :class:`CodebookTrainer` for nearest-code VQ
-    (k-means init, EMA, dead-code restarts), :class:`ImplicitCodebookTrainer` for FSQ and LFQ."""
+    (k-means init, EMA, dead-code restarts), :class:`ImplicitCodebookTrainer` for FSQ and LFQ.
+    ``frozen``: the codes and ids stay as they are (``TrainConfig.decoder_only``)."""
     if isinstance(quantizer, VectorQuantizer):
-        return CodebookTrainer(quantizer, config, seed=seed)
+        return CodebookTrainer(quantizer, config, seed=seed, frozen=frozen)
     if isinstance(quantizer, (FSQ, LFQ)):
-        if config.kmeans_init or config.ema:
+        if (config.kmeans_init or config.ema) and not frozen:
             logger.info("codebook: k-means init, EMA and dead-code restarts are for VQ; %s has no codebook to train",
                         type(quantizer).__name__)
-        return ImplicitCodebookTrainer(quantizer, config, loss_config)
+        return ImplicitCodebookTrainer(quantizer, config, loss_config, frozen=frozen)
     raise TypeError(f"no training wrapper for quantizer {type(quantizer).__name__} (VectorQuantizer, FSQ or LFQ)")

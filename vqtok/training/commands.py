@@ -38,7 +38,7 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--batch-size", type=positive_int, default=None, help="override config batch_size")
     p.add_argument("--lr", type=float, default=None, help="override config lr")
     p.add_argument("--val-data", default=None, help="validation image folder / shards (PSNR and codebook usage)")
-    p.add_argument("--init", default=None, metavar="MODEL_DIR", help="start from these weights (fine-tuning; same architecture)")
+    p.add_argument("--init", default=None, metavar="MODEL_DIR", help="start from these weights (fine-tuning; same architecture): a model folder or default@v1")
     p.add_argument("--perceptual-weight", type=float, default=None, help="override loss.perceptual_weight (0 = no VGG16 needed)")
     add_device_argument(p, default=None, default_help="the config's device, auto")
     p.add_argument("--workers", type=int, default=None, help="override data.num_workers")

@@ -112,6 +112,9 @@ class TrainConfig:
     grad_clip: float = 0.0  # max gradient norm (0 = no clipping)
     precision: str = "auto"  # autocast: "auto" (bf16 on CUDA with bf16, else fp32), "bf16" or "fp32"
     ema_decay: float = 0.0  # decay of an EMA copy of the weights, exported instead (0 = off)
+    decoder_only: bool = False  # train post_quant_conv + decoder only (e.g. a GAN phase on a finished model, from
+    #   --init): encoder, quant_conv and codebook frozen bitwise, so the ids never change; the codebook/commitment
+    #   loss and the codebook tricks (k-means, EMA codes, restarts) are off, the `codebook` section is unused
     seed: int = 0  # seeds weights, data order and augmentation
     threads: int = 0  # torch intra-op threads (0 = torch's default)
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...

@@ -79,33 +79,56 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-class _AutoEncoder(nn.Module):
-    """Encoder -> training quantizer (VQ codebook, FSQ or LFQ) -> decoder, one module so DDP can wrap it."""
+# The parts of a VQGAN that decide the ids: frozen by TrainConfig.decoder_only.
+ENCODER_SIDE = ("encoder", "quant_conv", "quantize")
 
-    def __init__(self, model: VQGAN, codebook: CodebookTrainer | ImplicitCodebookTrainer) -> None:
+
+class _AutoEncoder(nn.Module):
+    """Encoder -> training quantizer (VQ codebook, FSQ or LFQ) -> decoder, one module so DDP can wrap it.
+
+    ``decoder_only``: the encoder side runs without autograd and in eval mode (as in inference; its
+    parameters have ``requires_grad=False``), only ``post_quant_conv`` + decoder see gradients.
+    """
+
+    def __init__(self, model: VQGAN, codebook: CodebookTrainer | ImplicitCodebookTrainer, *, decoder_only: bool = False) -> None:
         super().__init__()
         self.model = model
         self.codebook = codebook
+        self.decoder_only = decoder_only
+
+    def train(self, mode: bool = True) -> _AutoEncoder:
+        super().train(mode)
+        if self.decoder_only:  # the frozen encoder side computes exactly what inference computes
+            self.model.encoder.eval()
+            self.model.quant_conv.eval()
+        return self
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        z = self.model.quant_conv(self.model.encoder(x))
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            q = self.codebook(z.float())
-        rec = self.model.decode(q.z_q.to(z.dtype))
+        with torch.no_grad() if self.decoder_only else contextlib.nullcontext():
+            z = self.model.quant_conv(self.model.encoder(x))  # (B, D, h, w)
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                q = self.codebook(z.float())
+        rec = self.model.decode(q.z_q.to(z.dtype))  # (B, 3, H, W)
         return rec, q.ids, q.loss
 
 
 class WeightEMA:
-    """Exponential moving average of a model's parameters (buffers copied)."""
+    """Exponential moving average of a model's parameters (buffers copied).
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
+    ``frozen``: names of parameters that never change; their EMA copy is left alone, so it stays bitwise
+    equal to them (``d·p + (1 − d)·p`` is not always bitwise ``p``).
+    """
+
+    def __init__(self, model: nn.Module, decay: float, *, frozen: frozenset[str] = frozenset()) -> None:
         self.decay = decay
+        self.frozen = frozen
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        for p_ema, p in zip(self.model.parameters(), model.parameters()):
-            p_ema.lerp_(p.detach(), 1.0 - self.decay)
+        for (name, p_ema), p in zip(self.model.named_parameters(), model.parameters()):
+            if name not in self.frozen:
+                p_ema.lerp_(p.detach(), 1.0 - self.decay)
         for b_ema, b in zip(self.model.buffers(), model.buffers()):
             b_ema.copy_(b)
 
@@ -143,7 +166,8 @@ class Trainer:
         resume: continue from ``out``'s newest checkpoint when there is one; ``False`` makes an
             existing checkpoint an error, so a run is never silently continued (as in the prior trainer).
         perceptual: override of the perceptual loss function (x, x̂) -> (B,) (tests).
-        init_weights: optional model folder / safetensors to start from (fine-tuning).
+        init_weights: optional model folder / safetensors / shipped default (``"default@v1"``) to start from
+            (fine-tuning; required with ``config.decoder_only`` unless ``out`` has a checkpoint).
     """
 
     def __init__(
@@ -174,11 +198,14 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.model = VQGAN(config.model).to(self.device)
         if init_weights is not None:
-            self._load_init(Path(init_weights))
+            self._load_init(init_weights)
+        self.frozen = self._freeze_encoder_side(init_weights) if config.decoder_only else frozenset()
         # VQ: CodebookTrainer (k-means init, EMA, restarts); FSQ / LFQ: ImplicitCodebookTrainer (LFQ entropy loss)
-        self.codebook = quantizer_trainer(self.model.quantize, config.codebook, config.loss, seed=config.seed).to(self.device)
+        self.codebook = quantizer_trainer(
+            self.model.quantize, config.codebook, config.loss, seed=config.seed, frozen=config.decoder_only
+        ).to(self.device)
         self.loss = VQGANLoss(config.loss, perceptual=perceptual, device=self.device).to(self.device)
-        self.ae = _AutoEncoder(self.model, self.codebook)
+        self.ae = _AutoEncoder(self.model, self.codebook, decoder_only=config.decoder_only)
         self.ae_ddp: nn.Module = self.ae
         if self.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -194,18 +221,43 @@ class Trainer:
             self.opt_d = torch.optim.Adam(
                 self.loss.discriminator.parameters(), lr=config.lr * config.loss.disc_lr_mult, betas=config.betas
             )
-        self.ema = WeightEMA(self.model, config.ema_decay) if config.ema_decay > 0 else None
+        self.ema = WeightEMA(self.model, config.ema_decay, frozen=self.frozen) if config.ema_decay > 0 else None
         self.step = 0
         self.val_images: torch.Tensor | None = None
         self.history: list[dict[str, Any]] = []
 
     # -- setup -------------------------------------------------------------------------
-    def _load_init(self, path: Path) -> None:
+    def _load_init(self, init: str | os.PathLike[str]) -> None:
+        """Weights from a model folder, a model.safetensors file, or a shipped default (``default@v1``)."""
+        from vqtok.tokenizer import is_default_name, resolve_default
+
+        path = resolve_default(init)[1] if isinstance(init, str) and is_default_name(init) else Path(init)
         file = path / hub.WEIGHTS_NAME if path.is_dir() else path
         if not file.is_file():
             raise FileNotFoundError(f"initial weights {file} do not exist")
         self.model.load_state_dict(load_file(str(file)), strict=True)
         logger.info("initialised the model from %s", file)
+
+    def _freeze_encoder_side(self, init_weights: str | os.PathLike[str] | None) -> frozenset[str]:
+        """decoder_only: ``requires_grad=False`` on the encoder, quant_conv and codebook (before DDP wraps the
+        model, so it neither expects their gradients nor syncs them); returns their parameter names."""
+        if init_weights is None and self.checkpoints.latest() is None:
+            raise ValueError(
+                "decoder_only trains the decoder of an existing model: give its weights (--init MODEL_DIR / "
+                "init_weights=...), or continue a decoder_only run from its checkpoint"
+            )
+        names = set()
+        for part in ENCODER_SIDE:
+            for name, p in getattr(self.model, part).named_parameters(prefix=part):
+                p.requires_grad_(False)
+                names.add(name)
+        n_frozen = sum(p.numel() for p in self.model.parameters() if not p.requires_grad)
+        n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        logger.info(
+            "decoder_only: training post_quant_conv + decoder (%d parameters); encoder, quant_conv and codebook "
+            "frozen (%d parameters, ids unchanged); no codebook/commitment loss, no codebook tricks", n_train, n_frozen,
+        )
+        return frozenset(names)
 
     @property
     def is_main(self) -> bool:
