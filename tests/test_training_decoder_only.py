@@ -166,3 +166,15 @@ def test_decoder_only_from_the_shipped_default(tmp_path: Path, photo_dir: Path) 
                      data=DataConfig(crop_size=32, num_workers=0))
     result = train(cfg, str(photo_dir), tmp_path / "run", progress=False, init_weights="default@v1")
     assert_encoder_side_equal(v1, result.final)
+
+
+def test_frozen_encoder_side_stays_in_eval_mode(tmp_path: Path, photo_dir: Path, init_model: Path) -> None:
+    """Validation (raw weights: no EMA) switches the model to eval and back: the frozen encoder side stays in eval."""
+    cfg = gan_config(steps=2, ema_decay=0.0, val_every=1, image_every=1,
+                     data=DataConfig(crop_size=32, num_workers=0, val_data=str(photo_dir), val_size=32, val_images=2))
+    trainer = Trainer(cfg, str(photo_dir), tmp_path / "run", progress=False, init_weights=init_model)
+    result = trainer.train()
+    trainer.close()
+    assert result.validation is not None
+    assert not trainer.model.encoder.training and not trainer.model.quant_conv.training
+    assert trainer.model.decoder.training and trainer.codebook.training

@@ -344,11 +344,16 @@ class Trainer:
                 rec = model.decode(q.z_q)
             scores.append(psnr(from_model_output(rec).cpu().double(), images[start : start + 8].double() / 255))
             ids_all.append(q.ids.cpu())
-        model.train(was_training)
+        self._restore_mode(model, was_training)
         usage = codebook_usage(torch.cat([i.reshape(-1) for i in ids_all]), model.config.n_embed)
         return ValidationResult(
             psnr=float(torch.cat(scores).mean()), usage=usage.used_fraction, used_codes=usage.used_codes, perplexity=usage.perplexity
         )
+
+    def _restore_mode(self, model: VQGAN, training: bool) -> None:
+        """Back to train/eval mode after validation; the training model through the autoencoder wrapper, so a
+        decoder_only run's frozen encoder side stays in eval mode."""
+        (self.ae if model is self.model else model).train(training)
 
     @torch.no_grad()
     def _write_grid(self, batch: torch.Tensor) -> None:
@@ -358,7 +363,7 @@ class Trainer:
         src = self.val_images[:8] if self.val_images is not None else batch[:8]
         with autocast(self.device, self.amp_dtype):
             rec = model(to_model_input(src).to(self.device)).reconstruction
-        model.train(was_training)
+        self._restore_mode(model, was_training)
         _save_grid(src.cpu(), from_model_output(rec).cpu(), self.out / "images" / f"step-{self.step:07d}.png")
 
     # -- the loop ----------------------------------------------------------------------
