@@ -25,7 +25,9 @@ from vqtok.models.vqgan import VQGAN, VQGANConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_NAME", "DEFAULT_VERSIONS", "MODEL_TYPE", "Tokenizer", "default_version", "model_id", "resolve_default"]
+__all__ = [
+    "DEFAULT_NAME", "DEFAULT_VERSIONS", "MODEL_TYPE", "Tokenizer", "default_version", "is_default_name", "model_id", "resolve_default",
+]
 
 MODEL_TYPE = "vqgan"
 Precision = Literal["fp32", "bf16", "fp16"]
