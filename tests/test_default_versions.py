@@ -32,13 +32,20 @@ def _photo() -> Image.Image:
 
 
 @pytest.fixture
-def fake_v2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Tokenizer:
+def only_v1(monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """The registry as it was when v1 was the only shipped version (these tests keep working once v2 ships)."""
+    registry = {"v1": WEIGHTS_DIR / "default-v1"}
+    monkeypatch.setattr(tokenizer_module, "DEFAULT_VERSIONS", registry)
+    return registry
+
+
+@pytest.fixture
+def fake_v2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, only_v1: dict[str, Path]) -> Tokenizer:
     """A second shipped version (a tiny random model), registered after v1: ``default`` now means it."""
     torch.manual_seed(0)
     tok = Tokenizer.from_config(TINY)
     spread_codebook(tok.model)
-    folder = tok.save_pretrained(tmp_path / "default-v2")
-    monkeypatch.setitem(DEFAULT_VERSIONS, "v2", folder)
+    monkeypatch.setitem(only_v1, "v2", tok.save_pretrained(tmp_path / "default-v2"))
     return tok
 
 
@@ -57,7 +64,7 @@ def test_v1_weights_are_unchanged() -> None:
 
 
 @needs_v1
-def test_default_today_is_v1_bitwise() -> None:
+def test_default_is_v1_bitwise_while_v1_is_the_newest(only_v1: dict[str, Path]) -> None:
     img = _photo()
     ids = Tokenizer.default().encode(img, size=256)  # (32, 32)
     assert ids.shape == (32, 32)
@@ -68,7 +75,7 @@ def test_default_today_is_v1_bitwise() -> None:
     assert resolve_default("default@v1") == ("default@v1", WEIGHTS_DIR / "default-v1")
 
 
-def test_unknown_version_names_the_shipped_ones() -> None:
+def test_unknown_version_names_the_shipped_ones(only_v1: dict[str, Path]) -> None:
     with pytest.raises(ValueError, match=r"unknown default tokenizer version 'v9'; this vqtok ships default@v1"):
         Tokenizer.default("v9")
     with pytest.raises(ValueError, match="ships default@v1"):
@@ -78,8 +85,8 @@ def test_unknown_version_names_the_shipped_ones() -> None:
 
 
 def test_uninstalled_weights_are_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(DEFAULT_VERSIONS, "v3", tmp_path / "missing")
-    with pytest.raises(FileNotFoundError, match="no default tokenizer v3 at .*missing"):
+    monkeypatch.setitem(DEFAULT_VERSIONS, "v999", tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="no default tokenizer v999 at .*missing"):
         Tokenizer.default()
 
 
@@ -112,7 +119,7 @@ def test_cli_records_the_pinned_default(tmp_path: Path, fake_v2: Tokenizer, caps
 
 @needs_v1
 def test_pretokenize_resume_after_default_moved_suggests_the_pinned_version(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, only_v1: dict[str, Path]
 ) -> None:
     from tests.conftest import write_tar
     from vqtok.pipeline import pretokenize
@@ -131,7 +138,7 @@ def test_pretokenize_resume_after_default_moved_suggests_the_pinned_version(
 
     torch.manual_seed(0)
     tok = Tokenizer.from_config(TINY)
-    monkeypatch.setitem(DEFAULT_VERSIONS, "v2", tok.save_pretrained(tmp_path / "default-v2"))
+    monkeypatch.setitem(only_v1, "v2", tok.save_pretrained(tmp_path / "default-v2"))
     with pytest.raises(ValueError, match=r"'default@v1'.*'default@v2'.*continue with --model default@v1 \(Tokenizer.default\('v1'\)\)"):
         pretokenize(shard, out, size=64, workers=0, progress=False, keep=())
     # a manifest written before versions existed says "default": the hint finds v1 by its fingerprint
