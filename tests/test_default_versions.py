@@ -111,7 +111,7 @@ def test_cli_records_the_pinned_default(tmp_path: Path, fake_v2: Tokenizer, caps
     assert main(["encode", str(photo), "--out", str(newest), "--size", "64"]) == 0
     assert json.loads(pinned.with_suffix(".json").read_text())["model"] == "default@v1"
     assert json.loads(newest.with_suffix(".json").read_text())["model"] == "default@v2"
-    assert np.array_equal(np.load(pinned)[0], Tokenizer.default("v1").encode(_photo(), size=64).numpy())
+    assert np.array_equal(np.load(pinned)[0], Tokenizer.default("v1").encode(Image.open(photo), size=64).numpy())
     capsys.readouterr()
     assert main(["info", "default@v1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["model"] == "default@v1"
