@@ -24,7 +24,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,7 +148,7 @@ def grads_in_param_strides(module: nn.Module) -> None:
             p.register_hook(_restride_hook(tuple(p.shape), p.stride()))
 
 
-def _restride_hook(shape: tuple[int, ...], stride: tuple[int, ...]) -> Any:
+def _restride_hook(shape: tuple[int, ...], stride: tuple[int, ...]) -> Callable[[torch.Tensor], torch.Tensor]:
     def hook(grad: torch.Tensor) -> torch.Tensor:
         if grad.stride() == stride or grad.layout != torch.strided:
             return grad
