@@ -5,12 +5,15 @@ latent of the probed image (1e-3 of its norm apart), so each id is decided by th
 the features and distances. Before the fix, oneDNN's batch-size-dependent convolution kernels,
 the NHWC GroupNorm kernel (batch- and thread-dependent) and the 1-row GEMV of the search flipped
 ids here in every batch; now an image gives the same ids alone and at any position of any batch,
-and the same with 1 and 2 threads (not with every thread count: 3 threads split PyTorch's
-elementwise SiLU off SIMD boundaries, see docs/performance.md). benchmarks/batch_invariance.py
+and the same features and ids at 1, 2, 3, 5 and 6 threads (before: PyTorch's SiLU split off SIMD
+boundaries at 3, 5, 6 threads and 1x1 convolutions on oneDNN from 2 threads on; see
+vqtok/models/thread_invariance.py and docs/performance.md). benchmarks/batch_invariance.py
 measures the same on a larger model (docs/performance.md, "Batch invariance").
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
@@ -19,6 +22,7 @@ import torch.nn.functional as F
 from tests.conftest import real_photos
 from vqtok import Tokenizer, VQGANConfig
 from vqtok.images import to_model_input, to_uint8_batch
+from vqtok.models import thread_invariance
 from vqtok.models.quantizer import nearest_code
 from vqtok.models.vqgan import GroupNorm
 
@@ -74,18 +78,120 @@ def test_image_alone_equals_it_at_every_position_of_batches_of_2_to_17(probe, on
     assert not failures, f"(batch size, position, ids flipped): {failures[:10]} ({len(failures)} of 152 batches)"
 
 
-def test_ids_do_not_depend_on_the_thread_count(probe):
-    tok, target, others = probe
-    batch = torch.cat([target, others])
+# Thread counts whose per-thread ranges end off SIMD boundaries (3, 5, 6) and 2, where PyTorch
+# switches 1x1 convolutions from its own GEMM to oneDNN.
+THREADS = (1, 2, 3, 5, 6)
+
+
+def _encode_at_thread_counts(tok: Tokenizer, pixels: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """pixels (B, 3, S, S) uint8 -> {threads: (ids (B, h, w), features before the search (B, D, h, w))}."""
+    features: list[torch.Tensor] = []
+    hook = tok.model.quant_conv.register_forward_hook(lambda m, i, out: features.append(out.clone()))
+    old = torch.get_num_threads()
+    out = {}
+    try:
+        for threads in THREADS:
+            torch.set_num_threads(threads)
+            features.clear()
+            out[threads] = (tok.encode(pixels), torch.cat(features))
+    finally:
+        torch.set_num_threads(old)
+        hook.remove()
+    assert torch.get_num_threads() == old
+    return out
+
+
+def _assert_thread_invariant(runs: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    ids, features = runs[1]
+    failures = [
+        f"{threads} threads: features differ by {(features_t - features).abs().max():.2e}, "
+        f"{int((ids_t != ids).sum())} of {ids.numel()} ids differ"
+        for threads, (ids_t, features_t) in runs.items()
+        if not (torch.equal(features_t, features) and torch.equal(ids_t, ids))
+    ]
+    assert not failures, "; ".join(failures)
+
+
+def test_default_model_ids_do_not_depend_on_the_thread_count():
+    # The shipped f8 model on real photos at 152 px. Before the fix, at 3, 5 and 6 threads the
+    # per-thread ranges of SiLU (32x152x152 = 739328 elements and smaller) ended off the vector
+    # boundary, and from 2 threads on quant_conv (1x1, 64x19x19 in) ran on oneDNN instead of
+    # PyTorch's GEMM: the features differed by up to 3e-6.
+    tok = Tokenizer.default()
+    pixels = to_uint8_batch(real_photos(2), size=152).pixels  # (2, 3, 152, 152) uint8
+    _assert_thread_invariant(_encode_at_thread_counts(tok, pixels))
+
+
+def test_dense_codebook_ids_do_not_depend_on_the_thread_count():
+    # The probe at 104 px (26x26 ids) with a 64-channel quant_conv (1x1 on 64x26x26: oneDNN from
+    # 2 threads on before the fix; SiLU ranges off the vector boundary at 3, 5 and 6 threads), its
+    # codebook mirrored around the photo's latents: 181-260 of 1352 ids flipped at 2-6 threads.
+    cfg = dataclasses.replace(PROBE, z_channels=64, n_embed=2048)
+    torch.manual_seed(0)
+    tok = Tokenizer.from_config(cfg)
+    pixels = to_uint8_batch(real_photos(2), size=104).pixels  # (2, 3, 104, 104) uint8
+    model = tok.model
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            z = model.quant_conv(model.encoder(to_model_input(pixels[:1])))  # (1, D, 26, 26)
+    finally:
+        torch.set_num_threads(old)
+    latents = z[0].permute(1, 2, 0).reshape(-1, cfg.embed_dim)  # (676, D)
+    with torch.no_grad():
+        model.quantize.embedding.weight.copy_(_mirrored_codes(latents, cfg.n_embed, torch.Generator().manual_seed(0)))
+    runs = _encode_at_thread_counts(tok, pixels)
+    assert len(torch.unique(runs[1][0][0])) > 338  # the probed photo sits between many code pairs
+    _assert_thread_invariant(runs)
+
+
+@pytest.mark.parametrize("shape", [(1, 32, 64, 64), (1, 64, 33, 31), (2, 128, 16, 16), (1, 3, 5, 7)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_thread_invariant_silu_is_one_threads_silu(shape, channels_last):
+    x = 4 * torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = tok.encode(batch)
-        torch.set_num_threads(2)
-        two = tok.encode(batch)
+        reference = F.silu(x)
+        for threads in THREADS:
+            torch.set_num_threads(threads)
+            with torch.no_grad():
+                out = thread_invariance.silu(x)
+                inplace = thread_invariance.silu(x.clone(memory_format=torch.preserve_format), inplace=True)
+            leaf = x.clone().requires_grad_()
+            graph = thread_invariance.silu(leaf)  # differentiable: the pieces are concatenated
+            graph.sum().backward()
+            for y in (out, inplace, graph.detach()):
+                assert torch.equal(y, reference) and y.stride() == reference.stride(), threads
+            assert leaf.grad is not None and torch.allclose(leaf.grad, torch.sigmoid(x) * (1 + x * (1 - torch.sigmoid(x))), atol=1e-6)
     finally:
         torch.set_num_threads(old)
-    assert torch.equal(one, two), f"{int((one != two).sum())} ids differ between 1 and 2 threads"
+
+
+def test_thread_invariant_conv2d_is_one_threads_conv2d():
+    g = torch.Generator().manual_seed(0)
+    old = torch.get_num_threads()
+    try:
+        for c_in, c_out, k, stride, channels_last in [(64, 8, 1, 1, True), (32, 64, 1, 1, False), (32, 32, 3, 1, True), (32, 32, 1, 2, True)]:
+            x = torch.randn(1, c_in, 32, 32, generator=g)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            w, b = torch.randn(c_out, c_in, k, k, generator=g) / c_in, torch.randn(c_out, generator=g)
+            torch.set_num_threads(1)
+            reference = F.conv2d(x, w, b, stride, k // 2)
+            for threads in THREADS:
+                torch.set_num_threads(threads)
+                with thread_invariance.ThreadInvariantOps():
+                    out = F.conv2d(x, w, b, stride, k // 2)
+                if k == 1 and stride == 1:  # the 1x1 case is the one PyTorch runs differently above 1 thread
+                    assert torch.equal(out, reference) and out.stride() == reference.stride(), (c_in, c_out, threads)
+                else:  # passed through to F.conv2d
+                    assert torch.allclose(out, reference, atol=1e-5)
+    finally:
+        torch.set_num_threads(old)
 
 
 def test_eval_encode_features_equal_one_image_at_a_time_and_training_stays_batched(probe):

@@ -10,6 +10,7 @@ Shapes below: B batch, C channels, H×W image, h×w = (H/f)×(W/f) token grid, f
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
@@ -24,6 +25,7 @@ from vqtok.models._model import LastLayerMixin, ModelOutput, TokenizerModelMixin
 from vqtok.models.fsq import FSQ
 from vqtok.models.lfq import LFQ
 from vqtok.models.quantizer import QuantizerOutput, VectorQuantizer
+from vqtok.models.thread_invariance import ThreadInvariantOps
 
 __all__ = ["VQGANConfig", "VQGAN", "Encoder", "Decoder", "GroupNorm", "group_norm_channels_last"]
 
@@ -373,6 +375,9 @@ class VQGAN(TokenizerModelMixin, nn.Module):
         (oneDNN picks convolution kernels by batch size, and they round differently: measured
         up to 2.6e-6 per layer in fp32, enough to flip ids on a dense codebook). The nearest-code
         search is batch-invariant by itself (fixed-shape blocks, :func:`~vqtok.models.quantizer.nearest_code`).
+        In fp32 on CPU it also makes them independent of the intra-op thread count: SiLU and 1×1
+        convolutions run in forms that give the bits of one thread at any thread count
+        (:class:`~vqtok.models.thread_invariance.ThreadInvariantOps`; single-threaded ids unchanged).
         Default ``None``: the model's ``batch_invariant`` attribute, and when that is ``None`` too:
         on in eval mode on CPU, off in training and on other devices. One image at a time costs
         throughput on CPU too (0.44-0.86x batched, measured in docs/performance.md, "Batch
@@ -386,10 +391,14 @@ class VQGAN(TokenizerModelMixin, nn.Module):
             batch_invariant = self.batch_invariant
         if batch_invariant is None:
             batch_invariant = not self.training and x.device.type == "cpu"
-        if not batch_invariant or x.shape[0] <= 1:
+        if not batch_invariant:
             return self._encode(x, autocast_dtype)
-        # each image in its own fresh (aligned) tensor: the same call as encoding it alone
-        parts = [self._encode(x[i : i + 1].clone(), autocast_dtype) for i in range(x.shape[0])]
+        # fp32 on CPU: SiLU and 1x1 convolutions computed with the bits of one thread at any thread count
+        with ThreadInvariantOps() if autocast_dtype is None and x.device.type == "cpu" else contextlib.nullcontext():
+            if x.shape[0] <= 1:
+                return self._encode(x, autocast_dtype)
+            # each image in its own fresh (aligned) tensor: the same call as encoding it alone
+            parts = [self._encode(x[i : i + 1].clone(), autocast_dtype) for i in range(x.shape[0])]
         return QuantizerOutput(
             z_q=torch.cat([p.z_q for p in parts]),  # (B, D, h, w)
             ids=torch.cat([p.ids for p in parts]),  # (B, h, w)

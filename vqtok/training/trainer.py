@@ -24,7 +24,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,6 +155,33 @@ def _no_buffer_sync() -> dict[str, bool]:
     return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
 
 
+def grads_in_param_strides(module: nn.Module) -> None:
+    """Hand DDP every parameter's gradient with the parameter's own strides.
+
+    A 1x1 convolution whose input is a channels_last view (``proj_out`` of the attention blocks:
+    the attention output is rearranged, not copied) gets its weight gradient from oneDNN's bf16
+    backward with channels_last strides, (C, 1, C, C) for a (C, C, 1, 1) weight whose strides
+    are (C, 1, 1, 1). Autograd keeps such a gradient (strides of size-1 dims do not matter to it),
+    DDP's reducer compares all strides and warns "Grad strides do not match bucket view strides"
+    on every rank (issue 13). The memory is the same, so the hook re-strides the gradient to the
+    parameter's strides, without a copy, before it is accumulated.
+    """
+    for p in module.parameters():
+        if p.requires_grad:
+            p.register_hook(_restride_hook(tuple(p.shape), p.stride()))
+
+
+def _restride_hook(shape: tuple[int, ...], stride: tuple[int, ...]) -> Callable[[torch.Tensor], torch.Tensor]:
+    def hook(grad: torch.Tensor) -> torch.Tensor:
+        if grad.stride() == stride or grad.layout != torch.strided:
+            return grad
+        if all(a == b or n == 1 for n, a, b in zip(grad.shape, grad.stride(), stride)):
+            return grad.as_strided(shape, stride)  # only size-1 dims differ: the same memory
+        return grad  # a real layout difference: autograd copies it into the parameter's layout itself
+
+    return hook
+
+
 class Trainer:
     """Train a VQGAN on ``data`` (image folder or shards) into ``out``.
 
@@ -211,6 +238,7 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             # codebook statistics are synchronised by CodebookTrainer itself, not by DDP's buffer broadcast
             self.ae_ddp = nn.parallel.DistributedDataParallel(self.ae, device_ids=ids, **_no_buffer_sync())
+            grads_in_param_strides(self.ae)
             if self.loss.discriminator is not None:  # not DDP-wrapped (it is frozen inside the generator loss):
                 for p in self.loss.discriminator.parameters():  # same initial weights on every rank
                     dist.broadcast(p.data, src=0)
