@@ -55,6 +55,16 @@ def real_photos(n: int = 4) -> list[Image.Image]:
     return imgs[:n]
 
 
+def photo_files(folder: Path, *, n: int = 3, stem: str = "photo") -> list[str]:
+    """``n`` real photos saved as ``folder/<stem><i>.jpg`` (quality 95); their paths."""
+    paths = []
+    for i, img in enumerate(real_photos(n)):
+        p = folder / f"{stem}{i}.jpg"
+        img.save(p, quality=95)
+        paths.append(str(p))
+    return paths
+
+
 @pytest.fixture
 def photos() -> list[Image.Image]:
     return real_photos(4)
