@@ -75,6 +75,18 @@ def photo_array() -> np.ndarray:
     return np.array(real_photos(1)[0].resize((64, 64)))
 
 
+class ShellPayload:
+    """Pickles as a call of ``os.system(command)``: what the restricted unpicklers must refuse to run."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (self.command,))
+
+
 def write_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
     """A plain tar with the given (member name, bytes), in order."""
     with tarfile.open(path, "w") as tf:

@@ -23,7 +23,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import pretokenize_photos, real_photos
+from tests.conftest import ShellPayload, pretokenize_photos, real_photos
 from vqtok import Tokenizer
 from vqtok.convert.cosmos import from_cosmos, read_torchscript_tensors
 from vqtok.convert.safe_pickle import UnsafeCheckpointError
@@ -305,14 +305,8 @@ def test_malicious_archive_is_refused_and_nothing_runs(tmp_path: Path) -> None:
     enc_path, dec_path, _, _ = _archives(model, tmp_path)
     marker = tmp_path / "pwned"
 
-    class Evil:
-        def __reduce__(self):
-            import os
-
-            return (os.system, (f"touch {marker}",))
-
     evil = tmp_path / "evil.jit"
-    _rewrite_data_pkl(enc_path, evil, pickle.dumps({"encoder": Evil()}, protocol=2))
+    _rewrite_data_pkl(enc_path, evil, pickle.dumps({"encoder": ShellPayload(f"touch {marker}")}, protocol=2))
     assert b"system" in zipfile.ZipFile(evil).read(next(n for n in zipfile.ZipFile(evil).namelist() if n.endswith("data.pkl")))
     with pytest.raises(UnsafeCheckpointError, match="system"):
         from_cosmos(evil, dec_path)
