@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from vqtok._errors import reason
 from vqtok._io import atomic_write, remove_stale_tmp
+from vqtok._runtime import resolve_device
 from vqtok.pipeline._naming import completed_output, model_fingerprint, output_name_for
 from vqtok.pipeline.remote import fetch, shard_name
 from vqtok.pipeline.shards import TokenizeOptions, tokenize_shards
@@ -34,6 +35,8 @@ from vqtok.tars import expand_shards, is_remote
 from vqtok.tokens import DEFAULT_KEEP, ShardStats, ids_dtype_for, read_shard_stats
 
 if TYPE_CHECKING:
+    import torch
+
     from vqtok.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -134,7 +137,7 @@ def shards_for_rank(shards: Sequence[Any], rank: int, world_size: int) -> list[A
 def load_tokenizer(
     model: Tokenizer | str | os.PathLike[str] | None = None,
     *,
-    device: str | None = None,
+    device: str | torch.device | None = None,
     batch_size: int = 32,
     precision: str = "fp32",
 ) -> tuple[Tokenizer, str]:
@@ -147,13 +150,6 @@ def load_tokenizer(
         return model, "<in-memory Tokenizer>"
     tok = Tokenizer.load(model, device=device, batch_size=batch_size, precision=precision)
     return tok, "default" if model is None else os.fspath(model)
-
-
-def _device_for_rank(device: str | None) -> str | None:
-    """``cuda`` under a launcher with several local processes means ``cuda:$LOCAL_RANK``."""
-    if device == "cuda" and os.environ.get("LOCAL_RANK"):
-        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    return device
 
 
 # ---------------------------------------------------------------------- manifest
@@ -479,7 +475,9 @@ def pretokenize(
     rank, world_size = resolve_rank(rank, world_size)
     shards = expand_inputs(input)
     mine = shards_for_rank(shards, rank, world_size)
-    tokenizer, model_id = load_tokenizer(model, device=_device_for_rank(device), batch_size=opts.batch_size, precision=precision)
+    # a bare "cuda" under a launcher with several local processes is cuda:$LOCAL_RANK
+    run_device = None if device is None else resolve_device(device)
+    tokenizer, model_id = load_tokenizer(model, device=run_device, batch_size=opts.batch_size, precision=precision)
     opts.check(tokenizer)
     size, keep = opts.size, opts.keep
     fingerprint = opts.fingerprint or model_fingerprint(tokenizer)
