@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vqtok._errors import reason
+from vqtok._runtime import resolve_device
 from vqtok.pipeline._naming import completed_output, model_fingerprint, output_name_for
 from vqtok.pipeline.driver import (
     FetchFailure,
@@ -103,12 +104,10 @@ class ShardWorker:
     def __init__(self, model: Any, options: TokenizeOptions, device: str, precision: str, threads: int) -> None:
         import torch
 
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
         if threads:
             torch.set_num_threads(threads)
         self.options = options
-        self.tokenizer, _ = load_tokenizer(model, device=device, batch_size=options.batch_size, precision=precision)
+        self.tokenizer, _ = load_tokenizer(model, device=resolve_device(device), batch_size=options.batch_size, precision=precision)
         fingerprint = model_fingerprint(self.tokenizer)
         if fingerprint != options.fingerprint:
             raise ValueError(
@@ -129,19 +128,14 @@ def _stats(d: dict[str, Any]) -> ShardStats:
     return stats
 
 
-class _DriverProgress:
-    """Shards done, images/s and ETA: a tqdm bar on a terminal, else a log line every ``every`` seconds."""
+class _ShardProgress:
+    """Shards done, with images/s and ETA as postfix, by :mod:`vqtok._progress`'s rule (bar or log lines)."""
 
-    def __init__(self, total: int, enabled: bool, every: float = 30.0) -> None:
-        import sys
+    def __init__(self, total: int, enabled: bool) -> None:
+        from vqtok._progress import Progress
 
-        self.total, self.done, self.images, self.t0, self.every, self.last = total, 0, 0, time.perf_counter(), every, 0.0
-        self.bar = None
-        self.enabled = enabled
-        if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit="shard", desc="pretokenize (ray)", dynamic_ncols=True)
+        self.total, self.done, self.images, self.t0 = total, 0, 0, time.perf_counter()
+        self.bar = Progress("pretokenize (ray)", total=total, unit="shard", enabled=enabled)
 
     def update(self, images: int) -> None:
         self.done += 1
@@ -149,16 +143,11 @@ class _DriverProgress:
         elapsed = time.perf_counter() - self.t0
         rate = self.images / elapsed if elapsed > 0 else 0.0
         eta = elapsed / self.done * (self.total - self.done)
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(img_s=f"{rate:.1f}", eta=f"{eta:.0f}s")
-        elif self.enabled and (time.perf_counter() - self.last >= self.every or self.done == self.total):
-            self.last = time.perf_counter()
-            logger.warning("pretokenize (ray): %d/%d shards, %.1f images/s, ETA %.0f s", self.done, self.total, rate, eta)
+        self.bar.set_postfix(f"{rate:.1f} images/s, ETA {eta:.0f} s")
+        self.bar.update(1)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.bar.close()
 
 
 def pretokenize_ray(
@@ -274,7 +263,7 @@ def _run_on_ray(
         for k in range(num_actors)
     ]
     failures: list[FetchFailure] = []
-    bar = _DriverProgress(len(todo), progress)
+    bar = _ShardProgress(len(todo), progress)
     pending: dict[Any, tuple[int, Any]] = {}  # object ref -> (job index, actor)
     queue = list(todo)
 
