@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from vqtok._errors import reason
 from vqtok._io import atomic_write, remove_stale_tmp
-from vqtok._runtime import resolve_device
+from vqtok._runtime import env_int, resolve_device
 from vqtok.pipeline._naming import completed_output, model_fingerprint, output_name_for
 from vqtok.pipeline.remote import fetch, shard_name
 from vqtok.pipeline.shards import TokenizeOptions, tokenize_shards
@@ -110,19 +110,8 @@ def expand_inputs(inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[st
 
 def resolve_rank(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
     """(rank, world_size) from the arguments, else from $RANK / $WORLD_SIZE (torchrun, Slurm wrappers...), else (0, 1)."""
-
-    def env_int(name: str) -> int | None:
-        v = os.environ.get(name)
-        if v is None or v == "":
-            return None
-        try:
-            return int(v)
-        except ValueError:
-            raise ValueError(f"${name}={v!r} is not an integer") from None
-
-    rank = env_int("RANK") if rank is None else rank
-    world_size = env_int("WORLD_SIZE") if world_size is None else world_size
-    rank, world_size = rank or 0, world_size or 1
+    rank = env_int("RANK", 0) if rank is None else rank
+    world_size = env_int("WORLD_SIZE", 1) if world_size is None else world_size
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
     return rank, world_size
