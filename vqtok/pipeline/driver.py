@@ -467,14 +467,8 @@ def pretokenize(
     # a bare "cuda" under a launcher with several local processes is cuda:$LOCAL_RANK
     run_device = None if device is None else resolve_device(device)
     tokenizer, model_id = load_tokenizer(model, device=run_device, batch_size=opts.batch_size, precision=precision)
-    opts.check(tokenizer)
-    size, keep = opts.size, opts.keep
-    fingerprint = opts.fingerprint or model_fingerprint(tokenizer)
-    folder = Path(output)
-    pattern = input if isinstance(input, str) else os.fspath(input) if isinstance(input, os.PathLike) else list(map(os.fspath, input))
-    prepare_output(
-        folder, tokenizer, model_id=model_id, size=size, keep=keep, inputs=pattern, fingerprint=fingerprint, decode=opts.decode
-    )
+    folder, fingerprint = open_output(output, input, tokenizer, model_id, opts)
+    size = opts.size
     logger.info("rank %d/%d: %d of %d shards, model %s (%s)", rank, world_size, len(mine), len(shards), model_id, fingerprint)
 
     bar = _Progress(progress and rank == 0, len(mine))
@@ -507,6 +501,27 @@ def pretokenize(
         fetch_failures=fetch_failures,
     )
     return finish_run(result, max_error_rate)
+
+
+def open_output(
+    output: str | os.PathLike[str],
+    input: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    tokenizer: Tokenizer,
+    model_id: str,
+    opts: TokenizeOptions,
+) -> tuple[Path, str]:
+    """Check ``opts`` against the model and create (or check) ``output``'s manifest -> (folder, model fingerprint).
+
+    The first step of :func:`pretokenize` and of the Ray engine.
+    """
+    opts.check(tokenizer)
+    fingerprint = opts.fingerprint or model_fingerprint(tokenizer)
+    inputs = input if isinstance(input, str) else os.fspath(input) if isinstance(input, os.PathLike) else list(map(os.fspath, input))
+    prepare_output(
+        output, tokenizer, model_id=model_id, size=opts.size, keep=opts.keep, inputs=inputs, fingerprint=fingerprint,
+        decode=opts.decode,
+    )
+    return Path(output), fingerprint
 
 
 def finish_run(

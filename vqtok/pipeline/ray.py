@@ -47,7 +47,7 @@ from vqtok.pipeline.driver import (
     expand_inputs,
     finish_run,
     load_tokenizer,
-    prepare_output,
+    open_output,
     update_manifest,
 )
 from vqtok.pipeline.shards import TokenizeOptions, tokenize_shard
@@ -191,15 +191,8 @@ def pretokenize_ray(
         )
     # The driver loads the model once (CPU) for the fingerprint and the manifest.
     tokenizer, model_id = load_tokenizer(model, device="cpu", batch_size=opts.batch_size, precision=precision)
-    opts.check(tokenizer)
-    fingerprint = opts.fingerprint or model_fingerprint(tokenizer)
+    folder, fingerprint = open_output(output, input, tokenizer, model_id, opts)
     opts = dataclasses.replace(opts, fingerprint=fingerprint, on_samples=None, on_index=None)
-    folder = Path(output)
-    pattern = input if isinstance(input, str) else os.fspath(input) if isinstance(input, os.PathLike) else list(map(os.fspath, input))
-    prepare_output(
-        folder, tokenizer, model_id=model_id, size=opts.size, keep=opts.keep, inputs=pattern, fingerprint=fingerprint,
-        decode=opts.decode,
-    )
     jobs = [(Path(src), folder / output_name_for(src)) for src in shards]
     results: dict[int, ShardStats] = {}
     todo: list[int] = []
