@@ -37,12 +37,17 @@ def one_thread():
     torch.set_num_threads(old)
 
 
-@pytest.fixture
-def tiny_tokenizer() -> Tokenizer:
+def make_tiny_tokenizer() -> Tokenizer:
+    """The tests' tiny VQGAN tokenizer (``TINY``, seed 0, codes spread over the features)."""
     torch.manual_seed(0)
     tok = Tokenizer.from_config(TINY)
     spread_codebook(tok.model)
     return tok
+
+
+@pytest.fixture
+def tiny_tokenizer() -> Tokenizer:
+    return make_tiny_tokenizer()
 
 
 def real_photos(n: int = 4) -> list[Image.Image]:
@@ -55,11 +60,12 @@ def real_photos(n: int = 4) -> list[Image.Image]:
     return imgs[:n]
 
 
-def photo_files(folder: Path, *, n: int = 3, stem: str = "photo") -> list[str]:
-    """``n`` real photos saved as ``folder/<stem><i>.jpg`` (quality 95); their paths."""
+def photo_files(folder: Path, *, n: int = 3, stem: str = "photo", suffix: str = ".jpg") -> list[str]:
+    """``n`` real photos saved as ``folder/<stem><i><suffix>`` (JPEG quality 95), the folder created; their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, img in enumerate(real_photos(n)):
-        p = folder / f"{stem}{i}.jpg"
+        p = folder / f"{stem}{i}{suffix}"
         img.save(p, quality=95)
         paths.append(str(p))
     return paths

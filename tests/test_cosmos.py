@@ -23,7 +23,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import ShellPayload, pretokenize_photos, real_photos
+from tests.conftest import ShellPayload, photo_files, pretokenize_photos, real_photos
 from vqtok import Tokenizer
 from vqtok.convert.cosmos import from_cosmos, read_torchscript_tensors
 from vqtok.convert.safe_pickle import UnsafeCheckpointError
@@ -359,9 +359,7 @@ def test_cli_convert_then_pretokenize_usage_eval(tmp_path: Path, capsys) -> None
     assert usage.used_codes == len(np.unique(want))
 
     photo_dir = tmp_path / "photos"
-    photo_dir.mkdir()
-    for i, img in enumerate(real_photos(3)):
-        img.save(photo_dir / f"{i}.png")
+    photo_files(photo_dir, stem="", suffix=".png")
     report = tmp_path / "report.json"
     assert main(["eval", "--model", str(out), "--data", str(photo_dir), "--size", "64", "--no-fid", "--no-lpips",
                  "--no-progress", "--out", str(report)]) == 0
