@@ -11,10 +11,7 @@ is ``ru_maxrss`` after the search minus before it (codebook and queries already 
 
 from __future__ import annotations
 
-import argparse
-import json
-import subprocess
-import sys
+from nearest_code_large import measure, parse_args  # the sibling benchmark (this folder is sys.path[0])
 
 _CHILD = r"""
 import json, resource, sys, time
@@ -36,20 +33,13 @@ print(json.dumps({"seconds": seconds, "extra_peak_mib": (after - before) / 1024,
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, nargs="+", default=[1, 4], help="images of 16x16 tokens per search")
-    ap.add_argument("--k", type=int, default=262144, help="codebook size K")
-    ap.add_argument("--d", type=int, default=256, help="code dimension D")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads")
-    args = ap.parse_args()
+    args = parse_args(__doc__)
     print(f"codebook {args.k} x {args.d} float32 = {args.k * args.d * 4 / 2**20:.0f} MiB; threads {args.threads}")
     print(f"{'images':>6} {'tokens':>7} {'mode':>8} {'seconds':>8} {'ms/token':>9} {'extra peak MiB':>15} {'IBQ whole logits+softmax MiB':>29}")
     for images in args.images:
         n = images * 256
-        for exact in (1, 0):
-            out = subprocess.run([sys.executable, "-c", _CHILD, str(n), str(args.k), str(args.d), str(exact), str(args.threads)],
-                                 check=True, capture_output=True, text=True)
-            r = json.loads(out.stdout.strip().splitlines()[-1])
+        for exact in (True, False):
+            r = measure(_CHILD, n, args.k, args.d, exact, args.threads)
             print(f"{images:>6} {n:>7} {'softmax' if exact else 'logits':>8} {r['seconds']:>8.2f} {1000 * r['seconds'] / n:>9.2f} "
                   f"{r['extra_peak_mib']:>15.0f} {2 * n * args.k * 4 / 2**20:>29.0f}   (argmax check {r['agree8']}/8)")
 

@@ -42,28 +42,34 @@ print(json.dumps({"seconds": dt, "extra_peak_mib": (peak - base) / 1024, "proces
 """
 
 
-def measure(n: int, k: int, d: int, exact: bool, threads: int) -> dict[str, float]:
+def measure(child: str, n: int, k: int, d: int, exact: bool, threads: int) -> dict[str, float]:
+    """Run the ``child`` script (argv: n k d exact threads) in a fresh process; its last stdout line is JSON."""
     out = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(n), str(k), str(d), "1" if exact else "0", str(threads)],
+        [sys.executable, "-c", child, str(n), str(k), str(d), "1" if exact else "0", str(threads)],
         check=True, capture_output=True, text=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(doc: str | None) -> argparse.Namespace:
+    """The options of this benchmark and of ``ibq_lookup.py``."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, nargs="+", default=[1, 4], help="images of 16x16 tokens per search")
     ap.add_argument("--k", type=int, default=262144, help="codebook size K")
     ap.add_argument("--d", type=int, default=256, help="code dimension D")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse_args(__doc__)
     codebook_mib = args.k * args.d * 4 / 2**20
     print(f"codebook {args.k} x {args.d} float32 = {codebook_mib:.0f} MiB; threads {args.threads}")
     print(f"{'images':>6} {'tokens':>7} {'search':>14} {'seconds':>8} {'ms/token':>9} {'extra peak MiB':>15} {'whole (N,K) MiB':>16}")
     for images in args.images:
         n = images * 256
         for exact in (True, False):
-            r = measure(n, args.k, args.d, exact, args.threads)
+            r = measure(_CHILD, n, args.k, args.d, exact, args.threads)
             whole = n * args.k * 4 / 2**20
             name = "exact" if exact else "fused addmm"
             print(f"{images:>6} {n:>7} {name:>14} {r['seconds']:>8.2f} {1000 * r['seconds'] / n:>9.2f} "

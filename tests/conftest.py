@@ -37,12 +37,17 @@ def one_thread():
     torch.set_num_threads(old)
 
 
-@pytest.fixture
-def tiny_tokenizer() -> Tokenizer:
+def make_tiny_tokenizer() -> Tokenizer:
+    """The tests' tiny VQGAN tokenizer (``TINY``, seed 0, codes spread over the features)."""
     torch.manual_seed(0)
     tok = Tokenizer.from_config(TINY)
     spread_codebook(tok.model)
     return tok
+
+
+@pytest.fixture
+def tiny_tokenizer() -> Tokenizer:
+    return make_tiny_tokenizer()
 
 
 def real_photos(n: int = 4) -> list[Image.Image]:
@@ -55,6 +60,17 @@ def real_photos(n: int = 4) -> list[Image.Image]:
     return imgs[:n]
 
 
+def photo_files(folder: Path, *, n: int = 3, stem: str = "photo", suffix: str = ".jpg") -> list[str]:
+    """``n`` real photos saved as ``folder/<stem><i><suffix>`` (JPEG quality 95), the folder created; their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, img in enumerate(real_photos(n)):
+        p = folder / f"{stem}{i}{suffix}"
+        img.save(p, quality=95)
+        paths.append(str(p))
+    return paths
+
+
 @pytest.fixture
 def photos() -> list[Image.Image]:
     return real_photos(4)
@@ -63,6 +79,18 @@ def photos() -> list[Image.Image]:
 @pytest.fixture
 def photo_array() -> np.ndarray:
     return np.array(real_photos(1)[0].resize((64, 64)))
+
+
+class ShellPayload:
+    """Pickles as a call of ``os.system(command)``: what the restricted unpicklers must refuse to run."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (self.command,))
 
 
 def write_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:

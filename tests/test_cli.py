@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import real_photos
+from tests.conftest import photo_files
 from vqtok import Tokenizer
 from vqtok.cli import main
 
@@ -26,12 +26,7 @@ def model_dir(tiny_tokenizer, tmp_path):
 
 @pytest.fixture
 def image_files(tmp_path):
-    paths = []
-    for i, img in enumerate(real_photos(3)):
-        p = tmp_path / f"img{i}.jpg"
-        img.save(p, quality=95)
-        paths.append(str(p))
-    return paths
+    return photo_files(tmp_path, stem="img")
 
 
 def test_encode_decode_round_trip(model_dir, image_files, tmp_path, capsys):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import real_photos
+from tests.conftest import photo_files
 from vqtok import Tokenizer, hub
 from vqtok.cli import main
 
@@ -30,12 +30,7 @@ def model_dir(tiny_tokenizer: Tokenizer, tmp_path: Path) -> Path:
 
 @pytest.fixture
 def image_files(tmp_path: Path) -> list[str]:
-    paths = []
-    for i, img in enumerate(real_photos(3)):
-        p = tmp_path / f"photo{i}.jpg"
-        img.save(p, quality=95)
-        paths.append(str(p))
-    return paths
+    return photo_files(tmp_path)
 
 
 # ---------------------------------------------------------------------- item 3: folders vs Hub ids

@@ -23,7 +23,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import pretokenize_photos, real_photos
+from tests.conftest import ShellPayload, photo_files, pretokenize_photos, real_photos
 from vqtok import Tokenizer
 from vqtok.convert.cosmos import from_cosmos, read_torchscript_tensors
 from vqtok.convert.safe_pickle import UnsafeCheckpointError
@@ -305,14 +305,8 @@ def test_malicious_archive_is_refused_and_nothing_runs(tmp_path: Path) -> None:
     enc_path, dec_path, _, _ = _archives(model, tmp_path)
     marker = tmp_path / "pwned"
 
-    class Evil:
-        def __reduce__(self):
-            import os
-
-            return (os.system, (f"touch {marker}",))
-
     evil = tmp_path / "evil.jit"
-    _rewrite_data_pkl(enc_path, evil, pickle.dumps({"encoder": Evil()}, protocol=2))
+    _rewrite_data_pkl(enc_path, evil, pickle.dumps({"encoder": ShellPayload(f"touch {marker}")}, protocol=2))
     assert b"system" in zipfile.ZipFile(evil).read(next(n for n in zipfile.ZipFile(evil).namelist() if n.endswith("data.pkl")))
     with pytest.raises(UnsafeCheckpointError, match="system"):
         from_cosmos(evil, dec_path)
@@ -365,9 +359,7 @@ def test_cli_convert_then_pretokenize_usage_eval(tmp_path: Path, capsys) -> None
     assert usage.used_codes == len(np.unique(want))
 
     photo_dir = tmp_path / "photos"
-    photo_dir.mkdir()
-    for i, img in enumerate(real_photos(3)):
-        img.save(photo_dir / f"{i}.png")
+    photo_files(photo_dir, stem="", suffix=".png")
     report = tmp_path / "report.json"
     assert main(["eval", "--model", str(out), "--data", str(photo_dir), "--size", "64", "--no-fid", "--no-lpips",
                  "--no-progress", "--out", str(report)]) == 0

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import TINY, real_photos, spread_codebook
+from tests.conftest import TINY, make_tiny_tokenizer, real_photos
 from tests.flax_layout import write_flax_folder
 from tests.test_llamagen import save_llamagen_checkpoint
 import vqtok.hub
@@ -134,10 +134,7 @@ def test_llamagen_file_by_name(tmp_path: Path, photos) -> None:
 
 @pytest.fixture(scope="module")
 def taming() -> Tokenizer:
-    torch.manual_seed(0)
-    tok = Tokenizer.from_config(TINY)
-    spread_codebook(tok.model)
-    return tok
+    return make_tiny_tokenizer()
 
 
 def test_diffusers_pipeline_subfolder(tmp_path: Path, photos, taming: Tokenizer) -> None:

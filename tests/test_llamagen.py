@@ -14,7 +14,7 @@ import argparse
 import pytest
 import torch
 
-from tests.conftest import real_photos
+from tests.conftest import ShellPayload, real_photos
 from vqtok import Tokenizer, VQGANConfig
 from vqtok.cli import main
 from vqtok.convert import UnsafeCheckpointError, from_llamagen
@@ -240,16 +240,9 @@ def test_clear_errors(tmp_path):
         from_llamagen(save_llamagen_checkpoint(tmp_path / "cut.pt", state))
 
 
-class _Evil:
-    def __reduce__(self):
-        import os
-
-        return (os.system, ("echo pwned > /tmp/vqtok-pwned-llamagen",))
-
-
 def test_malicious_checkpoint_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
-    torch.save({"model": {"x": torch.zeros(1)}, "args": _Evil()}, path)
+    torch.save({"model": {"x": torch.zeros(1)}, "args": ShellPayload("echo pwned > /tmp/vqtok-pwned-llamagen")}, path)
     with pytest.raises(UnsafeCheckpointError):
         from_llamagen(path)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import TINY, pretokenize_photos, real_photos
+from tests.conftest import TINY, photo_files, pretokenize_photos, real_photos
 from vqtok import Tokenizer
 from vqtok.convert.magvit2 import from_magvit2, infer_magvit2_config, magvit2_state_dict
 from vqtok.models.magvit2 import MAGVIT2, MAGVIT2Config, depth_to_space
@@ -229,9 +229,7 @@ def test_cli_eval_and_usage_on_a_magvit2_folder(tmp_path: Path, capsys) -> None:
 
     Tokenizer(_model(4)).save_pretrained(tmp_path / "m")
     photos = tmp_path / "photos"
-    photos.mkdir()
-    for i, img in enumerate(real_photos(3)):
-        img.save(photos / f"{i}.png")
+    photo_files(photos, stem="", suffix=".png")
     report = tmp_path / "report.json"
     argv = ["eval", "--model", str(tmp_path / "m"), "--data", str(photos), "--size", "64", "--no-fid", "--no-lpips",
             "--no-progress", "--out", str(report)]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import TINY, real_photos, spread_codebook
+from tests.conftest import TINY, real_photos
 from vqtok import Tokenizer, VQGANConfig
 from vqtok.images import to_model_input, to_uint8_batch
 from vqtok.models import quantizer
@@ -72,10 +72,8 @@ def test_channels_last_attention_matches_contiguous():
 
 
 @pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="no native bf16 on this CPU")
-def test_bf16_mode_agrees_with_fp32_on_real_photos():
-    torch.manual_seed(0)
-    tok = Tokenizer.from_config(TINY)
-    spread_codebook(tok.model)
+def test_bf16_mode_agrees_with_fp32_on_real_photos(tiny_tokenizer):
+    tok = tiny_tokenizer
     images = real_photos(8)
     exact = tok.encode(images, size=64)
     tok.precision = "bf16"
@@ -87,10 +85,8 @@ def test_bf16_mode_agrees_with_fp32_on_real_photos():
     assert tok.model.quantize.embedding.weight.dtype == torch.float32  # weights untouched
 
 
-def test_bf16_decode_is_close_to_fp32():
-    torch.manual_seed(0)
-    tok = Tokenizer.from_config(TINY)
-    spread_codebook(tok.model)
+def test_bf16_decode_is_close_to_fp32(tiny_tokenizer):
+    tok = tiny_tokenizer
     ids = torch.randint(0, TINY.n_embed, (2, 16, 16))
     exact = tok.decode(ids, output="pt")
     tok.precision = "bf16"

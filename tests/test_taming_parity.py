@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import real_photos
+from tests.conftest import ShellPayload, real_photos
 from tests.taming_reference import TamingVQModel, save_lightning_checkpoint
 from vqtok import Tokenizer, VQGANConfig
 from vqtok.convert import UnsafeCheckpointError, from_taming, infer_taming_config, taming_config_from_yaml
@@ -131,16 +131,9 @@ def test_cli_convert_then_encode(tmp_path):
     _compare(ref, tok, size=64)
 
 
-class _Evil:
-    def __reduce__(self):
-        import os
-
-        return (os.system, ("echo pwned > /tmp/vqtok-pwned",))
-
-
 def test_malicious_checkpoint_is_refused_without_running_code(tmp_path):
     path = tmp_path / "evil.ckpt"
-    torch.save({"state_dict": {"x": torch.zeros(1)}, "payload": _Evil()}, path)
+    torch.save({"state_dict": {"x": torch.zeros(1)}, "payload": ShellPayload("echo pwned > /tmp/vqtok-pwned")}, path)
     with pytest.raises(UnsafeCheckpointError, match="system"):
         from_taming(path)
     run = subprocess.run(

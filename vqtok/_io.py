@@ -5,13 +5,14 @@ downloads, checkpoints) goes through :func:`atomic_write`: the content is writte
 ``<name>.tmp-<host>-<pid>`` beside the target and renamed onto it (``os.replace``, atomic on one file
 system) only when complete. The host and process id in the name keep concurrent writers (ranks on
 several machines sharing a folder) off each other's temporary files; :func:`remove_stale_tmp` deletes
-the ones a crashed writer left.
+the ones a crashed writer left. :func:`sha256_file` is the one way files are checksummed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import logging
 import os
 import shutil
@@ -21,7 +22,7 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["atomic_write", "remove_stale_tmp", "temporary_path"]
+__all__ = ["atomic_write", "remove_stale_tmp", "sha256_file", "temporary_path"]
 
 _TMP = ".tmp-"  # <name>.tmp-<host>-<pid>: the temporary file or folder being written
 _OLD = ".old-"  # <name>.old-<host>-<pid>: a replaced folder, removed after the swap
@@ -93,3 +94,12 @@ def remove_stale_tmp(path: str | os.PathLike[str]) -> list[Path]:
             removed.append(stale)
             logger.info("removed stale temporary %s", stale)
     return removed
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The sha256 hex digest of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -2,7 +2,8 @@
 
 * :func:`resolve_device`: ``"auto"`` / ``"cpu"`` / ``"cuda"`` / ``"cuda:N"`` -> a checked ``torch.device``
   (one clear ``ValueError`` for an unknown name or a device this machine does not have).
-* :func:`init_distributed`: ``torchrun``'s ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` -> :class:`Distributed`.
+* :func:`init_distributed`: ``torchrun``'s ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` -> :class:`Distributed`
+  (:func:`env_int` reads them, for ``pretokenize``'s ranks too).
 * :func:`autocast_dtype` / :func:`autocast`: the ``precision`` option (``auto`` | ``bf16`` | ``fp32``).
 * :class:`CheckpointDir`: ``OUT/checkpoints/step-NNNNNNN/`` folders plus ``OUT/checkpoints/latest``.
 * :func:`append_jsonl` / :func:`read_jsonl`: the ``OUT/log.jsonl`` of a run.
@@ -36,8 +37,15 @@ LATEST_NAME = "latest"
 
 
 # ---------------------------------------------------------------------------- device
-def _env_int(name: str, default: int) -> int:
-    return int(os.environ.get(name, str(default)))
+def env_int(name: str, default: int) -> int:
+    """The integer in ``$name`` (torchrun's ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``), ``default`` when unset or empty."""
+    value = os.environ.get(name, "")
+    if value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"${name}={value!r} is not an integer") from None
 
 
 def resolve_device(name: str | torch.device | None = "auto", *, local_rank: int | None = None) -> torch.device:
@@ -46,7 +54,7 @@ def resolve_device(name: str | torch.device | None = "auto", *, local_rank: int 
     ``"auto"`` (or None) is ``cuda:LOCAL_RANK`` when CUDA is available, else ``cpu``; a bare ``"cuda"``
     is ``cuda:LOCAL_RANK`` (``LOCAL_RANK`` from the environment under ``torchrun``, else 0).
     """
-    rank = _env_int("LOCAL_RANK", 0) if local_rank is None else local_rank
+    rank = env_int("LOCAL_RANK", 0) if local_rank is None else local_rank
     if name is None or str(name) == "auto":
         return torch.device(f"cuda:{rank}") if torch.cuda.is_available() else torch.device("cpu")
     try:
@@ -132,8 +140,8 @@ def init_distributed(device: torch.device) -> Distributed:
     """Join the ``torchrun`` job of the environment (NCCL on CUDA, gloo on CPU); select ``device``."""
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    world = _env_int("WORLD_SIZE", 1)
-    local_rank = _env_int("LOCAL_RANK", 0)
+    world = env_int("WORLD_SIZE", 1)
+    local_rank = env_int("LOCAL_RANK", 0)
     if world <= 1:
         return Distributed(local_rank=local_rank)
     created = False

@@ -37,7 +37,6 @@ __all__ = [
     "check_image_size",
     "parse_grid",
     "device_from_args",
-    "ids_dtype",
     "number_in",
     "positive_int",
     "tokenizer_from_args",
@@ -107,11 +106,6 @@ def tokenizer_from_args(args: argparse.Namespace) -> Tokenizer:
     return Tokenizer.load(args.model, device=device_from_args(args), precision=args.precision, batch_size=args.batch_size)
 
 
-def ids_dtype(codebook_size: int) -> np.dtype:
-    """Smallest storage dtype for ids: uint16 up to 65536 codes, else int32."""
-    return np.dtype(np.uint16) if codebook_size <= 65536 else np.dtype(np.int32)
-
-
 IDS_RECORD_VERSION = 1  # "vqtok_ids" of the .json written beside an encode output
 
 
@@ -159,6 +153,7 @@ def _encode(args: argparse.Namespace) -> int:
     from vqtok._progress import Progress
     from vqtok.images import load_image
     from vqtok.pipeline._naming import model_fingerprint
+    from vqtok.tokens import ids_dtype_for
 
     tok = tokenizer_from_args(args)
     check_image_size(tok, args.size)
@@ -178,7 +173,7 @@ def _encode(args: argparse.Namespace) -> int:
                     f"{paths[0]} gives a {ids.shape[1]}x{ids.shape[2]} token grid, the images before it "
                     f"{parts[0].shape[1]}x{parts[0].shape[2]}; pass --size S to resize them all to SxS"
                 )
-            parts.append(ids.astype(ids_dtype(tok.codebook_size)))
+            parts.append(ids.astype(ids_dtype_for(tok.codebook_size)))  # as in token shards
             bar.update(len(paths))
     ids = np.concatenate(parts)  # (B, h, w)
     record = {

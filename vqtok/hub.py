@@ -20,7 +20,7 @@ from typing import Any, Collection, Mapping, Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
-from vqtok._io import atomic_write
+from vqtok._io import atomic_write, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -293,16 +293,6 @@ def weights_cache_dir() -> Path:
     return base / "vqtok"
 
 
-def _sha256_of(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def download_weights(
     *,
     filename: str,
@@ -331,7 +321,7 @@ def download_weights(
     def verify(path: Path) -> None:
         if expected is None:
             return
-        actual = _sha256_of(path)
+        actual = sha256_file(path)
         if not actual.startswith(expected):
             raise ValueError(
                 f"{path} has sha256 {actual[:16]}…, expected {expected[:16]}…: the file is corrupt or "

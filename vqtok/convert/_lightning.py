@@ -1,4 +1,4 @@
-"""What the importers of Lightning-trained checkpoints share (Open-MAGVIT2, IBQ: SEED-Voken's ``LitEma``).
+"""What the importers of Lightning-trained checkpoints share (taming; Open-MAGVIT2, IBQ: SEED-Voken's ``LitEma``).
 
 * :func:`strip_wrappers`: drop the ``module.`` (DDP) / ``_orig_mod.`` (torch.compile) prefixes a
   saved key may keep (also used by the LlamaGen importer);

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from vqtok import hub
+from vqtok._io import sha256_file
 from vqtok.hub import CONFIG_NAME, WEIGHTS_NAME, load_strict, weights_cache_dir
 from vqtok.tokenizer import Tokenizer, register_layout_resolver
 
@@ -221,11 +222,7 @@ def _file_hash(path: Path) -> str:
     blob = path.resolve()
     if blob.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", blob.name):
         return blob.name
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def _safe(text: str) -> str:

@@ -39,7 +39,6 @@ import logging
 import math
 import os
 import pickle
-import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -47,6 +46,7 @@ from typing import Any, Sequence
 
 import torch
 
+from vqtok.convert._shapes import encoder_shape
 from vqtok.convert.safe_pickle import Placeholder, RestrictedUnpickler, UnsafeCheckpointError
 from vqtok.hub import load_strict
 from vqtok.models.cosmos import CosmosConfig, CosmosDI
@@ -185,12 +185,6 @@ _DEC_FSQ = "inv_quant.quantizer."  # decoder.jit: Sequential(inv_quant(quantizer
 _FSQ_BUFFERS = ("_levels", "_basis", "implicit_codebook")
 
 
-def _count(state: dict[str, torch.Tensor], pattern: str) -> int:
-    rx = re.compile(pattern)
-    found = {int(m.group(1)) for k in state for m in [rx.match(k)] if m}
-    return max(found) + 1 if found else 0
-
-
 def _check_fsq_buffers(tensors: dict[str, torch.Tensor], prefix: str, levels: tuple[int, ...], source: str) -> None:
     """The archive's FSQ bookkeeping must number codes as vqtok's FSQ does."""
     from vqtok.models.fsq import FSQ
@@ -237,37 +231,27 @@ def infer_cosmos_config(
     ``resolution`` / ``attn_resolutions`` only place attention (published: 1024 / [32], i.e. the
     mid blocks only) and are checked against the keys by the strict load.
     """
-    for key in ("encoder.conv_in.weight", "encoder.conv_out.weight", "quant_conv.weight", "decoder.conv_out.weight"):
+    for key in ("quant_conv.weight", "decoder.conv_out.weight"):
         if key not in state:
             raise ValueError(f"not a Cosmos discrete image tokenizer: no {key}")
-    conv_in = state["encoder.conv_in.weight"]
-    channels, in_patched = int(conv_in.shape[0]), int(conv_in.shape[1])
+    arch = encoder_shape(state, what="a Cosmos discrete image tokenizer", check_decoder=False)
+    in_patched = arch.in_channels
     out_patched = int(state["decoder.conv_out.weight"].shape[0])
     if in_patched % 3 or out_patched % 3:
         raise ValueError(f"encoder.conv_in takes {in_patched} and decoder.conv_out gives {out_patched} channels: not 3·p² (RGB)")
     patch_size = math.isqrt(in_patched // 3)
     if patch_size * patch_size * 3 != in_patched or patch_size & (patch_size - 1):
         raise ValueError(f"encoder.conv_in takes {in_patched} channels, not 3·p² for a power-of-2 patch size p")
-    n_levels = _count(state, r"encoder\.down\.(\d+)\.")
-    if n_levels == 0:
-        raise ValueError("not a Cosmos discrete image tokenizer: no encoder.down.* levels")
-    mults = []
-    for i in range(n_levels):
-        w = state.get(f"encoder.down.{i}.block.0.conv1.weight")
-        if w is None or int(w.shape[0]) % channels:
-            raise ValueError(f"encoder.down.{i}.block.0.conv1.weight is missing or not a multiple of {channels} channels")
-        mults.append(int(w.shape[0]) // channels)
-    num_res_blocks = _count(state, r"encoder\.down\.0\.block\.(\d+)\.")
-    resamples = sum(f"encoder.down.{i}.downsample.conv.weight" in state for i in range(n_levels))
+    resamples = sum(f"encoder.down.{i}.downsample.conv.weight" in state for i in range(len(arch.ch_mult)))
     return CosmosConfig(
-        channels=channels,
-        channels_mult=tuple(mults),
-        num_res_blocks=num_res_blocks,
+        channels=arch.ch,
+        channels_mult=arch.ch_mult,
+        num_res_blocks=arch.num_res_blocks,
         attn_resolutions=tuple(attn_resolutions),
         resolution=resolution,
         patch_size=patch_size,
         patch_method=patch_method,
-        z_channels=int(state["encoder.conv_out.weight"].shape[0]),
+        z_channels=arch.z_channels,
         embedding_dim=int(state["quant_conv.weight"].shape[0]),
         levels=tuple(levels),
         spatial_compression=patch_size * 2**resamples,

@@ -28,6 +28,7 @@ So conversion is a renaming of keys plus a config; nothing of the model file is 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -38,6 +39,8 @@ import torch
 from vqtok.convert.safe_pickle import Placeholder, load_checkpoint
 from vqtok.models.vqgan import VQGAN, VQGANConfig
 from vqtok.convert._lightning import strip_wrappers
+from vqtok.convert._shapes import count_indices
+from vqtok.convert.taming import infer_taming_config
 from vqtok.hub import load_strict
 from vqtok.tokenizer import Tokenizer
 
@@ -212,53 +215,36 @@ def infer_llamagen_config(
     """
     args = dict(args or {})
     n_enc, n_dec = _levels(state, "encoder"), _levels(state, "decoder")
-    ch = state["encoder.conv_in.weight"].shape[0]
-    enc_mult = tuple(state[f"encoder.conv_blocks.{i}.res.0.conv1.weight"].shape[0] // ch for i in range(n_enc))
-    # decoder.conv_blocks run lowest resolution first; level i of the decoder is conv_blocks[n-1-i]
-    dec_out = [state[f"decoder.conv_blocks.{n_dec - 1 - i}.res.0.conv1.weight"].shape[0] for i in range(n_dec)]
-    dec_ch = state["decoder.conv_out.weight"].shape[1]
+    if l2_norm is None:
+        l2_norm = _as_bool(args.get("codebook_l2_norm", True), "codebook_l2_norm")
+    resolution = int(args.get("image_size", 256) or 256)
+    if resolution < 2 ** (n_enc - 1):
+        resolution = 256
+    vq = llamagen_to_vqtok_keys(state)  # taming's names: decoder.up.{i} is decoder level i
+    arch = infer_taming_config(vq, resolution=resolution)
+    ch, enc_mult = arch.ch, arch.ch_mult
+    dec_out = [vq[f"decoder.up.{i}.block.0.conv1.weight"].shape[0] for i in range(n_dec)]
+    dec_ch = vq["decoder.conv_out.weight"].shape[1]
     dec_mult = tuple(c // dec_ch for c in dec_out)
     if (dec_ch, dec_mult) != (ch, enc_mult):
         raise ValueError(
             f"encoder (ch {ch}, ch_mult {enc_mult}) and decoder (ch {dec_ch}, ch_mult {dec_mult}) differ; "
             "vqtok's VQGAN uses one ch_mult for both (as every published LlamaGen tokenizer does)"
         )
-    if any(ch * m != c for m, c in zip(enc_mult, dec_out)) or any(
-        state[f"encoder.conv_blocks.{i}.res.0.conv1.weight"].shape[0] % ch for i in range(n_enc)
-    ):
+    if any(ch * m != c for m, c in zip(enc_mult, dec_out)):
         raise ValueError(f"level widths are not multiples of ch={ch}; not a LlamaGen VQ layout")
-    rx_res = re.compile(r"encoder\.conv_blocks\.0\.res\.(\d+)\.")
-    num_res_blocks = len({m.group(1) for k in state if (m := rx_res.match(k))})
-    rx_dres = re.compile(r"decoder\.conv_blocks\.0\.res\.(\d+)\.")
-    dec_blocks = len({m.group(1) for k in state if (m := rx_dres.match(k))})
-    if dec_blocks != num_res_blocks + 1:
-        raise ValueError(f"decoder levels have {dec_blocks} ResNet blocks, expected encoder's {num_res_blocks} + 1")
-    enc_attn = [i for i in range(n_enc) if f"encoder.conv_blocks.{i}.attn.0.q.weight" in state]
-    dec_attn = [n_dec - 1 - k for k in range(n_dec) if f"decoder.conv_blocks.{k}.attn.0.q.weight" in state]
+    dec_blocks = count_indices(vq, rf"decoder\.up\.{n_dec - 1}\.block\.(\d+)\.")
+    if dec_blocks != arch.num_res_blocks + 1:
+        raise ValueError(f"decoder levels have {dec_blocks} ResNet blocks, expected encoder's {arch.num_res_blocks} + 1")
+    enc_attn = [i for i in range(n_enc) if f"encoder.down.{i}.attn.0.q.weight" in vq]
+    dec_attn = [i for i in range(n_dec) if f"decoder.up.{i}.attn.0.q.weight" in vq]
     if enc_attn != dec_attn or len(enc_attn) > 1 or (enc_attn and enc_attn[0] != n_enc - 1):
         raise ValueError(
             f"attention at encoder levels {enc_attn} and decoder levels {dec_attn}; LlamaGen (and this "
             f"converter) put it at the lowest-resolution level {n_enc - 1} only"
         )
-    z_channels = state["encoder.conv_out.weight"].shape[0]
-    n_embed, embed_dim = state["quantize.embedding.weight"].shape
-    if l2_norm is None:
-        l2_norm = _as_bool(args.get("codebook_l2_norm", True), "codebook_l2_norm")
-    resolution = int(args.get("image_size", 256) or 256)
-    f = 2 ** (n_enc - 1)
-    if resolution < f:
-        resolution = 256
-    return VQGANConfig(
-        ch=ch,
-        ch_mult=enc_mult,
-        num_res_blocks=num_res_blocks,
-        attn_resolutions=tuple(resolution // 2**i for i in enc_attn),
-        z_channels=z_channels,
-        embed_dim=embed_dim,
-        n_embed=n_embed,
-        resolution=resolution,
-        in_channels=state["encoder.conv_in.weight"].shape[1],
-        out_ch=state["decoder.conv_out.weight"].shape[0],
+    return dataclasses.replace(
+        arch,
         dropout=float(args.get("dropout_p", 0.0) or 0.0),
         beta=float(args.get("commit_loss_beta", 0.25)),
         legacy_loss=False,  # LlamaGen: codebook term + β · commitment term (the paper's form)

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from typing import Any, Mapping
 
 import torch
 
 from vqtok.convert._lightning import select_weights, split_ema_state
+from vqtok.convert._shapes import count_indices, encoder_shape
 from vqtok.convert.safe_pickle import load_checkpoint
 from vqtok.models.magvit2 import MAGVIT2, MAGVIT2Config
 from vqtok.hub import load_strict
@@ -61,35 +61,19 @@ def magvit2_state_dict(checkpoint: Any, *, ema: bool | None = None) -> dict[str,
     return select_weights(model, averaged, ema)
 
 
-def _count(state: Mapping[str, torch.Tensor], pattern: str) -> int:
-    rx = re.compile(pattern)
-    return len({m.group(1) for k in state if (m := rx.match(k))})
-
-
 def infer_magvit2_config(state: Mapping[str, torch.Tensor], *, resolution: int = 256) -> MAGVIT2Config:
     """Read the architecture off the tensor shapes (``resolution`` is not in the weights: it is recorded as given)."""
-    conv_in = state["encoder.conv_in.weight"]  # (ch, in_channels, 3, 3)
-    ch, in_channels = int(conv_in.shape[0]), int(conv_in.shape[1])
-    levels = _count(state, r"encoder\.down\.(\d+)\.")
-    if levels == 0:
-        raise ValueError("no encoder.down.* tensors: not an Open-MAGVIT2 encoder")
-    ch_mult = tuple(int(state[f"encoder.down.{i}.block.0.conv1.weight"].shape[0]) // ch for i in range(levels))
-    num_res_blocks = _count(state, r"encoder\.down\.0\.block\.(\d+)\.")
-    z_channels = int(state["encoder.conv_out.weight"].shape[0])
-    if int(state["decoder.conv_in.weight"].shape[1]) != z_channels:
-        raise ValueError(
-            f"encoder.conv_out gives {z_channels} channels but decoder.conv_in takes {state['decoder.conv_in.weight'].shape[1]}"
-        )
-    decoder_blocks = _count(state, r"decoder\.up\.0\.block\.(\d+)\.")
-    if decoder_blocks != num_res_blocks:
-        raise ValueError(f"encoder has {num_res_blocks} blocks per level but decoder {decoder_blocks}: not a supported layout")
+    arch = encoder_shape(state, what="an Open-MAGVIT2 encoder")
+    decoder_blocks = count_indices(state, r"decoder\.up\.0\.block\.(\d+)\.")
+    if decoder_blocks != arch.num_res_blocks:
+        raise ValueError(f"encoder has {arch.num_res_blocks} blocks per level but decoder {decoder_blocks}: not a supported layout")
     return MAGVIT2Config(
-        ch=ch,
-        ch_mult=ch_mult,
-        num_res_blocks=num_res_blocks,
-        z_channels=z_channels,
+        ch=arch.ch,
+        ch_mult=arch.ch_mult,
+        num_res_blocks=arch.num_res_blocks,
+        z_channels=arch.z_channels,
         resolution=resolution,
-        in_channels=in_channels,
+        in_channels=arch.in_channels,
         out_ch=int(state["decoder.conv_out.weight"].shape[0]),
     )
 

