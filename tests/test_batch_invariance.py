@@ -355,3 +355,18 @@ def test_batch_invariance_can_be_turned_off_on_the_model(probe, monkeypatch):
         assert calls == [1, 1, 1, 1]
     finally:
         model.batch_invariant = None
+
+
+def test_thread_invariant_encode_under_a_dispatch_mode() -> None:
+    # FlopCounterMode (benchmarks/encode_decode.py) cannot count aten.thnn_conv2d (torch 2.13's
+    # formula for _slow_conv2d_forward takes other arguments): under a dispatch mode the 1x1
+    # convolutions go through F.conv2d, and the model's FLOPs are counted
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vqtok.models.thread_invariance import ThreadInvariantOps
+
+    x, w = torch.randn(1, 8, 4, 4), torch.randn(8, 8, 1, 1)
+    with ThreadInvariantOps(), FlopCounterMode(display=False) as counter:
+        y = torch.nn.functional.conv2d(x, w)
+    assert counter.get_total_flops() == 2 * 8 * 8 * 16
+    torch.testing.assert_close(y, torch.nn.functional.conv2d(x, w))

@@ -32,6 +32,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 __all__ = ["ThreadInvariantOps", "silu", "conv2d", "GRAIN_SIZE", "ALIGN"]
 
@@ -124,6 +125,7 @@ def conv2d(
         and _pair(stride) == (1, 1)
         and _pair(padding) == (0, 0)
         and _pair(dilation) == (1, 1)
+        and _get_current_dispatch_mode() is None  # FlopCounterMode etc. see aten.convolution, as without us
     ):
         return torch._C._nn.thnn_conv2d(x, weight, (1, 1), bias, (1, 1), (0, 0))
     return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
