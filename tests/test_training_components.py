@@ -15,7 +15,7 @@ from vqtok.models.vqgan import VQGAN
 from vqtok.training import CodebookConfig, TrainConfig
 from vqtok.training.codebook import CodebookTrainer, kmeans
 from vqtok.training.discriminator import NLayerDiscriminator
-from vqtok.training.config import LossConfig, default_model_config
+from vqtok.training.config import DataConfig, LossConfig, default_model_config
 from vqtok.training.data import TrainImages, make_loader, random_crop
 from vqtok.training.losses import VQGANLoss, adaptive_weight, hinge_d_loss
 
@@ -180,6 +180,31 @@ def test_random_crop_shapes_and_scales() -> None:
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 300, 3), dtype=np.uint8))
     crop = random_crop(img, 64, np.random.default_rng(1), max_zoom_out=4.0)
     assert crop.shape == (3, 64, 64) and crop.dtype == torch.uint8  # short side 50 < 64: upscaled first
+
+
+def test_hue_rotation_turns_hues_and_keeps_greys() -> None:
+    from vqtok.training.data import hue_rotation
+
+    turn = hue_rotation(2 * np.pi / 3)
+    np.testing.assert_allclose(turn @ turn.T, np.eye(3), atol=1e-12)  # a rotation
+    np.testing.assert_allclose(turn @ [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], atol=1e-12)  # red -> green
+    np.testing.assert_allclose(turn @ [0.5, 0.5, 0.5], [0.5, 0.5, 0.5], atol=1e-12)  # greys stay
+
+
+def test_random_crop_hue_rotate(tmp_path: Path) -> None:
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 96, 3), dtype=np.uint8))
+    plain = random_crop(photo, 64, np.random.default_rng(3))
+    never = random_crop(photo, 64, np.random.default_rng(3), hue_rotate=0.0)
+    always = random_crop(photo, 64, np.random.default_rng(3), hue_rotate=1.0)
+    assert torch.equal(plain, never)  # hue_rotate 0 draws nothing: older runs keep their crops
+    assert not torch.equal(plain, always)
+    # the same crop, hues turned: lightness (R+G+B) kept up to rounding and clipping
+    lum = (plain.float().sum(0) - always.float().sum(0)).abs()
+    assert float(lum.median()) <= 2.0
+    with pytest.raises(ValueError, match="hue_rotate"):
+        TrainConfig(data=DataConfig(hue_rotate=1.5))
+    cfg = TrainConfig(data=DataConfig(hue_rotate=0.5))
+    assert TrainConfig.from_yaml(cfg.to_yaml(tmp_path / "c.yaml")).data.hue_rotate == 0.5
 
 
 def test_stream_is_deterministic_resumable_and_worker_independent(tmp_path: Path) -> None:

@@ -84,6 +84,7 @@ class DataConfig:
     crop_size: int = 128  # side of the square training crops (pixels)
     max_zoom_out: float = 4.0  # crops cover crop_size × s source pixels, s log-uniform in [1, this] (then resized)
     flip: bool = True  # random horizontal flips
+    hue_rotate: float = 0.0  # probability of turning a crop's hues by a random angle about the grey axis (greens kept)
     num_workers: int = 2  # DataLoader worker processes (0 = load in the training process)
     cache_images: bool = False  # keep decoded images in (each worker's) memory: fast, costs RAM
     val_data: str | None = None  # folder / shards of validation images (never the training set)
@@ -140,6 +141,8 @@ class TrainConfig:
                 f"the LFQ entropy loss holds (tokens, 2**lfq_bits) probabilities: train at most {_MAX_ENTROPY_BITS} bits "
                 f"with it, or set loss.entropy_weight: 0 (model.lfq_bits is {self.model.lfq_bits})"
             )
+        if not 0.0 <= self.data.hue_rotate <= 1.0:
+            raise ValueError(f"data.hue_rotate is a probability in [0, 1], got {self.data.hue_rotate}")
         if self.steps < 0 or self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("steps must be >= 0, batch_size and grad_accum >= 1")
         if self.data.crop_size % self.model.downsample_factor:

@@ -47,10 +47,34 @@ def list_images(folder: str | Path) -> list[Path]:
     return files
 
 
+def hue_rotation(angle: float) -> np.ndarray:
+    """(3, 3) rotation of RGB about the grey axis (1, 1, 1)/√3 by ``angle`` radians (Rodrigues).
+
+    Greys stay grey and every colour keeps its lightness (R+G+B) and saturation; hues turn by
+    ``angle``: 2π/3 maps red -> green -> blue -> red.
+    """
+    k = np.full(3, 1 / math.sqrt(3))
+    cross = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
+    return math.cos(angle) * np.eye(3) + math.sin(angle) * cross + (1 - math.cos(angle)) * np.outer(k, k)
+
+
 def random_crop(
-    img: Image.Image, size: int, rng: np.random.Generator, *, max_zoom_out: float = 4.0, flip: bool = True
+    img: Image.Image,
+    size: int,
+    rng: np.random.Generator,
+    *,
+    max_zoom_out: float = 4.0,
+    flip: bool = True,
+    hue_rotate: float = 0.0,
 ) -> torch.Tensor:
-    """Random multi-scale square crop resized to size×size (+ flip): -> uint8 (3, size, size)."""
+    """Random multi-scale square crop resized to size×size (+ flip, + hue rotation): -> uint8 (3, size, size).
+
+    ``hue_rotate``: probability of turning the crop's hues by a uniform random angle
+    (:func:`hue_rotation`, then clipped to 0..255). Natural photos vary far more along
+    orange-blue than along green-magenta, and a low-bit tokenizer trained on them spends its
+    codes on the first axis: greens come back grey-brown. Rotated crops make every hue axis
+    equally likely. With 0 no random number is drawn for it (older runs' crops are unchanged).
+    """
     img = pil_to_rgb(img)
     w, h = img.size
     if min(w, h) < size:
@@ -68,6 +92,9 @@ def random_crop(
     arr = np.asarray(crop, dtype=np.uint8)
     if flip and rng.random() < 0.5:
         arr = arr[:, ::-1]
+    if hue_rotate > 0 and rng.random() < hue_rotate:
+        turn = hue_rotation(rng.uniform(0.0, 2 * math.pi)).astype(np.float32)
+        arr = np.clip(np.rint(arr.astype(np.float32) @ turn.T), 0, 255).astype(np.uint8)  # (H, W, 3)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 
@@ -93,7 +120,7 @@ class TrainImages(torch.utils.data.IterableDataset):
     Args:
         source: image folder, or shard spec (brace notation / directory of ``.tar``).
         batch_size: crops per yielded batch.
-        crop_size, max_zoom_out, flip: augmentation (see :func:`random_crop`).
+        crop_size, max_zoom_out, flip, hue_rotate: augmentation (see :func:`random_crop`).
         seed: seeds the order and the crops.
         start_batch: index of the first batch to produce (resume).
         rank, world_size: DDP split of the crops.
@@ -108,6 +135,7 @@ class TrainImages(torch.utils.data.IterableDataset):
         crop_size: int,
         max_zoom_out: float = 4.0,
         flip: bool = True,
+        hue_rotate: float = 0.0,
         seed: int = 0,
         start_batch: int = 0,
         rank: int = 0,
@@ -120,6 +148,7 @@ class TrainImages(torch.utils.data.IterableDataset):
         self.crop_size = crop_size
         self.max_zoom_out = max_zoom_out
         self.flip = flip
+        self.hue_rotate = hue_rotate
         self.seed = seed
         self.start_batch = start_batch
         self.rank = rank
@@ -146,7 +175,9 @@ class TrainImages(torch.utils.data.IterableDataset):
 
     def _crop(self, img: Image.Image, g: int) -> torch.Tensor:
         rng = np.random.default_rng([self.seed, g])
-        return random_crop(img, self.crop_size, rng, max_zoom_out=self.max_zoom_out, flip=self.flip)
+        return random_crop(
+            img, self.crop_size, rng, max_zoom_out=self.max_zoom_out, flip=self.flip, hue_rotate=self.hue_rotate
+        )
 
     def _bad(self, key: str, err: Exception) -> None:
         if key not in self._reported:

@@ -403,6 +403,7 @@ class Trainer:
             crop_size=cfg.data.crop_size,
             max_zoom_out=cfg.data.max_zoom_out,
             flip=cfg.data.flip,
+            hue_rotate=cfg.data.hue_rotate,
             seed=cfg.seed,
             start_batch=self.step * cfg.grad_accum,
             rank=self.rank,
