@@ -60,7 +60,9 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _start_pretokenize(tmp_path: Path, worker_sleep: float = 0.0) -> tuple[subprocess.Popen[str], Path, list[int]]:
+def _start_pretokenize(
+    tmp_path: Path, worker_sleep: float = 0.0, *, new_session: bool = False
+) -> tuple[subprocess.Popen[str], Path, list[int]]:
     data = tmp_path / "data"
     data.mkdir()
     for s in range(2):
@@ -72,7 +74,7 @@ def _start_pretokenize(tmp_path: Path, worker_sleep: float = 0.0) -> tuple[subpr
             "--size", "64", "--batch-size", "2", "--workers", "1", "--no-progress", "--device", "cpu"]
     env = dict(_env(), WORKER_SLEEP=str(worker_sleep))
     proc = subprocess.Popen([sys.executable, "-c", SLOW_PRETOKENIZE, *argv], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=new_session)
     deadline = time.monotonic() + 60
     workers: list[int] = []
     while time.monotonic() < deadline and proc.poll() is None:
@@ -85,9 +87,14 @@ def _start_pretokenize(tmp_path: Path, worker_sleep: float = 0.0) -> tuple[subpr
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_sigterm_stops_pretokenize_cleanly(tmp_path: Path) -> None:
-    proc, out, workers = _start_pretokenize(tmp_path)
-    proc.send_signal(signal.SIGTERM)
+@pytest.mark.parametrize("to_group", [False, True], ids=["parent", "process-group"])
+def test_sigterm_stops_pretokenize_cleanly(tmp_path: Path, to_group: bool) -> None:
+    # to the process group: as Slurm's scancel, `kill -- -PGID` or `pkill -f` deliver it, workers included
+    proc, out, workers = _start_pretokenize(tmp_path, new_session=to_group)
+    if to_group:
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 143, (proc.returncode, stderr)
     assert "Traceback" not in stderr
@@ -123,3 +130,34 @@ def test_closed_stdout_pipe_is_quiet(argv: list[str]) -> None:
     os.close(write)
     assert proc.returncode in (0, 141), proc.stderr
     assert proc.stderr == "", proc.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigterm_to_the_process_group_stops_train_cleanly(tmp_path: Path) -> None:
+    # `vqtok train` with a DataLoader worker, SIGTERM to the whole group (Slurm's scancel): the worker
+    # leaves it to the trainer, which stops in one line; a worker killed by it was a traceback
+    # ("DataLoader worker (pid N) is killed by signal: Terminated")
+    from dataclasses import replace
+
+    from tests.test_training_components import write_images
+    from tests.test_training_loop import tiny_config
+
+    images = write_images(tmp_path / "imgs", n=6)
+    base = tiny_config()
+    cfg = base.replace(steps=100000, val_every=100000, image_every=100000, checkpoint_every=100000,
+                       data=replace(base.data, num_workers=1, crop_size=128))
+    argv = ["train", "--data", str(images), "--config", str(cfg.to_yaml(tmp_path / "c.yaml")), "--out",
+            str(tmp_path / "run"), "--no-progress"]
+    proc = subprocess.Popen([sys.executable, "-m", "vqtok", "-v", *argv], env=_env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    log = tmp_path / "run" / "log.jsonl"
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline and not (log.is_file() and log.stat().st_size):
+        time.sleep(0.1)  # until steps are being logged: the worker runs
+    workers = [c for c in _children(proc.pid) if _alive(c)]
+    assert workers, f"no DataLoader worker: {proc.poll()}"
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, (proc.returncode, stderr[-2000:])
+    assert "Traceback" not in stderr, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1].startswith("vqtok train: terminated")

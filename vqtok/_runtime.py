@@ -80,7 +80,8 @@ _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 def die_with_parent(worker_id: int = 0) -> None:
     """``worker_init_fn`` for DataLoaders: the worker gets SIGKILL when its parent dies, whatever killed
-    the parent (SIGKILL included, which leaves it no chance to stop its workers).
+    the parent (SIGKILL included, which leaves it no chance to stop its workers), and ignores SIGTERM
+    (the parent handles it).
 
     Linux only (``prctl(PR_SET_PDEATHSIG)``); elsewhere a daemon thread polls the parent's pid once a
     second and exits the worker when it changed. A parent that died before the call is caught too.
@@ -90,6 +91,10 @@ def die_with_parent(worker_id: int = 0) -> None:
     import threading
 
     parent = os.getppid()
+    # SIGTERM sent to the whole process group (Slurm's scancel, `kill -- -PGID`, `pkill -f`) reaches the
+    # workers too: they leave it to the parent, whose clean stop (exit 143) shuts them down (as PyTorch's
+    # workers do with Ctrl-C's SIGINT); a worker killed by it would turn that stop into a traceback.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         import ctypes
 
