@@ -41,14 +41,13 @@ from torch.utils._pytree import tree_map
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vqtok import VQGAN, Tokenizer, VQGANConfig
-from vqtok.images import load_image, to_model_input, to_uint8_batch
-from vqtok.models import vqgan as vqgan_module
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-PHOTOS = next(
-    (d for d in (r / "shared" / "data" / "eval-photos" for r in ROOT.parents[:2]) if d.is_dir()),
-    ROOT.parent / "shared" / "data" / "eval-photos",
-)
+from batch_invariance import photos  # the same eval photos, prepared the same way
+from batch_invariance import speed_models as models  # taming f16 (random weights) and the shipped default
+from batch_invariance import model_input as channels_last_input
+
+from vqtok.models import vqgan as vqgan_module
 
 
 @contextlib.contextmanager
@@ -72,22 +71,9 @@ def threads(n: int) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def models(names: list[str]) -> Iterator[tuple[str, VQGAN]]:
-    for name in names:
-        if name == "f16":
-            torch.manual_seed(0)
-            yield "taming f16 (ch=128, random weights)", VQGAN(VQGANConfig()).eval()
-        else:
-            tok = Tokenizer.default()
-            yield f"shipped default (f{tok.downsample_factor}, ch={tok.config.ch})", tok.model.eval()
-
-
 def model_input(n: int, size: int) -> torch.Tensor:
-    paths = sorted(PHOTOS.glob("*.jpg"))[:n]
-    if len(paths) < n:
-        raise SystemExit(f"need {n} photos in {PHOTOS}, found {len(paths)}")
-    pixels = to_uint8_batch([load_image(p) for p in paths], size=size).pixels  # (n, 3, S, S) uint8
-    return to_model_input(pixels).contiguous(memory_format=torch.channels_last)
+    """n eval photos at size×size -> (n, 3, S, S) model input, channels_last."""
+    return channels_last_input(photos(n, size))
 
 
 def _copy(t: Any) -> Any:

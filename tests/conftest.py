@@ -60,6 +60,14 @@ def real_photos(n: int = 4) -> list[Image.Image]:
     return imgs[:n]
 
 
+def training_photos(folder: Path, *, width: int, n: int = 4) -> Path:
+    """``n`` real photos resized to ``width`` px wide, saved as ``folder/p<i>.png`` (a training folder)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(real_photos(n)):
+        img.resize((width, width * img.height // img.width)).save(folder / f"p{i}.png")
+    return folder
+
+
 def photo_files(folder: Path, *, n: int = 3, stem: str = "photo", suffix: str = ".jpg") -> list[str]:
     """``n`` real photos saved as ``folder/<stem><i><suffix>`` (JPEG quality 95), the folder created; their paths."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import real_photos
+from tests.conftest import real_photos, training_photos
 from tests.test_training_loop import tiny_config
 from vqtok import Tokenizer
 from vqtok.cli import main
@@ -35,10 +35,7 @@ def gan_config(**changes: object) -> TrainConfig:
 
 @pytest.fixture(scope="module")
 def photo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("photos")
-    for i, img in enumerate(real_photos(4)):
-        img.resize((64, 64 * img.height // img.width)).save(d / f"p{i}.png")
-    return d
+    return training_photos(tmp_path_factory.mktemp("photos"), width=64)
 
 
 @pytest.fixture(scope="module")

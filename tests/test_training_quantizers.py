@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from tests.conftest import real_photos, write_tar
+from tests.conftest import real_photos, training_photos, write_tar
 from vqtok import Tokenizer
 from vqtok.models.fsq import FSQ
 from vqtok.models.lfq import LFQ
@@ -48,10 +48,7 @@ def config(model: VQGANConfig, **changes: object) -> TrainConfig:
 
 @pytest.fixture(scope="module")
 def photo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("photos")
-    for i, img in enumerate(real_photos(4)):
-        img.resize((96, 96 * img.height // img.width)).save(d / f"p{i}.png")
-    return d
+    return training_photos(tmp_path_factory.mktemp("photos"), width=96)
 
 
 # ---------------------------------------------------------------------- the model config
