@@ -17,7 +17,7 @@ from vqtok.training.codebook import CodebookTrainer, kmeans
 from vqtok.training.discriminator import NLayerDiscriminator
 from vqtok.training.config import DataConfig, LossConfig, default_model_config
 from vqtok.training.data import TrainImages, make_loader, random_crop
-from vqtok.training.losses import VQGANLoss, adaptive_weight, hinge_d_loss
+from vqtok.training.losses import VQGANLoss, adaptive_weight, chroma_loss, hinge_d_loss
 
 
 def write_images(folder: Path, n: int = 5, size: tuple[int, int] = (80, 64), seed: int = 0) -> Path:
@@ -49,6 +49,37 @@ def test_adaptive_weight_is_gradient_norm_ratio() -> None:
     expected = gr.norm() / (gg.norm() + 1e-4)
     assert adaptive_weight(rec, g, w).item() == pytest.approx(expected.item(), rel=1e-5)
     assert adaptive_weight(rec, g * 0, w, max_lambda=7.0).item() == pytest.approx(7.0)  # clamped
+
+
+def test_chroma_loss_prices_patch_mean_colour_not_lightness_or_detail() -> None:
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    assert chroma_loss(x, x, patch=8).item() == 0.0
+    assert chroma_loss(x, x + 0.3, patch=8).item() < 1e-6  # a lightness shift has no chroma
+    detail = torch.randn(2, 1, 8, 8).sign().repeat_interleave(2, 2).repeat_interleave(2, 3).repeat(1, 3, 1, 1) * 0.1
+    assert chroma_loss(x, x + detail, patch=8).item() < 1e-6  # grey detail that averages out per patch
+    green = torch.tensor([-0.4, 0.2, -0.5]).view(1, 3, 1, 1).expand(1, 3, 8, 8)
+    grey = green.mean(1, keepdim=True).expand(1, 3, 8, 8)  # the same lightness, no colour
+    # green -> grey: |R-G|/sqrt2 and |R+G-2B|/sqrt6 of the patch mean, averaged over the two axes
+    expected = (0.6 / 2**0.5 + 0.8 / 6**0.5) / 2
+    assert chroma_loss(green, grey, patch=8).item() == pytest.approx(expected, rel=1e-5)
+    # one wrong patch of four costs a quarter: the mean runs over patches
+    two = torch.cat([torch.cat([green, grey], 3), torch.cat([grey, grey], 3)], 2)
+    assert chroma_loss(two, two.new_full(two.shape, 0.0) + grey.mean(), patch=8).item() == pytest.approx(expected / 4, rel=1e-5)
+
+
+def test_chroma_weight_enters_the_generator_loss() -> None:
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    rec = x.flip(1)  # channels swapped: a colour change
+    last = torch.zeros(1, requires_grad=True)
+    off = VQGANLoss(LossConfig(perceptual_weight=0, disc_weight=0)).generator(x, rec, torch.tensor(0.0), step=0, last_layer=last)
+    on = VQGANLoss(LossConfig(perceptual_weight=0, disc_weight=0, chroma_weight=2.0)).generator(
+        x, rec, torch.tensor(0.0), step=0, last_layer=last
+    )
+    assert off.chroma.item() == 0
+    assert on.chroma.item() == pytest.approx(chroma_loss(x, rec, patch=8).item())
+    assert on.total.item() == pytest.approx(off.total.item() + 2.0 * on.chroma.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="chroma_patch"):
+        TrainConfig(loss=LossConfig(chroma_weight=1.0, chroma_patch=7))
 
 
 def test_discriminator_matches_taming_layout() -> None:

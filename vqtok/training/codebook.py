@@ -90,7 +90,31 @@ def kmeans(
     return centroids
 
 
-class CodebookTrainer(nn.Module):
+class _QuantizerTrainer(nn.Module):
+    """What both training wrappers share: the inference and frozen paths of ``forward``."""
+
+    quantizer: VectorQuantizer | FSQ | LFQ
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        """z (B, D, h, w) pre-quantization features -> straight-through z_q, ids, loss."""
+        if not self.training:
+            return self.quantizer(z)
+        if self.frozen:  # the exact codes of the ids (what Tokenizer.decode feeds the decoder), no loss
+            with torch.no_grad():
+                ids = self.quantizer.lookup(z.float())  # (B, h, w)
+                z_q = self.quantizer.codes(ids).float()  # (B, D, h, w)
+                self._track(ids.reshape(-1), z)
+            return QuantizerOutput(z_q=z_q, ids=ids, loss=z.new_zeros((), dtype=torch.float32))
+        return self._train_forward(z.float())
+
+    def _train_forward(self, z: torch.Tensor) -> QuantizerOutput:
+        raise NotImplementedError
+
+    def _track(self, ids: torch.Tensor, z: torch.Tensor) -> None:
+        raise NotImplementedError
+
+
+class CodebookTrainer(_QuantizerTrainer):
     """Training-time wrapper of a quantizer. ``forward(z)`` replaces ``quantizer(z)`` while training.
 
     The quantizer is *not* a submodule (its weight belongs to the model's state dict, not to
@@ -184,19 +208,14 @@ class CodebookTrainer(nn.Module):
         logger.info("codebook initialised by k-means on %d encoder outputs", points.shape[0])
 
     # -- training ------------------------------------------------------------------------
-    def forward(self, z: torch.Tensor) -> QuantizerOutput:
-        """z (B, D, h, w) pre-quantization features -> straight-through z_q, ids, loss."""
+    def _train_forward(self, z: torch.Tensor) -> QuantizerOutput:
         q = self.quantizer
-        if not self.training:
-            return q(z)
-        if self.frozen:
-            return _frozen_lookup(self, z)
-        z = z.float()
-        flat = self._features(z)
         if not bool(self.initialised):
-            self._kmeans_init(flat)
+            self._kmeans_init(self._features(z))
         ids = q.lookup(z)
         z_q = q.codes(ids)
+        with torch.no_grad():
+            self._track(ids.reshape(-1), z)
         if q.l2_norm:
             z = F.normalize(z, dim=1)
         commitment = torch.mean((z - z_q.detach()) ** 2)
@@ -205,14 +224,13 @@ class CodebookTrainer(nn.Module):
         else:
             codebook = torch.mean((z.detach() - z_q) ** 2)
             loss = commitment + q.beta * codebook if q.legacy else codebook + q.beta * commitment
-        with torch.no_grad():
-            self._track(ids.reshape(-1), flat)
         z_q = z + (z_q - z).detach()
         return QuantizerOutput(z_q=z_q, ids=ids, loss=loss)
 
     @torch.no_grad()
-    def _track(self, ids: torch.Tensor, flat: torch.Tensor) -> None:
+    def _track(self, ids: torch.Tensor, z: torch.Tensor) -> None:
         k = self.quantizer.n_embed
+        flat = self._features(z)
         counts = torch.bincount(ids, minlength=k).float()
         sums = torch.zeros(k, flat.shape[1], device=flat.device).index_add_(0, ids, flat) if self.ema else None
         if _distributed():
@@ -263,7 +281,7 @@ class CodebookTrainer(nn.Module):
         return float(((self.step - self.last_used) <= window).float().mean())
 
 
-class ImplicitCodebookTrainer(nn.Module):
+class ImplicitCodebookTrainer(_QuantizerTrainer):
     """Training-time wrapper of an FSQ or LFQ quantizer (codes fixed by the quantizer, nothing to learn).
 
     ``forward(z)`` gives the straight-through ``z_q``, the ids and the loss: none for FSQ; for LFQ
@@ -303,14 +321,8 @@ class ImplicitCodebookTrainer(nn.Module):
         commitment = F.mse_loss(flat, torch.where(flat > 0, 1.0, -1.0))
         return {"per_sample_entropy": per_sample, "codebook_entropy": book, "entropy": entropy, "commitment": commitment}
 
-    def forward(self, z: torch.Tensor) -> QuantizerOutput:
-        """z (B, D, h, w) pre-quantization features -> straight-through z_q, ids, loss."""
+    def _train_forward(self, z: torch.Tensor) -> QuantizerOutput:
         q = self.quantizer
-        if not self.training:
-            return q(z)
-        if self.frozen:
-            return _frozen_lookup(self, z)
-        z = z.float()
         if isinstance(q, FSQ):
             out = q(z)  # bounded straight-through rounding, no loss
             loss = z.new_zeros(())
@@ -324,11 +336,11 @@ class ImplicitCodebookTrainer(nn.Module):
                 loss = loss + cfg.entropy_weight * self.lfq_losses(z)["entropy"]
             z_q = z + (sign - z).detach()  # straight-through estimator
         with torch.no_grad():
-            self._track(ids.reshape(-1))
+            self._track(ids.reshape(-1), z)
         return QuantizerOutput(z_q=z_q, ids=ids, loss=loss)
 
     @torch.no_grad()
-    def _track(self, ids: torch.Tensor) -> None:
+    def _track(self, ids: torch.Tensor, z: torch.Tensor) -> None:  # z unused: no codes to re-seed
         k = self.quantizer.codebook_size
         if self.track_codes:
             counts = torch.bincount(ids, minlength=k)
@@ -364,20 +376,6 @@ class ImplicitCodebookTrainer(nn.Module):
             return self._batch_fraction
         window = window or self.config.dead_after or 100
         return float(((self.step - self.last_used) <= window).float().mean())
-
-
-def _frozen_lookup(wrapper: CodebookTrainer | ImplicitCodebookTrainer, z: torch.Tensor) -> QuantizerOutput:
-    """The frozen path of both wrappers: z (B, D, h, w) -> the exact codes of its ids (what
-    ``Tokenizer.decode`` feeds the decoder), no gradient and no loss; only code use is recorded."""
-    q = wrapper.quantizer
-    with torch.no_grad():
-        ids = q.lookup(z.float())  # (B, h, w)
-        z_q = q.codes(ids).float()  # (B, D, h, w)
-        if isinstance(wrapper, CodebookTrainer):
-            wrapper._track(ids.reshape(-1), wrapper._features(z))
-        else:
-            wrapper._track(ids.reshape(-1))
-    return QuantizerOutput(z_q=z_q, ids=ids, loss=z.new_zeros((), dtype=torch.float32))
 
 
 def quantizer_trainer(

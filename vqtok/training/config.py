@@ -60,6 +60,8 @@ class LossConfig:
     rec_loss: str = "l1"  # pixel loss: "l1", "l2" or "l1+l2"
     rec_weight: float = 1.0  # weight of the pixel loss
     perceptual_weight: float = 1.0  # weight of LPIPS(x, x̂); 0 trains without VGG16 weights
+    chroma_weight: float = 0.0  # weight of the patch-mean chroma L1 (losses.chroma_loss); 0 = off
+    chroma_patch: int = 8  # its patch size: the tokens' footprint (the model's downsample factor)
     vgg_weights: str | None = None  # path to vgg16-397923af.pth (else cached / downloaded)
     lpips_weights: str | None = None  # path to LPIPS v0.1 vgg.pth linear heads (else cached / downloaded)
     codebook_weight: float = 1.0  # weight of the quantizer loss (VQ: codebook + commitment; LFQ: entropy + commitment; FSQ: none)
@@ -140,6 +142,11 @@ class TrainConfig:
             raise ValueError(
                 f"the LFQ entropy loss holds (tokens, 2**lfq_bits) probabilities: train at most {_MAX_ENTROPY_BITS} bits "
                 f"with it, or set loss.entropy_weight: 0 (model.lfq_bits is {self.model.lfq_bits})"
+            )
+        if self.loss.chroma_weight < 0 or self.loss.chroma_patch < 1 or self.data.crop_size % self.loss.chroma_patch:
+            raise ValueError(
+                f"loss.chroma_weight must be >= 0 and loss.chroma_patch a divisor of crop_size {self.data.crop_size}, "
+                f"got {self.loss.chroma_weight} and {self.loss.chroma_patch}"
             )
         if not 0.0 <= self.data.hue_rotate <= 1.0:
             raise ValueError(f"data.hue_rotate is a probability in [0, 1], got {self.data.hue_rotate}")

@@ -2,12 +2,13 @@
 
 Generator (autoencoder) loss::
 
-    L_rec   = pixel(x, x̂) + perceptual_weight · LPIPS(x, x̂)
+    L_rec   = pixel(x, x̂) + perceptual_weight · LPIPS(x, x̂) + chroma_weight · chroma(x, x̂)
     L_GAN   = −mean D(x̂)
     λ       = clamp(‖∇_{G_L} L_rec‖ / (‖∇_{G_L} L_GAN‖ + 1e-4), 0, max_lambda) · disc_weight
     L_G     = L_rec + λ · f(step) · L_GAN + codebook_weight · L_VQ
 
-where G_L is the decoder's last layer and f(step) = disc_factor once step ≥ disc_start (else 0).
+where chroma is the L1 distance of the two images' patch-mean chroma (:func:`chroma_loss`; off by
+default), G_L is the decoder's last layer and f(step) = disc_factor once step ≥ disc_start (else 0).
 Discriminator loss (hinge): f(step) · ½ (mean relu(1 − D(x)) + mean relu(1 + D(x̂))).
 Images are in [−1, 1].
 """
@@ -27,7 +28,7 @@ from vqtok.training.discriminator import NLayerDiscriminator
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GeneratorLosses", "VQGANLoss", "adaptive_weight", "hinge_d_loss", "load_perceptual", "pixel_loss"]
+__all__ = ["GeneratorLosses", "VQGANLoss", "adaptive_weight", "chroma_loss", "hinge_d_loss", "load_perceptual", "pixel_loss"]
 
 PerceptualFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, x̂) in [-1, 1] -> (B,)
 
@@ -46,6 +47,25 @@ def pixel_loss(x: torch.Tensor, rec: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "l1+l2":
         return diff.abs().mean() + (diff**2).mean()
     raise ValueError(f"unknown reconstruction loss {kind!r}")
+
+
+# the two chroma axes of an orthonormal opponent basis (the third, (R+G+B)/√3, is lightness):
+# red-green (R−G)/√2 and yellow-blue (R+G−2B)/√6
+_CHROMA = ((1 / 2**0.5, -1 / 2**0.5, 0.0), (1 / 6**0.5, 1 / 6**0.5, -2 / 6**0.5))
+
+
+def chroma_loss(x: torch.Tensor, rec: torch.Tensor, *, patch: int) -> torch.Tensor:
+    """Mean L1 distance of the patch-mean chroma of x and x̂ (B, 3, H, W): both images averaged over
+    ``patch`` × ``patch`` blocks (the tokens' footprint when ``patch`` is the downsample factor), then
+    projected onto the red-green and yellow-blue opponent axes (lightness left out).
+
+    A pixel loss lets a tight bottleneck drop the axis with the least variance in photos, red-green,
+    first: foliage comes back grey or brown. This term prices each token's mean colour directly.
+    """
+    basis = torch.tensor(_CHROMA, device=x.device)  # (2, 3)
+    x_c = torch.einsum("kc,bchw->bkhw", basis, F.avg_pool2d(x.float(), patch))  # (B, 2, H/patch, W/patch)
+    rec_c = torch.einsum("kc,bchw->bkhw", basis, F.avg_pool2d(rec.float(), patch))
+    return (x_c - rec_c).abs().mean()
 
 
 def adaptive_weight(
@@ -82,6 +102,7 @@ class GeneratorLosses:
     total: torch.Tensor  # what is back-propagated
     rec: torch.Tensor  # pixel loss
     perceptual: torch.Tensor  # LPIPS (0 when off)
+    chroma: torch.Tensor  # patch-mean chroma L1 (0 when off)
     codebook: torch.Tensor  # quantizer loss
     gan: torch.Tensor  # −mean D(x̂) (0 when off)
     lam: torch.Tensor  # adaptive weight λ · disc_weight (0 when off)
@@ -110,7 +131,8 @@ class VQGANLoss(nn.Module):
         p_term = zero
         if self.perceptual is not None and cfg.perceptual_weight > 0:
             p_term = self.perceptual(x, rec).mean()
-        nll = rec_term + cfg.perceptual_weight * p_term
+        c_term = chroma_loss(x, rec, patch=cfg.chroma_patch) if cfg.chroma_weight > 0 else zero
+        nll = rec_term + cfg.perceptual_weight * p_term + cfg.chroma_weight * c_term
         total = nll + cfg.codebook_weight * codebook_loss.float()
         g_loss, lam = zero, zero
         if self.gan_active(step):
@@ -122,7 +144,7 @@ class VQGANLoss(nn.Module):
                 lam = zero + cfg.disc_weight
             total = total + lam * cfg.disc_factor * g_loss
         return GeneratorLosses(total=total, rec=rec_term.detach(), perceptual=p_term.detach(),
-                               codebook=codebook_loss.detach().float(), gan=g_loss.detach(), lam=lam)
+                               chroma=c_term.detach(), codebook=codebook_loss.detach().float(), gan=g_loss.detach(), lam=lam)
 
     def discriminator_loss(self, x: torch.Tensor, rec: torch.Tensor, *, step: int) -> torch.Tensor:
         """Hinge loss of D on real x and detached reconstructions."""

@@ -489,7 +489,7 @@ class Trainer:
             for group in self.opt_d.param_groups:
                 group["lr"] = lr * cfg.loss.disc_lr_mult
         gan = self.loss.gan_active(self.step)
-        sums: dict[str, float] = {"rec": 0.0, "perceptual": 0.0, "codebook": 0.0, "gan": 0.0, "lambda": 0.0, "d_loss": 0.0}
+        sums: dict[str, float] = {"rec": 0.0, "perceptual": 0.0, "chroma": 0.0, "codebook": 0.0, "gan": 0.0, "lambda": 0.0, "d_loss": 0.0}
         self.opt.zero_grad(set_to_none=True)
         if self.opt_d is not None:
             self.opt_d.zero_grad(set_to_none=True)
@@ -512,7 +512,7 @@ class Trainer:
                     d_loss = self.loss.discriminator_loss(x, rec.detach(), step=self.step)
                 (d_loss / cfg.grad_accum).backward()
                 sums["d_loss"] += float(d_loss.detach()) / cfg.grad_accum
-            for k, v in (("rec", g.rec), ("perceptual", g.perceptual), ("codebook", g.codebook), ("gan", g.gan), ("lambda", g.lam)):
+            for k, v in (("rec", g.rec), ("perceptual", g.perceptual), ("chroma", g.chroma), ("codebook", g.codebook), ("gan", g.gan), ("lambda", g.lam)):
                 sums[k] += float(v) / cfg.grad_accum
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
