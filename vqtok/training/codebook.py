@@ -32,6 +32,8 @@ weights of :class:`~vqtok.training.config.LossConfig`, and code-use tracking for
 
 from __future__ import annotations
 
+import abc
+
 import logging
 
 import torch
@@ -90,7 +92,7 @@ def kmeans(
     return centroids
 
 
-class _QuantizerTrainer(nn.Module):
+class _QuantizerTrainer(nn.Module, abc.ABC):
     """What both training wrappers share: the inference and frozen paths of ``forward``."""
 
     quantizer: VectorQuantizer | FSQ | LFQ
@@ -107,11 +109,13 @@ class _QuantizerTrainer(nn.Module):
             return QuantizerOutput(z_q=z_q, ids=ids, loss=z.new_zeros((), dtype=torch.float32))
         return self._train_forward(z.float())
 
+    @abc.abstractmethod
     def _train_forward(self, z: torch.Tensor) -> QuantizerOutput:
-        raise NotImplementedError
+        """The training path: z (B, D, h, w) float32 -> straight-through z_q, ids, loss; records code use."""
 
+    @abc.abstractmethod
     def _track(self, ids: torch.Tensor, z: torch.Tensor) -> None:
-        raise NotImplementedError
+        """Record the use of ids (N,) chosen for features z (B, D, h, w)."""
 
 
 class CodebookTrainer(_QuantizerTrainer):
