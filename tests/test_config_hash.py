@@ -48,3 +48,19 @@ def test_config_dict_round_trip_and_unknown_keys(cls: type) -> None:
     assert cls.from_dict(d) == cfg
     with pytest.raises(ValueError, match="unknown .* config keys: bogus"):
         cls.from_dict({**d, "bogus": 1})
+
+
+def test_norm_groups_reaches_every_norm_layer_and_config_json_only_when_not_32() -> None:
+    import torch
+
+    from vqtok.models.vqgan import VQGAN
+
+    assert "norm_groups" not in VQGANConfig().to_dict()  # older config.json files and hashes unchanged
+    cfg = VQGANConfig(ch=32, ch_mult=(1, 2), attn_resolutions=(128,), z_channels=8, embed_dim=4, n_embed=16, norm_groups=8)
+    assert cfg.to_dict()["norm_groups"] == 8 and VQGANConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.hash() != VQGANConfig.from_dict({**cfg.to_dict(), "norm_groups": 32}).hash()
+    norms = [m for m in VQGAN(cfg).modules() if isinstance(m, torch.nn.GroupNorm)]
+    # encoder 2x2 ResNets + 2 attention, decoder 2x3 + 3, two mids (2 ResNets + attention), two norm_out
+    assert len(norms) == 2 * 2 * 2 + 2 + 2 * 3 * 2 + 3 + 2 * 5 + 2 and {m.num_groups for m in norms} == {8}
+    with pytest.raises(ValueError, match=r"GroupNorm\(12\) needs channel counts divisible by norm_groups"):
+        VQGANConfig(ch=32, ch_mult=(1, 2), norm_groups=12)

@@ -103,7 +103,7 @@ def test_pipeline_folder_and_legacy_attention_names(tmp_path):
     [
         ({"norm_type": "spatial"}, "norm_type='spatial'"),
         ({"mid_block_add_attention": False}, "mid_block_add_attention=false"),
-        ({"norm_num_groups": 16}, "norm_num_groups=16"),
+        ({"norm_num_groups": 12}, r"GroupNorm\(12\) needs channel counts divisible"),
         ({"act_fn": "gelu"}, "act_fn='gelu'"),
         ({"block_out_channels": [32, 48, 64]}, "not multiples of the first"),
         ({"up_block_types": ["UpDecoderBlock2D"] * 3}, r"attention at encoder levels \[2\] but decoder levels \[\]"),

@@ -7,6 +7,8 @@ In diffusers, ids are ``vq.quantize(vq.encode(x).latents)[2][2]`` and ids are de
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -58,7 +60,9 @@ def _compare(vq, tok: Tokenizer, *, n: int = 3) -> float:
     return diff
 
 
-@pytest.mark.parametrize("cfg", [SMALL, TAMING_F16], ids=["small", "taming-f16"])
+@pytest.mark.parametrize(
+    "cfg", [SMALL, TAMING_F16, dataclasses.replace(SMALL, norm_groups=8)], ids=["small", "taming-f16", "groups-8"]
+)
 def test_export_loads_in_diffusers_with_same_ids_and_pixels(cfg, tmp_path):
     torch.manual_seed(0)
     tok = Tokenizer.from_config(cfg)
@@ -80,8 +84,11 @@ def test_export_loads_in_diffusers_with_same_ids_and_pixels(cfg, tmp_path):
              up_block_types=["AttnUpDecoderBlock2D"] + ["UpDecoderBlock2D"] * 4, layers_per_block=2, latent_channels=64,
              num_vq_embeddings=1024, sample_size=256),
         LDM_F4,
+        dict(block_out_channels=[32, 64], down_block_types=["DownEncoderBlock2D"] * 2, norm_num_groups=8,
+             up_block_types=["UpDecoderBlock2D"] * 2, layers_per_block=1, latent_channels=8, vq_embed_dim=4,
+             num_vq_embeddings=256, sample_size=64),
     ],
-    ids=["small", "taming-f16", "ldm-f4"],
+    ids=["small", "taming-f16", "ldm-f4", "groups-8"],
 )
 def test_diffusers_model_converts_with_same_ids_and_pixels(kwargs, tmp_path):
     torch.manual_seed(1)
@@ -90,4 +97,5 @@ def test_diffusers_model_converts_with_same_ids_and_pixels(kwargs, tmp_path):
     vq.save_pretrained(tmp_path / "vq", safe_serialization=True)
     tok = from_diffusers(tmp_path / "vq")
     assert tok.config.ch_mult == tuple(c // kwargs["block_out_channels"][0] for c in kwargs["block_out_channels"])
+    assert tok.config.norm_groups == kwargs.get("norm_num_groups", 32)
     print(f"diffusers -> vqtok {kwargs['block_out_channels']}: pixel max abs diff {_compare(vq, tok):.2e}")

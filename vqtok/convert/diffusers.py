@@ -24,7 +24,7 @@ to_v / to_out.0`` (Linear, (C, C))                (1×1 Conv2d, (C, C, 1, 1))
 ``query / key / value / proj_attn``; they are read too.
 
 What vqtok's :class:`~vqtok.models.vqgan.VQGANConfig` can express, and so what is accepted:
-``block_out_channels = ch · ch_mult`` with ``ch_mult[0] = 1``; ``norm_num_groups = 32``;
+``block_out_channels = ch · ch_mult`` with ``ch_mult[0] = 1``; ``norm_num_groups`` (vqtok's ``norm_groups``);
 ``act_fn = silu``; ``norm_type = "group"``; ``mid_block_add_attention = true``; and attention
 at the same levels of encoder (``AttnDownEncoderBlock2D``) and decoder (``AttnUpDecoderBlock2D``).
 Anything else (e.g. Kandinsky's MoVQ with ``norm_type="spatial"``, aMUSEd's VQ without middle
@@ -75,7 +75,6 @@ _FALLBACK_DIFFUSERS_VERSION = "0.30.0"
 
 _DOWN, _ATTN_DOWN = "DownEncoderBlock2D", "AttnDownEncoderBlock2D"
 _UP, _ATTN_UP = "UpDecoderBlock2D", "AttnUpDecoderBlock2D"
-_GROUPS = 32  # vqtok's GroupNorm(32)
 
 # per-module renames inside a block (diffusers name -> vqtok name)
 _RESNET = {"norm1": "norm1", "conv1": "conv1", "norm2": "norm2", "conv2": "conv2", "conv_shortcut": "nin_shortcut"}
@@ -125,8 +124,6 @@ def diffusers_config_to_vqtok(config: Mapping[str, Any]) -> VQGANConfig:
     if act not in ("silu", "swish"):
         problems.append(f"act_fn={act!r} (vqtok uses silu)")
     groups = int(_get(config, "norm_num_groups", 32))
-    if groups != _GROUPS:
-        problems.append(f"norm_num_groups={groups} (vqtok uses GroupNorm with 32 groups)")
     norm_type = str(_get(config, "norm_type", "group"))
     if norm_type != "group":
         problems.append(f"norm_type={norm_type!r} (spatially conditioned norm, as in MoVQ; vqtok has GroupNorm only)")
@@ -163,6 +160,7 @@ def diffusers_config_to_vqtok(config: Mapping[str, Any]) -> VQGANConfig:
         resolution=resolution,
         in_channels=int(_get(config, "in_channels", 3)),
         out_ch=int(_get(config, "out_channels", 3)),
+        norm_groups=groups,
     )
 
 
@@ -203,7 +201,7 @@ def vqtok_config_to_diffusers(cfg: VQGANConfig) -> dict[str, Any]:
         "latent_channels": cfg.z_channels,
         "sample_size": cfg.resolution,
         "num_vq_embeddings": cfg.n_embed,
-        "norm_num_groups": _GROUPS,
+        "norm_num_groups": cfg.norm_groups,
         "vq_embed_dim": cfg.embed_dim,
         "scaling_factor": 1.0,  # no latent scaling: tokens and pixels do not depend on it
         "norm_type": "group",

@@ -11,6 +11,7 @@ Shapes below: B batch, C channels, H×W image, h×w = (H/f)×(W/f) token grid, f
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
@@ -50,6 +51,10 @@ class VQGANConfig(HalvingLevels, ArchConfig):
     beta: float = 0.25  # commitment weight of the quantizer loss
     legacy_loss: bool = True  # taming's term order for β (see vqtok.models.quantizer)
     l2_norm_codes: bool = False  # cosine (l2-normalised) code lookup
+    # GroupNorm groups in every norm layer (taming: 32). With ch 32 that is one channel per group
+    # (instance normalisation), which removes each channel's image-wide mean before the decoder's output
+    # conv. Written to config.json only when not 32, so older configs (and their hash) are unchanged.
+    norm_groups: int = 32
     # The quantizer: "vq" (nearest code, the fields above), "fsq" (levels) or "lfq" (bits). For fsq / lfq
     # embed_dim and n_embed follow from the levels / bits (len / prod, bits / 2**bits) and beta,
     # legacy_loss, l2_norm_codes are unused. Written to config.json only when not "vq", so VQ configs
@@ -62,9 +67,10 @@ class VQGANConfig(HalvingLevels, ArchConfig):
         self._int_tuples("ch_mult", "attn_resolutions")
         if not self.ch_mult:
             raise ValueError("ch_mult must have at least one level")
-        if any((self.ch * m) % 32 for m in (1,) + self.ch_mult):
+        if self.norm_groups < 1 or any((self.ch * m) % self.norm_groups for m in (1,) + self.ch_mult):
             raise ValueError(
-                f"GroupNorm(32) needs channel counts divisible by 32: ch={self.ch}, ch_mult={self.ch_mult}"
+                f"GroupNorm({self.norm_groups}) needs channel counts divisible by norm_groups: ch={self.ch}, "
+                f"ch_mult={self.ch_mult}"
             )
         self._int_tuples("fsq_levels")
         if self.quantizer == "fsq":
@@ -88,7 +94,7 @@ class VQGANConfig(HalvingLevels, ArchConfig):
 
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()
-        for name, default in (("quantizer", "vq"), ("fsq_levels", []), ("lfq_bits", 0)):
+        for name, default in (("quantizer", "vq"), ("fsq_levels", []), ("lfq_bits", 0), ("norm_groups", 32)):
             if d[name] == default:  # VQ configs: keys, config.json and hash() as before these fields
                 del d[name]
         return d
@@ -140,8 +146,8 @@ class GroupNorm(nn.GroupNorm):
         return group_norm_channels_last(x, self.num_groups, self.weight, self.bias, self.eps)
 
 
-def Normalize(channels: int) -> nn.GroupNorm:
-    return GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
+def Normalize(channels: int, groups: int = 32) -> nn.GroupNorm:
+    return GroupNorm(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
 
 
 def swish(x: torch.Tensor) -> torch.Tensor:
@@ -271,11 +277,20 @@ class _Mid(nn.Module):
         return self.block_2(self.attn_1(self.block_1(h)))
 
 
+def _norm_layers(
+    cfg: VQGANConfig,
+) -> tuple[Callable[[int], nn.Module], Callable[[int, int, float], nn.Module], Callable[[int], nn.Module]]:
+    """The norm layer, ResNet block and attention block of a config (its ``norm_groups``)."""
+    norm = functools.partial(Normalize, groups=cfg.norm_groups)
+    return norm, functools.partial(ResnetBlock, norm=norm), functools.partial(AttnBlock, norm=norm)
+
+
 class Encoder(nn.Module):
     """Image (B, in_channels, H, W) -> features (B, z_channels, H/f, W/f)."""
 
     def __init__(self, cfg: VQGANConfig) -> None:
         super().__init__()
+        norm, resnet, attn = _norm_layers(cfg)
         self.conv_in = nn.Conv2d(cfg.in_channels, cfg.ch, 3, padding=1)
         in_mult = (1,) + cfg.ch_mult
         res = cfg.resolution
@@ -283,13 +298,15 @@ class Encoder(nn.Module):
         block_out = cfg.ch
         for i, mult in enumerate(cfg.ch_mult):
             block_out = cfg.ch * mult
-            level = _Level.build(cfg.ch * in_mult[i], block_out, cfg.num_res_blocks, cfg.dropout, res in cfg.attn_resolutions)
+            level = _Level.build(
+                cfg.ch * in_mult[i], block_out, cfg.num_res_blocks, cfg.dropout, res in cfg.attn_resolutions, resnet, attn
+            )
             if i != len(cfg.ch_mult) - 1:
                 level.downsample = Downsample(block_out)
                 res //= 2
             self.down.append(level)
-        self.mid = _Mid(block_out, cfg.dropout)
-        self.norm_out = Normalize(block_out)
+        self.mid = _Mid(block_out, cfg.dropout, resnet, attn)
+        self.norm_out = norm(block_out)
         self.conv_out = nn.Conv2d(block_out, cfg.z_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -307,22 +324,25 @@ class Decoder(LastLayerMixin, nn.Module):
 
     def __init__(self, cfg: VQGANConfig) -> None:
         super().__init__()
+        norm, resnet, attn = _norm_layers(cfg)
         n = len(cfg.ch_mult)
         block_in = cfg.ch * cfg.ch_mult[-1]
         res = cfg.resolution // 2 ** (n - 1)
         self.conv_in = nn.Conv2d(cfg.z_channels, block_in, 3, padding=1)
-        self.mid = _Mid(block_in, cfg.dropout)
+        self.mid = _Mid(block_in, cfg.dropout, resnet, attn)
         levels: list[_Level] = []
         for i in reversed(range(n)):
             block_out = cfg.ch * cfg.ch_mult[i]
-            level = _Level.build(block_in, block_out, cfg.num_res_blocks + 1, cfg.dropout, res in cfg.attn_resolutions)
+            level = _Level.build(
+                block_in, block_out, cfg.num_res_blocks + 1, cfg.dropout, res in cfg.attn_resolutions, resnet, attn
+            )
             block_in = block_out
             if i != 0:
                 level.upsample = Upsample(block_out)
                 res *= 2
             levels.insert(0, level)
         self.up = nn.ModuleList(levels)  # indexed like taming: up[0] is the full-resolution level
-        self.norm_out = Normalize(block_in)
+        self.norm_out = norm(block_in)
         self.conv_out = nn.Conv2d(block_in, cfg.out_ch, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
