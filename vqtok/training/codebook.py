@@ -33,7 +33,6 @@ weights of :class:`~vqtok.training.config.LossConfig`, and code-use tracking for
 from __future__ import annotations
 
 import abc
-
 import logging
 
 import torch
