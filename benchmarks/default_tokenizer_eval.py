@@ -8,6 +8,10 @@ pixels of all images, and the mean over images of its absolute value), and "gree
 pixels whose original is clearly green (G exceeds R and B by 16/255), the fraction still green-
 dominant (G > R and G > B) after reconstruction.
 
+A second table, flat colours, shows each tokenizer's colour axes: a 64×64 patch of one colour (plus the
+same ±10 grey noise for all), encoded and decoded, its centre 32×32 averaged. A model that keeps only
+one chroma axis returns green and magenta as grey.
+
 Codec rows get the same budget as the first tokenizer's ids (12 bits per token of an f8 4096-code
 model = 1536 bytes per 256×256 image): each image at the best quality whose whole file fits.
 
@@ -106,6 +110,21 @@ def score(originals: np.ndarray, recons: np.ndarray, inception: object | None) -
     return out
 
 
+FLAT_COLOURS = {"green": (80, 140, 60), "light green": (150, 200, 120), "magenta": (160, 60, 160),
+                "red": (180, 60, 50), "cyan": (60, 160, 170), "orange": (200, 130, 60), "blue": (60, 90, 170)}
+
+
+def flat_colours(tok: object) -> dict[str, tuple[int, ...]]:
+    """What ``tok`` makes of each of FLAT_COLOURS: the mean RGB of the centre of its reconstruction."""
+    noise = np.random.default_rng(0).integers(-10, 10, (64, 64, 1))  # grey: the same in R, G and B
+    out = {}
+    for name, rgb in FLAT_COLOURS.items():
+        patch = (np.asarray(rgb)[None, None, :] + noise).clip(0, 255).astype(np.uint8)  # (64, 64, 3)
+        rec = tok.decode(tok.encode(patch), output="np").reshape(64, 64, 3)  # type: ignore[attr-defined]
+        out[name] = tuple(int(round(v)) for v in rec[16:48, 16:48].reshape(-1, 3).mean(0))
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", default=None, help="tokenizer folder, Hub id, 'default' or 'default@v1' (repeatable; default: 'default', the newest shipped one)")
@@ -135,6 +154,7 @@ def main() -> int:
             print(f"no rFID: {err}", file=sys.stderr)
 
     rows: list[dict[str, object]] = []
+    flat: dict[str, dict[str, tuple[int, ...]]] = {}
     budget = None
     for folder in [model_id(m) for m in args.model or ["default"]]:  # "default" -> "default@v1": rows say which
         tok = Tokenizer.from_pretrained(folder)
@@ -149,6 +169,7 @@ def main() -> int:
         rows.append({"method": f"tokenizer {folder}", "bytes": int(bits // 8), **score(originals, recons, inception),
                      "usage": round(usage.used_fraction, 4)})
         print(json.dumps(rows[-1]), file=sys.stderr)
+        flat[folder] = flat_colours(tok)
     if not args.no_codecs:
         for name, codec in codecs(budget or 1536).items():
             OVER_BUDGET[0] = 0
@@ -166,6 +187,11 @@ def main() -> int:
         usage = "" if r["usage"] is None else f"{100 * r['usage']:.1f} %"  # type: ignore[operator]
         print(f"| {r['method']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['rfid'] if r['rfid'] is not None else 'n/a'} | "
               f"{off} | {aoff} | {r['green_kept']} | {usage} |")
+    print("\nFlat colours (64x64 + grey noise, centre mean) -> reconstruction")
+    print("| model | " + " | ".join(f"{n} {c}" for n, c in FLAT_COLOURS.items()) + " |")
+    print("|---|" + "---|" * len(FLAT_COLOURS))
+    for folder, got in flat.items():
+        print(f"| {folder} | " + " | ".join(str(got[n]) for n in FLAT_COLOURS) + " |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0
