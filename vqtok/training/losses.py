@@ -63,9 +63,8 @@ def chroma_loss(x: torch.Tensor, rec: torch.Tensor, *, patch: int) -> torch.Tens
     first: foliage comes back grey or brown. This term prices each token's mean colour directly.
     """
     basis = torch.tensor(_CHROMA, device=x.device)  # (2, 3)
-    x_c = torch.einsum("kc,bchw->bkhw", basis, F.avg_pool2d(x.float(), patch))  # (B, 2, H/patch, W/patch)
-    rec_c = torch.einsum("kc,bchw->bkhw", basis, F.avg_pool2d(rec.float(), patch))
-    return (x_c - rec_c).abs().mean()
+    diff = F.avg_pool2d(x.float() - rec.float(), patch)  # (B, 3, H/patch, W/patch): pooling and projection are linear
+    return torch.einsum("kc,bchw->bkhw", basis, diff).abs().mean()
 
 
 def adaptive_weight(
