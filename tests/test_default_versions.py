@@ -18,8 +18,11 @@ from vqtok.cli import main
 from vqtok.tokenizer import DEFAULT_VERSIONS, default_version, model_id, resolve_default
 
 WEIGHTS_DIR = Path(tokenizer_module.__file__).parent / "weights"
-# v1 must stay byte-identical forever: corpora tokenized with it are decoded with it
-V1_SHA256 = "65f98e82d895f90c8be8a53a90fd5f76113e5481032023a9fb6373780c921638"
+# every shipped version must stay byte-identical forever: corpora tokenized with it are decoded with it
+SHA256 = {
+    "v1": "65f98e82d895f90c8be8a53a90fd5f76113e5481032023a9fb6373780c921638",
+    "v2": "b211037f4c12aad7184a7c1c1e54ece33a222953c5d726cefbf00095564b896d",
+}
 needs_v1 = pytest.mark.skipif(
     not (WEIGHTS_DIR / "default-v1" / "model.safetensors").is_file(), reason="no shipped default weights"
 )
@@ -58,9 +61,11 @@ def test_registry_lists_exactly_the_shipped_folders() -> None:
 
 
 @needs_v1
-def test_v1_weights_are_unchanged() -> None:
-    data = (WEIGHTS_DIR / "default-v1" / "model.safetensors").read_bytes()
-    assert hashlib.sha256(data).hexdigest() == V1_SHA256
+def test_shipped_weights_are_unchanged() -> None:
+    assert set(SHA256) == set(DEFAULT_VERSIONS)  # a new version gets its pin here when it ships
+    for version, sha in SHA256.items():
+        data = (WEIGHTS_DIR / f"default-{version}" / "model.safetensors").read_bytes()
+        assert hashlib.sha256(data).hexdigest() == sha, version
 
 
 @needs_v1
