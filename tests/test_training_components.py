@@ -17,7 +17,7 @@ from vqtok.training.codebook import CodebookTrainer, kmeans
 from vqtok.training.discriminator import NLayerDiscriminator
 from vqtok.training.config import DataConfig, LossConfig, default_model_config
 from vqtok.training.data import TrainImages, make_loader, random_crop
-from vqtok.training.losses import VQGANLoss, adaptive_weight, chroma_loss, hinge_d_loss
+from vqtok.training.losses import ChromaReadout, VQGANLoss, adaptive_weight, chroma_loss, hinge_d_loss
 
 
 def write_images(folder: Path, n: int = 5, size: tuple[int, int] = (80, 64), seed: int = 0) -> Path:
@@ -67,6 +67,37 @@ def test_chroma_loss_prices_patch_mean_colour_not_lightness_or_detail() -> None:
     assert chroma_loss(two, two.new_full(two.shape, 0.0) + grey.mean(), patch=8).item() == pytest.approx(expected / 4, rel=1e-5)
 
 
+def test_chroma_readout_reads_patch_chroma_from_z_and_trains_the_encoder_side() -> None:
+    """The read-out's target is each patch's mean opponent chroma; its loss is 0 when z holds that chroma
+    linearly and the head reads it, and its gradient reaches z (so the encoder learns to keep both axes)."""
+    torch.manual_seed(0)
+    colours = torch.rand(2, 3, 2, 2) * 2 - 1  # (B, 3, h, w): one colour per 8×8 patch
+    x = colours.repeat_interleave(8, 2).repeat_interleave(8, 3)  # (B, 3, 16, 16)
+    basis = torch.tensor([[1 / 2**0.5, -1 / 2**0.5, 0.0], [1 / 6**0.5, 1 / 6**0.5, -2 / 6**0.5]])
+    chroma = torch.einsum("kc,bchw->bkhw", basis, colours)  # (B, 2, h, w)
+    readout = ChromaReadout(4, 8)
+    # z carries the chroma scaled to a unit vector: (0.1·c, sqrt(1 − |0.1·c|²), 0) is already normalised
+    scaled = 0.1 * chroma
+    z = torch.cat([scaled, (1 - scaled.pow(2).sum(1, keepdim=True)).sqrt(), torch.zeros(2, 1, 2, 2)], 1)  # (B, 4, h, w)
+    with torch.no_grad():  # the head reads channels 0 and 1 back at 10×
+        readout.head.weight.zero_()
+        readout.head.weight[0, 0] = readout.head.weight[1, 1] = 10.0
+        readout.head.bias.zero_()
+    assert readout(z, x).item() < 1e-5
+    assert readout(z, x.flip(1)).item() > 0.05  # a different colour is priced
+    # a free z learns to carry the chroma: the loss falls from its start, and z gets the gradient
+    free = torch.zeros(2, 4, 2, 2).normal_().requires_grad_(True)
+    head = ChromaReadout(4, 8)
+    opt = torch.optim.Adam([free, *head.parameters()], lr=0.05)
+    start = head(free, x).item()
+    for _ in range(300):
+        opt.zero_grad()
+        loss = head(free, x)
+        loss.backward()
+        opt.step()
+    assert free.grad is not None and loss.item() < 0.1 * start
+
+
 def test_chroma_weight_enters_the_generator_loss() -> None:
     x = torch.rand(1, 3, 16, 16) * 2 - 1
     rec = x.flip(1)  # channels swapped: a colour change
@@ -80,6 +111,10 @@ def test_chroma_weight_enters_the_generator_loss() -> None:
     assert on.total.item() == pytest.approx(off.total.item() + 2.0 * on.chroma.item(), rel=1e-6)
     with pytest.raises(ValueError, match="chroma_patch"):
         TrainConfig(loss=LossConfig(chroma_weight=1.0, chroma_patch=7))
+    with pytest.raises(ValueError, match="chroma_readout_weight must be >= 0"):
+        TrainConfig(loss=LossConfig(chroma_readout_weight=-1.0))
+    with pytest.raises(ValueError, match="cannot be used with decoder_only"):
+        TrainConfig(loss=LossConfig(chroma_readout_weight=1.0), decoder_only=True)
 
 
 def test_discriminator_matches_taming_layout() -> None:

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.test_training_components import write_images
-from vqtok import Tokenizer
+from vqtok import VQGAN, Tokenizer
 from vqtok.models.vqgan import VQGANConfig
 from vqtok.training import CodebookConfig, TrainConfig, Trainer, train
 from vqtok.training.config import DataConfig, LossConfig
@@ -83,6 +83,21 @@ def test_exact_resume(tmp_path: Path, images: Path) -> None:
     records = [json.loads(line) for line in (tmp_path / "one" / "log.jsonl").read_text().splitlines()]
     assert any(r["kind"] == "train" and r["lambda"] > 0 for r in records)
     assert (tmp_path / "one" / "images" / "step-0000006.png").is_file()
+
+
+def test_chroma_readout_trains_resumes_exactly_and_is_not_exported(tmp_path: Path, images: Path) -> None:
+    cfg = tiny_config(steps=4, loss=LossConfig(perceptual_weight=0.0, disc_weight=0.0, chroma_readout_weight=4.0),
+                      checkpoint_every=2, val_every=100, image_every=100)
+    one = train(cfg, str(images), tmp_path / "one", progress=False)
+    Trainer(cfg, str(images), tmp_path / "two", progress=False).train(steps=2)
+    two = Trainer(cfg, str(images), tmp_path / "two", progress=False).train()
+    a, b = _params(one.final), _params(two.final)
+    assert a.keys() == b.keys() == set(VQGAN(TINY).state_dict())  # the head is not in the exported model
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    heads = [load_file(str(run / "checkpoints" / "step-0000004" / "trainer.safetensors")) for run in (tmp_path / "one", tmp_path / "two")]
+    assert {"readout.head.weight", "readout.head.bias"} <= heads[0].keys()
+    assert torch.equal(heads[0]["readout.head.weight"], heads[1]["readout.head.weight"])
+    assert all(r["readout"] > 0 for r in one.history if r["kind"] == "train")
 
 
 def test_exported_model_loads_in_tokenizer(tmp_path: Path, images: Path) -> None:

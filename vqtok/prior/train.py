@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import math
@@ -516,10 +517,13 @@ def train(
         raise ValueError("no token shards given (PriorTrainConfig.tokens)")
     device = resolve_device(cfg.device)
     dist = init_distributed(device)
+    run: _Run | None = None
     try:
         run = _prepare(cfg, out, checkpoint, dist, device, progress=progress and dist.is_main)
         return _loop(run, stop_after=stop_after, progress=progress and dist.is_main)
     finally:
+        run = None  # its DDP wrapper holds the process group: release it, so the group stops here, not at exit
+        gc.collect()
         dist.close()
 
 

@@ -62,6 +62,7 @@ class LossConfig:
     perceptual_weight: float = 1.0  # weight of LPIPS(x, x̂); 0 trains without VGG16 weights
     chroma_weight: float = 0.0  # weight of the patch-mean chroma L1 (losses.chroma_loss); 0 = off
     chroma_patch: int = 8  # its patch size: the tokens' footprint (the model's downsample factor)
+    chroma_readout_weight: float = 0.0  # weight of the encoder-side chroma read-out L1 (losses.ChromaReadout); 0 = off
     vgg_weights: str | None = None  # path to vgg16-397923af.pth (else cached / downloaded)
     lpips_weights: str | None = None  # path to LPIPS v0.1 vgg.pth linear heads (else cached / downloaded)
     codebook_weight: float = 1.0  # weight of the quantizer loss (VQ: codebook + commitment; LFQ: entropy + commitment; FSQ: none)
@@ -148,6 +149,10 @@ class TrainConfig:
                 f"loss.chroma_weight must be >= 0 and loss.chroma_patch a divisor of crop_size {self.data.crop_size}, "
                 f"got {self.loss.chroma_weight} and {self.loss.chroma_patch}"
             )
+        if self.loss.chroma_readout_weight < 0:
+            raise ValueError(f"loss.chroma_readout_weight must be >= 0, got {self.loss.chroma_readout_weight}")
+        if self.loss.chroma_readout_weight > 0 and self.decoder_only:
+            raise ValueError("loss.chroma_readout_weight trains the encoder: it cannot be used with decoder_only")
         if not 0.0 <= self.data.hue_rotate <= 1.0:
             raise ValueError(f"data.hue_rotate is a probability in [0, 1], got {self.data.hue_rotate}")
         if self.steps < 0 or self.batch_size < 1 or self.grad_accum < 1:

@@ -28,7 +28,7 @@ from vqtok.training.discriminator import NLayerDiscriminator
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GeneratorLosses", "VQGANLoss", "adaptive_weight", "chroma_loss", "hinge_d_loss", "load_perceptual", "pixel_loss"]
+__all__ = ["ChromaReadout", "GeneratorLosses", "VQGANLoss", "adaptive_weight", "chroma_loss", "hinge_d_loss", "load_perceptual", "pixel_loss"]
 
 PerceptualFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, x̂) in [-1, 1] -> (B,)
 
@@ -65,6 +65,29 @@ def chroma_loss(x: torch.Tensor, rec: torch.Tensor, *, patch: int) -> torch.Tens
     basis = torch.tensor(_CHROMA, device=x.device)  # (2, 3)
     diff = F.avg_pool2d(x.float() - rec.float(), patch)  # (B, 3, H/patch, W/patch): pooling and projection are linear
     return torch.einsum("kc,bchw->bkhw", basis, diff).abs().mean()
+
+
+class ChromaReadout(nn.Module):
+    """A trainer-only linear read-out of each token's patch-mean chroma from the encoder output.
+
+    A 1×1 convolution maps the L2-normalised encoder output z (B, D, h, w) to the two opponent chroma
+    axes of the patch each position covers; the loss is the L1 distance to the input's patch-mean
+    chroma. Its gradient reaches the encoder, so z, and with it the codes, must hold both chroma axes
+    linearly: without it a tight bottleneck keeps the orange-blue axis and folds red-green (foliage)
+    into it. The head is not part of the exported model; its weights live in the trainer checkpoint.
+    """
+
+    def __init__(self, channels: int, patch: int) -> None:
+        super().__init__()
+        self.patch = patch  # the model's downsample factor: one z position per patch
+        self.head = nn.Conv2d(channels, 2, 1)  # channels of z: the codebook dimension
+
+    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """L1 between head(normalise(z)) and the patch-mean chroma of x; z (B, D, h, w), x (B, 3, h·p, w·p)."""
+        basis = torch.tensor(_CHROMA, device=x.device)  # (2, 3)
+        target = torch.einsum("kc,bchw->bkhw", basis, F.avg_pool2d(x.float(), self.patch))  # (B, 2, h, w)
+        pred = self.head(F.normalize(z.float(), dim=1))  # (B, 2, h, w)
+        return (pred - target).abs().mean()
 
 
 def adaptive_weight(

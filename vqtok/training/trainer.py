@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import json
 import logging
 import math
@@ -51,7 +52,7 @@ from vqtok.models.vqgan import VQGAN
 from vqtok.training.codebook import CodebookTrainer, ImplicitCodebookTrainer, quantizer_trainer
 from vqtok.training.config import TrainConfig
 from vqtok.training.data import TrainImages, load_validation_images, make_loader
-from vqtok.training.losses import PerceptualFn, VQGANLoss
+from vqtok.training.losses import ChromaReadout, PerceptualFn, VQGANLoss
 
 logger = logging.getLogger(__name__)
 
@@ -90,11 +91,19 @@ class _AutoEncoder(nn.Module):
     parameters have ``requires_grad=False``), only ``post_quant_conv`` + decoder see gradients.
     """
 
-    def __init__(self, model: VQGAN, codebook: CodebookTrainer | ImplicitCodebookTrainer, *, decoder_only: bool = False) -> None:
+    def __init__(
+        self,
+        model: VQGAN,
+        codebook: CodebookTrainer | ImplicitCodebookTrainer,
+        *,
+        decoder_only: bool = False,
+        readout: ChromaReadout | None = None,
+    ) -> None:
         super().__init__()
         self.model = model
         self.codebook = codebook
         self.decoder_only = decoder_only
+        self.readout = readout  # trainer-only chroma read-out of z (loss.chroma_readout_weight > 0)
 
     def train(self, mode: bool = True) -> _AutoEncoder:
         super().train(mode)
@@ -103,13 +112,15 @@ class _AutoEncoder(nn.Module):
             self.model.quant_conv.eval()
         return self
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, 3, H, W) -> reconstruction, ids, quantizer loss, chroma read-out loss (0 when off)."""
         with torch.no_grad() if self.decoder_only else contextlib.nullcontext():
             z = self.model.quant_conv(self.model.encoder(x))  # (B, D, h, w)
             with torch.autocast(device_type=x.device.type, enabled=False):
                 q = self.codebook(z.float())
+                readout = self.readout(z, x) if self.readout is not None else q.loss.new_zeros(())
         rec = self.model.decode(q.z_q.to(z.dtype))  # (B, 3, H, W)
-        return rec, q.ids, q.loss
+        return rec, q.ids, q.loss, readout
 
 
 class WeightEMA:
@@ -232,7 +243,10 @@ class Trainer:
             self.model.quantize, config.codebook, config.loss, seed=config.seed, frozen=config.decoder_only
         ).to(self.device)
         self.loss = VQGANLoss(config.loss, perceptual=perceptual, device=self.device).to(self.device)
-        self.ae = _AutoEncoder(self.model, self.codebook, decoder_only=config.decoder_only)
+        readout = None
+        if config.loss.chroma_readout_weight > 0:
+            readout = ChromaReadout(config.model.embed_dim, config.model.downsample_factor).to(self.device)
+        self.ae = _AutoEncoder(self.model, self.codebook, decoder_only=config.decoder_only, readout=readout)
         self.ae_ddp: nn.Module = self.ae
         if self.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -243,6 +257,8 @@ class Trainer:
                 for p in self.loss.discriminator.parameters():  # same initial weights on every rank
                     dist.broadcast(p.data, src=0)
         params = [p for p in self.model.parameters() if p.requires_grad]
+        if readout is not None:
+            params += list(readout.parameters())
         self.opt = torch.optim.Adam(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
         self.opt_d: torch.optim.Optimizer | None = None
         if self.loss.discriminator is not None:
@@ -299,6 +315,9 @@ class Trainer:
         if self.loss.discriminator is not None:
             for k, v in self.loss.discriminator.state_dict().items():
                 t["disc." + k] = v
+        if self.ae.readout is not None:
+            for k, v in self.ae.readout.state_dict().items():
+                t["readout." + k] = v
         if self.ema is not None:
             for k, v in self.ema.model.state_dict().items():
                 t["ema." + k] = v
@@ -332,6 +351,8 @@ class Trainer:
         self.codebook.load_state_dict(part("codebook."), strict=True)
         if self.loss.discriminator is not None:
             self.loss.discriminator.load_state_dict(part("disc."), strict=True)
+        if self.ae.readout is not None:
+            self.ae.readout.load_state_dict(part("readout."), strict=True)
         if self.ema is not None:
             self.ema.model.load_state_dict(part("ema."), strict=True)
         torch.set_rng_state(tensors["rng.torch"])
@@ -476,8 +497,11 @@ class Trainer:
         """Leave the ``torchrun`` process group this trainer joined (a no-op without one).
 
         Call it when done with the trainer: a gloo/NCCL group still alive at interpreter exit can
-        abort the process (``terminate called without an active exception``).
+        abort the process (``terminate called without an active exception``). The DDP wrapper holds
+        the group too, so it is dropped first: the group's threads then stop here, not at exit.
         """
+        self.ae_ddp = self.ae
+        gc.collect()
         self.dist.close()
 
     def _train_step(self, batches: Iterator[torch.Tensor]) -> dict[str, Any]:
@@ -489,7 +513,7 @@ class Trainer:
             for group in self.opt_d.param_groups:
                 group["lr"] = lr * cfg.loss.disc_lr_mult
         gan = self.loss.gan_active(self.step)
-        sums: dict[str, float] = {"rec": 0.0, "perceptual": 0.0, "chroma": 0.0, "codebook": 0.0, "gan": 0.0, "lambda": 0.0, "d_loss": 0.0}
+        sums: dict[str, float] = {"rec": 0.0, "perceptual": 0.0, "chroma": 0.0, "readout": 0.0, "codebook": 0.0, "gan": 0.0, "lambda": 0.0, "d_loss": 0.0}
         self.opt.zero_grad(set_to_none=True)
         if self.opt_d is not None:
             self.opt_d.zero_grad(set_to_none=True)
@@ -503,16 +527,18 @@ class Trainer:
                 if self.loss.discriminator is not None:
                     self.loss.discriminator.requires_grad_(False)
                 with autocast(self.device, self.amp_dtype):
-                    rec, _ids, qloss = self.ae_ddp(x)
+                    rec, _ids, qloss, readout = self.ae_ddp(x)
                     g = self.loss.generator(x, rec, qloss, step=self.step, last_layer=self.model.decoder.last_layer)
-                (g.total / cfg.grad_accum).backward()
+                ((g.total + cfg.loss.chroma_readout_weight * readout) / cfg.grad_accum).backward()
             if gan and self.loss.discriminator is not None:
                 self.loss.discriminator.requires_grad_(True)
                 with autocast(self.device, self.amp_dtype):
                     d_loss = self.loss.discriminator_loss(x, rec.detach(), step=self.step)
                 (d_loss / cfg.grad_accum).backward()
                 sums["d_loss"] += float(d_loss.detach()) / cfg.grad_accum
-            for k, v in (("rec", g.rec), ("perceptual", g.perceptual), ("chroma", g.chroma), ("codebook", g.codebook), ("gan", g.gan), ("lambda", g.lam)):
+            terms = {"rec": g.rec, "perceptual": g.perceptual, "chroma": g.chroma, "readout": readout.detach(),
+                     "codebook": g.codebook, "gan": g.gan, "lambda": g.lam}
+            for k, v in terms.items():
                 sums[k] += float(v) / cfg.grad_accum
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
