@@ -38,3 +38,12 @@ def test_default_tokenizer_reconstructs_a_photo() -> None:
     x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].double() / 255
     assert float(psnr(rec.double().reshape(x.shape), x)) > 15.0
     assert len(torch.unique(ids)) > 32  # many distinct codes even on one small image
+
+
+def test_chroma_readout_recipe_starts_from_v2() -> None:
+    """configs/default-tokenizer-v3-readout.yaml (docs/model-card.md, Greens) loads, fine-tunes v2's
+    architecture (its --init is v2's weights) and trains the encoder with the chroma read-out."""
+    recipe = TrainConfig.from_yaml(CONFIGS / "default-tokenizer-v3-readout.yaml")
+    assert recipe.model == Tokenizer.default("v2").config
+    assert recipe.loss.chroma_readout_weight > 0 and not recipe.decoder_only
+    assert recipe.steps == recipe.total_steps == 8000
