@@ -98,6 +98,13 @@ def test_chroma_readout_trains_resumes_exactly_and_is_not_exported(tmp_path: Pat
     assert {"readout.head.weight", "readout.head.bias"} <= heads[0].keys()
     assert torch.equal(heads[0]["readout.head.weight"], heads[1]["readout.head.weight"])
     assert all(r["readout"] > 0 for r in one.history if r["kind"] == "train")
+    # switching the read-out off or on in a run that has checkpoints is refused, naming the setting
+    off = cfg.replace(loss=LossConfig(perceptual_weight=0.0, disc_weight=0.0))
+    with pytest.raises(ValueError, match="written with the chroma read-out and this run has loss.chroma_readout_weight 0.0"):
+        Trainer(off, str(images), tmp_path / "one", progress=False).train(steps=6)
+    Trainer(off.replace(steps=2), str(images), tmp_path / "off", progress=False).train()
+    with pytest.raises(ValueError, match="written without the chroma read-out"):
+        Trainer(cfg, str(images), tmp_path / "off", progress=False).train()
 
 
 def test_exported_model_loads_in_tokenizer(tmp_path: Path, images: Path) -> None:

@@ -347,6 +347,13 @@ class Trainer:
             raise ValueError(f"checkpoint {path} has a different model config than this run")
         self.model.load_state_dict(load_file(str(path / hub.WEIGHTS_NAME), device=str(self.device)), strict=True)
         tensors = load_file(str(path / "trainer.safetensors"), device="cpu")
+        if any(k.startswith("readout.") for k in tensors) != (self.ae.readout is not None):
+            raise ValueError(
+                f"checkpoint {path} was written with{'out' if self.ae.readout is not None else ''} the chroma read-out "
+                "and this run has loss.chroma_readout_weight "
+                f"{self.config.loss.chroma_readout_weight}: its optimizer state does not fit; keep the setting of the "
+                "run, or start a new run from its weights (--init)"
+            )
         part = lambda prefix: {k[len(prefix):]: v.to(self.device) for k, v in tensors.items() if k.startswith(prefix)}
         self.codebook.load_state_dict(part("codebook."), strict=True)
         if self.loss.discriminator is not None:
