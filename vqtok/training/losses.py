@@ -62,9 +62,13 @@ def chroma_loss(x: torch.Tensor, rec: torch.Tensor, *, patch: int) -> torch.Tens
     A pixel loss lets a tight bottleneck drop the axis with the least variance in photos, red-green,
     first: foliage comes back grey or brown. This term prices each token's mean colour directly.
     """
+    return patch_chroma(x.float() - rec.float(), patch).abs().mean()  # pooling and projection are linear
+
+
+def patch_chroma(x: torch.Tensor, patch: int) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, 2, H/patch, W/patch): each patch's mean colour on the red-green and yellow-blue axes."""
     basis = torch.tensor(_CHROMA, device=x.device)  # (2, 3)
-    diff = F.avg_pool2d(x.float() - rec.float(), patch)  # (B, 3, H/patch, W/patch): pooling and projection are linear
-    return torch.einsum("kc,bchw->bkhw", basis, diff).abs().mean()
+    return torch.einsum("kc,bchw->bkhw", basis, F.avg_pool2d(x.float(), patch))
 
 
 class ChromaReadout(nn.Module):
@@ -84,8 +88,7 @@ class ChromaReadout(nn.Module):
 
     def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """L1 between head(normalise(z)) and the patch-mean chroma of x; z (B, D, h, w), x (B, 3, h·p, w·p)."""
-        basis = torch.tensor(_CHROMA, device=x.device)  # (2, 3)
-        target = torch.einsum("kc,bchw->bkhw", basis, F.avg_pool2d(x.float(), self.patch))  # (B, 2, h, w)
+        target = patch_chroma(x, self.patch)  # (B, 2, h, w)
         pred = self.head(F.normalize(z.float(), dim=1))  # (B, 2, h, w)
         return (pred - target).abs().mean()
 
