@@ -58,6 +58,21 @@ def test_a_folder_replaces_the_old_one(tmp_path: Path) -> None:
     assert [p.name for p in target.iterdir()] == ["new.txt"] and [p.name for p in tmp_path.iterdir()] == ["ckpt"]
 
 
+def test_keep_existing_leaves_a_folder_another_writer_completed(tmp_path: Path) -> None:
+    """A shared cache entry: the first complete folder stays, a second writer's copy is dropped."""
+    target = tmp_path / "entry"
+    with atomic_write(target, keep_existing=True) as tmp:
+        tmp.mkdir()
+        (tmp / "config.json").write_text("mine")
+        target.mkdir()  # another process finished the same entry meanwhile
+        (target / "config.json").write_text("theirs")
+    assert (target / "config.json").read_text() == "theirs" and [p.name for p in tmp_path.iterdir()] == ["entry"]
+    with atomic_write(tmp_path / "fresh", keep_existing=True) as tmp:
+        tmp.mkdir()
+        (tmp / "config.json").write_text("mine")
+    assert (tmp_path / "fresh" / "config.json").read_text() == "mine"
+
+
 def test_remove_stale_tmp_only_touches_the_targets_leftovers(tmp_path: Path) -> None:
     for name in ("a.tar", "a.tar.tmp-host-1", "a.tar.old-host-2", "ab.tar.tmp-host-3", "[a].tar.tmp-h-4"):
         (tmp_path / name).write_text("x")

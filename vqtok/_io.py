@@ -40,7 +40,9 @@ def _remove(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str], *, mode: int | None = 0o644, owner: str | None = None) -> Iterator[Path]:
+def atomic_write(
+    path: str | os.PathLike[str], *, mode: int | None = 0o644, owner: str | None = None, keep_existing: bool = False
+) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; the caller creates a file or a folder there.
 
     ``owner`` replaces ``<host>-<pid>`` in the temporary name, for several processes that fill one
@@ -48,7 +50,8 @@ def atomic_write(path: str | os.PathLike[str], *, mode: int | None = 0o644, owne
 
     On normal exit a file is given permissions ``mode`` (None: as created; safetensors creates its
     files 0600, a model folder is meant to be shared) and renamed onto ``path``; a folder replaces an
-    existing ``path`` folder by a swap (old aside, new in place, old removed). On an exception the
+    existing ``path`` folder by a swap (old aside, new in place, old removed). ``keep_existing``: a
+    folder another process put at ``path`` meanwhile (a shared cache entry) stays, ours is dropped. On an exception the
     temporary file or folder is removed and the exception propagates; ``path`` is untouched. Nested
     blocks commit innermost first, so a completion marker written in the outer block lands last.
     """
@@ -61,6 +64,9 @@ def atomic_write(path: str | os.PathLike[str], *, mode: int | None = 0o644, owne
         if not tmp.exists():
             raise FileNotFoundError(f"nothing was written to {tmp} (the temporary name of {target})")
         if tmp.is_dir():
+            if keep_existing and target.exists():
+                _remove(tmp)
+                return
             old = target.with_name(f"{target.name}{_OLD}{_owner()}")
             if target.exists():
                 os.replace(target, old)

@@ -36,14 +36,12 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from vqtok import hub
-from vqtok._io import sha256_file
+from vqtok._io import atomic_write, sha256_file
 from vqtok.hub import CONFIG_NAME, WEIGHTS_NAME, load_strict, weights_cache_dir
 from vqtok.tokenizer import Tokenizer, register_layout_resolver
 
@@ -243,17 +241,9 @@ def _convert_cached(repo: str, commit: str, layout: str, paths: Sequence[Path], 
         logger.info("using the converted copy of %s at %s", source, target)
         return target
     family, tok = convert_files(layout, paths, source=source)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    # a whole folder appears at once; one a concurrent conversion completed meanwhile is kept, a broken one replaced
+    with atomic_write(target, keep_existing=not target.exists()) as tmp:
         tok.save_pretrained(tmp)
-        try:
-            os.replace(tmp, target)  # a whole folder appears at once
-        except OSError:
-            if not (target / CONFIG_NAME).is_file():  # not a concurrent conversion that won
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     logger.info("converted %s (%s) once; cached at %s", source, family, target)
     return target
 
