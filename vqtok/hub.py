@@ -36,6 +36,7 @@ __all__ = [
     "load_pretrained",
     "push_to_hub",
     "resolve_folder",
+    "read_config_json",
     "load_strict",
     "download_weights",
     "weights_cache_dir",
