@@ -20,7 +20,6 @@ import torch
 
 from vqtok import Tokenizer
 from vqtok.images import load_image
-from vqtok.tokenizer import _native_on_cpu
 
 PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "eval-photos"
 
@@ -77,7 +76,8 @@ def main() -> None:
     for precision in precisions:
         t = statistics.median(seconds[precision])
         same = (ids[precision] == ids["fp32"]).flatten(1).float()
-        note = "" if precision == "fp32" or _native_on_cpu(precision) else " (emulated on this CPU)"
+        native = torch.ops.mkldnn._is_mkldnn_bf16_supported() if precision == "bf16" else torch.ops.mkldnn._is_mkldnn_fp16_supported()
+        note = "" if precision == "fp32" or native else " (emulated on this CPU)"
         print(f"| {precision}{note} | {n / t:.2f} | {t32 / t:.2f}x | {100 * same.mean().item():.2f}% | "
               f"{100 * same.mean(1).min().item():.2f}% |")
 

@@ -144,11 +144,11 @@ def test_pretokenize_resume_after_default_moved_suggests_the_pinned_version(
     torch.manual_seed(0)
     tok = Tokenizer.from_config(TINY)
     monkeypatch.setitem(only_v1, "v2", tok.save_pretrained(tmp_path / "default-v2"))
-    with pytest.raises(ValueError, match=r"'default@v1'.*'default@v2'.*continue with --model default@v1 \(Tokenizer.default\('v1'\)\)"):
+    with pytest.raises(ValueError, match=r"'default@v1'.*'default@v2'.*continue with model='default@v1' \(Tokenizer.default\('v1'\)\)"):
         pretokenize(shard, out, size=64, workers=0, progress=False, keep=())
     # a manifest written before versions existed says "default": the hint finds v1 by its fingerprint
     (out / "manifest.json").write_text(json.dumps({**manifest, "model": "default"}))
-    with pytest.raises(ValueError, match=r"continue with --model default@v1"):
+    with pytest.raises(ValueError, match=r"continue with model='default@v1'"):
         pretokenize(shard, out, model="default", size=64, workers=0, progress=False, keep=())
     # and continuing with the pinned name works (nothing left to do: the shard is done)
     result = pretokenize(shard, out, model="default@v1", size=64, workers=0, progress=False, keep=())

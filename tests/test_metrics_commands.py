@@ -219,6 +219,19 @@ def test_lpips_required_without_weights_fails_clearly(tiny_model, folder_and_sha
               "--offline", "--no-fid", "--lpips", "--no-progress"])
 
 
+
+def test_fid_required_without_weights_names_the_flag(tiny_model, folder_and_shards, tmp_path, monkeypatch) -> None:
+    from vqtok.metrics import inception
+
+    folder, _ = folder_and_shards
+    monkeypatch.setenv("VQTOK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(inception, "fid_helper_weights_path", lambda: None)
+    with pytest.raises(FileNotFoundError, match=r"pt_inception-2015-12-05.*pass the file as --inception-weights PATH"):
+        _run(["eval", "--data", str(folder), "--model", str(tiny_model), "--size", str(SIZE), "--out", str(tmp_path / "r.json"),
+              "--offline", "--fid", "--no-lpips", "--no-progress"])
+    assert not (tmp_path / "r.json").exists()
+
+
 def test_usage_plot_edge_cases(tmp_path) -> None:
     from vqtok.metrics.plots import save_usage_plot, usage_plot
 

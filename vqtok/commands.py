@@ -251,7 +251,10 @@ def _decode(args: argparse.Namespace) -> int:
         if "allow_pickle" in str(err):
             raise ValueError(f"{path} holds pickled Python objects, not an integer array of token ids") from None
         raise ValueError(f"{path} is not a readable .npy file of token ids ({err})") from None
-    ids = tok._check_ids(ids, args.grid)[0].numpy()  # (B, h, w): shape, dtype and range checked before any write
+    try:  # (B, h, w): shape, dtype and range checked before any write
+        ids = tok.check_ids(ids, grid=args.grid).numpy()
+    except ValueError as err:
+        raise ValueError(str(err).replace("grid=(h, w)", "--grid HxW")) from None
     names = _output_names(ids_record_path(path), len(ids))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -399,6 +399,11 @@ class Tokenizer:
         ids = torch.cat(out)
         return ids if batch.batched else ids[0]
 
+    def check_ids(self, ids: Any, *, grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """The checks ``decode`` makes, without decoding: ids (any form ``decode`` takes) -> (B, h, w) int64
+        (on the input's device). TypeError / ValueError naming the problem (type, dtype, shape, an id outside the codebook)."""
+        return self._check_ids(ids, grid)[0]
+
     def _check_ids(self, ids: Any, grid: tuple[int, int] | None) -> tuple[torch.Tensor, bool]:
         if isinstance(ids, np.ndarray):
             if not (np.issubdtype(ids.dtype, np.integer)):
@@ -420,7 +425,7 @@ class Tokenizer:
         elif ids.ndim == 1:
             side = math.isqrt(ids.numel())
             if side * side != ids.numel() or side == 0:
-                raise ValueError(f"{ids.numel()} flat ids do not form a square grid; pass grid=(h, w) (--grid HxW)")
+                raise ValueError(f"{ids.numel()} flat ids do not form a square grid; pass grid=(h, w)")
             ids, batched = ids.reshape(1, side, side), False
         elif ids.ndim == 2:
             rows, cols = ids.shape
@@ -432,7 +437,7 @@ class Tokenizer:
                     raise ValueError(
                         f"token ids of shape {tuple(ids.shape)} are neither an (h, w) grid (aspect over "
                         f"{MAX_GRID_ASPECT}:1) nor rows of square grids ({cols} is not a square); "
-                        f"pass grid=(h, w) (--grid HxW)"
+                        f"pass grid=(h, w)"
                     )
                 ids, batched = ids.reshape(rows, side, side), True
         elif ids.ndim == 3:

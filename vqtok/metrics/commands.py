@@ -138,7 +138,7 @@ def run_eval(args: argparse.Namespace) -> int:
             )
         except FileNotFoundError as err:
             if args.fid or args.inception_weights is not None:
-                raise
+                raise FileNotFoundError(str(err).replace("weights=PATH", "--inception-weights PATH")) from None
             skipped["rfid"] = skipped["kid"] = str(err)
             logger.warning("rFID/KID skipped: %s", err)
     else:

@@ -148,7 +148,7 @@ def resolve_data(specs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]
     """
     spec_list = [specs] if isinstance(specs, (str, os.PathLike)) else list(specs)
     if not spec_list:
-        raise ValueError("no input given (pass --data FOLDER, image files, globs or .tar shards)")
+        raise ValueError("no input given (give folders, image files, globs or .tar shards)")
     found = expand_shards(spec_list, images=True)
     remote = [f for f in found if is_remote(f)]
     if remote:

