@@ -3,7 +3,7 @@
 Two parts, each comparing the encoding before this change ("batched": the whole batch through
 the encoder at once, PyTorch's NHWC GroupNorm kernel on channels_last activations) with the
 default now ("invariant": one image at a time through the encoder, GroupNorm statistics by
-Welford in NHWC (vqtok.models.vqgan.group_norm_channels_last), the nearest-code search in
+two-pass sums in NHWC (vqtok.models.vqgan.group_norm_channels_last; Welford before 2026-11-29), the nearest-code search in
 fixed-shape row blocks):
 
 1. Flips. A taming-f16-layout model at reduced width (ch=32) whose codebook is dense around real
