@@ -113,7 +113,8 @@ def group_norm_channels_last(
     x*scale + shift with per-(image, channel) scale and shift, which keeps the layout.
     """
     b, c, h, w = x.shape
-    n = h * w * (c // num_groups)  # elements per group
+    per_group = c // num_groups
+    n = h * w * per_group  # elements per group
 
     def group_sums(per_channel: torch.Tensor) -> torch.Tensor:  # (C,) -> (G,)
         return per_channel.view(num_groups, -1).sum(1)
@@ -121,15 +122,15 @@ def group_norm_channels_last(
     stats = []
     for image in rearrange(x, "b c h w -> b (h w) c"):  # (HW, C) views of NHWC memory; one deviation buffer at a time
         m = group_sums(image.sum(0)) / n  # (G,)
-        dev = image - m.repeat_interleave(c // num_groups)  # (HW, C)
+        dev = image - m.repeat_interleave(per_group)  # (HW, C)
         s1 = group_sums(dev.sum(0))
         s2 = group_sums(dev.square_().sum(0))
         stats.append(torch.stack([m + s1 / n, (s2 - s1 * s1 / n) / n]))
     mean, var = torch.stack(stats).unbind(1)  # (B, G) each
-    scale = torch.rsqrt(var + eps).repeat_interleave(c // num_groups, dim=1)  # (B, C)
+    scale = torch.rsqrt(var + eps).repeat_interleave(per_group, dim=1)  # (B, C)
     if weight is not None:
         scale = scale * weight
-    shift = -mean.repeat_interleave(c // num_groups, dim=1) * scale  # (B, C)
+    shift = -mean.repeat_interleave(per_group, dim=1) * scale  # (B, C)
     if bias is not None:
         shift = shift + bias
     return torch.addcmul(shift.view(b, c, 1, 1), x, scale.view(b, c, 1, 1))
