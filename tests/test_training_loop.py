@@ -100,11 +100,45 @@ def test_chroma_readout_trains_resumes_exactly_and_is_not_exported(tmp_path: Pat
     assert all(r["readout"] > 0 for r in one.history if r["kind"] == "train")
     # switching the read-out off or on in a run that has checkpoints is refused, naming the setting
     off = cfg.replace(loss=LossConfig(perceptual_weight=0.0, disc_weight=0.0))
-    with pytest.raises(ValueError, match="written with the chroma read-out and this run has loss.chroma_readout_weight 0.0"):
+    with pytest.raises(ValueError, match="written with the chroma read-out, and this run has loss.chroma_readout_weight 0.0"):
         Trainer(off, str(images), tmp_path / "one", progress=False).train(steps=6)
     Trainer(off.replace(steps=2), str(images), tmp_path / "off", progress=False).train()
     with pytest.raises(ValueError, match="written without the chroma read-out"):
         Trainer(cfg, str(images), tmp_path / "off", progress=False).train()
+
+
+def test_from_checkpoint_continues_another_run_as_a_new_one(tmp_path: Path, images: Path) -> None:
+    """A run forked from another run's checkpoint with the same config is that run continued, bit for bit;
+    with a longer schedule it follows the new learning-rate curve from the checkpoint's step."""
+    cfg = tiny_config()
+    one = train(cfg, str(images), tmp_path / "one", progress=False)
+    Trainer(cfg, str(images), tmp_path / "two", progress=False).train(steps=3)
+    step3 = tmp_path / "two" / "checkpoints" / "step-0000003"
+    fork = train(cfg, str(images), tmp_path / "fork", progress=False, from_checkpoint=step3)
+    assert fork.steps == 6 and [r["step"] for r in fork.history if r["kind"] == "train"][0] == 4
+    a, b = _params(one.final), _params(fork.final)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (step3 / "state.json").is_file()  # the source run is not touched
+
+    longer = cfg.replace(steps=8, total_steps=20, lr_schedule="cosine", min_lr=1e-4)
+    run = Trainer(longer, str(images), tmp_path / "long", progress=False, from_checkpoint=step3)
+    result = run.train(steps=5)
+    lrs = [r["lr"] for r in result.history if r["kind"] == "train"]
+    assert lrs == pytest.approx([run._lr(s) for s in (3, 4)]) and lrs[0] < cfg.lr
+    # re-running the same command continues the new run from its own checkpoint, not from the fork point
+    again = Trainer(longer, str(images), tmp_path / "long", progress=False, from_checkpoint=step3)
+    assert again.train().steps == 8 and [r["step"] for r in again.history if r["kind"] == "train"][0] == 6
+
+    no_ema = cfg.replace(ema_decay=0.0)
+    with pytest.raises(ValueError, match="written with EMA weights, and this run has ema_decay 0.0"):
+        Trainer(no_ema, str(images), tmp_path / "x", progress=False, from_checkpoint=step3).train()
+    with pytest.raises(ValueError, match="different model config"):
+        other = cfg.replace(model=VQGANConfig(**{**TINY.to_dict(), "n_embed": 64}))
+        Trainer(other, str(images), tmp_path / "y", progress=False, from_checkpoint=step3).train()
+    with pytest.raises(FileNotFoundError, match="not a complete training checkpoint"):
+        Trainer(cfg, str(images), tmp_path / "z", progress=False, from_checkpoint=tmp_path / "one" / "final")
+    with pytest.raises(ValueError, match="not both"):
+        Trainer(cfg, str(images), tmp_path / "z", progress=False, from_checkpoint=step3, init_weights=one.final)
 
 
 def test_exported_model_loads_in_tokenizer(tmp_path: Path, images: Path) -> None:

@@ -39,6 +39,10 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--lr", type=float, default=None, help="override config lr")
     p.add_argument("--val-data", default=None, help="validation image folder / shards (PSNR and codebook usage)")
     p.add_argument("--init", default=None, metavar="MODEL_DIR", help="start from these weights (fine-tuning; same architecture): a model folder or default@v1")
+    p.add_argument("--from-checkpoint", default=None, metavar="CKPT_DIR",
+                   help="start this new run from another run's checkpoint (RUN/checkpoints/step-NNNNNNN): its weights, "
+                        "optimizer, EMA and step, with this run's config (e.g. a longer total_steps); used only while "
+                        "OUT has no checkpoint, so the same command later continues OUT")
     p.add_argument("--perceptual-weight", type=float, default=None, help="override loss.perceptual_weight (0 = no VGG16 needed)")
     add_device_argument(p, default=None, default_help="the config's device, auto")
     p.add_argument("--workers", type=int, default=None, help="override data.num_workers")
@@ -164,6 +168,8 @@ def run_train(args: argparse.Namespace) -> int:
     if args.perceptual_weight is not None:
         top["loss"] = dataclasses.replace(config.loss, perceptual_weight=args.perceptual_weight)
         origins["loss.perceptual_weight"] = f"--perceptual-weight {args.perceptual_weight}"
+    if args.init is not None and args.from_checkpoint is not None:
+        raise ValueError("give --init (weights only) or --from-checkpoint (a whole training state), not both")
     if args.init is not None:
         origins["*"] = origins.get("*", f"--init {args.init}")
     if top:
@@ -176,7 +182,8 @@ def run_train(args: argparse.Namespace) -> int:
     if saved is not None:
         _check_resume(saved, config, origins, args.out)
     trainer = Trainer(
-        config, args.data, args.out, progress=not args.no_progress, resume=not args.no_resume, init_weights=args.init
+        config, args.data, args.out, progress=not args.no_progress, resume=not args.no_resume, init_weights=args.init,
+        from_checkpoint=args.from_checkpoint,
     )
     try:
         result = trainer.train()

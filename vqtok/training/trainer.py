@@ -206,6 +206,11 @@ class Trainer:
         perceptual: override of the perceptual loss function (x, x̂) -> (B,) (tests).
         init_weights: optional model folder / safetensors / shipped default (``"default@v1"``) to start from
             (fine-tuning; required with ``config.decoder_only`` unless ``out`` has a checkpoint).
+        from_checkpoint: optional checkpoint folder of another run (``RUN/checkpoints/step-NNNNNNN``) to
+            continue as this new run: weights, optimizer, EMA, codebook state, RNG and step are taken from it,
+            everything else from ``config`` (e.g. a longer ``total_steps``, another loss weight; the model
+            must be the same). Used only while ``out`` has no checkpoint of its own, so re-running the same
+            command continues the new run.
     """
 
     def __init__(
@@ -218,6 +223,7 @@ class Trainer:
         resume: bool = True,
         perceptual: PerceptualFn | None = None,
         init_weights: str | os.PathLike[str] | None = None,
+        from_checkpoint: str | os.PathLike[str] | None = None,
     ) -> None:
         self.config = config
         self.data = str(data)
@@ -226,6 +232,14 @@ class Trainer:
         self.checkpoints = CheckpointDir(self.out, keep=config.keep_checkpoints)
         if not resume and self.checkpoints.latest() is not None:
             raise ValueError(f"{self.out} already holds a run; continue it or pick another output folder")
+        if from_checkpoint is not None and init_weights is not None:
+            raise ValueError("give init_weights (weights only) or from_checkpoint (a whole training state), not both")
+        self.from_checkpoint = Path(from_checkpoint) if from_checkpoint is not None else None
+        if self.from_checkpoint is not None and not (self.from_checkpoint / "state.json").is_file():
+            raise FileNotFoundError(
+                f"from_checkpoint={str(from_checkpoint)!r} is not a complete training checkpoint (no state.json); "
+                "give a RUN/checkpoints/step-NNNNNNN folder"
+            )
         if config.threads > 0:
             torch.set_num_threads(config.threads)
         self.device = resolve_device(config.device)
@@ -285,10 +299,10 @@ class Trainer:
     def _freeze_encoder_side(self, init_weights: str | os.PathLike[str] | None) -> frozenset[str]:
         """decoder_only: ``requires_grad=False`` on the encoder, quant_conv and codebook (before DDP wraps the
         model, so it neither expects their gradients nor syncs them); returns their parameter names."""
-        if init_weights is None and self.checkpoints.latest() is None:
+        if init_weights is None and self.from_checkpoint is None and self.checkpoints.latest() is None:
             raise ValueError(
                 "decoder_only trains the decoder of an existing model: give its weights (--init MODEL_DIR / "
-                "init_weights=...), or continue a decoder_only run from its checkpoint"
+                "init_weights=...), or continue a run from its checkpoint"
             )
         names = set()
         for part in ENCODER_SIDE:
@@ -347,13 +361,19 @@ class Trainer:
             raise ValueError(f"checkpoint {path} has a different model config than this run")
         self.model.load_state_dict(load_file(str(path / hub.WEIGHTS_NAME), device=str(self.device)), strict=True)
         tensors = load_file(str(path / "trainer.safetensors"), device="cpu")
-        if any(k.startswith("readout.") for k in tensors) != (self.ae.readout is not None):
-            raise ValueError(
-                f"checkpoint {path} was written with{'out' if self.ae.readout is not None else ''} the chroma read-out "
-                "and this run has loss.chroma_readout_weight "
-                f"{self.config.loss.chroma_readout_weight}: its optimizer state does not fit; keep the setting of the "
-                "run, or start a new run from its weights (--init)"
-            )
+        cfg = self.config
+        parts = {  # optional parts of the training state: the checkpoint must have exactly the run's
+            "readout.": ("the chroma read-out", f"loss.chroma_readout_weight {cfg.loss.chroma_readout_weight}", self.ae.readout),
+            "disc.": ("a discriminator", f"loss.disc_weight {cfg.loss.disc_weight}", self.loss.discriminator),
+            "ema.": ("EMA weights", f"ema_decay {cfg.ema_decay}", self.ema),
+        }
+        for prefix, (what, setting, part_here) in parts.items():
+            if any(k.startswith(prefix) for k in tensors) != (part_here is not None):
+                raise ValueError(
+                    f"checkpoint {path} was written with{'out' if part_here is not None else ''} {what}, and this run "
+                    f"has {setting}: its training state does not fit; keep the setting of that run, or start a new "
+                    "run from its weights (--init)"
+                )
         part = lambda prefix: {k[len(prefix):]: v.to(self.device) for k, v in tensors.items() if k.startswith(prefix)}
         self.codebook.load_state_dict(part("codebook."), strict=True)
         if self.loss.discriminator is not None:
@@ -461,6 +481,8 @@ class Trainer:
         latest = self.checkpoints.latest()
         if latest is not None:
             self.load_checkpoint(latest)
+        elif self.from_checkpoint is not None:
+            self.load_checkpoint(self.from_checkpoint)
         if self.is_main:
             cfg.to_yaml(self.out / CONFIG_NAME)
         if cfg.data.val_data:
@@ -584,9 +606,13 @@ def train(
     resume: bool = True,
     perceptual: PerceptualFn | None = None,
     init_weights: str | os.PathLike[str] | None = None,
+    from_checkpoint: str | os.PathLike[str] | None = None,
 ) -> TrainResult:
     """Train a VQGAN (see :class:`Trainer`); returns the result with the exported model folder."""
-    trainer = Trainer(config, data, out, progress=progress, resume=resume, perceptual=perceptual, init_weights=init_weights)
+    trainer = Trainer(
+        config, data, out, progress=progress, resume=resume, perceptual=perceptual, init_weights=init_weights,
+        from_checkpoint=from_checkpoint,
+    )
     try:
         return trainer.train(steps)
     finally:
