@@ -179,6 +179,12 @@ def test_cli_train(tmp_path: Path, images: Path, capsys: pytest.CaptureFixture[s
     args = parser.parse_args(["train", "--data", str(images), "--out", str(out), "--config", str(cfg_path), "--no-resume"])
     with pytest.raises(ValueError, match="already holds a run"):
         args.func(args)
+    args = parser.parse_args(["train", "--data", str(images), "--out", str(tmp_path / "x"), "--from-checkpoint", str(out / "final")])
+    with pytest.raises(FileNotFoundError, match=r"^--from-checkpoint '.*final' is not a complete training checkpoint"):
+        args.func(args)
+    args = parser.parse_args(["train", "--data", str(images), "--out", str(tmp_path / "x"), "--from-checkpoint", str(out), "--init", str(out / "final")])
+    with pytest.raises(ValueError, match="give --init .* or --from-checkpoint"):
+        args.func(args)
     args = parser.parse_args(["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "x"), "--config", str(cfg_path)])
     with pytest.raises(FileNotFoundError):
         args.func(args)

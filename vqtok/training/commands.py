@@ -181,10 +181,13 @@ def run_train(args: argparse.Namespace) -> int:
             origins[LEGACY_KEYS[key][0] if key in LEGACY_KEYS else key] = f"--set {item}"
     if saved is not None:
         _check_resume(saved, config, origins, args.out)
-    trainer = Trainer(
-        config, args.data, args.out, progress=not args.no_progress, resume=not args.no_resume, init_weights=args.init,
-        from_checkpoint=args.from_checkpoint,
-    )
+    try:
+        trainer = Trainer(
+            config, args.data, args.out, progress=not args.no_progress, resume=not args.no_resume, init_weights=args.init,
+            from_checkpoint=args.from_checkpoint,
+        )
+    except FileNotFoundError as err:  # the library names its parameter; the user gave the flag
+        raise FileNotFoundError(str(err).replace("from_checkpoint=", "--from-checkpoint ")) from None
     try:
         result = trainer.train()
     finally:
