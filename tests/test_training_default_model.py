@@ -47,3 +47,12 @@ def test_chroma_readout_recipe_starts_from_v2() -> None:
     assert recipe.model == Tokenizer.default("v2").config
     assert recipe.loss.chroma_readout_weight > 0 and not recipe.decoder_only
     assert recipe.steps == recipe.total_steps == 8000
+
+
+def test_v3_recipe_is_the_readout_run_on_a_longer_cosine() -> None:
+    """configs/default-tokenizer-v3.yaml continues the read-out run (--from-checkpoint its step 8000):
+    the same config in every field but the length of the run and of its cosine."""
+    readout = TrainConfig.from_yaml(CONFIGS / "default-tokenizer-v3-readout.yaml")
+    v3 = TrainConfig.from_yaml(CONFIGS / "default-tokenizer-v3.yaml")
+    assert v3.steps == v3.total_steps == 30000 and v3.lr_schedule == "cosine"
+    assert v3.replace(steps=readout.steps, total_steps=readout.total_steps) == readout
