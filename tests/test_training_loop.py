@@ -179,6 +179,12 @@ def test_cli_train(tmp_path: Path, images: Path, capsys: pytest.CaptureFixture[s
     args = parser.parse_args(["train", "--data", str(images), "--out", str(out), "--config", str(cfg_path), "--no-resume"])
     with pytest.raises(ValueError, match="already holds a run"):
         args.func(args)
+    # a new run from the checkpoint: the source run's config unless --set changes it
+    fork = tmp_path / "fork"
+    args = parser.parse_args(["train", "--data", str(images), "--out", str(fork), "--from-checkpoint",
+                              str(out / "checkpoints" / "step-0000002"), "--set", "steps=3", "--no-progress"])
+    assert args.func(args) == 0 and json.loads(capsys.readouterr().out)["steps"] == 3
+    assert TrainConfig.from_yaml(fork / "train_config.yaml") == TrainConfig.from_yaml(cfg_path).replace(steps=3)
     args = parser.parse_args(["train", "--data", str(images), "--out", str(tmp_path / "x"), "--from-checkpoint", str(out / "final")])
     with pytest.raises(FileNotFoundError, match=r"^--from-checkpoint '.*final' is not a complete training checkpoint"):
         args.func(args)

@@ -17,7 +17,7 @@ from vqtok.training.config import (
     default_model_config,
     vanilla_codebook,
 )
-from vqtok.training.trainer import Trainer, TrainResult, ValidationResult, train
+from vqtok.training.trainer import Trainer, TrainResult, ValidationResult, checkpoint_config, train
 
 __all__ = [
     "CodebookConfig",
@@ -27,6 +27,7 @@ __all__ = [
     "TrainResult",
     "Trainer",
     "ValidationResult",
+    "checkpoint_config",
     "default_model_config",
     "train",
     "vanilla_codebook",

@@ -41,8 +41,9 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--init", default=None, metavar="MODEL_DIR", help="start from these weights (fine-tuning; same architecture): a model folder or default@v1")
     p.add_argument("--from-checkpoint", default=None, metavar="CKPT_DIR",
                    help="start this new run from another run's checkpoint (RUN/checkpoints/step-NNNNNNN): its weights, "
-                        "optimizer, EMA and step, with this run's config (e.g. a longer total_steps); used only while "
-                        "OUT has no checkpoint, so the same command later continues OUT")
+                        "optimizer, EMA and step; the config is that run's unless --config / --set change it (e.g. "
+                        "--set total_steps=30000); used only while OUT has no checkpoint, so the same command later "
+                        "continues OUT")
     p.add_argument("--perceptual-weight", type=float, default=None, help="override loss.perceptual_weight (0 = no VGG16 needed)")
     add_device_argument(p, default=None, default_help="the config's device, auto")
     p.add_argument("--workers", type=int, default=None, help="override data.num_workers")
@@ -138,14 +139,30 @@ def _check_resume(saved: TrainConfig, config: TrainConfig, origins: Mapping[str,
 
 
 def run_train(args: argparse.Namespace) -> int:
+    if args.init is not None and args.from_checkpoint is not None:
+        raise ValueError("give --init (weights only) or --from-checkpoint (a whole training state), not both")
+    try:
+        return _train(args)
+    except FileNotFoundError as err:
+        if "from_checkpoint=" not in str(err):
+            raise
+        # the library names its parameter; the user gave the flag
+        raise FileNotFoundError(str(err).replace("from_checkpoint=", "--from-checkpoint ")) from None
+
+
+def _train(args: argparse.Namespace) -> int:
     from vqtok.training.config import LEGACY_KEYS, TrainConfig
-    from vqtok.training.trainer import Trainer
+    from vqtok.training.trainer import Trainer, checkpoint_config
 
     saved = None if args.no_resume else _saved_run_config(args.out)
     if args.config:
         config = TrainConfig.from_yaml(args.config)
-    else:  # a run folder knows its own config: re-running with --data/--out continues it
-        config = saved if saved is not None else TrainConfig()
+    elif saved is not None:  # a run folder knows its own config: re-running with --data/--out continues it
+        config = saved
+    elif args.from_checkpoint is not None:  # so does a checkpoint: the new run starts with its run's config
+        config = checkpoint_config(args.from_checkpoint)
+    else:
+        config = TrainConfig()
     origins: dict[str, str] = {"*": f"--config {args.config}"} if args.config else {}
     top: dict[str, Any] = {}
     if args.steps is not None:
@@ -168,8 +185,6 @@ def run_train(args: argparse.Namespace) -> int:
     if args.perceptual_weight is not None:
         top["loss"] = dataclasses.replace(config.loss, perceptual_weight=args.perceptual_weight)
         origins["loss.perceptual_weight"] = f"--perceptual-weight {args.perceptual_weight}"
-    if args.init is not None and args.from_checkpoint is not None:
-        raise ValueError("give --init (weights only) or --from-checkpoint (a whole training state), not both")
     if args.init is not None:
         origins["*"] = origins.get("*", f"--init {args.init}")
     if top:
@@ -181,13 +196,10 @@ def run_train(args: argparse.Namespace) -> int:
             origins[LEGACY_KEYS[key][0] if key in LEGACY_KEYS else key] = f"--set {item}"
     if saved is not None:
         _check_resume(saved, config, origins, args.out)
-    try:
-        trainer = Trainer(
-            config, args.data, args.out, progress=not args.no_progress, resume=not args.no_resume, init_weights=args.init,
-            from_checkpoint=args.from_checkpoint,
-        )
-    except FileNotFoundError as err:  # the library names its parameter; the user gave the flag
-        raise FileNotFoundError(str(err).replace("from_checkpoint=", "--from-checkpoint ")) from None
+    trainer = Trainer(
+        config, args.data, args.out, progress=not args.no_progress, resume=not args.no_resume, init_weights=args.init,
+        from_checkpoint=args.from_checkpoint,
+    )
     try:
         result = trainer.train()
     finally:

@@ -56,7 +56,7 @@ from vqtok.training.losses import ChromaReadout, PerceptualFn, VQGANLoss
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainResult", "Trainer", "ValidationResult", "train"]
+__all__ = ["TrainResult", "Trainer", "ValidationResult", "checkpoint_config", "train"]
 
 MODEL_TYPE = "vqgan"
 
@@ -193,6 +193,17 @@ def _restride_hook(shape: tuple[int, ...], stride: tuple[int, ...]) -> Callable[
     return hook
 
 
+def checkpoint_config(path: str | os.PathLike[str]) -> TrainConfig:
+    """The training config a checkpoint folder (``RUN/checkpoints/step-NNNNNNN``) was written with."""
+    state = Path(path) / "state.json"
+    if not state.is_file():
+        raise FileNotFoundError(
+            f"from_checkpoint={str(path)!r} is not a complete training checkpoint (no state.json); "
+            "give a RUN/checkpoints/step-NNNNNNN folder"
+        )
+    return TrainConfig.from_dict(json.loads(state.read_text())["config"])
+
+
 class Trainer:
     """Train a VQGAN on ``data`` (image folder or shards) into ``out``.
 
@@ -235,11 +246,8 @@ class Trainer:
         if from_checkpoint is not None and init_weights is not None:
             raise ValueError("give init_weights (weights only) or from_checkpoint (a whole training state), not both")
         self.from_checkpoint = Path(from_checkpoint) if from_checkpoint is not None else None
-        if self.from_checkpoint is not None and not (self.from_checkpoint / "state.json").is_file():
-            raise FileNotFoundError(
-                f"from_checkpoint={str(from_checkpoint)!r} is not a complete training checkpoint (no state.json); "
-                "give a RUN/checkpoints/step-NNNNNNN folder"
-            )
+        if self.from_checkpoint is not None:
+            checkpoint_config(self.from_checkpoint)  # a clear error now, not after the model is built
         if config.threads > 0:
             torch.set_num_threads(config.threads)
         self.device = resolve_device(config.device)
