@@ -22,6 +22,7 @@ WEIGHTS_DIR = Path(tokenizer_module.__file__).parent / "weights"
 SHA256 = {
     "v1": "65f98e82d895f90c8be8a53a90fd5f76113e5481032023a9fb6373780c921638",
     "v2": "b211037f4c12aad7184a7c1c1e54ece33a222953c5d726cefbf00095564b896d",
+    "v3": "c48b83e3faac4f021e696f9e746ca1f5c40d82bfe0b52e8d8bb8fcd422ca8ee3",
 }
 needs_v1 = pytest.mark.skipif(
     not (WEIGHTS_DIR / "default-v1" / "model.safetensors").is_file(), reason="no shipped default weights"

@@ -15,7 +15,7 @@ from vqtok.training import TrainConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # the training recipe of each shipped version (v2's GAN phase, default-tokenizer-v2-gan.yaml, has the same model block)
-RECIPES = {"v1": "default-tokenizer.yaml", "v2": "default-tokenizer-v2.yaml"}
+RECIPES = {"v1": "default-tokenizer.yaml", "v2": "default-tokenizer-v2.yaml", "v3": "default-tokenizer-v3.yaml"}
 WEIGHTS = DEFAULT_VERSIONS[default_version()]
 pytestmark = pytest.mark.skipif(not (WEIGHTS / "model.safetensors").is_file(), reason="no shipped default weights")
 

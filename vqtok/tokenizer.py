@@ -53,6 +53,7 @@ _WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_VERSIONS: dict[str, Path] = {
     "v1": _WEIGHTS_DIR / "default-v1",  # 2026-11: 6000 steps on 96 px crops (docs/model-card.md)
     "v2": _WEIGHTS_DIR / "default-v2",  # 2026-11: + 36 000 steps on 256 px crops, cosine, EMA (docs/model-card.md)
+    "v3": _WEIGHTS_DIR / "default-v3",  # 2026-11: + 30 000 steps from v2 with a chroma read-out: greens stay green
 }
 
 
