@@ -49,6 +49,7 @@ from vqtok.models._config import ArchConfig
 from vqtok.models._model import LastLayerMixin, ModelOutput, TokenizerModelMixin
 from vqtok.models.fsq import FSQ
 from vqtok.models.quantizer import QuantizerOutput
+from vqtok.models.registry import Family, register_family
 from vqtok.models.vqgan import AttnBlock as _TamingAttnBlock
 from vqtok.models.vqgan import Downsample, _Level, _Mid
 from vqtok.models.vqgan import ResnetBlock as _TamingResnetBlock
@@ -396,3 +397,10 @@ class CosmosDI(TokenizerModelMixin, nn.Module):
         match the original bit for bit on CPU.
         """
         return self.decoder(self.post_quant_conv(z_q.contiguous(memory_format=torch.channels_last)))
+
+
+register_family(Family(
+    name="cosmos", config_class=CosmosConfig, model_class=CosmosDI, description="NVIDIA Cosmos DI (FSQ)",
+    tiny_config=lambda: CosmosConfig(channels=32, channels_mult=(1, 1, 1), num_res_blocks=1, z_channels=32,
+                                     spatial_compression=8, resolution=256, attn_resolutions=(16,)),
+))

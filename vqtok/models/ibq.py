@@ -31,6 +31,7 @@ from torch import nn
 from vqtok.models._config import ArchConfig, HalvingLevels
 from vqtok.models._model import TokenizerModelMixin
 from vqtok.models.quantizer import Codebook, QuantizerOutput
+from vqtok.models.registry import Family, register_family
 from vqtok.models.vqgan import Decoder, Encoder, VQGANConfig, VQGANOutput
 
 __all__ = ["IBQConfig", "IBQ", "IndexQuantizer", "max_inner_product"]
@@ -161,3 +162,10 @@ class IBQ(TokenizerModelMixin, nn.Module):
     def decode(self, z_q: torch.Tensor) -> torch.Tensor:
         """z_q (B, D, h, w) -> image (B, 3, H, W), roughly in [-1, 1]."""
         return self.decoder(self.post_quant_conv(z_q))
+
+
+register_family(Family(
+    name="ibq", config_class=IBQConfig, model_class=IBQ, description="IBQ (taming autoencoder, largest inner product)",
+    tiny_config=lambda: IBQConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(16,), z_channels=16,
+                                  embed_dim=8, n_embed=512, resolution=64),
+))

@@ -27,6 +27,7 @@ from vqtok.models._config import ArchConfig, HalvingLevels
 from vqtok.models._model import LastLayerMixin, ModelOutput, TokenizerModelMixin
 from vqtok.models.lfq import LFQ
 from vqtok.models.quantizer import QuantizerOutput
+from vqtok.models.registry import Family, register_family
 
 __all__ = ["MAGVIT2Config", "MAGVIT2", "MAGVIT2Encoder", "MAGVIT2Decoder", "MAGVIT2Output"]
 
@@ -274,3 +275,9 @@ class MAGVIT2(TokenizerModelMixin, nn.Module):
     def decode(self, z_q: torch.Tensor) -> torch.Tensor:
         """z_q (B, D, h, w) -> image (B, 3, H, W), roughly in [-1, 1]."""
         return self.decoder(z_q)
+
+
+register_family(Family(
+    name="magvit2", config_class=MAGVIT2Config, model_class=MAGVIT2, description="Open-MAGVIT2 (LFQ)",
+    tiny_config=lambda: MAGVIT2Config(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=10, resolution=64),
+))

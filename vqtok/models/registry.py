@@ -1,51 +1,56 @@
-"""Which architecture a model folder holds: ``config.json``'s ``model_type`` -> (config class, model class).
+"""Model families: ``config.json``'s ``model_type`` -> the family that builds, converts and recognises it.
 
-A vqtok model folder is ``model.safetensors`` + ``config.json``; the latter carries
-``"model_type"`` beside the config fields (see :mod:`vqtok.hub`). Folders written before
-other architectures existed say ``"vqgan"`` and load exactly as before.
+A family lives in one module that ends with ``register_family(Family(...))``: its config, its
+model, the converters of the foreign checkpoints it loads (pure state-dict -> state-dict
+functions, imported only when a file is converted), its Hub/file recogniser and its CLI name.
+Adding a family is that module plus one line in :data:`FAMILY_MODULES`.
 
 =============  =======================================  ==========================
-model_type     config / model                           quantizer
+model_type     config / model                           ids (see :mod:`vqtok.layout`)
 =============  =======================================  ==========================
-``vqgan``      VQGANConfig / VQGAN (taming layout)      nearest-code VQ
-``magvit2``    MAGVIT2Config / MAGVIT2 (Open-MAGVIT2)   LFQ (``config.quantizer``)
-``cosmos``     CosmosConfig / CosmosDI (NVIDIA Cosmos)  FSQ (``config.levels``)
-``ibq``        IBQConfig / IBQ (taming autoencoder)     largest inner product (IBQ)
+``vqgan``      VQGANConfig / VQGAN (taming layout)      grid, nearest-code VQ
+``magvit2``    MAGVIT2Config / MAGVIT2 (Open-MAGVIT2)   grid, LFQ
+``cosmos``     CosmosConfig / CosmosDI (NVIDIA Cosmos)  grid, FSQ
+``ibq``        IBQConfig / IBQ (taming autoencoder)     grid, largest inner product
+``var``        VARConfig / VARVQVAE (FoundationVision)  scales (multi-scale residual VQ)
+``titok``      TiTokConfig / TiTok (ByteDance)          sequence (1-D tokens)
 =============  =======================================  ==========================
 
-Every registered model offers the interface the :class:`~vqtok.Tokenizer` uses (see
-:class:`TokenizerModel`).
+Every registered model offers :class:`TokenizerModel`, the only interface the
+:class:`~vqtok.Tokenizer` uses.
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import nn
 
-from vqtok.models.cosmos import CosmosConfig, CosmosDI
-from vqtok.models.ibq import IBQ, IBQConfig
-from vqtok.models.magvit2 import MAGVIT2, MAGVIT2Config
-from vqtok.models.quantizer import Quantizer, QuantizerOutput
-from vqtok.models.vqgan import VQGAN, VQGANConfig
+from vqtok.layout import TokenLayout
 
-__all__ = ["ModelConfig", "TokenizerModel", "ModelEntry", "MODEL_TYPES", "model_entry", "model_type_of", "build_model", "model_from_config"]
+__all__ = [
+    "FAMILY_MODULES", "Family", "SourceFormat", "ModelConfig", "TokenizerModel", "MODEL_TYPES",
+    "register_family", "families", "family", "family_of", "source_formats", "model_type_of", "build_model",
+    "model_from_config", "model_entry",
+]
+
+# The modules that define a family (imported on first use of the registry, in this order).
+FAMILY_MODULES: tuple[str, ...] = (
+    "vqtok.models.vqgan",
+    "vqtok.models.magvit2",
+    "vqtok.models.cosmos",
+    "vqtok.models.ibq",
+)
 
 
 @runtime_checkable
 class ModelConfig(Protocol):
-    """What every architecture config offers."""
-
-    @property
-    def n_embed(self) -> int: ...  # codebook size K
-
-    @property
-    def embed_dim(self) -> int: ...  # code dimension D
-
-    @property
-    def downsample_factor(self) -> int: ...  # image side / grid side
+    """What every family's config offers (a frozen dataclass, see :class:`~vqtok.models._config.ArchConfig`)."""
 
     def to_dict(self) -> dict[str, Any]: ...
 
@@ -53,67 +58,147 @@ class ModelConfig(Protocol):
 
 
 class TokenizerModel(Protocol):
-    """What the Tokenizer needs of a model (VQGAN and MAGVIT2 both provide it).
+    """What the Tokenizer needs of a model: its layout and ids in, ids out.
 
-    ids = ``quantize.lookup(quant_conv(encoder(x)))`` = ``encode(x).ids``;
-    image = ``decode(quantize.codes(ids))`` = ``decode_ids(ids)``.
+    ``encode_ids(x)``: x (B, 3, H, W) in ``pixel_range`` -> ids (B, *layout(H, W).shape) int64.
+    ``decode_ids(ids)``: the inverse -> image (B, 3, H, W) in ``pixel_range`` (roughly).
+    ``autocast_dtype`` (bf16/fp16) runs the heavy convolution/attention stacks under autocast;
+    what decides the ids (projection, code search) stays in the weights' dtype. ``channels_last``
+    is a memory-format hint for convolutional decoders (same result); models may ignore it.
     """
 
-    config: Any  # a ModelConfig
-    encoder: nn.Module  # (B, 3, H, W) -> (B, z_channels, h, w)
-    quant_conv: nn.Module  # (B, z_channels, h, w) -> (B, D, h, w)
-    quantize: Quantizer
+    config: Any
+    pixel_range: ClassVar[tuple[float, float]]  # (-1, 1) or (0, 1): what encode_ids takes and decode_ids gives
 
-    def encode(self, x: torch.Tensor) -> QuantizerOutput: ...
+    def layout(self, image_size: tuple[int, int] | None = None) -> TokenLayout: ...
 
-    def decode(self, z_q: torch.Tensor) -> torch.Tensor: ...
+    def encode_ids(self, x: torch.Tensor, *, autocast_dtype: torch.dtype | None = None) -> torch.Tensor: ...
 
-    def decode_ids(self, ids: torch.Tensor) -> torch.Tensor: ...
+    def decode_ids(
+        self, ids: torch.Tensor, *, autocast_dtype: torch.dtype | None = None, channels_last: bool = False
+    ) -> torch.Tensor: ...
+
+
+# A recogniser: (file names of a repo or folder, read_config(path) -> parsed JSON or None) -> the
+# files its converter reads (relative paths), or None when the files are not this format's.
+Recogniser = Callable[[Sequence[str], Callable[[str], "Mapping[str, Any] | None"]], "tuple[str, ...] | None"]
 
 
 @dataclass(frozen=True)
-class ModelEntry:
-    config_class: type  # has from_dict(dict) and to_dict()
+class SourceFormat:
+    """A foreign checkpoint layout that converts into a family (``vqtok convert NAME``)."""
+
+    name: str  # CLI name and cache tag: `vqtok convert NAME SRC --out DIR`
+    help: str  # one line for `vqtok convert --help`
+    # "module:function" (imported when a file is converted): function(paths: list[Path], **options)
+    # -> (config, state_dict) of the family, with the state dict in the model's own names.
+    convert: str
+    recognise: Recogniser | None = None  # Hub repos / folders recognised by from_pretrained
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None  # CLI options -> convert's keywords
+    sources: str = "source"  # metavar of the positional argument(s) of `vqtok convert NAME`
+
+    def load_converter(self) -> Callable[..., tuple[Any, dict[str, torch.Tensor]]]:
+        module, _, name = self.convert.partition(":")
+        return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+
+    def run(self, paths: Sequence[Path], **options: Any) -> tuple[Any, dict[str, torch.Tensor]]:
+        """Convert the local files ``paths`` -> (config, state dict)."""
+        return self.load_converter()(list(paths), **options)
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family: what ``model_type`` names in ``config.json``."""
+
+    name: str  # model_type
+    config_class: type  # from_dict(dict) / to_dict() / hash()
     model_class: type[nn.Module]  # model_class(config)
+    tiny_config: Callable[[], Any]  # a small config for CPU tests (the registry sweep)
+    test_image_size: int = 32  # image side the tiny config takes (sequence / multi-scale families fix it)
+    formats: tuple[SourceFormat, ...] = ()  # foreign checkpoints that convert into this family
+    description: str = ""
 
 
-_REGISTRY: dict[str, ModelEntry] = {
-    "vqgan": ModelEntry(VQGANConfig, VQGAN),
-    "magvit2": ModelEntry(MAGVIT2Config, MAGVIT2),
-    "cosmos": ModelEntry(CosmosConfig, CosmosDI),
-    "ibq": ModelEntry(IBQConfig, IBQ),
-}
-MODEL_TYPES: tuple[str, ...] = tuple(_REGISTRY)
+# Kept for callers of the earlier name.
+ModelEntry = Family
+
+_REGISTRY: dict[str, Family] = {}
+_loaded = False
 
 
-def model_entry(model_type: str) -> ModelEntry:
-    """The registered (config class, model class) of ``model_type``; ValueError naming the known ones."""
+def register_family(entry: Family) -> Family:
+    """Add ``entry`` (called at the end of the family's module); a second family of the same name is an error."""
+    old = _REGISTRY.get(entry.name)
+    if old is not None and old.model_class is not entry.model_class:
+        raise ValueError(f"model family {entry.name!r} is already registered ({old.model_class.__qualname__})")
+    _REGISTRY[entry.name] = entry
+    return entry
+
+
+def _load() -> dict[str, Family]:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for module in FAMILY_MODULES:
+            importlib.import_module(module)
+    return _REGISTRY
+
+
+def families() -> tuple[Family, ...]:
+    """Every registered family, in :data:`FAMILY_MODULES` order."""
+    order = {m: i for i, m in enumerate(FAMILY_MODULES)}
+    return tuple(sorted(_load().values(), key=lambda f: order.get(f.model_class.__module__, len(order))))
+
+
+def family(model_type: str) -> Family:
+    """The family registered as ``model_type``; ValueError naming the known ones."""
+    reg = _load()
     try:
-        return _REGISTRY[model_type]
-    except KeyError:
-        raise ValueError(f"unknown model_type {model_type!r}; this vqtok knows {', '.join(MODEL_TYPES)}") from None
+        return reg[model_type]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown model_type {model_type!r}; this vqtok knows {', '.join(f.name for f in families())}") from None
+
+
+model_entry = family
+
+
+def source_formats() -> tuple[tuple[Family, SourceFormat], ...]:
+    """Every (family, format) pair, for ``vqtok convert`` and the Hub recogniser."""
+    return tuple((fam, fmt) for fam in families() for fmt in fam.formats)
+
+
+def family_of(model: nn.Module) -> Family:
+    """The family of a model (the most specific registered class it is an instance of)."""
+    reg = _load()
+    for entry in reg.values():
+        if type(model) is entry.model_class:
+            return entry
+    for entry in reg.values():
+        if isinstance(model, entry.model_class):
+            return entry
+    raise TypeError(f"{type(model).__name__} is not a registered vqtok model ({', '.join(f.name for f in families())})")
 
 
 def model_type_of(model: nn.Module) -> str:
-    """The ``model_type`` a model is saved under (the most specific registered class it is an instance of)."""
-    for name, entry in _REGISTRY.items():
-        if type(model) is entry.model_class:
-            return name
-    for name, entry in _REGISTRY.items():
-        if isinstance(model, entry.model_class):
-            return name
-    raise TypeError(f"{type(model).__name__} is not a registered vqtok model ({', '.join(MODEL_TYPES)})")
+    """The ``model_type`` a model is saved under."""
+    return family_of(model).name
 
 
 def build_model(model_type: str, config: Mapping[str, Any]) -> nn.Module:
     """A randomly initialised model of ``model_type`` from its config fields (as stored in config.json)."""
-    entry = model_entry(model_type)
+    entry = family(model_type)
     return entry.model_class(entry.config_class.from_dict(config))
 
 
 def model_from_config(config: Any) -> nn.Module:
-    """A randomly initialised model for a config object (VQGANConfig -> VQGAN, MAGVIT2Config -> MAGVIT2, ...)."""
-    for entry in _REGISTRY.values():
+    """A randomly initialised model for a config object (VQGANConfig -> VQGAN, ...)."""
+    for entry in _load().values():
         if isinstance(config, entry.config_class):
             return entry.model_class(config)
-    raise TypeError(f"{type(config).__name__} is not a registered vqtok model config ({', '.join(MODEL_TYPES)})")
+    raise TypeError(f"{type(config).__name__} is not a registered vqtok model config ({', '.join(f.name for f in families())})")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "MODEL_TYPES":  # computed when asked: the families register themselves on import
+        return tuple(f.name for f in families())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

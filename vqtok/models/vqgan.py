@@ -26,6 +26,7 @@ from vqtok.models._model import LastLayerMixin, ModelOutput, TokenizerModelMixin
 from vqtok.models.fsq import FSQ
 from vqtok.models.lfq import LFQ
 from vqtok.models.quantizer import QuantizerOutput, VectorQuantizer
+from vqtok.models.registry import Family, register_family
 from vqtok.models.thread_invariance import ThreadInvariantOps
 
 __all__ = ["VQGANConfig", "VQGAN", "Encoder", "Decoder", "GroupNorm", "group_norm_channels_last"]
@@ -452,3 +453,10 @@ class VQGAN(TokenizerModelMixin, nn.Module):
     def decode(self, z_q: torch.Tensor) -> torch.Tensor:
         """z_q (B, D, h, w) -> image (B, 3, H, W), roughly in [-1, 1]."""
         return self.decoder(self.post_quant_conv(z_q))
+
+
+register_family(Family(
+    name="vqgan", config_class=VQGANConfig, model_class=VQGAN, description="taming-transformers VQGAN (nearest-code VQ)",
+    tiny_config=lambda: VQGANConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(16,), z_channels=16,
+                                    embed_dim=8, n_embed=512, resolution=64),
+))
