@@ -14,7 +14,7 @@ What the fixture is:
   (``modeling/titok.py``), VQ with the MaskGIT pixel decoder (``finetune_decoder``), built from
   seed 0 at a tiny size. TiTok names only the ViT sizes small / base / large and fixes
   MaskGIT's VQGAN in code, so the script loads ``modeling/modules/blocks.py`` with one more size,
-  ``"tiny"`` (width 32, 2 layers, 1 head), and swaps the 1024 x 256 pixel codebook and the
+  ``"tiny"`` (width 32, 2 layers, 1 head; :data:`EXTRA_VIT`), and swaps the 1024 x 256 pixel codebook and the
   128-channel pixel decoder for TiTok's own classes at 1024 x 32 and 32 channels. Two changes
   random weights are re-drawn so that ids and pixels depend on the image (with TiTok's init
   every photo gets nearly the same ids: see :func:`image_sensitive`). The weights
@@ -53,7 +53,9 @@ logger = logging.getLogger("make_titok_golden")
 
 FIXTURE = ROOT / "tests" / "fixtures" / "titok"
 PHOTOS = ROOT.parent / "shared" / "data" / "eval-photos"
-TINY_VIT = {"width": 32, "num_layers": 2, "num_heads": 1}  # the "tiny" ViT size added to TiTok's tables
+# ViT sizes added to TiTok's tables (name: width, layers, heads): "tiny" for the fixture (64-channel
+# heads as TiTok's own sizes, so the converter reads it without help), "tiny_mh" for multi-head tests
+EXTRA_VIT = {"tiny": (32, 2, 1), "tiny_mh": (64, 1, 4)}
 TINY_PIXEL = {"channel_mult": [1, 1, 1, 2, 1], "num_resolutions": 5, "dropout": 0.0, "hidden_channels": 32,
               "num_channels": 3, "num_res_blocks": 1, "resolution": 256, "z_channels": 32}
 RELEASED = {  # configs/infer/TiTok/*.yaml of the released VQ tokenizers
@@ -62,22 +64,26 @@ RELEASED = {  # configs/infer/TiTok/*.yaml of the released VQ tokenizers
 }
 
 
-def tiny_config() -> dict[str, Any]:
-    """TiTok's nested config (as its yaml files and ``save_pretrained``'s config.json hold it) at the tiny size."""
+def tiny_config(size: str = "tiny", *, pixels: bool = False) -> dict[str, Any]:
+    """TiTok's nested config (as its yaml files and ``save_pretrained``'s config.json hold it) at a size of
+    :data:`EXTRA_VIT`; ``pixels``: the VQ-8k variant (``is_legacy`` false, the ViT predicts pixels)."""
+    vq = {
+        "codebook_size": 1024, "token_size": 12, "use_l2_norm": True, "commitment_cost": 0.25,
+        "vit_enc_model_size": size, "vit_dec_model_size": size, "vit_enc_patch_size": 16,
+        "vit_dec_patch_size": 16, "num_latent_tokens": 32, "finetune_decoder": not pixels,
+    }
+    if pixels:
+        vq.update(is_legacy=False, use_l2_norm=False)
     return {
-        "experiment": {"tokenizer_checkpoint": "tokenizer_titok_tiny.bin", "output_dir": "titok_tiny"},
-        "model": {"vq_model": {
-            "codebook_size": 1024, "token_size": 12, "use_l2_norm": True, "commitment_cost": 0.25,
-            "vit_enc_model_size": "tiny", "vit_dec_model_size": "tiny", "vit_enc_patch_size": 16,
-            "vit_dec_patch_size": 16, "num_latent_tokens": 32, "finetune_decoder": True,
-        }},
+        "experiment": {"tokenizer_checkpoint": f"tokenizer_titok_{size}.bin", "output_dir": f"titok_{size}"},
+        "model": {"vq_model": vq},
         "dataset": {"preprocessing": {"crop_size": 256}},
     }
 
 
 def import_reference(repo: Path) -> types.SimpleNamespace:
     """TiTok's modules from a 1d-tokenizer checkout, without the packages' ``__init__`` (they import
-    the training losses, which need torchvision), with the "tiny" ViT size added to ``blocks.py``."""
+    the training losses, which need torchvision), with the ViT sizes of :data:`EXTRA_VIT` added to ``blocks.py``."""
     repo = Path(repo)
     if "modeling.titok" in sys.modules:
         m = sys.modules["modeling.titok"]
@@ -93,11 +99,12 @@ def import_reference(repo: Path) -> types.SimpleNamespace:
         pkg.__path__ = [str(repo / name.replace(".", "/"))]  # type: ignore[attr-defined]
         sys.modules[name] = pkg
     source = (repo / "modeling/modules/blocks.py").read_text()
-    for attr, key in (("width", "width"), ("num_layers", "num_layers"), ("num_heads", "num_heads")):
+    for i, attr in enumerate(("width", "num_layers", "num_heads")):
         pattern = f"self.{attr} = {{"
         if source.count(pattern) < 2:
             raise RuntimeError(f"{repo}/modeling/modules/blocks.py no longer sets {pattern}...}} in the encoder and decoder")
-        source = source.replace(pattern, f'{pattern}"tiny": {TINY_VIT[key]}, ')
+        extra = "".join(f'"{name}": {size[i]}, ' for name, size in EXTRA_VIT.items())
+        source = source.replace(pattern, pattern + extra)
     blocks = types.ModuleType("modeling.modules.blocks")
     blocks.__file__ = str(repo / "modeling/modules/blocks.py")
     sys.modules["modeling.modules.blocks"] = blocks
@@ -201,14 +208,19 @@ def state_shapes(model: torch.nn.Module) -> list[str]:
 
 
 def released_shapes(repo: Path) -> dict[str, Any]:
-    """Per released config: number of tensors and sha256 of the sorted ``name:shape`` lines of TiTok's state dict."""
+    """Per released config: its ``model.vq_model`` / ``dataset`` sections, and the number of tensors and
+    sha256 of the sorted ``name:shape`` lines of TiTok's state dict (built on the meta device)."""
     ref = import_reference(repo)
     out = {}
     for name in RELEASED:
+        config = released_config(repo, name)
         with torch.device("meta"):
-            model = ref.TiTok(released_config(repo, name))
+            model = ref.TiTok(config)
         lines = state_shapes(model)
-        out[name] = {"tensors": len(lines), "sha256": hashlib.sha256("\n".join(lines).encode()).hexdigest()}
+        out[name] = {
+            "config": {"model": {"vq_model": config["model"]["vq_model"]}, "dataset": config["dataset"]},
+            "tensors": len(lines), "sha256": hashlib.sha256("\n".join(lines).encode()).hexdigest(),
+        }
     return out
 
 

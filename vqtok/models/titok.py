@@ -474,27 +474,40 @@ def _count(state: Mapping[str, torch.Tensor], prefix: str) -> int:
     return max(found) + 1 if found else 0
 
 
-def _vit_size(vq: Mapping[str, Any], side: str, state: Mapping[str, torch.Tensor], width: int) -> dict[str, int]:
-    """``{side}_width / _layers / _heads`` of one ViT: width and layers from the weights, heads from the size name."""
+def _vit_size(vq: Mapping[str, Any], side: str, state: Mapping[str, torch.Tensor] | None) -> dict[str, int]:
+    """``{side}_width / _layers / _heads`` of one ViT from its size name, checked against the weights when given.
+
+    A name TiTok's code does not know (a patched copy, e.g. the tests' tiny fixture) takes width
+    and layers from the weights and 64-channel heads, as TiTok's small / base / large have.
+    """
     key = "vit_enc_model_size" if side == "encoder" else "vit_dec_model_size"
     name = vq.get(key)
-    layers = _count(state, f"{side}.transformer")
-    if name in VIT_SIZES:
-        if (width, layers) != VIT_SIZES[name][:2]:
-            raise ValueError(f"TiTok {key} {name!r} is {VIT_SIZES[name][0]} wide with {VIT_SIZES[name][1]} layers, but the weights have {width} and {layers}")
-        heads = VIT_SIZES[name][2]
-    else:  # a size TiTok's code does not name (a patched copy): its sizes all use 64-channel heads
-        heads = max(1, width // 64)
-        logger.info("TiTok %s %r is not small/base/large: %d wide, %d layers, %d heads (64 channels each)", key, name, width, layers, heads)
+    if state is None:
+        if name not in VIT_SIZES:
+            raise ValueError(f"TiTok {key} must be one of {', '.join(VIT_SIZES)}, got {name!r}")
+        width, layers, heads = VIT_SIZES[name]
+    else:
+        width = state["latent_tokens" if side == "encoder" else "decoder.positional_embedding"].shape[1]
+        layers = _count(state, f"{side}.transformer")
+        if name in VIT_SIZES:
+            if (width, layers) != VIT_SIZES[name][:2]:
+                raise ValueError(
+                    f"TiTok {key} {name!r} is {VIT_SIZES[name][0]} wide with {VIT_SIZES[name][1]} layers, "
+                    f"but the weights have {width} and {layers}"
+                )
+            heads = VIT_SIZES[name][2]
+        else:
+            heads = max(1, width // 64)
+            logger.info("TiTok %s %r is not small/base/large: %d wide, %d layers (from the weights), %d heads of 64", key, name, width, layers, heads)
     return {f"{side}_width": width, f"{side}_layers": layers, f"{side}_heads": heads}
 
 
-def titok_config(config: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -> TiTokConfig:
-    """The :class:`TiTokConfig` of TiTok's nested ``config.json`` and its weights.
+def titok_config(config: Mapping[str, Any], state: Mapping[str, torch.Tensor] | None = None) -> TiTokConfig:
+    """The :class:`TiTokConfig` of TiTok's nested ``config.json`` (as ``save_pretrained`` writes it).
 
-    The config gives what shapes cannot tell (variant, l2 norm, image size, attention heads by
-    the ViT size name); the tensor shapes give every size, so a config and weights that disagree
-    are an error here rather than a failed strict load.
+    ``state``: the weights, when at hand. They give the sizes TiTok fixes in code (MaskGIT's
+    pixel decoder) and those of a ViT size name TiTok does not know, and are checked against the
+    named sizes; without them the pixel decoder is TiTok's (1024 x 256 codes, 128 channels).
     """
     vq = _vq_section(config)
     if vq is None:
@@ -513,34 +526,31 @@ def titok_config(config: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -
         raise ValueError("TiTok with finetune_decoder true needs is_legacy true (TiTok itself cannot run this combination)")
     try:
         image_size = int(config["dataset"]["preprocessing"]["crop_size"])
-    except (KeyError, TypeError):
+    except (KeyError, TypeError, ValueError):
         raise ValueError("TiTok config has no dataset.preprocessing.crop_size (the image size)") from None
-    need = ["latent_tokens", "encoder.patch_embed.weight", "encoder.conv_out.weight", "quantize.embedding.weight",
-            "decoder.ffn.0.weight", "decoder.positional_embedding"]
-    if decoder == "maskgit":
-        need += ["pixel_quantize.embedding.weight", "pixel_decoder.conv_out.weight"]
-    missing = [k for k in need if k not in state]
-    if missing:
-        raise ValueError(f"TiTok weights lack {', '.join(missing)} (the config says decoder={decoder!r})")
-    n, enc_width = state["latent_tokens"].shape
-    codebook_size, token_size = state["quantize.embedding.weight"].shape
-    dec_width = state["decoder.positional_embedding"].shape[1]
-    dec_grid = math.isqrt(state["decoder.positional_embedding"].shape[0] - 1)
-    fields: dict[str, Any] = dict(
-        image_size=image_size, num_latent_tokens=n, codebook_size=codebook_size, token_size=token_size,
-        use_l2_norm=bool(vq.get("use_l2_norm", False)), decoder=decoder,
-        encoder_patch_size=state["encoder.patch_embed.weight"].shape[-1], decoder_patch_size=image_size // max(dec_grid, 1),
-        **_vit_size(vq, "encoder", state, enc_width), **_vit_size(vq, "decoder", state, dec_width),
-    )
-    if decoder == "maskgit":
-        levels = _count(state, "pixel_decoder.up")
-        widths = [state[f"pixel_decoder.up.{i}.block.0.conv2.weight"].shape[0] for i in range(levels)]
-        if any(w % widths[0] for w in widths):
-            raise ValueError(f"TiTok pixel decoder level widths {widths} are not multiples of the first")
+    if state is not None:
+        need = ["latent_tokens", "decoder.positional_embedding"]
+        need += ["pixel_quantize.embedding.weight", "pixel_decoder.up.0.block.0.conv2.weight"] if decoder == "maskgit" else []
+        missing = [k for k in need if k not in state]
+        if missing:
+            raise ValueError(f"TiTok weights lack {', '.join(missing)} (the config says decoder={decoder!r})")
+    try:
+        fields: dict[str, Any] = dict(
+            image_size=image_size, num_latent_tokens=int(vq["num_latent_tokens"]), codebook_size=int(vq["codebook_size"]),
+            token_size=int(vq["token_size"]), use_l2_norm=bool(vq.get("use_l2_norm", False)), decoder=decoder,
+            encoder_patch_size=int(vq["vit_enc_patch_size"]), decoder_patch_size=int(vq["vit_dec_patch_size"]),
+        )
+    except KeyError as err:
+        raise ValueError(f"TiTok config has no model.vq_model.{err.args[0]}") from None
+    fields.update(_vit_size(vq, "encoder", state))
+    fields.update(_vit_size(vq, "decoder", state))
+    if decoder == "maskgit" and state is not None:  # MaskGIT's VQGAN: fixed in TiTok's code, read off the weights
+        widths = [state[f"pixel_decoder.up.{i}.block.0.conv2.weight"].shape[0] for i in range(_count(state, "pixel_decoder.up"))]
+        hidden = math.gcd(*widths)
         fields.update(
             pixel_codebook_size=state["pixel_quantize.embedding.weight"].shape[0],
             pixel_embed_dim=state["pixel_quantize.embedding.weight"].shape[1],
-            pixel_hidden_channels=widths[0], pixel_channel_mult=tuple(w // widths[0] for w in widths),
+            pixel_hidden_channels=hidden, pixel_channel_mult=tuple(w // hidden for w in widths),
             pixel_num_res_blocks=_count(state, "pixel_decoder.mid"),
         )
     return TiTokConfig(**fields)
