@@ -290,3 +290,72 @@ def test_live_reference_state_dicts_of_released_configs(reference):
             theirs = {k: tuple(v.shape) for k, v in reference.TiTok(config).state_dict().items()}
             ours = {k: tuple(v.shape) for k, v in TiTok(titok_config(config)).state_dict().items()}
         assert ours == theirs, f"{name}: only ours {sorted(set(ours) - set(theirs))[:5]}, only TiTok's {sorted(set(theirs) - set(ours))[:5]}"
+
+
+# ------------------------------------------------------------------ through the Tokenizer and the CLI
+@pytest.fixture
+def tokenizer(tmp_path_factory, monkeypatch):
+    """``Tokenizer.from_pretrained(fixture folder)``: recognised as TiTok's, converted once into a private cache."""
+    from vqtok import Tokenizer
+
+    monkeypatch.setenv("VQTOK_CACHE", str(tmp_path_factory.mktemp("vqtok-cache")))
+    return Tokenizer.from_pretrained(FIXTURE)
+
+
+def _photo_files() -> list[Path]:
+    if not EVAL_PHOTOS.is_dir():
+        pytest.skip(f"the eval photos the fixture was made from are not at {EVAL_PHOTOS}")
+    return sorted(EVAL_PHOTOS.glob("*.jpg"))[:3]
+
+
+def test_tokenizer_from_titok_folder_matches_titok_on_photos(tokenizer):
+    photos = [Image.open(p).convert("RGB") for p in _photo_files()]
+    assert isinstance(tokenizer.model, TiTok) and tokenizer.model_type == "titok"
+    ref_ids = load_file(FIXTURE / "reference.safetensors")["ids"]
+    ids = tokenizer.encode(photos, size=256)  # resized + center-cropped as the reference's inputs, x / 255
+    assert ids.shape == (3, 32) and ids.dtype == torch.int64
+    assert torch.equal(ids, ref_ids)
+    assert torch.equal(tokenizer.encode(photos[1], size=256), ref_ids[1])  # one image: (n,)
+    images = tokenizer.decode(ids, output="np")  # (3, 256, 256, 3) uint8, clamped as TiTok's demo
+    ref = _reference_pixels().permute(0, 2, 3, 1)
+    rms = (torch.from_numpy(images).float() - ref).pow(2).mean().sqrt().item()
+    assert rms < 1.0, f"decode RMS {rms:.3f} / 255"
+
+
+def test_tokenizer_layout_repr_and_sizes(tokenizer):
+    assert tokenizer.layout(256).shape == (32,) and tokenizer.codebook_size == 1024
+    assert tokenizer.downsample_factor == 16 and tokenizer.embed_dim == 12
+    text = repr(tokenizer)
+    assert text.startswith("Tokenizer(titok, sequence of 32, 1024 codes, TiTokConfig ")
+    with pytest.raises(ValueError, match="pass size=256"):
+        tokenizer.encode(np.zeros((200, 300, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match="layout"):
+        tokenizer.decode(torch.zeros(2, 31, dtype=torch.long))
+
+
+def test_tokenizer_save_load_round_trip(tokenizer, tmp_path):
+    from vqtok import Tokenizer
+
+    x = torch.randint(0, 256, (2, 3, 256, 256), dtype=torch.uint8)
+    ids = tokenizer.encode(x)
+    tokenizer.save_pretrained(tmp_path / "saved")
+    config = json.loads((tmp_path / "saved" / "config.json").read_text())
+    assert config["model_type"] == "titok" and "vqtok_format" in config
+    assert recognise_titok(["config.json", "model.safetensors"], _reader(config)) is None  # ours: never re-converted
+    again = Tokenizer.from_pretrained(tmp_path / "saved")
+    assert again.config == tokenizer.config
+    assert torch.equal(again.encode(x), ids)
+    assert torch.equal(again.decode(ids, output="pt"), tokenizer.decode(ids, output="pt"))
+
+
+def test_cli_convert_titok_folder(tmp_path, capsys):
+    from vqtok import Tokenizer
+    from vqtok.cli import main
+
+    assert main(["convert", "titok", str(FIXTURE), "--out", str(tmp_path / "out")]) == 0
+    assert "titok: sequence of 32, 1024 codes" in capsys.readouterr().out
+    tok = Tokenizer.from_pretrained(tmp_path / "out")
+    x = torch.randint(0, 256, (1, 3, 256, 256), dtype=torch.uint8)
+    with torch.no_grad():  # the same ids as the model loaded straight from TiTok's files
+        direct = _fixture_model().encode_ids(x.double().div(255).float())
+    assert torch.equal(tok.encode(x), direct)

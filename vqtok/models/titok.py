@@ -130,6 +130,16 @@ class TiTokConfig(ArchConfig):
         """Patches per side of the encoder (the decoder's: ``image_size // decoder_patch_size``)."""
         return self.image_size // self.encoder_patch_size
 
+    @property
+    def downsample_factor(self) -> int:
+        """Image side / patch grid side of the encoder (16): what ``Tokenizer.downsample_factor`` reports."""
+        return self.encoder_patch_size
+
+    @property
+    def embed_dim(self) -> int:
+        """Channels of a code (``token_size``)."""
+        return self.token_size
+
 
 # ---------------------------------------------------------------------------------------- ViT
 class SelfAttention(nn.Module):
