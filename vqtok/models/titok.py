@@ -421,11 +421,17 @@ class TiTok(nn.Module):
             z = self.encode(x)
         return self.quantize.lookup(z)
 
-    def decode(self, z_q: torch.Tensor) -> torch.Tensor:
-        """Codes (B, n, token_size) -> image (B, 3, S, S), roughly in [0, 1] (unclamped)."""
+    def decode(self, z_q: torch.Tensor, *, channels_last: bool = False) -> torch.Tensor:
+        """Codes (B, n, token_size) -> image (B, 3, S, S), roughly in [0, 1] (unclamped).
+
+        ``channels_last``: run the pixel decoder on NHWC activations (same result).
+        """
         x = self.decoder(z_q.to(self.decoder.decoder_embed.weight.dtype))
         if self.config.decoder == "maskgit":
-            x = self.pixel_decoder(self.pixel_quantize(x))  # logits -> MaskGIT codes mixture -> pixels
+            features = self.pixel_quantize(x)  # (B, 1024, g, g) logits -> (B, D, g, g) mixture of MaskGIT's codes
+            if channels_last:
+                features = features.contiguous(memory_format=torch.channels_last)
+            x = self.pixel_decoder(features)
         return x
 
     def decode_ids(
@@ -433,13 +439,13 @@ class TiTok(nn.Module):
     ) -> torch.Tensor:
         """ids (B, n) -> image (B, 3, S, S), roughly in [0, 1] (TiTok's ``decode_tokens``, before the demo's clamp).
 
-        ``autocast_dtype``: the decoders run under autocast. ``channels_last``: ignored (TiTok's
-        pixel decoder runs at 16×16 to 256×256 where NCHW is as fast).
+        ``autocast_dtype``: the decoders run under autocast. ``channels_last``: the pixel decoder
+        runs on NHWC activations (same result).
         """
         z_q = self.quantize.codes(ids)  # (B, n, D)
         ctx = contextlib.nullcontext() if autocast_dtype is None else torch.autocast(device_type=ids.device.type, dtype=autocast_dtype)
         with ctx:
-            return self.decode(z_q)
+            return self.decode(z_q, channels_last=channels_last)
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         """x (B, 3, S, S) in [0, 1] -> reconstruction (unclamped) and ids (B, n); no training loss."""
