@@ -424,7 +424,7 @@ class TiTok(nn.Module):
     def decode(self, z_q: torch.Tensor, *, channels_last: bool = False) -> torch.Tensor:
         """Codes (B, n, token_size) -> image (B, 3, S, S), roughly in [0, 1] (unclamped).
 
-        ``channels_last``: run the pixel decoder on NHWC activations (same result).
+        ``channels_last``: run the pixel decoder on NHWC activations (equal up to float rounding).
         """
         x = self.decoder(z_q.to(self.decoder.decoder_embed.weight.dtype))
         if self.config.decoder == "maskgit":
@@ -440,7 +440,7 @@ class TiTok(nn.Module):
         """ids (B, n) -> image (B, 3, S, S), roughly in [0, 1] (TiTok's ``decode_tokens``, before the demo's clamp).
 
         ``autocast_dtype``: the decoders run under autocast. ``channels_last``: the pixel decoder
-        runs on NHWC activations (same result).
+        runs on NHWC activations (equal up to float rounding).
         """
         z_q = self.quantize.codes(ids)  # (B, n, D)
         ctx = contextlib.nullcontext() if autocast_dtype is None else torch.autocast(device_type=ids.device.type, dtype=autocast_dtype)
