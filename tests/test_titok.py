@@ -246,8 +246,9 @@ def test_released_configs_have_titok_names_and_shapes():
         with torch.device("meta"):
             model = TiTok(cfg)
         lines = sorted(f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items())
-        assert len(lines) == entry["tensors"], name
-        assert hashlib.sha256("\n".join(lines).encode()).hexdigest() == entry["sha256"], name
+        why = f"{name}: our state dict differs from TiTok's (compare with make_titok_golden.state_shapes)"
+        assert len(lines) == entry["tensors"], why
+        assert hashlib.sha256("\n".join(lines).encode()).hexdigest() == entry["sha256"], why
     assert titok_config(released["s128"]["config"]).num_latent_tokens == 128
     assert titok_config(released["bl64_vq8k"]["config"]).decoder == "pixels"
 
@@ -282,17 +283,6 @@ def test_live_reference_multi_head(reference, tmp_path, pixels):
         pixels_out = ours.decode_ids(ref_ids)
     assert torch.equal(ids, ref_ids)
     assert ((pixels_out - ref_pixels) * 255).pow(2).mean().sqrt().item() < 1.0
-
-
-def test_live_reference_state_dicts_of_released_configs(reference):
-    from tests.make_titok_golden import RELEASED, released_config
-
-    for name in RELEASED:
-        config = released_config(_REPO, name)
-        with torch.device("meta"):
-            theirs = {k: tuple(v.shape) for k, v in reference.TiTok(config).state_dict().items()}
-            ours = {k: tuple(v.shape) for k, v in TiTok(titok_config(config)).state_dict().items()}
-        assert ours == theirs, f"{name}: only ours {sorted(set(ours) - set(theirs))[:5]}, only TiTok's {sorted(set(theirs) - set(ours))[:5]}"
 
 
 # ------------------------------------------------------------------ through the Tokenizer and the CLI
