@@ -14,10 +14,11 @@ What the fixture is:
   (``modeling/titok.py``), VQ with the MaskGIT pixel decoder (``finetune_decoder``), built from
   seed 0 at a tiny size. TiTok names only the ViT sizes small / base / large and fixes
   MaskGIT's VQGAN in code, so the script loads ``modeling/modules/blocks.py`` with one more size,
-  ``"tiny"`` (width 32, 2 layers, 1 head; :data:`EXTRA_VIT`), and swaps the 1024 x 256 pixel codebook and the
-  128-channel pixel decoder for TiTok's own classes at 1024 x 32 and 32 channels. Two changes
-  random weights are re-drawn so that ids and pixels depend on the image (with TiTok's init
-  every photo gets nearly the same ids: see :func:`image_sensitive`). The weights
+  ``"tiny"`` (width 32, 2 layers, 1 head; :data:`EXTRA_VIT`), and swaps the 1024 x 256 pixel
+  codebook and the 128-channel pixel decoder for TiTok's own classes at 1024 x 32 and 32
+  channels (``TINY_PIXEL``). The random weights are re-drawn so that ids and pixels depend on
+  the image (with TiTok's init every photo gets nearly the same ids: see
+  :func:`image_sensitive`). The weights
   are rounded to float16 and saved as ``save_pretrained`` of ``model.half()`` writes them
   (half the bytes); the reference ran in float32 on those exact values.
 * ``reference.safetensors``: ``photo_sha256`` (3, 32) uint8, the sha256 of each input crop, and
@@ -53,8 +54,9 @@ logger = logging.getLogger("make_titok_golden")
 
 FIXTURE = ROOT / "tests" / "fixtures" / "titok"
 PHOTOS = ROOT.parent / "shared" / "data" / "eval-photos"
-# ViT sizes added to TiTok's tables (name: width, layers, heads): "tiny" for the fixture (64-channel
-# heads as TiTok's own sizes, so the converter reads it without help), "tiny_mh" for multi-head tests
+# ViT sizes added to TiTok's tables (name: width, layers, heads): "tiny" for the fixture (one head:
+# what convert_titok gives a size TiTok does not name, width // 64 heads but at least one, so the
+# fixture converts without help), "tiny_mh" for the multi-head tests (heads set by the test)
 EXTRA_VIT = {"tiny": (32, 2, 1), "tiny_mh": (64, 1, 4)}
 TINY_PIXEL = {"channel_mult": [1, 1, 1, 2, 1], "num_resolutions": 5, "dropout": 0.0, "hidden_channels": 32,
               "num_channels": 3, "num_res_blocks": 1, "resolution": 256, "z_channels": 32}
