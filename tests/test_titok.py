@@ -206,6 +206,18 @@ def test_recognise_titok_folders_only():
     assert recognise_titok(files, _reader(None)) is None
 
 
+def test_hub_repo_listing_is_recognised_as_titok():
+    """A released repo's files (as the Hub lists them) resolve to the titok format, as from_pretrained sees them."""
+    from vqtok.convert.auto import recognise_layout
+
+    titok = json.loads((FIXTURE / "config.json").read_text())
+    files = [".gitattributes", "README.md", "config.json", "model.safetensors"]
+    found = recognise_layout(files, read_config=_reader(titok), where="yucornetto/tokenizer_titok_l32_imagenet")
+    assert (found.layout, found.files) == ("titok", ("config.json", "model.safetensors"))
+    ours = {"vqtok_format": 1, "model_type": "titok", **TiTokConfig().to_dict()}
+    assert recognise_layout(files, read_config=_reader(ours)).layout == "vqtok"
+
+
 def _titok_folder(tmp_path: Path, edit=None, drop=(), add=None) -> Path:
     """A copy of the fixture with its config edited / tensors dropped or added."""
     folder = tmp_path / "src"
