@@ -64,7 +64,10 @@ def _reference_pixels() -> torch.Tensor:
 
 # ------------------------------------------------------------------ parity with the fixture
 def test_fixture_converts_to_the_tiny_config():
-    cfg, state = convert_titok([FIXTURE])  # the folder itself works too
+    cfg, state = convert_titok([FIXTURE])  # the folder itself works too, and so does one of its files
+    assert convert_titok([FIXTURE / "model.safetensors"])[0] == cfg
+    with pytest.raises(FileNotFoundError, match="nope.safetensors not found"):
+        convert_titok([FIXTURE / "config.json", FIXTURE / "nope.safetensors"])
     assert cfg == TiTokConfig(
         image_size=256, num_latent_tokens=32, codebook_size=1024, token_size=12, use_l2_norm=True,
         encoder_patch_size=16, encoder_width=32, encoder_layers=2, encoder_heads=1,

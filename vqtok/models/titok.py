@@ -581,7 +581,7 @@ def titok_config(config: Mapping[str, Any], state: Mapping[str, torch.Tensor] | 
 
 
 def convert_titok(paths: list[Path]) -> tuple[TiTokConfig, dict[str, torch.Tensor]]:
-    """TiTok's ``config.json`` + ``model.safetensors`` (or the folder holding them) -> (config, state dict).
+    """TiTok's ``config.json`` + ``model.safetensors`` (or the folder holding them, or one of them) -> (config, state dict).
 
     The tensors keep their names (they are this module's). A TiTok generator (its weights have no
     ``latent_tokens``) or TA-TiTok (a text-guided decoder) is refused with the reason.
@@ -589,8 +589,12 @@ def convert_titok(paths: list[Path]) -> tuple[TiTokConfig, dict[str, torch.Tenso
     from safetensors.torch import load_file
 
     paths = [Path(p) for p in paths]
-    if len(paths) == 1 and paths[0].is_dir():
-        paths = [paths[0] / "config.json", paths[0] / "model.safetensors"]
+    if len(paths) == 1:  # the folder, or one of its two files: both are read
+        folder = paths[0] if paths[0].is_dir() else paths[0].parent
+        paths = [folder / "config.json", folder / "model.safetensors"]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"TiTok conversion reads config.json and model.safetensors: {', '.join(missing)} not found")
     configs = [p for p in paths if p.suffix == ".json"]
     weights = [p for p in paths if p.suffix == ".safetensors"]
     if len(configs) != 1 or len(weights) != 1:
