@@ -2,7 +2,7 @@
 
 A ViT encoder reads the 16×16 patches of a 256×256 image together with ``n`` learned latent
 tokens; only the latent tokens leave it, each quantized to its nearest code (cosine distance when
-``use_l2_norm``). So an image is a *sequence* of ``n`` ids (32, 64 or 128), not a grid. A ViT
+``use_l2_norm``). So an image is a *sequence* of ``n`` ids (32 to 256), not a grid. A ViT
 decoder reads the ``n`` codes with one mask token per patch and, per variant:
 
 * ``decoder="maskgit"`` (TiTok-L-32 / B-64 / S-128, ``is_legacy`` + ``finetune_decoder``): the
@@ -611,7 +611,7 @@ def convert_titok(paths: list[Path]) -> tuple[TiTokConfig, dict[str, torch.Tenso
 
 register_family(Family(
     name="titok", config_class=TiTokConfig, model_class=TiTok,
-    description="TiTok (ByteDance 1-D tokenizer: ViT, sequence of 32-128 ids, MaskGIT-VQGAN pixel decoder)",
+    description="TiTok (ByteDance 1-D tokenizer: ViT, sequence of 32-256 ids, MaskGIT-VQGAN or pixel ViT decoder)",
     tiny_config=lambda: TiTokConfig(
         image_size=32, num_latent_tokens=8, codebook_size=64, token_size=8, encoder_patch_size=8, encoder_width=32,
         encoder_layers=1, encoder_heads=2, decoder_patch_size=8, decoder_width=32, decoder_layers=1, decoder_heads=2,
