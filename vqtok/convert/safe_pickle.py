@@ -480,7 +480,7 @@ def _what_folder(folder: Path) -> str:
 
     try:
         config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         config = None
     if isinstance(config, dict) and "vqtok_format" in config:
         return "it is already a vqtok model folder (load it as is)"
