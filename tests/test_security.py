@@ -269,6 +269,20 @@ def test_checkpoint_may_not_call_allocating_types(tmp_path: Path) -> None:
             load_checkpoint(path)
 
 
+def test_numpy_values_load_and_numpy_bombs_are_refused(tmp_path: Path) -> None:
+    import numpy as np
+
+    values = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "s": np.float64(2.5), "b": b"\x00\xff", "t": torch.ones(2)}
+    torch.save(values, tmp_path / "ok.ckpt")  # protocol 2: bytes and dtypes go through _codecs.encode
+    got = load_checkpoint(tmp_path / "ok.ckpt")
+    assert np.array_equal(got["a"], values["a"]) and got["s"] == 2.5 and got["b"] == values["b"]
+    multiarray = np.core.multiarray if hasattr(np, "core") else np._core.multiarray
+    for call in (_Call(multiarray._reconstruct, np.ndarray, (6_000_000_000,), b"b"),
+                 _Call(multiarray.scalar, np.dtype(("V", 2_000_000_000)))):
+        with pytest.raises(UnsafeCheckpointError, match="numpy"):
+            load_checkpoint(_write_zip(tmp_path / "np.pt", pickle.dumps(call, protocol=2)))
+
+
 # ------------------------------------------------------------------ 3. configs that do not fit their weights
 
 

@@ -232,6 +232,13 @@ class RestrictedUnpickler(pickle.Unpickler):
             self._charge(args[0], f"bytearray({args[0]})")
         return bytearray(*args)
 
+    @staticmethod
+    def _latin1(text: Any, encoding: Any = "latin1") -> bytes:
+        """``_codecs.encode(str, "latin1")``: how pickle protocol 2 writes a bytes object (as long as the text)."""
+        if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+            raise pickle.UnpicklingError(f"_codecs.encode({type(text).__name__}, {encoding!r:.20}) is not how pickle writes bytes")
+        return text.encode("latin-1")
+
     def _rebuild_tensor(self, storage: Any, offset: Any, size: Any, stride: Any, *rest: Any) -> torch.Tensor:
         if not isinstance(storage, torch.storage.TypedStorage):
             raise pickle.UnpicklingError(f"a tensor is rebuilt from {type(storage).__name__}, not from a storage")
@@ -268,6 +275,8 @@ class RestrictedUnpickler(pickle.Unpickler):
         """The allowed callables that allocate, wrapped to count what they allocate (None: not one of them)."""
         if (module, name) in (("builtins", "bytearray"), ("__builtin__", "bytearray")):
             return self._bytearray
+        if (module, name) == ("_codecs", "encode"):
+            return self._latin1
         if module == "torch._utils" and name in ("_rebuild_tensor", "_rebuild_tensor_v2"):
             return self._rebuild_tensor
         if (module, name) == ("torch._tensor", "_rebuild_from_type_v2"):
