@@ -204,6 +204,8 @@ def _check_finite(state: Mapping[str, torch.Tensor], source: str) -> None:
     for key, value in state.items():
         if value.numel() == 0 or not (value.is_floating_point() or value.is_complex()):
             continue
+        if value.dtype.itemsize == 1:  # float8 has no aminmax; float16 holds each of its values
+            value = value.to(torch.float16)
         if value.is_complex():
             finite = bool(torch.isfinite(value).all())
         else:

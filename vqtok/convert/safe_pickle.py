@@ -411,7 +411,8 @@ def _load_archive(path: Path, kind: str) -> Any:
     except zipfile.BadZipFile as err:
         raise ValueError(f"{source} is not a {kind} (not a zip file)") from err
     with archive:
-        size, limit = path.stat().st_size, allocation_limit(path.stat().st_size)
+        size = path.stat().st_size
+        limit = allocation_limit(size)
         unpacked = sum(info.file_size for info in archive.infolist())
         if unpacked > limit:
             raise UnsafeCheckpointError(
