@@ -33,6 +33,7 @@ import pickle
 import types
 import warnings
 import zipfile
+import zlib
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -424,18 +425,16 @@ def _load_archive(path: Path, kind: str) -> Any:
         if len(pickles) != 1:
             raise ValueError(f"{source} is not a {kind}: expected one <name>/data.pkl, found {pickles or 'none'}")
         prefix = pickles[0][: -len("data.pkl")]
-        if f"{prefix}byteorder" in names:
-            order = archive.read(f"{prefix}byteorder").decode(errors="replace").strip()
-            if order != "little":
-                raise ValueError(f"{source} stores its tensors {order}-endian; only little-endian archives are supported")
-        unpickler = _ArchiveUnpickler(io.BytesIO(archive.read(pickles[0])), archive, prefix, source, limit)
         try:
-            return unpickler.load()
+            order = archive.read(f"{prefix}byteorder").decode(errors="replace").strip() if f"{prefix}byteorder" in names else "little"
+            if order == "little":
+                return _ArchiveUnpickler(io.BytesIO(archive.read(pickles[0])), archive, prefix, source, limit).load()
         except UnsafeCheckpointError as err:
             raise UnsafeCheckpointError(f"{source}: {err}") from None
         except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError, IndexError, KeyError,
-                RuntimeError, zipfile.BadZipFile) as err:
+                RuntimeError, OSError, NotImplementedError, zipfile.BadZipFile, zlib.error) as err:
             raise ValueError(f"{source}: data.pkl is not a readable {kind}: {err}") from err
+    raise ValueError(f"{source} stores its tensors {order}-endian; only little-endian archives are supported")
 
 
 def _collect(obj: Any, prefix: str, out: dict[str, torch.Tensor], seen: set[int]) -> None:
