@@ -247,6 +247,16 @@ def test_storage_size_must_match_its_record(tmp_path: Path) -> None:
     archive = _write_zip(tmp_path / "lie.pt", _archive_pickle({"w": _tensor(_Storage("0", 10), (10,), (1,))}), {"0": 8})
     with pytest.raises(ValueError, match="holds 8 bytes, expected 10 × 4"):
         load_checkpoint(archive)
+    archive = _write_zip(tmp_path / "ok.pt", _archive_pickle({"w": _tensor(_Storage("0", 2), (2,), (1,))}), {"0": 8})
+    assert load_checkpoint(archive)["w"].tolist() == [0.0, 0.0]
+    data = bytearray(archive.read_bytes())
+    info = zipfile.ZipFile(archive).getinfo("archive/data/0")
+    start = info.header_offset + 30 + int.from_bytes(data[info.header_offset + 26 : info.header_offset + 28], "little") + int.from_bytes(
+        data[info.header_offset + 28 : info.header_offset + 30], "little")
+    data[start : start + info.compress_size] = b"\x07" * info.compress_size  # not deflate data
+    (tmp_path / "damaged.pt").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="damaged.pt: .*decompressing"):
+        load_checkpoint(tmp_path / "damaged.pt")
 
 
 def test_strided_view_bomb_is_refused(tmp_path: Path) -> None:
