@@ -294,8 +294,7 @@ class MultiScaleQuantizer(nn.Module):
         """Features f (B, C, H, W) float32 -> ids per scale [(B, pnₖ²) long, ...] (VAR's ``f_to_idxBl_or_fhat``)."""
         b, c, hgt, wid = f.shape
         codebook = self.embedding.weight.float()  # (V, C)
-        rest = f.clone()
-        f_hat = torch.zeros_like(rest)
+        rest = f.clone()  # f − f̂ so far
         ids: list[torch.Tensor] = []
         last = len(self.patch_nums) - 1
         for k, pn in enumerate(self.patch_nums):
@@ -304,9 +303,7 @@ class MultiScaleQuantizer(nn.Module):
             h = F.embedding(idx.view(b, pn, pn), codebook).permute(0, 3, 1, 2)  # (B, C, pn, pn), channels_last view
             if k != last:
                 h = F.interpolate(h, size=(hgt, wid), mode="bicubic")
-            h = self.phi(k)(h.contiguous())  # (B, C, H, W)
-            f_hat.add_(h)
-            rest.sub_(h)
+            rest.sub_(self.phi(k)(h.contiguous()))  # the φ-refined map (B, C, H, W) joins f̂
             ids.append(idx.view(b, pn * pn))
         return ids
 
