@@ -9,9 +9,12 @@ Input: real photos (../shared/data/eval-photos, resized + center-cropped to 256x
 Timed per (architecture, batch size), repetitions interleaved across implementations so load
 changes hit all of them alike; the median is reported:
 
-* taming  fp32  — ``VQModel.encode`` (Encoder, quant_conv, VectorQuantizer) / ``decode(get_codebook_entry)``
-* vqtok   fp32  — ``Tokenizer(precision="fp32")``: channels_last, SDPA, exact-order chunked search
-* vqtok   bf16  — ``Tokenizer(precision="bf16")``: the above + bf16 autocast over encoder/decoder
+* taming  fp32  — uint8 -> [-1, 1], then ``VQModel.encode`` (Encoder, quant_conv, VectorQuantizer) /
+  ``decode(get_codebook_entry)``
+* vqtok   fp32  — ``Tokenizer.encode(uint8 batch)`` / ``Tokenizer.decode(ids, output="pt")``: the path users
+  take (image conversion, batching, channels_last, SDPA, exact-order chunked search, batch invariance)
+* vqtok   fp32 model — ``model.encode_ids(x)`` / ``model.decode_ids(ids)`` on a ready [-1, 1] NHWC batch
+* vqtok   bf16  — ``Tokenizer(precision="bf16")``: the user path + bf16 autocast over encoder/decoder
 
 Images/s, ratio to taming, achieved GFLOP/s (FLOPs counted by torch's FlopCounterMode) as a
 fraction of this machine's measured matmul peak (fp32 and bf16), peak extra resident memory
@@ -155,12 +158,16 @@ def build(cfg: VQGANConfig, seed: int):
     return ref, tok
 
 
-def photos(n: int, size: int, offset: int = 0) -> torch.Tensor:
+def photos_uint8(n: int, size: int, offset: int = 0) -> torch.Tensor:
     files = sorted(PHOTOS.glob("*.jpg"))
     if not files:
         raise SystemExit(f"no photos in {PHOTOS}")
     imgs = [load_image(files[(offset + i) % len(files)]) for i in range(n)]
-    return to_model_input(to_uint8_batch(imgs, size=size).pixels)  # (n, 3, S, S) float32
+    return to_uint8_batch(imgs, size=size).pixels  # (n, 3, S, S) uint8
+
+
+def photos(n: int, size: int, offset: int = 0) -> torch.Tensor:
+    return to_model_input(photos_uint8(n, size, offset))  # (n, 3, S, S) float32 in [-1, 1]
 
 
 def taming_encode(ref, x):
@@ -175,10 +182,10 @@ def taming_decode(ref, ids):
 
 def features(tok: Tokenizer, x: torch.Tensor, precision: str) -> torch.Tensor:
     """quant_conv output (B, D, h, w) in float32, as the given precision computes it."""
-    tok.precision, tok.channels_last = precision, True
+    amp = {"fp32": None, "bf16": torch.bfloat16}[precision]
     with torch.inference_mode():
-        xx = tok._layout(x)
-        with tok._autocast():
+        xx = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
             h = tok.model.encoder(xx)
         return tok.model.quant_conv(h.float()).float()
 
@@ -196,9 +203,13 @@ def bench_arch(name: str, cfg: VQGANConfig, args, peaks: dict[str, float]) -> tu
         z1 = tok.model.encode(photos(1, args.size)).z_q
         flops_dec = count_flops(lambda: tok.model.decode(z1))
 
+    def model_encode(u8: torch.Tensor) -> torch.Tensor:
+        return tok.model.encode_ids(to_model_input(u8).contiguous(memory_format=torch.channels_last))
+
     impls = {
-        "taming fp32": ("fp32", lambda x: taming_encode(ref, x), lambda ids: taming_decode(ref, ids)),
+        "taming fp32": ("fp32", lambda u8: taming_encode(ref, to_model_input(u8)), lambda ids: taming_decode(ref, ids)),
         "vqtok fp32": ("fp32", None, None),
+        "vqtok fp32 model": ("fp32", model_encode, lambda ids: tok.model.decode_ids(ids, channels_last=True)),
         "vqtok bf16": ("bf16", None, None),
     }
     if args.ablation:  # the same without channels_last, to see what the memory format buys
@@ -207,20 +218,20 @@ def bench_arch(name: str, cfg: VQGANConfig, args, peaks: dict[str, float]) -> tu
 
     def run(impl: str, what: str, arg: torch.Tensor):
         prec, enc, dec = impls[impl]
-        if impl.startswith("vqtok"):
-            tok.precision = prec
-            tok.channels_last = not impl.endswith("NCHW")
-            enc, dec = tok._encode_ids, tok._decode_ids
+        tok.precision = prec
+        tok.channels_last = not impl.endswith("NCHW")
+        if enc is None:  # the Tokenizer, as users call it
+            enc, dec = tok.encode, lambda ids: tok.decode(ids, output="pt")
         with torch.inference_mode():
             return (enc if what == "encode" else dec)(arg)
 
     rows, agree_rows = [], []
-    x_warm = photos(1, args.size)
+    x_warm = photos_uint8(1, args.size)
     for impl in impls:  # warm-up: oneDNN primitive creation, allocator
         ids = run(impl, "encode", x_warm)
         run(impl, "decode", ids)
     for bs in args.batch_sizes:
-        x = photos(bs, args.size)
+        x = photos_uint8(bs, args.size)
         ids_ref = run("taming fp32", "encode", x)  # the ids every decoder gets
         times: dict[tuple[str, str], list[float]] = {}
         mems: dict[tuple[str, str], float] = {}

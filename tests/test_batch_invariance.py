@@ -264,7 +264,7 @@ def test_channels_last_decode_matches_a_float64_decode():
     for channels_last in (False, True):
         tok.channels_last = channels_last
         with torch.inference_mode():
-            ours = tok._decode_ids(ids)  # (2, 3, 16, 16), before clamping
+            ours = tok.model.decode_ids(ids, channels_last=channels_last)  # (2, 3, 16, 16), before clamping
         assert (ours.double() - reference).abs().max() < 1e-5, channels_last
 
 

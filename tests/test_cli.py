@@ -116,8 +116,8 @@ def test_encode_and_decode_stream_in_chunks(model_dir, image_files, tmp_path, mo
     assert main(["decode", str(tmp_path / "bad.npy"), "--model", str(model_dir), "--out", str(tmp_path / "nothing")]) == 2
     assert "[0, 511]" in capsys.readouterr().err
     assert not (tmp_path / "nothing").exists()
-    # flat ids that are no square grid: the library says grid=(h, w), the CLI its flag
-    np.save(tmp_path / "flat.npy", expected.reshape(3, -1)[:, :15])  # 3 rows of 15: not a square
+    # flat ids: never guessed as a grid; the library says grid=(h, w), the CLI its flag
+    np.save(tmp_path / "flat.npy", expected[0].reshape(-1))  # 256 ids of one 16x16 image, flattened
     assert main(["decode", str(tmp_path / "flat.npy"), "--model", str(model_dir), "--out", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err
     assert "pass --grid HxW" in err and "grid=(h, w)" not in err and not (tmp_path / "nothing").exists()

@@ -153,7 +153,10 @@ def test_decode_accepts_any_integer_dtype_and_flat_ids(tiny_tokenizer):
     assert torch.equal(tiny_tokenizer.decode(ids.numpy().astype(np.uint16), output="pt"), ref)
     assert torch.equal(tiny_tokenizer.decode(ids.reshape(2, 16), grid=(4, 4), output="pt"), ref)
     # one image alone vs inside a batch: same pixels up to float rounding of batched convolutions
-    assert torch.allclose(tiny_tokenizer.decode(ids[0].reshape(16), output="pt"), ref[0], atol=1e-5)
+    assert torch.allclose(tiny_tokenizer.decode(ids[0].reshape(16), grid=(4, 4), output="pt"), ref[0], atol=1e-5)
+    for dt in (torch.uint16, torch.uint32, torch.uint64):  # vqtok's own uint16 files, and wider unsigned ids
+        assert torch.equal(tiny_tokenizer.decode(ids.to(dt), output="pt"), ref)
+    assert torch.equal(tiny_tokenizer.decode(torch.from_numpy(ids.numpy().astype(np.uint16)), output="pt"), ref)
 
 
 @pytest.mark.parametrize(
@@ -163,8 +166,11 @@ def test_decode_accepts_any_integer_dtype_and_flat_ids(tiny_tokenizer):
         (torch.tensor([[-1, 3]]), r"\[0, 511\]"),
         (torch.zeros(2, 2, dtype=torch.float32), "integers"),
         (np.zeros((2, 2), np.float64), "integers"),
-        (torch.zeros(15, dtype=torch.long), "square"),
+        (torch.zeros(15, dtype=torch.long), r"pass grid=\(h, w\)"),
+        (torch.zeros(16, dtype=torch.long), r"pass grid=\(h, w\)"),  # a square length is not guessed either
         (torch.zeros(1, 1, 2, 2, dtype=torch.long), "shape"),
+        (torch.tensor([[2**63 + 5]], dtype=torch.uint64), "int64"),  # not printed as a wrapped negative
+        (torch.zeros(1, 200, 200, dtype=torch.long), "max_decode_positions"),
     ],
 )
 def test_decode_rejects_bad_ids(tiny_tokenizer, ids, match):
@@ -177,6 +183,8 @@ def test_decode_rejects_bad_output_and_types(tiny_tokenizer):
         tiny_tokenizer.decode(torch.zeros(2, 2, dtype=torch.long), output="jpg")
     with pytest.raises(TypeError, match="tensor or numpy"):
         tiny_tokenizer.decode([[1, 2], [3, 4]])
+    with pytest.raises(ValueError, match="grid_shape must be two positive ints"):
+        tiny_tokenizer.decode(torch.zeros(4, dtype=torch.long), grid=(0, 0))
 
 
 def test_properties(tiny_tokenizer):

@@ -220,7 +220,7 @@ class TokenLayout:
         one = self.shape
         if one is None:
             k = f", {self.codebooks}" if self.codebooks > 1 else ""
-            return f"expected (h, w{k}) for one image or (B, h, w{k}) for a batch"
+            return f"expected (h, w{k}) for one image or (B, h, w{k}) for a batch (flat ids: pass grid=(h, w))"
         dims = ", ".join(str(d) for d in one)
         return f"expected ({dims}) for one image or (B, {dims}) for a batch"
 

@@ -1,8 +1,12 @@
-"""``Tokenizer``: images in, token ids out, and back — the user-facing face of a VQGAN.
+"""``Tokenizer``: images in, token ids out, and back — the user-facing face of every model family.
 
     >>> tok = Tokenizer.from_pretrained("some-org/some-vqgan")   # or a local folder
-    >>> ids = tok.encode(image)          # (h, w) long; a batch gives (B, h, w)
+    >>> ids = tok.encode(image)          # (h, w) long for a grid model; a batch gives (B, h, w)
     >>> img = tok.decode(ids)            # PIL image; a batch gives a list
+
+The ids' shape is the model's token layout (:mod:`vqtok.layout`): a grid (h, w), a sequence (n,)
+or multi-scale ids (Σ hᵢwᵢ,), with a trailing sub-codebook axis where the model has one. The
+Tokenizer reaches the model only through ``layout`` / ``encode_ids`` / ``decode_ids``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from PIL import Image
 
 from vqtok import hub
 from vqtok.images import from_model_output, to_model_input, to_uint8_batch
+from vqtok.layout import TokenLayout
 from vqtok.models import registry
 from vqtok.models.vqgan import VQGAN, VQGANConfig
 
@@ -127,15 +132,16 @@ def register_layout_resolver(resolver: LayoutResolver) -> None:
     if resolver not in _layout_resolvers:
         _layout_resolvers.append(resolver)
 
-# A 2-D ids array more elongated than this is read as rows of flat ids, (B, h*w), not as one (h, w) grid.
-MAX_GRID_ASPECT = 4
+# Token positions one image may decode to unless raised (Tokenizer.max_decode_positions): 128 x 128,
+# a 2048 px image for an f16 model. Attention over more positions costs minutes and gigabytes.
+MAX_DECODE_POSITIONS = 128 * 128
 
 
 class Tokenizer:
-    """Wraps a :class:`~vqtok.models.vqgan.VQGAN` with image conversion, batching and device handling.
+    """Wraps a tokenizer model of any registered family with image conversion, batching and device handling.
 
     Args:
-        model: the VQGAN (put in eval mode; weights are not copied).
+        model: a registered model (VQGAN, MAGVIT2, IBQ, CosmosDI, VAR, TiTok ...; put in eval mode, not copied).
         batch_size: images per forward pass; larger inputs are processed in chunks.
         precision: ``"fp32"`` (exact: same tokens as taming-transformers), or ``"bf16"`` / ``"fp16"``
             (autocast over the encoder/decoder). bf16 measured 2.3-2.6x taming's fp32 speed on a
@@ -145,12 +151,17 @@ class Tokenizer:
             search) always runs in the model's dtype, outside autocast. See docs/performance.md.
         channels_last: run the convolution stacks on NHWC (channels_last) activations: faster
             oneDNN/cuDNN kernels, same tokens. Only the inputs are converted; weights are untouched.
+
+    ``max_decode_positions`` (attribute, default 16384 = 128x128) bounds the token positions of one
+    decoded image; larger ids are a ValueError before any work is done.
     """
+
+    max_decode_positions: int = MAX_DECODE_POSITIONS
 
     def __init__(
         self, model: VQGAN | registry.TokenizerModel, *, batch_size: int = 32, precision: Precision = "fp32", channels_last: bool = True
     ) -> None:
-        registry.model_type_of(model)  # TypeError unless a registered architecture (VQGAN, MAGVIT2, ...)
+        registry.family_of(model)  # TypeError unless a registered family (VQGAN, MAGVIT2, VAR, TiTok ...)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model.eval()
@@ -280,16 +291,31 @@ class Tokenizer:
         return self.model.config
 
     @property
+    def model_type(self) -> str:
+        """The model's family (``config.json``'s ``model_type``)."""
+        return registry.model_type_of(self.model)
+
+    def layout(self, image_size: int | tuple[int, int] | None = None) -> TokenLayout:
+        """The token layout of an image of side ``image_size`` or (H, W) (None: as the model states it
+        without a size — a grid of any (h, w) for convolutional models)."""
+        if isinstance(image_size, int):
+            image_size = (image_size, image_size)
+        return self.model.layout(image_size)  # type: ignore[operator, no-any-return]
+
+    @property
     def codebook_size(self) -> int:
-        return self.config.n_embed
+        """Ids lie in [0, codebook_size) (per sub-codebook where the layout has several)."""
+        return self.layout().codebook_size
 
     @property
     def downsample_factor(self) -> int:
-        return self.config.downsample_factor
+        """Image side / token-grid side (16 for VAR's last scale; TiTok's patch size)."""
+        factor = getattr(self.model, "downsample_factor", None)
+        return int(factor if factor is not None else self.config.downsample_factor)
 
     @property
     def embed_dim(self) -> int:
-        return self.config.embed_dim
+        return int(self.config.embed_dim)
 
     @property
     def device(self) -> torch.device:
@@ -300,12 +326,11 @@ class Tokenizer:
         return next(self.model.parameters()).dtype
 
     def grid_shape(self, image_size: int | tuple[int, int]) -> tuple[int, int]:
-        """Token grid (h, w) of an image of side ``image_size`` or (H, W)."""
-        hgt, wid = (image_size, image_size) if isinstance(image_size, int) else image_size
-        f = self.downsample_factor
-        if hgt % f or wid % f or hgt <= 0 or wid <= 0:
-            raise ValueError(f"image size {hgt}x{wid} is not a positive multiple of the downsample factor {f}")
-        return hgt // f, wid // f
+        """Token grid (h, w) of an image of side ``image_size`` or (H, W) (grid layouts only)."""
+        layout = self.layout(image_size)
+        if layout.grid_shape is None:
+            raise ValueError(f"{self.model_type} tokens are not one grid ({layout.describe()}); use Tokenizer.layout(size)")
+        return layout.grid_shape
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "Tokenizer":
         """Move the model (in place) and return self. ``dtype`` casts the weights (e.g. torch.bfloat16)."""
@@ -313,10 +338,9 @@ class Tokenizer:
         return self
 
     def __repr__(self) -> str:
-        c = self.config
         return (
-            f"Tokenizer(f={self.downsample_factor}, codebook_size={c.n_embed}, embed_dim={c.embed_dim}, "
-            f"ch={c.ch}, ch_mult={c.ch_mult}, device={self.device}, precision={self.precision!r})"
+            f"Tokenizer({self.model_type}, {self.layout().describe()}, {type(self.config).__name__} {self.config.hash()}, "
+            f"device={self.device}, precision={self.precision!r})"
         )
 
     @property
@@ -332,9 +356,10 @@ class Tokenizer:
         self._warned_emulated = False
 
     # ------------------------------------------------------------------ encode / decode
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+    def _autocast_dtype(self) -> torch.dtype | None:
+        """None in fp32; the autocast dtype of the fast modes (warning once where a CPU emulates it)."""
         if self.precision == "fp32":
-            return contextlib.nullcontext()
+            return None
         if self.device.type == "cpu" and not self._warned_emulated and not _native_on_cpu(self.precision):
             self._warned_emulated = True
             logger.warning(
@@ -342,10 +367,7 @@ class Tokenizer:
                 "use precision='fp32' (exact) on this machine",
                 self.precision, self.precision,
             )
-        return torch.autocast(device_type=self.device.type, dtype=_AUTOCAST[self.precision])
-
-    def _layout(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        return _AUTOCAST[self.precision]
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
         """A CPU batch onto the model's device: through pinned memory with a non-blocking copy on CUDA
@@ -354,106 +376,93 @@ class Tokenizer:
             return t.pin_memory().to(self.device, non_blocking=True)
         return t.to(self.device)
 
-    def _encode_ids(self, x: torch.Tensor) -> torch.Tensor:
-        """Model input (b, 3, H, W) -> ids (b, h, w). Call under inference_mode."""
-        x = self._layout(x)
-        if self.precision == "fp32":
-            return self.model.encode(x).ids
-        # Fast modes: only the encoder runs under autocast. quant_conv and the nearest-code
-        # search decide the ids and cost little, so they stay in the model dtype.
-        with self._autocast():
-            h = self.model.encoder(x)
-        return self.model.quantize.lookup(self.model.quant_conv(h.to(self.dtype)))
+    def _model_input(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 (b, 3, H, W) on the device -> the model's pixel range in the model's dtype (NHWC if channels_last)."""
+        if tuple(self.model.pixel_range) == (0.0, 1.0):  # type: ignore[attr-defined]
+            x = (pixels.to(torch.float64) / 255.0).to(self.dtype)
+        else:
+            x = to_model_input(pixels, dtype=self.dtype)  # [-1, 1]
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def _decode_ids(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids (b, h, w) -> model output (b, 3, H, W). Call under inference_mode."""
-        z_q = self._layout(self.model.quantize.codes(ids).to(self.dtype))
-        with self._autocast():
-            return self.model.decode(z_q)
+    def _from_model_output(self, x: torch.Tensor) -> torch.Tensor:
+        """Model output in its pixel range -> float [0, 1]."""
+        if tuple(self.model.pixel_range) == (0.0, 1.0):  # type: ignore[attr-defined]
+            return x.float().clamp_(0.0, 1.0)
+        return from_model_output(x)
 
     def _chunks(self, n: int) -> Iterator[slice]:
         for start in range(0, n, self.batch_size):
             yield slice(start, min(n, start + self.batch_size))
 
     def encode(self, images: Any, *, size: int | None = None) -> torch.Tensor:
-        """Images -> token ids (long, on CPU): (h, w) for one image, (B, h, w) for a batch.
+        """Images -> token ids (long, on CPU) in the layout's shape: (h, w) / (n,) / (Σ hᵢwᵢ,) for one
+        image, with a leading B for a batch.
 
         Accepts PIL images (any mode), numpy uint8/float arrays, torch uint8/float tensors,
-        single or batched (see :mod:`vqtok.images`). Sides must be multiples of
-        ``downsample_factor`` unless ``size=S`` is given: then the shorter side is resized to S
-        (bicubic, antialiased) and the center S×S crop is taken.
+        single or batched (see :mod:`vqtok.images`). Sides must suit the model (multiples of
+        ``downsample_factor``; the one size of a sequence or multi-scale model) unless ``size=S``
+        is given: then the shorter side is resized to S (bicubic, antialiased) and the center S×S
+        crop is taken.
         """
         batch = to_uint8_batch(images, size=size)
         pixels = batch.pixels  # (B, 3, H, W)
         hgt, wid = pixels.shape[-2:]
-        f = self.downsample_factor
-        if hgt % f or wid % f:
+        try:
+            layout = self.model.layout((hgt, wid))  # type: ignore[operator]
+        except ValueError as err:
+            f = self.downsample_factor
             raise ValueError(
-                f"image size {wid}x{hgt} (WxH) is not a multiple of the downsample factor {f}; "
-                f"pass size=S (a multiple of {f}, e.g. {max(f, (min(hgt, wid) // f) * f)}) to resize and center-crop"
-            )
+                f"{err}; pass size=S (e.g. {max(f, (min(hgt, wid) // f) * f)}) to resize and center-crop"
+                if layout_is_grid(self.model) else f"{err}"
+            ) from None
+        amp = self._autocast_dtype()
         out = []
         with torch.inference_mode():
             for sl in self._chunks(pixels.shape[0]):
-                x = to_model_input(self._to_device(pixels[sl]), dtype=self.dtype)  # (b, 3, H, W) in [-1, 1]
-                out.append(self._encode_ids(x).cpu())  # (b, h, w)
+                x = self._model_input(self._to_device(pixels[sl]))  # (b, 3, H, W)
+                out.append(self.model.encode_ids(x, autocast_dtype=amp).cpu())  # type: ignore[operator]  # (b, *layout)
         ids = torch.cat(out)
+        if tuple(ids.shape[1:]) != layout.shape:
+            raise RuntimeError(f"{self.model_type} returned ids of shape {tuple(ids.shape[1:])}, its layout says {layout.shape}")
         return ids if batch.batched else ids[0]
 
     def check_ids(self, ids: Any, *, grid: tuple[int, int] | None = None) -> torch.Tensor:
-        """The checks ``decode`` makes, without decoding: ids (any form ``decode`` takes) -> (B, h, w) int64
-        (on the input's device). TypeError / ValueError naming the problem (type, dtype, shape, an id outside the codebook)."""
+        """The checks ``decode`` makes, without decoding: ids -> (B, *layout shape) int64 (on the input's device).
+
+        TypeError / ValueError naming the problem (type, dtype, a shape that does not match the
+        layout, an id outside the codebook, more positions than ``max_decode_positions``).
+        """
         return self._check_ids(ids, grid)[0]
 
     def _check_ids(self, ids: Any, grid: tuple[int, int] | None) -> tuple[torch.Tensor, bool]:
         if isinstance(ids, np.ndarray):
-            if not (np.issubdtype(ids.dtype, np.integer)):
+            if not np.issubdtype(ids.dtype, np.integer):
                 raise ValueError(f"token ids must be integers, got numpy dtype {ids.dtype}")
-            ids = torch.from_numpy(ids.astype(np.int64))
+            ids = torch.from_numpy(np.ascontiguousarray(ids))
         if not isinstance(ids, torch.Tensor):
             raise TypeError(f"token ids must be a torch tensor or numpy array, got {type(ids).__name__}")
-        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-            raise ValueError(f"token ids must be integers, got dtype {ids.dtype}")
+        layout = self.layout()
+        batched: bool | None = None
         if grid is not None:
-            h, w = grid
-            if ids.ndim in (2, 3) and tuple(ids.shape[-2:]) == (h, w):  # already (h, w) / (B, h, w)
-                batched = ids.ndim == 3
-            elif ids.ndim not in (1, 2) or ids.shape[-1] != h * w:
-                raise ValueError(f"with grid={grid}, ids must be flat (B, {h * w}) or ({h * w},), got {tuple(ids.shape)}")
-            else:
-                batched = ids.ndim == 2
-            ids = ids.reshape(-1, h, w)
-        elif ids.ndim == 1:
-            side = math.isqrt(ids.numel())
-            if side * side != ids.numel() or side == 0:
-                raise ValueError(f"{ids.numel()} flat ids do not form a square grid; pass grid=(h, w)")
-            ids, batched = ids.reshape(1, side, side), False
-        elif ids.ndim == 2:
-            rows, cols = ids.shape
-            if max(rows, cols) <= MAX_GRID_ASPECT * min(rows, cols):  # a plausible (h, w) grid of one image
-                ids, batched = ids.unsqueeze(0), False
-            else:  # (B, n): rows of flat ids, square grids when n is a square (the overwhelming case)
-                side = math.isqrt(cols)
-                if side * side != cols or side < 2:
-                    raise ValueError(
-                        f"token ids of shape {tuple(ids.shape)} are neither an (h, w) grid (aspect over "
-                        f"{MAX_GRID_ASPECT}:1) nor rows of square grids ({cols} is not a square); "
-                        f"pass grid=(h, w)"
-                    )
-                ids, batched = ids.reshape(rows, side, side), True
-        elif ids.ndim == 3:
-            batched = True
-        else:
-            raise ValueError(f"token ids must be (h, w), (B, h, w) or flat with grid=(h, w); got shape {tuple(ids.shape)}")
-        if ids.numel() == 0:
-            raise ValueError(f"empty token ids of shape {tuple(ids.shape)}")
-        lo, hi = int(ids.min()), int(ids.max())
-        if lo < 0 or hi >= self.codebook_size:
-            raise ValueError(
-                f"token ids must lie in [0, {self.codebook_size - 1}] (codebook size {self.codebook_size}), "
-                f"got values in [{lo}, {hi}]"
-            )
-        return ids.long(), batched
+            if layout.kind != "grid":
+                raise ValueError(f"grid= applies to grid layouts; {self.model_type} ids are a {layout.describe()}")
+            layout = layout.with_grid(tuple(grid))  # type: ignore[arg-type]  # ValueError for (0, 0), (-1, 4), ...
+            h, w = layout.grid_shape  # type: ignore[misc]
+            k = (layout.codebooks,) if layout.codebooks > 1 else ()
+            if ids.ndim == layout.ndim - 1 and ids.shape[0] == h * w:  # one flat image (h*w[, k])
+                ids, batched = ids.reshape(h, w, *k), False
+            elif ids.ndim == layout.ndim and ids.shape[1] == h * w and tuple(ids.shape[:1]) != (h,):  # (B, h*w[, k])
+                ids, batched = ids.reshape(ids.shape[0], h, w, *k), True
+        if ids.ndim in (layout.ndim, layout.ndim + 1):
+            per_image = ids.shape[-layout.ndim :]
+            positions = math.prod(per_image[: layout.ndim - (1 if layout.codebooks > 1 else 0)])
+            if positions > self.max_decode_positions:
+                raise ValueError(
+                    f"token ids of shape {tuple(ids.shape)} hold {positions} positions per image, over "
+                    f"max_decode_positions={self.max_decode_positions} (set Tokenizer.max_decode_positions to decode larger images)"
+                )
+        ids, batched = layout.check(ids, batched=batched)
+        return ids, batched
 
     def decode(
         self,
@@ -464,22 +473,22 @@ class Tokenizer:
     ) -> Any:
         """Token ids -> images.
 
-        ids: (h, w) or (B, h, w) of any integer dtype; flat (B, h*w)/(h*w,) with ``grid=(h, w)``.
-        Without ``grid``, flat ids of a square length n are square grids (sqrt(n) x sqrt(n)): a 1-D
-        input always, a 2-D (B, n) input when it is more elongated than 4:1 (else it is one (h, w)
-        grid); flat ids of other lengths need ``grid``.
+        ids: the layout's shape for one image — (h, w) for a grid model, (n,) for a sequence,
+        (Σ hᵢwᵢ,) for multi-scale ids — or with a leading batch axis; any integer dtype (numpy or
+        torch). Nothing is guessed: flat grid ids (B, h*w) / (h*w,) need ``grid=(h, w)``.
         output: ``"pil"`` PIL image (list for a batch); ``"np"`` uint8 (B, H, W, 3);
-        ``"pt"`` float (B, 3, H, W) in [0, 1] = clamp((x + 1) / 2). A single (unbatched)
-        input gives a single image / drops the batch axis.
+        ``"pt"`` float (B, 3, H, W) in [0, 1]. A single (unbatched) input gives a single image /
+        drops the batch axis.
         """
         if output not in ("pil", "np", "pt"):
             raise ValueError(f"output must be 'pil', 'np' or 'pt', got {output!r}")
         ids, batched = self._check_ids(ids, grid)
+        amp = self._autocast_dtype()
         out = []
         with torch.inference_mode():
             for sl in self._chunks(ids.shape[0]):
-                x = self._decode_ids(self._to_device(ids[sl]))  # (b, 3, H, W)
-                out.append(from_model_output(x).cpu())
+                x = self.model.decode_ids(self._to_device(ids[sl]), autocast_dtype=amp, channels_last=self.channels_last)  # type: ignore[operator]
+                out.append(self._from_model_output(x).cpu())  # (b, 3, H, W) in [0, 1]
         images = torch.cat(out)  # (B, 3, H, W) float in [0, 1]
         if output == "pt":
             return images if batched else images[0]
@@ -493,3 +502,8 @@ class Tokenizer:
         """decode(encode(images)): the round trip used for reconstruction metrics."""
         return self.decode(self.encode(images, size=size), output=output)
 
+
+
+def layout_is_grid(model: Any) -> bool:
+    """Whether a model's ids form one grid whose size follows the image (convolutional families)."""
+    return bool(model.layout(None).kind == "grid")

@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vqtok.layout import TokenLayout
 from vqtok._io import atomic_write
 from vqtok.tars import expand_shards, is_remote, read_samples
 
@@ -80,8 +81,16 @@ _MEMBER_MTIME = 0  # fixed so that outputs are byte-identical across runs
 
 # ---------------------------------------------------------------------- names and stats
 def ids_dtype_for(codebook_size: int) -> np.dtype:
-    """uint16 when every id fits (codebook ≤ 65536), else int32."""
-    return np.dtype(np.uint16) if codebook_size <= 65536 else np.dtype(np.int32)
+    """uint16 when every id fits (codebook ≤ 65536), int32 up to 2**31, else int64 (:attr:`TokenLayout.storage_dtype`)."""
+    return TokenLayout.grid(int(codebook_size)).storage_dtype
+
+
+def histogram_json(hist: np.ndarray) -> list[Any]:
+    """Usage counts as JSON: a flat list for one dense codebook (the 0.1 format), else one list per row."""
+    rows = np.asarray(hist, dtype=np.int64)
+    if rows.ndim == 2 and rows.shape[0] == 1:
+        rows = rows[0]
+    return rows.tolist()  # type: ignore[no-any-return]
 
 
 def stats_path_for(dst: str | os.PathLike[str]) -> Path:
@@ -110,13 +119,15 @@ class ShardStats:
     source: str
     samples_written: int
     samples_failed: list[dict[str, str]]
-    histogram: np.ndarray
+    histogram: np.ndarray  # (codebook_size,), or layout.histogram_shape() for sub-codebooks / bitwise ids
     codebook_size: int
     ids_dtype: str
     size: int | None
     model_fingerprint: str
     config_hash: str
     tokens: int = 0
+    layout: TokenLayout | None = None  # None: a shard written before layouts (one grid, one codebook)
+    scale_histograms: np.ndarray | None = None  # (scales, *histogram shape) for multi-scale layouts
     skipped: bool = False  # an existing complete output was reused
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -144,7 +155,9 @@ class ShardStats:
             "size": self.size,
             "model_fingerprint": self.model_fingerprint,
             "config_hash": self.config_hash,
-            "histogram": [int(x) for x in self.histogram],
+            "histogram": histogram_json(self.histogram),
+            **({"layout": self.layout.to_dict()} if self.layout is not None else {}),
+            **({"scale_histograms": [histogram_json(h) for h in self.scale_histograms]} if self.scale_histograms is not None else {}),
         }
 
     @classmethod
@@ -162,6 +175,8 @@ class ShardStats:
             config_hash=d.get("config_hash", ""),
             tokens=int(d.get("tokens", 0)),
             skipped=skipped,
+            layout=TokenLayout.from_dict(d["layout"]) if "layout" in d else None,
+            scale_histograms=np.asarray(d["scale_histograms"], dtype=np.int64) if "scale_histograms" in d else None,
         )
 
 
@@ -190,7 +205,7 @@ class TokenShardWriter:
         dst: str | os.PathLike[str],
         *,
         source: str,
-        codebook_size: int,
+        layout: TokenLayout | int,
         size: int | None,
         keep: Sequence[str],
         fingerprint: str,
@@ -200,9 +215,14 @@ class TokenShardWriter:
         self.stats_path = stats_path_for(self.dst)
         self.source = source
         self.keep = tuple(keep)
-        self.codebook_size = int(codebook_size)
-        self.dtype = ids_dtype_for(self.codebook_size)
-        self.hist = np.zeros(self.codebook_size, dtype=np.int64)
+        # an int is the codebook size of a grid (the 0.1 signature): its stats stay byte-identical
+        self.layout = layout if isinstance(layout, TokenLayout) else None
+        self.counting = layout if isinstance(layout, TokenLayout) else TokenLayout.grid(int(layout))
+        self.codebook_size = self.counting.codebook_size
+        self.dtype = self.counting.storage_dtype
+        self.hist = np.zeros(self.counting.histogram_shape(), dtype=np.int64)
+        n_scales = len(self.counting.scale_shapes)
+        self.scale_hist = np.zeros((n_scales, *self.counting.histogram_shape()), dtype=np.int64) if n_scales else None
         self.failed: list[dict[str, str]] = []
         self.written = self.tokens = 0
         self.size, self.fingerprint, self.config_hash = size, fingerprint, config_hash
@@ -216,9 +236,12 @@ class TokenShardWriter:
         self.failed.append({"key": key, "reason": reason})
 
     def add(self, key: str, ids: torch.Tensor, kept: dict[str, bytes]) -> None:
-        """One sample: ids (h, w) integer tensor, plus the ``keep`` fields it has."""
+        """One sample: ids in the layout's shape (an (h, w) grid, (n,), (L,) ...), plus the ``keep`` fields it has."""
         ids_np = ids.numpy().astype(self.dtype, copy=False)
-        self.hist += np.bincount(ids_np.reshape(-1).astype(np.int64), minlength=self.codebook_size)
+        self.hist += self.counting.count(ids_np)
+        if self.scale_hist is not None:
+            for i, part in enumerate(self.counting.split(torch.from_numpy(ids_np.astype(np.int64))[None])):
+                self.scale_hist[i] += self.counting.count(part)
         self.tokens += ids_np.size
         _add_member(self.tar, f"{key}.ids.npy", _npy_bytes(ids_np))
         for ext in self.keep:
@@ -240,6 +263,8 @@ class TokenShardWriter:
             model_fingerprint=self.fingerprint,
             config_hash=self.config_hash,
             tokens=self.tokens,
+            layout=self.layout,
+            scale_histograms=self.scale_hist,
         )
         self.tmp_stats.write_text(json.dumps(stats.to_json(), sort_keys=True) + "\n")
         self._files.close()  # renames: the tar, then the .json that marks the shard complete
@@ -265,14 +290,15 @@ def _as_bytes(value: Any) -> bytes:
 def decode_token_sample(sample: dict[str, Any]) -> dict[str, Any]:
     """Raw webdataset sample (bytes per extension) -> ``{"__key__", "ids", "label", "txt"?, "json"?}``.
 
-    ``ids`` is a (h, w) numpy array in the stored dtype; ``label`` an int (-1 when absent).
+    ``ids`` is a numpy array in the stored dtype and the layout's shape ((h, w) for a grid, (n,) for a
+    sequence, (Σ hᵢwᵢ,) for multi-scale ids, a trailing k for sub-codebooks); ``label`` an int (-1 when absent).
     """
     key = sample.get("__key__", "?")
     if "ids.npy" not in sample:
         raise ValueError(f"token sample {key!r} has no .ids.npy member (members: {sorted(sample)})")
     ids = np.load(io.BytesIO(sample["ids.npy"]), allow_pickle=False)
-    if ids.ndim != 2:
-        raise ValueError(f"token sample {key!r}: ids must be (h, w), got shape {ids.shape}")
+    if ids.ndim not in (1, 2, 3) or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"token sample {key!r}: ids must be an integer array of 1 to 3 axes, got {ids.dtype} {ids.shape}")
     out: dict[str, Any] = {"__key__": key, "ids": ids, "label": NO_LABEL}
     if "cls" in sample:
         text = _as_bytes(sample["cls"]).decode().strip()
@@ -435,16 +461,21 @@ def token_dataset(
 class TokenCorpus:
     """A whole token corpus in memory."""
 
-    ids: np.ndarray  # (N, h, w) uint16 or int32, as stored
+    ids: np.ndarray  # (N, *layout shape): (N, h, w) grids, (N, n) sequences, (N, L) multi-scale; as stored
     labels: np.ndarray  # (N,) int64; -1 = no label
     keys: list[str] = field(default_factory=list)  # __key__ of each sample
     codebook_size: int | None = None  # from the shards' stats json, if recorded
+    layout: TokenLayout | None = None  # from the shards' stats json (None: written before layouts, a grid)
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
 
     @property
     def grid(self) -> tuple[int, int]:
+        """(h, w) of a grid corpus; ValueError for other layouts."""
+        if self.ids.ndim != 3 or (self.layout is not None and self.layout.kind != "grid"):
+            what = self.layout.describe() if self.layout is not None else f"ids of shape {self.ids.shape[1:]}"
+            raise ValueError(f"this token corpus is not one grid per image ({what})")
         return int(self.ids.shape[1]), int(self.ids.shape[2])
 
     @property
@@ -459,30 +490,39 @@ class TokenCorpus:
     def subset(self, index: np.ndarray) -> TokenCorpus:
         """The samples at ``index`` (1-D integer array), in that order."""
         index = np.asarray(index, dtype=np.int64)
-        return TokenCorpus(self.ids[index], self.labels[index], [self.keys[i] for i in index], self.codebook_size)
+        return TokenCorpus(self.ids[index], self.labels[index], [self.keys[i] for i in index], self.codebook_size, self.layout)
 
     def split(self, n_val: int) -> tuple[TokenCorpus, TokenCorpus]:
         """(train, val) with the last ``n_val`` samples as validation."""
         cut = len(self) - n_val
         return (
-            TokenCorpus(self.ids[:cut], self.labels[:cut], self.keys[:cut], self.codebook_size),
-            TokenCorpus(self.ids[cut:], self.labels[cut:], self.keys[cut:], self.codebook_size),
+            TokenCorpus(self.ids[:cut], self.labels[:cut], self.keys[:cut], self.codebook_size, self.layout),
+            TokenCorpus(self.ids[cut:], self.labels[cut:], self.keys[cut:], self.codebook_size, self.layout),
         )
 
 
-def _stats_codebook_size(url: str) -> int | None:
+def _stats_of(url: str) -> tuple[int | None, TokenLayout | None]:
+    """(codebook size, layout) recorded in a local shard's stats json (None where not recorded)."""
     stats = stats_path_for(url)
     if is_remote(url) or not stats.is_file():
-        return None
+        return None, None
     try:
         data = json.loads(stats.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError, RecursionError):
         logger.warning("could not read shard stats %s", stats)
-        return None
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    layout = None
+    if "layout" in data:
+        try:
+            layout = TokenLayout.from_dict(data["layout"])
+        except ValueError as err:
+            raise ValueError(f"{stats}: {err}") from None
     for key in ("codebook_size", "n_embed", "vocab_size"):
-        if isinstance(data, dict) and isinstance(data.get(key), int):
-            return int(data[key])
-    return None
+        if isinstance(data.get(key), int) and not isinstance(data.get(key), bool):
+            return int(data[key]), layout
+    return None, layout
 
 
 def _iter_shard(url: str) -> Iterator[dict[str, Any]]:
@@ -492,22 +532,26 @@ def _iter_shard(url: str) -> Iterator[dict[str, Any]]:
 def load_token_corpus(shards: str | Sequence[str], *, progress: bool = False) -> TokenCorpus:
     """Read every sample of the shards (in shard order) into memory.
 
-    All grids must share one shape (ValueError otherwise). Every process reads the whole
-    corpus (no node splitting): the trainer draws per-rank batches from it.
+    All samples must share one ids shape (ValueError otherwise): (N, h, w) grids, (N, n) sequences,
+    (N, L) multi-scale ids. Every process reads the whole corpus (no node splitting): the trainer draws
+    per-rank batches from it.
     """
     urls = expand_shards(shards)
     ids: list[np.ndarray] = []
     labels: list[int] = []
     keys: list[str] = []
     sizes: set[int] = set()
+    layouts: set[TokenLayout] = set()
     from vqtok._progress import Progress
 
     bar = Progress("reading token shards", total=len(urls), unit="shard", enabled=progress)
     for url in urls:
         bar.update(1)
-        size = _stats_codebook_size(url)
+        size, layout = _stats_of(url)
         if size is not None:
             sizes.add(size)
+        if layout is not None:
+            layouts.add(layout)
         for s in _iter_shard(url):
             if ids and s["ids"].shape != ids[0].shape:
                 raise ValueError(
@@ -523,13 +567,16 @@ def load_token_corpus(shards: str | Sequence[str], *, progress: bool = False) ->
         raise ValueError(f"no samples in {len(urls)} token shard(s) ({urls[0]} ...)")
     if len(sizes) > 1:
         raise ValueError(f"shards disagree on the codebook size: {sorted(sizes)}")
+    if len(layouts) > 1:
+        raise ValueError(f"shards disagree on the token layout: {'; '.join(sorted(x.describe() for x in layouts))}")
     stacked = np.stack(ids)
-    if stacked.dtype not in (np.uint16, np.int32, np.int64):
-        raise ValueError(f"token ids must be uint16/int32, got {stacked.dtype}")
+    if stacked.dtype not in (np.uint8, np.uint16, np.int32, np.int64):
+        raise ValueError(f"token ids must be uint16/int32/int64, got {stacked.dtype}")
     logger.info("read %d token grids of shape %s from %d shards", len(ids), stacked.shape[1:], len(urls))
     return TokenCorpus(
         ids=stacked,
         labels=np.asarray(labels, dtype=np.int64),
         keys=keys,
         codebook_size=sizes.pop() if sizes else None,
+        layout=layouts.pop() if layouts else None,
     )

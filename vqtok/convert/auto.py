@@ -20,7 +20,11 @@ one Lightning ``*.ckpt`` (or ``filename=``)     ``magvit2``,    :func:`~vqtok.co
                                                                 "ibq" in the repo / file name), else
                                                                 :func:`~vqtok.convert.from_taming`
 one ``*.pt`` / ``*.pth`` (or ``filename=``)     ``llamagen``    :func:`~vqtok.convert.from_llamagen`
+what a registered family's recogniser claims    its format      the family's pure converter
+(``vae_*.pth``: VAR; a TiTok ``config.json``)   (``var``, ...)  (:mod:`vqtok.models.registry`)
 ==============================================  ==============  ===================================
+
+Registered formats are tried right after vqtok's own folders, before the file-suffix rules.
 
 Files are fetched with ``huggingface_hub`` (its cache, ``revision``, ``local_files_only`` and
 ``HF_HUB_OFFLINE``). The converted folder is kept under ``<vqtok cache>/converted/`` (see
@@ -43,13 +47,25 @@ from typing import Any, Callable, Mapping, Sequence
 from vqtok import hub
 from vqtok._io import atomic_write, sha256_file
 from vqtok.hub import CONFIG_NAME, WEIGHTS_NAME, load_strict, weights_cache_dir
-from vqtok.tokenizer import Tokenizer, register_layout_resolver
+from vqtok.models import registry
+from vqtok.tokenizer import Tokenizer, register_exporter, register_layout_resolver
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["UnrecognisedLayout", "Recognised", "recognise_layout", "resolve_pretrained", "convert_files", "converted_cache_dir", "LAYOUTS"]
+__all__ = ["UnrecognisedLayout", "Recognised", "recognise_layout", "resolve_pretrained", "convert_files", "convert_format", "converted_cache_dir", "layouts", "LAYOUTS"]
 
-LAYOUTS = ("vqtok", "diffusers", "dalle-mini", "magvit2", "ibq", "taming", "llamagen")
+_BUILTIN_LAYOUTS = ("vqtok", "diffusers", "dalle-mini", "cosmos", "magvit2", "ibq", "taming", "llamagen")
+
+
+def layouts() -> tuple[str, ...]:
+    """Every layout from_pretrained recognises: vqtok's own, the built-in converters' and each registered format."""
+    return _BUILTIN_LAYOUTS + tuple(fmt.name for _, fmt in registry.source_formats() if fmt.name not in _BUILTIN_LAYOUTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "LAYOUTS":  # computed when asked: registered families add their formats
+        return layouts()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 _DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 _FLAX_WEIGHTS = "flax_model.msgpack"
@@ -97,6 +113,10 @@ def recognise_layout(
         path = prefix + filename
         if path not in names:
             raise FileNotFoundError(f"{where} has no {path!r} (files: {_listing(names)})")
+        for _, fmt in registry.source_formats():
+            claimed = fmt.recognise([path], read_config or (lambda _p: None)) if fmt.recognise else None
+            if claimed:
+                return Recognised(fmt.name, claimed)
         lower = filename.lower()
         if lower.endswith(_LIGHTNING_SUFFIXES):
             return Recognised("lightning", (path,))
@@ -115,6 +135,10 @@ def recognise_layout(
     config = read_config(prefix + CONFIG_NAME) if (CONFIG_NAME in here and read_config is not None) else None
     if config is not None and "vqtok_format" in config:
         return Recognised("vqtok", (prefix + CONFIG_NAME, prefix + WEIGHTS_NAME))
+    for _, fmt in registry.source_formats():
+        claimed = fmt.recognise(here, lambda p: read_config(prefix + p) if read_config else None) if fmt.recognise else None
+        if claimed:
+            return Recognised(fmt.name, tuple(prefix + f for f in claimed))
     weights = [w for w in _DIFFUSERS_WEIGHTS if w in here]
     if weights and CONFIG_NAME in here:
         return Recognised("diffusers", (prefix + CONFIG_NAME, prefix + weights[0]))
@@ -136,8 +160,8 @@ def recognise_layout(
     raise UnrecognisedLayout(
         f"{where} is in no layout vqtok recognises (files: {_listing(here)}). vqtok loads its own folders "
         f"(config.json + model.safetensors), diffusers VQModel folders (subfolder='vqvae' for a pipeline), "
-        f"Flax flax_model.msgpack (dalle-mini VQGAN), Cosmos encoder.jit + decoder.jit, Lightning .ckpt (Open-MAGVIT2, IBQ, taming) and LlamaGen .pt "
-        f"(filename='vq_ds16_c2i.pt')"
+        f"Flax flax_model.msgpack (dalle-mini VQGAN), Cosmos encoder.jit + decoder.jit, Lightning .ckpt (Open-MAGVIT2, IBQ, taming), LlamaGen .pt "
+        f"(filename='vq_ds16_c2i.pt')" + "".join(f", {fmt.help}" for _, fmt in registry.source_formats())
     )
 
 
@@ -165,8 +189,19 @@ def _lightning_family(checkpoint: Any, *, source: str) -> str:
     return "taming"
 
 
+def convert_format(fam: registry.Family, fmt: registry.SourceFormat, paths: Sequence[Path], *, source: str, **options: Any) -> Tokenizer:
+    """A registered family's format: its pure converter gives (config, state dict), loaded strictly."""
+    config, state = fmt.run(paths, **options)
+    model = fam.model_class(config)
+    load_strict(model, state, source=source)
+    return Tokenizer(model)
+
+
 def convert_files(layout: str, paths: Sequence[Path], *, source: str) -> tuple[str, Tokenizer]:
     """Convert local files of ``layout`` (as listed by :class:`Recognised`) to ``(final layout, Tokenizer)``."""
+    for fam, fmt in registry.source_formats():
+        if fmt.name == layout:
+            return layout, convert_format(fam, fmt, paths, source=source)
     if layout == "diffusers":
         from vqtok.convert.diffusers import from_diffusers
 
@@ -207,7 +242,7 @@ def convert_files(layout: str, paths: Sequence[Path], *, source: str) -> tuple[s
         model = MAGVIT2(infer_magvit2_config(state))
         load_strict(model, state, source=source)
         return family, Tokenizer(model)
-    raise ValueError(f"unknown layout {layout!r}; vqtok converts {', '.join(LAYOUTS[1:])}")
+    raise ValueError(f"unknown layout {layout!r}; vqtok converts {', '.join(layouts()[1:])}")
 
 
 def converted_cache_dir() -> Path:
@@ -373,4 +408,11 @@ def resolve_pretrained(
     return _convert_cached(repo_id, commit, recognised.layout, paths, source=f"{repo_id}/{recognised.files[-1]}")
 
 
+def _export_diffusers(tokenizer: Tokenizer, directory: str | os.PathLike[str]) -> Path:
+    from vqtok.convert.diffusers import to_diffusers
+
+    return to_diffusers(tokenizer, directory)
+
+
 register_layout_resolver(resolve_pretrained)
+register_exporter("diffusers", _export_diffusers)  # for the deprecated Tokenizer.to_diffusers

@@ -1,9 +1,12 @@
-"""``vqtok convert`` (taming, llamagen, magvit2, ibq, dalle-mini, cosmos, diffusers -> a vqtok model folder) and ``vqtok export`` (diffusers)."""
+"""``vqtok convert`` (taming, llamagen, magvit2, ibq, dalle-mini, cosmos, diffusers and every registered
+family's formats -> a vqtok model folder) and ``vqtok export`` (diffusers)."""
 
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Callable
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 from vqtok.commands import add_out_argument, tokenizer_from_args
 
@@ -65,6 +68,54 @@ def _convert_diffusers(args: argparse.Namespace) -> int:
 
     tok = from_diffusers(args.source, subfolder=args.subfolder, revision=args.revision)
     return _save_converted(args, tok, f"diffusers VQModel {args.source}")
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    return raw if isinstance(raw, dict) else None
+
+
+def _format_paths(fmt: Any, source: str) -> list[Path]:
+    """The local files a registered format converts: a file as given, or what its recogniser claims in a folder."""
+    src = Path(source)
+    if src.is_file():
+        return [src]
+    if not src.is_dir():
+        raise FileNotFoundError(f"{source} is neither a file nor a folder (Hub repos: Tokenizer.from_pretrained / vqtok encode --model)")
+    names = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())
+    claimed = fmt.recognise(names, lambda p: _read_json(src / p)) if fmt.recognise else None
+    if not claimed:
+        raise ValueError(f"{source} holds no {fmt.name} checkpoint ({fmt.help}); files: {', '.join(names[:12]) or 'none'}")
+    return [src / f for f in claimed]
+
+
+def _convert_registered(args: argparse.Namespace) -> int:
+    from vqtok.convert.auto import convert_format
+
+    fam, fmt = args.registered
+    options = {dest: getattr(args, dest) for dest in args.format_options}
+    tok = convert_format(fam, fmt, _format_paths(fmt, args.source), source=args.source, **options)
+    out = tok.save_pretrained(args.out)
+    print(f"converted {args.source} ({fam.name}: {tok.layout().describe()}) -> {out}")
+    return 0
+
+
+def _add_registered_formats(families: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """One ``vqtok convert NAME SOURCE --out DIR`` per format of a registered family."""
+    from vqtok.models import registry
+
+    for fam, fmt in registry.source_formats():
+        t = families.add_parser(fmt.name, help=fmt.help)
+        t.add_argument("source", metavar=fmt.sources, help=f"{fmt.help}: the file, or a folder holding it")
+        before = {a.dest for a in t._actions}
+        if fmt.add_arguments is not None:
+            fmt.add_arguments(t)
+        options = [a.dest for a in t._actions if a.dest not in before]
+        add_out_argument(t, "output model folder")
+        t.set_defaults(func=_convert_registered, registered=(fam, fmt), format_options=options)
 
 
 def _export_diffusers(args: argparse.Namespace) -> int:
@@ -133,6 +184,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     t.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
     add_out_argument(t, "output model folder")
     t.set_defaults(func=_convert_diffusers)
+    _add_registered_formats(families)
 
     p = sub.add_parser("export", help="write a model in another library's format")
     targets = p.add_subparsers(dest="target", metavar="FORMAT")

@@ -52,7 +52,7 @@ from safetensors.torch import load_file, save_file
 from vqtok._io import atomic_write
 from vqtok.hub import load_strict, read_config_json, resolve_folder
 from vqtok.models.vqgan import VQGAN, VQGANConfig
-from vqtok.tokenizer import Tokenizer, register_exporter
+from vqtok.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -393,4 +393,3 @@ def to_diffusers(model: Tokenizer | VQGAN, directory: str | os.PathLike[str]) ->
     return out
 
 
-register_exporter("diffusers", to_diffusers)  # for the deprecated Tokenizer.to_diffusers (removed in 0.3)

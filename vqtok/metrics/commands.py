@@ -68,13 +68,17 @@ def add_commands(subparsers: Any) -> None:
 
 
 def run_usage(args: argparse.Namespace) -> int:
-    from vqtok.metrics.usage import read_histograms, usage_from_histogram
+    from vqtok.metrics.usage import read_layout_usage
 
-    hist, files = read_histograms(args.directory)
-    usage = usage_from_histogram(hist, top_k=args.top_k)
+    report = read_layout_usage(args.directory, top_k=args.top_k)
+    usage, files = report.overall, report.shards
     if args.json:
-        print(json.dumps({"shards": files, **usage.to_dict()}, indent=2))
+        print(json.dumps(report.to_dict(), indent=2))
         return 0
+    if report.layout is not None:
+        from vqtok.layout import TokenLayout
+
+        print(f"layout        {TokenLayout.from_dict(report.layout).describe()}")
     print(f"shards        {files}")
     print(f"tokens        {usage.total_tokens}")
     print(f"codebook      {usage.codebook_size}")
@@ -85,6 +89,10 @@ def run_usage(args: argparse.Namespace) -> int:
     print(f"top-{usage.top_k} share  {100 * usage.top_k_share:.2f}%  (codes {usage.top_codes})")
     if args.show_dead:
         print("dead ids      " + " ".join(map(str, usage.dead_codes)))
+    for what, parts in (("codebook", report.rows if len(report.rows) > 1 else []), ("scale", report.scales)):
+        for i, part in enumerate(parts):
+            print(f"{what} {i:<3}  used {part.used_codes}/{part.codebook_size} ({100 * part.used_fraction:.2f}%)  "
+                  f"perplexity {part.perplexity:.2f}  tokens {part.total_tokens}")
     return 0
 
 

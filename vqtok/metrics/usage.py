@@ -16,7 +16,9 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CodebookUsage", "codebook_usage", "merge_histograms", "read_histograms", "token_histogram"]
+__all__ = [
+    "CodebookUsage", "LayoutUsage", "codebook_usage", "merge_histograms", "read_histograms", "read_layout_usage", "token_histogram",
+]
 
 
 @dataclass(frozen=True)
@@ -172,3 +174,85 @@ def usage_from_histogram(hist: np.ndarray, *, top_k: int = 10) -> CodebookUsage:
         top_k_share=float(hist[order].sum()) / total,
         top_codes=order.tolist(),
     )
+
+
+@dataclass(frozen=True)
+class LayoutUsage:
+    """Usage of a token corpus by its layout: overall, per sub-codebook and per scale where it has them.
+
+    ``rows``: one :class:`CodebookUsage` per sub-codebook (dense codebooks), or per bit (bitwise ids:
+    a 2-code "codebook" each, so ``perplexity`` 2 means a balanced bit). ``scales``: for multi-scale
+    layouts, the usage at each scale (sub-codebooks merged).
+    """
+
+    layout: dict[str, Any] | None  # TokenLayout.to_dict(); None for shards written before layouts
+    overall: CodebookUsage  # every row merged (dense layouts: all sub-codebooks share the code axis)
+    rows: list[CodebookUsage]
+    scales: list[CodebookUsage]
+    shards: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "shards": self.shards, "layout": self.layout, **self.overall.to_dict(),
+            **({"per_row": [r.to_dict() for r in self.rows]} if len(self.rows) > 1 else {}),
+            **({"per_scale": [r.to_dict() for r in self.scales]} if self.scales else {}),
+        }
+
+
+def _read_json_dict(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, RecursionError) as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    return data if isinstance(data, dict) else None
+
+
+def _int_array(value: Any, path: Path, key: str) -> np.ndarray:
+    try:
+        arr = np.asarray(value, dtype=np.int64)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{path}: {key!r} is not an array of integers") from None
+    if arr.ndim not in (1, 2, 3) or (arr < 0).any():
+        raise ValueError(f"{path}: {key!r} must hold non-negative counts, got shape {arr.shape}")
+    return arr
+
+
+def read_layout_usage(directory: str | os.PathLike[str], *, top_k: int = 10) -> LayoutUsage:
+    """Usage of the token shards in ``directory`` from their stats .json files, by the recorded layout.
+
+    Shards written before layouts (a flat ``"histogram"``) read as one grid codebook. Shards that
+    disagree on the layout or the histogram shape are a ValueError.
+    """
+    folder = Path(directory)
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is not a folder of token shards")
+    total: np.ndarray | None = None
+    scales: np.ndarray | None = None
+    layout: dict[str, Any] | None = None
+    files = 0
+    for path in sorted(folder.glob("*.json")):
+        data = _read_json_dict(path)
+        if data is None or "histogram" not in data:
+            continue
+        hist = _int_array(data["histogram"], path, "histogram")
+        hist = hist[None] if hist.ndim == 1 else hist  # (rows, codes)
+        this = data.get("layout")
+        if files and this != layout:
+            raise ValueError(f"{path}: token layout {this} differs from the other shards' {layout}")
+        layout = this
+        if total is not None and hist.shape != total.shape:
+            raise ValueError(f"{path}: histogram of shape {hist.shape}, other shards have {total.shape}")
+        total = hist if total is None else total + hist
+        if "scale_histograms" in data:
+            sh = _int_array(data["scale_histograms"], path, "scale_histograms")
+            sh = sh[:, None] if sh.ndim == 2 else sh  # (scales, rows, codes)
+            if scales is not None and sh.shape != scales.shape:
+                raise ValueError(f"{path}: scale histograms of shape {sh.shape}, other shards have {scales.shape}")
+            scales = sh if scales is None else scales + sh
+        files += 1
+    if total is None:
+        raise FileNotFoundError(f"no *.json with a 'histogram' key in {folder} (pretokenize writes them beside each shard)")
+    rows = [usage_from_histogram(r, top_k=top_k) for r in total]
+    per_scale = [usage_from_histogram(s.sum(axis=0), top_k=top_k) for s in scales] if scales is not None else []
+    return LayoutUsage(layout=layout, overall=usage_from_histogram(total.sum(axis=0), top_k=top_k), rows=rows,
+                       scales=per_scale, shards=files)

@@ -1,7 +1,8 @@
-"""Model definitions: architectures (taming VQGAN, Open-MAGVIT2, Cosmos DI) and the quantizer family (VQ, FSQ, LFQ)."""
+"""Model families (taming VQGAN, Open-MAGVIT2, Cosmos DI, IBQ, ...; see :mod:`vqtok.models.registry`) and quantizers (VQ, FSQ, LFQ)."""
 
 from vqtok.models.cosmos import CosmosConfig, CosmosDI
 from vqtok.models.fsq import FSQ
+from vqtok.models.ibq import IBQ, IBQConfig
 from vqtok.models.lfq import LFQ
 from vqtok.models.magvit2 import MAGVIT2, MAGVIT2Config
 from vqtok.models.quantizer import Quantizer, QuantizerOutput, VectorQuantizer, nearest_code
@@ -17,6 +18,8 @@ __all__ = [
     "MAGVIT2Config",
     "CosmosDI",
     "CosmosConfig",
+    "IBQ",
+    "IBQConfig",
     "VectorQuantizer",
     "FSQ",
     "LFQ",

@@ -3,6 +3,7 @@ which model made it, and whether it is already complete."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["completed_output", "model_fingerprint", "output_name_for"]
+__all__ = ["completed_output", "fingerprint_matches", "legacy_fingerprint", "model_fingerprint", "output_name_for"]
 
 
 def output_name_for(src: str | os.PathLike[str]) -> str:
@@ -34,16 +35,52 @@ def output_name_for(src: str | os.PathLike[str]) -> str:
     return name + ".tar"
 
 
-def model_fingerprint(tokenizer: Tokenizer) -> str:
-    """sha256 (16 hex) of the config, the weights and the precision: what decides the ids."""
-    h = hashlib.sha256()
-    h.update(json.dumps(tokenizer.config.to_dict(), sort_keys=True).encode())
-    h.update(str(getattr(tokenizer, "precision", "fp32")).encode())
+def _non_default_fields(config: object) -> dict[str, object]:
+    """The config's fields whose values differ from the field defaults (a field added later, at its default, changes nothing)."""
+    values = config.to_dict()  # type: ignore[attr-defined]
+    defaults = {f.name: f.default for f in dataclasses.fields(config) if f.default is not dataclasses.MISSING}  # type: ignore[arg-type]
+    defaults = {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()}
+    return {k: v for k, v in values.items() if k not in defaults or defaults[k] != v}
+
+
+def _hash_weights(h: "hashlib._Hash", tokenizer: Tokenizer) -> None:
     for name, tensor in sorted(tokenizer.model.state_dict().items()):
         t = tensor.detach().to("cpu").contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+
+
+def model_fingerprint(tokenizer: Tokenizer) -> str:
+    """sha256 (16 hex) of what decides the ids: the family, its token layout, the config fields that differ
+    from their defaults, the precision and the weights. Marked ``"2:"`` apart from :func:`legacy_fingerprint`."""
+    h = hashlib.sha256(b"vqtok-fingerprint/2\0")
+    identity = {
+        "model_type": tokenizer.model_type,
+        "layout": tokenizer.layout().to_dict(),
+        "config": _non_default_fields(tokenizer.config),
+        "precision": str(getattr(tokenizer, "precision", "fp32")),
+    }
+    h.update(json.dumps(identity, sort_keys=True).encode())
+    _hash_weights(h, tokenizer)
+    return "2:" + h.hexdigest()[:16]
+
+
+def legacy_fingerprint(tokenizer: Tokenizer) -> str:
+    """The fingerprint of vqtok 0.1's corpora (serialised config, precision, weights): still accepted on resume."""
+    h = hashlib.sha256()
+    h.update(json.dumps(tokenizer.config.to_dict(), sort_keys=True).encode())
+    h.update(str(getattr(tokenizer, "precision", "fp32")).encode())
+    _hash_weights(h, tokenizer)
     return h.hexdigest()[:16]
+
+
+def fingerprint_matches(tokenizer: Tokenizer, fingerprint: object, *, current: str | None = None) -> bool:
+    """Whether ``fingerprint`` (from a manifest or shard stats) names this tokenizer, under today's rule or 0.1's."""
+    if not isinstance(fingerprint, str):
+        return False
+    if fingerprint.startswith("2:"):
+        return fingerprint == (current or model_fingerprint(tokenizer))
+    return fingerprint == legacy_fingerprint(tokenizer)
 
 
 def completed_output(

@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from vqtok._errors import reason
 from vqtok._io import atomic_write, remove_stale_tmp
 from vqtok._runtime import env_int, resolve_device
-from vqtok.pipeline._naming import completed_output, model_fingerprint, output_name_for
+from vqtok.pipeline._naming import completed_output, fingerprint_matches, model_fingerprint, output_name_for
 from vqtok.pipeline.remote import fetch, shard_name
 from vqtok.pipeline.shards import TokenizeOptions, tokenize_shards
 from vqtok.tars import expand_shards, is_remote
-from vqtok.tokens import DEFAULT_KEEP, ShardStats, ids_dtype_for, read_shard_stats
+from vqtok.tokens import DEFAULT_KEEP, ShardStats, read_shard_stats
 
 if TYPE_CHECKING:
     import torch
@@ -166,7 +166,8 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 def _identity(
     tokenizer: Tokenizer, model_id: str, fingerprint: str, size: int | None, keep: Sequence[str], inputs: Any, decode: str
 ) -> dict[str, Any]:
-    extra = {"decode": decode} if decode != "exact" else {}  # exact folders keep their 0.1 manifest bytes
+    extra = {"decode": decode} if decode != "exact" else {}
+    layout = tokenizer.layout(size) if size is not None else tokenizer.layout()
     return {
         **extra,
         "format": MANIFEST_FORMAT,
@@ -175,8 +176,10 @@ def _identity(
         "config_hash": tokenizer.config.hash(),
         "config": tokenizer.config.to_dict(),
         "precision": getattr(tokenizer, "precision", "fp32"),
-        "codebook_size": int(tokenizer.codebook_size),
-        "ids_dtype": ids_dtype_for(int(tokenizer.codebook_size)).name,
+        "model_type": tokenizer.model_type,
+        "layout": layout.to_dict(),
+        "codebook_size": int(layout.codebook_size),
+        "ids_dtype": layout.storage_dtype.name,
         "size": size,
         "keep": list(keep),
         "input": inputs,
@@ -199,7 +202,7 @@ def _continue_hint(manifest: dict[str, Any]) -> str:
             tok = Tokenizer.from_pretrained(candidate, precision=precision)
         except (ValueError, FileNotFoundError):
             continue
-        if model_fingerprint(tok) == manifest.get("model_fingerprint"):
+        if fingerprint_matches(tok, manifest.get("model_fingerprint")):
             flags = f"model={candidate!r}" + (f", precision={precision!r}" if precision != "fp32" else "")
             return f"continue with {flags} (Tokenizer.default({candidate.partition('@')[2]!r})), or "
     return ""
@@ -218,8 +221,10 @@ def prepare_output(
 ) -> dict[str, Any]:
     """Create ``output/manifest.json`` (first caller wins) or check that it was made by this model, size and decode mode.
 
-    Raises ValueError when the folder belongs to another model or size. Returns the manifest.
-    Call this once before dispatching :func:`tokenize_shard` tasks yourself (e.g. with Ray).
+    Raises ValueError when the folder belongs to another model or size. Returns the manifest; its
+    ``"model_fingerprint"`` is the one to tag shards with (a folder made by vqtok 0.1 keeps its own,
+    :func:`~vqtok.pipeline._naming.legacy_fingerprint`). Call this once before dispatching
+    :func:`tokenize_shard` tasks yourself (e.g. with Ray).
     """
     folder = Path(output)
     if folder.exists() and not folder.is_dir():
@@ -238,7 +243,7 @@ def prepare_output(
             raise ValueError(f"{path} is not valid JSON ({err}); delete it to start over") from err
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise ValueError(f"{path} is not a vqtok pretokenize manifest; choose an empty output folder")
-    if manifest.get("model_fingerprint") != fingerprint:
+    if manifest.get("model_fingerprint") != fingerprint and not fingerprint_matches(tokenizer, manifest.get("model_fingerprint"), current=fingerprint):
         raise ValueError(
             f"{folder} holds tokens of another model ({manifest.get('model')!r}, fingerprint "
             f"{manifest.get('model_fingerprint')}, config hash {manifest.get('config_hash')}); this run's model "
@@ -537,11 +542,11 @@ def open_output(
     opts.check(tokenizer)
     fingerprint = opts.fingerprint or model_fingerprint(tokenizer)
     inputs = input if isinstance(input, str) else os.fspath(input) if isinstance(input, os.PathLike) else list(map(os.fspath, input))
-    prepare_output(
+    manifest = prepare_output(
         output, tokenizer, model_id=model_id, size=opts.size, keep=opts.keep, inputs=inputs, fingerprint=fingerprint,
         decode=opts.decode,
     )
-    return Path(output), fingerprint
+    return Path(output), str(manifest["model_fingerprint"])  # a 0.1 folder continues under its own fingerprint
 
 
 def finish_run(

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from vqtok._errors import reason
 from vqtok._runtime import resolve_device
-from vqtok.pipeline._naming import completed_output, model_fingerprint, output_name_for
+from vqtok.pipeline._naming import completed_output, fingerprint_matches, model_fingerprint, output_name_for
 from vqtok.pipeline.driver import (
     FetchFailure,
     RunResult,
@@ -109,7 +109,7 @@ class ShardWorker:
         self.options = options
         self.tokenizer, _ = load_tokenizer(model, device=resolve_device(device), batch_size=options.batch_size, precision=precision)
         fingerprint = model_fingerprint(self.tokenizer)
-        if fingerprint != options.fingerprint:
+        if fingerprint != options.fingerprint and not fingerprint_matches(self.tokenizer, options.fingerprint, current=fingerprint):
             raise ValueError(
                 f"this Ray worker loaded a different model (fingerprint {fingerprint}) than the driver "
                 f"({options.fingerprint}); every node must see the same weights"

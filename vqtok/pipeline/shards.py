@@ -147,7 +147,9 @@ def tokenize_shards(
                 writer = TokenShardWriter(
                     dst,
                     source=src.name,
-                    codebook_size=tokenizer.codebook_size,
+                    # a folder begun by vqtok 0.1 (its fingerprint has no "2:") keeps 0.1's stats format
+                    layout=(tokenizer.layout(opts.size) if opts.size is not None else tokenizer.layout())
+                    if fingerprint.startswith("2:") else tokenizer.codebook_size,
                     size=opts.size,
                     keep=opts.keep,
                     fingerprint=fingerprint,

@@ -171,6 +171,8 @@ def _sample(args: argparse.Namespace) -> int:
             )
         )
     ids = torch.cat(chunks)  # (n, h, w)
+    if tok.layout().kind == "sequence":  # the prior samples a sequence as a 1 x n grid
+        ids = ids.reshape(ids.shape[0], -1)
     if args.save_ids:
         np.save(args.save_ids, ids.cpu().numpy())
     images: list[Any] = []
@@ -181,5 +183,5 @@ def _sample(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     _image_grid(images, nrow=nrow).save(out)
-    print(f"wrote {args.n} samples ({ids.shape[1]}x{ids.shape[2]} tokens) to {out}")
+    print(f"wrote {args.n} samples ({'x'.join(map(str, ids.shape[1:]))} tokens) to {out}")
     return 0

@@ -356,11 +356,23 @@ class _Run:
     per_rank: int  # samples per rank per micro-step
 
 
+def as_prior_grids(corpus: TokenCorpus) -> TokenCorpus:
+    """The corpus as (N, h, w) grids the prior models in raster order: grids as they are, a 1-D sequence
+    of n tokens as a 1 x n grid (the same order). Multi-scale and sub-codebook ids are a ValueError."""
+    layout = corpus.layout
+    if layout is not None and (layout.kind == "scales" or layout.codebooks > 1):
+        what = "multi-scale ids (a next-scale prior)" if layout.kind == "scales" else "sub-codebook ids (one head per codebook)"
+        raise ValueError(f"the prior models token grids and 1-D sequences; this corpus holds {layout.describe()}, which needs {what}: not in vqtok yet")
+    if corpus.ids.ndim == 2:  # (N, n) sequences
+        return TokenCorpus(corpus.ids[:, None, :], corpus.labels, corpus.keys, corpus.codebook_size, corpus.layout)
+    return corpus
+
+
 def _load_data(cfg: PriorTrainConfig, *, progress: bool) -> tuple[TokenCorpus, TokenCorpus | None]:
     """(train, validation) corpora: ``val_tokens``, else a seeded random hold-out of ``tokens``."""
-    corpus = load_token_corpus(cfg.tokens, progress=progress)
+    corpus = as_prior_grids(load_token_corpus(cfg.tokens, progress=progress))
     if cfg.val_tokens:
-        train_set, val_set = corpus, load_token_corpus(cfg.val_tokens)
+        train_set, val_set = corpus, as_prior_grids(load_token_corpus(cfg.val_tokens))
     elif cfg.val_fraction > 0 and len(corpus) >= 2:
         # a seeded random hold-out (shards are often ordered by class or source)
         n_val = min(cfg.val_max_samples, max(1, int(len(corpus) * cfg.val_fraction)))
