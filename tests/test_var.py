@@ -298,3 +298,54 @@ def test_recognise_var() -> None:
     assert recognise_var(["ckpt/vae_ft.pth", "vae_notes.txt"], lambda _: None) == ("ckpt/vae_ft.pth",)
     assert recognise_var(["var_d16.pth", "model.safetensors", "config.json"], lambda _: None) is None
     assert recognise_var(["my_vae_x.pth"], lambda _: None) is None
+
+
+# ------------------------------------------------------------------ through the Tokenizer and the CLI
+@pytest.fixture(scope="module")
+def var_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder laid out as the Hub repo FoundationVision/var: the fixture's weights as vae_ch160v4096z32.pth."""
+    from safetensors.torch import load_file
+
+    folder = tmp_path_factory.mktemp("var-hub")
+    torch.save(load_file(str(FIXTURES / "weights.safetensors")), folder / "vae_ch160v4096z32.pth")
+    (folder / "var_d16.pth").write_bytes(b"not the tokenizer")  # the transformer beside it is not claimed
+    return folder
+
+
+def test_tokenizer_from_pretrained_matches_var(var_folder: Path, tmp_path: Path) -> None:
+    """from_pretrained on VAR's files -> VAR's ids from uint8 photos and its pixels; save/load keeps both."""
+    from vqtok import Tokenizer
+
+    _, images, ref_ids, ref_decoded = read_fixture()
+    tok = Tokenizer.from_pretrained(var_folder)
+    assert isinstance(tok.model, VARVQVAE) and tok.model_type == "var"
+    assert repr(tok).startswith("Tokenizer(var, scales 1,2,3,4,5,6,8,10,13,16 (680 tokens), 512 codes, VARConfig ")
+    ids = tok.encode(images)  # uint8 (2, 256, 256, 3)
+    assert ids.shape == (2, 680) and ids.dtype == torch.int64
+    assert torch.equal(ids, torch.from_numpy(ref_ids))
+    assert tok.encode(images[1]).shape == (680,)
+    decoded = tok.decode(ids, output="np")  # uint8 (2, 256, 256, 3)
+    rms = np.sqrt(np.mean((decoded.astype(np.float64) - ref_decoded) ** 2))
+    assert rms <= 1.0, f"decode RMS {rms:.3f}/255"
+    out = tok.save_pretrained(tmp_path / "var-vae")
+    again = Tokenizer.from_pretrained(out)
+    assert again.config == tok.config and again.layout(256) == tok.layout(256)
+    assert torch.equal(again.encode(images[:1]), ids[:1])
+    with pytest.raises(ValueError, match="takes 256x256 images.*size=256"):
+        tok.encode(np.zeros((128, 128, 3), np.uint8))
+    assert tok.encode(np.zeros((128, 128, 3), np.uint8), size=256).shape == (680,)
+    with pytest.raises(ValueError, match="layout"):
+        tok.decode(ids[:, :679])
+
+
+def test_cli_convert_var(var_folder: Path, tmp_path: Path, capsys) -> None:
+    """`vqtok convert var FILE_OR_FOLDER [--patch-nums ...] --out DIR` writes a vqtok folder."""
+    from vqtok import Tokenizer
+    from vqtok.cli import main
+
+    assert main(["convert", "var", str(var_folder / "vae_ch160v4096z32.pth"), "--out", str(tmp_path / "a")]) == 0
+    assert "var: scales 1,2,3,4,5,6,8,10,13,16 (680 tokens), 512 codes" in capsys.readouterr().out
+    assert main(["convert", "var", str(var_folder), "--patch-nums", "1,2,4,8", "--out", str(tmp_path / "b")]) == 0
+    tok = Tokenizer.from_pretrained(tmp_path / "b")
+    assert tok.config.patch_nums == (1, 2, 4, 8) and tok.layout(128).positions == 85
+    assert Tokenizer.from_pretrained(tmp_path / "a").config.patch_nums == VAR_PATCH_NUMS
