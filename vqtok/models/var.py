@@ -45,7 +45,7 @@ from torch import nn
 from vqtok.layout import TokenLayout, split_scales
 from vqtok.models._config import ArchConfig, HalvingLevels
 from vqtok.models.registry import Family, SourceFormat, register_family
-from vqtok.models.vqgan import Downsample, Normalize, ResnetBlock, Upsample, _Level, _Mid
+from vqtok.models.vqgan import Downsample, Normalize, Upsample, _Level, _Mid
 
 __all__ = ["VARConfig", "VARVQVAE", "MultiScaleQuantizer", "Phi", "convert_var", "recognise_var", "VAR_PATCH_NUMS"]
 
