@@ -97,26 +97,28 @@ def test_unreachable_hub_reads_the_cache_only(monkeypatch: pytest.MonkeyPatch, n
 
 
 # ---------------------------------------------------------------------- item 9: flat ids
-def test_flat_ids_are_square_grids_or_refused(tiny_tokenizer: Tokenizer, model_dir: Path, tmp_path: Path, capsys) -> None:
+def test_flat_ids_need_grid_and_2d_ids_are_one_grid(tiny_tokenizer: Tokenizer, model_dir: Path, tmp_path: Path, capsys) -> None:
+    # issue 25: the layout's shape, never guessed: (h, w) is one image, (B, h, w) a batch, flat ids need grid=
     tok = tiny_tokenizer
     grids = np.random.default_rng(0).integers(0, tok.codebook_size, (2, 16, 16))
     flat = grids.reshape(2, 256)
     expected = tok.decode(grids, output="np")  # (2, 64, 64, 3)
-    assert np.array_equal(tok.decode(flat, output="np"), expected)  # was one 8x1024 strip
+    assert np.array_equal(tok.decode(flat, grid=(16, 16), output="np"), expected)
+    assert tok.decode(flat, output="np").shape == (8, 1024, 3)  # a 2-D array is one (h, w) grid, whatever its aspect
     with pytest.raises(ValueError, match=r"grid=\(h, w\)"):
-        tok.decode(np.zeros((2, 250), np.int64))
+        tok.decode(np.zeros(256, np.int64))  # a square length is not guessed either
     assert tok.decode(np.zeros((2, 250), np.int64), grid=(10, 25), output="np").shape == (2, 40, 100, 3)
-    assert tok.decode(np.zeros((16, 32), np.int64), output="np").shape == (64, 128, 3)  # a 1:2 grid stays a grid
+    assert tok.decode(np.zeros((16, 32), np.int64), output="np").shape == (64, 128, 3)
 
     np.save(tmp_path / "flat.npy", flat.astype(np.uint16))
-    assert main(["decode", str(tmp_path / "flat.npy"), "--model", str(model_dir), "--out", str(tmp_path / "a")]) == 0
+    assert main(["decode", str(tmp_path / "flat.npy"), "--model", str(model_dir), "--out", str(tmp_path / "a"), "--grid", "16x16"]) == 0
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["000000.png", "000001.png"]
-    np.save(tmp_path / "odd.npy", np.zeros((2, 250), np.uint16))
+    np.save(tmp_path / "odd.npy", np.zeros(250, np.uint16))
     line = one_line_error(capsys, ["decode", str(tmp_path / "odd.npy"), "--model", str(model_dir), "--out", str(tmp_path / "b")])
     assert "--grid" in line and not (tmp_path / "b").exists()
     capsys.readouterr()
     assert main(["decode", str(tmp_path / "odd.npy"), "--model", str(model_dir), "--out", str(tmp_path / "b"), "--grid", "10x25"]) == 0
-    assert len(list((tmp_path / "b").glob("*.png"))) == 2
+    assert len(list((tmp_path / "b").glob("*.png"))) == 1
     with pytest.raises(SystemExit):
         main(["decode", str(tmp_path / "odd.npy"), "--out", str(tmp_path / "c"), "--grid", "10by25"])
 
