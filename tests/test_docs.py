@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```(bash|python)\n(.*?)^```\s*$", re.M | re.S)
 SKIP = re.compile(r"<!--\s*skip-test:\s*(.*?)\s*-->\s*$")
-MAX_SKIPPED = 18  # blocks marked skip-test in all pages together (two of them clone a reference repo for parity)
+MAX_SKIPPED = 19  # blocks marked skip-test in all pages together (three of them clone a reference repo for parity)
 
 # Same commands, small scale: (pattern, replacement) applied to every block.
 SMALL_SCALE: list[tuple[str, str]] = [
@@ -157,6 +157,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str
     for name in ("encoder.jit", "decoder.jit"):
         shutil.copyfile(w / "Cosmos-0.1-Tokenizer-DI16x16" / name, w / name)
     write_flax_folder(w / "flax-vqgan", tok.model.state_dict(), tok.config)
+    # VAR: the parity fixture's small VQVAE (VAR's own state dict, 10 scales at 256 px) under the released name
+    from safetensors.torch import load_file
+
+    torch.save(load_file(str(ROOT / "tests" / "fixtures" / "var" / "weights.safetensors")), w / "vae_ch160v4096z32.pth")
 
     cache = w / "hf-cache"
     for repo in ("org/my-vqgan", "my-org/my-vqgan", "some-org/some-vqgan"):
@@ -167,6 +171,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str
     _cache_repo(cache, "FoundationVision/LlamaGen", {"vq_ds16_c2i.pt": w / "vq_ds16_c2i.pt", "vq_ds8_c2i.pt": w / "vq_ds16_c2i.pt"})
     _cache_repo(cache, "nvidia/Cosmos-0.1-Tokenizer-DI16x16",
                 {n: w / "Cosmos-0.1-Tokenizer-DI16x16" / n for n in ("encoder.jit", "decoder.jit")})
+    _cache_repo(cache, "FoundationVision/var", {"vae_ch160v4096z32.pth": w / "vae_ch160v4096z32.pth"})
     _cache_repo(cache, "CompVis/ldm-celebahq-256",
                 {f"vqvae/{p.name}": p for p in (w / "path" / "to" / "vqvae").iterdir()})
 
