@@ -73,7 +73,10 @@ class BlockStream(torch.utils.data.IterableDataset):
         wid, nworkers = (info.id, info.num_workers) if info is not None else (0, 1)
         number = 0
         for k, src in enumerate(self.sources):
-            index = index_shard(src)
+            try:
+                index = index_shard(src)
+            except Exception as err:  # noqa: BLE001 - whatever a shard holds, it is recorded, not fatal
+                index = ShardIndex(Path(src), [TarSample(TRUNCATED_KEY, error=f"unreadable shard: {reason(err)}")], False)
             tail = index.samples[-1].error if index.samples and index.samples[-1].key == TRUNCATED_KEY else None
             samples = index.samples[:-1] if tail is not None else index.samples
             nblocks = max(1, -(-len(samples) // self.block))

@@ -501,14 +501,16 @@ def pretokenize(
     def tokenize(run: list[tuple[Path, Path]]) -> Iterator[ShardStats]:
         return tokenize_shards(run, tokenizer, run_opts)
 
+    stream = _run_jobs(jobs, tokenize, folder / INCOMING_DIR, fingerprint=fingerprint, size=size, failures=fetch_failures)
     try:
-        for stats in _run_jobs(jobs, tokenize, folder / INCOMING_DIR, fingerprint=fingerprint, size=size, failures=fetch_failures):
+        for stats in stream:
             if stats.skipped:
                 bar.skipped()
             results.append(stats)
             bar.shard(len(results), len(mine))
             failures.extend(SampleFailure(stats.shard, f["key"], f["reason"]) for f in stats.samples_failed)
     finally:
+        stream.close()  # after an exception here (Ctrl-C) the DataLoader workers stop now, not when it is collected
         bar.close()
     update_manifest(folder)
     result = RunResult(

@@ -136,9 +136,11 @@ def tokenize_shards(
         # Leave the decoding workers their cores: oversubscribed intra-op threads are much slower.
         torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 1) - workers)))
     writer: TokenShardWriter | None = None
+    blocks = iter(loader)
+    finished = False
     try:
         expect = (0, 0)  # (shard number, block number) the next block must have
-        for block in loader:
+        for block in blocks:
             if (block.shard, block.number) != expect:  # pragma: no cover - would mean the DataLoader reordered blocks
                 raise RuntimeError(f"internal error: got block {(block.shard, block.number)}, expected {expect}")
             if block.number == 0:
@@ -168,11 +170,37 @@ def tokenize_shards(
                 expect = (block.shard, block.number + 1)
         if expect != (len(todo), 0):  # pragma: no cover
             raise RuntimeError(f"internal error: the sample stream ended early at {expect}")
+        finished = True
         yield from flush(len(pairs))
     finally:
+        if not finished:
+            _kill_workers(blocks)
         if writer is not None:
             writer.abort()
         torch.set_num_threads(threads)
+
+
+def _kill_workers(blocks: Any) -> None:
+    """Stop the worker processes of a DataLoader iterator left early (an error, Ctrl-C, SIGTERM) at once.
+
+    Its own shutdown waits for workers that may be blocked writing to a full pipe, or busy in a sample,
+    and its terminate() is SIGTERM, which the workers ignore (:func:`~vqtok._runtime.die_with_parent`):
+    the exit-time join of multiprocessing would then wait forever. SIGKILL needs no cooperation.
+    """
+    workers = getattr(blocks, "_workers", None)
+    if not workers:
+        return
+    if getattr(blocks, "_worker_pids_set", False):  # no "worker killed by signal" error from torch's SIGCHLD handler
+        from torch.utils.data._utils import signal_handling
+
+        signal_handling._remove_worker_pids(id(blocks))
+        blocks._worker_pids_set = False
+    for w in workers:
+        if w.is_alive():
+            w.kill()
+    for w in workers:
+        w.join(timeout=10)
+    blocks._shutdown_workers()
 
 
 def tokenize_shard(
