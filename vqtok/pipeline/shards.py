@@ -74,6 +74,9 @@ class TokenizeOptions:
             raise ValueError(f"size must be a positive int or None, got {size!r}")
         if size is not None and size % tokenizer.downsample_factor:
             raise ValueError(f"size {size} is not a multiple of the model's downsample factor {tokenizer.downsample_factor}")
+        from vqtok.commands import check_image_size
+
+        check_image_size(tokenizer, size, option="size")  # the activations of one image must fit in memory
 
 
 def _completed(src: Path, dst: Path, fingerprint: str, opts: TokenizeOptions) -> ShardStats | None:
