@@ -68,5 +68,10 @@ def completed_output(
         )
     if done.get("size") != size or not dst.is_file():
         return None
+    try:
+        stats = ShardStats.from_json(done, skipped=True)
+    except (KeyError, TypeError, ValueError) as err:
+        logger.warning("%s is not a readable shard record (%s: %s); redoing %s", stats_path, type(err).__name__, err, dst.name)
+        return None
     logger.info("%s is complete, skipping", dst)
-    return ShardStats.from_json(done, skipped=True)
+    return stats

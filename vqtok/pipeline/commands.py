@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import Any
 
@@ -102,7 +103,23 @@ def _run_ray(args: argparse.Namespace) -> Any:
     )
 
 
+def _cli_terms(msg: str) -> str:
+    """A library message in the CLI's terms: ``model='default@v3', precision='bf16' (Tokenizer.default('v3'))``
+    -> ``--model default@v3 --precision bf16``; ``keep field`` -> ``--keep field``."""
+    msg = re.sub(r" \(Tokenizer\.default\('[^']*'\)\)", "", msg)
+    msg = re.sub(r"model='([^']*)'(?:, precision='([^']*)')?",
+                 lambda m: f"--model {m.group(1)}" + (f" --precision {m.group(2)}" if m.group(2) else ""), msg)
+    return msg.replace("keep field ", "--keep field ").replace("out of keep", "out of --keep")
+
+
 def _run(args: argparse.Namespace) -> int:
+    try:
+        return _run_engine(args)
+    except ValueError as err:
+        raise ValueError(_cli_terms(str(err))) from None
+
+
+def _run_engine(args: argparse.Namespace) -> int:
     from vqtok.pipeline.driver import ErrorRateExceeded, ShardsNotFetched, pretokenize
 
     try:

@@ -36,6 +36,9 @@ logger = logging.getLogger(__name__)
 __all__ = ["TokenizeOptions", "tokenize_shard", "tokenize_shards"]
 
 
+OUTPUT_FIELDS: tuple[str, ...] = ("ids.npy",)  # the fields a token shard's samples get from pretokenize
+
+
 @dataclass(frozen=True)
 class TokenizeOptions:
     """How :func:`tokenize_shard`, :func:`tokenize_shards` and :func:`~vqtok.pipeline.pretokenize` tokenize.
@@ -67,6 +70,12 @@ class TokenizeOptions:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.decode not in DECODE_MODES:
             raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, got {self.decode!r}")
+        taken = [k for k in self.keep if k.lower() in OUTPUT_FIELDS]
+        if taken:
+            raise ValueError(
+                f"keep field {taken[0]!r} has the name of a field pretokenize writes ({', '.join(OUTPUT_FIELDS)}); "
+                "a copy would hide the token ids: leave it out of keep"
+            )
         if self.workers is not None and self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         size = self.size
