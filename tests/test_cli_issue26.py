@@ -177,3 +177,44 @@ def test_disk_full_is_one_line(tmp_path: Path, model_dir: Path, capsys, monkeypa
     err = capsys.readouterr().err
     assert err.strip() == f"vqtok encode: error: No space left on device ({tmp_path / 'ids.npy'}); partial outputs removed"
     assert not list(tmp_path.glob("ids*"))
+
+
+# ---------------------------------------------------------------------- item 19: train without data
+@pytest.mark.parametrize("with_config", [False, True])
+def test_train_without_images_says_so_first(tmp_path: Path, capsys, with_config: bool) -> None:
+    (tmp_path / "nophotos").mkdir()
+    argv = ["train", "--data", str(tmp_path / "nophotos"), "--out", str(tmp_path / "run"), "--no-progress"]
+    if with_config:
+        from vqtok.training.config import TrainConfig
+
+        argv += ["--config", str(TrainConfig().to_yaml(tmp_path / "c.yaml"))]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "no images" in err and "VGG" not in err
+    assert not (tmp_path / "run").exists()  # no train_config.yaml left behind
+
+
+# ---------------------------------------------------------------------- item 22: train-prior says it resumes
+def test_train_prior_says_it_resumes(tmp_path: Path, capsys) -> None:
+    from tests.test_prior_train import TINY_MODEL, write_corpus
+
+    spec = write_corpus(tmp_path / "tokens", np.random.default_rng(0).integers(0, 16, size=(4, 4, 4)), [0, 1, 2, 3])
+    (tmp_path / "prior.json").write_text(json.dumps({"model": TINY_MODEL, "batch_size": 4, "warmup_steps": 1}))
+    argv = ["train-prior", "--tokens", spec, "--out", str(tmp_path / "run"), "--config", str(tmp_path / "prior.json"),
+            "--no-progress", "--device", "cpu"]
+    assert main([*argv, "--steps", "2"]) == 0
+    assert "resuming" not in capsys.readouterr().err
+    assert main([*argv, "--steps", "3"]) == 0
+    assert f"vqtok train-prior: resuming from step 2 of {tmp_path / 'run'}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("k,dead", [(16384, 127), (1024, 127), (1024, 900)])
+def test_usage_plot_dead_label_is_inside_the_plot(k: int, dead: int) -> None:
+    from vqtok.metrics.plots import usage_plot
+
+    hist = np.random.default_rng(0).integers(1, 1000, k)
+    hist[-dead:] = 0
+    img = np.asarray(usage_plot(hist, width=720)).astype(int)
+    label = np.abs(img - np.array([170, 40, 40])).sum(-1) < 60  # the label's colour
+    cols = np.nonzero(label.any(0))[0]
+    assert cols.size > 10 and cols.max() < 720 - 16 - 2  # drawn whole, left of the plot's right edge

@@ -152,7 +152,10 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from vqtok.training.config import LEGACY_KEYS, TrainConfig
+    from vqtok.training.data import training_sources
     from vqtok.training.trainer import Trainer, checkpoint_config
+
+    training_sources(args.data)  # no data is the first thing to say, before weights, models or the run folder
 
     saved = None if args.no_resume else _saved_run_config(args.out)
     if args.config:
