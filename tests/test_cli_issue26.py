@@ -218,3 +218,31 @@ def test_usage_plot_dead_label_is_inside_the_plot(k: int, dead: int) -> None:
     label = np.abs(img - np.array([170, 40, 40])).sum(-1) < 60  # the label's colour
     cols = np.nonzero(label.any(0))[0]
     assert cols.size > 10 and cols.max() < 720 - 16 - 2  # drawn whole, left of the plot's right edge
+
+
+# ---------------------------------------------------------------------- item 16: EXIF orientation
+def test_exif_orientation_is_ignored_unless_asked_for(tmp_path: Path, model_dir: Path, capsys) -> None:
+    from tests.test_pipeline import write_tar
+    from vqtok.pipeline import pretokenize
+
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    img.save(tmp_path / "r.jpg", exif=exif, quality=95)
+    plain = prepare_image(tmp_path / "r.jpg")
+    upright = prepare_image(tmp_path / "r.jpg", exif_transpose=True)
+    assert plain.shape == (64, 96, 3) and upright.shape == (96, 64, 3)  # ignored by default: ids stay as they were
+    # encode: the option and its record
+    assert main(["encode", str(tmp_path / "r.jpg"), "--model", str(model_dir), "--out", str(tmp_path / "a.npy"),
+                 "--exif-transpose", "--no-progress"]) == 0
+    assert np.load(tmp_path / "a.npy").shape == (1, 24, 16)
+    assert json.loads((tmp_path / "a.json").read_text())["exif_transpose"] is True
+    # pretokenize: recorded in the manifest; the other setting on the same folder is refused
+    write_tar(tmp_path / "train-000000.tar", [("r", {"jpg": (tmp_path / "r.jpg").read_bytes()})])
+    tok = Tokenizer.from_pretrained(model_dir)
+    r = pretokenize(str(tmp_path / "train-000000.tar"), tmp_path / "tok", model=tok, size=None, workers=0,
+                    progress=False, exif_transpose=True)
+    assert r.samples_written == 1 and json.loads((tmp_path / "tok" / "manifest.json").read_text())["exif_transpose"] is True
+    with pytest.raises(ValueError, match="exif_transpose"):
+        pretokenize(str(tmp_path / "train-000000.tar"), tmp_path / "tok", model=tok, size=None, workers=0, progress=False)

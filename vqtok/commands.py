@@ -217,7 +217,8 @@ def _encode(args: argparse.Namespace) -> int:
             good: list[tuple[str, np.ndarray]] = []
             for path in paths[start : start + chunk]:
                 try:
-                    pixels = prepare_image(path, size=args.size, factor=f)  # (H, W, 3) uint8, as Tokenizer.encode
+                    # (H, W, 3) uint8, as Tokenizer.encode
+                    pixels = prepare_image(path, size=args.size, factor=f, exif_transpose=args.exif_transpose)
                 except (ValueError, OSError) as err:
                     failed.append({"name": path, "reason": _cli_reason(err, path)})
                     continue
@@ -258,6 +259,8 @@ def _encode(args: argparse.Namespace) -> int:
         "codebook_size": tok.codebook_size,
         "precision": tok.precision,
     }
+    if args.exif_transpose:
+        record["exif_transpose"] = True
     if failed:
         record["failed"] = failed  # inputs without a row: {"name", "reason"}
     with atomic_write(ids_record_path(out)) as tmp_record:  # the record lands after the ids it describes
@@ -431,6 +434,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=None,
                    help="resize shorter side to S and center-crop SxS (a multiple of the downsample factor)")
     p.add_argument("--strict", action="store_true", help="write nothing when any image fails (default: skip and report it)")
+    p.add_argument("--exif-transpose", action="store_true",
+                   help="turn images upright by their EXIF orientation first (default: ignored, as PIL and the models' "
+                        "training pipelines do; recorded in OUT.json)")
     add_model_arguments(p)
     add_progress_argument(p)
     p.set_defaults(func=_encode)

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "DECODE_MODES",
@@ -140,6 +140,7 @@ def prepare_image(
     size: int | None = None,
     factor: int | None = None,
     decode: str = "exact",
+    exif_transpose: bool = False,
 ) -> np.ndarray:
     """One image as the tokenizer sees it: decode (a path or encoded bytes) -> RGB -> uint8 (H, W, 3).
 
@@ -148,13 +149,20 @@ def prepare_image(
     (ValueError otherwise; None: no check). The one image-preparation path of vqtok: the Tokenizer,
     ``pretokenize`` and ``eval`` give the same pixels for the same file. ``decode="fast"`` (with a
     ``size``) decodes JPEG files at a reduced scale first (:data:`DECODE_MODES`).
+
+    EXIF orientation is ignored by default, as PIL, torchvision's decoders and the data pipelines these
+    models were trained with do (and as every corpus tokenized before this option was); ``exif_transpose``
+    turns the image upright first, as ``PIL.ImageOps.exif_transpose`` does.
     """
     if decode not in DECODE_MODES:
         raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
     if isinstance(image, bytes) and not image:
         raise ValueError("zero-size image (0 bytes)")
     draft = 2 * size if (decode == "fast" and size is not None) else None
-    rgb = pil_to_rgb(image if isinstance(image, Image.Image) else load_image(image, draft=draft))
+    img = image if isinstance(image, Image.Image) else load_image(image, draft=draft)
+    if exif_transpose:
+        img = ImageOps.exif_transpose(img)
+    rgb = pil_to_rgb(img)
     if size is not None:
         rgb = resize_center_crop(rgb, size)
     elif factor is not None and (rgb.width % factor or rgb.height % factor):

@@ -45,6 +45,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     p.add_argument("--decode", choices=("exact", "fast"), default="exact",
                    help="exact (default): decode whole images; fast: JPEGs decoded at reduced scale (>= 2x --size) "
                         "first, ~2.3x faster on 2048 px photos, ~98%% of ids equal (docs/pipeline.md)")
+    p.add_argument("--exif-transpose", action="store_true",
+                   help="turn images upright by their EXIF orientation first (default: ignored, as PIL and the models' "
+                        "training pipelines do; recorded in the manifest)")
     p.add_argument(
         "--keep",
         default=",".join(DEFAULT_KEEP),
@@ -73,7 +76,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
 
 
 # Options the local and the Ray engine both take, under the same name as the CLI's args.
-_SHARED_OPTIONS = ("model", "size", "batch_size", "workers", "decode", "precision", "max_error_rate")
+_SHARED_OPTIONS = ("model", "size", "batch_size", "workers", "decode", "exif_transpose", "precision", "max_error_rate")
 
 
 def _common_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -109,7 +112,8 @@ def _cli_terms(msg: str) -> str:
     msg = re.sub(r" \(Tokenizer\.default\('[^']*'\)\)", "", msg)
     msg = re.sub(r"model='([^']*)'(?:, precision='([^']*)')?",
                  lambda m: f"--model {m.group(1)}" + (f" --precision {m.group(2)}" if m.group(2) else ""), msg)
-    return msg.replace("keep field ", "--keep field ").replace("out of keep", "out of --keep")
+    msg = msg.replace("keep field ", "--keep field ").replace("out of keep", "out of --keep")
+    return msg.replace("exif_transpose setting", "--exif-transpose setting")
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -228,9 +228,12 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 
 
 def _identity(
-    tokenizer: Tokenizer, model_id: str, fingerprint: str, size: int | None, keep: Sequence[str], inputs: Any, decode: str
+    tokenizer: Tokenizer, model_id: str, fingerprint: str, size: int | None, keep: Sequence[str], inputs: Any, decode: str,
+    exif_transpose: bool = False,
 ) -> dict[str, Any]:
-    extra = {"decode": decode} if decode != "exact" else {}  # exact folders keep their 0.1 manifest bytes
+    extra: dict[str, Any] = {"decode": decode} if decode != "exact" else {}  # exact folders keep their 0.1 manifest bytes
+    if exif_transpose:
+        extra["exif_transpose"] = True
     return {
         **extra,
         "format": MANIFEST_FORMAT,
@@ -279,8 +282,10 @@ def prepare_output(
     inputs: Any = "",
     fingerprint: str | None = None,
     decode: str = "exact",
+    exif_transpose: bool = False,
 ) -> dict[str, Any]:
-    """Create ``output/manifest.json`` (first caller wins) or check that it was made by this model, size and decode mode.
+    """Create ``output/manifest.json`` (first caller wins) or check that it was made by this model, size, decode
+    mode and EXIF orientation rule.
 
     Raises ValueError when the folder belongs to another model or size. Returns the manifest.
     Call this once before dispatching :func:`tokenize_shard` tasks yourself (e.g. with Ray).
@@ -301,7 +306,7 @@ def prepare_output(
                     "it is not a pretokenize output folder, and its files could be overwritten; "
                     "choose a new or empty folder"
                 )
-            manifest = _identity(tokenizer, model_id, fingerprint, size, keep, inputs, decode)
+            manifest = _identity(tokenizer, model_id, fingerprint, size, keep, inputs, decode, exif_transpose)
             _write_json_atomic(path, manifest)
             return manifest
         try:
@@ -326,6 +331,12 @@ def prepare_output(
         raise ValueError(
             f"{folder} holds tokens of images decoded {manifest.get('decode', 'exact')!r}, this run decodes {decode!r}; "
             "the ids differ slightly: use the same decode mode or another output folder"
+        )
+    if bool(manifest.get("exif_transpose", False)) != exif_transpose:
+        made, now = ("turned upright by EXIF", "ignoring EXIF") if manifest.get("exif_transpose") else ("ignoring EXIF", "turned upright by EXIF")
+        raise ValueError(
+            f"{folder} holds tokens of images {made} orientation, this run takes them {now} orientation; "
+            "use the same exif_transpose setting or another output folder"
         )
     return manifest
 
@@ -628,7 +639,7 @@ def open_output(
     inputs = input if isinstance(input, str) else os.fspath(input) if isinstance(input, os.PathLike) else list(map(os.fspath, input))
     prepare_output(
         output, tokenizer, model_id=model_id, size=opts.size, keep=opts.keep, inputs=inputs, fingerprint=fingerprint,
-        decode=opts.decode,
+        decode=opts.decode, exif_transpose=opts.exif_transpose,
     )
     return Path(output), fingerprint
 

@@ -52,6 +52,7 @@ class TokenizeOptions:
     keep: tuple[str, ...] = DEFAULT_KEEP  # input fields copied byte for byte into the token shard
     image_exts: tuple[str, ...] = IMAGE_FIELDS  # fields tried, in order, as the sample's image
     decode: str = "exact"  # "exact" or "fast" (JPEG draft decoding to >= 2x size first; vqtok.images.DECODE_MODES)
+    exif_transpose: bool = False  # turn images upright by their EXIF orientation first (default: ignored, as PIL does)
     fingerprint: str | None = None  # the model's fingerprint (computed when None)
     overwrite: bool = False  # redo shards whose complete output exists
     on_samples: Callable[[int], None] | None = None  # called with the number of samples just done (progress)
@@ -138,6 +139,7 @@ def tokenize_shards(
         keep=opts.keep,
         image_exts=opts.image_exts,
         decode=opts.decode,
+        exif_transpose=opts.exif_transpose,
     )
     loader = torch.utils.data.DataLoader(
         stream, batch_size=None, num_workers=workers, collate_fn=_identity, prefetch_factor=2 if workers else None,
