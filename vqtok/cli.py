@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if err.errno not in _SYSTEM_ERRNOS:
             raise
         where = f" ({err.filename})" if err.filename else ""
-        print(f"vqtok {args.command}: error: {os.strerror(err.errno)}{where}; partial outputs removed", file=sys.stderr)
+        print(f"vqtok {args.command}: error: {os.strerror(err.errno)}{where}", file=sys.stderr)
         return 2
     except Terminated:
         print(f"vqtok {args.command}: terminated (SIGTERM); partial outputs removed", file=sys.stderr)

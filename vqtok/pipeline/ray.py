@@ -194,11 +194,11 @@ def pretokenize_ray(
     tokenizer, model_id = load_tokenizer(model, device="cpu", batch_size=opts.batch_size, precision=precision)
     folder, fingerprint = open_output(output, input, tokenizer, model_id, opts)
     with run_lock(folder):  # a second run on this folder is refused
-        result = _run(ray, model, tokenizer, model_id, folder, fingerprint, shards, opts, ropts, device, precision, progress, t0)
+        result = _run_shards(ray, model, tokenizer, model_id, folder, fingerprint, shards, opts, ropts, device, precision, progress, t0)
     return finish_run(result, max_error_rate, undone=ShardFailed)
 
 
-def _run(
+def _run_shards(
     ray: Any, model: Any, tokenizer: Tokenizer, model_id: str, folder: Path, fingerprint: str, shards: list[Any],
     opts: TokenizeOptions, ropts: RayOptions, device: str | None, precision: str, progress: bool, t0: float,
 ) -> RunResult:
