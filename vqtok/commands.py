@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from vqtok._memory import check_image_size
 from vqtok.tokenizer import Tokenizer, model_id
 
 if TYPE_CHECKING:
@@ -115,40 +116,6 @@ def ids_record_path(ids_path: str | os.PathLike[str]) -> Path:
     return Path(ids_path).with_suffix(".json")
 
 
-def activation_bytes(tok: Tokenizer, size: int) -> int:
-    """A rough peak of the encoder/decoder activations for one size x size image, in bytes (fp32):
-    three full-resolution feature maps of ``ch`` channels (a ResNet block's input, hidden and output)."""
-    ch = int(getattr(tok.config, "ch", 128))
-    return 3 * ch * size * size * 4
-
-
-def _memory_bytes(device: torch.device) -> int | None:
-    import torch
-
-    if device.type == "cuda":
-        return int(torch.cuda.get_device_properties(device).total_memory)
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def check_image_size(tok: Tokenizer, size: int | None, option: str = "--size") -> None:
-    """A ``--size`` the model can take: a positive multiple of its downsample factor whose activations
-    fit in this machine's memory (ValueError naming ``option`` otherwise)."""
-    if size is None:
-        return
-    f = tok.downsample_factor
-    if size <= 0 or size % f:
-        raise ValueError(f"{option} must be a positive multiple of {f} (the model's downsample factor), got {size}")
-    need, have = activation_bytes(tok, size), _memory_bytes(tok.device)
-    if have is not None and need > have:
-        raise ValueError(
-            f"{option} {size} needs about {need / 2**30:.0f} GiB of activations per image, more than the "
-            f"{have / 2**30:.0f} GiB of this {tok.device.type.upper()}; use a smaller {option}"
-        )
-
-
 def image_paths(specs: list[str]) -> list[str]:
     """Image files and folders (their images, recursively, sorted; hidden folders skipped) -> image paths,
     in order, without repeats. FileNotFoundError naming what does not exist or holds no image."""
@@ -199,6 +166,7 @@ def _encode(args: argparse.Namespace) -> int:
     from vqtok.pipeline._naming import model_fingerprint
     from vqtok.tokens import ids_dtype_for
 
+    device_from_args(args)  # an unusable --device first: it fails whatever the inputs
     paths = image_paths(args.images)
     tok = tokenizer_from_args(args)
     check_image_size(tok, args.size)

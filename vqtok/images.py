@@ -29,7 +29,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "DECODE_MODES",
-    "FULL_RESIZE_PIXELS",
     "IMAGE_SUFFIXES",
     "ImageBatch",
     "from_model_output",

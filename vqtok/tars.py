@@ -43,10 +43,7 @@ from vqtok.images import IMAGE_SUFFIXES
 
 __all__ = [
     "DUPLICATE_KEY",
-    "HIDDEN_NAME",
     "IMAGE_FIELDS",
-    "MAX_MEMBER_BYTES",
-    "REPEATED_MEMBER",
     "SHARD_SUFFIXES",
     "TRUNCATED_KEY",
     "ShardIndex",
@@ -59,7 +56,6 @@ __all__ = [
     "is_remote",
     "is_shard",
     "read_samples",
-    "safe_key",
     "split_key",
 ]
 

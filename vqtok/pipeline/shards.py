@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from vqtok._memory import check_image_size
 from vqtok._runtime import die_with_parent
 from vqtok.images import DECODE_MODES
 from vqtok.pipeline._naming import completed_output, model_fingerprint
@@ -84,8 +85,6 @@ class TokenizeOptions:
             raise ValueError(f"size must be a positive int or None, got {size!r}")
         if size is not None and size % tokenizer.downsample_factor:
             raise ValueError(f"size {size} is not a multiple of the model's downsample factor {tokenizer.downsample_factor}")
-        from vqtok.commands import check_image_size
-
         check_image_size(tokenizer, size, option="size")  # the activations of one image must fit in memory
 
 
