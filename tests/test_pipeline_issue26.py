@@ -93,6 +93,8 @@ def test_images_as_input_are_refused_with_what_pretokenize_takes(tmp_path: Path,
         pretokenize(str(photos / "p0.jpg"), tmp_path / "out", model=tok, progress=False)
     with pytest.raises(ValueError, match="holds images but no tar shards"):
         pretokenize(str(photos), tmp_path / "out", model=tok, progress=False)
+    with pytest.raises(ValueError, match="matches images but no tar shards"):
+        pretokenize(str(photos / "*.jpg"), tmp_path / "out", model=tok, progress=False)
     assert not (tmp_path / "out").exists() and not (photos / "p0.jpg.tar").exists()
 
 

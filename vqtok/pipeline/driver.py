@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import glob
 import json
 import logging
 import os
@@ -112,6 +113,10 @@ def _check_not_images(inputs: str | os.PathLike[str] | Sequence[str | os.PathLik
             raise ValueError(f"{spec} is an image; {how}")
         if p.is_dir() and not _folder_files(p, SHARD_SUFFIXES) and _folder_files(p, IMAGE_SUFFIXES):
             raise ValueError(f"folder {spec} holds images but no tar shards; {how}")
+        if glob.has_magic(str(p)):
+            found = [m.lower() for m in glob.glob(str(p), recursive=True)]
+            if found and not any(m.endswith(SHARD_SUFFIXES) for m in found) and any(m.endswith(IMAGE_SUFFIXES) for m in found):
+                raise ValueError(f"{spec} matches images but no tar shards; {how}")
 
 
 def expand_inputs(
