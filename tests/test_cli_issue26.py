@@ -246,3 +246,18 @@ def test_exif_orientation_is_ignored_unless_asked_for(tmp_path: Path, model_dir:
     assert r.samples_written == 1 and json.loads((tmp_path / "tok" / "manifest.json").read_text())["exif_transpose"] is True
     with pytest.raises(ValueError, match="exif_transpose"):
         pretokenize(str(tmp_path / "train-000000.tar"), tmp_path / "tok", model=tok, size=None, workers=0, progress=False)
+
+
+def test_decode_names_the_default_version_that_made_the_ids(tmp_path: Path, capsys) -> None:
+    # ids.json of a run that recorded plain 'default' (before versions were pinned), made by v1
+    files = photo_files(tmp_path / "in", n=1)
+    ids = tmp_path / "ids.npy"
+    assert main(["encode", *files, "--model", "default@v1", "--size", "64", "--out", str(ids), "--no-progress",
+                 "--device", "cpu"]) == 0
+    record = json.loads(ids.with_suffix(".json").read_text())
+    ids.with_suffix(".json").write_text(json.dumps({**record, "model": "default"}))
+    capsys.readouterr()
+    assert main(["decode", str(ids), "--out", str(tmp_path / "dec"), "--no-progress", "--device", "cpu"]) == 2
+    assert _last_line(capsys.readouterr().err).endswith("decode with --model default@v1, or pass --force")
+    assert main(["decode", str(ids), "--model", "default@v1", "--out", str(tmp_path / "dec"), "--no-progress",
+                 "--device", "cpu"]) == 0

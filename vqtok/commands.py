@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -307,6 +308,7 @@ def _decode_tokenizer(args: argparse.Namespace, record: dict[str, Any] | None, r
     """The tokenizer that decodes: ``--model``, else the model recorded by ``vqtok encode``, else the default;
     a model other than the recorded one (by fingerprint) is refused unless ``--force``."""
     recorded = record.get("model") if record is not None else None
+    given = args.model
     if args.model is None and isinstance(recorded, str):
         logger.info("decoding with %s, the model recorded in %s (--model chooses another)", recorded, record_path)
         args.model = recorded
@@ -321,9 +323,20 @@ def _decode_tokenizer(args: argparse.Namespace, record: dict[str, Any] | None, r
         msg = (f"{record_path} says these ids were made by {recorded!r} (fingerprint {want}); {model_id(args.model)!r} "
                "is another model, so the images would be garbage")
         if not args.force:
-            raise ValueError(f"{msg}; leave out --model to use the recorded one, or pass --force")
+            raise ValueError(f"{msg}; {_decode_hint(record, given is None)}, or pass --force")
         logger.warning("%s (decoding anyway: --force)", msg)
     return tok
+
+
+def _decode_hint(record: dict[str, Any], used_recorded: bool) -> str:
+    """What to do about a fingerprint mismatch: the shipped default version that made the ids when one
+    did (``default`` moves on), else leave out ``--model`` or name the model that made them."""
+    from vqtok.pipeline.driver import _continue_hint
+
+    hint = re.search(r"model='([^']*)'", _continue_hint(record))
+    if hint is not None:
+        return f"decode with --model {hint.group(1)}"
+    return "pass --model with the model that made them" if used_recorded else "leave out --model to use the recorded one"
 
 
 def _decode(args: argparse.Namespace) -> int:
