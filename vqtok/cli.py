@@ -5,7 +5,8 @@ Each subsystem contributes its subcommands through a module with
 ``handler(args: argparse.Namespace) -> int`` returns the exit code. Expected failures
 (bad input, missing files, an unusable ``--device``) raise one of :data:`EXPECTED_ERRORS`
 (``ValueError``, ``TypeError``, ``FileNotFoundError``, ...) and are printed as one line on
-stderr with exit code 2 (no traceback). Library messages do not name command-line flags; a
+stderr with exit code 2 (no traceback); so are a full disk or quota, a read-only file system and an
+I/O error (:data:`_SYSTEM_ERRNOS`). Library messages do not name command-line flags; a
 handler that wants a flag in the message catches and rewords (e.g. ``pretokenize``'s
 ``--max-error-rate``).
 """
