@@ -15,6 +15,7 @@ minutes) is preceded by ``<!-- skip-test: reason -->``; ``test_skip_list_is_shor
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import re
@@ -31,6 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```(bash|python)\n(.*?)^```\s*$", re.M | re.S)
 SKIP = re.compile(r"<!--\s*skip-test:\s*(.*?)\s*-->\s*$")
+# ``<!-- needs: ray -->`` before a block: it runs only where that module is installed (an optional extra)
+NEEDS = re.compile(r"<!--\s*needs:\s*([\w.]+)\s*-->\s*$")
 MAX_SKIPPED = 19  # blocks marked skip-test in all pages together (three of them clone a reference repo for parity)
 
 # Same commands, small scale: (pattern, replacement) applied to every block.
@@ -67,6 +70,15 @@ def blocks(page: Path) -> list[tuple[int, str, str, str | None]]:
         skip = SKIP.search(before)
         out.append((text[: m.start()].count("\n") + 1, m.group(1), m.group(2), skip.group(1) if skip else None))
     return out
+
+
+def missing_module(page: Path, line: int) -> str | None:
+    """The module named by a ``<!-- needs: MODULE -->`` line just before the block at ``line``, when it is not installed."""
+    before = page.read_text().split("\n")[line - 2] if line >= 2 else ""
+    need = NEEDS.search(before)
+    if need is None or importlib.util.find_spec(need.group(1)) is not None:
+        return None
+    return need.group(1)
 
 
 def small(code: str) -> str:
@@ -222,7 +234,8 @@ def test_skip_list_is_short() -> None:
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_page_runs_as_written(page: Path, world: tuple[Path, dict[str, str]]) -> None:
     w, env = world
-    runnable = [(line, lang, small(code)) for line, lang, code, reason in blocks(page) if reason is None]
+    runnable = [(line, lang, small(code)) for line, lang, code, reason in blocks(page)
+                if reason is None and missing_module(page, line) is None]
     if not runnable:
         pytest.skip(f"{page.name} has no runnable block")
     for line, lang, code in runnable:
