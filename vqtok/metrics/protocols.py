@@ -32,7 +32,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -45,6 +45,7 @@ __all__ = [
     "RESIZES",
     "Protocol",
     "center_crop_arr",
+    "card_lines",
     "check_comparable",
     "get_protocol",
     "image_list_sha256",
@@ -135,13 +136,18 @@ class Protocol:
     source: str = ""  # where the protocol is taken from
     notes: tuple[str, ...] = field(default=())
 
-    def prepare(self, image: Image.Image | bytes | str | os.PathLike[str], size: int | None = None) -> np.ndarray:
-        """One input (PIL image, encoded bytes or a path) -> uint8 (H, W, 3) as this protocol scores it."""
+    def prepare(
+        self, image: Image.Image | bytes | str | os.PathLike[str], size: int | None | Literal["protocol"] = "protocol"
+    ) -> np.ndarray:
+        """One input (PIL image, encoded bytes or a path) -> uint8 (H, W, 3) as this protocol scores it.
+
+        ``size``: the side after resize + crop (default: the protocol's; None: the native size).
+        """
         from vqtok.images import load_image, pil_to_rgb
 
         img = image if isinstance(image, Image.Image) else load_image(image)
         rgb = pil_to_rgb(img) if self.decode == "vqtok" else img.convert("RGB")
-        side = self.size if size is None else size
+        side = self.size if size == "protocol" else size
         if side is None:
             return np.asarray(rgb, dtype=np.uint8)
         return np.ascontiguousarray(RESIZES[self.resize](rgb, side), dtype=np.uint8)
@@ -251,6 +257,7 @@ def protocol_card(
     size: int | None,
     n: int,
     image_list_sha: str,
+    fid_preprocess: str | None = None,
     model: str | None = None,
     model_fingerprint: str | None = None,
     inception_sha256: str | None = None,
@@ -258,13 +265,18 @@ def protocol_card(
 ) -> dict[str, Any]:
     """The protocol card of one evaluation: the protocol, each choice as it ran, and whether it conforms.
 
-    ``reference_stats``: ``{"path", "sha256", "n"}`` when rFID was computed against saved statistics.
+    ``fid_preprocess``: the preprocessing that ran (default: the protocol's). ``reference_stats``:
+    ``{"path", "sha256", "n", ...}`` when rFID was computed against saved statistics; statistics that
+    vqtok saved under the same protocol from the same image list count as the originals.
     """
     from vqtok import __version__
 
+    fid_pre = fid_preprocess or protocol.fid_preprocess
     deviations: list[str] = []
     if protocol.size is not None and size != protocol.size and protocol.name != "vqtok":
         deviations.append(f"size {size} instead of {protocol.size}")
+    if fid_pre != protocol.fid_preprocess:
+        deviations.append(f"FID preprocessing {fid_pre} instead of {protocol.fid_preprocess}")
     if protocol.n is not None and n != protocol.n:
         deviations.append(f"n = {n} instead of {protocol.n}")
     if protocol.image_list_sha256 is not None and image_list_sha != protocol.image_list_sha256:
@@ -273,9 +285,12 @@ def protocol_card(
         deviations.append("no FID Inception (rFID/KID not computed)")
     elif not _weights_ok(inception_sha256, protocol.inception_sha256):
         deviations.append(f"Inception weights sha256 {inception_sha256[:16]}... are not the FID Inception 2015-12-05")
-    compared = "reference statistics" if reference_stats else protocol.compared_against
-    if reference_stats and protocol.compared_against == "originals":
-        deviations.append("rFID against reference statistics, not against the scored originals")
+    compared = protocol.compared_against
+    if reference_stats:
+        same = reference_stats.get("protocol") == protocol.name and reference_stats.get("image_list_sha256") == image_list_sha
+        compared = f"{protocol.compared_against} (saved statistics)" if same else "reference statistics"
+        if not same and protocol.compared_against == "originals":
+            deviations.append("rFID against reference statistics of other images or another protocol, not the scored originals")
     return {
         "protocol": protocol.name,
         "description": protocol.description,
@@ -283,7 +298,7 @@ def protocol_card(
         "resize": protocol.resize,
         "size": size,
         "decode": protocol.decode,
-        "fid_preprocess": protocol.fid_preprocess,
+        "fid_preprocess": fid_pre,
         "compared_against": compared,
         "reconstruction": protocol.reconstruction,
         "n": n,
@@ -298,6 +313,22 @@ def protocol_card(
         "conforms": not deviations,
         "deviations": deviations,
     }
+
+
+def card_lines(card: Mapping[str, Any]) -> list[str]:
+    """The card as the lines ``vqtok eval`` prints (first column 10 wide)."""
+    verdict = "conforms" if card["conforms"] else "does not conform: " + "; ".join(card["deviations"])
+    ref = card.get("reference_stats")
+    vs = card["compared_against"] + (f" {ref['path']} (sha256 {str(ref['sha256'])[:12]})" if ref else "")
+    incep = card.get("inception_sha256")
+    return [
+        f"{'protocol':<10}{card['protocol']} ({verdict})",
+        f"{'':<10}resize {card['resize']}, size {card['size']}, decode {card['decode']}, FID preprocessing "
+        f"{card['fid_preprocess']}, uint8 reconstructions vs {vs}",
+        f"{'':<10}n {card['n']}, image list sha256 {card['image_list_sha256'][:12]}, Inception sha256 "
+        f"{incep[:12] if incep else None}, model {card.get('model')} (fingerprint {card.get('model_fingerprint')}), "
+        f"vqtok {card['vqtok_version']}",
+    ]
 
 
 def card_differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
