@@ -86,5 +86,5 @@ class CodecReconstructor:
             rec, used, fits = best_under_budget(Image.fromarray(a), self.budget, self._save, self._lo, self._hi)
             self.over_budget += not fits
             self.bytes_total += used
-            out.append(torch.from_numpy(rec).permute(2, 0, 1))
+            out.append(torch.from_numpy(rec.copy()).permute(2, 0, 1))
         return None, torch.stack(out).float() / 255
