@@ -211,3 +211,30 @@ def test_side_by_side_models_and_codecs(setup, tmp_path, capsys) -> None:
     from vqtok.metrics.protocols import PROTOCOLS
 
     np.testing.assert_array_equal(a[:SIZE, 180 : 180 + SIZE], PROTOCOLS["vqtok"].prepare(Image.fromarray(first), size=SIZE))
+
+
+def test_fid_of_two_image_sets_directly_and_through_saved_stats(setup, tmp_path, capsys) -> None:
+    """gFID: ``vqtok fid A B`` on image folders equals the FID of their features; A's saved statistics give the same."""
+    from vqtok.metrics.fid import fid_from_features
+    from vqtok.metrics.inception import load_fid_inception
+
+    b = tmp_path / "jpeg"
+    b.mkdir()
+    for p in sorted(setup["photos"].iterdir()):
+        Image.open(p).convert("RGB").resize((SIZE, SIZE)).save(b / f"{p.stem}.jpg", quality=10)
+    weights = ["--inception-weights", str(setup["incep"])]
+    assert _run(["fid", str(setup["photos"]), str(b), "--size", str(SIZE), "--json", "--save-stats", str(tmp_path / "a.npz")] + weights) == 0
+    direct = json.loads(capsys.readouterr().out)
+    inception, _ = load_fid_inception(setup["incep"])
+    from vqtok.metrics.protocols import PROTOCOLS
+
+    def feats(folder: Path) -> torch.Tensor:
+        arrs = [PROTOCOLS["vqtok"].prepare(p, size=SIZE) for p in sorted(folder.iterdir())]
+        return inception(torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float() / 255)
+
+    expected = fid_from_features(feats(setup["photos"]), feats(b))  # the low-rank form: another computation
+    assert direct["fid"] == pytest.approx(expected, rel=1e-6) and direct["sets"][0]["n"] == 8
+    assert _run(["fid", str(tmp_path / "a.npz"), str(b), "--size", str(SIZE), "--json"] + weights) == 0
+    assert json.loads(capsys.readouterr().out)["fid"] == pytest.approx(direct["fid"], rel=1e-9)
+    with pytest.raises(ValueError, match="fid_preprocess pytorch-fid \\(this run: torch-fidelity\\)"):
+        _run(["fid", str(tmp_path / "a.npz"), str(b), "--fid-preprocess", "torch-fidelity"] + weights)

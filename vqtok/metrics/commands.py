@@ -87,6 +87,26 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_eval)
 
+    f = subparsers.add_parser(
+        "fid",
+        help="FID between two image sets or saved statistics (gFID against a paper's reference batch)",
+        description="FID between SET_A and SET_B. Each is an image folder / files / globs / WebDataset shards, or an "
+        ".npz: vqtok's --save-stats, pytorch-fid's mu/sigma, an ADM reference batch (mu/sigma), or arr_0 images.",
+    )
+    f.add_argument("sets", nargs=2, metavar="SET", help="images or .npz statistics (twice)")
+    f.add_argument("--protocol", default="vqtok", choices=sorted(PROTOCOLS), help="how image sets are read and resized")
+    f.add_argument("--size", type=int, default=0, help="resize + center-crop images to SxS (default 0: as they are)")
+    f.add_argument("--limit", type=positive_int, default=None, help="the first N readable images of each image set")
+    f.add_argument("--batch-size", type=positive_int, default=50)
+    add_device_argument(f)
+    f.add_argument("--inception-weights", default=None, metavar="PATH", help="FID Inception weights (as for eval)")
+    f.add_argument("--fid-preprocess", choices=("pytorch-fid", "torch-fidelity"), default=None,
+                   help="default: the protocol's")
+    f.add_argument("--save-stats", default=None, metavar="NPZ", help="write the statistics of the first set")
+    f.add_argument("--offline", action="store_true", help="never download weights")
+    f.add_argument("--json", action="store_true", help="print JSON")
+    f.set_defaults(func=run_fid)
+
     u = subparsers.add_parser(
         "usage",
         help="codebook usage of a token corpus (merges the per-shard histograms of pretokenize)",
@@ -249,6 +269,7 @@ def run_eval(args: argparse.Namespace) -> int:
     several = len(rows) > 1
     reports: list[dict[str, Any]] = []
     results = []
+    shared_features: dict[str, Any] | None = {} if several and args.engine == "local" else None  # originals' features, once
     for k, (label, model, fingerprint) in enumerate(rows):
         state = None
         if args.state_dir:
@@ -261,7 +282,7 @@ def run_eval(args: argparse.Namespace) -> int:
             save_stats_path=args.save_stats if k == 0 else None,
             stats_meta={"protocol": protocol.name, "size": size, "fid_preprocess": fid_preprocess, "inception_sha256": inception_sha},
             chunk_size=args.chunk_size, state_dir=state, state_identity={"model": label, "model_fingerprint": fingerprint},
-            rank=rank, world_size=world, engine=args.engine, ray_options=ray_options,
+            rank=rank, world_size=world, engine=args.engine, ray_options=ray_options, real_features=shared_features,
         )
         if result is None:  # a rank other than 0: its units are in the state folder
             continue
@@ -364,3 +385,51 @@ def _print_side_by_side(reports: list[dict[str, Any]], budget: int | None) -> No
         print(f"| {r['model']} | {nbytes if nbytes is not None else 'n/a'} | {num(r['rfid'], '.2f')} | {num(r['kid_mean'], '.4f')} | "
               f"{num(r['psnr'], '.2f')} | {num(r['ssim'], '.4f')} | {num(r['lpips'], '.4f')} | "
               f"{'' if not usage else format(100 * usage['used_fraction'], '.1f') + ' %'} |")
+
+
+def run_fid(args: argparse.Namespace) -> int:
+    from vqtok.metrics.evaluate import image_set_stats, load_reference_stats, save_stats
+    from vqtok.metrics.fid import frechet_distance
+    from vqtok.metrics.inception import load_fid_inception
+    from vqtok.metrics.protocols import get_protocol
+
+    protocol = get_protocol(args.protocol)
+    if args.size < 0:
+        raise ValueError("--size must be >= 0")
+    preprocess = args.fid_preprocess or protocol.fid_preprocess
+    if args.save_stats and args.sets[0].endswith(".npz"):
+        raise ValueError("--save-stats writes the statistics of an image set; the first SET is already an .npz")
+    device = device_from_args(args)
+    try:
+        inception, info = load_fid_inception(args.inception_weights, preprocess=preprocess, allow_download=not args.offline, device=device)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(str(err).replace("weights=PATH", "--inception-weights PATH")) from None
+    described = []
+    stats = []
+    for k, spec in enumerate(args.sets):
+        if spec.endswith(".npz") and Path(spec).expanduser().is_file():
+            st, meta = load_reference_stats(spec, inception=inception, batch_size=args.batch_size)
+        else:
+            st, meta = image_set_stats(spec, inception, protocol=protocol, size=args.size or None,
+                                       batch_size=args.batch_size, limit=args.limit)
+            if k == 0 and args.save_stats:
+                save_stats(st, args.save_stats, {"protocol": protocol.name, "size": args.size or None, "fid_preprocess": preprocess,
+                                                 "inception_sha256": info.sha256, "n": st.n,
+                                                 "image_list_sha256": meta["image_list_sha256"]})
+        for key in ("fid_preprocess", "inception_sha256"):
+            mine = preprocess if key == "fid_preprocess" else info.sha256
+            if key in meta and meta[key] != mine:
+                raise ValueError(f"{spec} was made with {key} {meta[key]} (this run: {mine}); its FID is not comparable")
+        stats.append(st)
+        described.append({"set": spec, **meta})
+    value = frechet_distance(stats[0], stats[1])
+    out = {"fid": value, "sets": described, "fid_preprocess": preprocess, "inception_sha256": info.sha256,
+           "protocol": protocol.name}
+    if args.json:
+        print(json.dumps(out, indent=2, default=str))
+        return 0
+    print(f"FID       {value:.4f}")
+    for d in described:
+        print(f"set       {d['set']}  n {d.get('n')}" + (f"  ({d['format']})" if "format" in d else ""))
+    print(f"weights   Inception sha256 {info.sha256[:12]}, {preprocess} preprocessing, protocol {protocol.name}")
+    return 0

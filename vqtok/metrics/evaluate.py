@@ -50,6 +50,7 @@ __all__ = [
     "ScoreOptions",
     "build_report",
     "evaluate_reconstruction",
+    "image_set_stats",
     "load_reference_stats",
     "merge_chunks",
     "plan_chunks",
@@ -442,8 +443,13 @@ def score_chunk(
     lpips_model: LPIPS | None = None,
     limit: int | None = None,
     on_images: Any = None,
+    real_features: dict[str, np.ndarray] | None = None,
 ) -> ChunkResult:
-    """Reconstruct and score the images of one work unit; ``limit`` stops after that many good images."""
+    """Reconstruct and score the images of one work unit; ``limit`` stops after that many good images.
+
+    ``real_features``: Inception features of originals by key, used when present and filled otherwise
+    (several models scored on the same images compute the originals' features once).
+    """
     bad = BadSamples(max_listed=0)
     bad_all: list[tuple[str, str]] = []
     keys: list[str] = []
@@ -471,7 +477,12 @@ def score_chunk(
             lpipss.append(lpips_model(original, recon).cpu().double())
         if inception is not None:
             device = next(inception.parameters()).device
-            fr_all.append(inception(original.to(device)).cpu())  # (B, 2048)
+            if real_features is not None and all(k in real_features for k in batch_keys):
+                fr_all.append(torch.from_numpy(np.stack([real_features[k] for k in batch_keys])))
+            else:
+                fr_all.append(inception(original.to(device)).cpu())  # (B, 2048)
+                if real_features is not None:
+                    real_features.update(zip(batch_keys, fr_all[-1].numpy()))
             ff_all.append(inception(recon.to(device)).cpu())
         if ids is not None:
             for row in ids.reshape(ids.shape[0], -1).cpu().numpy():
@@ -549,6 +560,34 @@ def load_reference_stats(
         raise ValueError(f"{file}: mu/sigma of shape {tuple(stats.mean.shape)}/{tuple(stats.cov.shape)}, expected 2048-d pool features")
     info["n"] = stats.n if stats.n > 0 else None
     return stats, info
+
+
+def image_set_stats(
+    spec: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    inception: FIDInceptionV3,
+    *,
+    protocol: Protocol | None = None,
+    size: int | None = None,
+    batch_size: int = 50,
+    limit: int | None = None,
+) -> tuple[FIDStats, dict[str, Any]]:
+    """FID statistics of an image set (folder, files, globs, shards; :func:`resolve_data`) prepared by ``protocol``
+    (default ``vqtok``; ``size`` None keeps the images' sizes) and what the card records (n, image-list sha256)."""
+    from vqtok.metrics.protocols import image_list_sha256
+
+    options = ScoreOptions(protocol=protocol or PROTOCOLS["vqtok"], size=size, batch_size=batch_size)
+    bad_all: list[tuple[str, str]] = []
+    keys: list[str] = []
+    feats: list[torch.Tensor] = []
+    device = next(inception.parameters()).device
+    for batch_keys, batch in _batches(_decoded(resolve_data(spec).samples(), options, 1, BadSamples(), bad_all), batch_size, limit):
+        x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).float() / 255
+        feats.append(inception(x.to(device)).cpu())
+        keys += batch_keys
+    if len(keys) < 2:
+        raise ValueError(f"{spec}: FID statistics need at least 2 readable images, got {len(keys)}")
+    stats = stats_of_features(torch.cat(feats))
+    return stats, {"n": stats.n, "image_list_sha256": image_list_sha256(keys), "bad_samples": len(bad_all)}
 
 
 def save_stats(stats: FIDStats, path: str | os.PathLike[str], meta: dict[str, Any]) -> Path:
@@ -779,6 +818,7 @@ def evaluate_reconstruction(
     engine: str = "local",
     ray_options: RayEvalOptions | None = None,
     poll_seconds: float = 2.0,
+    real_features: dict[str, np.ndarray] | None = None,
 ) -> EvalResult | None:
     """Encode+decode every image and score the reconstructions against the originals.
 
@@ -797,7 +837,8 @@ def evaluate_reconstruction(
     ``world_size`` (default $RANK / $WORLD_SIZE, as under torchrun) share the units among processes
     (unit i on rank i % world_size, all writing into the same ``state_dir``); rank 0 waits for the
     others, merges and returns the result, the other ranks return None. ``engine="ray"`` scores the
-    units on Ray actors (:class:`RayEvalOptions`) and merges on this process.
+    units on Ray actors (:class:`RayEvalOptions`) and merges on this process. ``real_features``: a dict
+    shared by the runs of several models on the same images (see :func:`score_chunk`).
     """
     from vqtok._progress import Progress
     from vqtok.pipeline.driver import resolve_rank
@@ -869,7 +910,7 @@ def evaluate_reconstruction(
             if room is not None and room <= 0:
                 break
             keep(i, score_chunk(tokenizer, chunks[i], options, inception=inception, lpips_model=lpips_model,
-                                limit=room, on_images=bar.update))
+                                limit=room, on_images=bar.update, real_features=real_features))
     bar.close()
     if rank != 0:
         logger.info("rank %d of %d: %d unit(s) scored into %s; rank 0 writes the report", rank, world_size, len(mine), folder)
