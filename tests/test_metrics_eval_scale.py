@@ -238,3 +238,24 @@ def test_fid_of_two_image_sets_directly_and_through_saved_stats(setup, tmp_path,
     assert json.loads(capsys.readouterr().out)["fid"] == pytest.approx(direct["fid"], rel=1e-9)
     with pytest.raises(ValueError, match="fid_preprocess pytorch-fid \\(this run: torch-fidelity\\)"):
         _run(["fid", str(tmp_path / "a.npz"), str(b), "--fid-preprocess", "torch-fidelity"] + weights)
+
+
+def test_originals_features_are_computed_once_for_several_models(setup) -> None:
+    from vqtok import Tokenizer
+    from vqtok.metrics.evaluate import ScoreOptions, resolve_data, score_chunk
+    from vqtok.metrics.inception import load_fid_inception
+    from vqtok.metrics.protocols import PROTOCOLS
+
+    inception, _ = load_fid_inception(setup["incep"])
+    calls: list[int] = []
+    inception.register_forward_hook(lambda *a: calls.append(1))
+    items = resolve_data(setup["photos"]).items[:3]
+    options = ScoreOptions(protocol=PROTOCOLS["vqtok"], size=SIZE, batch_size=3)
+    shared: dict = {}
+    a = score_chunk(Tokenizer.from_pretrained(setup["tok"]), items, options, inception=inception, real_features=shared)
+    b = score_chunk(Tokenizer.from_pretrained(setup["tok2"]), items, options, inception=inception, real_features=shared)
+    assert len(calls) == 3 and len(shared) == 3  # originals + reconstructions, then only the second model's reconstructions
+    np.testing.assert_array_equal(a.feats_real, b.feats_real)
+    fresh = score_chunk(Tokenizer.from_pretrained(setup["tok2"]), items, options, inception=inception)
+    np.testing.assert_array_equal(fresh.feats_real, b.feats_real)
+    np.testing.assert_array_equal(fresh.feats_fake, b.feats_fake)
