@@ -861,7 +861,7 @@ def evaluate_reconstruction(
     chunks = plan_chunks(source, chunk_size)
     if folder is not None:
         _open_state(folder, {**(state_identity or {}), "protocol": proto.name, "size": size, "batch_size": batch_size,
-                             "quantize": quantize, "chunk_size": chunk_size, "inputs": [f"{k}:{p}" for k, p in source.items],
+                             "quantize": quantize, "chunk_size": chunk_size, "limit": limit, "inputs": [f"{k}:{p}" for k, p in source.items],
                              "inception": inception is not None, "lpips": lpips_model is not None,
                              "fid_preprocess": inception.preprocess if inception is not None else None})
 
