@@ -242,6 +242,8 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ValueError("--rank/--world-size are for the local engine; with --engine ray the actors share the work")
     rank, world = resolve_rank(args.rank, args.world_size) if args.engine == "local" else (0, 1)
     report_path, grid_path, plot_path = _output_paths(args)
+    if args.reference_stats and not Path(args.reference_stats).expanduser().is_file():
+        raise FileNotFoundError(f"--reference-stats {args.reference_stats} does not exist")
     picture_path = Path(args.picture).expanduser() if args.picture else None
     device = device_from_args(args)
     source = resolve_data(specs)
@@ -388,7 +390,7 @@ def _print_side_by_side(reports: list[dict[str, Any]], budget: int | None) -> No
 
 
 def run_fid(args: argparse.Namespace) -> int:
-    from vqtok.metrics.evaluate import image_set_stats, load_reference_stats, save_stats
+    from vqtok.metrics.evaluate import image_set_stats, load_reference_stats, resolve_data, save_stats
     from vqtok.metrics.fid import frechet_distance
     from vqtok.metrics.inception import load_fid_inception
     from vqtok.metrics.protocols import get_protocol
@@ -399,6 +401,9 @@ def run_fid(args: argparse.Namespace) -> int:
     preprocess = args.fid_preprocess or protocol.fid_preprocess
     if args.save_stats and args.sets[0].endswith(".npz"):
         raise ValueError("--save-stats writes the statistics of an image set; the first SET is already an .npz")
+    for spec in args.sets:  # a missing set fails before the Inception loads
+        if not (spec.endswith(".npz") and Path(spec).expanduser().is_file()):
+            resolve_data([spec])
     device = device_from_args(args)
     try:
         inception, info = load_fid_inception(args.inception_weights, preprocess=preprocess, allow_download=not args.offline, device=device)
