@@ -28,6 +28,7 @@ from vqtok.metrics.fid import (
     KIDResult,
     RunningStats,
     fid_from_features,
+    fid_to_stats,
     frechet_distance,
     kernel_inception_distance,
 )
@@ -657,7 +658,7 @@ def merge_chunks(
         fr, ff = torch.from_numpy(merged.feats_real), torch.from_numpy(merged.feats_fake)
         if n >= 2:
             if reference is not None:
-                result.rfid = frechet_distance(reference, stats_of_features(ff))
+                result.rfid = fid_to_stats(reference, ff)
             elif n <= FID_FULL_RANK_N:  # exact low-rank form, same value, no 2048x2048 eigh
                 result.rfid = fid_from_features(fr, ff)
             else:
