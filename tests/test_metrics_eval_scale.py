@@ -270,6 +270,6 @@ def test_fid_to_stats_low_rank_equals_feature_fid() -> None:
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(30, 48, generator=g), torch.randn(20, 48, generator=g) * 1.1 + 0.2
     ref = stats_of_features(a)
-    assert fid_to_stats(ref, b) == pytest.approx(fid_from_features(a, b), rel=1e-12)
+    assert fid_to_stats(ref, b) == pytest.approx(fid_from_features(a, b), rel=1e-8)  # eigenvalues of the square: ~1e-9
     big = torch.randn(100, 48, generator=g)  # n > D: the eigh path
     assert fid_to_stats(ref, big) == pytest.approx(frechet_distance(ref, stats_of_features(big)), rel=1e-12)
