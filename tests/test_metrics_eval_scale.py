@@ -273,3 +273,21 @@ def test_fid_to_stats_low_rank_equals_feature_fid() -> None:
     assert fid_to_stats(ref, b) == pytest.approx(fid_from_features(a, b), rel=1e-8)  # eigenvalues of the square: ~1e-9
     big = torch.randn(100, 48, generator=g)  # n > D: the eigh path
     assert fid_to_stats(ref, big) == pytest.approx(frechet_distance(ref, stats_of_features(big)), rel=1e-12)
+
+
+def test_compare_saved_reports_only_under_one_card(setup, baseline, tmp_path, capsys) -> None:
+    other = tmp_path / "adm.json"
+    assert _run(_common(setup) + ["--no-fid", "--protocol", "imagenet-256-adm", "--out", str(other)]) == 0
+    same = tmp_path / "same.json"
+    assert _run(_common(setup) + ["--model", str(setup["tok2"]), "--no-fid", "--out", str(same)]) == 0  # side by side
+    capsys.readouterr()
+    with pytest.raises(ValueError, match="another protocol.*protocol: 'vqtok' vs 'imagenet-256-adm'"):
+        _run(["eval", "--compare", str(setup["root"] / "base.json"), str(other)])
+    with pytest.raises(ValueError, match="another protocol.*inception_sha256"):  # --no-fid: no Inception in the card
+        _run(["eval", "--compare", str(setup["root"] / "base.json"), str(same)])
+    fid_same = tmp_path / "fid.json"
+    assert _run(_common(setup) + ["--model", str(setup["tok2"]), "--limit", "8", "--out", str(fid_same)]) == 0
+    capsys.readouterr()
+    assert _run(["eval", "--compare", str(setup["root"] / "base.json"), str(fid_same)]) == 0
+    text = capsys.readouterr().out
+    assert text.count(str(setup["tok"])) >= 1 and "| model |" in text and text.count("\n| ") == 4  # header + sep... rows

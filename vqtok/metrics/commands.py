@@ -84,6 +84,8 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--ray-actors", type=positive_int, default=None, metavar="N", help="scorer actors (default: GPUs, else CPUs / cpus per actor)")
     p.add_argument("--ray-gpus-per-actor", type=float, default=0.0, metavar="G")
     p.add_argument("--ray-cpus-per-actor", type=float, default=1.0, metavar="C")
+    p.add_argument("--compare", nargs="+", default=None, metavar="REPORT",
+                   help="print saved reports (.json) side by side instead of scoring; refused unless their protocol cards agree")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_eval)
 
@@ -227,6 +229,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from vqtok.pipeline.driver import resolve_rank
     from vqtok.tokenizer import Tokenizer
 
+    if args.compare:
+        return _compare_reports(args.compare)
     protocol = get_protocol(args.protocol)
     if args.size is not None and args.size < 0:
         raise ValueError("--size must be >= 0")
@@ -332,6 +336,27 @@ def run_eval(args: argparse.Namespace) -> int:
         json_path = write_json(reports[0], report_path)
         _print_one(reports[0], results[0])
     print("wrote     " + ", ".join(str(p) for p in (json_path, grid_path, picture_path, plot_path, args.save_stats) if p is not None))
+    return 0
+
+
+def _compare_reports(paths: list[str]) -> int:
+    """``--compare``: the rows of saved reports (single or side by side) in one table, if their cards agree."""
+    from vqtok.metrics.protocols import card_lines, check_comparable
+
+    rows: list[dict[str, Any]] = []
+    for path in paths:
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise FileNotFoundError(f"report {file} does not exist")
+        try:
+            data = json.loads(file.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{file} is not a vqtok eval report: {err}") from None
+        rows += data["models"] if isinstance(data.get("models"), list) else [data]
+    check_comparable(rows)
+    _print_side_by_side(rows, None)
+    for line in card_lines({**rows[0]["card"], "model": f"{len(rows)} rows", "model_fingerprint": "per row"}):
+        print(line)
     return 0
 
 
