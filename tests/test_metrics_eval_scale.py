@@ -291,3 +291,16 @@ def test_compare_saved_reports_only_under_one_card(setup, baseline, tmp_path, ca
     assert _run(["eval", "--compare", str(setup["root"] / "base.json"), str(fid_same)]) == 0
     text = capsys.readouterr().out
     assert text.count(str(setup["tok"])) >= 1 and "| model |" in text and text.count("\n| ") == 4  # header + sep... rows
+
+
+def test_skipped_fid_names_the_flag(setup, tmp_path, monkeypatch) -> None:
+    """Issue 26: the skip reason in the report names --inception-weights, not the Python argument."""
+    from vqtok.metrics import inception
+
+    monkeypatch.setenv("VQTOK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(inception, "fid_helper_weights_path", lambda: None)
+    out = tmp_path / "r.json"
+    assert _run(["eval", "--model", str(setup["tok"]), "--data", str(setup["photos"]), "--size", str(SIZE), "--offline",
+                 "--no-lpips", "--no-progress", "--out", str(out)]) == 0
+    reason = json.loads(out.read_text())["skipped"]["rfid"]
+    assert "--inception-weights PATH" in reason and "weights=PATH" not in reason.replace("--inception-weights PATH", "")
