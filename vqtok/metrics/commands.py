@@ -328,7 +328,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if several:
         common = {k: v for k, v in reports[0]["card"].items() if k not in ("model", "model_fingerprint")}
         json_path = write_json({"format": "vqtok-eval-side-by-side/1", "card": common, "models": reports, "outputs": outputs}, report_path)
-        _print_side_by_side(reports, budget)
+        _print_side_by_side(reports)
         for line in card_lines({**common, "model": f"{len(reports)} rows", "model_fingerprint": "per row"}):
             print(line)
     else:
@@ -354,7 +354,7 @@ def _compare_reports(paths: list[str]) -> int:
             raise ValueError(f"{file} is not a vqtok eval report: {err}") from None
         rows += data["models"] if isinstance(data.get("models"), list) else [data]
     check_comparable(rows)
-    _print_side_by_side(rows, None)
+    _print_side_by_side(rows)
     for line in card_lines({**rows[0]["card"], "model": f"{len(rows)} rows", "model_fingerprint": "per row"}):
         print(line)
     return 0
@@ -392,7 +392,7 @@ def _print_one(report: dict[str, Any], result: Any) -> None:
         print(line)
 
 
-def _print_side_by_side(reports: list[dict[str, Any]], budget: int | None) -> None:
+def _print_side_by_side(reports: list[dict[str, Any]]) -> None:
     """One table: a row per model or codec, the same images, the same protocol."""
 
     def num(v: Any, fmt: str) -> str:
