@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,14 +227,18 @@ def get_protocol(name: str) -> Protocol:
 
 
 # ---------------------------------------------------------------------- image list
+_SHARD_KEY = re.compile(r"^.*?\.(?:tar|tar\.gz|tgz):(.+)$")  # "val-000001.tar:ILSVRC2012_val_00000001"
+
+
 def image_name(key: str) -> str:
     """The name an image is listed under: its file stem (a shard sample ``shard.tar:key`` -> the key's last part).
 
     Stems make the list independent of where the images live (a folder, class sub-folders, shards).
     """
-    if ":" in key and not os.path.exists(key):
-        key = key.rsplit(":", 1)[1]
-    return Path(key).stem if Path(key).suffix else Path(key).name
+    shard = _SHARD_KEY.match(key)
+    if shard:
+        return Path(shard.group(1)).name
+    return Path(key).stem
 
 
 def image_list_sha256(keys: Iterable[str]) -> str:
