@@ -61,7 +61,7 @@ def main() -> int:
     rows.append((f"one process ({w} threads)", _run([sys.executable, "-m", "vqtok.cli", *base, "--out", str(out)],
                                                     {**env, "OMP_NUM_THREADS": str(w)}), out))
     out = tmp / "ranks.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(w), "--master-port", "29531",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(w),
            "-m", "vqtok.cli", *base, "--state-dir", str(tmp / "state-ranks"), "--out", str(out)]
     rows.append((f"torchrun, {w} ranks (1 thread each)", _run(cmd, {**env, "OMP_NUM_THREADS": "1"}), out))
     if not args.no_ray:

@@ -129,7 +129,7 @@ def test_ranks_share_the_units_and_merge_to_one_process(setup, baseline, tmp_pat
     """Two torchrun ranks (RANK / WORLD_SIZE), units i % 2, one state folder: rank 0 writes the report."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "VQTOK_CACHE": str(tmp_path / "cache")}
     out = tmp_path / "ranks.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "vqtok.cli"] + _common(setup) + ["--state-dir", str(tmp_path / "state"), "--out", str(out)]
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
