@@ -268,7 +268,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.codec and budget is None:
         first = rows[0][1]
         side = size or 256
-        budget = ids_bytes(first.codebook_size, (side // first.downsample_factor) ** 2)
+        budget = ids_bytes(first.codebook_size, first.layout(side).tokens_per_image)
     for codec in args.codec or []:
         c = CodecReconstructor(codec, budget)
         rows.append((c.name, c, None))

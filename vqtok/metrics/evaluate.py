@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vqtok.layout import DENSE_HISTOGRAM_MAX
 from vqtok._errors import reason
 from vqtok.metrics.fid import (
     FIDStats,
@@ -642,7 +643,8 @@ def merge_chunks(
         bad=[b for c in kept for b in c.bad], grid=[g for c in kept for g in c.grid],
     )
     hist = None
-    if codebook_size is not None and merged.ids is not None:
+    # a dense count per code; bitwise / huge codebooks (over 2**20 codes) are counted per bit by `vqtok usage`
+    if codebook_size is not None and codebook_size <= DENSE_HISTOGRAM_MAX and merged.ids is not None:
         hist = np.bincount(merged.ids, minlength=codebook_size).astype(np.int64)
     result = EvalResult(n=n, image_size=size, bad_samples=bad, histogram=hist)
     result.psnr = float(torch.from_numpy(merged.psnr).mean())
