@@ -100,6 +100,11 @@ class VARConfig(HalvingLevels, ArchConfig):
             raise ValueError(f"VAR config: dropout must lie in [0, 1) and quant_resi be finite, got {self.dropout}, {self.quant_resi}")
 
     @property
+    def embed_dim(self) -> int:
+        """Code dimension D (= z_channels), as every family's config names it."""
+        return self.z_channels
+
+    @property
     def image_size(self) -> int:
         """The one image side the model takes: the last token map side × the downsample factor (256)."""
         return self.patch_nums[-1] * self.downsample_factor
