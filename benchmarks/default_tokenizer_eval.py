@@ -22,7 +22,6 @@ model = 1536 bytes per 256×256 image): each image at the best quality whose who
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import sys
@@ -37,47 +36,28 @@ REPO = Path(__file__).resolve().parents[1]
 Codec = Callable[[np.ndarray], np.ndarray]  # uint8 (H, W, 3) -> uint8 (H, W, 3)
 
 
-def _best_under(img: Image.Image, budget: int, save: Callable[[Image.Image, int], bytes], lo: int, hi: int) -> np.ndarray:
-    """Highest quality in [lo, hi] whose encoded size fits ``budget`` bytes (binary search), decoded back."""
-    best: bytes | None = None
-    lowest = lo
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        data = save(img, mid)
-        if len(data) <= budget:
-            best, lo = data, mid + 1
-        else:
-            hi = mid - 1
-    if best is None:  # even the lowest quality is larger: use it, and count it (OVER_BUDGET)
-        best = save(img, lowest)
-        OVER_BUDGET[0] += 1
-    return np.asarray(Image.open(io.BytesIO(best)).convert("RGB"), dtype=np.uint8)
-
-
-OVER_BUDGET = [0]  # images of the current codec row whose lowest quality did not fit the budget
-
-
-def _saver(fmt: str, **options: object) -> Callable[[Image.Image, int], bytes]:
-    def save(img: Image.Image, quality: int) -> bytes:
-        buf = io.BytesIO()
-        img.save(buf, format=fmt, quality=quality, **options)
-        return buf.getvalue()
-
-    return save
-
-
 def codecs(budget: int) -> dict[str, Codec]:
-    jpeg = _saver("JPEG", optimize=True, subsampling="4:2:0")
-    webp = _saver("WEBP", method=6)
-    avif = _saver("AVIF", speed=0)
-    return {
-        f"JPEG (optimized, 4:2:0), {budget} B": lambda a: _best_under(Image.fromarray(a), budget, jpeg, 1, 95),
-        f"WebP (method 6), {budget} B": lambda a: _best_under(Image.fromarray(a), budget, webp, 0, 100),
-        f"AVIF (speed 0), {budget} B": lambda a: _best_under(Image.fromarray(a), budget, avif, 0, 100),
-        "bicubic 32x32 RGB (3072 B)": lambda a: np.asarray(
-            Image.fromarray(a).resize((32, 32), Image.BICUBIC).resize(a.shape[1::-1], Image.BICUBIC), dtype=np.uint8
-        ),
-    }
+    """JPEG / WebP / AVIF at ``budget`` bytes per image (vqtok.metrics.codecs, as ``vqtok eval --codec``), and bicubic 32x32."""
+    import torch
+
+    from vqtok.metrics.codecs import CodecReconstructor
+
+    def run(c: CodecReconstructor) -> Codec:
+        def apply(a: np.ndarray) -> np.ndarray:
+            _, rec = c.reconstruct_batch(torch.from_numpy(np.ascontiguousarray(a).copy()).permute(2, 0, 1)[None])
+            return (rec[0] * 255).round().byte().permute(1, 2, 0).numpy()
+
+        apply.codec = c  # type: ignore[attr-defined]
+        return apply
+
+    out: dict[str, Codec] = {}
+    for name in ("jpeg", "webp", "avif"):
+        c = CodecReconstructor(name, budget)
+        out[c.name] = run(c)
+    out["bicubic 32x32 RGB (3072 B)"] = lambda a: np.asarray(
+        Image.fromarray(a).resize((32, 32), Image.BICUBIC).resize(a.shape[1::-1], Image.BICUBIC), dtype=np.uint8
+    )
+    return out
 
 
 def score(originals: np.ndarray, recons: np.ndarray, inception: object | None) -> dict[str, object]:
@@ -172,9 +152,9 @@ def main() -> int:
         flat[folder] = flat_colours(tok)
     if not args.no_codecs:
         for name, codec in codecs(budget or 1536).items():
-            OVER_BUDGET[0] = 0
             recons = np.stack([codec(a) for a in originals])
-            label = name + (f" ({OVER_BUDGET[0]} images over budget at the lowest quality)" if OVER_BUDGET[0] else "")
+            over = getattr(getattr(codec, "codec", None), "over_budget", 0)
+            label = name + (f" ({over} images over budget at the lowest quality)" if over else "")
             rows.append({"method": label, "bytes": None, **score(originals, recons, inception), "usage": None})
             print(json.dumps(rows[-1]), file=sys.stderr)
 

@@ -62,7 +62,7 @@ def test_errors_are_one_line_without_traceback(model_dir, image_files, tmp_path)
     assert len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x.npy").exists()
     r = run("encode", image_files[1], "--model", str(model_dir), "--out", str(tmp_path / "x.npy"))
-    assert r.returncode == 2 and "size=" in r.stderr
+    assert r.returncode == 2 and "pass --size S" in r.stderr and "size=" not in r.stderr  # the CLI's terms
     r = run("info", str(tmp_path / "nowhere"))
     assert r.returncode == 2 and "no such model folder" in r.stderr
     np.save(tmp_path / "big.npy", np.full((4, 4), 9999, dtype=np.int32))
@@ -99,15 +99,19 @@ def test_encode_and_decode_stream_in_chunks(model_dir, image_files, tmp_path, mo
     diff = np.asarray(Image.open(pngs[2])).astype(int) - tok.decode(expected, output="np")[2]
     assert np.abs(diff).max() <= 1  # batch 1 vs 3: float summation order may move a pixel by one level
 
-    # a later chunk of another size, without --size: a clear error naming the file, no output
+    # a later chunk of another size, without --size: skipped and reported by name (exit 1); with
+    # --strict nothing is written (exit 2)
     small = tmp_path / "small.png"
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(small)
     same = tmp_path / "same.png"
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(same)
     argv = ["encode", str(same), str(same), str(small), "--model", str(model_dir), "--out", str(tmp_path / "x.npy"), "--batch-size", "1"]
-    assert main(argv) == 2
-    assert "small.png gives a 8x8 token grid, the images before it 16x16; pass --size" in capsys.readouterr().err
+    assert main([*argv, "--strict"]) == 2
+    assert "small.png: a 8x8 token grid, the images before it 16x16; pass --size" in capsys.readouterr().err
     assert not (tmp_path / "x.npy").exists()
+    assert main(argv) == 1
+    assert "skipped" in capsys.readouterr().err and np.load(tmp_path / "x.npy").shape == (1, 16, 16)  # same.png once
+    (tmp_path / "x.npy").unlink()
 
     # an out-of-range id anywhere: nothing is written
     bad = expected.astype(np.int32)

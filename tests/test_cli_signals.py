@@ -3,6 +3,7 @@ and a closed stdout pipe (``vqtok ... | head``) ends quietly. Real subprocesses 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -61,7 +62,7 @@ def _alive(pid: int) -> bool:
 
 
 def _start_pretokenize(
-    tmp_path: Path, worker_sleep: float = 0.0, *, new_session: bool = False
+    tmp_path: Path, worker_sleep: float = 0.0, *, new_session: bool = False, size: int = 64, batch: int = 2
 ) -> tuple[subprocess.Popen[str], Path, list[int]]:
     data = tmp_path / "data"
     data.mkdir()
@@ -71,7 +72,7 @@ def _start_pretokenize(
     tiny_tokenizer().save_pretrained(model)
     out = tmp_path / "out"
     argv = ["pretokenize", "--model", str(model), "--input", str(data / "train-{000000..000001}.tar"), "--out", str(out),
-            "--size", "64", "--batch-size", "2", "--workers", "1", "--no-progress", "--device", "cpu"]
+            "--size", str(size), "--batch-size", str(batch), "--workers", "1", "--no-progress", "--device", "cpu"]
     env = dict(_env(), WORKER_SLEEP=str(worker_sleep))
     proc = subprocess.Popen([sys.executable, "-c", SLOW_PRETOKENIZE, *argv], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=new_session)
@@ -161,3 +162,34 @@ def test_sigterm_to_the_process_group_stops_train_cleanly(tmp_path: Path) -> Non
     assert proc.returncode == 143, (proc.returncode, stderr[-2000:])
     assert "Traceback" not in stderr, stderr[-2000:]
     assert stderr.strip().splitlines()[-1].startswith("vqtok train: terminated")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("delay,second", [(0.0, None), (0.4, None), (1.0, None), (1.7, None), (0.2, 0.3), (0.8, 0.05)])
+def test_ctrl_c_to_the_process_group_always_ends_pretokenize(tmp_path: Path, delay: float, second: float | None) -> None:
+    # Ctrl-C in a terminal: SIGINT to the whole process group, workers included, at different moments of
+    # the run, once or twice. A worker left blocked on its pipe (blocks larger than the pipe's buffer)
+    # used to hang the exit-time join.
+    proc, out, workers = _start_pretokenize(tmp_path, new_session=True, size=128, batch=6)
+    time.sleep(delay)
+    os.killpg(proc.pid, signal.SIGINT)
+    if second is not None:
+        time.sleep(second)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGINT)
+    try:
+        _, stderr = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"pretokenize hangs after Ctrl-C: {proc.communicate()[1][-2000:]}")
+    if proc.returncode == 0:  # the run ended before the signal came
+        return
+    # -SIGINT: a second Ctrl-C during the exit, after "interrupted" (Python's own end on an uncaught one)
+    assert proc.returncode in (130, -signal.SIGINT), (proc.returncode, stderr[-2000:])
+    assert "Traceback" not in stderr, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == "vqtok: interrupted"
+    assert not list(out.rglob("*.tmp-*")), "temporary files left behind"
+    deadline = time.monotonic() + 10
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(w) for w in workers)

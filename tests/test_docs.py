@@ -15,6 +15,7 @@ minutes) is preceded by ``<!-- skip-test: reason -->``; ``test_skip_list_is_shor
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import re
@@ -31,7 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```(bash|python)\n(.*?)^```\s*$", re.M | re.S)
 SKIP = re.compile(r"<!--\s*skip-test:\s*(.*?)\s*-->\s*$")
-MAX_SKIPPED = 18  # blocks marked skip-test in all pages together (two of them clone a reference repo for parity)
+# ``<!-- needs: ray -->`` before a block: it runs only where that module is installed (an optional extra)
+NEEDS = re.compile(r"<!--\s*needs:\s*([\w.]+)\s*-->\s*$")
+MAX_SKIPPED = 19  # blocks marked skip-test in all pages together (three of them clone a reference repo for parity)
 
 # Same commands, small scale: (pattern, replacement) applied to every block.
 SMALL_SCALE: list[tuple[str, str]] = [
@@ -67,6 +70,15 @@ def blocks(page: Path) -> list[tuple[int, str, str, str | None]]:
         skip = SKIP.search(before)
         out.append((text[: m.start()].count("\n") + 1, m.group(1), m.group(2), skip.group(1) if skip else None))
     return out
+
+
+def missing_module(page: Path, line: int) -> str | None:
+    """The module named by a ``<!-- needs: MODULE -->`` line just before the block at ``line``, when it is not installed."""
+    before = page.read_text().split("\n")[line - 2] if line >= 2 else ""
+    need = NEEDS.search(before)
+    if need is None or importlib.util.find_spec(need.group(1)) is not None:
+        return None
+    return need.group(1)
 
 
 def small(code: str) -> str:
@@ -157,6 +169,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str
     for name in ("encoder.jit", "decoder.jit"):
         shutil.copyfile(w / "Cosmos-0.1-Tokenizer-DI16x16" / name, w / name)
     write_flax_folder(w / "flax-vqgan", tok.model.state_dict(), tok.config)
+    # VAR: the parity fixture's small VQVAE (VAR's own state dict, 10 scales at 256 px) under the released name
+    from safetensors.torch import load_file
+
+    torch.save(load_file(str(ROOT / "tests" / "fixtures" / "var" / "weights.safetensors")), w / "vae_ch160v4096z32.pth")
 
     cache = w / "hf-cache"
     for repo in ("org/my-vqgan", "my-org/my-vqgan", "some-org/some-vqgan"):
@@ -167,6 +183,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str
     _cache_repo(cache, "FoundationVision/LlamaGen", {"vq_ds16_c2i.pt": w / "vq_ds16_c2i.pt", "vq_ds8_c2i.pt": w / "vq_ds16_c2i.pt"})
     _cache_repo(cache, "nvidia/Cosmos-0.1-Tokenizer-DI16x16",
                 {n: w / "Cosmos-0.1-Tokenizer-DI16x16" / n for n in ("encoder.jit", "decoder.jit")})
+    _cache_repo(cache, "FoundationVision/var", {"vae_ch160v4096z32.pth": w / "vae_ch160v4096z32.pth"})
     _cache_repo(cache, "CompVis/ldm-celebahq-256",
                 {f"vqvae/{p.name}": p for p in (w / "path" / "to" / "vqvae").iterdir()})
 
@@ -217,7 +234,8 @@ def test_skip_list_is_short() -> None:
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_page_runs_as_written(page: Path, world: tuple[Path, dict[str, str]]) -> None:
     w, env = world
-    runnable = [(line, lang, small(code)) for line, lang, code, reason in blocks(page) if reason is None]
+    runnable = [(line, lang, small(code)) for line, lang, code, reason in blocks(page)
+                if reason is None and missing_module(page, line) is None]
     if not runnable:
         pytest.skip(f"{page.name} has no runnable block")
     for line, lang, code in runnable:

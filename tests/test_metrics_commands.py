@@ -17,7 +17,7 @@ from tests.conftest import write_tar
 from vqtok.metrics.commands import add_commands
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_metrics_fid import _published_layout_state
+from test_metrics_fid import _published_layout_state, accept_inception_weights
 from test_metrics_lpips import _save_random_weights
 
 SIZE = 64
@@ -194,6 +194,7 @@ def test_eval_with_fid_and_lpips_weights(tiny_model, folder_and_shards, tmp_path
     folder, _ = folder_and_shards
     monkeypatch.setenv("VQTOK_CACHE", str(tmp_path / "cache"))
     torch.save(_published_layout_state(), tmp_path / "incep.pth")
+    accept_inception_weights(monkeypatch, tmp_path / "incep.pth")
     vgg, lin = _save_random_weights(tmp_path)
     assert _run([
         "eval", "--data", str(folder), "--model", str(tiny_model), "--size", "32", "--limit", "3", "--out", str(tmp_path / "out"),

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vqtok._io import sha256_file
 from vqtok.hub import download_weights
 from vqtok.metrics import (
     FIDInceptionV3,
@@ -57,7 +58,13 @@ def random_weights(tmp_path_factory) -> Path:
     return path
 
 
-def test_loads_published_layout_and_is_batch_independent(random_weights: Path) -> None:
+def accept_inception_weights(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
+    """Let load_fid_inception take a test weights file, as if its sha256 were a published one."""
+    monkeypatch.setitem(inc.KNOWN_SHA256, sha256_file(path), "test weights")
+
+
+def test_loads_published_layout_and_is_batch_independent(random_weights: Path, monkeypatch) -> None:
+    accept_inception_weights(monkeypatch, random_weights)
     model, info = load_fid_inception(random_weights)
     assert info.source == "path" and len(info.sha256) == 64
     x = torch.rand(2, 3, 64, 80) * 0.3
@@ -200,8 +207,8 @@ TORCHSCRIPT = inc.fid_helper_weights_path()
 def test_features_equal_torchscript_fid_inception() -> None:
     assert TORCHSCRIPT is not None
     model, info = load_fid_inception(TORCHSCRIPT)
-    assert info.sha256.startswith("7ff4a85c")
-    ts = torch.jit.load(str(TORCHSCRIPT), map_location="cpu").eval()
+    assert info.sha256 == inc.FID_HELPER_SHA256 and info.source == "path"
+    ts = torch.jit.load(str(TORCHSCRIPT), map_location="cpu").eval()  # the package's own file, to compare against
     if PHOTOS.is_dir():
         from PIL import Image
 

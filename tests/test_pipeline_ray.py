@@ -150,7 +150,10 @@ def test_ray_actor_killed_mid_run_gives_the_same_bytes(local_ray, shards, model_
 
 
 def test_ray_reports_a_failed_shard_and_writes_the_others(local_ray, shards, model_dir, tmp_path) -> None:
+    from vqtok.pipeline import prepare_output
+
     out = tmp_path / "tokens"
+    prepare_output(out, Tokenizer.from_pretrained(model_dir), size=SIZE)  # a pretokenize folder (a foreign one is refused)
     (out / "part-000001.tar").mkdir(parents=True)  # the output cannot be renamed into place: that task raises
     with pytest.raises(ShardFailed, match="part-000001.tar") as info:
         ray_run(shards, out, model_dir, max_retries=0)

@@ -223,6 +223,7 @@ def test_registry_sweep(name: str, tmp_path: Path, capsys) -> None:
     model = fam.model_class(fam.tiny_config())
     tok = Tokenizer(model, batch_size=2)
     assert name in repr(tok) and tok.model_type == name
+    assert tok.embed_dim >= 1 and tok.downsample_factor >= 1 and tok.codebook_size == tok.layout().codebook_size
     side = fam.test_image_size
     layout = tok.layout(side)
     # encode -> decode shapes, in the layout

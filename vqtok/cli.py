@@ -5,7 +5,8 @@ Each subsystem contributes its subcommands through a module with
 ``handler(args: argparse.Namespace) -> int`` returns the exit code. Expected failures
 (bad input, missing files, an unusable ``--device``) raise one of :data:`EXPECTED_ERRORS`
 (``ValueError``, ``TypeError``, ``FileNotFoundError``, ...) and are printed as one line on
-stderr with exit code 2 (no traceback). Library messages do not name command-line flags; a
+stderr with exit code 2 (no traceback); so are a full disk or quota, a read-only file system and an
+I/O error (:data:`_SYSTEM_ERRNOS`). Library messages do not name command-line flags; a
 handler that wants a flag in the message catches and rewords (e.g. ``pretokenize``'s
 ``--max-error-rate``).
 """
@@ -13,6 +14,7 @@ handler that wants a flag in the message catches and rewords (e.g. ``pretokenize
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -33,6 +35,19 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 EXPECTED_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, KeyError)
+
+
+# OSErrors reported in one line: no space or quota left, a read-only file system, an I/O error.
+_SYSTEM_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
+
+
+def _local_folder_note(args: argparse.Namespace, msg: str) -> str:
+    """``msg`` about a Hub repo missing from the cache, with a word about the local folder of that name
+    (``--model models/nope`` is more often a mistyped folder than a Hub repo)."""
+    model = getattr(args, "model", None)
+    if isinstance(model, str) and msg.startswith(f"Hub repo {model!r}") and not os.path.exists(model):
+        return f"no local folder {model} (in {os.getcwd()}), and {msg}"
+    return msg
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,8 +100,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return _quiet_broken_pipe()
     except EXPECTED_ERRORS as err:
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"vqtok {args.command}: error: {msg}", file=sys.stderr)
+        msg = str(err.args[0] if isinstance(err, KeyError) and err.args else err)
+        print(f"vqtok {args.command}: error: {_local_folder_note(args, msg)}", file=sys.stderr)
+        return 2
+    except OSError as err:  # the machine's, not the input's: disk full, read-only or vanished file system
+        if err.errno not in _SYSTEM_ERRNOS:
+            raise
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"vqtok {args.command}: error: {os.strerror(err.errno)}{where}", file=sys.stderr)
         return 2
     except Terminated:
         print(f"vqtok {args.command}: terminated (SIGTERM); partial outputs removed", file=sys.stderr)

@@ -15,10 +15,11 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Collection, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch.overrides import TorchFunctionMode
 
 from vqtok._io import atomic_write, sha256_file
 
@@ -38,6 +39,7 @@ __all__ = [
     "resolve_folder",
     "read_config_json",
     "load_strict",
+    "build_for_weights",
     "download_weights",
     "weights_cache_dir",
 ]
@@ -179,12 +181,8 @@ def hub_unreachable(timeout: float = 3.0) -> str | None:
     return _reachability[endpoint]
 
 
-def load_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> None:
-    """``load_state_dict(strict=True)`` with an error that lists what is missing, unexpected or misshapen.
-
-    ``source`` names where the weights came from (a file, folder or repo) in the error.
-    """
-    expected = model.state_dict()
+def _check_names_and_shapes(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], source: str) -> None:
+    """ValueError listing what ``state`` misses, adds or shapes differently from ``expected``."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     misshapen = [
@@ -199,16 +197,81 @@ def load_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, so
                 more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
                 parts.append(f"{label}: {', '.join(items[:5])}{more}")
         raise ValueError(f"weights in {source} do not match the config: " + "; ".join(parts))
+
+
+def _check_finite(state: Mapping[str, torch.Tensor], source: str) -> None:
+    """ValueError naming the first floating-point tensor of ``state`` that holds NaN or ±inf."""
+    for key, value in state.items():
+        if value.numel() == 0 or not (value.is_floating_point() or value.is_complex()):
+            continue
+        if value.dtype.itemsize == 1:  # float8 has no aminmax; float16 holds each of its values
+            value = value.to(torch.float16)
+        if value.is_complex():
+            finite = bool(torch.isfinite(value).all())
+        else:
+            low, high = torch.aminmax(value)  # NaN propagates; no temporary the size of the tensor
+            finite = bool(torch.isfinite(low) and torch.isfinite(high))
+        if not finite:
+            bad = int((~torch.isfinite(value)).sum())
+            raise ValueError(f"weights in {source}: {key} holds {bad} NaN or infinite values (of {value.numel()})")
+
+
+class _SkipInPlaceOnMeta(TorchFunctionMode):
+    """Skips in-place calls (``normal_``, ``uniform_``, ``zero_``...) on meta tensors: they change no shape,
+    and torch runs some of them on meta through Python references that import torch._dynamo (seconds)."""
+
+    def __torch_function__(self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name.endswith("_") and not name.startswith("_"):
+            first = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
+            if first is not None and first.is_meta:
+                return first
+        return func(*args, **kwargs)
+
+
+def build_for_weights(build: Callable[[], torch.nn.Module], state: Mapping[str, torch.Tensor], *, source: str) -> torch.nn.Module:
+    """``build()`` once on the meta device (no memory, no initialisation), check its tensor names and
+    shapes against ``state``, and only then build the model for real.
+
+    A config that does not fit its weights (``n_embed: 100000000`` beside a small file) is refused
+    with :func:`load_strict`'s one-line error before anything the size of the config is allocated.
+    """
+    with torch.device("meta"), _SkipInPlaceOnMeta():
+        shell = build()
+    _check_names_and_shapes(shell.state_dict(), state, source)
+    return build()
+
+
+def load_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> None:
+    """``load_state_dict(strict=True)`` with an error that lists what is missing, unexpected or misshapen.
+
+    Weights holding NaN or ±inf are refused too (the error names the tensor). ``source`` names
+    where the weights came from (a file, folder or repo) in the error.
+    """
+    _check_names_and_shapes(model.state_dict(), state, source)
+    _check_finite(state, source)
     model.load_state_dict(state, strict=True)
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def read_config_json(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A ``config.json`` (ours or another library's) as a dict; ValueError when it is not a JSON object."""
+    """A ``config.json`` (ours or another library's) as a dict; ValueError when it is not a JSON object.
+
+    NaN / Infinity (which Python's json accepts) and nesting too deep to parse are errors too.
+    """
     path = Path(path)
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(), parse_constant=_no_constant)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON: {err}") from err
+    except ValueError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    except RecursionError:
+        raise ValueError(f"{path} is not a config: its JSON is nested too deeply") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{path} must hold a JSON object")
     return raw
@@ -235,7 +298,9 @@ def load_pretrained(
     version = raw.pop("vqtok_format", None)
     if version is None:
         raise ValueError(f"{folder / CONFIG_NAME} has no 'vqtok_format' key: not a vqtok model folder")
-    if int(version) > FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"{folder / CONFIG_NAME}: vqtok_format must be a positive integer, got {version!r:.40}")
+    if version > FORMAT_VERSION:
         raise ValueError(
             f"{folder} uses vqtok format {version}, newer than this vqtok understands ({FORMAT_VERSION}); upgrade vqtok"
         )

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "DECODE_MODES",
@@ -72,7 +72,7 @@ def load_image(source: str | os.PathLike[str] | bytes, *, draft: int | None = No
         img.load()
     except FileNotFoundError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as err:
         name = "<bytes>" if isinstance(source, bytes) else str(source)
         raise ValueError(f"{name} is not a readable image: {err}") from err
     return img
@@ -108,14 +108,28 @@ def pil_to_rgb(img: Image.Image) -> Image.Image:
         raise ValueError(f"cannot convert PIL mode {mode!r} to RGB: {err}") from err
 
 
+# Above this many pixels (16 M, 48 MB as RGB) the resized whole image is not made: only the crop's
+# region is resized (PIL's ``box``), so memory stays near size² whatever the aspect ratio (a 1x100000
+# image at size 256 would need 20 GB). Pixels then differ by a few levels from a whole-image resize;
+# every image below the limit (all but extreme aspect ratios) is resized whole, as before.
+FULL_RESIZE_PIXELS = 1 << 24
+
+
 def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
-    """Resize the shorter side to ``size`` (bicubic, antialiased) and center-crop to size×size."""
+    """Resize the shorter side to ``size`` (bicubic, antialiased) and center-crop to size×size.
+
+    An image whose resized whole would exceed :data:`FULL_RESIZE_PIXELS` has only its crop region resized.
+    """
     w, h = img.size
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    left, top = (nw - size) // 2, (nh - size) // 2
+    if nw * nh > FULL_RESIZE_PIXELS:
+        sx, sy = w / nw, h / nh
+        box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+        return img.resize((size, size), resample=Image.Resampling.BICUBIC, box=box, reducing_gap=None)
     if (nw, nh) != (w, h):
         img = img.resize((nw, nh), resample=Image.Resampling.BICUBIC, reducing_gap=None)
-    left, top = (nw - size) // 2, (nh - size) // 2
     return img.crop((left, top, left + size, top + size))
 
 
@@ -125,6 +139,7 @@ def prepare_image(
     size: int | None = None,
     factor: int | None = None,
     decode: str = "exact",
+    exif_transpose: bool = False,
 ) -> np.ndarray:
     """One image as the tokenizer sees it: decode (a path or encoded bytes) -> RGB -> uint8 (H, W, 3).
 
@@ -133,13 +148,20 @@ def prepare_image(
     (ValueError otherwise; None: no check). The one image-preparation path of vqtok: the Tokenizer,
     ``pretokenize`` and ``eval`` give the same pixels for the same file. ``decode="fast"`` (with a
     ``size``) decodes JPEG files at a reduced scale first (:data:`DECODE_MODES`).
+
+    EXIF orientation is ignored by default, as PIL, torchvision's decoders and the data pipelines these
+    models were trained with do (and as every corpus tokenized before this option was); ``exif_transpose``
+    turns the image upright first, as ``PIL.ImageOps.exif_transpose`` does.
     """
     if decode not in DECODE_MODES:
         raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
     if isinstance(image, bytes) and not image:
         raise ValueError("zero-size image (0 bytes)")
     draft = 2 * size if (decode == "fast" and size is not None) else None
-    rgb = pil_to_rgb(image if isinstance(image, Image.Image) else load_image(image, draft=draft))
+    img = image if isinstance(image, Image.Image) else load_image(image, draft=draft)
+    if exif_transpose:
+        img = ImageOps.exif_transpose(img)
+    rgb = pil_to_rgb(img)
     if size is not None:
         rgb = resize_center_crop(rgb, size)
     elif factor is not None and (rgb.width % factor or rgb.height % factor):
@@ -237,8 +259,11 @@ def to_uint8_batch(images: Any, *, size: int | None = None) -> ImageBatch:
             if len(shapes) > 1 or len(dtypes) > 1:
                 raise ValueError("images in one batch must share size and dtype; pass size=S to resize and crop")
             return ImageBatch(torch.cat([p.pixels for p in parts]), batched=True)
-        bad = next(type(i).__name__ for i in images if not isinstance(i, (Image.Image, np.ndarray, torch.Tensor)))
-        raise TypeError(f"unsupported item type {bad} in the image list; expected PIL images, numpy arrays or tensors")
+        bad = [type(i).__name__ for i in images if not isinstance(i, (Image.Image, np.ndarray, torch.Tensor))]
+        if bad:
+            raise TypeError(f"unsupported item type {bad[0]} in the image list; expected PIL images, numpy arrays or tensors")
+        kinds = sorted({type(i).__name__ for i in images})
+        raise TypeError(f"a list of images holds one kind, all PIL images or all arrays/tensors; got {', '.join(kinds)}")
     if isinstance(images, np.ndarray):
         if images.dtype == np.uint8 or np.issubdtype(images.dtype, np.floating):
             arr = images if images.flags.writeable else images.copy()

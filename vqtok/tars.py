@@ -9,7 +9,15 @@ xz tars are read in order, one member at a time.
 One verdict for damaged shards (every reader gets the same samples and the same errors):
 
 * a key seen earlier in the shard (its members are not consecutive) gives a sample with ``error``
-  set (outputs are named by key, so the two cannot both be kept);
+  set (outputs are named by key, so the two cannot both be kept); so does a sample with the same
+  member twice (``a.jpg`` twice in a row: :data:`REPEATED_MEMBER`);
+* a member whose file name starts with a dot (``.a.jpg``, ``dir/.a.jpg``: no key by webdataset's
+  rule) gives a sample with that name as key and ``error`` :data:`HIDDEN_NAME`; other members without
+  an extension (``README``) are not samples and are skipped;
+* keys are made safe to use as file and member names: empty, ``.`` and ``..`` parts are dropped
+  (``../../x`` and ``/x`` become ``x``; a clash with another key is then a repeated key);
+* a member larger than :data:`MAX_MEMBER_BYTES`, or a header whose size or offset does not fit in
+  memory, counts as a corrupt tar (below);
 * a truncated or corrupt tar does not raise: the samples read so far are yielded, then one
   :class:`TarSample` with key :data:`TRUNCATED_KEY` and ``error`` set. The sample in progress when
   the tar broke is kept only when the break is known to lie in a member of a *later* sample (the
@@ -56,10 +64,17 @@ IMAGE_FIELDS: tuple[str, ...] = (
     "jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif", "ppm", "pgm", "pbm", "img", "image",
 )
 SHARD_SUFFIXES: tuple[str, ...] = (".tar", ".tar.gz", ".tgz")
-# What reading a damaged tar can raise (zlib.error: a corrupt gzip stream).
-_TAR_ERRORS: tuple[type[BaseException], ...] = (tarfile.TarError, EOFError, OSError, ValueError, zlib.error)
+# What reading a damaged tar can raise (zlib.error: a corrupt gzip stream; OverflowError: a header
+# whose size or offset does not fit in a C integer).
+_TAR_ERRORS: tuple[type[BaseException], ...] = (
+    tarfile.TarError, EOFError, OSError, ValueError, OverflowError, zlib.error,
+)
+MAX_MEMBER_BYTES = 1 << 31  # a member claiming more (2 GiB) makes the tar corrupt: no image or field is that large
+_READ_CHUNK = 1 << 20
 TRUNCATED_KEY = "<rest of shard>"  # key of the error sample for the unreadable tail of a shard
 DUPLICATE_KEY = "duplicate key (its members are not consecutive in the tar)"  # error of a repeated key
+REPEATED_MEMBER = "duplicate member (the same file name twice in one sample)"  # error of ``a.jpg`` twice
+HIDDEN_NAME = "file name starts with a dot (no key)"  # error of ``.a.jpg``
 Span = tuple[int, int]  # (offset, size) of a member's data inside an uncompressed tar file
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -72,6 +87,14 @@ def split_key(name: str) -> tuple[str, str] | None:
     """``"dir/000123.seg.png"`` -> ``("dir/000123", "seg.png")``; None for names without an extension."""
     m = _KEY_RE.match(name)
     return (m.group(1), m.group(2)) if m else None
+
+
+def safe_key(key: str) -> str:
+    """``key`` without empty, ``.`` and ``..`` parts (``../../x`` -> ``x``): safe as a file or member name."""
+    parts = key.split("/")
+    if all(p not in ("", ".", "..") for p in parts):
+        return key
+    return "/".join(p for p in parts if p not in ("", ".", ".."))
 
 
 def group_members(members: Iterable[tuple[str, V]]) -> Iterator[tuple[str, dict[str, V]]]:
@@ -164,12 +187,24 @@ class _HeaderCheck(tarfile.TarInfo):
 
 
 def _member_bytes(tf: tarfile.TarFile, m: tarfile.TarInfo) -> bytes:
-    """The whole data of member ``m``; ReadError when the tar ends before it does."""
+    """The whole data of member ``m``; ReadError when the tar ends before it does or ``m`` claims more
+    than :data:`MAX_MEMBER_BYTES` (read in chunks: memory holds what the tar has, not what it claims)."""
+    if m.size > MAX_MEMBER_BYTES:
+        raise tarfile.ReadError(f"member {m.name} claims {m.size} bytes (more than {MAX_MEMBER_BYTES})")
     fh = tf.extractfile(m)
-    data = fh.read() if fh is not None else b""
-    if len(data) != m.size:
-        raise tarfile.ReadError(f"member {m.name} is cut off ({len(data)} of {m.size} bytes)")
-    return data
+    if fh is None:
+        return b""
+    parts: list[bytes] = []
+    got = 0
+    while got < m.size:
+        part = fh.read(min(_READ_CHUNK, m.size - got))
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    if got != m.size:
+        raise tarfile.ReadError(f"member {m.name} is cut off ({got} of {m.size} bytes)")
+    return b"".join(parts)
 
 
 class _Reading:
@@ -201,6 +236,8 @@ class _Reading:
                     self._reading = m.name
                     value: bytes | Span
                     if self.seekable:
+                        if m.size > MAX_MEMBER_BYTES:
+                            raise tarfile.ReadError(f"member {m.name} claims {m.size} bytes (more than {MAX_MEMBER_BYTES})")
                         if m.offset_data + m.size > size:
                             raise tarfile.ReadError(f"member {m.name} is cut off")
                         value = (m.offset_data, m.size)
@@ -213,7 +250,7 @@ class _Reading:
         except _TAR_ERRORS as err:
             self.error = f"truncated or corrupt tar after {self.members} members: {reason(err)}"
             split = split_key(self._reading) if self._reading is not None else None
-            self.cut_key = split[0] if split is not None else None
+            self.cut_key = safe_key(split[0]) if split is not None else None
 
     def _stream_members(self, url: str) -> Iterator[tuple[str, bytes]]:
         from webdataset.gopen import gopen
@@ -234,16 +271,43 @@ class _Reading:
     def samples(self, members: Iterable[tuple[str, F]]) -> Iterator[TarSample[F]]:
         """Group members into samples and give the verdicts of the module docstring."""
         seen: set[str] = set()
-        for key, fields in group_members(members):
-            error = DUPLICATE_KEY if key in seen else None
+        for key, fields, problem in _group(members):
+            error = problem or (DUPLICATE_KEY if key in seen else None)
             seen.add(key)
-            # group_members holds a sample until the next key arrives, so a sample reaching here
+            # _group holds a sample until the next key arrives, so a sample reaching here
             # after the tar broke is the one in progress at the break.
             if self.error is not None and error is None and self.cut_key in (None, key):
                 error = self.error
             yield TarSample(key, fields, error)
         if self.error is not None:
             yield TarSample(TRUNCATED_KEY, error=self.error)
+
+
+def _group(members: Iterable[tuple[str, V]]) -> Iterator[tuple[str, dict[str, V], str | None]]:
+    """:func:`group_members` with safe keys (:func:`safe_key`) and the member-level verdicts:
+    (key, fields, error or None); a dot-named member is a sample of its own (:data:`HIDDEN_NAME`)."""
+    key: str | None = None
+    fields: dict[str, V] = {}
+    problem: str | None = None
+    for name, value in members:
+        split = split_key(name)
+        if split is None:
+            if name.rpartition("/")[2].startswith("."):
+                if key is not None:
+                    yield key, fields, problem
+                    key, fields, problem = None, {}, None
+                yield safe_key(name), {}, HIDDEN_NAME
+            continue
+        k, ext = safe_key(split[0]), split[1]
+        if k != key:
+            if key is not None:
+                yield key, fields, problem
+            key, fields, problem = k, {}, None
+        if ext in fields:
+            problem = REPEATED_MEMBER
+        fields[ext] = value
+    if key is not None:
+        yield key, fields, problem
 
 
 def read_samples(path: str | os.PathLike[str]) -> Iterator[TarSample[bytes]]:

@@ -226,7 +226,8 @@ class Tokenizer:
             cache_dir=cache_dir,
             local_files_only=local_files_only,
         )
-        model = registry.build_model(config.pop("model_type"), config)
+        model_type = config.pop("model_type")
+        model = hub.build_for_weights(lambda: registry.build_model(model_type, config), state, source=str(repo_id_or_dir))
         hub.load_strict(model, state, source=str(repo_id_or_dir))
         tok = cls(model, batch_size=batch_size, precision=precision)
         if device is not None:

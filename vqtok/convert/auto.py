@@ -89,7 +89,7 @@ class Recognised:
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         raw = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # the vqtok loader names the problem
         return None
     return raw if isinstance(raw, dict) else None
 

@@ -10,12 +10,12 @@ The weights are published as two TorchScript archives: ``encoder.jit`` (a ``Sequ
     <name>/constants.pkl   tensor constants used by that code
     <name>/version, <name>/byteorder, ...
 
-:func:`read_torchscript_tensors` reads ``data.pkl`` with vqtok's restricted unpickler
-(:mod:`vqtok.convert.safe_pickle`): module classes (``__torch__.…``) become inert placeholders,
-tensors are rebuilt from the ``data/<n>`` bytes, and the only functions the file may call are
-torch's tensor rebuilders and TorchScript's list builders (``torch.jit._pickle.build_intlist``
-and friends, re-implemented here as plain ``list``). ``code/`` and ``constants.pkl`` are never
-read, compiled or run; ``torch.jit.load`` is never called.
+:func:`~vqtok.convert.safe_pickle.read_torchscript_tensors` reads ``data.pkl`` with vqtok's
+restricted unpickler (:mod:`vqtok.convert.safe_pickle`): module classes (``__torch__.…``) become
+inert placeholders, tensors are rebuilt from the ``data/<n>`` bytes, and the only functions the
+file may call are torch's tensor rebuilders and TorchScript's list builders
+(``torch.jit._pickle.build_intlist`` and friends, re-implemented there as plain ``list``).
+``code/`` and ``constants.pkl`` are never read, compiled or run; ``torch.jit.load`` is never called.
 
 What that means for trust: the archive's own forward code is ignored. The converted model is
 vqtok's re-implementation of the published architecture (:mod:`vqtok.models.cosmos`), built
@@ -34,20 +34,15 @@ is refused.
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import os
-import pickle
-import warnings
-import zipfile
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
 from vqtok.convert._shapes import encoder_shape
-from vqtok.convert.safe_pickle import Placeholder, RestrictedUnpickler, UnsafeCheckpointError
+from vqtok.convert.safe_pickle import read_torchscript_tensors
 from vqtok.hub import load_strict
 from vqtok.models.cosmos import CosmosConfig, CosmosDI
 from vqtok.tokenizer import Tokenizer
@@ -55,127 +50,6 @@ from vqtok.tokenizer import Tokenizer
 logger = logging.getLogger(__name__)
 
 __all__ = ["from_cosmos", "read_torchscript_tensors", "infer_cosmos_config", "cosmos_state_dict"]
-
-
-def _as_list(values: Any) -> list[Any]:
-    return list(values)
-
-
-def _restore_type_tag(value: Any, type_str: Any) -> Any:
-    return value  # TorchScript tags containers with their static type; the value is what matters here
-
-
-# TorchScript's pickler wraps specialised lists and typed containers in these (torch/jit/_pickle.py).
-_TORCHSCRIPT_HELPERS: dict[tuple[str, str], Any] = {
-    ("torch.jit._pickle", "build_intlist"): _as_list,
-    ("torch.jit._pickle", "build_doublelist"): _as_list,
-    ("torch.jit._pickle", "build_boollist"): _as_list,
-    ("torch.jit._pickle", "build_tensorlist"): _as_list,
-    ("torch.jit._pickle", "restore_type_tag"): _restore_type_tag,
-}
-
-
-class _ArchiveUnpickler(RestrictedUnpickler):
-    """The restricted unpickler plus TorchScript's list helpers and storages read from the zip."""
-
-    def __init__(self, file: Any, archive: zipfile.ZipFile, prefix: str, source: str) -> None:
-        super().__init__(file)
-        self._archive = archive
-        self._prefix = prefix
-        self._source = source
-        self._storages: dict[str, torch.storage.TypedStorage] = {}
-
-    def find_class(self, module: str, name: str) -> Any:  # noqa: D102
-        helper = _TORCHSCRIPT_HELPERS.get((module, name))
-        return helper if helper is not None else super().find_class(module, name)
-
-    def persistent_load(self, pid: Any) -> Any:  # noqa: D102
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise pickle.UnpicklingError(f"{self._source}: unsupported persistent id {pid!r:.80}")
-        _, storage_type, key, _location, numel = pid
-        with warnings.catch_warnings():  # torch.FloatStorage.dtype warns that TypedStorage is deprecated
-            warnings.simplefilter("ignore", UserWarning)
-            dtype = storage_type if isinstance(storage_type, torch.dtype) else getattr(storage_type, "dtype", None)
-        if not isinstance(dtype, torch.dtype):
-            raise pickle.UnpicklingError(f"{self._source}: storage {key!r} has no known dtype ({storage_type!r})")
-        key = str(key)
-        if key not in self._storages:
-            name = f"{self._prefix}data/{key}"
-            try:
-                raw = self._archive.read(name)
-            except KeyError:
-                raise pickle.UnpicklingError(f"{self._source}: data.pkl refers to {name}, which the archive lacks") from None
-            itemsize = torch.empty((), dtype=dtype).element_size()
-            if len(raw) != int(numel) * itemsize:
-                raise pickle.UnpicklingError(
-                    f"{self._source}: {name} holds {len(raw)} bytes, expected {numel} × {itemsize} ({dtype})"
-                )
-            untyped = torch.UntypedStorage.from_buffer(raw, dtype=torch.uint8) if raw else torch.UntypedStorage(0)
-            self._storages[key] = torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
-        return self._storages[key]
-
-
-def _collect(obj: Any, prefix: str, out: dict[str, torch.Tensor], seen: set[int]) -> None:
-    """Walk the module tree of placeholders; record every tensor attribute under its dotted name."""
-    if id(obj) in seen:
-        return
-    seen.add(id(obj))
-    state = obj.state if isinstance(obj, Placeholder) else None
-    if isinstance(state, tuple) and len(state) == 2 and isinstance(state[0], dict):
-        state = state[0]
-    if not isinstance(state, dict):
-        return
-    for name, value in state.items():
-        if not isinstance(name, str):
-            continue
-        if isinstance(value, torch.Tensor):
-            out[prefix + name] = value.detach()
-        elif isinstance(value, Placeholder):
-            _collect(value, f"{prefix}{name}.", out, seen)
-
-
-def read_torchscript_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Every tensor attribute (parameters and buffers) of a TorchScript archive, by dotted module path.
-
-    Reads ``data.pkl`` and ``data/<n>`` only (see the module docstring); nothing in the archive is
-    executed. Raises FileNotFoundError, :class:`~vqtok.convert.safe_pickle.UnsafeCheckpointError`
-    when data.pkl names a dangerous callable, ValueError for anything that is not a readable archive.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"TorchScript archive {p} does not exist")
-    source = str(p)
-    try:
-        archive = zipfile.ZipFile(p)
-    except zipfile.BadZipFile as err:
-        raise ValueError(f"{source} is not a TorchScript archive (not a zip file)") from err
-    with archive:
-        pickles = [n for n in archive.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
-        if len(pickles) != 1:
-            raise ValueError(f"{source} is not a TorchScript archive: expected one <name>/data.pkl, found {pickles or 'none'}")
-        prefix = pickles[0][: -len("data.pkl")]
-        if f"{prefix}code/" not in {n[: len(prefix) + 5] for n in archive.namelist()}:
-            logger.warning("%s has no code/ folder: a plain torch.save zip rather than TorchScript?", source)
-        if f"{prefix}byteorder" in archive.namelist():
-            order = archive.read(f"{prefix}byteorder").decode(errors="replace").strip()
-            if order != "little":
-                raise ValueError(f"{source} stores its tensors {order}-endian; only little-endian archives are supported")
-        unpickler = _ArchiveUnpickler(io.BytesIO(archive.read(pickles[0])), archive, prefix, source)
-        try:
-            root = unpickler.load()
-        except UnsafeCheckpointError as err:
-            raise UnsafeCheckpointError(f"{source}: {err}") from None
-        except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError, IndexError, KeyError) as err:
-            raise ValueError(f"{source}: data.pkl is not a readable TorchScript module tree: {err}") from err
-    tensors: dict[str, torch.Tensor] = {}
-    try:
-        _collect(root, "", tensors, set())
-    except RecursionError:
-        raise ValueError(f"{source}: the module tree in data.pkl is nested too deeply to be a model") from None
-    if not tensors:
-        raise ValueError(f"{source}: no tensors found in the archive's module tree")
-    logger.debug("read %d tensors from %s (root %r)", len(tensors), source, root)
-    return tensors
 
 
 _ENC_BUFFERS = ("encoder.patcher.wavelets", "encoder.patcher._arange")
@@ -195,8 +69,11 @@ def _check_fsq_buffers(tensors: dict[str, torch.Tensor], prefix: str, levels: tu
         raise ValueError(f"{source}: FSQ _basis {basis.tolist()} is not channel-0-least-significant {fsq._basis.tolist()}")
     table = tensors.get(prefix + "implicit_codebook")
     if table is not None:
+        if tuple(table.shape) != (fsq.codebook_size, len(levels)):  # checked first: the levels come from the file
+            raise ValueError(f"{source}: FSQ implicit_codebook has shape {tuple(table.shape)}, expected "
+                             f"{(fsq.codebook_size, len(levels))} for levels {list(levels)}")
         want = fsq.codes(torch.arange(fsq.codebook_size).view(1, -1, 1))[0, :, :, 0].t()  # (K, D)
-        if tuple(table.shape) != tuple(want.shape) or not torch.equal(table.float(), want):
+        if not torch.equal(table.float(), want):
             raise ValueError(f"{source}: FSQ implicit_codebook (id -> code table) differs from vqtok's FSQ numbering")
 
 

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,32 +22,45 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vqtok.layout import DENSE_HISTOGRAM_MAX
 from vqtok._errors import reason
 from vqtok.metrics.fid import (
+    FIDStats,
     KIDResult,
     RunningStats,
     fid_from_features,
+    fid_to_stats,
     frechet_distance,
     kernel_inception_distance,
 )
 from vqtok.metrics.image import psnr, ssim
 from vqtok.metrics.inception import FIDInceptionV3
 from vqtok.metrics.lpips import LPIPS
-from vqtok.metrics.usage import CodebookUsage, token_histogram, usage_from_histogram
-from vqtok.images import prepare_image
+from vqtok.metrics.protocols import PROTOCOLS, Protocol, get_protocol
+from vqtok.metrics.usage import CodebookUsage, usage_from_histogram
 from vqtok.tars import expand_shards, is_remote, is_shard, read_samples
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "BadSamples",
+    "ChunkResult",
     "DataSource",
     "EvalResult",
+    "RayEvalOptions",
     "Sample",
+    "ScoreOptions",
     "build_report",
     "evaluate_reconstruction",
+    "image_set_stats",
+    "load_reference_stats",
+    "merge_chunks",
+    "plan_chunks",
     "resolve_data",
     "save_grid",
+    "save_side_by_side",
+    "save_stats",
+    "score_chunk",
     "write_json",
 ]
 
@@ -97,10 +111,13 @@ class EvalResult:
     skipped: dict[str, str] = field(default_factory=dict)  # metric -> reason
     bad_samples: BadSamples = field(default_factory=BadSamples)
     histogram: np.ndarray | None = field(default=None, repr=False)  # code counts (codebook_size,)
+    keys: list[str] = field(default_factory=list, repr=False)  # the images scored, in input order
+    grid_pairs: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list, repr=False)  # first (original, reconstruction)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.pop("histogram", None)
+        for name in ("histogram", "keys", "grid_pairs"):
+            d.pop(name, None)
         if self.usage is not None:
             d["usage"] = self.usage.to_dict()
         d["bad_samples"] = self.bad_samples.to_dict()
@@ -173,32 +190,48 @@ def iter_shard_samples(path: Path) -> Iterator[Sample]:
             yield Sample(key, s.image)
 
 
-def _decoded(samples: Iterable[Sample], size: int | None, factor: int, bad: BadSamples) -> Iterator[tuple[str, np.ndarray]]:
+def _decoded(
+    samples: Iterable[Sample], options: Any, factor: int, bad: BadSamples, bad_all: list[tuple[str, str]]
+) -> Iterator[tuple[str, np.ndarray]]:
+    """(key, uint8 (H, W, 3)) of each readable sample as ``options.protocol`` prepares it; bad ones go to ``bad_all``."""
     for s in samples:
         if s.error is not None:
             bad.add(s.key, s.error)
+            bad_all.append((s.key, s.error))
             continue
         try:
             assert s.data is not None
-            yield s.key, prepare_image(s.data, size=size, factor=factor)  # (H, W, 3) uint8
+            arr = options.protocol.prepare(s.data, size=options.size)
+            if options.size is None and (arr.shape[0] % factor or arr.shape[1] % factor):
+                raise ValueError(
+                    f"image size {arr.shape[1]}x{arr.shape[0]} is not a multiple of the downsample factor {factor} "
+                    "(give a size to resize and center-crop)"
+                )
+            yield s.key, arr
         except FileNotFoundError:
             raise
         except Exception as err:  # noqa: BLE001 - any per-sample data problem is recorded, not fatal
-            bad.add(s.key, reason(err, subject="image member"))
+            why = reason(err, subject="image member")
+            bad.add(s.key, why)
+            bad_all.append((s.key, why))
 
 
-def _batches(arrays: Iterator[tuple[str, np.ndarray]], size: int, limit: int | None) -> Iterator[list[np.ndarray]]:
-    """Consecutive images in batches of ``size`` (a batch is cut early where the image shape changes)."""
+def _batches(
+    arrays: Iterator[tuple[str, np.ndarray]], size: int, limit: int | None
+) -> Iterator[tuple[list[str], list[np.ndarray]]]:
+    """Consecutive images (with their keys) in batches of ``size`` (a batch is cut early where the image shape changes)."""
+    keys: list[str] = []
     batch: list[np.ndarray] = []
-    for taken, (_key, arr) in enumerate(arrays, start=1):
+    for taken, (key, arr) in enumerate(arrays, start=1):
         if batch and (len(batch) >= size or arr.shape != batch[0].shape):
-            yield batch
-            batch = []
+            yield keys, batch
+            keys, batch = [], []
+        keys.append(key)
         batch.append(arr)
         if limit is not None and taken >= limit:
             break
     if batch:
-        yield batch
+        yield keys, batch
 
 
 # ---------------------------------------------------------------------- grid
@@ -239,12 +272,533 @@ def save_grid(
     return out
 
 
-# ---------------------------------------------------------------------- evaluation
+def save_side_by_side(
+    originals: Sequence[np.ndarray],
+    rows: Sequence[tuple[str, Sequence[np.ndarray]]],
+    path: str | os.PathLike[str],
+    *,
+    gap: int = 4,
+    label_width: int = 180,
+) -> Path:
+    """PNG of the originals in the top row and each model's reconstructions in one row below, columns aligned.
+
+    ``rows``: (label, reconstructions in the order of ``originals``); arrays are uint8 (H, W, 3). Each row
+    starts with its label (``"original"`` for the top one) in a white column ``label_width`` pixels wide.
+    """
+    from PIL import ImageDraw, ImageFont
+
+    if not originals:
+        raise ValueError("no images for the picture")
+    for label, recons in rows:
+        if len(recons) != len(originals):
+            raise ValueError(f"row {label!r} has {len(recons)} images for {len(originals)} originals")
+    h = max(a.shape[0] for a in originals)
+    w = max(a.shape[1] for a in originals)
+    cols, nrows = len(originals), 1 + len(rows)
+    canvas = Image.new("RGB", (label_width + cols * (w + gap), nrows * h + (nrows - 1) * gap), "white")
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=14)
+    for r, (label, images) in enumerate([("original", list(originals)), *rows]):
+        top = r * (h + gap)
+        words, lines, line = label.split(), [], ""
+        for word in words:  # wrap the label to the column
+            trial = f"{line} {word}".strip()
+            if line and draw.textlength(trial, font=font) > label_width - 10:
+                lines.append(line)
+                line = word
+            else:
+                line = trial
+        lines.append(line)
+        draw.multiline_text((5, top + 5), "\n".join(lines), fill="black", font=font, spacing=3)
+        for c, a in enumerate(images):
+            canvas.paste(Image.fromarray(np.ascontiguousarray(a)), (label_width + c * (w + gap), top))
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out)
+    return out
+
+
+# ---------------------------------------------------------------------- work units
+@dataclass
+class ChunkResult:
+    """Per-image results of one work unit (a run of image files, or one shard), in input order.
+
+    Everything the report needs is kept per image, so any split of the inputs into chunks, on any
+    number of workers, merges (:func:`merge_chunks`) into the numbers of one process.
+    """
+
+    keys: list[str]
+    psnr: np.ndarray  # (n,) float64
+    ssim: np.ndarray  # (n,) float64
+    offset: np.ndarray  # (n, 3) float64, reconstruction - original, 1/255
+    lpips: np.ndarray | None = None  # (n,) float64
+    feats_real: np.ndarray | None = None  # (n, 2048) float32
+    feats_fake: np.ndarray | None = None
+    ids: np.ndarray | None = None  # (sum of token counts,) int64, image after image
+    ids_len: np.ndarray | None = None  # (n,) int64 tokens per image
+    bad: list[tuple[str, str]] = field(default_factory=list)  # (key, reason) of every skipped sample
+    grid: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # first (original, reconstruction) pairs
+
+    @property
+    def n(self) -> int:
+        return len(self.keys)
+
+    def take(self, m: int) -> ChunkResult:
+        """The first ``m`` images (and the bad samples; those met after them are dropped too only when m < n)."""
+        if m >= self.n:
+            return self
+        cut = int(self.ids_len[:m].sum()) if self.ids_len is not None else 0
+        return ChunkResult(
+            keys=self.keys[:m], psnr=self.psnr[:m], ssim=self.ssim[:m], offset=self.offset[:m],
+            lpips=None if self.lpips is None else self.lpips[:m],
+            feats_real=None if self.feats_real is None else self.feats_real[:m],
+            feats_fake=None if self.feats_fake is None else self.feats_fake[:m],
+            ids=None if self.ids is None else self.ids[:cut], ids_len=None if self.ids_len is None else self.ids_len[:m],
+            bad=list(self.bad), grid=self.grid[:m],
+        )
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {
+            "keys": np.array(self.keys, dtype=str), "psnr": self.psnr, "ssim": self.ssim, "offset": self.offset,
+            "bad_keys": np.array([k for k, _ in self.bad], dtype=str), "bad_reasons": np.array([r for _, r in self.bad], dtype=str),
+            "grid_count": np.array(len(self.grid)),
+        }
+        for name in ("lpips", "feats_real", "feats_fake", "ids", "ids_len"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        for i, (o, r) in enumerate(self.grid):
+            out[f"grid_o{i}"], out[f"grid_r{i}"] = o, r
+        return out
+
+    @classmethod
+    def from_arrays(cls, d: Any) -> ChunkResult:
+        get = (lambda k: d[k] if k in d else None)  # noqa: E731 - npz files and dicts alike
+        return cls(
+            keys=[str(k) for k in d["keys"]], psnr=np.asarray(d["psnr"]), ssim=np.asarray(d["ssim"]),
+            offset=np.asarray(d["offset"]), lpips=get("lpips"), feats_real=get("feats_real"), feats_fake=get("feats_fake"),
+            ids=get("ids"), ids_len=get("ids_len"),
+            bad=[(str(k), str(r)) for k, r in zip(d["bad_keys"], d["bad_reasons"])],
+            grid=[(np.asarray(d[f"grid_o{i}"]), np.asarray(d[f"grid_r{i}"])) for i in range(int(d["grid_count"]))],
+        )
+
+    def save(self, path: Path) -> None:
+        """Write atomically (a killed run never leaves a half-written chunk)."""
+        from vqtok._io import atomic_write
+
+        with atomic_write(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **self.to_arrays())
+
+    @classmethod
+    def load(cls, path: Path) -> ChunkResult:
+        with np.load(path, allow_pickle=False) as d:
+            return cls.from_arrays({k: d[k] for k in d.files})
+
+
+def plan_chunks(source: DataSource, chunk_size: int) -> list[list[tuple[str, Path]]]:
+    """Work units in input order: runs of up to ``chunk_size`` image files, and each shard on its own."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    chunks: list[list[tuple[str, Path]]] = []
+    run: list[tuple[str, Path]] = []
+    for item in source.items:
+        if item[0] == "shard":
+            if run:
+                chunks.append(run)
+                run = []
+            chunks.append([item])
+            continue
+        run.append(item)
+        if len(run) >= chunk_size:
+            chunks.append(run)
+            run = []
+    if run:
+        chunks.append(run)
+    return chunks
+
+
+def _reconstruct(model: Any, original_u8: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(ids or None, reconstructions float (B, 3, H, W) in [0, 1]) of a tokenizer or a codec (``reconstruct_batch``)."""
+    if hasattr(model, "reconstruct_batch"):
+        return model.reconstruct_batch(original_u8)
+    ids = model.encode(original_u8, size=None)  # (B, h, w)
+    return ids, model.decode(ids, output="pt").float()
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """How each chunk is scored (the same on every worker)."""
+
+    protocol: Protocol
+    size: int | None
+    batch_size: int = 8
+    quantize: bool = True
+    grid_count: int = 8
+
+
+def score_chunk(
+    model: Any,
+    items: Sequence[tuple[str, Path]],
+    options: ScoreOptions,
+    *,
+    inception: FIDInceptionV3 | None = None,
+    lpips_model: LPIPS | None = None,
+    limit: int | None = None,
+    on_images: Any = None,
+    real_features: dict[str, np.ndarray] | None = None,
+) -> ChunkResult:
+    """Reconstruct and score the images of one work unit; ``limit`` stops after that many good images.
+
+    ``real_features``: Inception features of originals by key, used when present and filled otherwise
+    (several models scored on the same images compute the originals' features once).
+    """
+    bad = BadSamples(max_listed=0)
+    bad_all: list[tuple[str, str]] = []
+    keys: list[str] = []
+    psnrs: list[torch.Tensor] = []
+    ssims: list[torch.Tensor] = []
+    offsets: list[torch.Tensor] = []
+    lpipss: list[torch.Tensor] = []
+    fr_all: list[torch.Tensor] = []
+    ff_all: list[torch.Tensor] = []
+    ids_all: list[np.ndarray] = []
+    ids_len: list[int] = []
+    grid: list[tuple[np.ndarray, np.ndarray]] = []
+    factor = int(getattr(model, "downsample_factor", 1))
+    arrays = _decoded(DataSource(list(items)).samples(), options, factor, bad, bad_all)
+    for batch_keys, chunk in _batches(arrays, options.batch_size, limit):
+        original_u8 = torch.from_numpy(np.stack(chunk)).permute(0, 3, 1, 2).contiguous()  # (B, 3, H, W) uint8
+        ids, recon = _reconstruct(model, original_u8)
+        if options.quantize:
+            recon = torch.round(recon * 255) / 255
+        original = original_u8.float() / 255
+        psnrs.append(psnr(original, recon))
+        ssims.append(ssim(original, recon))
+        offsets.append(((recon.double() - original.double()) * 255).mean(dim=(2, 3)))  # (B, 3)
+        if lpips_model is not None:
+            lpipss.append(lpips_model(original, recon).cpu().double())
+        if inception is not None:
+            device = next(inception.parameters()).device
+            if real_features is not None and all(k in real_features for k in batch_keys):
+                fr_all.append(torch.from_numpy(np.stack([real_features[k] for k in batch_keys])))
+            else:
+                fr_all.append(inception(original.to(device)).cpu())  # (B, 2048)
+                if real_features is not None:
+                    real_features.update(zip(batch_keys, fr_all[-1].numpy()))
+            ff_all.append(inception(recon.to(device)).cpu())
+        if ids is not None:
+            for row in ids.reshape(ids.shape[0], -1).cpu().numpy():
+                ids_all.append(row.astype(np.int64))
+                ids_len.append(row.size)
+        for o, r in zip(original_u8, recon):
+            if len(grid) >= options.grid_count:
+                break
+            grid.append((o.permute(1, 2, 0).numpy(), (r * 255).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()))
+        keys += batch_keys
+        if on_images is not None:
+            on_images(len(chunk))
+    empty = np.zeros(0, dtype=np.float64)
+    return ChunkResult(
+        keys=keys,
+        psnr=torch.cat(psnrs).numpy() if psnrs else empty,
+        ssim=torch.cat(ssims).numpy() if ssims else empty,
+        offset=torch.cat(offsets).numpy() if offsets else np.zeros((0, 3)),
+        lpips=torch.cat(lpipss).numpy() if lpips_model is not None and lpipss else (empty if lpips_model is not None else None),
+        feats_real=torch.cat(fr_all).numpy() if fr_all else (np.zeros((0, FID_FULL_RANK_N), np.float32) if inception is not None else None),
+        feats_fake=torch.cat(ff_all).numpy() if ff_all else (np.zeros((0, FID_FULL_RANK_N), np.float32) if inception is not None else None),
+        ids=np.concatenate(ids_all) if ids_all else (None if hasattr(model, "reconstruct_batch") else np.zeros(0, np.int64)),
+        ids_len=np.array(ids_len, dtype=np.int64) if not hasattr(model, "reconstruct_batch") else None,
+        bad=bad_all,
+        grid=grid,
+    )
+
+
+# ---------------------------------------------------------------------- reference statistics
+def stats_of_features(features: np.ndarray | torch.Tensor, step: int = 1000) -> FIDStats:
+    """FID statistics of (N, D) features, accumulated in fixed slices (the same numbers however they were computed)."""
+    f = torch.as_tensor(features)
+    rs = RunningStats(f.shape[1])
+    for i in range(0, f.shape[0], step):
+        rs.update(f[i : i + step])
+    return rs.stats()
+
+
+def load_reference_stats(
+    path: str | os.PathLike[str], *, inception: FIDInceptionV3 | None = None, batch_size: int = 50
+) -> tuple[FIDStats, dict[str, Any]]:
+    """Reference statistics from an ``.npz``: vqtok's (``--save-stats``), pytorch-fid's (``mu``, ``sigma``) or
+    an ADM reference batch (``mu``, ``sigma``; a batch of only ``arr_0`` images has its statistics computed with
+    ``inception``). Returns the statistics and what the card records about them."""
+    from vqtok._io import sha256_file
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"reference statistics {file} do not exist")
+    info: dict[str, Any] = {"path": str(file), "sha256": sha256_file(file)}
+    try:
+        with np.load(file, allow_pickle=False) as d:
+            names = set(d.files)
+            meta = json.loads(str(d["vqtok_meta"])) if "vqtok_meta" in names else {}
+            arr = d["arr_0"] if "arr_0" in names and "mu" not in names else None
+    except (ValueError, OSError) as err:
+        raise ValueError(f"{file} is not an .npz of FID statistics: {err}") from err
+    if "mu" in names and "sigma" in names:
+        stats = FIDStats.load(str(file))
+        info["format"] = "vqtok" if meta else ("adm" if "arr_0" in names or "mu_s" in names else "pytorch-fid")
+        info.update({k: meta[k] for k in ("protocol", "size", "fid_preprocess", "inception_sha256", "image_list_sha256") if k in meta})
+    elif arr is not None:
+        if inception is None:
+            raise ValueError(f"{file} holds images (arr_0) but no mu/sigma; their statistics need the FID Inception")
+        if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
+            raise ValueError(f"{file}: arr_0 must be uint8 (N, H, W, 3) images, got {arr.dtype} {arr.shape}")
+        device = next(inception.parameters()).device
+        feats = [inception(torch.from_numpy(arr[i : i + batch_size]).permute(0, 3, 1, 2).float().div(255).to(device)).cpu()
+                 for i in range(0, len(arr), batch_size)]
+        stats = stats_of_features(torch.cat(feats))
+        info.update({"format": "adm-images", "fid_preprocess": inception.preprocess})
+    else:
+        raise ValueError(f"{file} has neither mu/sigma nor arr_0 (keys: {', '.join(sorted(names))})")
+    if stats.mean.shape != (FIDInceptionV3.FEATURE_DIM,) or stats.cov.shape != (FIDInceptionV3.FEATURE_DIM,) * 2:
+        raise ValueError(f"{file}: mu/sigma of shape {tuple(stats.mean.shape)}/{tuple(stats.cov.shape)}, expected 2048-d pool features")
+    info["n"] = stats.n if stats.n > 0 else None
+    return stats, info
+
+
+def image_set_stats(
+    spec: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    inception: FIDInceptionV3,
+    *,
+    protocol: Protocol | None = None,
+    size: int | None = None,
+    batch_size: int = 50,
+    limit: int | None = None,
+) -> tuple[FIDStats, dict[str, Any]]:
+    """FID statistics of an image set (folder, files, globs, shards; :func:`resolve_data`) prepared by ``protocol``
+    (default ``vqtok``; ``size`` None keeps the images' sizes) and what the card records (n, image-list sha256)."""
+    from vqtok.metrics.protocols import image_list_sha256
+
+    options = ScoreOptions(protocol=protocol or PROTOCOLS["vqtok"], size=size, batch_size=batch_size)
+    bad_all: list[tuple[str, str]] = []
+    keys: list[str] = []
+    feats: list[torch.Tensor] = []
+    device = next(inception.parameters()).device
+    for batch_keys, batch in _batches(_decoded(resolve_data(spec).samples(), options, 1, BadSamples(), bad_all), batch_size, limit):
+        x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).float() / 255
+        feats.append(inception(x.to(device)).cpu())
+        keys += batch_keys
+    if len(keys) < 2:
+        raise ValueError(f"{spec}: FID statistics need at least 2 readable images, got {len(keys)}")
+    stats = stats_of_features(torch.cat(feats))
+    return stats, {"n": stats.n, "image_list_sha256": image_list_sha256(keys), "bad_samples": len(bad_all)}
+
+
+def save_stats(stats: FIDStats, path: str | os.PathLike[str], meta: dict[str, Any]) -> Path:
+    """Write ``mu``, ``sigma`` (pytorch-fid's keys, readable by pytorch-fid and ADM's evaluator), ``n`` and
+    ``vqtok_meta`` (JSON: protocol, size, FID preprocessing, Inception sha256, image-list sha256)."""
+    from vqtok._io import atomic_write
+
+    out = Path(path).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, mu=stats.mean.numpy(), sigma=stats.cov.numpy(), n=np.int64(stats.n),
+                 vqtok_meta=np.array(json.dumps(meta, sort_keys=True)))
+    return out
+
+
+# ---------------------------------------------------------------------- merge
+def merge_chunks(
+    chunks: Sequence[ChunkResult],
+    *,
+    size: int | None,
+    codebook_size: int | None,
+    limit: int | None = None,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    reference: FIDStats | None = None,
+) -> tuple[EvalResult, ChunkResult]:
+    """One :class:`EvalResult` from chunk results in input order (the first ``limit`` images), and the merged per-image data."""
+    kept: list[ChunkResult] = []
+    n = 0
+    for c in chunks:
+        if limit is not None and n >= limit:
+            break
+        c = c.take(limit - n) if limit is not None else c
+        kept.append(c)
+        n += c.n
+    bad = BadSamples()
+    for c in kept:
+        for key, why in c.bad:
+            bad.add(key, why)
+    if n == 0:
+        reasons = "; ".join(f"{b['key']}: {b['reason']}" for b in bad.first[:3])
+        raise ValueError(f"no readable images among the inputs ({bad.count} bad samples: {reasons})")
+
+    def cat(name: str) -> np.ndarray | None:
+        parts = [getattr(c, name) for c in kept]
+        return None if any(p is None for p in parts) else np.concatenate(parts)
+
+    merged = ChunkResult(
+        keys=[k for c in kept for k in c.keys], psnr=cat("psnr"), ssim=cat("ssim"), offset=cat("offset"),  # type: ignore[arg-type]
+        lpips=cat("lpips"), feats_real=cat("feats_real"), feats_fake=cat("feats_fake"), ids=cat("ids"), ids_len=cat("ids_len"),
+        bad=[b for c in kept for b in c.bad], grid=[g for c in kept for g in c.grid],
+    )
+    hist = None
+    # a dense count per code; bitwise / huge codebooks (over 2**20 codes) are counted per bit by `vqtok usage`
+    if codebook_size is not None and codebook_size <= DENSE_HISTOGRAM_MAX and merged.ids is not None:
+        hist = np.bincount(merged.ids, minlength=codebook_size).astype(np.int64)
+    result = EvalResult(n=n, image_size=size, bad_samples=bad, histogram=hist)
+    result.psnr = float(torch.from_numpy(merged.psnr).mean())
+    result.ssim = float(torch.from_numpy(merged.ssim).mean())
+    per_image = torch.from_numpy(merged.offset)  # (n, 3); images of one size: the image mean is the pixel mean
+    result.color_offset = [round(float(v), 4) for v in per_image.mean(0)]
+    result.abs_color_offset = [round(float(v), 4) for v in per_image.abs().mean(0)]
+    if merged.lpips is not None:
+        result.lpips = float(torch.from_numpy(merged.lpips).mean())
+    if hist is not None:
+        result.usage = usage_from_histogram(hist)
+    if merged.feats_real is not None and merged.feats_fake is not None:
+        fr, ff = torch.from_numpy(merged.feats_real), torch.from_numpy(merged.feats_fake)
+        if n >= 2:
+            if reference is not None:
+                result.rfid = fid_to_stats(reference, ff)
+            elif n <= FID_FULL_RANK_N:  # exact low-rank form, same value, no 2048x2048 eigh
+                result.rfid = fid_from_features(fr, ff)
+            else:
+                result.rfid = frechet_distance(stats_of_features(fr), stats_of_features(ff))
+            kid: KIDResult = kernel_inception_distance(fr, ff, subsets=kid_subsets, subset_size=kid_subset_size)
+            result.kid_mean, result.kid_std, result.kid_subset_size = kid.mean, kid.std, kid.subset_size
+        else:
+            result.skipped["rfid"] = result.skipped["kid"] = "needs at least 2 images"
+        if n < FID_FULL_RANK_N and reference is None:
+            logger.warning(
+                "rFID over n=%d < 2048 images: the covariance is singular and rFID is biased upwards; compare only at equal n", n
+            )
+    if bad.count:
+        logger.warning("%d sample(s) could not be read and were skipped (listed in the report)", bad.count)
+    return result, merged
+
+
+# ---------------------------------------------------------------------- runs: resumable, on ranks or on Ray
+STATE_NAME = "eval-state.json"
+
+
+def _chunk_path(state_dir: Path, i: int) -> Path:
+    return state_dir / f"chunk-{i:06d}.npz"
+
+
+def _open_state(state_dir: Path, identity: dict[str, Any]) -> None:
+    """Create ``state_dir`` for this run, or check that it holds the same run (else ValueError)."""
+    from vqtok._io import atomic_write
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / STATE_NAME
+    if path.is_file():
+        old = json.loads(path.read_text())
+        diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
+        if diff:
+            raise ValueError(f"{state_dir} holds another evaluation (it differs in {', '.join(diff)}); "
+                             "give another state folder or delete it")
+        return
+    try:
+        with atomic_write(path, owner="state") as tmp:
+            tmp.write_text(json.dumps(identity, indent=2, sort_keys=True) + "\n")
+    except FileExistsError:  # another rank wrote it first
+        pass
+
+
+@dataclass(frozen=True)
+class RayEvalOptions:
+    """Where :func:`evaluate_reconstruction` runs with ``engine="ray"``."""
+
+    address: str | None = None  # a running cluster ("auto"); None: $RAY_ADDRESS or a local Ray
+    num_actors: int | None = None  # scorers (default: GPUs / num_gpus, else CPUs / num_cpus)
+    num_gpus: float = 0.0  # GPUs per actor
+    num_cpus: float = 1.0  # CPUs per actor
+    threads: int = 0  # torch threads per actor (0: torch's default)
+    max_retries: int = 2
+
+
+class ChunkScorer:
+    """A Ray actor: the model and the metric networks, loaded once, scoring whole chunks on request."""
+
+    def __init__(self, model: Any, options: ScoreOptions, inception: Any, lpips_model: Any, device: str, threads: int) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        self.model, self.options = model, options
+        dev = torch.device(device)
+        if hasattr(model, "to") and not hasattr(model, "reconstruct_batch"):
+            model.to(dev)
+        self.inception = inception.to(dev) if inception is not None else None
+        self.lpips = lpips_model.to(dev) if lpips_model is not None else None
+
+    def score(self, items: list[tuple[str, str]]) -> dict[str, np.ndarray]:
+        chunk = score_chunk(self.model, [(k, Path(p)) for k, p in items], self.options, inception=self.inception, lpips_model=self.lpips)
+        return chunk.to_arrays()
+
+
+def _run_ray(
+    model: Any, chunks: list[list[tuple[str, Path]]], todo: list[int], options: ScoreOptions,
+    inception: Any, lpips_model: Any, ropts: RayEvalOptions, on_chunk: Any,
+) -> None:
+    try:
+        import ray
+    except ImportError as err:  # pragma: no cover - exercised only without the extra
+        raise ImportError('engine="ray" needs Ray: pip install "vqtok[ray]"') from err
+    if not ray.is_initialized():
+        ray.init(address=ropts.address, log_to_driver=False, logging_level=logging.WARNING)
+    num_actors = ropts.num_actors
+    if num_actors is None:
+        res = ray.cluster_resources()
+        num_actors = int(res.get("GPU", 0) // ropts.num_gpus) if ropts.num_gpus > 0 else int(res.get("CPU", 1) // ropts.num_cpus)
+    num_actors = max(1, min(num_actors, len(todo)))
+    device = "cuda" if ropts.num_gpus > 0 else "cpu"
+    refs = [ray.put(x) for x in (model, inception, lpips_model)]
+    actor_cls = ray.remote(ChunkScorer)
+    actors = [
+        actor_cls.options(num_cpus=ropts.num_cpus, num_gpus=ropts.num_gpus, max_restarts=ropts.max_retries,
+                          max_task_retries=ropts.max_retries).remote(refs[0], options, refs[1], refs[2], device, ropts.threads)
+        for _ in range(num_actors)
+    ]
+    queue = list(todo)
+    pending: dict[Any, tuple[int, Any]] = {}
+
+    def submit(actor: Any) -> None:
+        if queue:
+            i = queue.pop(0)
+            pending[actor.score.remote([(k, str(p)) for k, p in chunks[i]])] = (i, actor)
+
+    try:
+        for actor in actors:
+            submit(actor)
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            i, actor = pending.pop(ready[0])
+            on_chunk(i, ChunkResult.from_arrays(ray.get(ready[0])))  # a chunk that failed every retry raises here
+            submit(actor)
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+
+
+def _wait_for(paths: Sequence[Path], poll: float, what: str) -> None:
+    """Block until every path exists (other ranks write them), logging what is missing every 60 s."""
+    last = time.monotonic()
+    while True:
+        missing = [p for p in paths if not p.is_file()]
+        if not missing:
+            return
+        if time.monotonic() - last > 60:
+            logger.info("waiting for %d chunk(s) of %s from the other ranks (e.g. %s)", len(missing), what, missing[0].name)
+            last = time.monotonic()
+        time.sleep(poll)
+
+
 def evaluate_reconstruction(
     tokenizer: Any,
     data: DataSource | Sequence[Path | str],
     *,
     size: int | None = 256,
+    protocol: Protocol | str | None = None,
     batch_size: int = 8,
     limit: int | None = None,
     inception: FIDInceptionV3 | None = None,
@@ -256,105 +810,147 @@ def evaluate_reconstruction(
     grid_count: int = 8,
     grid_columns: int = 8,
     progress: bool = True,
-) -> EvalResult:
+    reference_stats: FIDStats | None = None,
+    save_stats_path: str | os.PathLike[str] | None = None,
+    stats_meta: dict[str, Any] | None = None,
+    chunk_size: int = 256,
+    state_dir: str | os.PathLike[str] | None = None,
+    state_identity: dict[str, Any] | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+    engine: str = "local",
+    ray_options: RayEvalOptions | None = None,
+    poll_seconds: float = 2.0,
+    real_features: dict[str, np.ndarray] | None = None,
+) -> EvalResult | None:
     """Encode+decode every image and score the reconstructions against the originals.
 
     ``data`` is a :class:`DataSource` (see :func:`resolve_data`) or a list of image paths.
-    Originals are the images as the tokenizer sees them (shorter side resized to ``size``,
-    center crop). With ``quantize`` (default) reconstructions are rounded to uint8 first, so
-    the numbers equal those of tools run on the saved PNGs. FID statistics stream (float64
-    running mean/covariance); Inception features are kept (float32) only for KID. Unreadable
-    samples are skipped and listed in ``result.bad_samples``. ``limit`` counts good images.
+    Originals are the images as ``protocol`` prepares them (default ``"vqtok"``: shorter side resized
+    to ``size``, center crop). With ``quantize`` (default) reconstructions are rounded to uint8 first,
+    so the numbers equal those of tools run on the saved PNGs. Unreadable samples are skipped and
+    listed in ``result.bad_samples``. ``limit`` counts good images. ``reference_stats``: compute rFID
+    against these statistics instead of the originals'; ``save_stats_path``: write the originals'
+    statistics there (:func:`save_stats`, with ``stats_meta``).
+
+    The inputs are cut into work units (runs of ``chunk_size`` image files, or one shard each) whose
+    per-image results merge exactly (:func:`merge_chunks`), so the report does not depend on how the
+    units are spread. ``state_dir`` keeps each finished unit (``chunk-NNNNNN.npz``): a killed run
+    started again with the same arguments skips them and gives the same report. ``rank`` /
+    ``world_size`` (default $RANK / $WORLD_SIZE, as under torchrun) share the units among processes
+    (unit i on rank i % world_size, all writing into the same ``state_dir``); rank 0 waits for the
+    others, merges and returns the result, the other ranks return None. ``engine="ray"`` scores the
+    units on Ray actors (:class:`RayEvalOptions`) and merges on this process. ``real_features``: a dict
+    shared by the runs of several models on the same images (see :func:`score_chunk`).
     """
     from vqtok._progress import Progress
+    from vqtok.pipeline.driver import resolve_rank
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
+    if engine not in ("local", "ray"):
+        raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
+    proto = get_protocol(protocol) if isinstance(protocol, str) else (protocol or PROTOCOLS["vqtok"])
     source = data if isinstance(data, DataSource) else DataSource([("image", Path(p)) for p in data])
     if not source.items:
         raise ValueError("no images to evaluate")
-    total = source.count_hint()
+    rank, world_size = resolve_rank(rank, world_size) if engine == "local" else (0, 1)
+    folder = Path(state_dir).expanduser() if state_dir is not None else None
+    if world_size > 1 and folder is None:
+        raise ValueError(f"{world_size} ranks need a state folder that all of them share (state_dir / --state-dir)")
+    options = ScoreOptions(protocol=proto, size=size, batch_size=batch_size, quantize=quantize, grid_count=grid_count)
+    chunks = plan_chunks(source, chunk_size)
+    if folder is not None:
+        _open_state(folder, {**(state_identity or {}), "protocol": proto.name, "size": size, "batch_size": batch_size,
+                             "quantize": quantize, "chunk_size": chunk_size, "limit": limit, "inputs": [f"{k}:{p}" for k, p in source.items],
+                             "inception": inception is not None, "lpips": lpips_model is not None,
+                             "fid_preprocess": inception.preprocess if inception is not None else None})
+
+    # the units to score up front: with a limit over image files, those that can hold the first `limit` images
+    first = list(range(len(chunks)))
     if limit is not None:
-        total = limit if total is None else min(total, limit)
-
-    bad = BadSamples()
-    hist = np.zeros(tokenizer.codebook_size, dtype=np.int64)
-    stats_real = RunningStats(FIDInceptionV3.FEATURE_DIM) if inception is not None else None
-    stats_fake = RunningStats(FIDInceptionV3.FEATURE_DIM) if inception is not None else None
-    feats_real: list[torch.Tensor] = []
-    feats_fake: list[torch.Tensor] = []
-    psnrs: list[torch.Tensor] = []
-    ssims: list[torch.Tensor] = []
-    offsets: list[torch.Tensor] = []
-    lpipss: list[torch.Tensor] = []
-    pairs: list[tuple[np.ndarray, np.ndarray]] = []
-    n = 0
-    bar = Progress("eval", total=total, unit="img", enabled=progress)
-    arrays = _decoded(source.samples(), size, tokenizer.downsample_factor, bad)
-    for chunk in _batches(arrays, batch_size, limit):
-        original_u8 = torch.from_numpy(np.stack(chunk)).permute(0, 3, 1, 2).contiguous()  # (B, 3, H, W) uint8
-        ids = tokenizer.encode(original_u8, size=None)  # (B, h, w)
-        hist += token_histogram(ids, tokenizer.codebook_size)
-        recon = tokenizer.decode(ids, output="pt").float()  # (B, 3, H, W) in [0, 1]
-        if quantize:
-            recon = torch.round(recon * 255) / 255
-        original = original_u8.float() / 255
-        psnrs.append(psnr(original, recon))
-        ssims.append(ssim(original, recon))
-        offsets.append(((recon.double() - original.double()) * 255).mean(dim=(2, 3)))  # (B, 3)
-        if lpips_model is not None:
-            lpipss.append(lpips_model(original, recon).cpu())
-        if inception is not None and stats_real is not None and stats_fake is not None:
-            device = next(inception.parameters()).device
-            fr = inception(original.to(device)).cpu()  # (B, 2048)
-            ff = inception(recon.to(device)).cpu()
-            stats_real.update(fr)
-            stats_fake.update(ff)
-            feats_real.append(fr)
-            feats_fake.append(ff)
-        for o, r in zip(original_u8, recon):
-            if len(pairs) >= grid_count:
+        covered, first = 0, []
+        for i, c in enumerate(chunks):
+            first.append(i)
+            covered += len(c) if c[0][0] == "image" else limit
+            if covered >= limit:
                 break
-            pairs.append((o.permute(1, 2, 0).numpy(), (r * 255).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()))
-        n += len(chunk)
-        bar.update(len(chunk))
-    bar.close()
+    results: dict[int, ChunkResult] = {}
+    done: set[int] = set()
+    if folder is not None:
+        done = {i for i in first if _chunk_path(folder, i).is_file()}
+        if done and rank == 0:
+            logger.info("resuming: %d of %d unit(s) already scored in %s", len(done), len(first), folder)
+    mine = [i for i in first if i % world_size == rank and i not in done]
+    total = sum(len(chunks[i]) for i in mine) if all(chunks[i][0][0] == "image" for i in mine) else None
+    if limit is not None and total is not None:
+        total = min(total, limit)
+    bar = Progress("eval", total=total, unit="img", enabled=progress and rank == 0)
 
-    if n == 0:
-        reasons = "; ".join(f"{b['key']}: {b['reason']}" for b in bad.first[:3])
-        raise ValueError(f"no readable images among the inputs ({bad.count} bad samples: {reasons})")
-    if bad.count:
-        logger.warning("%d sample(s) could not be read and were skipped (listed in the report)", bad.count)
-    result = EvalResult(n=n, image_size=size, bad_samples=bad, histogram=hist)
-    result.psnr = float(torch.cat(psnrs).mean())
-    result.ssim = float(torch.cat(ssims).mean())
-    per_image = torch.cat(offsets)  # (n, 3); images of one size: the image mean is the pixel mean
-    result.color_offset = [round(float(v), 4) for v in per_image.mean(0)]
-    result.abs_color_offset = [round(float(v), 4) for v in per_image.abs().mean(0)]
-    if lpipss:
-        result.lpips = float(torch.cat(lpipss).mean())
-    result.usage = usage_from_histogram(hist)
-    if inception is not None and stats_real is not None and stats_fake is not None:
-        result.fid_preprocess = inception.preprocess
-        if n >= 2:
-            if n <= FID_FULL_RANK_N:  # exact low-rank form, same value, no 2048x2048 eigh
-                result.rfid = fid_from_features(torch.cat(feats_real), torch.cat(feats_fake))
-            else:
-                result.rfid = frechet_distance(stats_real.stats(), stats_fake.stats())
-            kid: KIDResult = kernel_inception_distance(
-                torch.cat(feats_real), torch.cat(feats_fake), subsets=kid_subsets, subset_size=kid_subset_size
-            )
-            result.kid_mean, result.kid_std, result.kid_subset_size = kid.mean, kid.std, kid.subset_size
+    def keep(i: int, chunk: ChunkResult) -> None:
+        if folder is not None:
+            chunk.save(_chunk_path(folder, i))
+        results[i] = chunk
+
+    def good_before(i: int) -> int:
+        return sum(results[j].n for j in range(i) if j in results)
+
+    if engine == "ray" and mine:
+        if progress:
+            bar.close()
+            bar = Progress("eval (ray)", total=len(mine), unit="unit", enabled=progress)
+
+        def on_chunk(i: int, chunk: ChunkResult) -> None:
+            keep(i, chunk)
+            bar.update(1)
+
+        _run_ray(tokenizer, chunks, mine, options, inception, lpips_model, ray_options or RayEvalOptions(), on_chunk)
+    else:
+        for i in mine:
+            room = None if limit is None or world_size > 1 else limit - good_before(i)
+            if room is not None and room <= 0:
+                break
+            keep(i, score_chunk(tokenizer, chunks[i], options, inception=inception, lpips_model=lpips_model,
+                                limit=room, on_images=bar.update, real_features=real_features))
+    bar.close()
+    if rank != 0:
+        logger.info("rank %d of %d: %d unit(s) scored into %s; rank 0 writes the report", rank, world_size, len(mine), folder)
+        return None
+    if folder is not None:
+        _wait_for([_chunk_path(folder, i) for i in first], poll_seconds, str(folder))
+        for i in first:
+            if i not in results:
+                results[i] = ChunkResult.load(_chunk_path(folder, i))
+    # bad samples among the first units: score further units here until the limit is reached
+    nxt = len(first)
+    while limit is not None and sum(c.n for c in results.values()) < limit and nxt < len(chunks):
+        path = _chunk_path(folder, nxt) if folder is not None else None
+        if path is not None and path.is_file():
+            results[nxt] = ChunkResult.load(path)
         else:
-            result.skipped["rfid"] = result.skipped["kid"] = "needs at least 2 images"
-        if n < FID_FULL_RANK_N:
-            logger.warning(
-                "rFID over n=%d < 2048 images: the covariance is singular and rFID is biased upwards; compare only at equal n", n
-            )
-    if grid_path is not None and pairs:
-        save_grid(pairs, grid_path, columns=grid_columns)
+            keep(nxt, score_chunk(tokenizer, chunks[nxt], options, inception=inception, lpips_model=lpips_model,
+                                  limit=limit - sum(c.n for c in results.values())))
+        nxt += 1
+    ordered = [results[i] for i in sorted(results)]
+    result, merged = merge_chunks(
+        ordered, size=size, codebook_size=getattr(tokenizer, "codebook_size", None), limit=limit,
+        kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, reference=reference_stats,
+    )
+    result.keys = merged.keys
+    result.grid_pairs = merged.grid[:grid_count]
+    if inception is not None:
+        result.fid_preprocess = inception.preprocess
+    if save_stats_path is not None:
+        if merged.feats_real is None or result.n < 2:
+            raise ValueError("saving statistics needs the FID Inception and at least 2 images")
+        from vqtok.metrics.protocols import image_list_sha256
+
+        meta = {**(stats_meta or {}), "n": result.n, "image_list_sha256": image_list_sha256(result.keys)}
+        save_stats(stats_of_features(merged.feats_real), save_stats_path, meta)
+    if grid_path is not None and result.grid_pairs:
+        save_grid(result.grid_pairs, grid_path, columns=grid_columns)
     return result
 
 

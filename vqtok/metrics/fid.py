@@ -10,7 +10,16 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FIDStats", "KIDResult", "RunningStats", "fid_from_features", "frechet_distance", "kernel_inception_distance", "matrix_sqrt_trace"]
+__all__ = [
+    "FIDStats",
+    "KIDResult",
+    "RunningStats",
+    "fid_from_features",
+    "fid_to_stats",
+    "frechet_distance",
+    "kernel_inception_distance",
+    "matrix_sqrt_trace",
+]
 
 
 @dataclass(frozen=True)
@@ -175,3 +184,30 @@ def fid_from_features(features_a: torch.Tensor, features_b: torch.Tensor) -> flo
     diff = ma - mb
     nuclear = float(torch.linalg.svdvals(a @ b.T).sum())
     return float(diff @ diff) + float((a * a).sum()) + float((b * b).sum()) - 2.0 * nuclear
+
+
+def fid_to_stats(reference: FIDStats, features: torch.Tensor) -> float:
+    """FID of feature vectors (N, D) against saved statistics, in float64.
+
+    With at most D vectors it uses the exact low-rank form: for the centred, scaled features
+    B (N, D), S = BᵀB and tr sqrt(S_ref S) is the sum of the square roots of the eigenvalues of
+    B S_ref Bᵀ (N, N), so no D x D eigendecomposition (whose rounding-level eigenvalues of a singular
+    covariance would add up under the square root). Otherwise :func:`frechet_distance`.
+    """
+    if features.ndim != 2 or features.shape[1] != reference.mean.shape[0]:
+        raise ValueError(f"expected features (N, {reference.mean.shape[0]}), got {tuple(features.shape)}")
+    n, d = features.shape
+    if n < 2:
+        raise ValueError("FID needs at least 2 feature vectors")
+    if n > d:
+        rs = RunningStats(d)
+        rs.update(features)
+        return frechet_distance(reference, rs.stats())
+    f = features.to(torch.float64)
+    m = f.mean(0)
+    b = (f - m) / (n - 1) ** 0.5  # (N, D)
+    s_ref = reference.cov.to(torch.float64)
+    inner = b @ s_ref @ b.T  # (N, N)
+    tr_covmean = float(torch.linalg.eigvalsh((inner + inner.T) / 2).clamp(min=0).sqrt().sum())
+    diff = reference.mean.to(torch.float64) - m
+    return float(diff @ diff) + float(torch.trace(s_ref)) + float((b * b).sum()) - 2.0 * tr_covmean

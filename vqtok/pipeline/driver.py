@@ -7,6 +7,7 @@ Layout of the output folder (see docs/pipeline.md)::
       train-000000.tar       <key>.ids.npy (+ <key>.cls/.txt/.json kept from the input)
       train-000000.json      samples written, failed (key, reason), histogram of codes  <- completion marker
       .manifest.lock         (empty; serialises manifest updates between ranks)
+      .run.lock              (empty; byte r locked by the run of rank r: a second one is refused)
 
 Ranks: input shard i (in expansion order) goes to rank ``i % WORLD_SIZE``.
 """
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
+import glob
 import json
 import logging
 import os
@@ -31,7 +34,7 @@ from vqtok._runtime import env_int, resolve_device
 from vqtok.pipeline._naming import completed_output, fingerprint_matches, model_fingerprint, output_name_for
 from vqtok.pipeline.remote import fetch, shard_name
 from vqtok.pipeline.shards import TokenizeOptions, tokenize_shards
-from vqtok.tars import expand_shards, is_remote
+from vqtok.tars import SHARD_SUFFIXES, expand_shards, is_remote
 from vqtok.tokens import DEFAULT_KEEP, ShardStats, read_shard_stats
 
 if TYPE_CHECKING:
@@ -54,6 +57,7 @@ __all__ = [
     "prepare_output",
     "pretokenize",
     "resolve_rank",
+    "run_lock",
     "shards_for_rank",
     "update_manifest",
 ]
@@ -62,6 +66,7 @@ MANIFEST_NAME = "manifest.json"
 INCOMING_DIR = ".incoming"  # local copies of remote shards while they are tokenized
 MANIFEST_FORMAT = "vqtok-pretokenize-manifest/1"
 _LOCK_NAME = ".manifest.lock"
+_RUN_LOCK_NAME = ".run.lock"
 
 
 class ErrorRateExceeded(RuntimeError):
@@ -93,12 +98,43 @@ class ShardsNotFetched(RuntimeError):
 
 
 # ---------------------------------------------------------------------- inputs and ranks
-def expand_inputs(inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Path | str]:
+def _check_not_images(inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> None:
+    """ValueError for image files, and folders of images without shards, given as inputs."""
+    from vqtok.images import IMAGE_SUFFIXES
+    from vqtok.tars import _folder_files
+
+    how = ("pretokenize takes WebDataset tar shards (.tar, .tar.gz, .tgz) of images: pack the images into "
+           "shards (e.g. cd photos && tar cf ../train-000000.tar *.jpg), or encode image files with `vqtok encode`")
+    for spec in [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs:
+        if is_remote(spec):
+            continue
+        p = Path(os.path.expanduser(os.fspath(spec)))
+        if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES):
+            raise ValueError(f"{spec} is an image; {how}")
+        if p.is_dir() and not _folder_files(p, SHARD_SUFFIXES) and _folder_files(p, IMAGE_SUFFIXES):
+            raise ValueError(f"folder {spec} holds images but no tar shards; {how}")
+        if glob.has_magic(str(p)):
+            found = [m.lower() for m in glob.glob(str(p), recursive=True)]
+            if found and not any(m.endswith(SHARD_SUFFIXES) for m in found) and any(m.endswith(IMAGE_SUFFIXES) for m in found):
+                raise ValueError(f"{spec} matches images but no tar shards; {how}")
+
+
+def expand_inputs(
+    inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *, exclude: str | os.PathLike[str] | None = None
+) -> list[Path | str]:
     """Input shard specs -> shards, in order (:func:`vqtok.tars.expand_shards`: brace patterns, globs,
     folders, paths, remote shards); local shards come back as Paths, remote ones (fetched when their
-    turn comes, see :mod:`vqtok.pipeline.remote`) as strings. No two shards may share a file name
-    (outputs are named after inputs)."""
+    turn comes, see :mod:`vqtok.pipeline.remote`) as strings. Shards inside the folder ``exclude``
+    (the output folder, e.g. ``--input data --out data/tokens``) are left out. No two shards may share
+    a file name (outputs are named after inputs). Image files and folders of images are refused with
+    a word on what pretokenize takes."""
+    _check_not_images(inputs)
     out: list[Path | str] = [s if is_remote(s) else Path(s) for s in expand_shards(inputs)]
+    if exclude is not None and Path(exclude).is_dir():
+        skip = Path(exclude).resolve()
+        out = [p for p in out if isinstance(p, str) or skip not in p.resolve().parents]
+        if not out:
+            raise FileNotFoundError(f"no input shards outside the output folder {exclude}")
     names: dict[str, Path | str] = {}
     for p in out:
         name = output_name_for(p)
@@ -158,15 +194,51 @@ def _locked(folder: Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def run_lock(output: str | os.PathLike[str], rank: int = 0, world_size: int = 1) -> Iterator[None]:
+    """Hold byte ``rank`` of ``output/.run.lock`` (an exclusive, non-blocking POSIX record lock) for a
+    run: a second run of the same rank on the same folder is refused in one line (it would delete the
+    first one's temporary files); the other ranks of a run lock other bytes. No-op without fcntl."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    path = Path(output) / _RUN_LOCK_NAME
+    with open(path, "a+") as fh:
+        try:
+            fcntl.lockf(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB, 1, rank)
+        except OSError as err:
+            if err.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
+            where = f" (rank {rank} of {world_size})" if world_size > 1 else ""
+            raise ValueError(
+                f"another pretokenize run{where} is writing to {output} (it holds {path.name}); "
+                "wait for it to end, or use another output folder"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.lockf(fh.fileno(), fcntl.LOCK_UN, 1, rank)
+
+
+def _own_entry(name: str) -> bool:
+    """Files pretokenize puts in an output folder before its manifest: locks and the fetch folder."""
+    return name in (_LOCK_NAME, _RUN_LOCK_NAME, INCOMING_DIR)
+
+
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     with atomic_write(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _identity(
-    tokenizer: Tokenizer, model_id: str, fingerprint: str, size: int | None, keep: Sequence[str], inputs: Any, decode: str
+    tokenizer: Tokenizer, model_id: str, fingerprint: str, size: int | None, keep: Sequence[str], inputs: Any, decode: str,
+    exif_transpose: bool = False,
 ) -> dict[str, Any]:
-    extra = {"decode": decode} if decode != "exact" else {}
+    extra: dict[str, Any] = {"decode": decode} if decode != "exact" else {}
+    if exif_transpose:
+        extra["exif_transpose"] = True
     layout = tokenizer.layout(size) if size is not None else tokenizer.layout()
     return {
         **extra,
@@ -218,8 +290,10 @@ def prepare_output(
     inputs: Any = "",
     fingerprint: str | None = None,
     decode: str = "exact",
+    exif_transpose: bool = False,
 ) -> dict[str, Any]:
-    """Create ``output/manifest.json`` (first caller wins) or check that it was made by this model, size and decode mode.
+    """Create ``output/manifest.json`` (first caller wins) or check that it was made by this model, size, decode
+    mode and EXIF orientation rule.
 
     Raises ValueError when the folder belongs to another model or size. Returns the manifest; its
     ``"model_fingerprint"`` is the one to tag shards with (a folder made by vqtok 0.1 keeps its own,
@@ -234,7 +308,15 @@ def prepare_output(
     path = folder / MANIFEST_NAME
     with _locked(folder):
         if not path.exists():
-            manifest = _identity(tokenizer, model_id, fingerprint, size, keep, inputs, decode)
+            foreign = sorted(p.name for p in folder.iterdir() if not _own_entry(p.name))
+            if foreign:
+                more = f" (+{len(foreign) - 3} more)" if len(foreign) > 3 else ""
+                raise ValueError(
+                    f"output folder {folder} is not empty ({', '.join(foreign[:3])}{more}) and has no {MANIFEST_NAME}: "
+                    "it is not a pretokenize output folder, and its files could be overwritten; "
+                    "choose a new or empty folder"
+                )
+            manifest = _identity(tokenizer, model_id, fingerprint, size, keep, inputs, decode, exif_transpose)
             _write_json_atomic(path, manifest)
             return manifest
         try:
@@ -260,6 +342,12 @@ def prepare_output(
             f"{folder} holds tokens of images decoded {manifest.get('decode', 'exact')!r}, this run decodes {decode!r}; "
             "the ids differ slightly: use the same decode mode or another output folder"
         )
+    if bool(manifest.get("exif_transpose", False)) != exif_transpose:
+        made, now = ("turned upright by EXIF", "ignoring EXIF") if manifest.get("exif_transpose") else ("ignoring EXIF", "turned upright by EXIF")
+        raise ValueError(
+            f"{folder} holds tokens of images {made} orientation, this run takes them {now} orientation; "
+            "use the same exif_transpose setting or another output folder"
+        )
     return manifest
 
 
@@ -272,21 +360,35 @@ def update_manifest(output: str | os.PathLike[str]) -> dict[str, Any]:
     folder = Path(output)
     path = folder / MANIFEST_NAME
     with _locked(folder):
-        manifest = json.loads(path.read_text())
-        fp = manifest["model_fingerprint"]
+        try:
+            manifest = json.loads(path.read_text())
+        except ValueError as err:
+            raise ValueError(f"{path} is not valid JSON ({err}); delete it to start over") from None
+        fp = manifest.get("model_fingerprint") if isinstance(manifest, dict) else None
+        if not isinstance(fp, str):
+            raise ValueError(f"{path} is not a vqtok pretokenize manifest (no model_fingerprint); delete it to start over")
         done: list[str] = []
         totals = {"shards": 0, "samples_written": 0, "samples_failed": 0, "tokens": 0}
         for stats_file in sorted(folder.glob("*.json")):
             if stats_file.name == MANIFEST_NAME:
                 continue
             st = read_shard_stats(stats_file)
-            if st is None or st.get("model_fingerprint") != fp or not (folder / st["shard"]).is_file():
+            if st is None or st.get("model_fingerprint") != fp:
                 continue
-            done.append(st["shard"])
+            try:
+                shard = st["shard"]
+                counts = (int(st["samples_written"]), len(st["samples_failed"]), int(st.get("tokens", 0)))
+                complete = isinstance(shard, str) and (folder / shard).is_file()
+            except (KeyError, TypeError, ValueError) as err:
+                logger.warning("ignoring %s: %s", stats_file, reason(err))
+                continue
+            if not complete:
+                continue
+            done.append(shard)
             totals["shards"] += 1
-            totals["samples_written"] += int(st["samples_written"])
-            totals["samples_failed"] += len(st["samples_failed"])
-            totals["tokens"] += int(st.get("tokens", 0))
+            totals["samples_written"] += counts[0]
+            totals["samples_failed"] += counts[1]
+            totals["tokens"] += counts[2]
         manifest["shards_done"] = done
         manifest["totals"] = totals
         remove_stale_tmp(path)  # under the lock: no other rank is writing it
@@ -487,44 +589,47 @@ def pretokenize(
     if opts.workers is None:
         opts = dataclasses.replace(opts, workers=min(4, max(0, (os.cpu_count() or 1) - 1)))
     rank, world_size = resolve_rank(rank, world_size)
-    shards = expand_inputs(input)
+    shards = expand_inputs(input, exclude=output)
     mine = shards_for_rank(shards, rank, world_size)
     # a bare "cuda" under a launcher with several local processes is cuda:$LOCAL_RANK
     run_device = None if device is None else resolve_device(device)
     tokenizer, model_id = load_tokenizer(model, device=run_device, batch_size=opts.batch_size, precision=precision)
     folder, fingerprint = open_output(output, input, tokenizer, model_id, opts)
-    size = opts.size
-    logger.info("rank %d/%d: %d of %d shards, model %s (%s)", rank, world_size, len(mine), len(shards), model_id, fingerprint)
+    with run_lock(folder, rank, world_size):  # a second run of this rank on this folder is refused
+        size = opts.size
+        logger.info("rank %d/%d: %d of %d shards, model %s (%s)", rank, world_size, len(mine), len(shards), model_id, fingerprint)
 
-    bar = _Progress(progress and rank == 0, len(mine))
-    results: list[ShardStats] = []
-    failures: list[SampleFailure] = []
-    jobs = [(src, folder / output_name_for(src)) for src in mine]
-    fetch_failures: list[FetchFailure] = []
-    run_opts = dataclasses.replace(opts, fingerprint=fingerprint, on_samples=bar.update, on_index=bar.on_index)
+        bar = _Progress(progress and rank == 0, len(mine))
+        results: list[ShardStats] = []
+        failures: list[SampleFailure] = []
+        jobs = [(src, folder / output_name_for(src)) for src in mine]
+        fetch_failures: list[FetchFailure] = []
+        run_opts = dataclasses.replace(opts, fingerprint=fingerprint, on_samples=bar.update, on_index=bar.on_index)
 
-    def tokenize(run: list[tuple[Path, Path]]) -> Iterator[ShardStats]:
-        return tokenize_shards(run, tokenizer, run_opts)
+        def tokenize(run: list[tuple[Path, Path]]) -> Iterator[ShardStats]:
+            return tokenize_shards(run, tokenizer, run_opts)
 
-    try:
-        for stats in _run_jobs(jobs, tokenize, folder / INCOMING_DIR, fingerprint=fingerprint, size=size, failures=fetch_failures):
-            if stats.skipped:
-                bar.skipped()
-            results.append(stats)
-            bar.shard(len(results), len(mine))
-            failures.extend(SampleFailure(stats.shard, f["key"], f["reason"]) for f in stats.samples_failed)
-    finally:
-        bar.close()
-    update_manifest(folder)
-    result = RunResult(
-        output=folder,
-        rank=rank,
-        world_size=world_size,
-        shards=results,
-        seconds=time.perf_counter() - t0,
-        failures=failures,
-        fetch_failures=fetch_failures,
-    )
+        stream = _run_jobs(jobs, tokenize, folder / INCOMING_DIR, fingerprint=fingerprint, size=size, failures=fetch_failures)
+        try:
+            for stats in stream:
+                if stats.skipped:
+                    bar.skipped()
+                results.append(stats)
+                bar.shard(len(results), len(mine))
+                failures.extend(SampleFailure(stats.shard, f["key"], f["reason"]) for f in stats.samples_failed)
+        finally:
+            stream.close()  # after an exception here (Ctrl-C) the DataLoader workers stop now, not when it is collected
+            bar.close()
+        update_manifest(folder)
+        result = RunResult(
+            output=folder,
+            rank=rank,
+            world_size=world_size,
+            shards=results,
+            seconds=time.perf_counter() - t0,
+            failures=failures,
+            fetch_failures=fetch_failures,
+        )
     return finish_run(result, max_error_rate)
 
 
@@ -544,7 +649,7 @@ def open_output(
     inputs = input if isinstance(input, str) else os.fspath(input) if isinstance(input, os.PathLike) else list(map(os.fspath, input))
     manifest = prepare_output(
         output, tokenizer, model_id=model_id, size=opts.size, keep=opts.keep, inputs=inputs, fingerprint=fingerprint,
-        decode=opts.decode,
+        decode=opts.decode, exif_transpose=opts.exif_transpose,
     )
     return Path(output), str(manifest["model_fingerprint"])  # a 0.1 folder continues under its own fingerprint
 

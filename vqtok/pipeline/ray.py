@@ -48,6 +48,7 @@ from vqtok.pipeline.driver import (
     finish_run,
     load_tokenizer,
     open_output,
+    run_lock,
     update_manifest,
 )
 from vqtok.pipeline.shards import TokenizeOptions, tokenize_shard
@@ -182,7 +183,7 @@ def pretokenize_ray(
     opts = TokenizeOptions.make(options, **changes)
     if opts.workers is None:
         opts = dataclasses.replace(opts, workers=1)
-    shards = expand_inputs(input)
+    shards = expand_inputs(input, exclude=output)
     remote = [s for s in shards if isinstance(s, str)]
     if remote:
         raise ValueError(
@@ -192,6 +193,16 @@ def pretokenize_ray(
     # The driver loads the model once (CPU) for the fingerprint and the manifest.
     tokenizer, model_id = load_tokenizer(model, device="cpu", batch_size=opts.batch_size, precision=precision)
     folder, fingerprint = open_output(output, input, tokenizer, model_id, opts)
+    with run_lock(folder):  # a second run on this folder is refused
+        result = _run_shards(ray, model, tokenizer, model_id, folder, fingerprint, shards, opts, ropts, device, precision, progress, t0)
+    return finish_run(result, max_error_rate, undone=ShardFailed)
+
+
+def _run_shards(
+    ray: Any, model: Any, tokenizer: Tokenizer, model_id: str, folder: Path, fingerprint: str, shards: list[Any],
+    opts: TokenizeOptions, ropts: RayOptions, device: str | None, precision: str, progress: bool, t0: float,
+) -> RunResult:
+    """The shards of :func:`pretokenize_ray` in ``folder`` (its manifest checked, its run lock held)."""
     opts = dataclasses.replace(opts, fingerprint=fingerprint, on_samples=None, on_index=None)
     jobs = [(Path(src), folder / output_name_for(src)) for src in shards]
     results: dict[int, ShardStats] = {}
@@ -209,12 +220,11 @@ def pretokenize_ray(
         shard_failures = _run_on_ray(ray, model, tokenizer, jobs, todo, results, opts, ropts, device, precision, progress)
     update_manifest(folder)
     ordered = [results[i] for i in sorted(results)]
-    result = RunResult(
+    return RunResult(
         output=folder, rank=0, world_size=1, shards=ordered, seconds=time.perf_counter() - t0,
         failures=[SampleFailure(s.shard, f["key"], f["reason"]) for s in ordered for f in s.samples_failed],
         fetch_failures=shard_failures,
     )
-    return finish_run(result, max_error_rate, undone=ShardFailed)
 
 
 def _run_on_ray(

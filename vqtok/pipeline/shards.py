@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from vqtok._memory import check_image_size
 from vqtok._runtime import die_with_parent
 from vqtok.images import DECODE_MODES
 from vqtok.pipeline._naming import completed_output, model_fingerprint
@@ -36,6 +37,9 @@ logger = logging.getLogger(__name__)
 __all__ = ["TokenizeOptions", "tokenize_shard", "tokenize_shards"]
 
 
+OUTPUT_FIELDS: tuple[str, ...] = ("ids.npy",)  # the fields a token shard's samples get from pretokenize
+
+
 @dataclass(frozen=True)
 class TokenizeOptions:
     """How :func:`tokenize_shard`, :func:`tokenize_shards` and :func:`~vqtok.pipeline.pretokenize` tokenize.
@@ -49,6 +53,7 @@ class TokenizeOptions:
     keep: tuple[str, ...] = DEFAULT_KEEP  # input fields copied byte for byte into the token shard
     image_exts: tuple[str, ...] = IMAGE_FIELDS  # fields tried, in order, as the sample's image
     decode: str = "exact"  # "exact" or "fast" (JPEG draft decoding to >= 2x size first; vqtok.images.DECODE_MODES)
+    exif_transpose: bool = False  # turn images upright by their EXIF orientation first (default: ignored, as PIL does)
     fingerprint: str | None = None  # the model's fingerprint (computed when None)
     overwrite: bool = False  # redo shards whose complete output exists
     on_samples: Callable[[int], None] | None = None  # called with the number of samples just done (progress)
@@ -67,6 +72,12 @@ class TokenizeOptions:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.decode not in DECODE_MODES:
             raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, got {self.decode!r}")
+        taken = [k for k in self.keep if k.lower() in OUTPUT_FIELDS]
+        if taken:
+            raise ValueError(
+                f"keep field {taken[0]!r} has the name of a field pretokenize writes ({', '.join(OUTPUT_FIELDS)}); "
+                "a copy would hide the token ids: leave it out of keep"
+            )
         if self.workers is not None and self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         size = self.size
@@ -74,6 +85,7 @@ class TokenizeOptions:
             raise ValueError(f"size must be a positive int or None, got {size!r}")
         if size is not None and size % tokenizer.downsample_factor:
             raise ValueError(f"size {size} is not a multiple of the model's downsample factor {tokenizer.downsample_factor}")
+        check_image_size(tokenizer, size, option="size")  # the activations of one image must fit in memory
 
 
 def _completed(src: Path, dst: Path, fingerprint: str, opts: TokenizeOptions) -> ShardStats | None:
@@ -126,6 +138,7 @@ def tokenize_shards(
         keep=opts.keep,
         image_exts=opts.image_exts,
         decode=opts.decode,
+        exif_transpose=opts.exif_transpose,
     )
     loader = torch.utils.data.DataLoader(
         stream, batch_size=None, num_workers=workers, collate_fn=_identity, prefetch_factor=2 if workers else None,
@@ -136,9 +149,11 @@ def tokenize_shards(
         # Leave the decoding workers their cores: oversubscribed intra-op threads are much slower.
         torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 1) - workers)))
     writer: TokenShardWriter | None = None
+    blocks = iter(loader)
+    finished = False
     try:
         expect = (0, 0)  # (shard number, block number) the next block must have
-        for block in loader:
+        for block in blocks:
             if (block.shard, block.number) != expect:  # pragma: no cover - would mean the DataLoader reordered blocks
                 raise RuntimeError(f"internal error: got block {(block.shard, block.number)}, expected {expect}")
             if block.number == 0:
@@ -170,11 +185,37 @@ def tokenize_shards(
                 expect = (block.shard, block.number + 1)
         if expect != (len(todo), 0):  # pragma: no cover
             raise RuntimeError(f"internal error: the sample stream ended early at {expect}")
+        finished = True
         yield from flush(len(pairs))
     finally:
+        if not finished:
+            _kill_workers(blocks)
         if writer is not None:
             writer.abort()
         torch.set_num_threads(threads)
+
+
+def _kill_workers(blocks: Any) -> None:
+    """Stop the worker processes of a DataLoader iterator left early (an error, Ctrl-C, SIGTERM) at once.
+
+    Its own shutdown waits for workers that may be blocked writing to a full pipe, or busy in a sample,
+    and its terminate() is SIGTERM, which the workers ignore (:func:`~vqtok._runtime.die_with_parent`):
+    the exit-time join of multiprocessing would then wait forever. SIGKILL needs no cooperation.
+    """
+    workers = getattr(blocks, "_workers", None)
+    if not workers:
+        return
+    if getattr(blocks, "_worker_pids_set", False):  # no "worker killed by signal" error from torch's SIGCHLD handler
+        from torch.utils.data._utils import signal_handling
+
+        signal_handling._remove_worker_pids(id(blocks))
+        blocks._worker_pids_set = False
+    for w in workers:
+        if w.is_alive():
+            w.kill()
+    for w in workers:
+        w.join(timeout=10)
+    blocks._shutdown_workers()
 
 
 def tokenize_shard(

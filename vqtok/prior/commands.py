@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +80,22 @@ def add_commands(subparsers: Any) -> None:
     s.set_defaults(func=_sample)
 
 
+def _say_resume(out: Path) -> None:
+    """``vqtok train-prior: resuming from step N of OUT`` on stderr when ``out`` holds a checkpoint."""
+    from vqtok._runtime import CheckpointDir
+    from vqtok.prior.train import STATE_NAME
+
+    latest = CheckpointDir(out).latest()
+    if latest is None:
+        return
+    try:
+        step = int(json.loads((latest / STATE_NAME).read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        step = None
+    at = f"step {step}" if step is not None else latest.name
+    print(f"vqtok train-prior: resuming from {at} of {out} (--no-resume refuses, another --out starts anew)", file=sys.stderr)
+
+
 def _train_prior(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -98,6 +116,8 @@ def _train_prior(args: argparse.Namespace) -> int:
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     if not cfg.tokens:
         raise ValueError("give the token shards with --tokens (or `tokens:` in --config)")
+    if not args.no_resume and env_int("RANK", 0) == 0:
+        _say_resume(Path(args.out))
     result = train(
         cfg, out=args.out, resume=not args.no_resume, progress=not args.no_progress, stop_after=args.stop_after
     )

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vqtok.commands import add_device_argument, add_out_argument, positive_int
+from vqtok.commands import add_device_argument, add_out_argument, device_from_args, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +152,12 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from vqtok.training.config import LEGACY_KEYS, TrainConfig
+    from vqtok.training.data import training_sources
     from vqtok.training.trainer import Trainer, checkpoint_config
+
+    if args.device is not None:  # an unusable --device first: it fails whatever the data
+        device_from_args(args)
+    training_sources(args.data)  # no data is said before weights, models or the run folder
 
     saved = None if args.no_resume else _saved_run_config(args.out)
     if args.config:

@@ -102,6 +102,20 @@ def _is_shards(source: str) -> bool:
     return not Path(source).is_dir()
 
 
+def training_sources(source: str) -> tuple[list[Path], list[str]]:
+    """(image files, shards) of a training source: an image folder's images, or a shard spec's local
+    shards. FileNotFoundError / ValueError (one line) when there is nothing to train on."""
+    if not _is_shards(source):
+        return list_images(source), []
+    from vqtok.tars import expand_shards
+
+    shards = expand_shards(source)
+    remote = [u for u in shards if is_remote(u)]
+    if remote:
+        raise ValueError(f"training reads local shard files; {remote[0]} is remote (copy the shards or mount the bucket)")
+    return [], shards
+
+
 def _shard_images(url: str) -> Iterator[tuple[str, bytes]]:
     """(key, encoded image) of the samples of one shard that have an image, in order.
 
@@ -154,19 +168,7 @@ class TrainImages(torch.utils.data.IterableDataset):
         self.rank = rank
         self.world_size = world_size
         self.cache_images = cache_images
-        if _is_shards(self.source):
-            from vqtok.tars import expand_shards
-
-            self.shards: list[str] = expand_shards(self.source)
-            remote = [u for u in self.shards if is_remote(u)]
-            if remote:
-                raise ValueError(
-                    f"training reads local shard files; {remote[0]} is remote (copy the shards or mount the bucket)"
-                )
-            self.files: list[Path] = []
-        else:
-            self.files = list_images(self.source)
-            self.shards = []
+        self.files, self.shards = training_sources(self.source)
         self._cache: dict[int, Image.Image] = {}
         self._reported: set[str] = set()  # bad samples already warned about (per worker)
 
