@@ -34,7 +34,7 @@ FENCE = re.compile(r"^```(bash|python)\n(.*?)^```\s*$", re.M | re.S)
 SKIP = re.compile(r"<!--\s*skip-test:\s*(.*?)\s*-->\s*$")
 # ``<!-- needs: ray -->`` before a block: it runs only where that module is installed (an optional extra)
 NEEDS = re.compile(r"<!--\s*needs:\s*([\w.]+)\s*-->\s*$")
-MAX_SKIPPED = 19  # blocks marked skip-test in all pages together (three of them clone a reference repo for parity)
+MAX_SKIPPED = 20  # blocks marked skip-test in all pages together (four of them clone a reference repo for parity)
 
 # Same commands, small scale: (pattern, replacement) applied to every block.
 SMALL_SCALE: list[tuple[str, str]] = [
@@ -52,6 +52,7 @@ from vqtok import Tokenizer
 paths = ["a.jpg", "b.jpg"]
 image = Image.open("cat.jpg")
 img1, img2 = Image.open("a.jpg"), Image.open("b.jpg")
+images = [img1, img2]
 spec = "tokens/train-{000000..000001}.tar"
 tokenizer = Tokenizer.from_pretrained("models/mine")
 ids = torch.randint(0, 1024, (4, 16, 16), generator=torch.Generator().manual_seed(0))
@@ -184,6 +185,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str
     _cache_repo(cache, "nvidia/Cosmos-0.1-Tokenizer-DI16x16",
                 {n: w / "Cosmos-0.1-Tokenizer-DI16x16" / n for n in ("encoder.jit", "decoder.jit")})
     _cache_repo(cache, "FoundationVision/var", {"vae_ch160v4096z32.pth": w / "vae_ch160v4096z32.pth"})
+    # TiTok: the parity fixture (TiTok's own save_pretrained output, 32 ids) under the released L-32 names
+    titok = ROOT / "tests" / "fixtures" / "titok"
+    titok_files = {n: titok / n for n in ("config.json", "model.safetensors")}
+    _cache_repo(cache, "yucornetto/tokenizer_titok_l32_imagenet", titok_files)
+    (w / "path" / "to" / "tokenizer_titok_l32_imagenet").mkdir(parents=True)
+    for n, src in titok_files.items():
+        shutil.copyfile(src, w / "path" / "to" / "tokenizer_titok_l32_imagenet" / n)
     _cache_repo(cache, "CompVis/ldm-celebahq-256",
                 {f"vqvae/{p.name}": p for p in (w / "path" / "to" / "vqvae").iterdir()})
 
