@@ -261,3 +261,27 @@ def test_decode_names_the_default_version_that_made_the_ids(tmp_path: Path, caps
     assert _last_line(capsys.readouterr().err).endswith("decode with --model default@v1, or pass --force")
     assert main(["decode", str(ids), "--model", "default@v1", "--out", str(tmp_path / "dec"), "--no-progress",
                  "--device", "cpu"]) == 0
+
+
+# ---------------------------------------------------------------------- item 9: decode has a size bound
+def test_decode_refuses_huge_ids_and_lying_npy_headers_quickly(tmp_path: Path, model_dir: Path) -> None:
+    big = tmp_path / "big.npy"
+    np.save(big, np.zeros((512, 512), np.uint16))  # a 512 KB file: 262 144 positions (took 447 s and 3.3 GB)
+    liar = tmp_path / "liar.npy"
+    np.save(liar, np.zeros((4, 4), np.uint16))
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((4, 4), np.uint16)) | {"shape": (400000, 400000)}
+    with open(liar, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, header)
+        fh.write(np.zeros(16, np.uint16).tobytes())
+    script = (
+        "import resource, sys\nfrom vqtok.cli import main\n"
+        f"rc = main(['decode', sys.argv[1], '--model', {str(model_dir)!r}, '--out', sys.argv[2], '--no-progress'])\n"
+        "print(rc, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"
+    )
+    for path, what in ((big, "max_decode_positions"), (liar, "header claims")):
+        run = subprocess.run([sys.executable, "-c", script, str(path), str(tmp_path / "out")], capture_output=True,
+                             text=True, timeout=120, cwd=ROOT)
+        rc, peak_mib = map(int, run.stdout.split())
+        assert rc == 2 and what in run.stderr and "Traceback" not in run.stderr, run.stderr
+        assert peak_mib < 600  # the imports and the tiny model: no allocation for the claimed ids
+        assert not (tmp_path / "out").exists()
