@@ -9,6 +9,7 @@
 * :func:`append_jsonl` / :func:`read_jsonl`: the ``OUT/log.jsonl`` of a run.
 * :func:`read_config_file` / :func:`write_config_file`: training configs as YAML (or JSON).
 * :func:`die_with_parent`: the ``worker_init_fn`` of every vqtok DataLoader (workers never outlive their parent).
+* :func:`actor_pool`: keep a set of Ray actors busy over a list of items (pretokenize's and eval's Ray engines).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -296,3 +297,27 @@ def write_config_file(path: str | os.PathLike[str], config: Mapping[str, Any]) -
     p = Path(path)
     p.write_text(yaml.safe_dump(json.loads(json.dumps(dict(config))), sort_keys=False))
     return p
+
+
+def actor_pool(ray: Any, actors: Sequence[Any], todo: Sequence[int], submit: Callable[[Any, int], Any]) -> Iterator[tuple[int, Any]]:
+    """Keep every actor busy: ``submit(actor, i)`` starts item ``i`` on ``actor`` and returns its object ref.
+
+    Yields ``(i, ref)`` as each item finishes (completion order) and then gives that actor the next
+    item. The caller reads the result (``ray.get(ref)``, which raises for a failed task) and kills
+    the actors. ``ray`` is the imported module (Ray is an optional extra).
+    """
+    queue = list(todo)
+    pending: dict[Any, tuple[int, Any]] = {}  # object ref -> (item, actor)
+
+    def start(actor: Any) -> None:
+        if queue:
+            i = queue.pop(0)
+            pending[submit(actor, i)] = (i, actor)
+
+    for actor in actors:
+        start(actor)
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        i, actor = pending.pop(ready[0])
+        yield i, ready[0]
+        start(actor)

@@ -24,6 +24,7 @@ from PIL import Image
 
 from vqtok.layout import DENSE_HISTOGRAM_MAX
 from vqtok._errors import reason
+from vqtok._runtime import actor_pool
 from vqtok.metrics.fid import (
     FIDStats,
     KIDResult,
@@ -759,22 +760,9 @@ def _run_ray(
                           max_task_retries=ropts.max_retries).remote(refs[0], options, refs[1], refs[2], device, ropts.threads)
         for _ in range(num_actors)
     ]
-    queue = list(todo)
-    pending: dict[Any, tuple[int, Any]] = {}
-
-    def submit(actor: Any) -> None:
-        if queue:
-            i = queue.pop(0)
-            pending[actor.score.remote([(k, str(p)) for k, p in chunks[i]])] = (i, actor)
-
     try:
-        for actor in actors:
-            submit(actor)
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            i, actor = pending.pop(ready[0])
-            on_chunk(i, ChunkResult.from_arrays(ray.get(ready[0])))  # a chunk that failed every retry raises here
-            submit(actor)
+        for i, ref in actor_pool(ray, actors, todo, lambda actor, i: actor.score.remote([(k, str(p)) for k, p in chunks[i]])):
+            on_chunk(i, ChunkResult.from_arrays(ray.get(ref)))  # a chunk that failed every retry raises here
     finally:
         for actor in actors:
             ray.kill(actor)

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vqtok._errors import reason
-from vqtok._runtime import resolve_device
+from vqtok._runtime import actor_pool, resolve_device
 from vqtok.pipeline._naming import completed_output, fingerprint_matches, model_fingerprint, output_name_for
 from vqtok.pipeline.driver import (
     FetchFailure,
@@ -267,22 +267,10 @@ def _run_on_ray(
     ]
     failures: list[FetchFailure] = []
     bar = _ShardProgress(len(todo), progress)
-    pending: dict[Any, tuple[int, Any]] = {}  # object ref -> (job index, actor)
-    queue = list(todo)
-
-    def submit(actor: Any) -> None:
-        if queue:
-            i = queue.pop(0)
-            pending[actor.tokenize.remote(str(jobs[i][0]), str(jobs[i][1]))] = (i, actor)
-
     try:
-        for actor in actors:
-            submit(actor)
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            i, actor = pending.pop(ready[0])
+        for i, ref in actor_pool(ray, actors, todo, lambda actor, i: actor.tokenize.remote(str(jobs[i][0]), str(jobs[i][1]))):
             try:
-                stats = _stats(ray.get(ready[0]))
+                stats = _stats(ray.get(ref))
                 results[i] = stats
                 bar.update(stats.num_samples)
             except Exception as err:  # noqa: BLE001 - one failed shard must not stop the others
@@ -290,7 +278,6 @@ def _run_on_ray(
                 logger.error("shard %s failed: %s (left undone)", jobs[i][0], why)
                 failures.append(FetchFailure(str(jobs[i][0]), why))
                 bar.update(0)
-            submit(actor)
     finally:
         bar.close()
         for actor in actors:
