@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from typing import Sequence
 
 from vqtok import __version__
@@ -114,6 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 143
     except KeyboardInterrupt:
         print("vqtok: interrupted", file=sys.stderr)
+        if threading.current_thread() is threading.main_thread():
+            # the process is ending: a second Ctrl-C would only break the exit-time cleanup (atexit
+            # handlers of torch and multiprocessing) with tracebacks
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         return 130
     finally:
         if previous is not None:
