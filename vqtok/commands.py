@@ -298,9 +298,9 @@ def _output_names(record: dict[str, Any] | None, record_path: Path, count: int) 
 def _fingerprints(tok: Tokenizer) -> set[str]:
     """The model fingerprints of ``tok`` at every precision, by today's rule and 0.1's (a record made at bf16,
     or by an earlier vqtok, matches an fp32 load)."""
-    from vqtok.pipeline._naming import legacy_fingerprint, model_fingerprint
+    from vqtok.pipeline._naming import all_fingerprints
 
-    return {f(tok, precision=p) for f in (model_fingerprint, legacy_fingerprint) for p in ("fp32", "bf16", "fp16")}
+    return all_fingerprints(tok)
 
 
 def _decode_tokenizer(args: argparse.Namespace, record: dict[str, Any] | None, record_path: Path) -> Tokenizer:

@@ -414,7 +414,7 @@ class Tokenizer:
             f = self.downsample_factor
             raise ValueError(
                 f"{err}; pass size=S (e.g. {max(f, (min(hgt, wid) // f) * f)}) to resize and center-crop"
-                if layout_is_grid(self.model) else f"{err}"
+                if self.layout().kind == "grid" else f"{err}"
             ) from None
         amp = self._autocast_dtype()
         out = []
@@ -502,9 +502,3 @@ class Tokenizer:
     def reconstruct(self, images: Any, *, size: int | None = None, output: Literal["pil", "np", "pt"] = "pil") -> Any:
         """decode(encode(images)): the round trip used for reconstruction metrics."""
         return self.decode(self.encode(images, size=size), output=output)
-
-
-
-def layout_is_grid(model: Any) -> bool:
-    """Whether a model's ids form one grid whose size follows the image (convolutional families)."""
-    return bool(model.layout(None).kind == "grid")

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["completed_output", "fingerprint_matches", "legacy_fingerprint", "model_fingerprint", "output_name_for"]
+__all__ = ["all_fingerprints", "completed_output", "fingerprint_matches", "legacy_fingerprint", "model_fingerprint", "output_name_for"]
 
 
 def output_name_for(src: str | os.PathLike[str]) -> str:
@@ -43,35 +43,60 @@ def _non_default_fields(config: object) -> dict[str, object]:
     return {k: v for k, v in values.items() if k not in defaults or defaults[k] != v}
 
 
-def _hash_weights(h: "hashlib._Hash", tokenizer: Tokenizer) -> None:
+def _hash_weights(hashers: list[hashlib._Hash], tokenizer: Tokenizer) -> None:
+    """Feed every weight tensor (name, dtype, shape, bytes) to each of ``hashers``, in one pass over the weights."""
     for name, tensor in sorted(tokenizer.model.state_dict().items()):
         t = tensor.detach().to("cpu").contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        head = f"{name}:{t.dtype}:{tuple(t.shape)}".encode()
+        data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        for h in hashers:
+            h.update(head)
+            h.update(data)
 
 
-def model_fingerprint(tokenizer: Tokenizer, *, precision: str | None = None) -> str:
-    """sha256 (16 hex) of what decides the ids: the family, its token layout, the config fields that differ
-    from their defaults, the precision and the weights. Marked ``"2:"`` apart from :func:`legacy_fingerprint`."""
+def _start(tokenizer: Tokenizer, precision: str, *, legacy: bool) -> hashlib._Hash:
+    """A hasher fed with everything of a fingerprint but the weights."""
+    if legacy:  # vqtok 0.1: serialised config, precision
+        h = hashlib.sha256()
+        h.update(json.dumps(tokenizer.config.to_dict(), sort_keys=True).encode())
+        h.update(precision.encode())
+        return h
     h = hashlib.sha256(b"vqtok-fingerprint/2\0")
     identity = {
         "model_type": tokenizer.model_type,
         "layout": tokenizer.layout().to_dict(),
         "config": _non_default_fields(tokenizer.config),
-        "precision": precision or str(getattr(tokenizer, "precision", "fp32")),
+        "precision": precision,
     }
     h.update(json.dumps(identity, sort_keys=True).encode())
-    _hash_weights(h, tokenizer)
-    return "2:" + h.hexdigest()[:16]
+    return h
+
+
+def _finish(h: hashlib._Hash, *, legacy: bool) -> str:
+    return h.hexdigest()[:16] if legacy else "2:" + h.hexdigest()[:16]
+
+
+def model_fingerprint(tokenizer: Tokenizer, *, precision: str | None = None) -> str:
+    """sha256 (16 hex) of what decides the ids: the family, its token layout, the config fields that differ
+    from their defaults, the precision and the weights. Marked ``"2:"`` apart from :func:`legacy_fingerprint`."""
+    h = _start(tokenizer, precision or str(getattr(tokenizer, "precision", "fp32")), legacy=False)
+    _hash_weights([h], tokenizer)
+    return _finish(h, legacy=False)
 
 
 def legacy_fingerprint(tokenizer: Tokenizer, *, precision: str | None = None) -> str:
     """The fingerprint of vqtok 0.1's corpora (serialised config, precision, weights): still accepted on resume."""
-    h = hashlib.sha256()
-    h.update(json.dumps(tokenizer.config.to_dict(), sort_keys=True).encode())
-    h.update((precision or str(getattr(tokenizer, "precision", "fp32"))).encode())
-    _hash_weights(h, tokenizer)
-    return h.hexdigest()[:16]
+    h = _start(tokenizer, precision or str(getattr(tokenizer, "precision", "fp32")), legacy=True)
+    _hash_weights([h], tokenizer)
+    return _finish(h, legacy=True)
+
+
+def all_fingerprints(tokenizer: Tokenizer, precisions: tuple[str, ...] = ("fp32", "bf16", "fp16")) -> set[str]:
+    """The fingerprints of ``tokenizer`` at each precision under today's rule and 0.1's, from one pass over the weights."""
+    keys = [(p, legacy) for p in precisions for legacy in (False, True)]
+    hashers = [_start(tokenizer, p, legacy=legacy) for p, legacy in keys]
+    _hash_weights(hashers, tokenizer)
+    return {_finish(h, legacy=legacy) for h, (_, legacy) in zip(hashers, keys)}
 
 
 def fingerprint_matches(tokenizer: Tokenizer, fingerprint: object, *, current: str | None = None) -> bool:
