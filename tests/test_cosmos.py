@@ -337,7 +337,7 @@ def test_cli_convert_then_pretokenize_usage_eval(tmp_path: Path, capsys) -> None
     out = tmp_path / "m"
     assert main(["convert", "cosmos", str(enc_path), str(dec_path), "--resolution", "256", "--attn-resolutions", "16",
                  "--out", str(out)]) == 0
-    assert "converted Cosmos" in capsys.readouterr().out
+    assert "(cosmos -> cosmos: grid HxW/f, " in capsys.readouterr().out
     assert json.loads((out / "config.json").read_text())["model_type"] == "cosmos"
     tok = Tokenizer.from_pretrained(out)
     assert tok.config == TINY8

@@ -201,7 +201,7 @@ def test_ema_selection(tmp_path):
 def test_cli_convert_llamagen(llamagen_ckpt, tmp_path, capsys):
     path, state = llamagen_ckpt
     assert main(["convert", "llamagen", path, "--out", str(tmp_path / "model")]) == 0
-    assert "model weights" in capsys.readouterr().out
+    assert "(llamagen -> vqgan: grid HxW/f, 1024 codes, f" in capsys.readouterr().out
     tok = Tokenizer.from_pretrained(tmp_path / "model")
     assert tok.config.l2_norm_codes and tok.codebook_size == 1024
     assert torch.equal(tok.model.quantize.embedding.weight, state["quantize.embedding.weight"])

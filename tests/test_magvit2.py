@@ -248,7 +248,7 @@ def test_cli_convert_magvit2(tmp_path: Path, capsys) -> None:
     model = _model(1)
     path = _ckpt(model, tmp_path / "a.ckpt", ema=None)
     assert main(["convert", "magvit2", str(path), "--resolution", "64", "--out", str(tmp_path / "m")]) == 0
-    assert "converted Open-MAGVIT2" in capsys.readouterr().out
+    assert "(magvit2 -> magvit2: grid HxW/f, " in capsys.readouterr().out
     tok = Tokenizer.from_pretrained(tmp_path / "m")
     assert tok.config == SMALL
     photos = real_photos(1)

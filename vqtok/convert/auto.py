@@ -5,26 +5,14 @@ to :func:`resolve_pretrained` (registered as the Tokenizer's layout resolver whe
 imported, which ``import vqtok`` does): the tokenizer does not import the converters, the
 converters import the tokenizer.
 
-Recognition (from the file names of the repo or folder, plus ``filename`` / ``subfolder``):
-
-==============================================  ==============  ===================================
-files                                           layout          converter
-==============================================  ==============  ===================================
-``config.json`` with ``"vqtok_format"``         ``vqtok``       none (loaded as is)
-``config.json`` (``VQModel``) + diffusers       ``diffusers``   :func:`~vqtok.convert.from_diffusers`
-weights, at the root or in ``subfolder``
-``flax_model.msgpack`` (+ ``config.json``)      ``dalle-mini``  :func:`~vqtok.convert.from_dalle_mini`
-one Lightning ``*.ckpt`` (or ``filename=``)     ``magvit2``,    :func:`~vqtok.convert.from_magvit2` (no
-                                                ``ibq`` or      codebook tensor), :func:`~vqtok.convert.from_ibq`
-                                                ``taming``      (a codebook and ``model_ema.*`` weights, or
-                                                                "ibq" in the repo / file name), else
-                                                                :func:`~vqtok.convert.from_taming`
-one ``*.pt`` / ``*.pth`` (or ``filename=``)     ``llamagen``    :func:`~vqtok.convert.from_llamagen`
-what a registered family's recogniser claims    its format      the family's pure converter
-(``vae_*.pth``: VAR; a TiTok ``config.json``)   (``var``, ...)  (:mod:`vqtok.models.registry`)
-==============================================  ==============  ===================================
-
-Registered formats are tried right after vqtok's own folders, before the file-suffix rules.
+The layouts are the registered families' source formats (:mod:`vqtok.models.registry`): each
+format's recogniser looks at the file names of the folder (and at ``config.json``) and claims the
+files its converter reads. A folder is tried against vqtok's own layout first (``config.json``
+with ``"vqtok_format"``), then against the formats that recognise by name or config
+(``diffusers``, ``dalle-mini``, ``cosmos``, ``var``, ``titok``), then against those that go by
+file suffix alone (a ``.ckpt``: ``taming``, ``magvit2`` or ``ibq``, told apart by the loaded
+checkpoint's tensors; a ``.pt``: ``llamagen``). A pipeline's ``vqvae/`` subfolder is found by
+itself. ``filename=`` names the file to convert; ``subfolder=`` the folder to look in.
 
 Files are fetched with ``huggingface_hub`` (its cache, ``revision``, ``local_files_only`` and
 ``HF_HUB_OFFLINE``). The converted folder is kept under ``<vqtok cache>/converted/`` (see
@@ -46,20 +34,22 @@ from typing import Any, Callable, Mapping, Sequence
 
 from vqtok import hub
 from vqtok._io import atomic_write, sha256_file
-from vqtok.hub import CONFIG_NAME, WEIGHTS_NAME, load_strict, weights_cache_dir
+from vqtok.convert._build import convert_files
+from vqtok.hub import CONFIG_NAME, WEIGHTS_NAME, weights_cache_dir
 from vqtok.models import registry
 from vqtok.tokenizer import Tokenizer, register_exporter, register_layout_resolver
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["UnrecognisedLayout", "Recognised", "recognise_layout", "resolve_pretrained", "convert_files", "convert_format", "converted_cache_dir", "layouts", "LAYOUTS"]
-
-_BUILTIN_LAYOUTS = ("vqtok", "diffusers", "dalle-mini", "cosmos", "magvit2", "ibq", "taming", "llamagen")
+__all__ = [
+    "UnrecognisedLayout", "Recognised", "Located", "recognise_layout", "locate", "resolve_pretrained", "convert_files",
+    "converted_cache_dir", "layouts", "LAYOUTS",
+]
 
 
 def layouts() -> tuple[str, ...]:
-    """Every layout from_pretrained recognises: vqtok's own, the built-in converters' and each registered format."""
-    return _BUILTIN_LAYOUTS + tuple(fmt.name for _, fmt in registry.source_formats() if fmt.name not in _BUILTIN_LAYOUTS)
+    """Every layout from_pretrained recognises: vqtok's own and each registered source format."""
+    return ("vqtok",) + tuple(fmt.name for _, fmt in registry.source_formats())
 
 
 def __getattr__(name: str) -> Any:
@@ -67,10 +57,7 @@ def __getattr__(name: str) -> Any:
         return layouts()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-_DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
-_FLAX_WEIGHTS = "flax_model.msgpack"
-_LIGHTNING_SUFFIXES = (".ckpt",)
-_TORCH_SUFFIXES = (".pt", ".pth")  # found by themselves; a .bin only when named (filename=)
+
 _COMMIT = re.compile(r"[\\/]snapshots[\\/]([0-9a-f]{40})[\\/]")
 
 
@@ -80,9 +67,13 @@ class UnrecognisedLayout(FileNotFoundError):
 
 @dataclass(frozen=True)
 class Recognised:
-    """What :func:`recognise_layout` found: the layout and the files (relative to the folder) its converter reads."""
+    """What :func:`recognise_layout` found: the layout and the files (relative to the folder) its converter reads.
 
-    layout: str  # one of LAYOUTS; "lightning" is resolved to magvit2 / ibq once the file is read
+    ``layout`` is one of :data:`LAYOUTS`, or several by-suffix formats joined by ``|`` (a
+    ``.ckpt`` is ``taming|magvit2|ibq`` until the loaded checkpoint tells which).
+    """
+
+    layout: str
     files: tuple[str, ...]  # paths relative to the repo root (subfolder included)
 
 
@@ -94,6 +85,10 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return raw if isinstance(raw, dict) else None
 
 
+def _formats_help(formats: Sequence[registry.SourceFormat]) -> str:
+    return "; ".join(f"{fmt.name}: {fmt.help}" for fmt in formats)
+
+
 def recognise_layout(
     names: Sequence[str],
     *,
@@ -101,67 +96,56 @@ def recognise_layout(
     subfolder: str | None = None,
     read_config: Callable[[str], Mapping[str, Any] | None] | None = None,
     where: str = "the source",
+    formats: Sequence[str] | None = None,
 ) -> Recognised:
     """The layout of a repo or folder from its file ``names`` (paths relative to its root, ``/``-separated).
 
-    ``read_config(path)`` returns a parsed ``config.json`` (or None) when the decision needs it
-    (vqtok vs diffusers vs dalle-mini). Raises ``ValueError`` naming the files seen and the
-    layouts understood when nothing matches, or when several checkpoints leave the choice open.
+    ``read_config(path)`` returns a parsed ``config.json`` (or None) when a recogniser needs it.
+    ``formats`` limits the search to those source formats (``vqtok convert NAME``). Raises
+    :class:`UnrecognisedLayout` naming the files seen and the layouts understood when nothing
+    matches; ValueError when the named ``filename`` is of no format, or when several checkpoints
+    leave the choice open.
     """
     prefix = f"{subfolder.strip('/')}/" if subfolder else ""
+    candidates = [fmt for _, fmt in registry.source_formats() if formats is None or fmt.name in formats]
     if filename is not None:
-        path = prefix + filename
-        if path not in names:
-            raise FileNotFoundError(f"{where} has no {path!r} (files: {_listing(names)})")
-        for _, fmt in registry.source_formats():
-            claimed = fmt.recognise([path], read_config or (lambda _p: None)) if fmt.recognise else None
-            if claimed:
-                return Recognised(fmt.name, claimed)
-        lower = filename.lower()
-        if lower.endswith(_LIGHTNING_SUFFIXES):
-            return Recognised("lightning", (path,))
-        if lower.endswith(_TORCH_SUFFIXES + (".bin",)):
-            return Recognised("llamagen", (path,))
-        if lower.endswith(".msgpack"):
-            config = prefix + CONFIG_NAME
-            return Recognised("dalle-mini", (config, path) if config in names else (path,))
-        raise ValueError(
-            f"{filename!r} of {where}: vqtok converts Lightning .ckpt (Open-MAGVIT2, IBQ, taming), LlamaGen .pt and "
-            f"Flax .msgpack files by name; for a folder layout leave filename out"
-        )
-    here = [n[len(prefix) :] for n in names if n.startswith(prefix) and "/" not in n[len(prefix) :]]
-    if not here:
-        raise UnrecognisedLayout(f"{where} has no files{f' in subfolder {subfolder!r}' if subfolder else ''}")
-    config = read_config(prefix + CONFIG_NAME) if (CONFIG_NAME in here and read_config is not None) else None
-    if config is not None and "vqtok_format" in config:
+        if prefix + filename not in names:
+            raise FileNotFoundError(f"{where} has no {prefix + filename!r} (files: {_listing(names)})")
+        here = [filename] + [CONFIG_NAME for n in names if n == prefix + CONFIG_NAME and filename != CONFIG_NAME]
+    else:
+        here = [n[len(prefix):] for n in names if n.startswith(prefix) and "/" not in n[len(prefix):]]
+        if not here:
+            raise UnrecognisedLayout(f"{where} has no files{f' in subfolder {subfolder!r}' if subfolder else ''}")
+
+    def read(path: str) -> Mapping[str, Any] | None:
+        return read_config(prefix + path) if read_config is not None else None
+
+    if filename is None and formats is None and CONFIG_NAME in here and "vqtok_format" in (read(CONFIG_NAME) or {}):
         return Recognised("vqtok", (prefix + CONFIG_NAME, prefix + WEIGHTS_NAME))
-    for _, fmt in registry.source_formats():
-        claimed = fmt.recognise(here, lambda p: read_config(prefix + p) if read_config else None) if fmt.recognise else None
-        if claimed:
-            return Recognised(fmt.name, tuple(prefix + f for f in claimed))
-    weights = [w for w in _DIFFUSERS_WEIGHTS if w in here]
-    if weights and CONFIG_NAME in here:
-        return Recognised("diffusers", (prefix + CONFIG_NAME, prefix + weights[0]))
-    if _FLAX_WEIGHTS in here:
-        files = (prefix + CONFIG_NAME, prefix + _FLAX_WEIGHTS) if CONFIG_NAME in here else (prefix + _FLAX_WEIGHTS,)
-        return Recognised("dalle-mini", files)
-    if "encoder.jit" in here and "decoder.jit" in here:  # NVIDIA Cosmos (tensors read, archive code never run)
-        return Recognised("cosmos", (prefix + "encoder.jit", prefix + "decoder.jit"))
-    if not subfolder and any(n.startswith("vqvae/") for n in names):
-        return recognise_layout(names, subfolder="vqvae", read_config=read_config, where=where)
-    for suffixes, layout in ((_LIGHTNING_SUFFIXES, "lightning"), (_TORCH_SUFFIXES, "llamagen")):
-        found = sorted(n for n in here if n.lower().endswith(suffixes))
-        if len(found) == 1:
-            return Recognised(layout, (prefix + found[0],))
-        if len(found) > 1:
-            raise ValueError(
-                f"{where} holds several checkpoints ({', '.join(found)}): pass filename= to choose one"
-            )
+    claims: list[tuple[registry.SourceFormat, tuple[str, ...]]] = []
+    several: ValueError | None = None
+    for fmt in candidates:  # the first claim wins; by-suffix formats with `accepts` that claim the same files join it
+        try:
+            files = fmt.recognise(here, read) if fmt.recognise else None
+        except ValueError as err:  # several checkpoints: an error only if no other format claims the folder
+            several = several or err
+            continue
+        if files and (filename is None or filename in files):
+            if not claims or (claims[0][0].accepts and fmt.accepts and files == claims[0][1]):
+                claims.append((fmt, files))
+    if claims:
+        return Recognised("|".join(fmt.name for fmt, _ in claims), tuple(prefix + f for f in claims[0][1]))
+    if several is not None:
+        raise ValueError(f"{where} holds {several}") from None
+    if filename is None and not subfolder and any(n.startswith("vqvae/") for n in names):  # a diffusers pipeline
+        return recognise_layout(names, subfolder="vqvae", read_config=read_config, where=where, formats=formats)
+    if filename is not None:
+        raise ValueError(f"{filename!r} of {where} is a file of no format vqtok converts: {_formats_help(candidates)}")
+    if formats is not None:
+        raise UnrecognisedLayout(f"{where} holds no {_formats_help(candidates)} (files: {_listing(here)})")
     raise UnrecognisedLayout(
         f"{where} is in no layout vqtok recognises (files: {_listing(here)}). vqtok loads its own folders "
-        f"(config.json + model.safetensors), diffusers VQModel folders (subfolder='vqvae' for a pipeline), "
-        f"Flax flax_model.msgpack (dalle-mini VQGAN), Cosmos encoder.jit + decoder.jit, Lightning .ckpt (Open-MAGVIT2, IBQ, taming), LlamaGen .pt "
-        f"(filename='vq_ds16_c2i.pt')" + "".join(f", {fmt.help}" for _, fmt in registry.source_formats())
+        f"(config.json + model.safetensors) and converts: {_formats_help(candidates)}"
     )
 
 
@@ -171,80 +155,6 @@ def _listing(names: Sequence[str], n: int = 12) -> str:
 
 
 # ------------------------------------------------------------------------------ conversion
-def _lightning_family(checkpoint: Any, *, source: str) -> str:
-    """Which code base wrote a Lightning checkpoint: ``magvit2``, ``ibq`` or ``taming``.
-
-    No codebook tensor: Open-MAGVIT2 (LFQ). A codebook: IBQ and taming share the tensor names, so
-    IBQ is told by its ``model_ema.*`` weights (taming never kept an EMA; the published IBQ files
-    do) or by "ibq" in the repo / file name; anything else is a taming VQGAN.
-    """
-    state = checkpoint["state_dict"] if isinstance(checkpoint, Mapping) and "state_dict" in checkpoint else checkpoint
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{source} holds no state dict (found {type(state).__name__})")
-    keys = {k.removeprefix("module.") for k in state if isinstance(k, str)}
-    if "quantize.embedding.weight" not in keys:
-        return "magvit2"
-    if any(k.startswith("model_ema.") for k in keys) or "ibq" in source.lower():
-        return "ibq"
-    return "taming"
-
-
-def convert_format(fam: registry.Family, fmt: registry.SourceFormat, paths: Sequence[Path], *, source: str, **options: Any) -> Tokenizer:
-    """A registered family's format: its pure converter gives (config, state dict), loaded strictly."""
-    config, state = fmt.run(paths, **options)
-    model = fam.model_class(config)
-    load_strict(model, state, source=source)
-    return Tokenizer(model)
-
-
-def convert_files(layout: str, paths: Sequence[Path], *, source: str) -> tuple[str, Tokenizer]:
-    """Convert local files of ``layout`` (as listed by :class:`Recognised`) to ``(final layout, Tokenizer)``."""
-    for fam, fmt in registry.source_formats():
-        if fmt.name == layout:
-            return layout, convert_format(fam, fmt, paths, source=source)
-    if layout == "diffusers":
-        from vqtok.convert.diffusers import from_diffusers
-
-        return layout, from_diffusers(paths[0].parent)
-    if layout == "dalle-mini":
-        from vqtok.convert.dalle_mini import from_dalle_mini
-
-        return layout, from_dalle_mini(paths[-1].parent, weights=paths[-1].name)
-    if layout == "cosmos":
-        from vqtok.convert.cosmos import from_cosmos
-
-        return layout, from_cosmos(paths[0], paths[1])
-    if layout == "llamagen":
-        from vqtok.convert.llamagen import from_llamagen
-
-        return layout, from_llamagen(paths[0])
-    if layout == "lightning":
-        from vqtok.convert.safe_pickle import load_checkpoint
-
-        checkpoint = load_checkpoint(paths[0])  # read once, handed to the family's converter
-        family = _lightning_family(checkpoint, source=source)
-        if family == "ibq":
-            from vqtok.convert.ibq import ibq_tokenizer
-
-            return family, ibq_tokenizer(checkpoint, source=source)
-        if family == "taming":
-            from vqtok.convert.taming import infer_taming_config, taming_state_dict
-            from vqtok.models.vqgan import VQGAN
-
-            state = taming_state_dict(checkpoint)
-            vqgan = VQGAN(infer_taming_config(state))
-            load_strict(vqgan, state, source=source)
-            return family, Tokenizer(vqgan)
-        from vqtok.convert.magvit2 import infer_magvit2_config, magvit2_state_dict
-        from vqtok.models.magvit2 import MAGVIT2
-
-        state = magvit2_state_dict(checkpoint)
-        model = MAGVIT2(infer_magvit2_config(state))
-        load_strict(model, state, source=source)
-        return family, Tokenizer(model)
-    raise ValueError(f"unknown layout {layout!r}; vqtok converts {', '.join(layouts()[1:])}")
-
-
 def converted_cache_dir() -> Path:
     """Where converted folders are kept: ``<vqtok cache>/converted`` (``$VQTOK_CACHE`` moves the cache)."""
     return weights_cache_dir() / "converted"
@@ -266,20 +176,20 @@ def _cache_key(repo: str, commit: str, layout: str, paths: Sequence[Path]) -> Pa
     digest = hashlib.sha256()
     for p in paths:
         digest.update(p.name.encode() + b"\0" + _file_hash(p).encode() + b"\0")
-    return converted_cache_dir() / _safe(repo.replace("/", "--")) / _safe(commit) / f"{layout}-{digest.hexdigest()[:16]}"
+    return converted_cache_dir() / _safe(repo.replace("/", "--")) / _safe(commit) / f"{_safe(layout)}-{digest.hexdigest()[:16]}"
 
 
-def _convert_cached(repo: str, commit: str, layout: str, paths: Sequence[Path], *, source: str) -> Path:
-    # Lightning files are keyed before their family is known: the key is the bytes, not the name.
-    target = _cache_key(repo, commit, layout, paths)
+def _convert_cached(found: Located) -> Path:
+    # A .ckpt is keyed before its family is known: the key is the bytes, not the name.
+    target = _cache_key(found.repo, found.commit, found.layout, found.paths)
     if (target / CONFIG_NAME).is_file() and (target / WEIGHTS_NAME).is_file():
-        logger.info("using the converted copy of %s at %s", source, target)
+        logger.info("using the converted copy of %s at %s", found.source, target)
         return target
-    family, tok = convert_files(layout, paths, source=source)
+    name, tok = convert_files(found.layout, found.paths, source=found.source)
     # a whole folder appears at once; one a concurrent conversion completed meanwhile is kept, a broken one replaced
     with atomic_write(target, keep_existing=not target.exists()) as tmp:
         tok.save_pretrained(tmp)
-    logger.info("converted %s (%s) once; cached at %s", source, family, target)
+    logger.info("converted %s (%s) once; cached at %s", found.source, name, target)
     return target
 
 
@@ -336,6 +246,97 @@ def _hub_file(
         ) from err
 
 
+@dataclass(frozen=True)
+class Located:
+    """The local files of one source in a recognised layout (see :func:`locate`)."""
+
+    layout: str  # as in Recognised
+    paths: tuple[Path, ...]  # local files, in the order the converter takes them
+    repo: str  # the conversion cache's key: "org--name" of a Hub repo, "local-..." of a folder
+    commit: str  # the Hub commit of the files, "local" for a folder
+    source: str  # names the source in messages
+
+
+def _local_key(root: Path) -> str:
+    return "local-" + _safe(str(root.resolve()))[-80:]
+
+
+def locate(
+    source: str | os.PathLike[str],
+    *,
+    filename: str | None = None,
+    subfolder: str | None = None,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    local_files_only: bool = False,
+    formats: Sequence[str] | None = None,
+) -> Located | None:
+    """Recognise ``source`` (a folder, a checkpoint file or a Hub repo id) and fetch the files its converter reads.
+
+    Returns None where the vqtok loader should take ``source`` as it is: a plain vqtok folder or
+    repo, or something that is neither a folder, a checkpoint file nor a repo id (the loader
+    explains). ``formats`` limits recognition to those formats (``vqtok convert NAME``): then a
+    file the format's recogniser does not claim is still handed to it, as the user named it.
+    """
+    cache = str(cache_dir) if cache_dir is not None else None
+    local = Path(source)
+    if local.is_dir():
+        names = _local_names(local)
+        try:
+            recognised = recognise_layout(
+                names, filename=filename, subfolder=subfolder, read_config=lambda p: _read_json(local / p),
+                where=str(local), formats=formats,
+            )
+        except UnrecognisedLayout:
+            if filename is None and subfolder is None and formats is None:
+                return None  # the vqtok loader says what a model folder must hold
+            raise
+        if recognised.layout == "vqtok" and subfolder is None:
+            return None
+        return Located(recognised.layout, tuple(local / f for f in recognised.files), _local_key(local), "local", str(local))
+    if local.is_file():  # a checkpoint file itself: its name (and a config.json beside it) says the layout
+        if filename is not None or subfolder is not None:
+            raise ValueError(f"{local} is a file: filename= and subfolder= apply to folders and repos")
+        beside = [CONFIG_NAME] if (local.parent / CONFIG_NAME).is_file() and local.name != CONFIG_NAME else []
+        try:
+            recognised = recognise_layout([local.name, *beside], filename=local.name, where=str(local.parent), formats=formats)
+        except ValueError:  # no format claims it
+            if formats is None:
+                return None  # the caller's loader explains what a model folder is
+            recognised = Recognised(formats[0], (local.name,))
+        paths = tuple(local.parent / f for f in recognised.files)
+        return Located(recognised.layout, paths, _local_key(local.parent), "local", str(local))
+    repo_id = str(source)
+    if repo_id.count("/") != 1 or hub.looks_like_path(repo_id):
+        if formats is None:
+            return None  # the caller's loader explains what a repo id is, or names the missing folder
+        raise FileNotFoundError(f"{source} is neither a file, a folder nor a Hub repo id (org/name)")
+    offline_why = None if local_files_only else hub.hub_unreachable()
+    if offline_why:  # HF_HUB_OFFLINE or no network: the cache only, no retries
+        local_files_only = True
+    # A vqtok repo is recognised from its config.json alone: no listing, no network beyond the usual.
+    if filename is None and subfolder is None and formats is None:
+        try:
+            config = _read_json(_hub_file(repo_id, CONFIG_NAME, revision=revision, cache_dir=cache, local_files_only=local_files_only))
+        except Exception:  # absent, or not cached: decided from the listing below
+            config = None
+        if config is not None and "vqtok_format" in config:
+            return None
+
+    def fetch(path: str) -> Path:
+        return _hub_file(repo_id, path, revision=revision, cache_dir=cache, local_files_only=local_files_only)
+
+    names = _hub_names(repo_id, revision=revision, cache_dir=cache, local_files_only=local_files_only, offline_why=offline_why)
+    recognised = recognise_layout(
+        names, filename=filename, subfolder=subfolder, read_config=lambda p: _read_json(fetch(p)),
+        where=f"Hub repo {repo_id!r}", formats=formats,
+    )
+    paths = tuple(fetch(f) for f in recognised.files)
+    match = _COMMIT.search(str(paths[0]))
+    commit = match.group(1) if match else (revision or "main")
+    return Located(recognised.layout, paths, repo_id, commit, f"{repo_id}/{recognised.files[-1]}")
+
+
 def resolve_pretrained(
     repo_id_or_dir: str | os.PathLike[str],
     *,
@@ -350,62 +351,15 @@ def resolve_pretrained(
     Returns None for a plain vqtok folder or repo (no ``filename``/``subfolder``): the caller loads it
     as before. See the module docstring for the layouts and the cache.
     """
-    cache = str(cache_dir) if cache_dir is not None else None
-    local = Path(repo_id_or_dir)
-    if local.is_dir():
-        root = local
-        names = _local_names(root)
-        try:
-            recognised = recognise_layout(
-                names, filename=filename, subfolder=subfolder, read_config=lambda p: _read_json(root / p), where=str(root)
-            )
-        except UnrecognisedLayout:
-            if filename is None and subfolder is None:
-                return None  # the vqtok loader says what a model folder must hold
-            raise
-        if recognised.layout == "vqtok":
-            return None if subfolder is None else (root / recognised.files[0]).parent
-        paths = [root / f for f in recognised.files]
-        return _convert_cached("local-" + _safe(str(root.resolve()))[-80:], "local", recognised.layout, paths, source=str(root))
-    if local.is_file() and not local.name.lower().endswith(_LIGHTNING_SUFFIXES + _TORCH_SUFFIXES + (".msgpack",)):
-        return None  # the caller's loader explains what a model folder is
-    if local.is_file():  # a checkpoint file itself: its name says the layout
-        if filename is not None or subfolder is not None:
-            raise ValueError(f"{local} is a file: filename= and subfolder= apply to folders and repos")
-        root = local.parent
-        beside = [CONFIG_NAME] if (root / CONFIG_NAME).is_file() and local.name != CONFIG_NAME else []
-        recognised = recognise_layout([local.name, *beside], filename=local.name, where=str(root))
-        paths = [root / f for f in recognised.files]
-        return _convert_cached("local-" + _safe(str(root.resolve()))[-80:], "local", recognised.layout, paths, source=str(local))
-    repo_id = str(repo_id_or_dir)
-    if repo_id.count("/") != 1 or hub.looks_like_path(repo_id):
-        return None  # the caller's loader explains what a repo id is, or names the missing folder
-    offline_why = None if local_files_only else hub.hub_unreachable()
-    if offline_why:  # HF_HUB_OFFLINE or no network: the cache only, no retries
-        local_files_only = True
-    # A vqtok repo is recognised from its config.json alone: no listing, no network beyond the usual.
-    if filename is None and subfolder is None:
-        try:
-            config = _read_json(_hub_file(repo_id, CONFIG_NAME, revision=revision, cache_dir=cache, local_files_only=local_files_only))
-        except Exception:  # absent, or not cached: decided from the listing below
-            config = None
-        if config is not None and "vqtok_format" in config:
-            return None
-    where = f"Hub repo {repo_id!r}"
-
-    def fetch(path: str) -> Path:
-        return _hub_file(repo_id, path, revision=revision, cache_dir=cache, local_files_only=local_files_only)
-
-    names = _hub_names(repo_id, revision=revision, cache_dir=cache, local_files_only=local_files_only, offline_why=offline_why)
-    recognised = recognise_layout(
-        names, filename=filename, subfolder=subfolder, read_config=lambda p: _read_json(fetch(p)), where=where
+    found = locate(
+        repo_id_or_dir, filename=filename, subfolder=subfolder, revision=revision, cache_dir=cache_dir,
+        local_files_only=local_files_only,
     )
-    paths = [fetch(f) for f in recognised.files]
-    if recognised.layout == "vqtok":
-        return paths[0].parent
-    match = _COMMIT.search(str(paths[0]))
-    commit = match.group(1) if match else (revision or "main")
-    return _convert_cached(repo_id, commit, recognised.layout, paths, source=f"{repo_id}/{recognised.files[-1]}")
+    if found is None:
+        return None
+    if found.layout == "vqtok":
+        return found.paths[0].parent
+    return _convert_cached(found)
 
 
 def _export_diffusers(tokenizer: Tokenizer, directory: str | os.PathLike[str]) -> Path:

@@ -37,19 +37,20 @@ from __future__ import annotations
 import logging
 import math
 import os
+from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from vqtok.convert._shapes import encoder_shape
 from vqtok.convert.safe_pickle import read_torchscript_tensors
-from vqtok.hub import load_strict
-from vqtok.models.cosmos import CosmosConfig, CosmosDI
+from vqtok.convert._build import convert_files
+from vqtok.models.cosmos import CosmosConfig
 from vqtok.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["from_cosmos", "read_torchscript_tensors", "infer_cosmos_config", "cosmos_state_dict"]
+__all__ = ["convert_cosmos", "from_cosmos", "read_torchscript_tensors", "infer_cosmos_config", "cosmos_state_dict"]
 
 
 _ENC_BUFFERS = ("encoder.patcher.wavelets", "encoder.patcher._arange")
@@ -188,6 +189,24 @@ def cosmos_state_dict(
     return state, tuple(levels), method
 
 
+def convert_cosmos(
+    paths: list[Path], *, resolution: int = 1024, attn_resolutions: Sequence[int] = (32,)
+) -> tuple[CosmosConfig, dict[str, torch.Tensor]]:
+    """Cosmos ``[encoder.jit, decoder.jit]`` -> (CosmosConfig, state dict), tensors read and no code run.
+
+    resolution / attn_resolutions: where the checkpoint's attention blocks sit, as in Cosmos's
+    config (published: 1024 / [32] = mid blocks only); a mismatch is reported by the strict load.
+    """
+    if len(paths) != 2:
+        raise ValueError(f"a Cosmos tokenizer is two files, encoder.jit and decoder.jit; got {len(paths)}")
+    encoder_jit, decoder_jit = paths
+    state, levels, method = cosmos_state_dict(
+        read_torchscript_tensors(encoder_jit), read_torchscript_tensors(decoder_jit), source=f"{encoder_jit} + {decoder_jit}"
+    )
+    cfg = infer_cosmos_config(state, levels=levels, patch_method=method, resolution=resolution, attn_resolutions=attn_resolutions)
+    return cfg, state
+
+
 def from_cosmos(
     encoder_jit: str | os.PathLike[str],
     decoder_jit: str | os.PathLike[str],
@@ -197,15 +216,8 @@ def from_cosmos(
 ) -> Tokenizer:
     """Load Cosmos ``encoder.jit`` + ``decoder.jit`` (DI8x8, DI16x16) into a :class:`~vqtok.Tokenizer`, without running them.
 
-    resolution / attn_resolutions: where the checkpoint's attention blocks sit, as in Cosmos's
-    config (published: 1024 / [32] = mid blocks only); a mismatch is reported by the strict load.
+    resolution / attn_resolutions: see :func:`convert_cosmos`.
     """
+    paths = [Path(encoder_jit), Path(decoder_jit)]
     source = f"{encoder_jit} + {decoder_jit}"
-    state, levels, method = cosmos_state_dict(
-        read_torchscript_tensors(encoder_jit), read_torchscript_tensors(decoder_jit), source=source
-    )
-    cfg = infer_cosmos_config(state, levels=levels, patch_method=method, resolution=resolution, attn_resolutions=attn_resolutions)
-    model = CosmosDI(cfg)
-    load_strict(model, state, source=source)
-    logger.info("converted Cosmos tokenizer %s: %s", source, cfg)
-    return Tokenizer(model)
+    return convert_files("cosmos", paths, source=source, resolution=resolution, attn_resolutions=attn_resolutions)[1]

@@ -32,13 +32,14 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from vqtok.hub import load_strict, read_config_json, resolve_folder
-from vqtok.models.vqgan import VQGAN, VQGANConfig
+from vqtok.convert._build import convert_files
+from vqtok.hub import read_config_json, resolve_folder
+from vqtok.models.vqgan import VQGANConfig
 from vqtok.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["from_dalle_mini", "read_flax_msgpack", "flax_to_vqtok_keys", "dalle_mini_config", "FLAX_WEIGHTS_NAME"]
+__all__ = ["convert_dalle_mini", "from_dalle_mini", "read_flax_msgpack", "flax_to_vqtok_keys", "dalle_mini_config", "FLAX_WEIGHTS_NAME"]
 
 FLAX_WEIGHTS_NAME = "flax_model.msgpack"
 _EXT_NDARRAY = 1  # flax.serialization._MsgpackExtType.ndarray
@@ -169,6 +170,25 @@ def dalle_mini_config(raw: Mapping[str, Any], *, defaults: VQGANConfig | None = 
         raise ValueError(f"config.json does not describe a VQGAN vqtok can build: {err}") from err
 
 
+def convert_dalle_mini(paths: list[Path]) -> tuple[VQGANConfig, dict[str, torch.Tensor]]:
+    """``[config.json,] flax_model.msgpack`` -> (VQGANConfig, state dict): the ``dalle-mini`` format's converter.
+
+    Without a config.json the architecture is read off the tensor shapes, with resolution 256.
+    """
+    weights = Path(paths[-1])
+    state = flax_to_vqtok_keys(read_flax_msgpack(weights))
+    if "encoder.conv_in.weight" not in state or "quantize.embedding.weight" not in state:
+        raise ValueError(f"{weights} is not a VQGAN parameter tree (no encoder/conv_in or quantize/embedding)")
+    configs = [Path(p) for p in paths[:-1] if Path(p).name == "config.json"]
+    raw: dict[str, Any] = read_config_json(configs[0]) if configs else {}
+    if not configs:
+        logger.info("no config.json beside %s: architecture read off the weights (resolution 256)", weights.name)
+    from vqtok.convert.taming import infer_taming_config
+
+    inferred = infer_taming_config(state, resolution=int(raw.get("resolution", 256)))
+    return dalle_mini_config(raw, defaults=inferred), state
+
+
 def from_dalle_mini(
     path_or_repo: str | os.PathLike[str] = "dalle-mini/vqgan_imagenet_f16_16384",
     *,
@@ -192,20 +212,5 @@ def from_dalle_mini(
             path_or_repo, files=("config.json", weights), revision=revision, cache_dir=cache_dir,
             local_files_only=local_files_only,
         )
-    state = flax_to_vqtok_keys(read_flax_msgpack(folder / weights))
-    if "encoder.conv_in.weight" not in state or "quantize.embedding.weight" not in state:
-        raise ValueError(f"{folder / weights} is not a VQGAN parameter tree (no encoder/conv_in or quantize/embedding)")
-    config_path = folder / "config.json"
-    raw: dict[str, Any] = {}
-    if config_path.is_file():
-        raw = read_config_json(config_path)
-    else:
-        logger.info("no config.json beside %s: architecture read off the weights (resolution 256)", weights)
-    from vqtok.convert.taming import infer_taming_config
-
-    inferred = infer_taming_config(state, resolution=int(raw.get("resolution", 256)))
-    cfg = dalle_mini_config(raw, defaults=inferred)
-    model = VQGAN(cfg)
-    load_strict(model, state, source=str(folder / weights))
-    logger.info("converted Flax VQGAN %s: %s", folder / weights, cfg)
-    return Tokenizer(model)
+    paths = [p for p in (folder / "config.json", folder / weights) if p.is_file() or p.name == weights]
+    return convert_files("dalle-mini", paths, source=str(folder / weights))[1]

@@ -50,13 +50,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vqtok._io import atomic_write
-from vqtok.hub import load_strict, read_config_json, resolve_folder
+from vqtok.convert._build import convert_files
+from vqtok.hub import read_config_json, resolve_folder
 from vqtok.models.vqgan import VQGAN, VQGANConfig
 from vqtok.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "convert_diffusers",
     "from_diffusers",
     "to_diffusers",
     "diffusers_config_to_vqtok",
@@ -345,6 +347,13 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
 
 
+def convert_diffusers(paths: list[Path]) -> tuple[VQGANConfig, dict[str, torch.Tensor]]:
+    """``[config.json, diffusion_pytorch_model.safetensors]`` -> (VQGANConfig, state dict): the ``diffusers`` format's converter."""
+    config_path, weights_path = (Path(p) for p in paths)
+    cfg = diffusers_config_to_vqtok(read_config_json(config_path))
+    return cfg, diffusers_to_vqtok_keys(_read_weights(weights_path), levels=len(cfg.ch_mult))
+
+
 def from_diffusers(
     path_or_repo: str | os.PathLike[str],
     *,
@@ -360,15 +369,10 @@ def from_diffusers(
     ``subfolder="vqvae"`` (a local pipeline folder's ``vqvae/`` is found by itself).
     diffusers need not be installed.
     """
-    config_path, weights_path = _resolve_diffusers_folder(
+    paths = _resolve_diffusers_folder(
         path_or_repo, subfolder=subfolder, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only
     )
-    cfg = diffusers_config_to_vqtok(read_config_json(config_path))
-    state = diffusers_to_vqtok_keys(_read_weights(weights_path), levels=len(cfg.ch_mult))
-    model = VQGAN(cfg)
-    load_strict(model, state, source=str(weights_path))
-    logger.info("converted diffusers VQModel %s: %s", path_or_repo, cfg)
-    return Tokenizer(model)
+    return convert_files("diffusers", list(paths), source=str(paths[1]))[1]
 
 
 def to_diffusers(model: Tokenizer | VQGAN, directory: str | os.PathLike[str]) -> Path:

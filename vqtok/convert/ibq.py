@@ -20,22 +20,20 @@ The architecture is read off the tensor shapes (``resolution`` only names the at
 
 from __future__ import annotations
 
-import logging
 import os
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
 from vqtok.convert._lightning import select_weights, split_ema_state
+from vqtok.convert._build import convert_files
 from vqtok.convert.safe_pickle import load_checkpoint
 from vqtok.convert.taming import infer_taming_config
-from vqtok.hub import load_strict
-from vqtok.models.ibq import IBQ, IBQConfig
+from vqtok.models.ibq import IBQConfig
 from vqtok.tokenizer import Tokenizer
 
-logger = logging.getLogger(__name__)
-
-__all__ = ["from_ibq", "ibq_state_dict", "infer_ibq_config", "ibq_tokenizer"]
+__all__ = ["convert_ibq", "from_ibq", "ibq_state_dict", "infer_ibq_config"]
 
 _KEPT_PREFIXES = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.", "quantize.")
 
@@ -67,14 +65,12 @@ def infer_ibq_config(state: Mapping[str, torch.Tensor], *, resolution: int = 256
     )
 
 
-def ibq_tokenizer(checkpoint: Any, *, source: str, ema: bool | None = None, resolution: int = 256) -> Tokenizer:
-    """A Tokenizer from an already loaded IBQ checkpoint (``source`` names it in errors and logs)."""
-    state = ibq_state_dict(checkpoint, ema=ema)
-    cfg = infer_ibq_config(state, resolution=resolution)
-    model = IBQ(cfg)
-    load_strict(model, state, source=source)
-    logger.info("converted IBQ checkpoint %s: %s", source, cfg)
-    return Tokenizer(model)
+def convert_ibq(
+    paths: list[Path], *, checkpoint: Any = None, ema: bool | None = None, resolution: int = 256
+) -> tuple[IBQConfig, dict[str, torch.Tensor]]:
+    """An IBQ ``.ckpt`` -> (IBQConfig, state dict): the ``ibq`` format's converter."""
+    state = ibq_state_dict(load_checkpoint(paths[0]) if checkpoint is None else checkpoint, ema=ema)
+    return infer_ibq_config(state, resolution=resolution), state
 
 
 def from_ibq(ckpt: str | os.PathLike[str], *, ema: bool | None = None, resolution: int = 256) -> Tokenizer:
@@ -84,4 +80,4 @@ def from_ibq(ckpt: str | os.PathLike[str], *, ema: bool | None = None, resolutio
     read without executing pickled code. ema: see :func:`ibq_state_dict`. resolution: the training
     image side, recorded in the config (names the attention levels; the published models: 256).
     """
-    return ibq_tokenizer(load_checkpoint(ckpt), source=str(ckpt), ema=ema, resolution=resolution)
+    return convert_files("ibq", [Path(ckpt)], source=str(ckpt), ema=ema, resolution=resolution)[1]

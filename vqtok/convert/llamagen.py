@@ -32,21 +32,23 @@ import dataclasses
 import logging
 import os
 import re
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
 from vqtok.convert.safe_pickle import Placeholder, load_checkpoint
-from vqtok.models.vqgan import VQGAN, VQGANConfig
+from vqtok.models.vqgan import VQGANConfig
 from vqtok.convert._lightning import strip_wrappers
 from vqtok.convert._shapes import count_indices
 from vqtok.convert.taming import infer_taming_config
-from vqtok.hub import load_strict
+from vqtok.convert._build import convert_files
 from vqtok.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "convert_llamagen",
     "from_llamagen",
     "infer_llamagen_config",
     "llamagen_state_dict",
@@ -252,6 +254,22 @@ def infer_llamagen_config(
     )
 
 
+def convert_llamagen(
+    paths: list[Path], *, checkpoint: Any = None, ema: bool = False, l2_norm: bool | None = None
+) -> tuple[VQGANConfig, dict[str, torch.Tensor]]:
+    """A LlamaGen ``.pt`` -> (VQGANConfig, state dict in vqtok's names): the ``llamagen`` format's converter.
+
+    ema: take the ``ema`` weights instead of ``model``. l2_norm: override the cosine-lookup flag
+    (default: the checkpoint's ``args.codebook_l2_norm``, else True).
+    """
+    checkpoint = load_checkpoint(paths[0]) if checkpoint is None else checkpoint
+    args = llamagen_args(checkpoint)
+    state = llamagen_state_dict(checkpoint, ema=ema)
+    if args.get("vq_model"):
+        logger.info("LlamaGen checkpoint %s: %s, %s weights", paths[0], args["vq_model"], "ema" if ema else "model")
+    return infer_llamagen_config(state, args=args, l2_norm=l2_norm), llamagen_to_vqtok_keys(state)
+
+
 def from_llamagen(
     ckpt: str | os.PathLike[str],
     *,
@@ -261,16 +279,6 @@ def from_llamagen(
     """Load a LlamaGen VQ tokenizer checkpoint (``vq_ds16_c2i.pt``, ``vq_ds8_c2i.pt``, ...) into a Tokenizer.
 
     ckpt: LlamaGen's ``torch.save`` training dict (or a bare state dict), read without executing
-    pickled code. ema: use the ``ema`` weights instead of ``model``. l2_norm: override the
-    cosine-lookup flag (default: the checkpoint's ``args.codebook_l2_norm``, else True).
+    pickled code. ema, l2_norm: see :func:`convert_llamagen`.
     """
-    checkpoint = load_checkpoint(ckpt)
-    args = llamagen_args(checkpoint)
-    state = llamagen_state_dict(checkpoint, ema=ema)
-    cfg = infer_llamagen_config(state, args=args, l2_norm=l2_norm)
-    model = VQGAN(cfg)
-    load_strict(model, llamagen_to_vqtok_keys(state), source=str(ckpt))
-    if args.get("vq_model"):
-        logger.info("LlamaGen checkpoint %s: %s, %s weights", ckpt, args["vq_model"], "ema" if ema else "model")
-    logger.info("converted LlamaGen checkpoint %s: %s", ckpt, cfg)
-    return Tokenizer(model)
+    return convert_files("llamagen", [Path(ckpt)], source=str(ckpt), ema=ema, l2_norm=l2_norm)[1]

@@ -22,22 +22,20 @@ the tensor shapes: ``ch``, ``ch_mult``, ``num_res_blocks``, ``z_channels`` (= bi
 
 from __future__ import annotations
 
-import logging
 import os
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
 from vqtok.convert._lightning import select_weights, split_ema_state
 from vqtok.convert._shapes import count_indices, encoder_shape
+from vqtok.convert._build import convert_files
 from vqtok.convert.safe_pickle import load_checkpoint
-from vqtok.models.magvit2 import MAGVIT2, MAGVIT2Config
-from vqtok.hub import load_strict
+from vqtok.models.magvit2 import MAGVIT2Config
 from vqtok.tokenizer import Tokenizer
 
-logger = logging.getLogger(__name__)
-
-__all__ = ["from_magvit2", "infer_magvit2_config", "magvit2_state_dict"]
+__all__ = ["convert_magvit2", "from_magvit2", "infer_magvit2_config", "magvit2_state_dict"]
 
 def magvit2_state_dict(checkpoint: Any, *, ema: bool | None = None) -> dict[str, torch.Tensor]:
     """The autoencoder tensors of a loaded Open-MAGVIT2 checkpoint (Lightning dict or bare state dict).
@@ -78,6 +76,14 @@ def infer_magvit2_config(state: Mapping[str, torch.Tensor], *, resolution: int =
     )
 
 
+def convert_magvit2(
+    paths: list[Path], *, checkpoint: Any = None, ema: bool | None = None, resolution: int = 256
+) -> tuple[MAGVIT2Config, dict[str, torch.Tensor]]:
+    """An Open-MAGVIT2 ``.ckpt`` -> (MAGVIT2Config, state dict): the ``magvit2`` format's converter."""
+    state = magvit2_state_dict(load_checkpoint(paths[0]) if checkpoint is None else checkpoint, ema=ema)
+    return infer_magvit2_config(state, resolution=resolution), state
+
+
 def from_magvit2(
     ckpt: str | os.PathLike[str], *, ema: bool | None = None, resolution: int = 256
 ) -> Tokenizer:
@@ -87,9 +93,4 @@ def from_magvit2(
     read without executing pickled code. ema: see :func:`magvit2_state_dict`. resolution: the
     training image side, recorded in the config (the published files: 256 or 128).
     """
-    state = magvit2_state_dict(load_checkpoint(ckpt), ema=ema)
-    cfg = infer_magvit2_config(state, resolution=resolution)
-    model = MAGVIT2(cfg)
-    load_strict(model, state, source=str(ckpt))
-    logger.info("converted Open-MAGVIT2 checkpoint %s: %s", ckpt, cfg)
-    return Tokenizer(model)
+    return convert_files("magvit2", [Path(ckpt)], source=str(ckpt), ema=ema, resolution=resolution)[1]

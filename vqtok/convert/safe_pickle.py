@@ -483,7 +483,7 @@ def read_torchscript_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Te
     return tensors
 
 
-def _what_folder(folder: Path) -> str:
+def what_folder(folder: Path) -> str:
     """Advice for a folder given where a checkpoint file was expected."""
     import json
 
@@ -509,7 +509,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Any:
     """
     p = Path(path)
     if p.is_dir():
-        raise IsADirectoryError(f"{p} is a folder, not a checkpoint file: {_what_folder(p)}")
+        raise IsADirectoryError(f"{p} is a folder, not a checkpoint file: {what_folder(p)}")
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint {p} does not exist")
     if p.suffix == ".safetensors":

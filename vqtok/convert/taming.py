@@ -9,7 +9,6 @@ architecture, load strictly.
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -18,14 +17,12 @@ import torch
 
 from vqtok.convert._lightning import split_ema_state
 from vqtok.convert._shapes import encoder_shape
+from vqtok.convert._build import convert_files
 from vqtok.convert.safe_pickle import load_checkpoint
-from vqtok.models.vqgan import VQGAN, VQGANConfig
-from vqtok.hub import load_strict
+from vqtok.models.vqgan import VQGANConfig
 from vqtok.tokenizer import Tokenizer
 
-logger = logging.getLogger(__name__)
-
-__all__ = ["from_taming", "infer_taming_config", "taming_config_from_yaml", "taming_state_dict"]
+__all__ = ["convert_taming", "from_taming", "infer_taming_config", "taming_config_from_yaml", "taming_state_dict"]
 
 
 def taming_state_dict(checkpoint: Any) -> dict[str, torch.Tensor]:
@@ -103,6 +100,32 @@ def _attn_levels(cfg: VQGANConfig) -> list[int]:
     return [i for i in range(len(cfg.ch_mult)) if cfg.resolution // 2**i in cfg.attn_resolutions]
 
 
+def convert_taming(
+    paths: list[Path], *, checkpoint: Any = None, config: str | os.PathLike[str] | VQGANConfig | None = None
+) -> tuple[VQGANConfig, dict[str, torch.Tensor]]:
+    """A taming ``.ckpt`` -> (VQGANConfig, state dict): the ``taming`` format's converter.
+
+    checkpoint: the file already loaded (from_pretrained reads it once to tell the family).
+    config: taming's YAML, a VQGANConfig, or None to infer it from the weights; a given config is
+    cross-checked against the weights.
+    """
+    state = taming_state_dict(load_checkpoint(paths[0]) if checkpoint is None else checkpoint)
+    inferred = infer_taming_config(state)
+    if config is None:
+        return inferred, state
+    cfg = config if isinstance(config, VQGANConfig) else taming_config_from_yaml(config)
+    diffs = [
+        f"{name}: config {getattr(cfg, name)} vs weights {getattr(inferred, name)}"
+        for name in ("ch", "ch_mult", "num_res_blocks", "z_channels", "embed_dim", "n_embed", "in_channels", "out_ch")
+        if getattr(cfg, name) != getattr(inferred, name)
+    ]
+    if _attn_levels(cfg) != _attn_levels(inferred):
+        diffs.append(f"attention levels: config {_attn_levels(cfg)} vs weights {_attn_levels(inferred)}")
+    if diffs:
+        raise ValueError("config does not match the checkpoint: " + "; ".join(diffs))
+    return cfg, state
+
+
 def from_taming(
     ckpt: str | os.PathLike[str],
     config: str | os.PathLike[str] | VQGANConfig | None = None,
@@ -110,25 +133,6 @@ def from_taming(
     """Load a taming-transformers VQGAN checkpoint into a :class:`~vqtok.Tokenizer`.
 
     ckpt: Lightning ``.ckpt`` (or a bare state dict saved with torch.save), read without
-    executing pickled code. config: taming's YAML, a VQGANConfig, or None to infer it from the
-    weights. A YAML config is cross-checked against the weights.
+    executing pickled code. config: see :func:`convert_taming`.
     """
-    state = taming_state_dict(load_checkpoint(ckpt))
-    inferred = infer_taming_config(state)
-    if config is None:
-        cfg = inferred
-    else:
-        cfg = config if isinstance(config, VQGANConfig) else taming_config_from_yaml(config)
-        diffs = [
-            f"{name}: config {getattr(cfg, name)} vs weights {getattr(inferred, name)}"
-            for name in ("ch", "ch_mult", "num_res_blocks", "z_channels", "embed_dim", "n_embed", "in_channels", "out_ch")
-            if getattr(cfg, name) != getattr(inferred, name)
-        ]
-        if _attn_levels(cfg) != _attn_levels(inferred):
-            diffs.append(f"attention levels: config {_attn_levels(cfg)} vs weights {_attn_levels(inferred)}")
-        if diffs:
-            raise ValueError("config does not match the checkpoint: " + "; ".join(diffs))
-    model = VQGAN(cfg)
-    load_strict(model, state, source=str(ckpt))
-    logger.info("converted taming checkpoint %s: %s", ckpt, cfg)
-    return Tokenizer(model)
+    return convert_files("taming", [Path(ckpt)], source=str(ckpt), config=config)[1]

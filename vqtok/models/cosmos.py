@@ -37,6 +37,7 @@ re-implementation of Cosmos's formulas.
 
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -49,7 +50,7 @@ from vqtok.models._config import ArchConfig
 from vqtok.models._model import LastLayerMixin, ModelOutput, TokenizerModelMixin
 from vqtok.models.fsq import FSQ
 from vqtok.models.quantizer import QuantizerOutput
-from vqtok.models.registry import Family, register_family
+from vqtok.models.registry import Family, SourceFormat, register_family
 from vqtok.models.vqgan import AttnBlock as _TamingAttnBlock
 from vqtok.models.vqgan import Downsample, _Level, _Mid
 from vqtok.models.vqgan import ResnetBlock as _TamingResnetBlock
@@ -399,8 +400,19 @@ class CosmosDI(TokenizerModelMixin, nn.Module):
         return self.decoder(self.post_quant_conv(z_q.contiguous(memory_format=torch.channels_last)))
 
 
+def _cosmos_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--resolution", type=int, default=1024, help="Cosmos config 'resolution' (places attention; published: 1024)")
+    parser.add_argument("--attn-resolutions", type=int, nargs="*", default=[32],
+                        help="Cosmos config 'attn_resolutions' (published: 32, i.e. attention in the mid blocks only)")
+
+
 register_family(Family(
     name="cosmos", config_class=CosmosConfig, model_class=CosmosDI, description="NVIDIA Cosmos DI (FSQ)",
     tiny_config=lambda: CosmosConfig(channels=32, channels_mult=(1, 1, 1), num_res_blocks=1, z_channels=32,
                                      spatial_compression=8, resolution=256, attn_resolutions=(16,)),
+    formats=(SourceFormat(
+        name="cosmos", help="NVIDIA Cosmos DI8x8 / DI16x16 encoder.jit + decoder.jit (tensors read, code not run)",
+        convert="vqtok.convert.cosmos:convert_cosmos", add_arguments=_cosmos_arguments, sources=("encoder", "decoder"),
+        recognise=lambda names, _: ("encoder.jit", "decoder.jit") if {"encoder.jit", "decoder.jit"} <= set(names) else None,
+    ),),
 ))

@@ -22,7 +22,7 @@ entropy penalty (training only) is not implemented here.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +31,7 @@ from torch import nn
 from vqtok.models._config import ArchConfig, HalvingLevels
 from vqtok.models._model import TokenizerModelMixin
 from vqtok.models.quantizer import Codebook, QuantizerOutput
-from vqtok.models.registry import Family, register_family
+from vqtok.models.registry import Family, SourceFormat, lightning_options, one_file, register_family, state_keys
 from vqtok.models.vqgan import Decoder, Encoder, VQGANConfig, VQGANOutput
 
 __all__ = ["IBQConfig", "IBQ", "IndexQuantizer", "max_inner_product"]
@@ -164,8 +164,20 @@ class IBQ(TokenizerModelMixin, nn.Module):
         return self.decoder(self.post_quant_conv(z_q))
 
 
+def _is_ibq(checkpoint: Any, name: str) -> bool:
+    """A Lightning checkpoint with a codebook and model_ema.* weights (the published IBQ files; taming kept none) or "ibq" in its name."""
+    keys = state_keys(checkpoint)
+    return "quantize.embedding.weight" in keys and (any(k.startswith("model_ema.") for k in keys) or "ibq" in name.lower())
+
+
 register_family(Family(
     name="ibq", config_class=IBQConfig, model_class=IBQ, description="IBQ (taming autoencoder, largest inner product)",
     tiny_config=lambda: IBQConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(16,), z_channels=16,
                                   embed_dim=8, n_embed=512, resolution=64),
+    formats=(SourceFormat(
+        name="ibq", help="IBQ Lightning .ckpt (imagenet256_262144.ckpt, ...)", convert="vqtok.convert.ibq:convert_ibq",
+        recognise=lambda names, _: one_file(names, (".ckpt",)), sources=("ckpt",), by_suffix=True,
+        add_arguments=lightning_options("IBQ", "training resolution (names the attention levels)"),
+        accepts=_is_ibq,
+    ),),
 ))

@@ -27,7 +27,7 @@ from vqtok.models._config import ArchConfig, HalvingLevels
 from vqtok.models._model import LastLayerMixin, ModelOutput, TokenizerModelMixin
 from vqtok.models.lfq import LFQ
 from vqtok.models.quantizer import QuantizerOutput
-from vqtok.models.registry import Family, register_family
+from vqtok.models.registry import Family, SourceFormat, lightning_options, one_file, register_family, state_keys
 
 __all__ = ["MAGVIT2Config", "MAGVIT2", "MAGVIT2Encoder", "MAGVIT2Decoder", "MAGVIT2Output"]
 
@@ -280,4 +280,10 @@ class MAGVIT2(TokenizerModelMixin, nn.Module):
 register_family(Family(
     name="magvit2", config_class=MAGVIT2Config, model_class=MAGVIT2, description="Open-MAGVIT2 (LFQ)",
     tiny_config=lambda: MAGVIT2Config(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=10, resolution=64),
+    formats=(SourceFormat(
+        name="magvit2", help="Open-MAGVIT2 Lightning .ckpt (imagenet_256_L.ckpt, ...)", convert="vqtok.convert.magvit2:convert_magvit2",
+        recognise=lambda names, _: one_file(names, (".ckpt",)), sources=("ckpt",), by_suffix=True,
+        add_arguments=lightning_options("Open-MAGVIT2", "training resolution recorded in the config"),
+        accepts=lambda checkpoint, name: "quantize.embedding.weight" not in state_keys(checkpoint),  # LFQ: no codebook tensor
+    ),),
 ))

@@ -35,8 +35,8 @@ from vqtok.layout import TokenLayout
 
 __all__ = [
     "FAMILY_MODULES", "Family", "SourceFormat", "ModelConfig", "TokenizerModel", "MODEL_TYPES",
-    "register_family", "families", "family", "family_of", "source_formats", "model_type_of", "build_model",
-    "model_from_config", "model_entry",
+    "register_family", "one_file", "state_keys", "lightning_options", "families", "family", "family_of", "source_formats", "model_type_of", "build_model",
+    "model_from_config", "model_entry", "source_format",
 ]
 
 # The modules that define a family (imported on first use of the registry, in this order).
@@ -88,16 +88,26 @@ Recogniser = Callable[[Sequence[str], Callable[[str], "Mapping[str, Any] | None"
 
 @dataclass(frozen=True)
 class SourceFormat:
-    """A foreign checkpoint layout that converts into a family (``vqtok convert NAME``)."""
+    """A foreign checkpoint layout that converts into a family (``vqtok convert NAME``).
+
+    The converter, ``function(paths: list[Path], **options) -> (config, state dict)``, returns the
+    state dict in the model's own names; the caller builds the model and loads it strictly. It
+    lives where ``convert`` points and is imported only when a file is converted.
+    """
 
     name: str  # CLI name and cache tag: `vqtok convert NAME SRC --out DIR`
-    help: str  # one line for `vqtok convert --help`
-    # "module:function" (imported when a file is converted): function(paths: list[Path], **options)
-    # -> (config, state_dict) of the family, with the state dict in the model's own names.
-    convert: str
+    help: str  # one line for `vqtok convert --help` and for "no layout recognised" errors
+    convert: str  # "module:function" of the converter
     recognise: Recogniser | None = None  # Hub repos / folders recognised by from_pretrained
-    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None  # CLI options -> convert's keywords
-    sources: str = "source"  # metavar of the positional argument(s) of `vqtok convert NAME`
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None  # CLI options -> converter keywords
+    # positional arguments of `vqtok convert NAME`: one (a file, a folder or a Hub repo id) or several files
+    sources: tuple[str, ...] = ("source",)
+    # True: recognised by file suffix alone (a .ckpt, a .pt), so tried after the formats that look
+    # at names or config.json; several such formats may claim one checkpoint, and ``accepts``
+    # (the loaded checkpoint, its file name) -> bool picks the one it belongs to. The checkpoint,
+    # read once, is then handed to the converter as ``checkpoint=``.
+    by_suffix: bool = False
+    accepts: Callable[[Any, str], bool] | None = None
 
     def load_converter(self) -> Callable[..., tuple[Any, dict[str, torch.Tensor]]]:
         module, _, name = self.convert.partition(":")
@@ -106,6 +116,33 @@ class SourceFormat:
     def run(self, paths: Sequence[Path], **options: Any) -> tuple[Any, dict[str, torch.Tensor]]:
         """Convert the local files ``paths`` -> (config, state dict)."""
         return self.load_converter()(list(paths), **options)
+
+
+def one_file(names: Sequence[str], suffixes: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The one file of ``names`` ending in ``suffixes`` (a by-suffix recogniser); several: ValueError asking for filename=."""
+    found = sorted(n for n in names if n.lower().endswith(suffixes))
+    if len(found) > 1:
+        raise ValueError(f"several checkpoints ({', '.join(found)}): pass filename= to choose one")
+    return tuple(found) or None
+
+
+def lightning_options(code_base: str, resolution_help: str) -> Callable[[argparse.ArgumentParser], None]:
+    """``--ema/--no-ema`` and ``--resolution`` of a SEED-Voken-style Lightning checkpoint's CLI."""
+
+    def add(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
+                            help=f"take the model_ema.* weights (default: when present, as {code_base}'s own scripts do)")
+        parser.add_argument("--resolution", type=int, default=256, help=resolution_help)
+
+    return add
+
+
+def state_keys(checkpoint: Any) -> set[str]:
+    """The tensor names of a loaded checkpoint (Lightning's ``state_dict`` or a bare dict; wrappers stripped)."""
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, Mapping) else None
+    if not isinstance(state, Mapping):
+        return set()
+    return {k.removeprefix("module.") for k in state if isinstance(k, str)}
 
 
 @dataclass(frozen=True)
@@ -165,8 +202,17 @@ model_entry = family
 
 
 def source_formats() -> tuple[tuple[Family, SourceFormat], ...]:
-    """Every (family, format) pair, for ``vqtok convert`` and the Hub recogniser."""
-    return tuple((fam, fmt) for fam in families() for fmt in fam.formats)
+    """Every (family, format) pair, for ``vqtok convert`` and the Hub recogniser: by-suffix formats last."""
+    pairs = [(fam, fmt) for fam in families() for fmt in fam.formats]
+    return tuple(sorted(pairs, key=lambda pair: pair[1].by_suffix))
+
+
+def source_format(name: str) -> tuple[Family, SourceFormat]:
+    """The (family, format) registered as ``name``; ValueError naming the known ones."""
+    for fam, fmt in source_formats():
+        if fmt.name == name:
+            return fam, fmt
+    raise ValueError(f"unknown checkpoint format {name!r}; vqtok converts {', '.join(f.name for _, f in source_formats())}")
 
 
 def family_of(model: nn.Module) -> Family:

@@ -621,6 +621,6 @@ register_family(Family(
     test_image_size=32,
     formats=(SourceFormat(
         name="titok", help="ByteDance TiTok (config.json + model.safetensors, as save_pretrained writes)",
-        convert="vqtok.models.titok:convert_titok", recognise=recognise_titok, sources="folder",
+        convert="vqtok.models.titok:convert_titok", recognise=recognise_titok, sources=("folder",),
     ),),
 ))

@@ -518,6 +518,6 @@ register_family(Family(
     test_image_size=32,
     formats=(SourceFormat(
         name="var", help="FoundationVision VAR VQVAE .pth (plain state dict)", convert="vqtok.models.var:convert_var",
-        recognise=recognise_var, add_arguments=_add_arguments, sources="ckpt",
+        recognise=recognise_var, add_arguments=_add_arguments, sources=("ckpt",),
     ),),
 ))

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import argparse
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,7 @@ from vqtok.models._model import LastLayerMixin, ModelOutput, TokenizerModelMixin
 from vqtok.models.fsq import FSQ
 from vqtok.models.lfq import LFQ
 from vqtok.models.quantizer import QuantizerOutput, VectorQuantizer
-from vqtok.models.registry import Family, register_family
+from vqtok.models.registry import Family, SourceFormat, one_file, register_family, state_keys
 from vqtok.models.thread_invariance import ThreadInvariantOps
 
 __all__ = ["VQGANConfig", "VQGAN", "Encoder", "Decoder", "GroupNorm", "group_norm_channels_last"]
@@ -459,8 +460,54 @@ class VQGAN(TokenizerModelMixin, nn.Module):
         return self.decoder(self.post_quant_conv(z_q))
 
 
+# ------------------------------------------------------------------------------ source formats
+# The converters live in vqtok.convert.<format> and are imported when a file is converted.
+_DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+
+def _recognise_diffusers(names: Sequence[str], read_config: Callable[[str], Mapping[str, Any] | None]) -> tuple[str, ...] | None:
+    weights = [w for w in _DIFFUSERS_WEIGHTS if w in names]
+    return ("config.json", weights[0]) if weights and "config.json" in names else None
+
+
+def _recognise_dalle_mini(names: Sequence[str], read_config: Callable[[str], Mapping[str, Any] | None]) -> tuple[str, ...] | None:
+    weights = one_file(names, (".msgpack",))
+    return (("config.json",) if "config.json" in names else ()) + weights if weights else None
+
+
+def _recognise_llamagen(names: Sequence[str], read_config: Callable[[str], Mapping[str, Any] | None]) -> tuple[str, ...] | None:
+    # a .pt / .pth; a .bin only when it is the one file named (a folder's .bin may be anything)
+    return one_file(names, (".pt", ".pth")) or (tuple(names) if len(names) == 1 and names[0].endswith(".bin") else None)
+
+
+def _is_taming(checkpoint: Any, name: str) -> bool:
+    """A Lightning checkpoint with a codebook and no EMA weights (IBQ keeps model_ema.*, taming never did)."""
+    keys = state_keys(checkpoint)
+    return "quantize.embedding.weight" in keys and not any(k.startswith("model_ema.") for k in keys) and "ibq" not in name.lower()
+
+
+def _taming_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, help="taming model YAML (default: infer from the weights)")
+
+
+def _llamagen_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ema", action="store_true", help="take the 'ema' weights instead of 'model'")
+
+
 register_family(Family(
     name="vqgan", config_class=VQGANConfig, model_class=VQGAN, description="taming-transformers VQGAN (nearest-code VQ)",
     tiny_config=lambda: VQGANConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(16,), z_channels=16,
                                     embed_dim=8, n_embed=512, resolution=64),
+    formats=(
+        SourceFormat(name="diffusers", help="diffusers VQModel (config.json + diffusion_pytorch_model.safetensors)",
+                     convert="vqtok.convert.diffusers:convert_diffusers", recognise=_recognise_diffusers),
+        SourceFormat(name="dalle-mini", help="dalle-mini / vqgan-jax Flax VQGAN (flax_model.msgpack + config.json)",
+                     convert="vqtok.convert.dalle_mini:convert_dalle_mini", recognise=_recognise_dalle_mini),
+        SourceFormat(name="taming", help="taming-transformers VQModel Lightning .ckpt", convert="vqtok.convert.taming:convert_taming",
+                     recognise=lambda names, _: one_file(names, (".ckpt",)), add_arguments=_taming_arguments,
+                     sources=("ckpt",), by_suffix=True, accepts=_is_taming),
+        SourceFormat(name="llamagen", help="LlamaGen VQ tokenizer .pt (vq_ds16_c2i.pt, vq_ds8_c2i.pt, ...)",
+                     convert="vqtok.convert.llamagen:convert_llamagen", recognise=_recognise_llamagen,
+                     add_arguments=_llamagen_arguments, sources=("ckpt",), by_suffix=True),
+    ),
 ))
