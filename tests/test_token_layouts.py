@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,3 +259,71 @@ def test_registry_sweep(name: str, tmp_path: Path, capsys) -> None:
                  "--no-lpips", "--out", str(tmp_path / "report.json"), "--no-progress"]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["image_count"] == 2 and report["psnr"] > 0 and report["codebook_usage"]["total_tokens"] == 2 * layout.tokens_per_image
+
+
+# ---------------------------------------------------------------------- every registered source format
+FORMATS = [fmt.name for _, fmt in registry.source_formats()]
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_format_sweep(name: str, capsys) -> None:
+    """Every format has its `vqtok convert NAME`, is a layout from_pretrained knows, and claims no stranger's files."""
+    from vqtok.convert import auto
+
+    fam, fmt = registry.source_format(name)
+    assert fmt in fam.formats and name in auto.layouts()
+    with pytest.raises(SystemExit) as exit_:
+        main(["convert", name, "--help"])
+    assert exit_.value.code == 0
+    usage = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert all(source in usage for source in fmt.sources) and "--out" in usage and fmt.help.split(" (")[0] in usage
+    assert fmt.recognise is not None and fmt.recognise(["README.md", "notes.txt"], lambda _p: None) is None
+    assert callable(fmt.load_converter())  # the converter module imports and names a function
+    assert fmt.accepts is None or fmt.by_suffix  # accepts() tells apart formats that claim a file by its suffix
+
+
+class _FakeVQ(nn.Module):
+    """Stands for a family added later: a subclass registered from outside vqtok."""
+
+
+def test_a_family_added_later_needs_no_edit_elsewhere(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A family registered by one module gets `vqtok convert NAME` and from_pretrained recognition, nothing else edited."""
+    from safetensors.torch import save_file
+
+    from vqtok.models.vqgan import VQGAN, VQGANConfig
+
+    class FakeVQ(VQGAN):
+        pass
+
+    def convert_fake(paths: list[Path], *, shift: int = 0) -> tuple[VQGANConfig, dict[str, torch.Tensor]]:
+        from safetensors.torch import load_file
+
+        state = load_file(str(paths[0]))
+        state["quantize.embedding.weight"] = state["quantize.embedding.weight"].roll(shift, 0)
+        return registry.family("vqgan").tiny_config(), state
+
+    def add_arguments(parser) -> None:
+        parser.add_argument("--shift", type=int, default=0)
+
+    monkeypatch.setattr(sys.modules[__name__], "convert_fake", convert_fake, raising=False)
+    fam = registry.Family(name="fake", config_class=VQGANConfig, model_class=FakeVQ, tiny_config=registry.family("vqgan").tiny_config,
+                          formats=(registry.SourceFormat(name="fake", help="a test family's .fake file", convert=f"{__name__}:convert_fake",
+                                                         recognise=lambda names, _: registry.one_file(names, (".fake",)),
+                                                         add_arguments=add_arguments, sources=("weights",)),))
+    monkeypatch.setitem(registry._load(), "fake", fam)
+    monkeypatch.setenv("VQTOK_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    original = Tokenizer(VQGAN(registry.family("vqgan").tiny_config()))
+    (tmp_path / "src").mkdir()
+    save_file({k: v.contiguous() for k, v in original.model.state_dict().items()}, str(tmp_path / "src" / "w.fake"))
+    pixels = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+
+    assert main(["convert", "fake", str(tmp_path / "src" / "w.fake"), "--out", str(tmp_path / "out")]) == 0
+    assert "(fake -> fake: grid" in capsys.readouterr().out
+    converted = Tokenizer.from_pretrained(tmp_path / "out")
+    assert type(converted.model) is FakeVQ and torch.equal(converted.encode(pixels), original.encode(pixels))
+    found = Tokenizer.from_pretrained(tmp_path / "src")  # recognised by the family's recogniser, converted once
+    assert type(found.model) is FakeVQ and torch.equal(found.encode(pixels), original.encode(pixels))
+    assert main(["convert", "fake", str(tmp_path / "src"), "--shift", "1", "--out", str(tmp_path / "shifted")]) == 0
+    shifted = Tokenizer.from_pretrained(tmp_path / "shifted").model.quantize.embedding.weight
+    assert torch.equal(shifted, original.model.quantize.embedding.weight.roll(1, 0))
