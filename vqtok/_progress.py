@@ -51,15 +51,8 @@ class Progress:
     """A counter shown by :func:`progress_mode`'s rule; ``total`` may be None or change (:meth:`set_total`)."""
 
     def __init__(
-        self,
-        desc: str,
-        *,
-        total: float | None = None,
-        unit: str = "it",
-        enabled: bool = True,
-        initial: float = 0,
-        interval: float | None = None,
-        stream: IO[str] | None = None,
+        self, desc: str, *, total: float | None = None, unit: str = "it", enabled: bool = True, initial: float = 0,
+        interval: float | None = None, stream: IO[str] | None = None,
     ) -> None:
         self.desc = desc
         self.unit = unit
@@ -83,9 +76,7 @@ class Progress:
     def __enter__(self) -> "Progress":
         return self
 
-    def __exit__(
-        self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None) -> None:
         self.close(log_summary=kind is None)
 
     def update(self, n: float = 1) -> None:

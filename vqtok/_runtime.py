@@ -68,8 +68,7 @@ def resolve_device(name: str | torch.device | None = "auto", *, local_rank: int 
         if device.index is None:
             device = torch.device(f"cuda:{rank}")
         if device.index >= torch.cuda.device_count():
-            count = torch.cuda.device_count()
-            raise ValueError(f"device {str(device)!r} asked for, but this machine has {count} CUDA device(s)")
+            raise ValueError(f"device {str(device)!r} asked for, but this machine has {torch.cuda.device_count()} CUDA device(s)")
     elif device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device {str(name)!r} asked for, but MPS is not available on this machine (use cpu or auto)")
     return device
@@ -150,16 +149,11 @@ def init_distributed(device: torch.device) -> Distributed:
     local_rank = env_int("LOCAL_RANK", 0)
     if world <= 1:
         return Distributed(local_rank=local_rank)
-    created = False
-    if not torch.distributed.is_initialized():
+    created = not torch.distributed.is_initialized()
+    if created:
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        created = True
-    return Distributed(
-        rank=torch.distributed.get_rank(),
-        world_size=torch.distributed.get_world_size(),
-        local_rank=local_rank,
-        initialized_here=created,
-    )
+    return Distributed(rank=torch.distributed.get_rank(), world_size=torch.distributed.get_world_size(),
+                       local_rank=local_rank, initialized_here=created)
 
 
 # ---------------------------------------------------------------------------- precision
@@ -196,9 +190,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
     """``torch.autocast`` to ``dtype`` on ``device``; a no-op context when ``dtype`` is None."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
 
 
 # ---------------------------------------------------------------------------- checkpoints

@@ -26,14 +26,8 @@ from typing import Sequence
 from vqtok import __version__
 
 # Modules that register subcommands, in the order they appear in --help.
-COMMAND_MODULES: tuple[str, ...] = (
-    "vqtok.commands",
-    "vqtok.convert.commands",
-    "vqtok.pipeline.commands",
-    "vqtok.metrics.commands",
-    "vqtok.training.commands",
-    "vqtok.prior.commands",
-)
+COMMAND_MODULES: tuple[str, ...] = ("vqtok.commands", "vqtok.convert.commands", "vqtok.pipeline.commands",
+                                    "vqtok.metrics.commands", "vqtok.training.commands", "vqtok.prior.commands")
 
 EXPECTED_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, KeyError)
 

@@ -295,17 +295,12 @@ def _output_names(record: dict[str, Any] | None, record_path: Path, count: int) 
     return out
 
 
-def _fingerprints(tok: Tokenizer) -> set[str]:
-    """The model fingerprints of ``tok`` at every precision, by today's rule and 0.1's (a record made at bf16,
-    or by an earlier vqtok, matches an fp32 load)."""
-    from vqtok.pipeline._naming import all_fingerprints
-
-    return all_fingerprints(tok)
-
-
 def _decode_tokenizer(args: argparse.Namespace, record: dict[str, Any] | None, record_path: Path) -> Tokenizer:
     """The tokenizer that decodes: ``--model``, else the model recorded by ``vqtok encode``, else the default;
-    a model other than the recorded one (by fingerprint) is refused unless ``--force``."""
+    a model other than the recorded one (by fingerprint, at any precision, by today's rule or 0.1's) is refused
+    unless ``--force``."""
+    from vqtok.pipeline._naming import all_fingerprints
+
     recorded = record.get("model") if record is not None else None
     given = args.model
     if args.model is None and isinstance(recorded, str):
@@ -318,7 +313,7 @@ def _decode_tokenizer(args: argparse.Namespace, record: dict[str, Any] | None, r
     else:
         tok = tokenizer_from_args(args)
     want = record.get("model_fingerprint") if record is not None else None
-    if isinstance(want, str) and want not in _fingerprints(tok):
+    if isinstance(want, str) and want not in all_fingerprints(tok):
         msg = (f"{record_path} says these ids were made by {recorded!r} (fingerprint {want}); {model_id(args.model)!r} "
                "is another model, so the images would be garbage")
         if not args.force:
@@ -397,16 +392,9 @@ def _check_npy_header(path: Path) -> None:
 def _info(args: argparse.Namespace) -> int:
     tok = tokenizer_from_args(args)
     n_params = sum(p.numel() for p in tok.model.parameters())
-    info = {
-        "model": model_id(args.model),
-        "model_type": tok.model_type,
-        "layout": tok.layout().to_dict(),
-        "codebook_size": tok.codebook_size,
-        "downsample_factor": tok.downsample_factor,
-        "parameters": n_params,
-        "config_hash": tok.config.hash(),
-        "config": tok.config.to_dict(),
-    }
+    info = {"model": model_id(args.model), "model_type": tok.model_type, "layout": tok.layout().to_dict(),
+            "codebook_size": tok.codebook_size, "downsample_factor": tok.downsample_factor, "parameters": n_params,
+            "config_hash": tok.config.hash(), "config": tok.config.to_dict()}
     if args.json:
         print(json.dumps(info, indent=2))
     else:

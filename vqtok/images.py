@@ -63,10 +63,7 @@ def load_image(source: str | os.PathLike[str] | bytes, *, draft: int | None = No
     ``draft``: let a JPEG decode at a reduced scale (DCT domain) as long as both sides stay >= ``draft``.
     """
     try:
-        if isinstance(source, bytes):
-            img = Image.open(io.BytesIO(source))
-        else:
-            img = Image.open(source)
+        img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
         if draft is not None and img.format == "JPEG":
             img.draft(None, (draft, draft))
         img.load()
@@ -165,10 +162,8 @@ def prepare_image(
     if size is not None:
         rgb = resize_center_crop(rgb, size)
     elif factor is not None and (rgb.width % factor or rgb.height % factor):
-        raise ValueError(
-            f"image size {rgb.width}x{rgb.height} is not a multiple of the downsample factor {factor} "
-            "(give a size to resize and center-crop)"
-        )
+        raise ValueError(f"image size {rgb.width}x{rgb.height} is not a multiple of the downsample factor {factor} "
+                         "(give a size to resize and center-crop)")
     return np.asarray(rgb, dtype=np.uint8)
 
 
@@ -213,11 +208,9 @@ def _tensor_batch(t: torch.Tensor, size: int | None, *, layout: str) -> ImageBat
         )
     if t.shape[0] == 0 or t.shape[2] == 0 or t.shape[3] == 0:
         raise ValueError(f"empty {what} of shape {tuple(t.shape)}")
-    if t.dtype == torch.uint8:
-        pass
-    elif t.is_floating_point():
+    if t.is_floating_point():
         _check_float(t, what)
-    else:
+    elif t.dtype != torch.uint8:
         raise TypeError(f"{what} has dtype {t.dtype}; expected uint8 (0..255) or float in [0, 1]")
     if size is not None:
         if t.dtype == torch.uint8:
@@ -272,10 +265,8 @@ def to_uint8_batch(images: Any, *, size: int | None = None) -> ImageBatch:
     if isinstance(images, torch.Tensor):
         return _tensor_batch(images, size, layout="chw")
     if isinstance(images, (str, os.PathLike, bytes)):
-        raise TypeError(
-            f"got {type(images).__name__} {images!r:.80}; pass image data, e.g. vqtok.images.load_image(path) "
-            "or PIL.Image.open(path)"
-        )
+        raise TypeError(f"got {type(images).__name__} {images!r:.80}; pass image data, e.g. vqtok.images.load_image(path) "
+                        "or PIL.Image.open(path)")
     raise TypeError(f"unsupported image type {type(images).__name__}; expected PIL image(s), numpy array or torch tensor")
 
 

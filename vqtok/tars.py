@@ -60,15 +60,11 @@ __all__ = [
 ]
 
 # Sample fields tried, in this order, as the sample's image.
-IMAGE_FIELDS: tuple[str, ...] = (
-    "jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif", "ppm", "pgm", "pbm", "img", "image",
-)
+IMAGE_FIELDS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif", "ppm", "pgm", "pbm", "img", "image")
 SHARD_SUFFIXES: tuple[str, ...] = (".tar", ".tar.gz", ".tgz")
 # What reading a damaged tar can raise (zlib.error: a corrupt gzip stream; OverflowError: a header
 # whose size or offset does not fit in a C integer).
-_TAR_ERRORS: tuple[type[BaseException], ...] = (
-    tarfile.TarError, EOFError, OSError, ValueError, OverflowError, zlib.error,
-)
+_TAR_ERRORS: tuple[type[BaseException], ...] = (tarfile.TarError, EOFError, OSError, ValueError, OverflowError, zlib.error)
 MAX_MEMBER_BYTES = 1 << 31  # a member claiming more (2 GiB) makes the tar corrupt: no image or field is that large
 _READ_CHUNK = 1 << 20
 TRUNCATED_KEY = "<rest of shard>"  # key of the error sample for the unreadable tail of a shard
@@ -117,9 +113,7 @@ def group_members(members: Iterable[tuple[str, V]]) -> Iterator[tuple[str, dict[
 
 def is_remote(spec: str | os.PathLike[str]) -> bool:
     """Whether a shard spec is remote: ``pipe:...`` or ``scheme://...`` (except ``file://``)."""
-    if not isinstance(spec, str):
-        return False
-    return spec.startswith("pipe:") or (_SCHEME.match(spec) is not None and not spec.startswith("file://"))
+    return isinstance(spec, str) and (spec.startswith("pipe:") or (_SCHEME.match(spec) is not None and not spec.startswith("file://")))
 
 
 def is_shard(path: str | os.PathLike[str]) -> bool:
@@ -313,8 +307,7 @@ def _group(members: Iterable[tuple[str, V]]) -> Iterator[tuple[str, dict[str, V]
 def read_samples(path: str | os.PathLike[str]) -> Iterator[TarSample[bytes]]:
     """The samples of one tar shard, read in tar order, members whole (verdicts: module docstring)."""
     reading = _Reading()
-    members: Iterator[tuple[str, bytes]] = reading.members_of(path, by_offset=False)  # type: ignore[assignment]
-    yield from reading.samples(members)
+    yield from reading.samples(reading.members_of(path, by_offset=False))  # type: ignore[misc]
 
 
 @dataclass
@@ -349,9 +342,7 @@ def index_shard(path: str | os.PathLike[str]) -> ShardIndex:
     return ShardIndex(Path(path), samples, reading.seekable)
 
 
-def expand_shards(
-    specs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *, images: bool = False
-) -> list[str]:
+def expand_shards(specs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *, images: bool = False) -> list[str]:
     """Shard specs -> shards, in order, without repeats (the one expander of vqtok).
 
     A spec is a shard file, a brace pattern (``data/train-{000000..000999}.tar``, expanded in its
@@ -393,16 +384,11 @@ def expand_shards(
                 missing.append(pattern)
     if missing:
         more = f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""
-        raise FileNotFoundError(
-            f"{len(missing)} input(s) not found (no such folder, file or shard): {', '.join(missing[:3])}{more}"
-        )
+        raise FileNotFoundError(f"{len(missing)} input(s) not found (no such folder, file or shard): {', '.join(missing[:3])}{more}")
     return list(dict.fromkeys(out))
 
 
 def _folder_files(folder: Path, suffixes: tuple[str, ...]) -> list[str]:
     """Files under ``folder`` (recursively, hidden folders such as ``.incoming`` skipped) ending in ``suffixes``, sorted."""
-    return sorted(
-        str(p)
-        for p in folder.rglob("*")
-        if p.name.lower().endswith(suffixes) and not any(part.startswith(".") for part in p.relative_to(folder).parts[:-1]) and p.is_file()
-    )
+    return sorted(str(p) for p in folder.rglob("*") if p.name.lower().endswith(suffixes)
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts[:-1]) and p.is_file())

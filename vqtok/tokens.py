@@ -96,8 +96,7 @@ def histogram_json(hist: np.ndarray) -> list[Any]:
 def stats_path_for(dst: str | os.PathLike[str]) -> Path:
     """The stats file beside a token shard: ``tokens/train-000123.tar`` -> ``tokens/train-000123.json``."""
     dst = Path(dst)
-    stem = dst.name.removesuffix(".tar")
-    return dst.with_name(stem + ".json")
+    return dst.with_name(dst.name.removesuffix(".tar") + ".json")
 
 
 def read_shard_stats(path: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -252,18 +251,9 @@ class TokenShardWriter:
     def finish(self) -> ShardStats:
         self.tar.close()
         stats = ShardStats(
-            shard=self.dst.name,
-            source=self.source,
-            samples_written=self.written,
-            samples_failed=self.failed,
-            histogram=self.hist,
-            codebook_size=self.codebook_size,
-            ids_dtype=self.dtype.name,
-            size=self.size,
-            model_fingerprint=self.fingerprint,
-            config_hash=self.config_hash,
-            tokens=self.tokens,
-            layout=self.layout,
+            shard=self.dst.name, source=self.source, samples_written=self.written, samples_failed=self.failed,
+            histogram=self.hist, codebook_size=self.codebook_size, ids_dtype=self.dtype.name, size=self.size,
+            model_fingerprint=self.fingerprint, config_hash=self.config_hash, tokens=self.tokens, layout=self.layout,
             scale_histograms=self.scale_hist,
         )
         self.tmp_stats.write_text(json.dumps(stats.to_json(), sort_keys=True) + "\n")
@@ -328,9 +318,7 @@ def _to_pair(sample: dict[str, Any]) -> tuple[torch.Tensor, int]:
 
 
 def _to_torch_dict(sample: dict[str, Any]) -> dict[str, Any]:
-    sample = dict(sample)
-    sample["ids"] = torch.from_numpy(sample["ids"].astype(np.int64))
-    return sample
+    return {**sample, "ids": torch.from_numpy(sample["ids"].astype(np.int64))}
 
 
 def _stream_seed(*parts: object) -> int:
@@ -405,8 +393,7 @@ class _ShuffleSamples:
     (a class, not a closure: the pipeline stays picklable for spawned DataLoader workers)."""
 
     def __init__(self, source: _TokenShards, bufsize: int) -> None:
-        self.source = source
-        self.bufsize = bufsize
+        self.source, self.bufsize = source, bufsize
 
     def __call__(self, src: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         from webdataset.filters import _shuffle
@@ -525,10 +512,6 @@ def _stats_of(url: str) -> tuple[int | None, TokenLayout | None]:
     return None, layout
 
 
-def _iter_shard(url: str) -> Iterator[dict[str, Any]]:
-    return map(decode_token_sample, _read_token_shards([{"url": url}]))
-
-
 def load_token_corpus(shards: str | Sequence[str], *, progress: bool = False) -> TokenCorpus:
     """Read every sample of the shards (in shard order) into memory.
 
@@ -552,7 +535,7 @@ def load_token_corpus(shards: str | Sequence[str], *, progress: bool = False) ->
             sizes.add(size)
         if layout is not None:
             layouts.add(layout)
-        for s in _iter_shard(url):
+        for s in map(decode_token_sample, _read_token_shards([{"url": url}])):
             if ids and s["ids"].shape != ids[0].shape:
                 raise ValueError(
                     f"token grids differ in shape: {s['__key__']!r} in {url} is {s['ids'].shape}, "
@@ -573,10 +556,5 @@ def load_token_corpus(shards: str | Sequence[str], *, progress: bool = False) ->
     if stacked.dtype not in (np.uint8, np.uint16, np.int32, np.int64):
         raise ValueError(f"token ids must be uint16/int32/int64, got {stacked.dtype}")
     logger.info("read %d token grids of shape %s from %d shards", len(ids), stacked.shape[1:], len(urls))
-    return TokenCorpus(
-        ids=stacked,
-        labels=np.asarray(labels, dtype=np.int64),
-        keys=keys,
-        codebook_size=sizes.pop() if sizes else None,
-        layout=layouts.pop() if layouts else None,
-    )
+    return TokenCorpus(ids=stacked, labels=np.asarray(labels, dtype=np.int64), keys=keys,
+                       codebook_size=sizes.pop() if sizes else None, layout=layouts.pop() if layouts else None)

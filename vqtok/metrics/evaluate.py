@@ -509,8 +509,7 @@ def score_chunk(
         feats_fake=torch.cat(ff_all).numpy() if ff_all else (np.zeros((0, FID_FULL_RANK_N), np.float32) if inception is not None else None),
         ids=np.concatenate(ids_all) if ids_all else (None if hasattr(model, "reconstruct_batch") else np.zeros(0, np.int64)),
         ids_len=np.array(ids_len, dtype=np.int64) if not hasattr(model, "reconstruct_batch") else None,
-        bad=bad_all,
-        grid=grid,
+        bad=bad_all, grid=grid,
     )
 
 
@@ -945,9 +944,7 @@ def evaluate_reconstruction(
 # ---------------------------------------------------------------------- report
 def _finite(x: float | None) -> float | str | None:
     """JSON has no inf/nan: write them as strings."""
-    if x is None or math.isfinite(x):
-        return x
-    return str(x)
+    return x if x is None or math.isfinite(x) else str(x)
 
 
 def build_report(
@@ -965,57 +962,30 @@ def build_report(
     usage = result.usage
     report: dict[str, Any] = {"model": model}
     if tokenizer is not None:
-        report["config_hash"] = tokenizer.config.hash()
-        report["codebook_size"] = int(tokenizer.codebook_size)
-        report["downsample_factor"] = int(tokenizer.downsample_factor)
-    report.update(
-        {
-            "data": [str(d) for d in data],
-            "image_count": result.n,
-            "size": result.image_size,
-            "rfid": _finite(result.rfid),
-            "rfid_n": result.n if result.rfid is not None else None,
-            "kid_mean": _finite(result.kid_mean),
-            "kid_std": _finite(result.kid_std),
-            "kid_subset_size": result.kid_subset_size,
-            "psnr": _finite(result.psnr),
-            "ssim": _finite(result.ssim),
-            "color_offset_rgb": result.color_offset,
-            "abs_color_offset_rgb": result.abs_color_offset,
-            "lpips": _finite(result.lpips),
-            "skipped": dict(result.skipped),
-        }
-    )
+        report.update(config_hash=tokenizer.config.hash(), codebook_size=int(tokenizer.codebook_size),
+                      downsample_factor=int(tokenizer.downsample_factor))
+    report.update({
+        "data": [str(d) for d in data], "image_count": result.n, "size": result.image_size,
+        "rfid": _finite(result.rfid), "rfid_n": result.n if result.rfid is not None else None,
+        "kid_mean": _finite(result.kid_mean), "kid_std": _finite(result.kid_std), "kid_subset_size": result.kid_subset_size,
+        "psnr": _finite(result.psnr), "ssim": _finite(result.ssim),
+        "color_offset_rgb": result.color_offset, "abs_color_offset_rgb": result.abs_color_offset,
+        "lpips": _finite(result.lpips), "skipped": dict(result.skipped),
+    })
     if result.rfid is not None and result.n < FID_FULL_RANK_N:
         report["rfid_note"] = (
             f"n={result.n} < 2048: singular covariances, rFID biased upwards; comparable only with rFIDs at the same n "
             "on the same images, not with published 50k ImageNet-val numbers"
         )
-    report["codebook_usage"] = (
-        {
-            "codebook_size": usage.codebook_size,
-            "total_tokens": usage.total_tokens,
-            "used_codes": usage.used_codes,
-            "used_fraction": usage.used_fraction,
-            "perplexity": usage.perplexity,
-            "entropy_bits": usage.entropy_bits,
-            "max_entropy_bits": math.log2(usage.codebook_size),
-            "dead_count": len(usage.dead_codes),
-            "top_k": usage.top_k,
-            "top_k_share": usage.top_k_share,
-            "top_codes": usage.top_codes,
-        }
-        if usage is not None
-        else None
-    )
-    report["weights"] = {
-        "inception": result.inception_weights,
-        "fid_preprocess": result.fid_preprocess,
-        "lpips": result.lpips_weights,
+    report["codebook_usage"] = None if usage is None else {
+        "codebook_size": usage.codebook_size, "total_tokens": usage.total_tokens, "used_codes": usage.used_codes,
+        "used_fraction": usage.used_fraction, "perplexity": usage.perplexity, "entropy_bits": usage.entropy_bits,
+        "max_entropy_bits": math.log2(usage.codebook_size), "dead_count": len(usage.dead_codes), "top_k": usage.top_k,
+        "top_k_share": usage.top_k_share, "top_codes": usage.top_codes,
     }
-    report["bad_samples"] = result.bad_samples.to_dict()
-    report["outputs"] = dict(outputs or {})
-    report["vqtok_version"] = __version__
+    report["weights"] = {"inception": result.inception_weights, "fid_preprocess": result.fid_preprocess,
+                         "lpips": result.lpips_weights}
+    report.update(bad_samples=result.bad_samples.to_dict(), outputs=dict(outputs or {}), vqtok_version=__version__)
     report.update(extra or {})
     return report
 
@@ -1027,6 +997,5 @@ def write_json(
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     body = result if isinstance(result, dict) else result.to_dict()
-    payload = {**(extra or {}), **body}
-    out.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    out.write_text(json.dumps({**(extra or {}), **body}, indent=2, default=str) + "\n")
     return out

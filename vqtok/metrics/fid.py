@@ -103,8 +103,8 @@ def frechet_distance(a: FIDStats, b: FIDStats) -> float:
         raise ValueError(f"feature dimensions differ: {a.mean.shape[0]} vs {b.mean.shape[0]}")
     diff = a.mean.to(torch.float64) - b.mean.to(torch.float64)
     tr_covmean = matrix_sqrt_trace(a.cov, b.cov)
-    value = float(diff @ diff) + float(torch.trace(a.cov)) + float(torch.trace(b.cov)) - 2.0 * tr_covmean
-    return value  # may be a rounding-sized negative for (near-)identical statistics
+    # may be a rounding-sized negative for (near-)identical statistics
+    return float(diff @ diff) + float(torch.trace(a.cov)) + float(torch.trace(b.cov)) - 2.0 * tr_covmean
 
 
 @dataclass(frozen=True)

@@ -92,14 +92,8 @@ class LPIPS(nn.Module):
     def load_weights(self, vgg_state: Mapping[str, torch.Tensor], lin_state: Mapping[str, torch.Tensor]) -> None:
         """Load torchvision VGG16 weights (``features.*``; ``classifier.*`` ignored) and LPIPS heads."""
         own = self.state_dict()
-        merged: dict[str, torch.Tensor] = {}
-        for k, v in vgg_state.items():
-            if k.startswith("features."):
-                idx = int(k.split(".")[1])
-                if idx < len(self.features):
-                    merged[k] = v
-        for k, v in lin_state.items():
-            merged[k] = v
+        merged = {k: v for k, v in vgg_state.items() if k.startswith("features.") and int(k.split(".")[1]) < len(self.features)}
+        merged.update(lin_state)
         missing = sorted(set(own) - set(merged))
         unexpected = sorted(set(merged) - set(own))
         if missing or unexpected:
@@ -139,11 +133,8 @@ def _load_pth(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_lpips(
-    *,
-    vgg_weights: str | os.PathLike[str] | None = None,
-    lin_weights: str | os.PathLike[str] | None = None,
-    allow_download: bool = True,
-    device: str | torch.device = "cpu",
+    *, vgg_weights: str | os.PathLike[str] | None = None, lin_weights: str | os.PathLike[str] | None = None,
+    allow_download: bool = True, device: str | torch.device = "cpu",
 ) -> tuple[LPIPS, LPIPSWeights]:
     """LPIPS-VGG with the published weights: given paths, else cache/download (checksum-verified).
 
@@ -157,9 +148,8 @@ def load_lpips(
         if not vgg_path.is_file():
             raise FileNotFoundError(f"VGG16 weights file {vgg_path} does not exist")
     else:
-        vgg_path = download_weights(
-            filename=VGG16_FILENAME, url=VGG16_URL, sha256=VGG16_SHA256_PREFIX, local_files_only=not allow_download
-        )
+        vgg_path = download_weights(filename=VGG16_FILENAME, url=VGG16_URL, sha256=VGG16_SHA256_PREFIX,
+                                    local_files_only=not allow_download)
     if lin_weights is not None:
         lin_path = Path(lin_weights).expanduser()
         if not lin_path.is_file():

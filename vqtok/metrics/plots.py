@@ -42,11 +42,7 @@ def _text_size(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont |
 
 
 def usage_plot(
-    histogram: Sequence[int] | np.ndarray,
-    *,
-    width: int = 720,
-    height: int = 420,
-    title: str | None = None,
+    histogram: Sequence[int] | np.ndarray, *, width: int = 720, height: int = 420, title: str | None = None
 ) -> Image.Image:
     """RGB image of the code frequencies sorted in descending order (x: rank, y: frequency, log scale).
 
@@ -134,8 +130,7 @@ def usage_plot(
     draw.text((4, top - th - 6), "frequency (log scale)", fill=_AXIS, font=font)
 
     # title and numbers
-    head = title or "codebook usage"
-    draw.text((4, 4), head, fill=_AXIS, font=font)
+    draw.text((4, 4), title or "codebook usage", fill=_AXIS, font=font)
     stats = (
         f"used {100 * usage.used_fraction:.1f}% ({usage.used_codes}/{k})   perplexity {usage.perplexity:.1f}   "
         f"entropy {usage.entropy_bits:.2f}/{math.log2(k):.2f} bits   dead {len(usage.dead_codes)}   tokens {total}"
@@ -146,11 +141,7 @@ def usage_plot(
 
 
 def save_usage_plot(
-    histogram: Sequence[int] | np.ndarray,
-    path: str | os.PathLike[str],
-    *,
-    width: int = 720,
-    height: int = 420,
+    histogram: Sequence[int] | np.ndarray, path: str | os.PathLike[str], *, width: int = 720, height: int = 420,
     title: str | None = None,
 ) -> Path:
     """Draw :func:`usage_plot` and save it as PNG (parent folders are created)."""

@@ -154,18 +154,10 @@ class Protocol:
         return np.ascontiguousarray(RESIZES[self.resize](rgb, side), dtype=np.uint8)
 
     def choices(self) -> dict[str, Any]:
-        return {
-            "resize": self.resize,
-            "size": self.size,
-            "decode": self.decode,
-            "fid_preprocess": self.fid_preprocess,
-            "n": self.n,
-            "image_list": self.image_list,
-            "image_list_sha256": self.image_list_sha256,
-            "inception_sha256": list(self.inception_sha256),
-            "compared_against": self.compared_against,
-            "reconstruction": self.reconstruction,
-        }
+        return {"resize": self.resize, "size": self.size, "decode": self.decode, "fid_preprocess": self.fid_preprocess,
+                "n": self.n, "image_list": self.image_list, "image_list_sha256": self.image_list_sha256,
+                "inception_sha256": list(self.inception_sha256), "compared_against": self.compared_against,
+                "reconstruction": self.reconstruction}
 
 
 PROTOCOLS: dict[str, Protocol] = {
@@ -175,21 +167,13 @@ PROTOCOLS: dict[str, Protocol] = {
             name="vqtok",
             description="vqtok's own preparation on any images: shorter side to --size (one antialiased bicubic "
             "resize), center crop, pytorch-fid preprocessing",
-            resize="vqtok-bicubic",
-            size=256,
-            fid_preprocess="pytorch-fid",
-            decode="vqtok",
-            source="vqtok",
+            resize="vqtok-bicubic", size=256, fid_preprocess="pytorch-fid", decode="vqtok", source="vqtok",
         ),
         Protocol(
             name="imagenet-256-adm",
             description="ImageNet-1k val, 50,000 images at 256x256 as LlamaGen computes rFID: ADM's center_crop_arr, "
             "reconstructions vs the 50k originals, TF Inception graph preprocessing",
-            resize="adm-center-crop",
-            size=256,
-            fid_preprocess="torch-fidelity",
-            decode="pil-rgb",
-            n=50_000,
+            resize="adm-center-crop", size=256, fid_preprocess="torch-fidelity", decode="pil-rgb", n=50_000,
             image_list="ImageNet-1k validation: ILSVRC2012_val_00000001 ... ILSVRC2012_val_00050000",
             image_list_sha256=IMAGENET_VAL_50K_SHA256,
             source="FoundationVision/LlamaGen@ce98ec4 tokenizer/tokenizer_image/reconstruction_vq_ddp.py + "
@@ -204,11 +188,7 @@ PROTOCOLS: dict[str, Protocol] = {
             name="imagenet-256-titok",
             description="ImageNet-1k val, 50,000 images at 256x256 as 1d-tokenizer's evaluator (TiTok) computes rFID: "
             "torchvision Resize(256, bicubic, antialias) + CenterCrop(256), torch-fidelity Inception port",
-            resize="torchvision-bicubic",
-            size=256,
-            fid_preprocess="torch-fidelity",
-            decode="pil-rgb",
-            n=50_000,
+            resize="torchvision-bicubic", size=256, fid_preprocess="torch-fidelity", decode="pil-rgb", n=50_000,
             image_list="ImageNet-1k validation: ILSVRC2012_val_00000001 ... ILSVRC2012_val_00050000",
             image_list_sha256=IMAGENET_VAL_50K_SHA256,
             source="bytedance/1d-tokenizer@942a96f data/webdataset_reader.py eval_transform, evaluator/evaluator.py, "
@@ -236,9 +216,7 @@ def image_name(key: str) -> str:
     Stems make the list independent of where the images live (a folder, class sub-folders, shards).
     """
     shard = _SHARD_KEY.match(key)
-    if shard:
-        return Path(shard.group(1)).name
-    return Path(key).stem
+    return Path(shard.group(1)).name if shard else Path(key).stem
 
 
 def image_list_sha256(keys: Iterable[str]) -> str:
@@ -297,26 +275,14 @@ def protocol_card(
         if not same and protocol.compared_against == "originals":
             deviations.append("rFID against reference statistics of other images or another protocol, not the scored originals")
     return {
-        "protocol": protocol.name,
-        "description": protocol.description,
-        "source": protocol.source,
-        "resize": protocol.resize,
-        "size": size,
-        "decode": protocol.decode,
-        "fid_preprocess": fid_pre,
-        "compared_against": compared,
-        "reconstruction": protocol.reconstruction,
-        "n": n,
-        "protocol_n": protocol.n,
-        "image_list_sha256": image_list_sha,
-        "inception_sha256": inception_sha256,
+        "protocol": protocol.name, "description": protocol.description, "source": protocol.source,
+        "resize": protocol.resize, "size": size, "decode": protocol.decode, "fid_preprocess": fid_pre,
+        "compared_against": compared, "reconstruction": protocol.reconstruction, "n": n, "protocol_n": protocol.n,
+        "image_list_sha256": image_list_sha, "inception_sha256": inception_sha256,
         "reference_stats": dict(reference_stats) if reference_stats else None,
         "reference_stats_sha256": (reference_stats or {}).get("sha256"),
-        "model": model,
-        "model_fingerprint": model_fingerprint,
-        "vqtok_version": __version__,
-        "conforms": not deviations,
-        "deviations": deviations,
+        "model": model, "model_fingerprint": model_fingerprint, "vqtok_version": __version__,
+        "conforms": not deviations, "deviations": deviations,
     }
 
 

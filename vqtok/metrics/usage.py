@@ -163,15 +163,9 @@ def usage_from_histogram(hist: np.ndarray, *, top_k: int = 10) -> CodebookUsage:
     k = max(1, min(int(top_k), size))
     order = np.argsort(-hist, kind="stable")[:k]  # ties broken by the lower id
     return CodebookUsage(
-        codebook_size=size,
-        total_tokens=total,
-        used_codes=used,
-        used_fraction=used / size,
-        perplexity=math.exp(entropy_nats),
-        entropy_bits=entropy_nats / math.log(2.0),
-        dead_codes=np.flatnonzero(hist == 0).tolist(),
-        top_k=k,
-        top_k_share=float(hist[order].sum()) / total,
+        codebook_size=size, total_tokens=total, used_codes=used, used_fraction=used / size,
+        perplexity=math.exp(entropy_nats), entropy_bits=entropy_nats / math.log(2.0),
+        dead_codes=np.flatnonzero(hist == 0).tolist(), top_k=k, top_k_share=float(hist[order].sum()) / total,
         top_codes=order.tolist(),
     )
 

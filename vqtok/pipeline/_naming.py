@@ -62,12 +62,8 @@ def _start(tokenizer: Tokenizer, precision: str, *, legacy: bool) -> hashlib._Ha
         h.update(precision.encode())
         return h
     h = hashlib.sha256(b"vqtok-fingerprint/2\0")
-    identity = {
-        "model_type": tokenizer.model_type,
-        "layout": tokenizer.layout().to_dict(),
-        "config": _non_default_fields(tokenizer.config),
-        "precision": precision,
-    }
+    identity = {"model_type": tokenizer.model_type, "layout": tokenizer.layout().to_dict(),
+                "config": _non_default_fields(tokenizer.config), "precision": precision}
     h.update(json.dumps(identity, sort_keys=True).encode())
     return h
 
@@ -108,9 +104,7 @@ def fingerprint_matches(tokenizer: Tokenizer, fingerprint: object, *, current: s
     return fingerprint == legacy_fingerprint(tokenizer)
 
 
-def completed_output(
-    dst: str | os.PathLike[str], fingerprint: str, size: int | None, *, overwrite: bool = False
-) -> ShardStats | None:
+def completed_output(dst: str | os.PathLike[str], fingerprint: str, size: int | None, *, overwrite: bool = False) -> ShardStats | None:
     """The stats of ``dst`` when it is a complete output of this model and size, else None
     (always None with ``overwrite``).
 
@@ -124,10 +118,8 @@ def completed_output(
     if done is None or overwrite:
         return None
     if done.get("model_fingerprint") != fingerprint:
-        raise ValueError(
-            f"{stats_path} was made by another model (fingerprint {done.get('model_fingerprint')}, "
-            f"this one is {fingerprint}); use another output folder or delete it"
-        )
+        raise ValueError(f"{stats_path} was made by another model (fingerprint {done.get('model_fingerprint')}, "
+                         f"this one is {fingerprint}); use another output folder or delete it")
     if done.get("size") != size or not dst.is_file():
         return None
     try:

@@ -50,16 +50,8 @@ class BlockStream(torch.utils.data.IterableDataset):
     """
 
     def __init__(
-        self,
-        sources: Sequence[Path],
-        *,
-        block: int,
-        size: int | None,
-        factor: int,
-        keep: Sequence[str],
-        image_exts: Sequence[str],
-        decode: str = "exact",
-        exif_transpose: bool = False,
+        self, sources: Sequence[Path], *, block: int, size: int | None, factor: int, keep: Sequence[str],
+        image_exts: Sequence[str], decode: str = "exact", exif_transpose: bool = False,
     ) -> None:
         self.sources = list(sources)
         self.block = block

@@ -29,16 +29,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
         ),
     )
     add_model_arguments(p)
-    p.add_argument(
-        "--input",
-        required=True,
-        nargs="+",
-        metavar="PATTERN",
-        help=(
-            "input shards: brace pattern 'data/train-{000000..000999}.tar', glob, paths, URLs or "
-            "'pipe:CMD' (e.g. 'pipe:aws s3 cp s3://b/train-{000..099}.tar -'); quote patterns"
-        ),
-    )
+    p.add_argument("--input", required=True, nargs="+", metavar="PATTERN",
+                   help="input shards: brace pattern 'data/train-{000000..000999}.tar', glob, paths, URLs or "
+                        "'pipe:CMD' (e.g. 'pipe:aws s3 cp s3://b/train-{000..099}.tar -'); quote patterns")
     add_out_argument(p, "output folder (one model per folder)")
     p.add_argument("--size", type=_size, default=256, help="resize shorter side + center crop to SIZE (0: keep size; default 256)")
     p.add_argument("--workers", type=int, default=None, help="image decoding processes (default: CPUs - 1, at most 4)")
@@ -48,17 +41,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     p.add_argument("--exif-transpose", action="store_true",
                    help="turn images upright by their EXIF orientation first (default: ignored, as PIL and the models' "
                         "training pipelines do; recorded in the manifest)")
-    p.add_argument(
-        "--keep",
-        default=",".join(DEFAULT_KEEP),
-        help=f"comma-separated fields copied from input samples when present (default {','.join(DEFAULT_KEEP)}; '' for none)",
-    )
-    p.add_argument(
-        "--max-error-rate",
-        type=number_in(float, 0.0, 1.0),
-        default=0.01,
-        help="exit with status 1 at the end when more than this fraction of samples failed (default 0.01)",
-    )
+    p.add_argument("--keep", default=",".join(DEFAULT_KEEP),
+                   help=f"comma-separated fields copied from input samples when present (default {','.join(DEFAULT_KEEP)}; '' for none)")
+    p.add_argument("--max-error-rate", type=number_in(float, 0.0, 1.0), default=0.01,
+                   help="exit with status 1 at the end when more than this fraction of samples failed (default 0.01)")
     p.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="local: this process (and torchrun ranks); ray: actors on a Ray cluster (pip install 'vqtok[ray]')")
     p.add_argument("--ray-address", default=None, metavar="ADDR",
@@ -82,12 +68,8 @@ _SHARED_OPTIONS = ("model", "size", "batch_size", "workers", "decode", "exif_tra
 def _common_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The arguments the local and the Ray engine take alike (inputs, output, model, decoding, error policy)."""
     kwargs: dict[str, Any] = {name: getattr(args, name) for name in _SHARED_OPTIONS}
-    kwargs.update(
-        input=args.input[0] if len(args.input) == 1 else args.input,
-        output=args.out,
-        keep=tuple(k for k in (s.strip() for s in args.keep.split(",")) if k),
-        progress=not args.no_progress,
-    )
+    kwargs.update(input=args.input[0] if len(args.input) == 1 else args.input, output=args.out,
+                  keep=tuple(k for k in (s.strip() for s in args.keep.split(",")) if k), progress=not args.no_progress)
     return kwargs
 
 
@@ -131,9 +113,7 @@ def _run_engine(args: argparse.Namespace) -> int:
             result = _run_ray(args)
         else:
             device = device_from_args(args)
-            result = pretokenize(
-                **_common_kwargs(args), device=str(device), rank=args.rank, world_size=args.world_size
-            )
+            result = pretokenize(**_common_kwargs(args), device=str(device), rank=args.rank, world_size=args.world_size)
     except ShardsNotFetched as err:
         print(err.result.summary())
         print(f"vqtok pretokenize: error: {err}", file=sys.stderr)
@@ -143,11 +123,8 @@ def _run_engine(args: argparse.Namespace) -> int:
     except ErrorRateExceeded as err:
         r = err.result
         print(r.summary())
-        print(
-            f"vqtok pretokenize: error: {r.samples_failed} of {r.samples_total} samples failed "
-            f"({100 * r.error_rate:.2f}% > --max-error-rate {100 * err.max_error_rate:.2f}%)",
-            file=sys.stderr,
-        )
+        print(f"vqtok pretokenize: error: {r.samples_failed} of {r.samples_total} samples failed "
+              f"({100 * r.error_rate:.2f}% > --max-error-rate {100 * err.max_error_rate:.2f}%)", file=sys.stderr)
         for shard, key, reason in err.result.failures[:10]:
             print(f"  {shard}: {key}: {reason}", file=sys.stderr)
         if len(err.result.failures) > 10:

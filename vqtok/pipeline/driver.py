@@ -377,7 +377,7 @@ def update_manifest(output: str | os.PathLike[str]) -> dict[str, Any]:
                 continue
             try:
                 shard = st["shard"]
-                counts = (int(st["samples_written"]), len(st["samples_failed"]), int(st.get("tokens", 0)))
+                counts = (1, int(st["samples_written"]), len(st["samples_failed"]), int(st.get("tokens", 0)))  # as totals
                 complete = isinstance(shard, str) and (folder / shard).is_file()
             except (KeyError, TypeError, ValueError) as err:
                 logger.warning("ignoring %s: %s", stats_file, reason(err))
@@ -385,12 +385,9 @@ def update_manifest(output: str | os.PathLike[str]) -> dict[str, Any]:
             if not complete:
                 continue
             done.append(shard)
-            totals["shards"] += 1
-            totals["samples_written"] += counts[0]
-            totals["samples_failed"] += counts[1]
-            totals["tokens"] += counts[2]
-        manifest["shards_done"] = done
-        manifest["totals"] = totals
+            for key, count in zip(totals, counts):
+                totals[key] += count
+        manifest.update(shards_done=done, totals=totals)
         remove_stale_tmp(path)  # under the lock: no other rank is writing it
         _write_json_atomic(path, manifest)
     return manifest
@@ -466,9 +463,7 @@ class _Progress:
     def __init__(self, enabled: bool, pending_shards: int) -> None:
         from vqtok._progress import Progress
 
-        self.pending = pending_shards
-        self.known = 0
-        self.indexed = 0
+        self.pending, self.known, self.indexed = pending_shards, 0, 0
         self.bar = Progress("pretokenize", unit="img", enabled=enabled)
 
     def _retotal(self) -> None:
@@ -621,15 +616,8 @@ def pretokenize(
             stream.close()  # after an exception here (Ctrl-C) the DataLoader workers stop now, not when it is collected
             bar.close()
         update_manifest(folder)
-        result = RunResult(
-            output=folder,
-            rank=rank,
-            world_size=world_size,
-            shards=results,
-            seconds=time.perf_counter() - t0,
-            failures=failures,
-            fetch_failures=fetch_failures,
-        )
+        result = RunResult(output=folder, rank=rank, world_size=world_size, shards=results, seconds=time.perf_counter() - t0,
+                           failures=failures, fetch_failures=fetch_failures)
     return finish_run(result, max_error_rate)
 
 

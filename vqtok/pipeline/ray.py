@@ -111,10 +111,8 @@ class ShardWorker:
         self.tokenizer, _ = load_tokenizer(model, device=resolve_device(device), batch_size=options.batch_size, precision=precision)
         fingerprint = model_fingerprint(self.tokenizer)
         if fingerprint != options.fingerprint and not fingerprint_matches(self.tokenizer, options.fingerprint, current=fingerprint):
-            raise ValueError(
-                f"this Ray worker loaded a different model (fingerprint {fingerprint}) than the driver "
-                f"({options.fingerprint}); every node must see the same weights"
-            )
+            raise ValueError(f"this Ray worker loaded a different model (fingerprint {fingerprint}) than the driver "
+                             f"({options.fingerprint}); every node must see the same weights")
 
     def tokenize(self, src: str, dst: str) -> dict[str, Any]:
         stats = tokenize_shard(src, dst, self.tokenizer, self.options)
@@ -186,10 +184,8 @@ def pretokenize_ray(
     shards = expand_inputs(input, exclude=output)
     remote = [s for s in shards if isinstance(s, str)]
     if remote:
-        raise ValueError(
-            f"the Ray engine reads inputs from a shared file system; {remote[0]!r} is remote "
-            "(use the local engine, or torchrun ranks, for URLs and pipe: inputs)"
-        )
+        raise ValueError(f"the Ray engine reads inputs from a shared file system; {remote[0]!r} is remote "
+                         "(use the local engine, or torchrun ranks, for URLs and pipe: inputs)")
     # The driver loads the model once (CPU) for the fingerprint and the manifest.
     tokenizer, model_id = load_tokenizer(model, device="cpu", batch_size=opts.batch_size, precision=precision)
     folder, fingerprint = open_output(output, input, tokenizer, model_id, opts)
@@ -228,17 +224,8 @@ def _run_shards(
 
 
 def _run_on_ray(
-    ray: Any,
-    model: Any,
-    tokenizer: Tokenizer,
-    jobs: list[tuple[Path, Path]],
-    todo: list[int],
-    results: dict[int, ShardStats],
-    opts: TokenizeOptions,
-    ropts: RayOptions,
-    device: str | None,
-    precision: str,
-    progress: bool,
+    ray: Any, model: Any, tokenizer: Tokenizer, jobs: list[tuple[Path, Path]], todo: list[int], results: dict[int, ShardStats],
+    opts: TokenizeOptions, ropts: RayOptions, device: str | None, precision: str, progress: bool,
 ) -> list[FetchFailure]:
     """Start the actors, keep each busy with one shard at a time, collect stats into ``results``."""
     if not ray.is_initialized():
@@ -247,10 +234,7 @@ def _run_on_ray(
     num_actors = ropts.num_actors
     if num_actors is None:
         resources = ray.cluster_resources()
-        if ropts.num_gpus > 0:
-            num_actors = max(1, int(resources.get("GPU", 0) // ropts.num_gpus))
-        else:
-            num_actors = max(1, int(resources.get("CPU", 1) // cpus))
+        num_actors = int(resources.get("GPU", 0) // ropts.num_gpus) if ropts.num_gpus > 0 else int(resources.get("CPU", 1) // cpus)
     num_actors = max(1, min(num_actors, len(todo)))
     device = device or ("cuda" if ropts.num_gpus > 0 else "cpu")
     # Our own in-memory Tokenizer travels through Ray's object store (between our processes only);

@@ -74,10 +74,8 @@ class TokenizeOptions:
             raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, got {self.decode!r}")
         taken = [k for k in self.keep if k.lower() in OUTPUT_FIELDS]
         if taken:
-            raise ValueError(
-                f"keep field {taken[0]!r} has the name of a field pretokenize writes ({', '.join(OUTPUT_FIELDS)}); "
-                "a copy would hide the token ids: leave it out of keep"
-            )
+            raise ValueError(f"keep field {taken[0]!r} has the name of a field pretokenize writes ({', '.join(OUTPUT_FIELDS)}); "
+                             "a copy would hide the token ids: leave it out of keep")
         if self.workers is not None and self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         size = self.size
@@ -131,14 +129,8 @@ def tokenize_shards(
         yield from flush(len(pairs))
         return
     stream = BlockStream(
-        [src for src, _ in todo],
-        block=opts.batch_size,
-        size=opts.size,
-        factor=tokenizer.downsample_factor,
-        keep=opts.keep,
-        image_exts=opts.image_exts,
-        decode=opts.decode,
-        exif_transpose=opts.exif_transpose,
+        [src for src, _ in todo], block=opts.batch_size, size=opts.size, factor=tokenizer.downsample_factor,
+        keep=opts.keep, image_exts=opts.image_exts, decode=opts.decode, exif_transpose=opts.exif_transpose,
     )
     loader = torch.utils.data.DataLoader(
         stream, batch_size=None, num_workers=workers, collate_fn=_identity, prefetch_factor=2 if workers else None,
@@ -160,15 +152,11 @@ def tokenize_shards(
                 yield from flush(todo_pos[block.shard])
                 src, dst = todo[block.shard]
                 writer = TokenShardWriter(
-                    dst,
-                    source=src.name,
+                    dst, source=src.name,
                     # a folder begun by vqtok 0.1 (its fingerprint has no "2:") keeps 0.1's stats format
                     layout=(tokenizer.layout(opts.size) if opts.size is not None else tokenizer.layout())
                     if fingerprint.startswith("2:") else tokenizer.codebook_size,
-                    size=opts.size,
-                    keep=opts.keep,
-                    fingerprint=fingerprint,
-                    config_hash=tokenizer.config.hash(),
+                    size=opts.size, keep=opts.keep, fingerprint=fingerprint, config_hash=tokenizer.config.hash(),
                 )
                 if opts.on_index is not None:
                     opts.on_index(block.samples)

@@ -46,9 +46,7 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, help="seed of init, data order and label dropout")
     add_device_argument(p, default=None, default_help="the config's device, auto")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), help="autocast precision")
-    p.add_argument(
-        "--stop-after", type=int, help="stop with a checkpoint after this step (time-sliced jobs; schedule unchanged)"
-    )
+    p.add_argument("--stop-after", type=int, help="stop with a checkpoint after this step (time-sliced jobs; schedule unchanged)")
     p.add_argument("--no-resume", action="store_true", help="refuse to continue an existing run in OUT")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train_prior)
@@ -63,9 +61,7 @@ def add_commands(subparsers: Any) -> None:
     add_out_argument(s, "output image (png/jpg)")
     s.add_argument("--n", type=positive_int, default=16, help="number of samples (default 16)")
     s.add_argument("--label", type=int, help="class label (class-conditional priors)")
-    s.add_argument(
-        "--grid", type=parse_grid, help="token grid HxW (default: the trained grid; larger = sliding window)"
-    )
+    s.add_argument("--grid", type=parse_grid, help="token grid HxW (default: the trained grid; larger = sliding window)")
     s.add_argument("--window", type=parse_grid, help="sliding-window shape HxW (default: the trained grid)")
     s.add_argument("--temperature", type=float, default=1.0)
     s.add_argument("--top-k", type=int)
@@ -102,25 +98,13 @@ def _train_prior(args: argparse.Namespace) -> int:
     from vqtok.prior.train import PriorTrainConfig, load_train_config, train
 
     cfg = load_train_config(args.config) if args.config else PriorTrainConfig()
-    overrides = {
-        "tokens": args.tokens,
-        "steps": args.steps,
-        "batch_size": args.batch_size,
-        "grad_accum": args.grad_accum,
-        "lr": args.lr,
-        "val_tokens": args.val_tokens,
-        "seed": args.seed,
-        "device": args.device,
-        "precision": args.precision,
-    }
-    cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    names = ("tokens", "steps", "batch_size", "grad_accum", "lr", "val_tokens", "seed", "device", "precision")
+    cfg = dataclasses.replace(cfg, **{k: getattr(args, k) for k in names if getattr(args, k) is not None})  # the flags given
     if not cfg.tokens:
         raise ValueError("give the token shards with --tokens (or `tokens:` in --config)")
     if not args.no_resume and env_int("RANK", 0) == 0:
         _say_resume(Path(args.out))
-    result = train(
-        cfg, out=args.out, resume=not args.no_resume, progress=not args.no_progress, stop_after=args.stop_after
-    )
+    result = train(cfg, out=args.out, resume=not args.no_resume, progress=not args.no_progress, stop_after=args.stop_after)
     if env_int("RANK", 0) != 0:  # under torchrun only rank 0 reports
         return 0
     val = f"{result.val_bits_per_token:.4f}" if result.val_bits_per_token is not None else "n/a"
@@ -164,33 +148,19 @@ def _sample(args: argparse.Namespace) -> int:
     prior = GPT.from_pretrained(args.prior, device=device)
     tok = Tokenizer.load(args.tokenizer, device=device)
     if int(tok.codebook_size) != prior.config.vocab_size:
-        raise ValueError(
-            f"the prior models {prior.config.vocab_size} codes but the tokenizer has {tok.codebook_size}; "
-            "they were not trained together"
-        )
+        raise ValueError(f"the prior models {prior.config.vocab_size} codes but the tokenizer has {tok.codebook_size}; "
+                         "they were not trained together")
     if args.label is not None and not 0 <= args.label < prior.config.n_classes:
         raise ValueError(f"--label must be in [0, {prior.config.n_classes}) for this prior")
     if args.cfg_scale != 1.0 and args.label is None:
         raise ValueError("--cfg-scale needs --label")
     gen = torch.Generator().manual_seed(args.seed)
-    chunks = []
-    for start in range(0, args.n, args.batch_size):
-        k = min(args.batch_size, args.n - start)
-        chunks.append(
-            prior.generate(
-                k,
-                labels=args.label,
-                grid=args.grid,
-                window=args.window,
-                temperature=args.temperature,
-                top_k=args.top_k,
-                top_p=args.top_p,
-                cfg_scale=args.cfg_scale,
-                generator=gen,
-                progress=not args.no_progress,
-            )
-        )
-    ids = torch.cat(chunks)  # (n, h, w)
+    ids = torch.cat([  # (n, h, w)
+        prior.generate(min(args.batch_size, args.n - start), labels=args.label, grid=args.grid, window=args.window,
+                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, cfg_scale=args.cfg_scale,
+                       generator=gen, progress=not args.no_progress)
+        for start in range(0, args.n, args.batch_size)
+    ])
     if tok.layout().kind == "sequence":  # the prior samples a sequence as a 1 x n grid
         ids = ids.reshape(ids.shape[0], -1)
     if args.save_ids:

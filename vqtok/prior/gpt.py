@@ -222,10 +222,8 @@ class GPT(nn.Module):
         if labels.shape != (batch,):
             raise ValueError(f"labels must have shape ({batch},), got {tuple(labels.shape)}")
         if bool((labels > null).any()) or bool((labels < -1).any()):
-            raise ValueError(
-                f"labels must be class ids in [0, {self.config.n_classes}) or -1 / {null} for none; "
-                f"the model has n_classes={self.config.n_classes}"
-            )
+            raise ValueError(f"labels must be class ids in [0, {self.config.n_classes}) or -1 / {null} for none; "
+                             f"the model has n_classes={self.config.n_classes}")
         return torch.where(labels < 0, torch.full_like(labels, null), labels)
 
     def _run(self, x: Tensor, *, cache: KVCache | None, start: int) -> Tensor:
@@ -388,9 +386,7 @@ class GPT(nn.Module):
         """Write ``model.safetensors`` + ``config.json`` (model_type ``gpt-prior``)."""
         from vqtok.hub import save_pretrained
 
-        save_pretrained(
-            directory, state_dict=self.state_dict_for_save(), config=self.config.to_dict(), model_type=MODEL_TYPE
-        )
+        save_pretrained(directory, state_dict=self.state_dict_for_save(), config=self.config.to_dict(), model_type=MODEL_TYPE)
 
     def load_weights(self, state: dict[str, Tensor]) -> None:
         """Load a state dict written by :meth:`state_dict_for_save` (re-ties the head)."""
@@ -415,13 +411,8 @@ class GPT(nn.Module):
         """Load a prior from a folder or Hub repo written by :meth:`save_pretrained` (eval mode)."""
         from vqtok.hub import load_pretrained
 
-        cfg, state = load_pretrained(
-            repo_id_or_dir,
-            model_type=MODEL_TYPE,
-            revision=revision,
-            cache_dir=cache_dir,
-            local_files_only=local_files_only,
-        )
+        cfg, state = load_pretrained(repo_id_or_dir, model_type=MODEL_TYPE, revision=revision, cache_dir=cache_dir,
+                                     local_files_only=local_files_only)
         model = cls(GPTConfig.from_dict(cfg))
         model.load_weights(state)
         return model.to(device).eval()

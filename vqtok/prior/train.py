@@ -117,24 +117,16 @@ class PriorTrainConfig:
 
     def __post_init__(self) -> None:
         checks = {
-            "steps": self.steps >= 1,
-            "batch_size": self.batch_size >= 1,
-            "grad_accum": self.grad_accum >= 1,
-            "lr": self.lr > 0,
-            "warmup_steps": self.warmup_steps >= 0,
-            "label_dropout": 0.0 <= self.label_dropout < 1.0,
-            "val_fraction": 0.0 <= self.val_fraction < 1.0,
-            "log_every": self.log_every >= 1,
-            "val_every": self.val_every >= 1,
-            "checkpoint_every": self.checkpoint_every >= 1,
-            "keep_checkpoints": self.keep_checkpoints >= 1,
+            "steps": self.steps >= 1, "batch_size": self.batch_size >= 1, "grad_accum": self.grad_accum >= 1,
+            "lr": self.lr > 0, "warmup_steps": self.warmup_steps >= 0,
+            "label_dropout": 0.0 <= self.label_dropout < 1.0, "val_fraction": 0.0 <= self.val_fraction < 1.0,
+            "log_every": self.log_every >= 1, "val_every": self.val_every >= 1,
+            "checkpoint_every": self.checkpoint_every >= 1, "keep_checkpoints": self.keep_checkpoints >= 1,
         }
         check_precision(self.precision)
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
-            raise ValueError(
-                f"invalid train-prior config value(s): {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}"
-            )
+            raise ValueError(f"invalid train-prior config value(s): {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}")
         unknown = set(self.model) - {f.name for f in dataclasses.fields(GPTConfig)}
         if unknown:
             raise ValueError(f"unknown model config field(s): {', '.join(sorted(unknown))}")
@@ -147,9 +139,7 @@ class PriorTrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(
-                f"unknown train-prior config key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})"
-            )
+            raise ValueError(f"unknown train-prior config key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
         return cls(**d)
 
 
@@ -233,11 +223,8 @@ def build_model_config(cfg: PriorTrainConfig, corpus: TokenCorpus) -> GPTConfig:
             m["vocab_size"] = corpus.codebook_size
         else:
             m["vocab_size"] = max_id + 1
-            logger.warning(
-                "the token shards record no codebook_size; using max id + 1 = %d as vocab_size "
-                "(set model.vocab_size to the tokenizer's codebook size)",
-                max_id + 1,
-            )
+            logger.warning("the token shards record no codebook_size; using max id + 1 = %d as vocab_size "
+                           "(set model.vocab_size to the tokenizer's codebook size)", max_id + 1)
     if max_id >= m["vocab_size"]:
         raise ValueError(f"token id {max_id} does not fit vocab_size={m['vocab_size']}")
     if "n_classes" not in m:
@@ -256,13 +243,8 @@ def _rng_state() -> dict[str, Any]:
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {
-            "kind": str(np_state[0]),
-            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "cached_gaussian": float(np_state[4]),
-        },
+        "numpy": {"kind": str(np_state[0]), "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
         "python": random.getstate(),
     }
 
@@ -272,9 +254,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     n = state["numpy"]
-    np.random.set_state(
-        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
-    )
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
 
@@ -283,10 +263,7 @@ def _make_optimizer(model: GPT, cfg: PriorTrainConfig) -> torch.optim.AdamW:
     decay, no_decay = [], []
     for _, p in model.named_parameters():  # named_parameters lists the tied weight once
         (decay if p.dim() >= 2 else no_decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
 
 
@@ -300,9 +277,7 @@ def _latest_checkpoint(out: Path) -> Path | None:
     if (legacy / LEGACY_STATE_NAME).is_file():
         logger.warning(
             "%s is a checkpoint of the vqtok 0.1 layout; resuming from it (new checkpoints go to %s/step-N, "
-            "this folder is deleted after the first one; the old layout is read until vqtok 0.3)",
-            legacy,
-            CHECKPOINTS_DIR,
+            "this folder is deleted after the first one; the old layout is read until vqtok 0.3)", legacy, CHECKPOINTS_DIR,
         )
         return legacy
     return None
@@ -426,10 +401,8 @@ def _prepare(
     """Data, model, optimizer (fresh or from ``checkpoint``), autocast and DDP; writes ``train_config.yaml``."""
     per_rank, rem = divmod(cfg.batch_size, dist.world_size * cfg.grad_accum)
     if rem or per_rank == 0:
-        raise ValueError(
-            f"batch_size={cfg.batch_size} must be a positive multiple of world_size*grad_accum="
-            f"{dist.world_size * cfg.grad_accum}"
-        )
+        raise ValueError(f"batch_size={cfg.batch_size} must be a positive multiple of world_size*grad_accum="
+                         f"{dist.world_size * cfg.grad_accum}")
     train_set, val_set = _load_data(cfg, progress=progress)
     model, opt, start_step = _start_model(cfg, checkpoint, train_set, dist, device)
     amp = autocast_dtype(cfg.precision, device)
@@ -439,16 +412,9 @@ def _prepare(
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_config_file(out / CONFIG_NAME, cfg.to_dict())
-        logger.info(
-            "prior: %.2fM parameters, %s, %d train / %d val grids of %s, device %s, %s",
-            model.num_parameters() / 1e6,
-            model.config,
-            len(train_set),
-            len(val_set) if val_set else 0,
-            train_set.grid,
-            device,
-            "bf16 autocast" if amp else "fp32",
-        )
+        logger.info("prior: %.2fM parameters, %s, %d train / %d val grids of %s, device %s, %s", model.num_parameters() / 1e6,
+                    model.config, len(train_set), len(val_set) if val_set else 0, train_set.grid, device,
+                    "bf16 autocast" if amp else "fp32")
     return _Run(cfg, out, dist, device, train_set, val_set, model, ddp, opt, amp, start_step, per_rank)
 
 
@@ -507,12 +473,7 @@ def _validate(run: _Run) -> float:
 
 
 def train(
-    cfg: PriorTrainConfig,
-    *,
-    out: str | os.PathLike[str],
-    resume: bool = True,
-    progress: bool = True,
-    stop_after: int | None = None,
+    cfg: PriorTrainConfig, *, out: str | os.PathLike[str], resume: bool = True, progress: bool = True, stop_after: int | None = None
 ) -> PriorTrainResult:
     """Train a prior into ``out``; see the module docstring.
 

@@ -116,6 +116,11 @@ class _QuantizerTrainer(nn.Module, abc.ABC):
     def _track(self, ids: torch.Tensor, z: torch.Tensor) -> None:
         """Record the use of ids (N,) chosen for features z (B, D, h, w)."""
 
+    def active_fraction(self, window: int | None = None) -> float:
+        """Fraction of codes chosen in the last ``window`` steps (default ``dead_after`` or 100)."""
+        window = window or self.config.dead_after or 100
+        return float(((self.step - self.last_used) <= window).float().mean())
+
 
 class CodebookTrainer(_QuantizerTrainer):
     """Training-time wrapper of a quantizer. ``forward(z)`` replaces ``quantizer(z)`` while training.
@@ -156,18 +161,13 @@ class CodebookTrainer(_QuantizerTrainer):
 
     @torch.no_grad()
     def _set_codes(self, rows: torch.Tensor | None, values: torch.Tensor) -> None:
+        """Set the codes at ``rows`` (None: all of them) to ``values``, their EMA statistics with them."""
         weight = self.quantizer.embedding.weight
-        if rows is None:
-            weight.copy_(values.to(weight.dtype))
-        else:
-            weight[rows] = values.to(weight.dtype)
+        at = slice(None) if rows is None else rows
+        weight[at] = values.to(weight.dtype)
         if self.ema:
-            if rows is None:
-                self.embed_sum.copy_(values.float())
-                self.cluster_size.fill_(1.0)
-            else:
-                self.embed_sum[rows] = values.float()
-                self.cluster_size[rows] = 1.0
+            self.embed_sum[at] = values.float()
+            self.cluster_size[at] = 1.0
 
     def _broadcast_codes(self) -> None:
         if _distributed():
@@ -278,11 +278,6 @@ class CodebookTrainer(_QuantizerTrainer):
         self.restarts += n_dead
         return n_dead
 
-    def active_fraction(self, window: int | None = None) -> float:
-        """Fraction of codes chosen in the last ``window`` steps (default ``dead_after`` or 100)."""
-        window = window or self.config.dead_after or 100
-        return float(((self.step - self.last_used) <= window).float().mean())
-
 
 class ImplicitCodebookTrainer(_QuantizerTrainer):
     """Training-time wrapper of an FSQ or LFQ quantizer (codes fixed by the quantizer, nothing to learn).
@@ -375,10 +370,7 @@ class ImplicitCodebookTrainer(_QuantizerTrainer):
 
         For codebooks above 2**22 codes: the fraction chosen by the last batch.
         """
-        if not self.track_codes:
-            return self._batch_fraction
-        window = window or self.config.dead_after or 100
-        return float(((self.step - self.last_used) <= window).float().mean())
+        return super().active_fraction(window) if self.track_codes else self._batch_fraction
 
 
 def quantizer_trainer(

@@ -55,17 +55,11 @@ def add_commands(subparsers: Any) -> None:
     p.set_defaults(func=run_train)
 
 
-def _model_keys() -> set[str]:
-    """Every field of the model config, also those its to_dict omits at their defaults."""
-    from vqtok.models.vqgan import VQGANConfig
-
-    return {f.name for f in dataclasses.fields(VQGANConfig)}
-
-
 def apply_overrides(config: Any, items: list[str]) -> Any:
     """``["data.crop_size=64", "steps=10"]`` applied to a TrainConfig (values parsed as YAML scalars)."""
     import yaml
 
+    from vqtok.models.vqgan import VQGANConfig
     from vqtok.training.config import LEGACY_KEYS, TrainConfig
 
     d = config.to_dict()
@@ -84,7 +78,7 @@ def apply_overrides(config: Any, items: list[str]) -> Any:
             if not isinstance(target.get(part), dict):
                 raise ValueError(f"--set {key}: {part!r} is not a config section")  # noqa: TRY004
             target = target[part]
-        if leaf not in target and not (parents == ["model"] and leaf in _model_keys()):
+        if leaf not in target and not (parents == ["model"] and leaf in {f.name for f in dataclasses.fields(VQGANConfig)}):
             # (VQGANConfig.to_dict leaves out quantizer / fsq_levels / lfq_bits while they are VQ's defaults)
             raise ValueError(f"--set {key}: unknown config key")
         target[leaf] = yaml.safe_load(text)
@@ -129,9 +123,8 @@ def _check_resume(saved: TrainConfig, config: TrainConfig, origins: Mapping[str,
     for key in sorted(set(old) | set(new)):
         if key in RESUME_MAY_CHANGE or old.get(key) == new.get(key):
             continue
-        option = origins.get(key) or next((o for k, o in origins.items() if key.startswith(k + ".")), None)
-        if option is None:
-            option = origins.get("*", "the options")
+        option = (origins.get(key) or next((o for k, o in origins.items() if key.startswith(k + ".")), None)
+                  or origins.get("*", "the options"))
         raise ValueError(
             f"{option} sets {key} to {new.get(key)!r}, but the run in {out} has {key}: {old.get(key)!r} "
             f"(its {CONFIG_NAME}); drop the option to continue that run, or give another --out for a new one"
@@ -201,10 +194,8 @@ def _train(args: argparse.Namespace) -> int:
             origins[LEGACY_KEYS[key][0] if key in LEGACY_KEYS else key] = f"--set {item}"
     if saved is not None:
         _check_resume(saved, config, origins, args.out)
-    trainer = Trainer(
-        config, args.data, args.out, progress=not args.no_progress, resume=not args.no_resume, init_weights=args.init,
-        from_checkpoint=args.from_checkpoint,
-    )
+    trainer = Trainer(config, args.data, args.out, progress=not args.no_progress, resume=not args.no_resume,
+                      init_weights=args.init, from_checkpoint=args.from_checkpoint)
     try:
         result = trainer.train()
     finally:

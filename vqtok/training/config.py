@@ -140,15 +140,11 @@ class TrainConfig:
         if self.loss.entropy_temperature <= 0:
             raise ValueError(f"loss.entropy_temperature must be positive, got {self.loss.entropy_temperature}")
         if self.model.quantizer == "lfq" and self.loss.entropy_weight > 0 and self.model.lfq_bits > LFQ.max_entropy_bits:
-            raise ValueError(
-                f"the LFQ entropy loss holds (tokens, 2**lfq_bits) probabilities: train at most {LFQ.max_entropy_bits} bits "
-                f"with it, or set loss.entropy_weight: 0 (model.lfq_bits is {self.model.lfq_bits})"
-            )
+            raise ValueError(f"the LFQ entropy loss holds (tokens, 2**lfq_bits) probabilities: train at most {LFQ.max_entropy_bits} "
+                             f"bits with it, or set loss.entropy_weight: 0 (model.lfq_bits is {self.model.lfq_bits})")
         if self.loss.chroma_weight < 0 or self.loss.chroma_patch < 1 or self.data.crop_size % self.loss.chroma_patch:
-            raise ValueError(
-                f"loss.chroma_weight must be >= 0 and loss.chroma_patch a divisor of crop_size {self.data.crop_size}, "
-                f"got {self.loss.chroma_weight} and {self.loss.chroma_patch}"
-            )
+            raise ValueError(f"loss.chroma_weight must be >= 0 and loss.chroma_patch a divisor of crop_size {self.data.crop_size}, "
+                             f"got {self.loss.chroma_weight} and {self.loss.chroma_patch}")
         if self.loss.chroma_readout_weight < 0:
             raise ValueError(f"loss.chroma_readout_weight must be >= 0, got {self.loss.chroma_readout_weight}")
         if self.loss.chroma_readout_weight > 0 and self.decoder_only:
@@ -158,9 +154,7 @@ class TrainConfig:
         if self.steps < 0 or self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("steps must be >= 0, batch_size and grad_accum >= 1")
         if self.data.crop_size % self.model.downsample_factor:
-            raise ValueError(
-                f"crop_size {self.data.crop_size} must be a multiple of the downsampling factor {self.model.downsample_factor}"
-            )
+            raise ValueError(f"crop_size {self.data.crop_size} must be a multiple of the downsampling factor {self.model.downsample_factor}")
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -203,10 +197,7 @@ def _legacy_bf16(value: Any) -> str:
 
 
 # vqtok 0.1 key -> (key now, value conversion); read until vqtok 0.3
-LEGACY_KEYS: dict[str, tuple[str, Any]] = {
-    "bf16": ("precision", _legacy_bf16),
-    "ckpt_every": ("checkpoint_every", int),
-}
+LEGACY_KEYS: dict[str, tuple[str, Any]] = {"bf16": ("precision", _legacy_bf16), "ckpt_every": ("checkpoint_every", int)}
 
 
 def upgrade_legacy_keys(d: Mapping[str, Any]) -> dict[str, Any]:
@@ -232,19 +223,8 @@ def _check_keys(cls: type, d: Mapping[str, Any], prefix: str) -> None:
 
 def default_model_config() -> VQGANConfig:
     """The architecture of the shipped default tokenizer: f8, 4096 cosine codes of dimension 8."""
-    return VQGANConfig(
-        ch=32,
-        ch_mult=(1, 2, 2, 4),
-        num_res_blocks=1,
-        attn_resolutions=(),
-        z_channels=64,
-        embed_dim=8,
-        n_embed=4096,
-        resolution=96,
-        beta=0.25,
-        legacy_loss=False,
-        l2_norm_codes=True,
-    )
+    return VQGANConfig(ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=1, attn_resolutions=(), z_channels=64, embed_dim=8,
+                       n_embed=4096, resolution=96, beta=0.25, legacy_loss=False, l2_norm_codes=True)
 
 
 def vanilla_codebook() -> CodebookConfig:

@@ -59,13 +59,7 @@ def hue_rotation(angle: float) -> np.ndarray:
 
 
 def random_crop(
-    img: Image.Image,
-    size: int,
-    rng: np.random.Generator,
-    *,
-    max_zoom_out: float = 4.0,
-    flip: bool = True,
-    hue_rotate: float = 0.0,
+    img: Image.Image, size: int, rng: np.random.Generator, *, max_zoom_out: float = 4.0, flip: bool = True, hue_rotate: float = 0.0
 ) -> torch.Tensor:
     """Random multi-scale square crop resized to size×size (+ flip, + hue rotation): -> uint8 (3, size, size).
 
@@ -177,9 +171,7 @@ class TrainImages(torch.utils.data.IterableDataset):
 
     def _crop(self, img: Image.Image, g: int) -> torch.Tensor:
         rng = np.random.default_rng([self.seed, g])
-        return random_crop(
-            img, self.crop_size, rng, max_zoom_out=self.max_zoom_out, flip=self.flip, hue_rotate=self.hue_rotate
-        )
+        return random_crop(img, self.crop_size, rng, max_zoom_out=self.max_zoom_out, flip=self.flip, hue_rotate=self.hue_rotate)
 
     def _bad(self, key: str, err: Exception) -> None:
         if key not in self._reported:
@@ -214,12 +206,9 @@ class TrainImages(torch.utils.data.IterableDataset):
         first = k * self.batch_size
         return [(first + j) * self.world_size + self.rank for j in range(self.batch_size)]
 
-    def _worker(self) -> tuple[int, int]:
-        info = torch.utils.data.get_worker_info()
-        return (0, 1) if info is None else (info.id, info.num_workers)
-
     def __iter__(self) -> Iterator[torch.Tensor]:
-        wid, nworkers = self._worker()
+        info = torch.utils.data.get_worker_info()
+        wid, nworkers = (0, 1) if info is None else (info.id, info.num_workers)
         if self.files:
             k = self.start_batch + wid
             while True:
@@ -230,8 +219,7 @@ class TrainImages(torch.utils.data.IterableDataset):
 
     def _shard_stream(self) -> Iterator[tuple[int, str, bytes]]:
         """(global index g, sample key, encoded image) over epochs, shards shuffled per epoch."""
-        g = 0
-        epoch = 0
+        g = epoch = 0
         while True:
             order = np.random.default_rng([self.seed, 7, epoch]).permutation(len(self.shards))
             seen = 0
@@ -265,10 +253,7 @@ class TrainImages(torch.utils.data.IterableDataset):
 def make_loader(dataset: TrainImages, *, num_workers: int) -> torch.utils.data.DataLoader:
     """DataLoader over whole batches (the dataset batches itself, keeping the order exact)."""
     return torch.utils.data.DataLoader(
-        dataset,
-        batch_size=None,
-        num_workers=num_workers,
-        persistent_workers=False,
+        dataset, batch_size=None, num_workers=num_workers, persistent_workers=False,
         prefetch_factor=2 if num_workers > 0 else None,
         worker_init_fn=die_with_parent if num_workers > 0 else None,  # workers die with the trainer
     )

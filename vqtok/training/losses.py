@@ -93,9 +93,7 @@ class ChromaReadout(nn.Module):
         return (pred - target).abs().mean()
 
 
-def adaptive_weight(
-    rec_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor, *, max_lambda: float = 1e4
-) -> torch.Tensor:
+def adaptive_weight(rec_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor, *, max_lambda: float = 1e4) -> torch.Tensor:
     """λ = ‖∇ rec_loss‖ / (‖∇ g_loss‖ + 1e-4) at ``last_layer``, clamped to [0, max_lambda], detached."""
     rec_grads = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
     g_grads = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
@@ -110,10 +108,8 @@ def load_perceptual(config: LossConfig, device: torch.device) -> PerceptualFn:
     try:
         model, _ = load_lpips(vgg_weights=config.vgg_weights, lin_weights=config.lpips_weights, device=device)
     except FileNotFoundError as err:
-        raise FileNotFoundError(
-            f"the perceptual loss needs the VGG16 / LPIPS weights: {err} "
-            "(or train with loss.perceptual_weight: 0)"
-        ) from err
+        raise FileNotFoundError(f"the perceptual loss needs the VGG16 / LPIPS weights: {err} "
+                                "(or train with loss.perceptual_weight: 0)") from err
     model.eval().requires_grad_(False)
 
     def perceptual(x: torch.Tensor, rec: torch.Tensor) -> torch.Tensor:
@@ -153,9 +149,7 @@ class VQGANLoss(nn.Module):
         cfg = self.config
         rec_term = pixel_loss(x, rec, cfg.rec_loss) * cfg.rec_weight
         zero = rec_term.new_zeros(())
-        p_term = zero
-        if self.perceptual is not None and cfg.perceptual_weight > 0:
-            p_term = self.perceptual(x, rec).mean()
+        p_term = self.perceptual(x, rec).mean() if self.perceptual is not None and cfg.perceptual_weight > 0 else zero
         c_term = chroma_loss(x, rec, patch=cfg.chroma_patch) if cfg.chroma_weight > 0 else zero
         nll = rec_term + cfg.perceptual_weight * p_term + cfg.chroma_weight * c_term
         total = nll + cfg.codebook_weight * codebook_loss.float()

@@ -330,19 +330,13 @@ class Trainer:
         return self.dist.is_main
 
     # -- checkpoints -------------------------------------------------------------------
+    def _state_modules(self) -> dict[str, nn.Module | None]:
+        """The modules of the training state beside the model, by their key prefix in trainer.safetensors."""
+        return {"codebook.": self.codebook, "disc.": self.loss.discriminator, "readout.": self.ae.readout,
+                "ema.": self.ema.model if self.ema is not None else None}
+
     def _trainer_tensors(self) -> dict[str, torch.Tensor]:
-        t: dict[str, torch.Tensor] = {}
-        for k, v in self.codebook.state_dict().items():
-            t["codebook." + k] = v
-        if self.loss.discriminator is not None:
-            for k, v in self.loss.discriminator.state_dict().items():
-                t["disc." + k] = v
-        if self.ae.readout is not None:
-            for k, v in self.ae.readout.state_dict().items():
-                t["readout." + k] = v
-        if self.ema is not None:
-            for k, v in self.ema.model.state_dict().items():
-                t["ema." + k] = v
+        t = {prefix + k: v for prefix, m in self._state_modules().items() if m is not None for k, v in m.state_dict().items()}
         t["rng.torch"] = torch.get_rng_state()
         if isinstance(self.codebook, CodebookTrainer):  # FSQ / LFQ draw no random numbers
             t["rng.codebook"] = self.codebook.generator.get_state()
@@ -383,13 +377,9 @@ class Trainer:
                     "run from its weights (--init)"
                 )
         part = lambda prefix: {k[len(prefix):]: v.to(self.device) for k, v in tensors.items() if k.startswith(prefix)}
-        self.codebook.load_state_dict(part("codebook."), strict=True)
-        if self.loss.discriminator is not None:
-            self.loss.discriminator.load_state_dict(part("disc."), strict=True)
-        if self.ae.readout is not None:
-            self.ae.readout.load_state_dict(part("readout."), strict=True)
-        if self.ema is not None:
-            self.ema.model.load_state_dict(part("ema."), strict=True)
+        for prefix, module in self._state_modules().items():
+            if module is not None:
+                module.load_state_dict(part(prefix), strict=True)
         torch.set_rng_state(tensors["rng.torch"])
         if isinstance(self.codebook, CodebookTrainer):
             self.codebook.generator.set_state(tensors["rng.codebook"])
@@ -454,17 +444,9 @@ class Trainer:
     def _batches(self) -> Iterator[torch.Tensor]:
         cfg = self.config
         dataset = TrainImages(
-            self.data,
-            batch_size=cfg.batch_size,
-            crop_size=cfg.data.crop_size,
-            max_zoom_out=cfg.data.max_zoom_out,
-            flip=cfg.data.flip,
-            hue_rotate=cfg.data.hue_rotate,
-            seed=cfg.seed,
-            start_batch=self.step * cfg.grad_accum,
-            rank=self.rank,
-            world_size=self.world_size,
-            cache_images=cfg.data.cache_images,
+            self.data, batch_size=cfg.batch_size, crop_size=cfg.data.crop_size, max_zoom_out=cfg.data.max_zoom_out,
+            flip=cfg.data.flip, hue_rotate=cfg.data.hue_rotate, seed=cfg.seed, start_batch=self.step * cfg.grad_accum,
+            rank=self.rank, world_size=self.world_size, cache_images=cfg.data.cache_images,
         )
         return iter(make_loader(dataset, num_workers=cfg.data.num_workers))
 
@@ -617,10 +599,8 @@ def train(
     from_checkpoint: str | os.PathLike[str] | None = None,
 ) -> TrainResult:
     """Train a VQGAN (see :class:`Trainer`); returns the result with the exported model folder."""
-    trainer = Trainer(
-        config, data, out, progress=progress, resume=resume, perceptual=perceptual, init_weights=init_weights,
-        from_checkpoint=from_checkpoint,
-    )
+    trainer = Trainer(config, data, out, progress=progress, resume=resume, perceptual=perceptual, init_weights=init_weights,
+                      from_checkpoint=from_checkpoint)
     try:
         return trainer.train(steps)
     finally:
