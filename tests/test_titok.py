@@ -354,6 +354,8 @@ def test_tokenizer_save_load_round_trip(tokenizer, tmp_path):
     assert again.config == tokenizer.config
     assert torch.equal(again.encode(x), ids)
     assert torch.equal(again.decode(ids, output="pt"), tokenizer.decode(ids, output="pt"))
+    # TiTok's weights file named by itself: its config.json beside it tells the format
+    assert torch.equal(Tokenizer.from_pretrained(FIXTURE / "model.safetensors").encode(x), ids)
 
 
 def test_cli_convert_titok_folder(tmp_path, capsys):

@@ -299,7 +299,8 @@ def locate(
             raise ValueError(f"{local} is a file: filename= and subfolder= apply to folders and repos")
         beside = [CONFIG_NAME] if (local.parent / CONFIG_NAME).is_file() and local.name != CONFIG_NAME else []
         try:
-            recognised = recognise_layout([local.name, *beside], filename=local.name, where=str(local.parent), formats=formats)
+            recognised = recognise_layout([local.name, *beside], filename=local.name, where=str(local.parent), formats=formats,
+                                          read_config=lambda p: _read_json(local.parent / p))
         except ValueError:  # no format claims it
             if formats is None:
                 return None  # the caller's loader explains what a model folder is
