@@ -5,11 +5,11 @@ interface) and ``forward``."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-import contextlib
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from vqtok._runtime import autocast
 from vqtok.layout import TokenLayout
 
 if TYPE_CHECKING:
@@ -87,8 +87,7 @@ class TokenizerModelMixin:
         z_q = self.quantize.codes(ids).to(self.code_dtype)  # (B, D, h, w)
         if channels_last:
             z_q = z_q.contiguous(memory_format=torch.channels_last)
-        ctx = contextlib.nullcontext() if autocast_dtype is None else torch.autocast(device_type=ids.device.type, dtype=autocast_dtype)
-        with ctx:
+        with autocast(ids.device, autocast_dtype):
             return self.decode(z_q)
 
     def forward(self, x: torch.Tensor) -> ModelOutput:  # x (B, 3, H, W) in [-1, 1]

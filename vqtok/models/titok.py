@@ -33,7 +33,6 @@ discrete-token models of this family and are refused with the reason.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -46,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqtok._runtime import autocast
 from vqtok.layout import TokenLayout
 from vqtok.models._config import ArchConfig
 from vqtok.models._model import ModelOutput
@@ -424,8 +424,7 @@ class TiTok(nn.Module):
 
         ``autocast_dtype``: the ViT encoder runs under autocast; the code search in float32.
         """
-        ctx = contextlib.nullcontext() if autocast_dtype is None else torch.autocast(device_type=x.device.type, dtype=autocast_dtype)
-        with ctx:
+        with autocast(x.device, autocast_dtype):
             z = self.encode(x)
         return self.quantize.lookup(z)
 
@@ -451,8 +450,7 @@ class TiTok(nn.Module):
         runs on NHWC activations (equal up to float rounding).
         """
         z_q = self.quantize.codes(ids)  # (B, n, D)
-        ctx = contextlib.nullcontext() if autocast_dtype is None else torch.autocast(device_type=ids.device.type, dtype=autocast_dtype)
-        with ctx:
+        with autocast(ids.device, autocast_dtype):
             return self.decode(z_q, channels_last=channels_last)
 
     def forward(self, x: torch.Tensor) -> ModelOutput:

@@ -28,7 +28,6 @@ in the weights; the converter takes VAR's defaults (0.5, False), those of the re
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import math
 import re
@@ -42,10 +41,11 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from vqtok._runtime import autocast
 from vqtok.layout import TokenLayout, split_scales
 from vqtok.models._config import ArchConfig, HalvingLevels
 from vqtok.models.registry import Family, SourceFormat, register_family
-from vqtok.models.vqgan import Downsample, Normalize, Upsample, _Level, _Mid
+from vqtok.models.vqgan import Decoder, Encoder, Normalize, VQGANConfig
 
 __all__ = ["VARConfig", "VARVQVAE", "MultiScaleQuantizer", "Phi", "convert_var", "recognise_var", "VAR_PATCH_NUMS"]
 
@@ -118,6 +118,11 @@ class VARConfig(HalvingLevels, ArchConfig):
             return self.default_qresi_counts or len(self.patch_nums)
         return self.share_quant_resi
 
+    def vqgan_config(self) -> VQGANConfig:
+        """The autoencoder as a VQGANConfig: taming's levels, attention (``using_sa``) at the lowest resolution only."""
+        return VQGANConfig(ch=self.ch, ch_mult=self.ch_mult, num_res_blocks=self.num_res_blocks, dropout=self.dropout,
+                           z_channels=self.z_channels, resolution=self.downsample_factor, attn_resolutions=(1,) if self.using_sa else ())
+
 
 # ---------------------------------------------------------------------------------------- autoencoder
 class QKVAttnBlock(nn.Module):
@@ -134,70 +139,6 @@ class QKVAttnBlock(nn.Module):
         q, k, v = rearrange(self.qkv(self.norm(x)), "b (three c) h w -> three b 1 (h w) c", three=3)
         y = F.scaled_dot_product_attention(q, k, v)  # (B, 1, H*W, C), scale C**-0.5 as VAR
         return x + self.proj_out(rearrange(y, "b 1 (h w) c -> b c h w", h=h, w=w))
-
-
-def _attention(enabled: bool) -> Callable[[int], nn.Module]:
-    return QKVAttnBlock if enabled else (lambda channels: nn.Identity())
-
-
-class VAREncoder(nn.Module):
-    """Image (B, 3, H, W) -> features (B, z_channels, H/f, W/f); attention only at the lowest level."""
-
-    def __init__(self, cfg: VARConfig) -> None:
-        super().__init__()
-        self.conv_in = nn.Conv2d(3, cfg.ch, 3, padding=1)
-        in_mult = (1,) + cfg.ch_mult
-        last = len(cfg.ch_mult) - 1
-        self.down = nn.ModuleList()
-        for i, mult in enumerate(cfg.ch_mult):
-            block_out = cfg.ch * mult
-            level = _Level.build(cfg.ch * in_mult[i], block_out, cfg.num_res_blocks, cfg.dropout, i == last and cfg.using_sa,
-                                 attn=QKVAttnBlock)
-            if i != last:
-                level.downsample = Downsample(block_out)
-            self.down.append(level)
-        self.mid = _Mid(block_out, cfg.dropout, attn=_attention(cfg.using_mid_sa))
-        self.norm_out = Normalize(block_out)
-        self.conv_out = nn.Conv2d(block_out, cfg.z_channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(x)
-        for level in self.down:
-            h = level(h)
-            if hasattr(level, "downsample"):
-                h = level.downsample(h)
-        return self.conv_out(F.silu(self.norm_out(self.mid(h))))
-
-
-class VARDecoder(nn.Module):
-    """Features (B, z_channels, h, w) -> image (B, 3, h*f, w*f), roughly in [-1, 1]."""
-
-    def __init__(self, cfg: VARConfig) -> None:
-        super().__init__()
-        n = len(cfg.ch_mult)
-        block_in = cfg.ch * cfg.ch_mult[-1]
-        self.conv_in = nn.Conv2d(cfg.z_channels, block_in, 3, padding=1)
-        self.mid = _Mid(block_in, cfg.dropout, attn=_attention(cfg.using_mid_sa))
-        levels: list[_Level] = []
-        for i in reversed(range(n)):
-            block_out = cfg.ch * cfg.ch_mult[i]
-            level = _Level.build(block_in, block_out, cfg.num_res_blocks + 1, cfg.dropout, i == n - 1 and cfg.using_sa,
-                                 attn=QKVAttnBlock)
-            block_in = block_out
-            if i != 0:
-                level.upsample = Upsample(block_out)
-            levels.insert(0, level)
-        self.up = nn.ModuleList(levels)  # up[0] is the full-resolution level, as VAR indexes it
-        self.norm_out = Normalize(block_in)
-        self.conv_out = nn.Conv2d(block_in, 3, 3, padding=1)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.mid(self.conv_in(z))
-        for level in reversed(self.up):
-            h = level(h)
-            if hasattr(level, "upsample"):
-                h = level.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
 
 
 # ---------------------------------------------------------------------------------------- quantizer
@@ -339,8 +280,10 @@ class VARVQVAE(nn.Module):
         self.config = config or VARConfig()
         cfg = self.config
         pad = cfg.quant_conv_ks // 2
-        self.encoder = VAREncoder(cfg)
-        self.decoder = VARDecoder(cfg)
+        # taming's encoder and decoder (VAR's names) with VAR's attention blocks; the middle one may be off
+        mid_attn = QKVAttnBlock if cfg.using_mid_sa else (lambda channels: nn.Identity())
+        self.encoder = Encoder(cfg.vqgan_config(), QKVAttnBlock, mid_attn)
+        self.decoder = Decoder(cfg.vqgan_config(), QKVAttnBlock, mid_attn)
         self.quantize = MultiScaleQuantizer(cfg)
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, cfg.quant_conv_ks, padding=pad)
         self.post_quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, cfg.quant_conv_ks, padding=pad)
@@ -372,8 +315,7 @@ class VARVQVAE(nn.Module):
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"VAR encodes images shaped (B, 3, H, W), got {tuple(x.shape)}")
         self._check_size(x.shape[-2], x.shape[-1])
-        ctx = contextlib.nullcontext() if autocast_dtype is None else torch.autocast(device_type=x.device.type, dtype=autocast_dtype)
-        with ctx:
+        with autocast(x.device, autocast_dtype):
             h = self.encoder(x)
         return self.quant_conv(h.to(self.quant_conv.weight.dtype)).float()
 
@@ -397,8 +339,7 @@ class VARVQVAE(nn.Module):
         f_hat = f_hat.to(self.post_quant_conv.weight.dtype)
         if channels_last:
             f_hat = f_hat.contiguous(memory_format=torch.channels_last)
-        ctx = contextlib.nullcontext() if autocast_dtype is None else torch.autocast(device_type=ids.device.type, dtype=autocast_dtype)
-        with ctx:
+        with autocast(ids.device, autocast_dtype):
             return self.decoder(self.post_quant_conv(f_hat)).clamp_(-1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

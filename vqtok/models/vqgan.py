@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from vqtok._runtime import autocast
 from vqtok.models._config import ArchConfig, HalvingLevels
 from vqtok.models._model import LastLayerMixin, ModelOutput, TokenizerModelMixin
 from vqtok.models.fsq import FSQ
@@ -301,19 +302,25 @@ class _Mid(nn.Module):
 
 
 def _norm_layers(
-    cfg: VQGANConfig,
+    cfg: VQGANConfig, attn: Callable[[int], nn.Module] | None
 ) -> tuple[Callable[[int], nn.Module], Callable[[int, int, float], nn.Module], Callable[[int], nn.Module]]:
-    """The norm layer, ResNet block and attention block of a config (its ``norm_groups``)."""
+    """The norm layer, ResNet block and attention block (``attn``, else taming's) of a config (its ``norm_groups``)."""
     norm = functools.partial(Normalize, groups=cfg.norm_groups)
-    return norm, functools.partial(ResnetBlock, norm=norm), functools.partial(AttnBlock, norm=norm)
+    return norm, functools.partial(ResnetBlock, norm=norm), attn or functools.partial(AttnBlock, norm=norm)
 
 
 class Encoder(nn.Module):
-    """Image (B, in_channels, H, W) -> features (B, z_channels, H/f, W/f)."""
+    """Image (B, in_channels, H, W) -> features (B, z_channels, H/f, W/f).
 
-    def __init__(self, cfg: VQGANConfig) -> None:
+    ``attn`` / ``mid_attn``: the attention blocks of the ``attn_resolutions`` levels / of the middle, for a
+    channel count (default: taming's :class:`AttnBlock`; VAR passes its fused-``qkv`` block).
+    """
+
+    def __init__(
+        self, cfg: VQGANConfig, attn: Callable[[int], nn.Module] | None = None, mid_attn: Callable[[int], nn.Module] | None = None
+    ) -> None:
         super().__init__()
-        norm, resnet, attn = _norm_layers(cfg)
+        norm, resnet, attn = _norm_layers(cfg, attn)
         self.conv_in = nn.Conv2d(cfg.in_channels, cfg.ch, 3, padding=1)
         in_mult = (1,) + cfg.ch_mult
         res = cfg.resolution
@@ -328,7 +335,7 @@ class Encoder(nn.Module):
                 level.downsample = Downsample(block_out)
                 res //= 2
             self.down.append(level)
-        self.mid = _Mid(block_out, cfg.dropout, resnet, attn)
+        self.mid = _Mid(block_out, cfg.dropout, resnet, mid_attn or attn)
         self.norm_out = norm(block_out)
         self.conv_out = nn.Conv2d(block_out, cfg.z_channels, 3, padding=1)
 
@@ -343,16 +350,18 @@ class Encoder(nn.Module):
 
 
 class Decoder(LastLayerMixin, nn.Module):
-    """Features (B, z_channels, h, w) -> image (B, out_ch, h*f, w*f), roughly in [-1, 1]."""
+    """Features (B, z_channels, h, w) -> image (B, out_ch, h*f, w*f), roughly in [-1, 1]; ``attn`` / ``mid_attn`` as :class:`Encoder`'s."""
 
-    def __init__(self, cfg: VQGANConfig) -> None:
+    def __init__(
+        self, cfg: VQGANConfig, attn: Callable[[int], nn.Module] | None = None, mid_attn: Callable[[int], nn.Module] | None = None
+    ) -> None:
         super().__init__()
-        norm, resnet, attn = _norm_layers(cfg)
+        norm, resnet, attn = _norm_layers(cfg, attn)
         n = len(cfg.ch_mult)
         block_in = cfg.ch * cfg.ch_mult[-1]
         res = cfg.resolution // 2 ** (n - 1)
         self.conv_in = nn.Conv2d(cfg.z_channels, block_in, 3, padding=1)
-        self.mid = _Mid(block_in, cfg.dropout, resnet, attn)
+        self.mid = _Mid(block_in, cfg.dropout, resnet, mid_attn or attn)
         levels: list[_Level] = []
         for i in reversed(range(n)):
             block_out = cfg.ch * cfg.ch_mult[i]
@@ -449,10 +458,8 @@ class VQGAN(TokenizerModelMixin, nn.Module):
         )
 
     def _encode(self, x: torch.Tensor, autocast_dtype: torch.dtype | None) -> QuantizerOutput:
-        if autocast_dtype is None:
-            return self.quantize(self.quant_conv(self.encoder(x)))
-        with torch.autocast(device_type=x.device.type, dtype=autocast_dtype):
-            h = self.encoder(x)  # (B, z_channels, h, w) in autocast_dtype
+        with autocast(x.device, autocast_dtype):
+            h = self.encoder(x)  # (B, z_channels, h, w), in autocast_dtype when given
         return self.quantize(self.quant_conv(h.to(self.quant_conv.weight.dtype)))
 
     def decode(self, z_q: torch.Tensor) -> torch.Tensor:
