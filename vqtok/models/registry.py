@@ -158,9 +158,6 @@ class Family:
     description: str = ""
 
 
-# Kept for callers of the earlier name.
-ModelEntry = Family
-
 _REGISTRY: dict[str, Family] = {}
 _loaded = False
 
