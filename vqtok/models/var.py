@@ -42,6 +42,7 @@ from einops import rearrange
 from torch import nn
 
 from vqtok._runtime import autocast
+from vqtok.hub import _check_names_and_shapes
 from vqtok.layout import TokenLayout, split_scales
 from vqtok.models._config import ArchConfig, HalvingLevels
 from vqtok.models.registry import Family, SourceFormat, register_family
@@ -412,14 +413,7 @@ def convert_var(paths: list[Path], *, patch_nums: tuple[int, ...] | None = None)
     config = infer_var_config(state, patch_nums=patch_nums, source=str(path))
     with torch.device("meta"):
         expected = VARVQVAE(config).state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    misshapen = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-                 if k in state and state[k].shape != v.shape]
-    if missing or unexpected or misshapen:
-        problems = "; ".join(f"{label}: {', '.join(items[:5])}" for label, items in
-                             (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshapen)) if items)
-        raise ValueError(f"{path} does not match the VAR VQVAE its shapes imply: {problems}")
+    _check_names_and_shapes(expected, state, str(path))  # against the VAR VQVAE its shapes imply
     if _EMA in raw:
         log.info("dropped %s (VAR's code-usage statistic, not part of the tokenizer)", _EMA)
     log.info("converted %s: vocab %d, z %d, ch %d x %s, %d scales", path.name, config.vocab_size, config.z_channels,
