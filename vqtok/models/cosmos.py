@@ -314,8 +314,6 @@ class CosmosEncoder(nn.Module):
         h = self.conv_in(self.patcher(x))  # (B, channels, H/p, W/p)
         for level in self.down:
             h = level(h)
-            if hasattr(level, "downsample"):
-                h = level.downsample(h)  # (B, C, H/2, W/2)
         h = self.mid(h)
         return self.conv_out(nonlinearity(self.norm_out(h)))
 
@@ -350,11 +348,8 @@ class CosmosDecoder(LastLayerMixin, nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.mid(self.conv_in(z))
-        for i in range(len(self.up) - 1, -1, -1):  # lowest resolution first
-            level = self.up[i]
+        for level in reversed(self.up):  # lowest resolution first
             h = level(h)
-            if hasattr(level, "upsample"):
-                h = level.upsample(h)  # (B, C, 2H, 2W)
         h = self.conv_out(nonlinearity(self.norm_out(h)))  # (B, out·p², H/p, W/p)
         return self.unpatcher(h)
 

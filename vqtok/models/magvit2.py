@@ -28,6 +28,7 @@ from vqtok.models._model import LastLayerMixin, ModelOutput, TokenizerModelMixin
 from vqtok.models.lfq import LFQ
 from vqtok.models.quantizer import QuantizerOutput
 from vqtok.models.registry import Family, SourceFormat, lightning_options, one_file, register_family, state_keys
+from vqtok.models.vqgan import _Level
 
 __all__ = ["MAGVIT2Config", "MAGVIT2", "MAGVIT2Encoder", "MAGVIT2Decoder", "MAGVIT2Output"]
 
@@ -91,7 +92,7 @@ def _norm(channels: int) -> nn.GroupNorm:
 class ResBlock(nn.Module):
     """norm → swish → conv3×3 → norm → swish → conv3×3, plus a (1×1 conv when widths differ) shortcut. No biases."""
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0) -> None:  # no dropout: vqgan's signature
         super().__init__()
         self.norm1 = _norm(in_channels)
         self.norm2 = _norm(out_channels)
@@ -106,14 +107,6 @@ class ResBlock(nn.Module):
         if hasattr(self, "nin_shortcut"):
             x = self.nin_shortcut(x)
         return h + x
-
-
-class _Level(nn.Module):
-    """One resolution level: ``block`` (ResNets), then ``downsample`` / ``upsample`` where present."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.block = nn.ModuleList()
 
 
 def depth_to_space(x: torch.Tensor, block: int) -> torch.Tensor:
@@ -167,28 +160,20 @@ class MAGVIT2Encoder(nn.Module):
         self.down = nn.ModuleList()
         block_out = cfg.ch
         for i, mult in enumerate(cfg.ch_mult):
-            level = _Level()
-            block_in, block_out = cfg.ch * in_mult[i], cfg.ch * mult
-            for _ in range(cfg.num_res_blocks):
-                level.block.append(ResBlock(block_in, block_out))
-                block_in = block_out
+            block_out = cfg.ch * mult
+            level = _Level.build(cfg.ch * in_mult[i], block_out, cfg.num_res_blocks, 0.0, False, ResBlock)
             if i < len(cfg.ch_mult) - 1:
                 level.downsample = nn.Conv2d(block_out, block_out, 3, stride=2, padding=1)
             self.down.append(level)
-        self.mid_block = nn.ModuleList(ResBlock(block_out, block_out) for _ in range(cfg.num_res_blocks))
+        self.mid_block = nn.Sequential(*(ResBlock(block_out, block_out) for _ in range(cfg.num_res_blocks)))
         self.norm_out = _norm(block_out)
         self.conv_out = nn.Conv2d(block_out, cfg.z_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)
         for level in self.down:
-            for block in level.block:
-                h = block(h)
-            if hasattr(level, "downsample"):
-                h = level.downsample(h)  # (B, C, H/2, W/2)
-        for block in self.mid_block:
-            h = block(h)
-        return self.conv_out(swish(self.norm_out(h)))
+            h = level(h)  # its ResNets, then the stride-2 conv (B, C, H/2, W/2) but at the last level
+        return self.conv_out(swish(self.norm_out(self.mid_block(h))))
 
 
 class MAGVIT2Decoder(LastLayerMixin, nn.Module):
@@ -199,16 +184,14 @@ class MAGVIT2Decoder(LastLayerMixin, nn.Module):
         n = len(cfg.ch_mult)
         block_in = cfg.ch * cfg.ch_mult[-1]
         self.conv_in = nn.Conv2d(cfg.z_channels, block_in, 3, padding=1)
-        self.mid_block = nn.ModuleList(ResBlock(block_in, block_in) for _ in range(cfg.num_res_blocks))
+        self.mid_block = nn.Sequential(*(ResBlock(block_in, block_in) for _ in range(cfg.num_res_blocks)))
         levels: list[_Level] = []
         adaptive: list[AdaptiveGroupNorm] = []
         for i in reversed(range(n)):
             adaptive.insert(0, AdaptiveGroupNorm(cfg.z_channels, block_in))
-            level = _Level()
             block_out = cfg.ch * cfg.ch_mult[i]
-            for _ in range(cfg.num_res_blocks):
-                level.block.append(ResBlock(block_in, block_out))
-                block_in = block_out
+            level = _Level.build(block_in, block_out, cfg.num_res_blocks, 0.0, False, ResBlock)
+            block_in = block_out
             if i > 0:
                 level.upsample = Upsampler(block_in)
             levels.insert(0, level)
@@ -218,15 +201,9 @@ class MAGVIT2Decoder(LastLayerMixin, nn.Module):
         self.conv_out = nn.Conv2d(block_in, cfg.out_ch, 3, padding=1)
 
     def forward(self, z_q: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(z_q)
-        for block in self.mid_block:
-            h = block(h)
+        h = self.mid_block(self.conv_in(z_q))
         for i in reversed(range(len(self.up))):
-            h = self.adaptive[i](h, z_q)
-            for block in self.up[i].block:
-                h = block(h)
-            if hasattr(self.up[i], "upsample"):
-                h = self.up[i].upsample(h)  # (B, C, 2H, 2W)
+            h = self.up[i](self.adaptive[i](h, z_q))  # its ResNets, then (B, C, 2H, 2W) but at level 0
         return self.conv_out(swish(self.norm_out(h)))
 
 

@@ -245,7 +245,7 @@ class Upsample(nn.Module):
 
 
 class _Level(nn.Module):
-    """One resolution level: ``block`` (ResNets), ``attn`` (maybe empty), then ``downsample``/``upsample``."""
+    """One resolution level: ``block`` (ResNets), ``attn`` (maybe empty), then ``downsample``/``upsample`` where present."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -272,13 +272,17 @@ class _Level(nn.Module):
                 level.attn.append(attn(block_out))
         return level
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:  # each block, then its attention if any (TorchScript-able)
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # each block, then its attention if any, then the resampling (TorchScript-able)
         if len(self.attn) == 0:
             for block in self.block:
                 h = block(h)
         else:
             for block, attn in zip(self.block, self.attn):
                 h = attn(block(h))
+        if hasattr(self, "downsample"):
+            h = self.downsample(h)  # (B, C, H/2, W/2)
+        if hasattr(self, "upsample"):
+            h = self.upsample(h)  # (B, C, 2H, 2W)
         return h
 
 
@@ -343,8 +347,6 @@ class Encoder(nn.Module):
         h = self.conv_in(x)
         for level in self.down:
             h = level(h)
-            if hasattr(level, "downsample"):
-                h = level.downsample(h)
         h = self.mid(h)
         return self.conv_out(swish(self.norm_out(h)))
 
@@ -381,8 +383,6 @@ class Decoder(LastLayerMixin, nn.Module):
         h = self.mid(self.conv_in(z))
         for level in reversed(self.up):
             h = level(h)
-            if hasattr(level, "upsample"):
-                h = level.upsample(h)
         return self.conv_out(swish(self.norm_out(h)))
 
 
