@@ -11,7 +11,6 @@ Tokenizer reaches the model only through ``layout`` / ``encode_ids`` / ``decode_
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
