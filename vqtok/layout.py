@@ -56,9 +56,9 @@ class TokenLayout:
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
             raise ValueError(f"layout kind must be one of {', '.join(_KINDS)}, got {self.kind!r}")
-        if isinstance(self.codebook_size, bool) or not isinstance(self.codebook_size, int) or self.codebook_size < 1:
+        if not _positive_int(self.codebook_size):
             raise ValueError(f"codebook_size must be a positive int, got {self.codebook_size!r}")
-        if isinstance(self.codebooks, bool) or not isinstance(self.codebooks, int) or self.codebooks < 1:
+        if not _positive_int(self.codebooks):
             raise ValueError(f"codebooks must be a positive int, got {self.codebooks!r}")
         if self.bits is not None:
             if not isinstance(self.bits, int) or not 1 <= self.bits <= MAX_BITS:
@@ -72,7 +72,7 @@ class TokenLayout:
                 object.__setattr__(self, "grid_shape", _positive_pair(self.grid_shape, "grid_shape"))
             positions = 0 if self.grid_shape is None else self.grid_shape[0] * self.grid_shape[1]
         elif self.kind == "sequence":
-            if isinstance(self.length, bool) or not isinstance(self.length, int) or self.length < 1:
+            if not _positive_int(self.length):
                 raise ValueError(f"a sequence layout needs a positive length, got {self.length!r}")
             positions = self.length
         else:
@@ -281,10 +281,14 @@ def split_scales(ids: torch.Tensor, shapes: Sequence[tuple[int, int]]) -> list[t
     return out
 
 
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 def _positive_pair(value: Any, what: str) -> tuple[int, int]:
     if (
         not isinstance(value, (tuple, list)) or len(value) != 2
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+        or not all(_positive_int(v) for v in value)
     ):
         raise ValueError(f"{what} must be two positive ints (h, w), got {value!r}")
     return (int(value[0]), int(value[1]))

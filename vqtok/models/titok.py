@@ -47,7 +47,7 @@ from torch import nn
 
 from vqtok._runtime import autocast
 from vqtok.layout import TokenLayout
-from vqtok.models._config import ArchConfig
+from vqtok.models._config import ArchConfig, _is_int
 from vqtok.models._model import ModelOutput
 from vqtok.models.quantizer import nearest_code
 from vqtok.models.registry import Family, SourceFormat, register_family
@@ -101,7 +101,7 @@ class TiTokConfig(ArchConfig):
                      "decoder_layers", "decoder_heads", "pixel_codebook_size", "pixel_embed_dim",
                      "pixel_hidden_channels", "pixel_num_res_blocks"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not _is_int(value) or value < 1:
                 raise ValueError(f"TiTok {name} must be a positive int, got {value!r}")
         if not isinstance(self.use_l2_norm, bool):
             raise ValueError(f"TiTok use_l2_norm must be true or false, got {self.use_l2_norm!r}")

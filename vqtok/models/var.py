@@ -44,7 +44,7 @@ from torch import nn
 from vqtok._runtime import autocast
 from vqtok.hub import _check_names_and_shapes
 from vqtok.layout import TokenLayout, split_scales
-from vqtok.models._config import ArchConfig, HalvingLevels
+from vqtok.models._config import ArchConfig, HalvingLevels, _is_int
 from vqtok.models.registry import Family, SourceFormat, register_family
 from vqtok.models.vqgan import Decoder, Encoder, Normalize, VQGANConfig
 
@@ -83,7 +83,7 @@ class VARConfig(HalvingLevels, ArchConfig):
         self._int_tuples("ch_mult", "patch_nums")
         for name in ("vocab_size", "z_channels", "ch", "num_res_blocks", "quant_conv_ks"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not _is_int(value) or value < 1:
                 raise ValueError(f"VAR config: {name} must be a positive int, got {value!r}")
         if self.quant_conv_ks % 2 == 0:
             raise ValueError(f"VAR config: quant_conv_ks must be odd (same-size convolution), got {self.quant_conv_ks}")
