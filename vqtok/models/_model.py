@@ -28,8 +28,9 @@ class ModelOutput:
 class TokenizerModelMixin:
     """``downsample_factor``, ``decode_ids`` and ``forward`` of a tokenizer model; listed before ``nn.Module``.
 
-    The model provides ``config`` (with ``downsample_factor``), ``quantize`` (with ``codes``),
-    ``encode`` and ``decode``; ``output_class`` is the dataclass ``forward`` returns.
+    The model provides ``config`` (with ``downsample_factor``), ``encoder``, ``quant_conv``, ``quantize``
+    (with ``lookup`` and ``codes``), ``post_quant_conv`` and ``decoder``, from which ``encode`` and ``decode``
+    follow unless it overrides them; ``output_class`` is the dataclass ``forward`` returns.
     """
 
     config: Any
@@ -37,11 +38,13 @@ class TokenizerModelMixin:
     output_class: ClassVar[type[ModelOutput]] = ModelOutput
     pixel_range: ClassVar[tuple[float, float]] = (-1.0, 1.0)  # encode_ids takes, decode_ids gives images in this range
 
-    if TYPE_CHECKING:
+    def encode(self, x: torch.Tensor) -> QuantizerOutput:
+        """x (B, 3, H, W) in [-1, 1] -> quantized features (B, D, h, w), ids (B, h, w) and the quantizer's loss."""
+        return self.quantize(self.quant_conv(self.encoder(x)))  # type: ignore[attr-defined, no-any-return]
 
-        def encode(self, x: torch.Tensor) -> QuantizerOutput: ...
-
-        def decode(self, z_q: torch.Tensor) -> torch.Tensor: ...
+    def decode(self, z_q: torch.Tensor) -> torch.Tensor:
+        """z_q (B, D, h, w) -> image (B, 3, H, W), roughly in [-1, 1]."""
+        return self.decoder(self.post_quant_conv(z_q))  # type: ignore[attr-defined, no-any-return]
 
     @property
     def downsample_factor(self) -> int:

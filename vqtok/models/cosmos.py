@@ -49,7 +49,6 @@ from torch import nn
 from vqtok.models._config import ArchConfig
 from vqtok.models._model import LastLayerMixin, ModelOutput, TokenizerModelMixin
 from vqtok.models.fsq import FSQ
-from vqtok.models.quantizer import QuantizerOutput
 from vqtok.models.registry import Family, SourceFormat, register_family
 from vqtok.models.vqgan import AttnBlock as _TamingAttnBlock
 from vqtok.models.vqgan import Downsample, _Level, _Mid
@@ -380,10 +379,6 @@ class CosmosDI(TokenizerModelMixin, nn.Module):
         self.quantize = FSQ(cfg.levels)
 
     output_class = CosmosOutput
-
-    def encode(self, x: torch.Tensor) -> QuantizerOutput:
-        """x (B, 3, H, W) in [-1, 1], H and W multiples of f -> FSQ codes (B, 6, h, w), ids (B, h, w), zero loss."""
-        return self.quantize(self.quant_conv(self.encoder(x)))
 
     def decode(self, z_q: torch.Tensor) -> torch.Tensor:
         """FSQ codes (B, 6, h, w) -> image (B, 3, H, W), roughly in [-1, 1].

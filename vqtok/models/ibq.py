@@ -155,14 +155,6 @@ class IBQ(TokenizerModelMixin, nn.Module):
 
     output_class = VQGANOutput
 
-    def encode(self, x: torch.Tensor) -> QuantizerOutput:
-        """x (B, 3, H, W) in [-1, 1] -> quantized features, ids and IBQ's quantizer loss."""
-        return self.quantize(self.quant_conv(self.encoder(x)))
-
-    def decode(self, z_q: torch.Tensor) -> torch.Tensor:
-        """z_q (B, D, h, w) -> image (B, 3, H, W), roughly in [-1, 1]."""
-        return self.decoder(self.post_quant_conv(z_q))
-
 
 def _is_ibq(checkpoint: Any, name: str) -> bool:
     """A Lightning checkpoint with a codebook and model_ema.* weights (the published IBQ files; taming kept none) or "ibq" in its name."""

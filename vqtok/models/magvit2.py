@@ -26,7 +26,6 @@ from torch import nn
 from vqtok.models._config import ArchConfig, HalvingLevels
 from vqtok.models._model import LastLayerMixin, ModelOutput, TokenizerModelMixin
 from vqtok.models.lfq import LFQ
-from vqtok.models.quantizer import QuantizerOutput
 from vqtok.models.registry import Family, SourceFormat, lightning_options, one_file, register_family, state_keys
 from vqtok.models.vqgan import _Level
 
@@ -244,14 +243,6 @@ class MAGVIT2(TokenizerModelMixin, nn.Module):
     def code_dtype(self) -> torch.dtype:
         """The dtype the decoder takes codes in (post_quant_conv is an identity: the decoder's first conv)."""
         return self.decoder.conv_in.weight.dtype
-
-    def encode(self, x: torch.Tensor) -> QuantizerOutput:
-        """x (B, 3, H, W) in [-1, 1] -> quantized latent, ids and LFQ loss."""
-        return self.quantize(self.encoder(x))
-
-    def decode(self, z_q: torch.Tensor) -> torch.Tensor:
-        """z_q (B, D, h, w) -> image (B, 3, H, W), roughly in [-1, 1]."""
-        return self.decoder(z_q)
 
 
 register_family(Family(

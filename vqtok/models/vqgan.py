@@ -462,10 +462,6 @@ class VQGAN(TokenizerModelMixin, nn.Module):
             h = self.encoder(x)  # (B, z_channels, h, w), in autocast_dtype when given
         return self.quantize(self.quant_conv(h.to(self.quant_conv.weight.dtype)))
 
-    def decode(self, z_q: torch.Tensor) -> torch.Tensor:
-        """z_q (B, D, h, w) -> image (B, 3, H, W), roughly in [-1, 1]."""
-        return self.decoder(self.post_quant_conv(z_q))
-
 
 # ------------------------------------------------------------------------------ source formats
 # The converters live in vqtok.convert.<format> and are imported when a file is converted.
