@@ -168,9 +168,6 @@ class PhiShared(nn.Module):
         super().__init__()
         self.qresi = phi
 
-    def phis(self) -> list[nn.Module]:
-        return [self.qresi]
-
 
 class PhiPartiallyShared(nn.Module):
     """n φ shared by the scales (``share_quant_resi`` n >= 2); keys ``quant_resi.qresi_ls.{i}.*``."""
@@ -179,15 +176,9 @@ class PhiPartiallyShared(nn.Module):
         super().__init__()
         self.qresi_ls = nn.ModuleList(phis)
 
-    def phis(self) -> list[nn.Module]:
-        return list(self.qresi_ls)
-
 
 class PhiNonShared(nn.ModuleList):
     """One φ per scale (``share_quant_resi`` 0); keys ``quant_resi.{i}.*``."""
-
-    def phis(self) -> list[nn.Module]:
-        return list(self)
 
 
 def phi_indices(num_phi: int, num_scales: int) -> tuple[int, ...]:
@@ -219,11 +210,12 @@ class MultiScaleQuantizer(nn.Module):
             self.quant_resi = PhiShared(phis[0])
         else:
             self.quant_resi = PhiPartiallyShared(phis)
+        self._phis = tuple(phis)  # the φ in order (registered above, in quant_resi)
         self._phi_of_scale = phi_indices(len(phis), len(cfg.patch_nums))
 
     def phi(self, scale: int) -> nn.Module:
         """The φ of scale ``scale`` (0 = the 1×1 map)."""
-        return self.quant_resi.phis()[self._phi_of_scale[scale]]  # type: ignore[operator]
+        return self._phis[self._phi_of_scale[scale]]
 
     def extra_repr(self) -> str:
         return f"patch_nums={list(self.patch_nums)}, phi_of_scale={list(self._phi_of_scale)}, znorm={self.using_znorm}"
