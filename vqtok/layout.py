@@ -190,8 +190,6 @@ class TokenLayout:
         """
         nd = self.ndim
         if batched is None:
-            if ids.ndim not in (nd, nd + 1):
-                raise ValueError(f"{what} of shape {tuple(ids.shape)} do not match the layout ({self.describe()}): {self._expected()}")
             batched = ids.ndim == nd + 1
         if ids.ndim != nd + int(batched):
             raise ValueError(f"{what} of shape {tuple(ids.shape)} do not match the layout ({self.describe()}): {self._expected()}")
