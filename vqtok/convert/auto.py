@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from vqtok import hub
+from vqtok._errors import listing
 from vqtok._io import atomic_write, sha256_file
 from vqtok.convert._build import convert_files
 from vqtok.hub import CONFIG_NAME, WEIGHTS_NAME, weights_cache_dir
@@ -149,9 +150,8 @@ def recognise_layout(
     )
 
 
-def _listing(names: Sequence[str], n: int = 12) -> str:
-    shown = sorted(names)[:n]
-    return ", ".join(shown) + (f" (+{len(names) - n} more)" if len(names) > n else "") if shown else "none"
+def _listing(names: Sequence[str]) -> str:
+    return listing(sorted(names), 12) or "none"
 
 
 # ------------------------------------------------------------------------------ conversion
