@@ -47,10 +47,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from vqtok._io import atomic_write
 from vqtok.convert._build import convert_files
+from vqtok.convert._shapes import attn_levels
 from vqtok.hub import read_config_json, resolve_folder
 from vqtok.models.vqgan import VQGAN, VQGANConfig
 from vqtok.tokenizer import Tokenizer
@@ -166,10 +167,6 @@ def diffusers_config_to_vqtok(config: Mapping[str, Any]) -> VQGANConfig:
     )
 
 
-def _attn_levels(cfg: VQGANConfig) -> list[int]:
-    return [i for i in range(len(cfg.ch_mult)) if cfg.resolution // 2**i in cfg.attn_resolutions]
-
-
 def vqtok_config_to_diffusers(cfg: VQGANConfig) -> dict[str, Any]:
     """The diffusers ``VQModel`` config of a vqtok model (raises ValueError if it has none)."""
     problems = []
@@ -185,7 +182,7 @@ def vqtok_config_to_diffusers(cfg: VQGANConfig) -> dict[str, Any]:
     if problems:
         raise ValueError("this model cannot be exported to a diffusers VQModel: " + "; ".join(problems))
     n = len(cfg.ch_mult)
-    attn = set(_attn_levels(cfg))
+    attn = set(attn_levels(cfg))
     try:  # the installed diffusers' version, without importing it (slow)
         version = importlib.metadata.version("diffusers")
     except importlib.metadata.PackageNotFoundError:
@@ -335,11 +332,7 @@ def _resolve_diffusers_folder(
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    if path.name.endswith(".safetensors"):
-        return load_file(str(path))
-    from vqtok.convert.safe_pickle import (
-        load_checkpoint,  # a pickled .bin, read without running code
-    )
+    from vqtok.convert.safe_pickle import load_checkpoint  # safetensors, or a pickled .bin read without running code
 
     state = load_checkpoint(path)
     if not isinstance(state, Mapping):

@@ -40,7 +40,7 @@ import torch
 from vqtok.convert.safe_pickle import Placeholder, load_checkpoint
 from vqtok.models.vqgan import VQGANConfig
 from vqtok.convert._lightning import strip_wrappers
-from vqtok.convert._shapes import count_indices
+from vqtok.convert._shapes import attn_levels, count_indices
 from vqtok.convert.taming import infer_taming_config
 from vqtok.convert._build import convert_files
 from vqtok.tokenizer import Tokenizer
@@ -238,7 +238,7 @@ def infer_llamagen_config(
     dec_blocks = count_indices(vq, rf"decoder\.up\.{n_dec - 1}\.block\.(\d+)\.")
     if dec_blocks != arch.num_res_blocks + 1:
         raise ValueError(f"decoder levels have {dec_blocks} ResNet blocks, expected encoder's {arch.num_res_blocks} + 1")
-    enc_attn = [i for i in range(n_enc) if f"encoder.down.{i}.attn.0.q.weight" in vq]
+    enc_attn = attn_levels(arch)  # the levels with encoder.down.{i}.attn.*
     dec_attn = [i for i in range(n_dec) if f"decoder.up.{i}.attn.0.q.weight" in vq]
     if enc_attn != dec_attn or len(enc_attn) > 1 or (enc_attn and enc_attn[0] != n_enc - 1):
         raise ValueError(
