@@ -442,12 +442,7 @@ def _collect(obj: Any, prefix: str, out: dict[str, torch.Tensor], seen: set[int]
     if id(obj) in seen:
         return
     seen.add(id(obj))
-    state = obj.state if isinstance(obj, Placeholder) else None
-    if isinstance(state, tuple) and len(state) == 2 and isinstance(state[0], dict):
-        state = state[0]
-    if not isinstance(state, dict):
-        return
-    for name, value in state.items():
+    for name, value in (obj.attributes() if isinstance(obj, Placeholder) else {}).items():
         if not isinstance(name, str):
             continue
         if isinstance(value, torch.Tensor):
@@ -485,15 +480,12 @@ def read_torchscript_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Te
 
 def what_folder(folder: Path) -> str:
     """Advice for a folder given where a checkpoint file was expected."""
-    import json
+    from vqtok.convert.auto import _read_json
 
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError, RecursionError):
-        config = None
-    if isinstance(config, dict) and "vqtok_format" in config:
+    config = _read_json(folder / "config.json") or {}
+    if "vqtok_format" in config:
         return "it is already a vqtok model folder (load it as is)"
-    if isinstance(config, dict) and config.get("_class_name") == "VQModel":
+    if config.get("_class_name") == "VQModel":
         return "it looks like a diffusers VQModel folder (use `vqtok convert diffusers`)"
     if (folder / "model_index.json").is_file() or (folder / "vqvae").is_dir():
         return "it looks like a diffusers pipeline (use `vqtok convert diffusers` with its vqvae subfolder)"
