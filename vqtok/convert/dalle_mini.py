@@ -66,16 +66,6 @@ def _ndarray(data: bytes) -> np.ndarray:
     return np.frombuffer(buffer, dtype=dtype).reshape(shape, order="C")
 
 
-def _unchunk(node: Any) -> Any:
-    if isinstance(node, dict):
-        if node.get(_CHUNKED):
-            shape = tuple(int(node["shape"][str(i)]) for i in range(len(node["shape"])))
-            chunks = [node["chunks"][str(i)] for i in range(len(node["chunks"]))]
-            return np.concatenate([np.asarray(c).reshape(-1) for c in chunks]).reshape(shape)
-        return {k: _unchunk(v) for k, v in node.items()}
-    return node
-
-
 def read_flax_msgpack(path: str | os.PathLike[str]) -> dict[tuple[str, ...], np.ndarray]:
     """The arrays of a ``flax.serialization.to_bytes`` file, flattened to ``{("encoder", "conv_in", "kernel"): array}``."""
     try:
@@ -97,10 +87,12 @@ def read_flax_msgpack(path: str | os.PathLike[str]) -> dict[tuple[str, ...], np.
         raise ValueError(f"{path} is not a Flax MessagePack file: {err}") from err
     if not isinstance(tree, dict):
         raise ValueError(f"{path} holds a {type(tree).__name__}, not a Flax parameter tree")
-    tree = _unchunk(tree)
     flat: dict[tuple[str, ...], np.ndarray] = {}
 
     def walk(node: Any, prefix: tuple[str, ...]) -> None:
+        if isinstance(node, dict) and node.get(_CHUNKED):  # one array stored as numbered chunks
+            shape = tuple(int(node["shape"][str(i)]) for i in range(len(node["shape"])))
+            node = np.concatenate([np.asarray(node["chunks"][str(i)]).reshape(-1) for i in range(len(node["chunks"]))]).reshape(shape)
         if isinstance(node, dict):
             for k, v in node.items():
                 walk(v, prefix + (str(k),))
