@@ -146,10 +146,12 @@ def cosmos_state_dict(
     checked and dropped; any other tensor outside ``encoder.`` / ``quant_conv.`` (encoder archive)
     or ``post_quant_conv.`` / ``decoder.`` (decoder archive) is an error.
     """
-    for tensors, part, other, order in ((encoder_tensors, "encoder", "decoder", "first"), (decoder_tensors, "decoder", "encoder", "second")):
-        if f"{part}.conv_in.weight" not in tensors:
-            hint = f" (it looks like {other}.jit: pass {part}.jit {order})" if f"{other}.conv_in.weight" in tensors else ""
-            raise ValueError(f"{source}: the {part} archive has no {part}.conv_in.weight{hint}")
+    if "encoder.conv_in.weight" not in encoder_tensors:
+        hint = " (it looks like decoder.jit: pass encoder.jit first)" if "decoder.conv_in.weight" in encoder_tensors else ""
+        raise ValueError(f"{source}: the encoder archive has no encoder.conv_in.weight{hint}")
+    if "decoder.conv_in.weight" not in decoder_tensors:
+        hint = " (it looks like encoder.jit: pass decoder.jit second)" if "encoder.conv_in.weight" in decoder_tensors else ""
+        raise ValueError(f"{source}: the decoder archive has no decoder.conv_in.weight{hint}")
     enc_levels, dec_levels = _levels_of(encoder_tensors, _ENC_FSQ), _levels_of(decoder_tensors, _DEC_FSQ)
     if enc_levels and dec_levels and enc_levels != dec_levels:
         raise ValueError(f"{source}: encoder FSQ levels {list(enc_levels)} differ from decoder's {list(dec_levels)}")
