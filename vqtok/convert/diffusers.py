@@ -95,7 +95,6 @@ _ATTN = {
 }
 _ATTN_INV = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
 _RESNET_INV = {v: k for k, v in _RESNET.items()}
-_TOP = {"conv_norm_out": "norm_out"}
 
 
 # ---------------------------------------------------------------------------------- configs
@@ -222,20 +221,25 @@ def _block_tail(tail: str, table: Mapping[str, str], key: str) -> str:
     raise ValueError(f"unexpected diffusers key {key!r}")
 
 
+def _level_blocks(key: str, levels: int, rx: re.Pattern[str]) -> tuple[str, str, int, str | None, str | None, str] | None:
+    """``(part, "down" | "up", level, member, j, tail)`` of a level key matched by ``rx`` (an encoder's
+    ``down``, a decoder's ``up``); the decoder's run order (diffusers) is the reverse of its level order (vqtok)."""
+    m = rx.match(key)
+    if m is None or (m[1], m[2]) not in (("encoder", "down"), ("decoder", "up")):
+        return None
+    part, side, i, kind, j, tail = m.groups()
+    return part, side, int(i) if part == "encoder" else levels - 1 - int(i), kind, j, tail
+
+
 def diffusers_to_vqtok_keys(state: Mapping[str, torch.Tensor], *, levels: int) -> dict[str, torch.Tensor]:
     """Rename a diffusers VQModel state dict to vqtok's layout (attention Linear -> 1×1 conv weights)."""
-    rx_level = re.compile(r"(encoder)\.down_blocks\.(\d+)\.(resnets|attentions|downsamplers)\.(\d+)\.(.+)$|"
-                          r"(decoder)\.up_blocks\.(\d+)\.(resnets|attentions|upsamplers)\.(\d+)\.(.+)$")
+    rx_level = re.compile(r"(encoder|decoder)\.(down|up)_blocks\.(\d+)\.(resnets|attentions|\2samplers)\.(\d+)\.(.+)$")
     rx_mid = re.compile(r"(encoder|decoder)\.mid_block\.(resnets|attentions)\.(\d+)\.(.+)$")
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
-        if m := rx_level.match(key):
-            if m.group(1):
-                part, level, kind, j, tail = "encoder", int(m.group(2)), m.group(3), m.group(4), m.group(5)
-                base = f"encoder.down.{level}"
-            else:
-                part, k, kind, j, tail = "decoder", int(m.group(7)), m.group(8), m.group(9), m.group(10)
-                base = f"decoder.up.{levels - 1 - k}"
+        if found := _level_blocks(key, levels, rx_level):
+            part, side, level, kind, j, tail = found
+            base = f"{part}.{side}.{level}"
             if kind == "resnets":
                 new = f"{base}.block.{j}.{_block_tail(tail, _RESNET, key)}"
             elif kind == "attentions":
@@ -243,7 +247,7 @@ def diffusers_to_vqtok_keys(state: Mapping[str, torch.Tensor], *, levels: int) -
             else:
                 if j != "0" or not tail.startswith("conv."):
                     raise ValueError(f"unexpected diffusers key {key!r}")
-                new = f"{base}.{'downsample' if part == 'encoder' else 'upsample'}.{tail}"
+                new = f"{base}.{side}sample.{tail}"
         elif m := rx_mid.match(key):
             part, kind, j, tail = m.groups()
             if kind == "resnets":
@@ -254,10 +258,10 @@ def diffusers_to_vqtok_keys(state: Mapping[str, torch.Tensor], *, levels: int) -
                 if j != "0":
                     raise ValueError(f"unexpected diffusers key {key!r}")
                 new = f"{part}.mid.attn_1.{_block_tail(tail, _ATTN, key)}"
+        elif key.startswith(("encoder.conv_norm_out.", "decoder.conv_norm_out.")):
+            new = key.replace(".conv_norm_out.", ".norm_out.", 1)
         else:
-            head, _, tail = key.partition(".")
-            sub, _, rest = tail.partition(".")
-            new = f"{head}.{_TOP[sub]}.{rest}" if head in ("encoder", "decoder") and sub in _TOP else key
+            new = key
         if _is_linear_attn(new) and value.ndim == 2:
             value = value.reshape(*value.shape, 1, 1)
         if new in out:
@@ -268,26 +272,19 @@ def diffusers_to_vqtok_keys(state: Mapping[str, torch.Tensor], *, levels: int) -
 
 def vqtok_to_diffusers_keys(state: Mapping[str, torch.Tensor], *, levels: int) -> dict[str, torch.Tensor]:
     """Rename a vqtok state dict to diffusers' VQModel layout (1×1 conv -> Linear attention weights)."""
-    rx_level = re.compile(r"(encoder)\.down\.(\d+)\.(block|attn)\.(\d+)\.(.+)$|(decoder)\.up\.(\d+)\.(block|attn)\.(\d+)\.(.+)$")
-    rx_resample = re.compile(r"(encoder)\.down\.(\d+)\.downsample\.(.+)$|(decoder)\.up\.(\d+)\.upsample\.(.+)$")
+    rx_level = re.compile(r"(encoder|decoder)\.(down|up)\.(\d+)\.(?:(block|attn)\.(\d+)|\2sample)\.(.+)$")
     rx_mid = re.compile(r"(encoder|decoder)\.mid\.(block_1|attn_1|block_2)\.(.+)$")
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
-        linear = _is_linear_attn(key)
-        if m := rx_level.match(key):
-            if m.group(1):
-                base, kind, j, tail = f"encoder.down_blocks.{m.group(2)}", m.group(3), m.group(4), m.group(5)
-            else:
-                base, kind, j, tail = f"decoder.up_blocks.{levels - 1 - int(m.group(7))}", m.group(8), m.group(9), m.group(10)
-            if kind == "block":
+        if found := _level_blocks(key, levels, rx_level):
+            part, side, level, kind, j, tail = found
+            base = f"{part}.{side}_blocks.{level}"
+            if kind is None:
+                new = f"{base}.{side}samplers.0.{tail}"
+            elif kind == "block":
                 new = f"{base}.resnets.{j}.{_block_tail(tail, _RESNET_INV, key)}"
             else:
                 new = f"{base}.attentions.{j}.{_block_tail(tail, _ATTN_INV, key)}"
-        elif m := rx_resample.match(key):
-            if m.group(1):
-                new = f"encoder.down_blocks.{m.group(2)}.downsamplers.0.{m.group(3)}"
-            else:
-                new = f"decoder.up_blocks.{levels - 1 - int(m.group(5))}.upsamplers.0.{m.group(6)}"
         elif m := rx_mid.match(key):
             part, name, tail = m.groups()
             if name == "attn_1":
@@ -298,7 +295,7 @@ def vqtok_to_diffusers_keys(state: Mapping[str, torch.Tensor], *, levels: int) -
             new = key.replace(".norm_out.", ".conv_norm_out.", 1)
         else:
             new = key
-        if linear:
+        if _is_linear_attn(key):
             value = value.reshape(value.shape[0], value.shape[1])
         out[new] = value
     return out
