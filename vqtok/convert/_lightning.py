@@ -80,15 +80,8 @@ def select_weights(
         return model
     if not averaged:
         raise ValueError("ema=True but the checkpoint has no model_ema.* weights (trained with use_ema: False)")
-    out: dict[str, torch.Tensor] = {}
-    missing = []
-    for key in model:
-        flat = key.replace(".", "")
-        if flat in averaged:
-            out[key] = averaged[flat]
-        else:
-            missing.append(key)
+    missing = [key for key in model if key.replace(".", "") not in averaged]
     if missing:
         raise ValueError(f"the checkpoint's EMA weights lack {listing(missing)}; pass ema=False for the raw weights")
-    logger.info("using the EMA weights of the checkpoint (%d tensors)", len(out))
-    return out
+    logger.info("using the EMA weights of the checkpoint (%d tensors)", len(model))
+    return {key: averaged[key.replace(".", "")] for key in model}

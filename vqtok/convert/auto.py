@@ -315,17 +315,18 @@ def locate(
     offline_why = None if local_files_only else hub.hub_unreachable()
     if offline_why:  # HF_HUB_OFFLINE or no network: the cache only, no retries
         local_files_only = True
-    # A vqtok repo is recognised from its config.json alone: no listing, no network beyond the usual.
-    if filename is None and subfolder is None and formats is None:
-        try:
-            config = _read_json(_hub_file(repo_id, CONFIG_NAME, revision=revision, cache_dir=cache, local_files_only=local_files_only))
-        except Exception:  # absent, or not cached: decided from the listing below
-            config = None
-        if config is not None and "vqtok_format" in config:
-            return None
 
     def fetch(path: str) -> Path:
         return _hub_file(repo_id, path, revision=revision, cache_dir=cache, local_files_only=local_files_only)
+
+    # A vqtok repo is recognised from its config.json alone: no listing, no network beyond the usual.
+    if filename is None and subfolder is None and formats is None:
+        try:
+            config = _read_json(fetch(CONFIG_NAME))
+        except Exception:  # absent, or not cached: decided from the listing below
+            config = None
+        if "vqtok_format" in (config or {}):
+            return None
 
     names = _hub_names(repo_id, revision=revision, cache_dir=cache, local_files_only=local_files_only, offline_why=offline_why)
     recognised = recognise_layout(
