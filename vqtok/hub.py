@@ -337,13 +337,11 @@ def push_to_hub(
 
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
-    if not hasattr(source, "save_pretrained"):
-        info = api.upload_folder(repo_id=repo_id, folder_path=str(source), commit_message=commit_message)
-        return str(info)
     with tempfile.TemporaryDirectory() as tmp:
-        source.save_pretrained(tmp)
-        info = api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message)
-    return str(info)
+        saved = hasattr(source, "save_pretrained")
+        if saved:
+            source.save_pretrained(tmp)
+        return str(api.upload_folder(repo_id=repo_id, folder_path=tmp if saved else str(source), commit_message=commit_message))
 
 
 def weights_cache_dir() -> Path:

@@ -120,15 +120,12 @@ def flax_to_vqtok_keys(flat: Mapping[tuple[str, ...], np.ndarray]) -> dict[str, 
         value = torch.from_numpy(np.array(array, copy=True))
         if path[-3:] == ("quantize", "embedding", "embedding"):
             name = "quantize.embedding.weight"
-        elif leaf == "kernel":
-            if value.ndim != 4:
-                raise ValueError(f"{'/'.join(path)}: a {value.ndim}-d kernel; the VQGAN has only convolutions (4-d HWIO)")
-            name = ".".join(parts + ["weight"])
-            value = value.permute(3, 2, 0, 1).contiguous()  # (kh, kw, in, out) -> (out, in, kh, kw)
-        elif leaf == "scale":
-            name = ".".join(parts + ["weight"])
-        elif leaf == "bias":
-            name = ".".join(parts + ["bias"])
+        elif leaf in ("kernel", "scale", "bias"):
+            name = ".".join(parts + ["bias" if leaf == "bias" else "weight"])
+            if leaf == "kernel":
+                if value.ndim != 4:
+                    raise ValueError(f"{'/'.join(path)}: a {value.ndim}-d kernel; the VQGAN has only convolutions (4-d HWIO)")
+                value = value.permute(3, 2, 0, 1).contiguous()  # (kh, kw, in, out) -> (out, in, kh, kw)
         else:
             raise ValueError(f"{'/'.join(path)}: unknown Flax parameter {leaf!r} (expected kernel, bias, scale, embedding)")
         out[name] = value.float() if value.is_floating_point() else value

@@ -328,20 +328,17 @@ def _resolve_diffusers_folder(
     return folder / DIFFUSERS_CONFIG_NAME, next(folder / n for n in weights if (folder / n).is_file())
 
 
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    from vqtok.convert.safe_pickle import load_checkpoint  # safetensors, or a pickled .bin read without running code
-
-    state = load_checkpoint(path)
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{path} holds no state dict (found {type(state).__name__})")
-    return {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
-
-
 def convert_diffusers(paths: list[Path]) -> tuple[VQGANConfig, dict[str, torch.Tensor]]:
     """``[config.json, diffusion_pytorch_model.safetensors]`` -> (VQGANConfig, state dict): the ``diffusers`` format's converter."""
+    from vqtok.convert.safe_pickle import load_checkpoint  # safetensors, or a pickled .bin read without running code
+
     config_path, weights_path = (Path(p) for p in paths)
     cfg = diffusers_config_to_vqtok(read_config_json(config_path))
-    return cfg, diffusers_to_vqtok_keys(_read_weights(weights_path), levels=len(cfg.ch_mult))
+    state = load_checkpoint(weights_path)
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{weights_path} holds no state dict (found {type(state).__name__})")
+    tensors = {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    return cfg, diffusers_to_vqtok_keys(tensors, levels=len(cfg.ch_mult))
 
 
 def from_diffusers(
