@@ -52,6 +52,7 @@ from safetensors.torch import save_file
 from vqtok._io import atomic_write
 from vqtok.convert._build import convert_files
 from vqtok.convert._shapes import attn_levels
+from vqtok.convert.safe_pickle import load_checkpoint
 from vqtok.hub import read_config_json, resolve_folder
 from vqtok.models.vqgan import VQGAN, VQGANConfig
 from vqtok.tokenizer import Tokenizer
@@ -330,11 +331,9 @@ def _resolve_diffusers_folder(
 
 def convert_diffusers(paths: list[Path]) -> tuple[VQGANConfig, dict[str, torch.Tensor]]:
     """``[config.json, diffusion_pytorch_model.safetensors]`` -> (VQGANConfig, state dict): the ``diffusers`` format's converter."""
-    from vqtok.convert.safe_pickle import load_checkpoint  # safetensors, or a pickled .bin read without running code
-
     config_path, weights_path = (Path(p) for p in paths)
     cfg = diffusers_config_to_vqtok(read_config_json(config_path))
-    state = load_checkpoint(weights_path)
+    state = load_checkpoint(weights_path)  # safetensors, or a pickled .bin read without running code
     if not isinstance(state, Mapping):
         raise ValueError(f"{weights_path} holds no state dict (found {type(state).__name__})")
     tensors = {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
