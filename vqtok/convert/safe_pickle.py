@@ -480,12 +480,15 @@ def read_torchscript_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Te
 
 def what_folder(folder: Path) -> str:
     """Advice for a folder given where a checkpoint file was expected."""
-    from vqtok.convert.auto import _read_json
+    import json
 
-    config = _read_json(folder / "config.json") or {}
-    if "vqtok_format" in config:
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError, RecursionError):
+        config = None
+    if isinstance(config, dict) and "vqtok_format" in config:
         return "it is already a vqtok model folder (load it as is)"
-    if config.get("_class_name") == "VQModel":
+    if isinstance(config, dict) and config.get("_class_name") == "VQModel":
         return "it looks like a diffusers VQModel folder (use `vqtok convert diffusers`)"
     if (folder / "model_index.json").is_file() or (folder / "vqvae").is_dir():
         return "it looks like a diffusers pipeline (use `vqtok convert diffusers` with its vqvae subfolder)"
