@@ -3,13 +3,15 @@
 Reports must be reproducible byte for byte: two runs over the same bad sample write the same reason.
 Python and PIL messages can hold object reprs with memory addresses (``<_io.BytesIO object at
 0x7fc4409a7c40>``) and temporary file names; :func:`reason` replaces those and keeps the first line.
+:func:`listing` names the first few of many items in an error.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
-__all__ = ["reason"]
+__all__ = ["listing", "reason"]
 
 _OBJECT_REPR = re.compile(r"<([A-Za-z_][\w.]*) object at 0x[0-9a-fA-F]+>")
 _ADDRESS = re.compile(r"\b0x[0-9a-fA-F]{6,}\b")
@@ -29,3 +31,8 @@ def reason(err: BaseException, *, subject: str | None = None) -> str:
     if subject is not None:
         text = text.replace("<bytes>", subject)
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def listing(items: Sequence[str], n: int = 5) -> str:
+    """The first ``n`` of ``items``, comma-separated, then ``" (+k more)"`` for the ``k`` left out."""
+    return ", ".join(items[:n]) + (f" (+{len(items) - n} more)" if len(items) > n else "")

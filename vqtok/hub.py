@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.overrides import TorchFunctionMode
 
+from vqtok._errors import listing
 from vqtok._io import atomic_write, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -194,8 +195,7 @@ def _check_names_and_shapes(expected: Mapping[str, torch.Tensor], state: Mapping
         parts = []
         for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshapen)):
             if items:
-                more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
-                parts.append(f"{label}: {', '.join(items[:5])}{more}")
+                parts.append(f"{label}: {listing(items)}")
         raise ValueError(f"weights in {source} do not match the config: " + "; ".join(parts))
 
 
@@ -337,13 +337,11 @@ def push_to_hub(
 
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
-    if not hasattr(source, "save_pretrained"):
-        info = api.upload_folder(repo_id=repo_id, folder_path=str(source), commit_message=commit_message)
-        return str(info)
     with tempfile.TemporaryDirectory() as tmp:
-        source.save_pretrained(tmp)
-        info = api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message)
-    return str(info)
+        saved = hasattr(source, "save_pretrained")
+        if saved:
+            source.save_pretrained(tmp)
+        return str(api.upload_folder(repo_id=repo_id, folder_path=tmp if saved else str(source), commit_message=commit_message))
 
 
 def weights_cache_dir() -> Path:

@@ -82,16 +82,12 @@ def pil_to_rgb(img: Image.Image) -> Image.Image:
     mode = img.mode
     if mode == "RGB":
         return img
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):  # grey scaled to 0..255
         a = np.asarray(img, dtype=np.float64)
-        a = np.clip(np.rint(np.clip(a, 0, 65535) / 257.0), 0, 255).astype(np.uint8)
-        return Image.fromarray(a, mode="L").convert("RGB")
-    if mode == "F":
-        a = np.asarray(img, dtype=np.float64)
-        if not np.isfinite(a).all():
+        if mode == "F" and not np.isfinite(a).all():
             raise ValueError("float image (mode F) contains NaN or inf")
-        a = np.rint(np.clip(a, 0.0, 1.0) * 255.0).astype(np.uint8)
-        return Image.fromarray(a, mode="L").convert("RGB")
+        a = np.clip(a, 0.0, 1.0) * 255.0 if mode == "F" else np.clip(a, 0, 65535) / 257.0  # 65535 / 257 = 255
+        return Image.fromarray(np.rint(a).astype(np.uint8), mode="L").convert("RGB")
     if mode == "P":
         img = img.convert("RGBA")
         mode = "RGBA"

@@ -11,15 +11,18 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, Mapping
 
 import torch
+
+from vqtok._errors import listing
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["strip_wrappers", "split_ema_state", "select_weights"]
 
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / torch.compile wrappers, should a file keep them
+_WRAPPERS = re.compile(r"^(?:module\.|_orig_mod\.)+")  # DDP / torch.compile wrappers, should a file keep them
 EMA_PREFIX = "model_ema."
 EMA_BOOKKEEPING = ("model_ema.decay", "model_ema.num_updates")
 DROPPED_PREFIXES = ("loss.",)  # discriminator + LPIPS of the training loss
@@ -27,13 +30,7 @@ DROPPED_PREFIXES = ("loss.",)  # discriminator + LPIPS of the training loss
 
 def strip_wrappers(key: str) -> str:
     """``key`` without any leading ``module.`` / ``_orig_mod.`` (in any order and number)."""
-    changed = True
-    while changed:
-        changed = False
-        for p in WRAPPER_PREFIXES:
-            if key.startswith(p):
-                key, changed = key[len(p) :], True
-    return key
+    return _WRAPPERS.sub("", key)
 
 
 def split_ema_state(
@@ -83,16 +80,8 @@ def select_weights(
         return model
     if not averaged:
         raise ValueError("ema=True but the checkpoint has no model_ema.* weights (trained with use_ema: False)")
-    out: dict[str, torch.Tensor] = {}
-    missing = []
-    for key in model:
-        flat = key.replace(".", "")
-        if flat in averaged:
-            out[key] = averaged[flat]
-        else:
-            missing.append(key)
+    missing = [key for key in model if key.replace(".", "") not in averaged]
     if missing:
-        more = f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""
-        raise ValueError(f"the checkpoint's EMA weights lack {', '.join(missing[:5])}{more}; pass ema=False for the raw weights")
-    logger.info("using the EMA weights of the checkpoint (%d tensors)", len(out))
-    return out
+        raise ValueError(f"the checkpoint's EMA weights lack {listing(missing)}; pass ema=False for the raw weights")
+    logger.info("using the EMA weights of the checkpoint (%d tensors)", len(model))
+    return {key: averaged[key.replace(".", "")] for key in model}

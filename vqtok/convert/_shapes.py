@@ -13,7 +13,9 @@ from typing import Mapping
 
 import torch
 
-__all__ = ["EncoderShape", "count_indices", "encoder_shape"]
+from vqtok.models.vqgan import VQGANConfig
+
+__all__ = ["EncoderShape", "attn_levels", "count_indices", "encoder_shape"]
 
 
 def count_indices(state: Mapping[str, torch.Tensor], pattern: str) -> int:
@@ -66,3 +68,8 @@ def encoder_shape(state: Mapping[str, torch.Tensor], *, what: str, check_decoder
         num_res_blocks=count_indices(state, r"encoder\.down\.0\.block\.(\d+)\."),
         z_channels=z_channels,
     )
+
+
+def attn_levels(cfg: VQGANConfig) -> list[int]:
+    """The levels of a taming-style config that carry attention (level i has side ``resolution // 2**i``)."""
+    return [i for i in range(len(cfg.ch_mult)) if cfg.resolution // 2**i in cfg.attn_resolutions]

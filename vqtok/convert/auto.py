@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from vqtok import hub
+from vqtok._errors import listing
 from vqtok._io import atomic_write, sha256_file
 from vqtok.convert._build import convert_files
 from vqtok.hub import CONFIG_NAME, WEIGHTS_NAME, weights_cache_dir
@@ -149,9 +150,8 @@ def recognise_layout(
     )
 
 
-def _listing(names: Sequence[str], n: int = 12) -> str:
-    shown = sorted(names)[:n]
-    return ", ".join(shown) + (f" (+{len(names) - n} more)" if len(names) > n else "") if shown else "none"
+def _listing(names: Sequence[str]) -> str:
+    return listing(sorted(names), 12) or "none"
 
 
 # ------------------------------------------------------------------------------ conversion
@@ -315,17 +315,18 @@ def locate(
     offline_why = None if local_files_only else hub.hub_unreachable()
     if offline_why:  # HF_HUB_OFFLINE or no network: the cache only, no retries
         local_files_only = True
-    # A vqtok repo is recognised from its config.json alone: no listing, no network beyond the usual.
-    if filename is None and subfolder is None and formats is None:
-        try:
-            config = _read_json(_hub_file(repo_id, CONFIG_NAME, revision=revision, cache_dir=cache, local_files_only=local_files_only))
-        except Exception:  # absent, or not cached: decided from the listing below
-            config = None
-        if config is not None and "vqtok_format" in config:
-            return None
 
     def fetch(path: str) -> Path:
         return _hub_file(repo_id, path, revision=revision, cache_dir=cache, local_files_only=local_files_only)
+
+    # A vqtok repo is recognised from its config.json alone: no listing, no network beyond the usual.
+    if filename is None and subfolder is None and formats is None:
+        try:
+            config = _read_json(fetch(CONFIG_NAME))
+        except Exception:  # absent, or not cached: decided from the listing below
+            config = None
+        if "vqtok_format" in (config or {}):
+            return None
 
     names = _hub_names(repo_id, revision=revision, cache_dir=cache, local_files_only=local_files_only, offline_why=offline_why)
     recognised = recognise_layout(

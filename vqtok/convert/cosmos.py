@@ -42,6 +42,7 @@ from typing import Sequence
 
 import torch
 
+from vqtok._errors import listing
 from vqtok.convert._shapes import encoder_shape
 from vqtok.convert.safe_pickle import read_torchscript_tensors
 from vqtok.convert._build import convert_files
@@ -181,8 +182,7 @@ def cosmos_state_dict(
                 raise ValueError(f"{source}: {which} tensor {key} has dtype {value.dtype}, expected floating point weights")
             state[key] = value.to(torch.float32)
         if stray:
-            more = f" (+{len(stray) - 5} more)" if len(stray) > 5 else ""
-            raise ValueError(f"{source}: unexpected tensors in the {which} archive: {', '.join(sorted(stray)[:5])}{more}")
+            raise ValueError(f"{source}: unexpected tensors in the {which} archive: {listing(sorted(stray))}")
     dtypes = sorted({str(v.dtype) for t in (encoder_tensors, decoder_tensors) for k, v in t.items() if v.is_floating_point()})
     if dtypes != ["torch.float32"]:
         logger.info("%s: weights stored as %s, converted to float32", source, ", ".join(dtypes))

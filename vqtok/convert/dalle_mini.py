@@ -66,16 +66,6 @@ def _ndarray(data: bytes) -> np.ndarray:
     return np.frombuffer(buffer, dtype=dtype).reshape(shape, order="C")
 
 
-def _unchunk(node: Any) -> Any:
-    if isinstance(node, dict):
-        if node.get(_CHUNKED):
-            shape = tuple(int(node["shape"][str(i)]) for i in range(len(node["shape"])))
-            chunks = [node["chunks"][str(i)] for i in range(len(node["chunks"]))]
-            return np.concatenate([np.asarray(c).reshape(-1) for c in chunks]).reshape(shape)
-        return {k: _unchunk(v) for k, v in node.items()}
-    return node
-
-
 def read_flax_msgpack(path: str | os.PathLike[str]) -> dict[tuple[str, ...], np.ndarray]:
     """The arrays of a ``flax.serialization.to_bytes`` file, flattened to ``{("encoder", "conv_in", "kernel"): array}``."""
     try:
@@ -97,10 +87,12 @@ def read_flax_msgpack(path: str | os.PathLike[str]) -> dict[tuple[str, ...], np.
         raise ValueError(f"{path} is not a Flax MessagePack file: {err}") from err
     if not isinstance(tree, dict):
         raise ValueError(f"{path} holds a {type(tree).__name__}, not a Flax parameter tree")
-    tree = _unchunk(tree)
     flat: dict[tuple[str, ...], np.ndarray] = {}
 
     def walk(node: Any, prefix: tuple[str, ...]) -> None:
+        if isinstance(node, dict) and node.get(_CHUNKED):  # one array stored as numbered chunks
+            shape = tuple(int(node["shape"][str(i)]) for i in range(len(node["shape"])))
+            node = np.concatenate([np.asarray(node["chunks"][str(i)]).reshape(-1) for i in range(len(node["chunks"]))]).reshape(shape)
         if isinstance(node, dict):
             for k, v in node.items():
                 walk(v, prefix + (str(k),))
@@ -128,15 +120,12 @@ def flax_to_vqtok_keys(flat: Mapping[tuple[str, ...], np.ndarray]) -> dict[str, 
         value = torch.from_numpy(np.array(array, copy=True))
         if path[-3:] == ("quantize", "embedding", "embedding"):
             name = "quantize.embedding.weight"
-        elif leaf == "kernel":
-            if value.ndim != 4:
-                raise ValueError(f"{'/'.join(path)}: a {value.ndim}-d kernel; the VQGAN has only convolutions (4-d HWIO)")
-            name = ".".join(parts + ["weight"])
-            value = value.permute(3, 2, 0, 1).contiguous()  # (kh, kw, in, out) -> (out, in, kh, kw)
-        elif leaf == "scale":
-            name = ".".join(parts + ["weight"])
-        elif leaf == "bias":
-            name = ".".join(parts + ["bias"])
+        elif leaf in ("kernel", "scale", "bias"):
+            name = ".".join(parts + ["bias" if leaf == "bias" else "weight"])
+            if leaf == "kernel":
+                if value.ndim != 4:
+                    raise ValueError(f"{'/'.join(path)}: a {value.ndim}-d kernel; the VQGAN has only convolutions (4-d HWIO)")
+                value = value.permute(3, 2, 0, 1).contiguous()  # (kh, kw, in, out) -> (out, in, kh, kw)
         else:
             raise ValueError(f"{'/'.join(path)}: unknown Flax parameter {leaf!r} (expected kernel, bias, scale, embedding)")
         out[name] = value.float() if value.is_floating_point() else value

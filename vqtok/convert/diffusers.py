@@ -47,10 +47,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from vqtok._io import atomic_write
 from vqtok.convert._build import convert_files
+from vqtok.convert._shapes import attn_levels
+from vqtok.convert.safe_pickle import load_checkpoint
 from vqtok.hub import read_config_json, resolve_folder
 from vqtok.models.vqgan import VQGAN, VQGANConfig
 from vqtok.tokenizer import Tokenizer
@@ -94,7 +96,6 @@ _ATTN = {
 }
 _ATTN_INV = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
 _RESNET_INV = {v: k for k, v in _RESNET.items()}
-_TOP = {"conv_norm_out": "norm_out"}
 
 
 # ---------------------------------------------------------------------------------- configs
@@ -166,10 +167,6 @@ def diffusers_config_to_vqtok(config: Mapping[str, Any]) -> VQGANConfig:
     )
 
 
-def _attn_levels(cfg: VQGANConfig) -> list[int]:
-    return [i for i in range(len(cfg.ch_mult)) if cfg.resolution // 2**i in cfg.attn_resolutions]
-
-
 def vqtok_config_to_diffusers(cfg: VQGANConfig) -> dict[str, Any]:
     """The diffusers ``VQModel`` config of a vqtok model (raises ValueError if it has none)."""
     problems = []
@@ -185,7 +182,7 @@ def vqtok_config_to_diffusers(cfg: VQGANConfig) -> dict[str, Any]:
     if problems:
         raise ValueError("this model cannot be exported to a diffusers VQModel: " + "; ".join(problems))
     n = len(cfg.ch_mult)
-    attn = set(_attn_levels(cfg))
+    attn = set(attn_levels(cfg))
     try:  # the installed diffusers' version, without importing it (slow)
         version = importlib.metadata.version("diffusers")
     except importlib.metadata.PackageNotFoundError:
@@ -225,20 +222,25 @@ def _block_tail(tail: str, table: Mapping[str, str], key: str) -> str:
     raise ValueError(f"unexpected diffusers key {key!r}")
 
 
+def _level_blocks(key: str, levels: int, rx: re.Pattern[str]) -> tuple[str, str, int, str | None, str | None, str] | None:
+    """``(part, "down" | "up", level, member, j, tail)`` of a level key matched by ``rx`` (an encoder's
+    ``down``, a decoder's ``up``); the decoder's run order (diffusers) is the reverse of its level order (vqtok)."""
+    m = rx.match(key)
+    if m is None or (m[1], m[2]) not in (("encoder", "down"), ("decoder", "up")):
+        return None
+    part, side, i, kind, j, tail = m.groups()
+    return part, side, int(i) if part == "encoder" else levels - 1 - int(i), kind, j, tail
+
+
 def diffusers_to_vqtok_keys(state: Mapping[str, torch.Tensor], *, levels: int) -> dict[str, torch.Tensor]:
     """Rename a diffusers VQModel state dict to vqtok's layout (attention Linear -> 1×1 conv weights)."""
-    rx_level = re.compile(r"(encoder)\.down_blocks\.(\d+)\.(resnets|attentions|downsamplers)\.(\d+)\.(.+)$|"
-                          r"(decoder)\.up_blocks\.(\d+)\.(resnets|attentions|upsamplers)\.(\d+)\.(.+)$")
+    rx_level = re.compile(r"(encoder|decoder)\.(down|up)_blocks\.(\d+)\.(resnets|attentions|\2samplers)\.(\d+)\.(.+)$")
     rx_mid = re.compile(r"(encoder|decoder)\.mid_block\.(resnets|attentions)\.(\d+)\.(.+)$")
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
-        if m := rx_level.match(key):
-            if m.group(1):
-                part, level, kind, j, tail = "encoder", int(m.group(2)), m.group(3), m.group(4), m.group(5)
-                base = f"encoder.down.{level}"
-            else:
-                part, k, kind, j, tail = "decoder", int(m.group(7)), m.group(8), m.group(9), m.group(10)
-                base = f"decoder.up.{levels - 1 - k}"
+        if found := _level_blocks(key, levels, rx_level):
+            part, side, level, kind, j, tail = found
+            base = f"{part}.{side}.{level}"
             if kind == "resnets":
                 new = f"{base}.block.{j}.{_block_tail(tail, _RESNET, key)}"
             elif kind == "attentions":
@@ -246,7 +248,7 @@ def diffusers_to_vqtok_keys(state: Mapping[str, torch.Tensor], *, levels: int) -
             else:
                 if j != "0" or not tail.startswith("conv."):
                     raise ValueError(f"unexpected diffusers key {key!r}")
-                new = f"{base}.{'downsample' if part == 'encoder' else 'upsample'}.{tail}"
+                new = f"{base}.{side}sample.{tail}"
         elif m := rx_mid.match(key):
             part, kind, j, tail = m.groups()
             if kind == "resnets":
@@ -257,10 +259,10 @@ def diffusers_to_vqtok_keys(state: Mapping[str, torch.Tensor], *, levels: int) -
                 if j != "0":
                     raise ValueError(f"unexpected diffusers key {key!r}")
                 new = f"{part}.mid.attn_1.{_block_tail(tail, _ATTN, key)}"
+        elif key.startswith(("encoder.conv_norm_out.", "decoder.conv_norm_out.")):
+            new = key.replace(".conv_norm_out.", ".norm_out.", 1)
         else:
-            head, _, tail = key.partition(".")
-            sub, _, rest = tail.partition(".")
-            new = f"{head}.{_TOP[sub]}.{rest}" if head in ("encoder", "decoder") and sub in _TOP else key
+            new = key
         if _is_linear_attn(new) and value.ndim == 2:
             value = value.reshape(*value.shape, 1, 1)
         if new in out:
@@ -271,26 +273,19 @@ def diffusers_to_vqtok_keys(state: Mapping[str, torch.Tensor], *, levels: int) -
 
 def vqtok_to_diffusers_keys(state: Mapping[str, torch.Tensor], *, levels: int) -> dict[str, torch.Tensor]:
     """Rename a vqtok state dict to diffusers' VQModel layout (1×1 conv -> Linear attention weights)."""
-    rx_level = re.compile(r"(encoder)\.down\.(\d+)\.(block|attn)\.(\d+)\.(.+)$|(decoder)\.up\.(\d+)\.(block|attn)\.(\d+)\.(.+)$")
-    rx_resample = re.compile(r"(encoder)\.down\.(\d+)\.downsample\.(.+)$|(decoder)\.up\.(\d+)\.upsample\.(.+)$")
+    rx_level = re.compile(r"(encoder|decoder)\.(down|up)\.(\d+)\.(?:(block|attn)\.(\d+)|\2sample)\.(.+)$")
     rx_mid = re.compile(r"(encoder|decoder)\.mid\.(block_1|attn_1|block_2)\.(.+)$")
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
-        linear = _is_linear_attn(key)
-        if m := rx_level.match(key):
-            if m.group(1):
-                base, kind, j, tail = f"encoder.down_blocks.{m.group(2)}", m.group(3), m.group(4), m.group(5)
-            else:
-                base, kind, j, tail = f"decoder.up_blocks.{levels - 1 - int(m.group(7))}", m.group(8), m.group(9), m.group(10)
-            if kind == "block":
+        if found := _level_blocks(key, levels, rx_level):
+            part, side, level, kind, j, tail = found
+            base = f"{part}.{side}_blocks.{level}"
+            if kind is None:
+                new = f"{base}.{side}samplers.0.{tail}"
+            elif kind == "block":
                 new = f"{base}.resnets.{j}.{_block_tail(tail, _RESNET_INV, key)}"
             else:
                 new = f"{base}.attentions.{j}.{_block_tail(tail, _ATTN_INV, key)}"
-        elif m := rx_resample.match(key):
-            if m.group(1):
-                new = f"encoder.down_blocks.{m.group(2)}.downsamplers.0.{m.group(3)}"
-            else:
-                new = f"decoder.up_blocks.{levels - 1 - int(m.group(5))}.upsamplers.0.{m.group(6)}"
         elif m := rx_mid.match(key):
             part, name, tail = m.groups()
             if name == "attn_1":
@@ -301,7 +296,7 @@ def vqtok_to_diffusers_keys(state: Mapping[str, torch.Tensor], *, levels: int) -
             new = key.replace(".norm_out.", ".conv_norm_out.", 1)
         else:
             new = key
-        if linear:
+        if _is_linear_attn(key):
             value = value.reshape(value.shape[0], value.shape[1])
         out[new] = value
     return out
@@ -334,24 +329,15 @@ def _resolve_diffusers_folder(
     return folder / DIFFUSERS_CONFIG_NAME, next(folder / n for n in weights if (folder / n).is_file())
 
 
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    if path.name.endswith(".safetensors"):
-        return load_file(str(path))
-    from vqtok.convert.safe_pickle import (
-        load_checkpoint,  # a pickled .bin, read without running code
-    )
-
-    state = load_checkpoint(path)
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{path} holds no state dict (found {type(state).__name__})")
-    return {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
-
-
 def convert_diffusers(paths: list[Path]) -> tuple[VQGANConfig, dict[str, torch.Tensor]]:
     """``[config.json, diffusion_pytorch_model.safetensors]`` -> (VQGANConfig, state dict): the ``diffusers`` format's converter."""
     config_path, weights_path = (Path(p) for p in paths)
     cfg = diffusers_config_to_vqtok(read_config_json(config_path))
-    return cfg, diffusers_to_vqtok_keys(_read_weights(weights_path), levels=len(cfg.ch_mult))
+    state = load_checkpoint(weights_path)  # safetensors, or a pickled .bin read without running code
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{weights_path} holds no state dict (found {type(state).__name__})")
+    tensors = {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    return cfg, diffusers_to_vqtok_keys(tensors, levels=len(cfg.ch_mult))
 
 
 def from_diffusers(

@@ -21,6 +21,7 @@ The architecture is read off the tensor shapes (``resolution`` only names the at
 from __future__ import annotations
 
 import os
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -57,12 +58,8 @@ def ibq_state_dict(checkpoint: Any, *, ema: bool | None = None) -> dict[str, tor
 
 def infer_ibq_config(state: Mapping[str, torch.Tensor], *, resolution: int = 256) -> IBQConfig:
     """Read the architecture off the tensor shapes (taming's layout; see :func:`~vqtok.convert.infer_taming_config`)."""
-    arch = infer_taming_config(state, resolution=resolution)
-    return IBQConfig(
-        ch=arch.ch, ch_mult=arch.ch_mult, num_res_blocks=arch.num_res_blocks, attn_resolutions=arch.attn_resolutions,
-        z_channels=arch.z_channels, embed_dim=arch.embed_dim, n_embed=arch.n_embed, resolution=arch.resolution,
-        in_channels=arch.in_channels, out_ch=arch.out_ch,
-    )
+    arch = infer_taming_config(state, resolution=resolution)  # dropout, beta: the same defaults as IBQConfig's
+    return IBQConfig(**{f.name: getattr(arch, f.name) for f in fields(IBQConfig)})
 
 
 def convert_ibq(

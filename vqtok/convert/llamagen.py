@@ -40,7 +40,7 @@ import torch
 from vqtok.convert.safe_pickle import Placeholder, load_checkpoint
 from vqtok.models.vqgan import VQGANConfig
 from vqtok.convert._lightning import strip_wrappers
-from vqtok.convert._shapes import count_indices
+from vqtok.convert._shapes import attn_levels, count_indices
 from vqtok.convert.taming import infer_taming_config
 from vqtok.convert._build import convert_files
 from vqtok.tokenizer import Tokenizer
@@ -58,8 +58,8 @@ __all__ = [
 ]
 
 _DROPPED = ("quantize.codebook_used",)  # training-only usage statistics
-_MID = {"0": "block_1", "1": "attn_1", "2": "block_2"}
-_MID_INV = {v: k for k, v in _MID.items()}
+_MID = {"0": "block_1", "1": "attn_1", "2": "block_2"}  # LlamaGen's mid.{i} -> taming's name
+_MEMBERS = {"res": "block", "attn": "attn", "downsample": "downsample", "upsample": "upsample"}  # of a level
 
 
 def llamagen_args(checkpoint: Any) -> dict[str, Any]:
@@ -135,59 +135,39 @@ def _levels(state: Mapping[str, torch.Tensor], part: str) -> int:
     return len(found)
 
 
-def _rename_level_key(rest: str, kind_map: Mapping[str, str]) -> str:
-    kind, _, tail = rest.partition(".")
-    if kind not in kind_map:
-        raise ValueError(f"unexpected LlamaGen key part {kind!r} in {rest!r}")
-    return f"{kind_map[kind]}.{tail}"
-
-
-def llamagen_to_vqtok_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename LlamaGen VQ keys to vqtok's (taming's) layout. Tensors are shared, not copied."""
-    n_dec = _levels(state, "decoder")
-    rx_level = re.compile(r"(encoder|decoder)\.conv_blocks\.(\d+)\.(.+)")
-    rx_mid = re.compile(r"(encoder|decoder)\.mid\.(\d+)\.(.+)")
+def _rename(state: Mapping[str, torch.Tensor], n_dec: int, *, to_vqtok: bool) -> dict[str, torch.Tensor]:
+    """LlamaGen's key layout -> vqtok's (taming's), or back; ``decoder.conv_blocks.{k}`` is ``decoder.up.{n_dec-1-k}``."""
+    members, mid = (_MEMBERS, _MID) if to_vqtok else ({v: k for k, v in _MEMBERS.items()}, {v: k for k, v in _MID.items()})
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
-        if m := rx_level.match(key):
-            part, idx, rest = m.group(1), int(m.group(2)), m.group(3)
-            if part == "encoder":
-                new = f"encoder.down.{idx}." + _rename_level_key(rest, {"res": "block", "attn": "attn", "downsample": "downsample"})
-            else:
-                new = f"decoder.up.{n_dec - 1 - idx}." + _rename_level_key(rest, {"res": "block", "attn": "attn", "upsample": "upsample"})
-        elif m := rx_mid.match(key):
-            if m.group(2) not in _MID:
-                raise ValueError(f"unexpected LlamaGen middle block {key!r}")
-            new = f"{m.group(1)}.mid.{_MID[m.group(2)]}.{m.group(3)}"
-        else:
-            new = key
+        new = key
+        if m := re.match(r"(encoder|decoder)\.(conv_blocks|down|up|mid)\.(\w+)\.(.+)", key):
+            part, group, idx, rest = m.groups()
+            level, resample = ("down", "downsample") if part == "encoder" else ("up", "upsample")
+            if group == "mid":
+                if idx not in mid:
+                    raise ValueError(f"unexpected LlamaGen middle block {key!r}")
+                new = f"{part}.mid.{mid[idx]}.{rest}"
+            elif group == ("conv_blocks" if to_vqtok else level) and idx.isdigit():
+                kind, _, tail = rest.partition(".")
+                if members.get(kind) not in ("block", "res", "attn", resample):
+                    raise ValueError(f"unexpected LlamaGen key part {kind!r} in {rest!r}")
+                i = int(idx) if part == "encoder" else n_dec - 1 - int(idx)
+                new = f"{part}.{level if to_vqtok else 'conv_blocks'}.{i}.{members[kind]}.{tail}"
         if new in out:
             raise ValueError(f"two LlamaGen keys map to {new!r}")
         out[new] = value
     return out
 
 
+def llamagen_to_vqtok_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename LlamaGen VQ keys to vqtok's (taming's) layout. Tensors are shared, not copied."""
+    return _rename(state, _levels(state, "decoder"), to_vqtok=True)
+
+
 def vqtok_to_llamagen_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Inverse of :func:`llamagen_to_vqtok_keys` (vqtok state dict -> LlamaGen ``VQModel`` keys)."""
-    rx_up = re.compile(r"decoder\.up\.(\d+)\.")
-    n_dec = len({int(m.group(1)) for k in state if (m := rx_up.match(k))})
-    rx_level = re.compile(r"(encoder)\.down\.(\d+)\.(.+)|(decoder)\.up\.(\d+)\.(.+)")
-    rx_mid = re.compile(r"(encoder|decoder)\.mid\.(block_1|attn_1|block_2)\.(.+)")
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        if m := rx_level.match(key):
-            if m.group(1):
-                idx, rest = int(m.group(2)), m.group(3)
-                new = f"encoder.conv_blocks.{idx}." + _rename_level_key(rest, {"block": "res", "attn": "attn", "downsample": "downsample"})
-            else:
-                idx, rest = int(m.group(5)), m.group(6)
-                new = f"decoder.conv_blocks.{n_dec - 1 - idx}." + _rename_level_key(rest, {"block": "res", "attn": "attn", "upsample": "upsample"})
-        elif m := rx_mid.match(key):
-            new = f"{m.group(1)}.mid.{_MID_INV[m.group(2)]}.{m.group(3)}"
-        else:
-            new = key
-        out[new] = value
-    return out
+    return _rename(state, count_indices(state, r"decoder\.up\.(\d+)\."), to_vqtok=False)
 
 
 def _as_bool(value: Any, name: str) -> bool:
@@ -238,7 +218,7 @@ def infer_llamagen_config(
     dec_blocks = count_indices(vq, rf"decoder\.up\.{n_dec - 1}\.block\.(\d+)\.")
     if dec_blocks != arch.num_res_blocks + 1:
         raise ValueError(f"decoder levels have {dec_blocks} ResNet blocks, expected encoder's {arch.num_res_blocks} + 1")
-    enc_attn = [i for i in range(n_enc) if f"encoder.down.{i}.attn.0.q.weight" in vq]
+    enc_attn = attn_levels(arch)  # the levels with encoder.down.{i}.attn.*
     dec_attn = [i for i in range(n_dec) if f"decoder.up.{i}.attn.0.q.weight" in vq]
     if enc_attn != dec_attn or len(enc_attn) > 1 or (enc_attn and enc_attn[0] != n_enc - 1):
         raise ValueError(

@@ -442,12 +442,7 @@ def _collect(obj: Any, prefix: str, out: dict[str, torch.Tensor], seen: set[int]
     if id(obj) in seen:
         return
     seen.add(id(obj))
-    state = obj.state if isinstance(obj, Placeholder) else None
-    if isinstance(state, tuple) and len(state) == 2 and isinstance(state[0], dict):
-        state = state[0]
-    if not isinstance(state, dict):
-        return
-    for name, value in state.items():
+    for name, value in (obj.attributes() if isinstance(obj, Placeholder) else {}).items():
         if not isinstance(name, str):
             continue
         if isinstance(value, torch.Tensor):

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import torch
 
 from vqtok.convert._lightning import split_ema_state
-from vqtok.convert._shapes import encoder_shape
+from vqtok.convert._shapes import attn_levels, encoder_shape
 from vqtok.convert._build import convert_files
 from vqtok.convert.safe_pickle import load_checkpoint
 from vqtok.models.vqgan import VQGANConfig
@@ -96,10 +96,6 @@ def taming_config_from_yaml(path: str | os.PathLike[str]) -> VQGANConfig:
     )
 
 
-def _attn_levels(cfg: VQGANConfig) -> list[int]:
-    return [i for i in range(len(cfg.ch_mult)) if cfg.resolution // 2**i in cfg.attn_resolutions]
-
-
 def convert_taming(
     paths: list[Path], *, checkpoint: Any = None, config: str | os.PathLike[str] | VQGANConfig | None = None
 ) -> tuple[VQGANConfig, dict[str, torch.Tensor]]:
@@ -119,8 +115,8 @@ def convert_taming(
         for name in ("ch", "ch_mult", "num_res_blocks", "z_channels", "embed_dim", "n_embed", "in_channels", "out_ch")
         if getattr(cfg, name) != getattr(inferred, name)
     ]
-    if _attn_levels(cfg) != _attn_levels(inferred):
-        diffs.append(f"attention levels: config {_attn_levels(cfg)} vs weights {_attn_levels(inferred)}")
+    if attn_levels(cfg) != attn_levels(inferred):
+        diffs.append(f"attention levels: config {attn_levels(cfg)} vs weights {attn_levels(inferred)}")
     if diffs:
         raise ValueError("config does not match the checkpoint: " + "; ".join(diffs))
     return cfg, state
