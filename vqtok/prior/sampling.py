@@ -138,17 +138,16 @@ def resolve_window(
 ) -> tuple[int, int]:
     """The sampling window's shape: the whole grid when it fits the model, else the sliding-window shape."""
     H, W = grid
-    block = block_size  # image tokens the model sees at once
     train = window if window is not None else train_grid
     if train is None:
-        if H * W <= block:
+        if H * W <= block_size:
             return H, W
         raise ValueError(
-            f"grid {H}x{W} has more than block_size={block} tokens and the model has no train_grid: pass window=(h, w)"
+            f"grid {H}x{W} has more than block_size={block_size} tokens and the model has no train_grid: pass window=(h, w)"
         )
     wh, ww = int(train[0]), int(train[1])
-    if wh * ww > block:
-        raise ValueError(f"window {wh}x{ww} has more than block_size={block} tokens")
+    if wh * ww > block_size:
+        raise ValueError(f"window {wh}x{ww} has more than block_size={block_size} tokens")
     if W == ww and H <= wh and window is None:
         return H, W  # the top H rows of a trained-shape grid: the window is the whole grid
     if H < wh or W < ww:
