@@ -278,10 +278,8 @@ class Trainer:
             self.model.quantize, config.codebook, config.loss, seed=config.seed, frozen=config.decoder_only
         ).to(self.device)
         self.loss = VQGANLoss(config.loss, perceptual=perceptual, device=self.device).to(self.device)
-        readout = None
-        if config.loss.chroma_readout_weight > 0:
-            readout = ChromaReadout(config.model.embed_dim, config.model.downsample_factor).to(self.device)
-        self.ae = _AutoEncoder(self.model, self.codebook, decoder_only=config.decoder_only, readout=readout)
+        readout = ChromaReadout(config.model.embed_dim, config.model.downsample_factor) if config.loss.chroma_readout_weight > 0 else None
+        self.ae = _AutoEncoder(self.model, self.codebook, decoder_only=config.decoder_only, readout=readout).to(self.device)
         self.ae_ddp: nn.Module = self.ae
         if self.world_size > 1:
             self.ae_ddp = wrap_ddp(self.ae, self.device)
@@ -289,9 +287,7 @@ class Trainer:
             if self.loss.discriminator is not None:  # not DDP-wrapped (it is frozen inside the generator loss):
                 for p in self.loss.discriminator.parameters():  # same initial weights on every rank
                     dist.broadcast(p.data, src=0)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if readout is not None:
-            params += list(readout.parameters())
+        params = [p for p in self.ae.parameters() if p.requires_grad]  # the model's, then the read-out's (the codebook has none)
         self.opt = torch.optim.Adam(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
         self.opt_d: torch.optim.Optimizer | None = None
         if self.loss.discriminator is not None:
