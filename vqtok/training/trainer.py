@@ -531,7 +531,7 @@ class Trainer:
             for group in self.opt_d.param_groups:
                 group["lr"] = lr * cfg.loss.disc_lr_mult
         gan = self.loss.gan_active(self.step)
-        sums: dict[str, float] = {"rec": 0.0, "perceptual": 0.0, "chroma": 0.0, "readout": 0.0, "codebook": 0.0, "gan": 0.0, "lambda": 0.0, "d_loss": 0.0}
+        sums = dict.fromkeys(("rec", "perceptual", "chroma", "readout", "codebook", "gan", "lambda", "d_loss"), 0.0)  # logged means
         self.opt.zero_grad(set_to_none=True)
         if self.opt_d is not None:
             self.opt_d.zero_grad(set_to_none=True)
