@@ -92,19 +92,9 @@ def kmeans(
 
 
 class _QuantizerTrainer(nn.Module, abc.ABC):
-    """What both training wrappers share: the quantizer, the step counter, the inference and frozen paths of ``forward``.
-
-    The quantizer is *not* a submodule (its weights belong to the model's state dict, not to this module's).
-    """
+    """What both training wrappers share: the inference and frozen paths of ``forward``."""
 
     quantizer: VectorQuantizer | FSQ | LFQ
-
-    def __init__(self, quantizer: VectorQuantizer | FSQ | LFQ, config: CodebookConfig, frozen: bool) -> None:
-        super().__init__()
-        object.__setattr__(self, "quantizer", quantizer)
-        self.config = config
-        self.frozen = frozen
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         """z (B, D, h, w) pre-quantization features -> straight-through z_q, ids, loss."""
@@ -142,9 +132,13 @@ class CodebookTrainer(_QuantizerTrainer):
     """
 
     def __init__(self, quantizer: VectorQuantizer, config: CodebookConfig, *, seed: int = 0, frozen: bool = False) -> None:
-        super().__init__(quantizer, config, frozen)
+        super().__init__()
+        object.__setattr__(self, "quantizer", quantizer)
+        self.config = config
+        self.frozen = frozen
         self.ema = config.ema and not frozen  # codes follow EMA statistics instead of a gradient
         k, d = quantizer.n_embed, quantizer.embed_dim
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.register_buffer("initialised", torch.tensor(frozen or not config.kmeans_init))
         self.register_buffer("last_used", torch.zeros(k, dtype=torch.long))
         self.register_buffer("restarts", torch.zeros((), dtype=torch.long))  # total codes re-seeded
@@ -293,13 +287,16 @@ class ImplicitCodebookTrainer(_QuantizerTrainer):
     """
 
     def __init__(self, quantizer: FSQ | LFQ, config: CodebookConfig, loss_config: LossConfig, *, frozen: bool = False) -> None:
+        super().__init__()
         if not isinstance(quantizer, (FSQ, LFQ)):
             raise TypeError(f"ImplicitCodebookTrainer wraps FSQ or LFQ, got {type(quantizer).__name__}")
-        # frozen: the encoder is frozen: no loss (nothing upstream can move), codes looked up as in inference
-        super().__init__(quantizer, config, frozen)
+        object.__setattr__(self, "quantizer", quantizer)  # not a submodule: it belongs to the model
+        self.config = config
+        self.frozen = frozen  # the encoder is frozen: no loss (nothing upstream can move), codes looked up as in inference
         self.loss_config = loss_config
         k = quantizer.codebook_size
         self.track_codes = k <= _MAX_TRACKED_CODES
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.register_buffer("last_used", torch.full((k if self.track_codes else 1,), -(1 << 40), dtype=torch.long))
         self._batch_fraction = 0.0  # codes used by the last batch / K (when K is too large to track)
 
