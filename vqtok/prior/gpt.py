@@ -115,7 +115,6 @@ class KVCache:
         return cls(
             k=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)],
             v=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)],
-            length=0,
         )
 
 
@@ -211,8 +210,8 @@ class GPT(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())  # tied weight counted once
 
-    def _labels(self, labels: Tensor | None, batch: int) -> Tensor:
-        """(B,) long class indices; None / negative -> null class."""
+    def _labels(self, labels: Tensor | int | list[int] | None, batch: int) -> Tensor:
+        """(B,) long class indices of ``labels`` (a tensor, an int or a list); None / negative -> null class."""
         null = self.config.null_class
         if labels is None:
             return torch.full((batch,), null, dtype=torch.long, device=self.device)
@@ -330,7 +329,7 @@ class GPT(nn.Module):
         geometry = {"block_size": self.config.block_size, "train_grid": self.config.train_grid}
         H, W = resolve_grid(grid, **geometry)
         win = resolve_window((H, W), window, **geometry)
-        cond = self._labels(torch.as_tensor(labels) if labels is not None else None, n)  # (n,)
+        cond = self._labels(labels, n)  # (n,)
         guided = cfg_scale != 1.0
         if guided and (labels is None or self.config.n_classes == 0):
             raise ValueError("cfg_scale != 1 needs a class-conditional model and labels")
