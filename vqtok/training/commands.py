@@ -178,7 +178,7 @@ def _train(args: argparse.Namespace) -> int:
         top["loss"] = dataclasses.replace(config.loss, perceptual_weight=args.perceptual_weight)
         origins["loss.perceptual_weight"] = f"--perceptual-weight {args.perceptual_weight}"
     if args.init is not None:
-        origins["*"] = origins.get("*", f"--init {args.init}")
+        origins.setdefault("*", f"--init {args.init}")
     if top:
         config = dataclasses.replace(config, **top)
     if args.set:
