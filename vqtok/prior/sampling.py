@@ -55,12 +55,6 @@ def filter_logits(logits: Tensor, *, top_k: int | None = None, top_p: float | No
     return logits
 
 
-def _uniform(n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
-    """(n,) float64 in [0, 1), drawn on the generator's device, returned on ``device``."""
-    gen_device = generator.device if generator is not None else device
-    return torch.rand(n, generator=generator, device=gen_device, dtype=torch.float64).to(device)
-
-
 def sample_logits(
     logits: Tensor,
     *,
@@ -81,7 +75,9 @@ def sample_logits(
         return logits.argmax(dim=-1)
     logits = filter_logits(logits / temperature, top_k=top_k, top_p=top_p)
     cdf = torch.softmax(logits, dim=-1).cumsum(dim=-1)  # (B, V)
-    u = _uniform(logits.shape[0], generator, logits.device)[:, None] * cdf[:, -1:]  # (B, 1)
+    # one uniform in [0, 1) per row, drawn on the generator's device
+    u = torch.rand(logits.shape[0], generator=generator, device=generator.device if generator is not None else logits.device,
+                   dtype=torch.float64).to(logits.device)[:, None] * cdf[:, -1:]  # (B, 1)
     idx = torch.searchsorted(cdf, u, right=True)[:, 0]
     return idx.clamp_(max=logits.shape[-1] - 1)
 
