@@ -125,18 +125,6 @@ def _image_grid(images: list[Any], *, nrow: int, pad: int = 2) -> Any:
     return canvas
 
 
-def _to_pil_list(decoded: Any) -> list[Any]:
-    """Tokenizer.decode(..., output="pil") result -> list of PIL images."""
-    import numpy as np
-    from PIL import Image
-
-    if isinstance(decoded, Image.Image):
-        return [decoded]
-    if isinstance(decoded, np.ndarray):  # (B, H, W, 3) uint8
-        return [Image.fromarray(a) for a in decoded]
-    return list(decoded)
-
-
 def _sample(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
@@ -146,7 +134,7 @@ def _sample(args: argparse.Namespace) -> int:
 
     device = device_from_args(args)
     prior = GPT.from_pretrained(args.prior, device=device)
-    tok = Tokenizer.load(args.tokenizer, device=device)
+    tok = Tokenizer.load(args.tokenizer, device=device, batch_size=args.batch_size)  # decodes batch_size ids at a time
     if int(tok.codebook_size) != prior.config.vocab_size:
         raise ValueError(f"the prior models {prior.config.vocab_size} codes but the tokenizer has {tok.codebook_size}; "
                          "they were not trained together")
@@ -165,10 +153,7 @@ def _sample(args: argparse.Namespace) -> int:
         ids = ids.reshape(ids.shape[0], -1)
     if args.save_ids:
         np.save(args.save_ids, ids.cpu().numpy())
-    images: list[Any] = []
-    with torch.no_grad():
-        for start in range(0, args.n, args.batch_size):
-            images.extend(_to_pil_list(tok.decode(ids[start : start + args.batch_size], output="pil")))
+    images = tok.decode(ids, output="pil")  # a list: ids have a batch axis
     nrow = args.nrow or math.ceil(math.sqrt(args.n))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

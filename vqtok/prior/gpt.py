@@ -115,7 +115,6 @@ class KVCache:
         return cls(
             k=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)],
             v=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)],
-            length=0,
         )
 
 
@@ -211,8 +210,8 @@ class GPT(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())  # tied weight counted once
 
-    def _labels(self, labels: Tensor | None, batch: int) -> Tensor:
-        """(B,) long class indices; None / negative -> null class."""
+    def _labels(self, labels: Tensor | int | list[int] | None, batch: int) -> Tensor:
+        """(B,) long class indices of ``labels`` (a tensor, an int or a list); None / negative -> null class."""
         null = self.config.null_class
         if labels is None:
             return torch.full((batch,), null, dtype=torch.long, device=self.device)
@@ -226,7 +225,11 @@ class GPT(nn.Module):
                              f"the model has n_classes={self.config.n_classes}")
         return torch.where(labels < 0, torch.full_like(labels, null), labels)
 
-    def _run(self, x: Tensor, *, cache: KVCache | None, start: int) -> Tensor:
+    def _embed(self, labels: Tensor, prefix: Tensor) -> Tensor:
+        """The class token followed by the embedded ``prefix``: labels (B,), prefix (B, t) long -> (B, t+1, C)."""
+        return torch.cat([self.cls_emb(labels)[:, None], self.tok_emb(prefix)], dim=1)
+
+    def _run(self, x: Tensor, *, cache: KVCache | None = None, start: int = 0) -> Tensor:
         """Add positions and run the blocks. x: (B, L, C) input embeddings at positions start.. -> logits (B, L, V)."""
         L = x.shape[1]
         if start + L > self.config.block_size:
@@ -245,10 +248,7 @@ class GPT(nn.Module):
         ``ids[:, :t]``; the last id is never an input. ``labels``: (B,) long, None or -1 = no class.
         """
         ids = ids.reshape(ids.shape[0], -1)  # (B, T)
-        B, T = ids.shape
-        c = self.cls_emb(self._labels(labels, B))[:, None]  # (B, 1, C)
-        x = torch.cat([c, self.tok_emb(ids[:, :-1])], dim=1)  # (B, T, C)
-        return self._run(x, cache=None, start=0)
+        return self._run(self._embed(self._labels(labels, ids.shape[0]), ids[:, :-1]))
 
     def loss(self, ids: Tensor, labels: Tensor | None = None) -> Tensor:
         """Mean next-token cross-entropy in nats per token (scalar)."""
@@ -285,16 +285,13 @@ class GPT(nn.Module):
 
     def next_logits(self, prefix: Tensor, labels: Tensor) -> Tensor:
         """Full recomputation: logits of the token after ``prefix`` (B, t) -> (B, V)."""
-        c = self.cls_emb(labels)[:, None]
-        x = torch.cat([c, self.tok_emb(prefix)], dim=1)  # (B, t+1, C)
-        return self._run(x, cache=None, start=0)[:, -1]
+        return self._run(self._embed(labels, prefix))[:, -1]
 
     def prefill(self, prefix: Tensor, labels: Tensor, cache: KVCache) -> Tensor:
         """Reset ``cache`` and fill it with the class token + ``prefix`` (B, t) -> next-token logits (B, V)."""
         cache.length = 0
-        c = self.cls_emb(labels)[:, None]
-        x = torch.cat([c, self.tok_emb(prefix)], dim=1)  # (B, t+1, C)
-        logits = self._run(x, cache=cache, start=0)[:, -1]
+        x = self._embed(labels, prefix)
+        logits = self._run(x, cache=cache)[:, -1]
         cache.length = x.shape[1]
         return logits
 
@@ -332,7 +329,7 @@ class GPT(nn.Module):
         geometry = {"block_size": self.config.block_size, "train_grid": self.config.train_grid}
         H, W = resolve_grid(grid, **geometry)
         win = resolve_window((H, W), window, **geometry)
-        cond = self._labels(torch.as_tensor(labels) if labels is not None else None, n)  # (n,)
+        cond = self._labels(labels, n)  # (n,)
         guided = cfg_scale != 1.0
         if guided and (labels is None or self.config.n_classes == 0):
             raise ValueError("cfg_scale != 1 needs a class-conditional model and labels")

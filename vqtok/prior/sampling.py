@@ -55,12 +55,6 @@ def filter_logits(logits: Tensor, *, top_k: int | None = None, top_p: float | No
     return logits
 
 
-def _uniform(n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
-    """(n,) float64 in [0, 1), drawn on the generator's device, returned on ``device``."""
-    gen_device = generator.device if generator is not None else device
-    return torch.rand(n, generator=generator, device=gen_device, dtype=torch.float64).to(device)
-
-
 def sample_logits(
     logits: Tensor,
     *,
@@ -81,7 +75,9 @@ def sample_logits(
         return logits.argmax(dim=-1)
     logits = filter_logits(logits / temperature, top_k=top_k, top_p=top_p)
     cdf = torch.softmax(logits, dim=-1).cumsum(dim=-1)  # (B, V)
-    u = _uniform(logits.shape[0], generator, logits.device)[:, None] * cdf[:, -1:]  # (B, 1)
+    # one uniform in [0, 1) per row, drawn on the generator's device
+    u = torch.rand(logits.shape[0], generator=generator, device=generator.device if generator is not None else logits.device,
+                   dtype=torch.float64).to(logits.device)[:, None] * cdf[:, -1:]  # (B, 1)
     idx = torch.searchsorted(cdf, u, right=True)[:, 0]
     return idx.clamp_(max=logits.shape[-1] - 1)
 
@@ -138,17 +134,16 @@ def resolve_window(
 ) -> tuple[int, int]:
     """The sampling window's shape: the whole grid when it fits the model, else the sliding-window shape."""
     H, W = grid
-    block = block_size  # image tokens the model sees at once
     train = window if window is not None else train_grid
     if train is None:
-        if H * W <= block:
+        if H * W <= block_size:
             return H, W
         raise ValueError(
-            f"grid {H}x{W} has more than block_size={block} tokens and the model has no train_grid: pass window=(h, w)"
+            f"grid {H}x{W} has more than block_size={block_size} tokens and the model has no train_grid: pass window=(h, w)"
         )
     wh, ww = int(train[0]), int(train[1])
-    if wh * ww > block:
-        raise ValueError(f"window {wh}x{ww} has more than block_size={block} tokens")
+    if wh * ww > block_size:
+        raise ValueError(f"window {wh}x{ww} has more than block_size={block_size} tokens")
     if W == ww and H <= wh and window is None:
         return H, W  # the top H rows of a trained-shape grid: the window is the whole grid
     if H < wh or W < ww:

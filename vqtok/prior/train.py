@@ -65,6 +65,7 @@ from vqtok._runtime import (
 )
 from vqtok.tokens import TokenCorpus, load_token_corpus
 from vqtok.prior.gpt import GPT, GPTConfig
+from vqtok.training.trainer import warmup_decay_lr, wrap_ddp
 
 logger = logging.getLogger(__name__)
 
@@ -170,12 +171,7 @@ TrainResult = PriorTrainResult  # old name (vqtok 0.1), kept until vqtok 0.3
 # ---------------------------------------------------------------------------- helpers
 def lr_at(step: int, cfg: PriorTrainConfig) -> float:
     """Learning rate for optimizer step ``step`` (0-based): linear warmup, then cosine."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    span = max(1, cfg.steps - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
-    floor = cfg.lr * cfg.min_lr_ratio
-    return floor + 0.5 * (cfg.lr - floor) * (1.0 + math.cos(math.pi * progress))
+    return warmup_decay_lr(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.lr * cfg.min_lr_ratio)
 
 
 def _seed_for(*parts: int) -> int:
@@ -406,9 +402,7 @@ def _prepare(
     train_set, val_set = _load_data(cfg, progress=progress)
     model, opt, start_step = _start_model(cfg, checkpoint, train_set, dist, device)
     amp = autocast_dtype(cfg.precision, device)
-    ddp: nn.Module = model
-    if dist.world_size > 1:
-        ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    ddp = wrap_ddp(model, device) if dist.world_size > 1 else model
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_config_file(out / CONFIG_NAME, cfg.to_dict())

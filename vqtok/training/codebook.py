@@ -182,13 +182,7 @@ class CodebookTrainer(_QuantizerTrainer):
         if flat.shape[0] > size:
             flat = flat[torch.randperm(flat.shape[0], generator=self.generator)[:size]]
         n = flat.shape[0]
-        start = int(self.ring_count) % size
-        end = start + n
-        if end <= size:
-            self.ring[start:end] = flat
-        else:
-            self.ring[start:] = flat[: size - start]
-            self.ring[: end - size] = flat[size - start :]
+        self.ring[(int(self.ring_count) + torch.arange(n, device=self.ring.device)) % size] = flat  # wraps around
         self.ring_count += n
 
     @torch.no_grad()
@@ -306,19 +300,6 @@ class ImplicitCodebookTrainer(_QuantizerTrainer):
         self.register_buffer("last_used", torch.full((k if self.track_codes else 1,), -(1 << 40), dtype=torch.long))
         self._batch_fraction = 0.0  # codes used by the last batch / K (when K is too large to track)
 
-    def lfq_losses(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
-        """LFQ training terms of features z (B, D, h, w): per_sample_entropy, codebook_entropy, entropy, commitment."""
-        q = self.quantizer
-        cfg = self.loss_config
-        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]).float()  # (N, D)
-        logits = 2.0 * flat @ q.codebook().t()  # (N, K): 2 ẑ·c = −‖ẑ − c‖² + const
-        per_sample, book, entropy = entropy_loss(
-            logits, temperature=cfg.entropy_temperature, sample_weight=cfg.sample_entropy_weight,
-            batch_weight=cfg.codebook_entropy_weight,
-        )
-        commitment = F.mse_loss(flat, torch.where(flat > 0, 1.0, -1.0))
-        return {"per_sample_entropy": per_sample, "codebook_entropy": book, "entropy": entropy, "commitment": commitment}
-
     def _train_forward(self, z: torch.Tensor) -> QuantizerOutput:
         q = self.quantizer
         if isinstance(q, FSQ):
@@ -331,7 +312,11 @@ class ImplicitCodebookTrainer(_QuantizerTrainer):
             cfg = self.loss_config
             loss = cfg.lfq_commitment_weight * F.mse_loss(z, sign)
             if cfg.entropy_weight > 0:
-                loss = loss + cfg.entropy_weight * self.lfq_losses(z)["entropy"]
+                flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])  # (N, D)
+                logits = 2.0 * flat @ q.codebook().t()  # (N, K): 2 ẑ·c = −‖ẑ − c‖² + const
+                entropy = entropy_loss(logits, temperature=cfg.entropy_temperature, sample_weight=cfg.sample_entropy_weight,
+                                       batch_weight=cfg.codebook_entropy_weight)[2]
+                loss = loss + cfg.entropy_weight * entropy
             z_q = z + (sign - z).detach()  # straight-through estimator
         with torch.no_grad():
             self._track(ids.reshape(-1), z)

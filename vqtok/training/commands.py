@@ -163,16 +163,10 @@ def _train(args: argparse.Namespace) -> int:
         config = TrainConfig()
     origins: dict[str, str] = {"*": f"--config {args.config}"} if args.config else {}
     top: dict[str, Any] = {}
-    if args.steps is not None:
-        top["steps"] = args.steps
-    if args.batch_size is not None:
-        top["batch_size"] = args.batch_size
-        origins["batch_size"] = f"--batch-size {args.batch_size}"
-    if args.lr is not None:
-        top["lr"] = args.lr
-        origins["lr"] = f"--lr {args.lr}"
-    if args.device is not None:
-        top["device"] = args.device
+    for name in ("steps", "batch_size", "lr", "device"):  # (a resumed run may change steps and device)
+        if getattr(args, name) is not None:
+            top[name] = getattr(args, name)
+            origins[name] = f"--{name.replace('_', '-')} {top[name]}"
     data_changes: dict[str, Any] = {}
     if args.val_data is not None:
         data_changes["val_data"] = args.val_data
@@ -184,7 +178,7 @@ def _train(args: argparse.Namespace) -> int:
         top["loss"] = dataclasses.replace(config.loss, perceptual_weight=args.perceptual_weight)
         origins["loss.perceptual_weight"] = f"--perceptual-weight {args.perceptual_weight}"
     if args.init is not None:
-        origins["*"] = origins.get("*", f"--init {args.init}")
+        origins.setdefault("*", f"--init {args.init}")
     if top:
         config = dataclasses.replace(config, **top)
     if args.set:

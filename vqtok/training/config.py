@@ -157,10 +157,8 @@ class TrainConfig:
             raise ValueError(f"crop_size {self.data.crop_size} must be a multiple of the downsampling factor {self.model.downsample_factor}")
 
     def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d = asdict(self)
         d["model"] = self.model.to_dict()
-        for name in ("codebook", "loss", "data"):
-            d[name] = asdict(d[name])
         d["betas"] = list(self.betas)
         return d
 

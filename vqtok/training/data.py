@@ -29,7 +29,7 @@ from PIL import Image
 
 from vqtok._runtime import die_with_parent
 from vqtok.images import IMAGE_SUFFIXES, load_image, pil_to_rgb, prepare_image
-from vqtok.tars import is_remote, read_samples
+from vqtok.tars import expand_shards, is_remote, read_samples
 
 logger = logging.getLogger(__name__)
 
@@ -101,8 +101,6 @@ def training_sources(source: str) -> tuple[list[Path], list[str]]:
     shards. FileNotFoundError / ValueError (one line) when there is nothing to train on."""
     if not _is_shards(source):
         return list_images(source), []
-    from vqtok.tars import expand_shards
-
     shards = expand_shards(source)
     remote = [u for u in shards if is_remote(u)]
     if remote:
@@ -263,8 +261,6 @@ def load_validation_images(source: str, *, size: int, limit: int) -> torch.Tenso
     """Up to ``limit`` images, resized + center-cropped to size×size: uint8 (N, 3, size, size)."""
     out: list[torch.Tensor] = []
     if _is_shards(source):
-        from vqtok.tars import expand_shards
-
         items: Iterator[tuple[str, str | Path | bytes]] = (
             (f"{url}:{key}", data) for url in expand_shards(source) for key, data in _shard_images(url)
         )

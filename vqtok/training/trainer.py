@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import gc
 import json
 import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,15 +156,29 @@ def _save_grid(originals: torch.Tensor, recs: torch.Tensor, path: Path) -> None:
     Image.fromarray(grid).save(path)
 
 
-def _no_buffer_sync() -> dict[str, bool]:
-    """DDP keyword that turns off the buffer broadcast before each forward: ``forward_sync_buffers=False``
-    where torch has it (``broadcast_buffers`` is deprecated there, with a FutureWarning on every rank),
-    else ``broadcast_buffers=False``. Buffers are equal on every rank at construction (same seed), so
-    the one sync at init that the new keyword keeps changes nothing."""
+def warmup_decay_lr(step: int, lr: float, warmup_steps: int, total_steps: int, min_lr: float, schedule: str = "cosine") -> float:
+    """Learning rate of optimizer step ``step`` (0-based), for both trainers: linear warmup over ``warmup_steps``,
+    then ``schedule`` ("constant", "cosine" or "linear") from ``lr`` down to ``min_lr`` at ``total_steps``."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return lr
+    t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))  # 0 -> 1 over the decay
+    shape = 0.5 * (1.0 + math.cos(math.pi * t)) if schedule == "cosine" else 1.0 - t
+    return min_lr + (lr - min_lr) * shape
+
+
+def wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
+    """``module`` in DDP on ``device`` (both trainers), without the buffer broadcast before each forward:
+    ``forward_sync_buffers=False`` where torch has it (``broadcast_buffers`` is deprecated there, with a
+    FutureWarning on every rank), else ``broadcast_buffers=False``. Buffers are equal on every rank at
+    construction (same seed), so the one sync at init that the new keyword keeps changes nothing; the
+    VQGAN's codebook statistics are synchronised by CodebookTrainer itself, the prior has no buffers."""
     import inspect
 
     params = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
-    return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+    no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+    return nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None, **no_sync)
 
 
 def grads_in_param_strides(module: nn.Module) -> None:
@@ -179,18 +194,16 @@ def grads_in_param_strides(module: nn.Module) -> None:
     """
     for p in module.parameters():
         if p.requires_grad:
-            p.register_hook(_restride_hook(tuple(p.shape), p.stride()))
+            p.register_hook(functools.partial(_restride, tuple(p.shape), p.stride()))
 
 
-def _restride_hook(shape: tuple[int, ...], stride: tuple[int, ...]) -> Callable[[torch.Tensor], torch.Tensor]:
-    def hook(grad: torch.Tensor) -> torch.Tensor:
-        if grad.stride() == stride or grad.layout != torch.strided:
-            return grad
-        if all(a == b or n == 1 for n, a, b in zip(grad.shape, grad.stride(), stride)):
-            return grad.as_strided(shape, stride)  # only size-1 dims differ: the same memory
-        return grad  # a real layout difference: autograd copies it into the parameter's layout itself
-
-    return hook
+def _restride(shape: tuple[int, ...], stride: tuple[int, ...], grad: torch.Tensor) -> torch.Tensor:
+    """The gradient hook of a parameter of ``shape`` and ``stride``."""
+    if grad.stride() == stride or grad.layout != torch.strided:
+        return grad
+    if all(a == b or n == 1 for n, a, b in zip(grad.shape, grad.stride(), stride)):
+        return grad.as_strided(shape, stride)  # only size-1 dims differ: the same memory
+    return grad  # a real layout difference: autograd copies it into the parameter's layout itself
 
 
 def checkpoint_config(path: str | os.PathLike[str]) -> TrainConfig:
@@ -265,22 +278,16 @@ class Trainer:
             self.model.quantize, config.codebook, config.loss, seed=config.seed, frozen=config.decoder_only
         ).to(self.device)
         self.loss = VQGANLoss(config.loss, perceptual=perceptual, device=self.device).to(self.device)
-        readout = None
-        if config.loss.chroma_readout_weight > 0:
-            readout = ChromaReadout(config.model.embed_dim, config.model.downsample_factor).to(self.device)
-        self.ae = _AutoEncoder(self.model, self.codebook, decoder_only=config.decoder_only, readout=readout)
+        readout = ChromaReadout(config.model.embed_dim, config.model.downsample_factor) if config.loss.chroma_readout_weight > 0 else None
+        self.ae = _AutoEncoder(self.model, self.codebook, decoder_only=config.decoder_only, readout=readout).to(self.device)
         self.ae_ddp: nn.Module = self.ae
         if self.world_size > 1:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            # codebook statistics are synchronised by CodebookTrainer itself, not by DDP's buffer broadcast
-            self.ae_ddp = nn.parallel.DistributedDataParallel(self.ae, device_ids=ids, **_no_buffer_sync())
+            self.ae_ddp = wrap_ddp(self.ae, self.device)
             grads_in_param_strides(self.ae)
             if self.loss.discriminator is not None:  # not DDP-wrapped (it is frozen inside the generator loss):
                 for p in self.loss.discriminator.parameters():  # same initial weights on every rank
                     dist.broadcast(p.data, src=0)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if readout is not None:
-            params += list(readout.parameters())
+        params = [p for p in self.ae.parameters() if p.requires_grad]  # the model's, then the read-out's (the codebook has none)
         self.opt = torch.optim.Adam(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
         self.opt_d: torch.optim.Optimizer | None = None
         if self.loss.discriminator is not None:
@@ -376,10 +383,9 @@ class Trainer:
                     f"has {setting}: its training state does not fit; keep the setting of that run, or start a new "
                     "run from its weights (--init)"
                 )
-        part = lambda prefix: {k[len(prefix):]: v.to(self.device) for k, v in tensors.items() if k.startswith(prefix)}
         for prefix, module in self._state_modules().items():
             if module is not None:
-                module.load_state_dict(part(prefix), strict=True)
+                module.load_state_dict({k[len(prefix):]: v.to(self.device) for k, v in tensors.items() if k.startswith(prefix)}, strict=True)
         torch.set_rng_state(tensors["rng.torch"])
         if isinstance(self.codebook, CodebookTrainer):
             self.codebook.generator.set_state(tensors["rng.codebook"])
@@ -453,14 +459,7 @@ class Trainer:
     def _lr(self, step: int) -> float:
         """Learning rate of optimizer step ``step`` (0-based): linear warmup, then the schedule's decay."""
         cfg = self.config
-        if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
-            return cfg.lr * (step + 1) / cfg.warmup_steps
-        if cfg.lr_schedule == "constant":
-            return cfg.lr
-        total = cfg.total_steps or cfg.steps
-        t = min(1.0, max(0.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)))  # 0 -> 1 over the decay
-        shape = 0.5 * (1.0 + math.cos(math.pi * t)) if cfg.lr_schedule == "cosine" else 1.0 - t
-        return cfg.min_lr + (cfg.lr - cfg.min_lr) * shape
+        return warmup_decay_lr(step, cfg.lr, cfg.warmup_steps, cfg.total_steps or cfg.steps, cfg.min_lr, cfg.lr_schedule)
 
     def train(self, steps: int | None = None) -> TrainResult:
         """Run until ``steps`` total optimizer steps (default ``config.steps``); returns the result."""
@@ -532,11 +531,10 @@ class Trainer:
             for group in self.opt_d.param_groups:
                 group["lr"] = lr * cfg.loss.disc_lr_mult
         gan = self.loss.gan_active(self.step)
-        sums: dict[str, float] = {"rec": 0.0, "perceptual": 0.0, "chroma": 0.0, "readout": 0.0, "codebook": 0.0, "gan": 0.0, "lambda": 0.0, "d_loss": 0.0}
+        sums = dict.fromkeys(("rec", "perceptual", "chroma", "readout", "codebook", "gan", "lambda", "d_loss"), 0.0)  # logged means
         self.opt.zero_grad(set_to_none=True)
         if self.opt_d is not None:
             self.opt_d.zero_grad(set_to_none=True)
-        x = None
         for micro in range(cfg.grad_accum):
             raw = next(batches)
             x = to_model_input(raw).to(self.device)
