@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from vqtok._errors import listing
 from vqtok._runtime import autocast
 from vqtok.hub import _check_names_and_shapes
 from vqtok.layout import TokenLayout, split_scales
@@ -400,8 +401,7 @@ def convert_var(paths: list[Path], *, patch_nums: tuple[int, ...] | None = None)
     state = {k: v for k, v in raw.items() if k != _EMA}
     foreign = sorted(k for k in state if not k.startswith(_PREFIXES))
     if foreign:
-        more = f" (+{len(foreign) - 5} more)" if len(foreign) > 5 else ""
-        raise ValueError(f"{path} is not a VAR VQVAE state dict: unexpected keys {', '.join(foreign[:5])}{more}")
+        raise ValueError(f"{path} is not a VAR VQVAE state dict: unexpected keys {listing(foreign)}")
     config = infer_var_config(state, patch_nums=patch_nums, source=str(path))
     with torch.device("meta"):
         expected = VARVQVAE(config).state_dict()
