@@ -14,7 +14,7 @@ import math
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -320,6 +320,9 @@ def save_side_by_side(
 
 
 # ---------------------------------------------------------------------- work units
+_OPTIONAL = ("lpips", "feats_real", "feats_fake", "ids", "ids_len")  # the ChunkResult arrays a run may lack
+
+
 @dataclass
 class ChunkResult:
     """Per-image results of one work unit (a run of image files, or one shard), in input order.
@@ -348,15 +351,8 @@ class ChunkResult:
         """The first ``m`` images (and the bad samples; those met after them are dropped too only when m < n)."""
         if m >= self.n:
             return self
-        cut = int(self.ids_len[:m].sum()) if self.ids_len is not None else 0
-        return ChunkResult(
-            keys=self.keys[:m], psnr=self.psnr[:m], ssim=self.ssim[:m], offset=self.offset[:m],
-            lpips=None if self.lpips is None else self.lpips[:m],
-            feats_real=None if self.feats_real is None else self.feats_real[:m],
-            feats_fake=None if self.feats_fake is None else self.feats_fake[:m],
-            ids=None if self.ids is None else self.ids[:cut], ids_len=None if self.ids_len is None else self.ids_len[:m],
-            bad=list(self.bad), grid=self.grid[:m],
-        )
+        ends = {"ids": int(self.ids_len[:m].sum()) if self.ids_len is not None else 0, "bad": None}
+        return replace(self, **{f.name: v[: ends.get(f.name, m)] for f in fields(self) if (v := getattr(self, f.name)) is not None})
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {
@@ -364,7 +360,7 @@ class ChunkResult:
             "bad_keys": np.array([k for k, _ in self.bad], dtype=str), "bad_reasons": np.array([r for _, r in self.bad], dtype=str),
             "grid_count": np.array(len(self.grid)),
         }
-        for name in ("lpips", "feats_real", "feats_fake", "ids", "ids_len"):
+        for name in _OPTIONAL:
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
@@ -377,8 +373,7 @@ class ChunkResult:
         get = (lambda k: d[k] if k in d else None)  # noqa: E731 - npz files and dicts alike
         return cls(
             keys=[str(k) for k in d["keys"]], psnr=np.asarray(d["psnr"]), ssim=np.asarray(d["ssim"]),
-            offset=np.asarray(d["offset"]), lpips=get("lpips"), feats_real=get("feats_real"), feats_fake=get("feats_fake"),
-            ids=get("ids"), ids_len=get("ids_len"),
+            offset=np.asarray(d["offset"]), **{k: get(k) for k in _OPTIONAL},
             bad=[(str(k), str(r)) for k, r in zip(d["bad_keys"], d["bad_reasons"])],
             grid=[(np.asarray(d[f"grid_o{i}"]), np.asarray(d[f"grid_r{i}"])) for i in range(int(d["grid_count"]))],
         )
@@ -456,15 +451,17 @@ def score_chunk(
     bad = BadSamples(max_listed=0)
     bad_all: list[tuple[str, str]] = []
     keys: list[str] = []
-    psnrs: list[torch.Tensor] = []
-    ssims: list[torch.Tensor] = []
-    offsets: list[torch.Tensor] = []
-    lpipss: list[torch.Tensor] = []
-    fr_all: list[torch.Tensor] = []
-    ff_all: list[torch.Tensor] = []
-    ids_all: list[np.ndarray] = []
-    ids_len: list[int] = []
     grid: list[tuple[np.ndarray, np.ndarray]] = []
+    f64 = torch.float64
+    # a zero-row tensor of every per-image column this run records (a chunk without good images gives these)
+    empty = {"psnr": torch.zeros(0, dtype=f64), "ssim": torch.zeros(0, dtype=f64), "offset": torch.zeros(0, 3, dtype=f64)}
+    if lpips_model is not None:
+        empty["lpips"] = torch.zeros(0, dtype=f64)
+    if inception is not None:
+        empty["feats_real"] = empty["feats_fake"] = torch.zeros(0, FID_FULL_RANK_N)
+    if not hasattr(model, "reconstruct_batch"):  # a tokenizer: its ids too
+        empty["ids"] = empty["ids_len"] = torch.zeros(0, dtype=torch.int64)
+    columns: list[dict[str, torch.Tensor]] = []  # per batch
     factor = int(getattr(model, "downsample_factor", 1))
     arrays = _decoded(DataSource(list(items)).samples(), options, factor, bad, bad_all)
     for batch_keys, chunk in _batches(arrays, options.batch_size, limit):
@@ -473,24 +470,23 @@ def score_chunk(
         if options.quantize:
             recon = torch.round(recon * 255) / 255
         original = original_u8.float() / 255
-        psnrs.append(psnr(original, recon))
-        ssims.append(ssim(original, recon))
-        offsets.append(((recon.double() - original.double()) * 255).mean(dim=(2, 3)))  # (B, 3)
+        col = {"psnr": psnr(original, recon), "ssim": ssim(original, recon),
+               "offset": ((recon.double() - original.double()) * 255).mean(dim=(2, 3))}  # (B,), (B,), (B, 3)
         if lpips_model is not None:
-            lpipss.append(lpips_model(original, recon).cpu().double())
+            col["lpips"] = lpips_model(original, recon).cpu().double()
         if inception is not None:
             device = next(inception.parameters()).device
             if real_features is not None and all(k in real_features for k in batch_keys):
-                fr_all.append(torch.from_numpy(np.stack([real_features[k] for k in batch_keys])))
+                col["feats_real"] = torch.from_numpy(np.stack([real_features[k] for k in batch_keys]))
             else:
-                fr_all.append(inception(original.to(device)).cpu())  # (B, 2048)
+                col["feats_real"] = inception(original.to(device)).cpu()  # (B, 2048)
                 if real_features is not None:
-                    real_features.update(zip(batch_keys, fr_all[-1].numpy()))
-            ff_all.append(inception(recon.to(device)).cpu())
+                    real_features.update(zip(batch_keys, col["feats_real"].numpy()))
+            col["feats_fake"] = inception(recon.to(device)).cpu()
         if ids is not None:
-            for row in ids.reshape(ids.shape[0], -1).cpu().numpy():
-                ids_all.append(row.astype(np.int64))
-                ids_len.append(row.size)
+            col["ids"] = ids.reshape(-1).cpu().long()  # image after image
+            col["ids_len"] = torch.full((len(chunk),), ids[0].numel())
+        columns.append(col)
         for o, r in zip(original_u8, recon):
             if len(grid) >= options.grid_count:
                 break
@@ -498,19 +494,8 @@ def score_chunk(
         keys += batch_keys
         if on_images is not None:
             on_images(len(chunk))
-    empty = np.zeros(0, dtype=np.float64)
-    return ChunkResult(
-        keys=keys,
-        psnr=torch.cat(psnrs).numpy() if psnrs else empty,
-        ssim=torch.cat(ssims).numpy() if ssims else empty,
-        offset=torch.cat(offsets).numpy() if offsets else np.zeros((0, 3)),
-        lpips=torch.cat(lpipss).numpy() if lpips_model is not None and lpipss else (empty if lpips_model is not None else None),
-        feats_real=torch.cat(fr_all).numpy() if fr_all else (np.zeros((0, FID_FULL_RANK_N), np.float32) if inception is not None else None),
-        feats_fake=torch.cat(ff_all).numpy() if ff_all else (np.zeros((0, FID_FULL_RANK_N), np.float32) if inception is not None else None),
-        ids=np.concatenate(ids_all) if ids_all else (None if hasattr(model, "reconstruct_batch") else np.zeros(0, np.int64)),
-        ids_len=np.array(ids_len, dtype=np.int64) if not hasattr(model, "reconstruct_batch") else None,
-        bad=bad_all, grid=grid,
-    )
+    return ChunkResult(keys=keys, bad=bad_all, grid=grid,
+                       **{k: torch.cat([e, *(c[k] for c in columns)]).numpy() for k, e in empty.items()})
 
 
 # ---------------------------------------------------------------------- reference statistics
@@ -638,8 +623,7 @@ def merge_chunks(
         return None if any(p is None for p in parts) else np.concatenate(parts)
 
     merged = ChunkResult(
-        keys=[k for c in kept for k in c.keys], psnr=cat("psnr"), ssim=cat("ssim"), offset=cat("offset"),  # type: ignore[arg-type]
-        lpips=cat("lpips"), feats_real=cat("feats_real"), feats_fake=cat("feats_fake"), ids=cat("ids"), ids_len=cat("ids_len"),
+        keys=[k for c in kept for k in c.keys], **{name: cat(name) for name in ("psnr", "ssim", "offset", *_OPTIONAL)},  # type: ignore[arg-type]
         bad=[b for c in kept for b in c.bad], grid=[g for c in kept for g in c.grid],
     )
     hist = None
