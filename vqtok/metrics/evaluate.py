@@ -141,14 +141,6 @@ class DataSource:
 
     items: list[tuple[str, Path]]
 
-    @property
-    def shards(self) -> list[Path]:
-        return [p for kind, p in self.items if kind == "shard"]
-
-    def count_hint(self) -> int | None:
-        """Number of samples when known without reading shards (None when there are shards)."""
-        return None if self.shards else len(self.items)
-
     def samples(self) -> Iterator[Sample]:
         for kind, path in self.items:
             if kind == "image":
@@ -508,6 +500,12 @@ def stats_of_features(features: np.ndarray | torch.Tensor, step: int = 1000) -> 
     return rs.stats()
 
 
+def _features(inception: FIDInceptionV3, images: np.ndarray) -> torch.Tensor:
+    """uint8 images (B, H, W, 3) -> their Inception pool features (B, 2048) on the CPU."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    return inception(x.to(next(inception.parameters()).device)).cpu()
+
+
 def load_reference_stats(
     path: str | os.PathLike[str], *, inception: FIDInceptionV3 | None = None, batch_size: int = 50
 ) -> tuple[FIDStats, dict[str, Any]]:
@@ -536,10 +534,7 @@ def load_reference_stats(
             raise ValueError(f"{file} holds images (arr_0) but no mu/sigma; their statistics need the FID Inception")
         if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
             raise ValueError(f"{file}: arr_0 must be uint8 (N, H, W, 3) images, got {arr.dtype} {arr.shape}")
-        device = next(inception.parameters()).device
-        feats = [inception(torch.from_numpy(arr[i : i + batch_size]).permute(0, 3, 1, 2).float().div(255).to(device)).cpu()
-                 for i in range(0, len(arr), batch_size)]
-        stats = stats_of_features(torch.cat(feats))
+        stats = stats_of_features(torch.cat([_features(inception, arr[i : i + batch_size]) for i in range(0, len(arr), batch_size)]))
         info.update({"format": "adm-images", "fid_preprocess": inception.preprocess})
     else:
         raise ValueError(f"{file} has neither mu/sigma nor arr_0 (keys: {', '.join(sorted(names))})")
@@ -566,10 +561,8 @@ def image_set_stats(
     bad_all: list[tuple[str, str]] = []
     keys: list[str] = []
     feats: list[torch.Tensor] = []
-    device = next(inception.parameters()).device
     for batch_keys, batch in _batches(_decoded(resolve_data(spec).samples(), options, 1, BadSamples(), bad_all), batch_size, limit):
-        x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).float() / 255
-        feats.append(inception(x.to(device)).cpu())
+        feats.append(_features(inception, np.stack(batch)))
         keys += batch_keys
     if len(keys) < 2:
         raise ValueError(f"{spec}: FID statistics need at least 2 readable images, got {len(keys)}")
@@ -858,20 +851,23 @@ def evaluate_reconstruction(
     total = sum(len(chunks[i]) for i in mine) if all(chunks[i][0][0] == "image" for i in mine) else None
     if limit is not None and total is not None:
         total = min(total, limit)
-    bar = Progress("eval", total=total, unit="img", enabled=progress and rank == 0)
+    on_ray = engine == "ray" and bool(mine)
+    bar = (Progress("eval (ray)", total=len(mine), unit="unit", enabled=progress) if on_ray
+           else Progress("eval", total=total, unit="img", enabled=progress and rank == 0))
 
     def keep(i: int, chunk: ChunkResult) -> None:
         if folder is not None:
             chunk.save(_chunk_path(folder, i))
         results[i] = chunk
 
-    def good_before(i: int) -> int:
-        return sum(results[j].n for j in range(i) if j in results)
+    def score(i: int, room: int | None) -> None:
+        keep(i, score_chunk(tokenizer, chunks[i], options, inception=inception, lpips_model=lpips_model,
+                            limit=room, on_images=bar.update, real_features=real_features))
 
-    if engine == "ray" and mine:
-        if progress:
-            bar.close()
-            bar = Progress("eval (ray)", total=len(mine), unit="unit", enabled=progress)
+    def scored() -> int:
+        return sum(c.n for c in results.values())
+
+    if on_ray:
 
         def on_chunk(i: int, chunk: ChunkResult) -> None:
             keep(i, chunk)
@@ -879,12 +875,11 @@ def evaluate_reconstruction(
 
         _run_ray(tokenizer, chunks, mine, options, inception, lpips_model, ray_options or RayEvalOptions(), on_chunk)
     else:
-        for i in mine:
-            room = None if limit is None or world_size > 1 else limit - good_before(i)
+        for i in mine:  # in order: `results` holds the units before i
+            room = None if limit is None or world_size > 1 else limit - scored()
             if room is not None and room <= 0:
                 break
-            keep(i, score_chunk(tokenizer, chunks[i], options, inception=inception, lpips_model=lpips_model,
-                                limit=room, on_images=bar.update, real_features=real_features))
+            score(i, room)
     bar.close()
     if rank != 0:
         logger.info("rank %d of %d: %d unit(s) scored into %s; rank 0 writes the report", rank, world_size, len(mine), folder)
@@ -896,13 +891,11 @@ def evaluate_reconstruction(
                 results[i] = ChunkResult.load(_chunk_path(folder, i))
     # bad samples among the first units: score further units here until the limit is reached
     nxt = len(first)
-    while limit is not None and sum(c.n for c in results.values()) < limit and nxt < len(chunks):
-        path = _chunk_path(folder, nxt) if folder is not None else None
-        if path is not None and path.is_file():
-            results[nxt] = ChunkResult.load(path)
+    while limit is not None and scored() < limit and nxt < len(chunks):
+        if folder is not None and _chunk_path(folder, nxt).is_file():
+            results[nxt] = ChunkResult.load(_chunk_path(folder, nxt))
         else:
-            keep(nxt, score_chunk(tokenizer, chunks[nxt], options, inception=inception, lpips_model=lpips_model,
-                                  limit=limit - sum(c.n for c in results.values())))
+            score(nxt, limit - scored())
         nxt += 1
     ordered = [results[i] for i in sorted(results)]
     result, merged = merge_chunks(
