@@ -24,6 +24,7 @@ from PIL import Image
 
 from vqtok.layout import DENSE_HISTOGRAM_MAX
 from vqtok._errors import reason
+from vqtok._io import atomic_write, sha256_file
 from vqtok._runtime import actor_pool
 from vqtok.metrics.fid import (
     FIDStats,
@@ -372,8 +373,6 @@ class ChunkResult:
 
     def save(self, path: Path) -> None:
         """Write atomically (a killed run never leaves a half-written chunk)."""
-        from vqtok._io import atomic_write
-
         with atomic_write(path) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **self.to_arrays())
 
@@ -388,20 +387,11 @@ def plan_chunks(source: DataSource, chunk_size: int) -> list[list[tuple[str, Pat
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     chunks: list[list[tuple[str, Path]]] = []
-    run: list[tuple[str, Path]] = []
     for item in source.items:
-        if item[0] == "shard":
-            if run:
-                chunks.append(run)
-                run = []
+        if item[0] == "image" and chunks and chunks[-1][0][0] == "image" and len(chunks[-1]) < chunk_size:
+            chunks[-1].append(item)
+        else:
             chunks.append([item])
-            continue
-        run.append(item)
-        if len(run) >= chunk_size:
-            chunks.append(run)
-            run = []
-    if run:
-        chunks.append(run)
     return chunks
 
 
@@ -512,8 +502,6 @@ def load_reference_stats(
     """Reference statistics from an ``.npz``: vqtok's (``--save-stats``), pytorch-fid's (``mu``, ``sigma``) or
     an ADM reference batch (``mu``, ``sigma``; a batch of only ``arr_0`` images has its statistics computed with
     ``inception``). Returns the statistics and what the card records about them."""
-    from vqtok._io import sha256_file
-
     file = Path(path).expanduser()
     if not file.is_file():
         raise FileNotFoundError(f"reference statistics {file} do not exist")
@@ -573,10 +561,7 @@ def image_set_stats(
 def save_stats(stats: FIDStats, path: str | os.PathLike[str], meta: dict[str, Any]) -> Path:
     """Write ``mu``, ``sigma`` (pytorch-fid's keys, readable by pytorch-fid and ADM's evaluator), ``n`` and
     ``vqtok_meta`` (JSON: protocol, size, FID preprocessing, Inception sha256, image-list sha256)."""
-    from vqtok._io import atomic_write
-
     out = Path(path).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(out) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, mu=stats.mean.numpy(), sigma=stats.cov.numpy(), n=np.int64(stats.n),
                  vqtok_meta=np.array(json.dumps(meta, sort_keys=True)))
@@ -665,9 +650,6 @@ def _chunk_path(state_dir: Path, i: int) -> Path:
 
 def _open_state(state_dir: Path, identity: dict[str, Any]) -> None:
     """Create ``state_dir`` for this run, or check that it holds the same run (else ValueError)."""
-    from vqtok._io import atomic_write
-
-    state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / STATE_NAME
     if path.is_file():
         old = json.loads(path.read_text())
@@ -702,15 +684,13 @@ class ChunkScorer:
         if threads:
             torch.set_num_threads(threads)
         self.model, self.options = model, options
-        dev = torch.device(device)
         if hasattr(model, "to") and not hasattr(model, "reconstruct_batch"):
-            model.to(dev)
-        self.inception = inception.to(dev) if inception is not None else None
-        self.lpips = lpips_model.to(dev) if lpips_model is not None else None
+            model.to(device)
+        self.inception = inception.to(device) if inception is not None else None
+        self.lpips = lpips_model.to(device) if lpips_model is not None else None
 
-    def score(self, items: list[tuple[str, str]]) -> dict[str, np.ndarray]:
-        chunk = score_chunk(self.model, [(k, Path(p)) for k, p in items], self.options, inception=self.inception, lpips_model=self.lpips)
-        return chunk.to_arrays()
+    def score(self, items: list[tuple[str, Path]]) -> dict[str, np.ndarray]:
+        return score_chunk(self.model, items, self.options, inception=self.inception, lpips_model=self.lpips).to_arrays()
 
 
 def _run_ray(
@@ -737,7 +717,7 @@ def _run_ray(
         for _ in range(num_actors)
     ]
     try:
-        for i, ref in actor_pool(ray, actors, todo, lambda actor, i: actor.score.remote([(k, str(p)) for k, p in chunks[i]])):
+        for i, ref in actor_pool(ray, actors, todo, lambda actor, i: actor.score.remote(chunks[i])):
             on_chunk(i, ChunkResult.from_arrays(ray.get(ref)))  # a chunk that failed every retry raises here
     finally:
         for actor in actors:
