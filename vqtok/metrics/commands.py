@@ -288,9 +288,7 @@ def run_eval(args: argparse.Namespace) -> int:
     results = []
     shared_features: dict[str, Any] | None = {} if several and args.engine == "local" else None  # originals' features, once
     for k, (label, model, fingerprint) in enumerate(rows):
-        state = None
-        if args.state_dir:
-            state = Path(args.state_dir).expanduser() / (f"{k:02d}-{_safe(label)}" if several else "")
+        state = Path(args.state_dir).expanduser() / (f"{k:02d}-{_safe(label)}" if several else "") if args.state_dir else None
         result = evaluate_reconstruction(
             model, source, size=size, protocol=protocol, batch_size=args.batch_size, limit=args.limit,
             inception=inception, lpips_model=lpips_model, kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size,
@@ -318,9 +316,8 @@ def run_eval(args: argparse.Namespace) -> int:
             result, model=label, tokenizer=model if fingerprint is not None else None, data=specs,
             extra={"card": card, "protocol": protocol.name},
         )
-        if fingerprint is None:
-            report["bytes_per_image"] = budget
-            report["over_budget"] = getattr(model, "over_budget", None)
+        if fingerprint is None:  # a codec
+            report.update(bytes_per_image=budget, over_budget=getattr(model, "over_budget", None))
         reports.append(report)
         results.append(result)
     if rank != 0:

@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -120,8 +120,6 @@ class EvalResult:
         d = asdict(self)
         for name in ("histogram", "keys", "grid_pairs"):
             d.pop(name, None)
-        if self.usage is not None:
-            d["usage"] = self.usage.to_dict()
         d["bad_samples"] = self.bad_samples.to_dict()
         return d
 
@@ -185,13 +183,12 @@ def iter_shard_samples(path: Path) -> Iterator[Sample]:
 
 
 def _decoded(
-    samples: Iterable[Sample], options: Any, factor: int, bad: BadSamples, bad_all: list[tuple[str, str]]
+    samples: Iterable[Sample], options: Any, factor: int, skip: Callable[[str, str], Any]
 ) -> Iterator[tuple[str, np.ndarray]]:
-    """(key, uint8 (H, W, 3)) of each readable sample as ``options.protocol`` prepares it; bad ones go to ``bad_all``."""
+    """(key, uint8 (H, W, 3)) of each readable sample as ``options.protocol`` prepares it; ``skip(key, reason)`` of each bad one."""
     for s in samples:
         if s.error is not None:
-            bad.add(s.key, s.error)
-            bad_all.append((s.key, s.error))
+            skip(s.key, s.error)
             continue
         try:
             assert s.data is not None
@@ -205,9 +202,7 @@ def _decoded(
         except FileNotFoundError:
             raise
         except Exception as err:  # noqa: BLE001 - any per-sample data problem is recorded, not fatal
-            why = reason(err, subject="image member")
-            bad.add(s.key, why)
-            bad_all.append((s.key, why))
+            skip(s.key, reason(err, subject="image member"))
 
 
 def _batches(
@@ -430,8 +425,7 @@ def score_chunk(
     ``real_features``: Inception features of originals by key, used when present and filled otherwise
     (several models scored on the same images compute the originals' features once).
     """
-    bad = BadSamples(max_listed=0)
-    bad_all: list[tuple[str, str]] = []
+    bad_all: list[tuple[str, str]] = []  # merge_chunks logs them
     keys: list[str] = []
     grid: list[tuple[np.ndarray, np.ndarray]] = []
     f64 = torch.float64
@@ -445,7 +439,7 @@ def score_chunk(
         empty["ids"] = empty["ids_len"] = torch.zeros(0, dtype=torch.int64)
     columns: list[dict[str, torch.Tensor]] = []  # per batch
     factor = int(getattr(model, "downsample_factor", 1))
-    arrays = _decoded(DataSource(list(items)).samples(), options, factor, bad, bad_all)
+    arrays = _decoded(DataSource(list(items)).samples(), options, factor, lambda key, why: bad_all.append((key, why)))
     for batch_keys, chunk in _batches(arrays, options.batch_size, limit):
         original_u8 = torch.from_numpy(np.stack(chunk)).permute(0, 3, 1, 2).contiguous()  # (B, 3, H, W) uint8
         ids, recon = _reconstruct(model, original_u8)
@@ -546,16 +540,16 @@ def image_set_stats(
     from vqtok.metrics.protocols import image_list_sha256
 
     options = ScoreOptions(protocol=protocol or PROTOCOLS["vqtok"], size=size, batch_size=batch_size)
-    bad_all: list[tuple[str, str]] = []
+    bad = BadSamples()
     keys: list[str] = []
     feats: list[torch.Tensor] = []
-    for batch_keys, batch in _batches(_decoded(resolve_data(spec).samples(), options, 1, BadSamples(), bad_all), batch_size, limit):
+    for batch_keys, batch in _batches(_decoded(resolve_data(spec).samples(), options, 1, bad.add), batch_size, limit):
         feats.append(_features(inception, np.stack(batch)))
         keys += batch_keys
     if len(keys) < 2:
         raise ValueError(f"{spec}: FID statistics need at least 2 readable images, got {len(keys)}")
     stats = stats_of_features(torch.cat(feats))
-    return stats, {"n": stats.n, "image_list_sha256": image_list_sha256(keys), "bad_samples": len(bad_all)}
+    return stats, {"n": stats.n, "image_list_sha256": image_list_sha256(keys), "bad_samples": bad.count}
 
 
 def save_stats(stats: FIDStats, path: str | os.PathLike[str], meta: dict[str, Any]) -> Path:
