@@ -153,12 +153,6 @@ class Protocol:
             return np.asarray(rgb, dtype=np.uint8)
         return np.ascontiguousarray(RESIZES[self.resize](rgb, side), dtype=np.uint8)
 
-    def choices(self) -> dict[str, Any]:
-        return {"resize": self.resize, "size": self.size, "decode": self.decode, "fid_preprocess": self.fid_preprocess,
-                "n": self.n, "image_list": self.image_list, "image_list_sha256": self.image_list_sha256,
-                "inception_sha256": list(self.inception_sha256), "compared_against": self.compared_against,
-                "reconstruction": self.reconstruction}
-
 
 PROTOCOLS: dict[str, Protocol] = {
     p.name: p
