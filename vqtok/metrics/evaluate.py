@@ -308,7 +308,8 @@ def save_side_by_side(
 
 
 # ---------------------------------------------------------------------- work units
-_OPTIONAL = ("lpips", "feats_real", "feats_fake", "ids", "ids_len")  # the ChunkResult arrays a run may lack
+# the per-image arrays of a ChunkResult; those after "offset" are None in a run without LPIPS / Inception / ids
+_ARRAYS = ("psnr", "ssim", "offset", "lpips", "feats_real", "feats_fake", "ids", "ids_len")
 
 
 @dataclass
@@ -344,24 +345,18 @@ class ChunkResult:
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {
-            "keys": np.array(self.keys, dtype=str), "psnr": self.psnr, "ssim": self.ssim, "offset": self.offset,
+            "keys": np.array(self.keys, dtype=str), **{k: v for k in _ARRAYS if (v := getattr(self, k)) is not None},
             "bad_keys": np.array([k for k, _ in self.bad], dtype=str), "bad_reasons": np.array([r for _, r in self.bad], dtype=str),
             "grid_count": np.array(len(self.grid)),
         }
-        for name in _OPTIONAL:
-            value = getattr(self, name)
-            if value is not None:
-                out[name] = value
         for i, (o, r) in enumerate(self.grid):
             out[f"grid_o{i}"], out[f"grid_r{i}"] = o, r
         return out
 
     @classmethod
     def from_arrays(cls, d: Any) -> ChunkResult:
-        get = (lambda k: d[k] if k in d else None)  # noqa: E731 - npz files and dicts alike
         return cls(
-            keys=[str(k) for k in d["keys"]], psnr=np.asarray(d["psnr"]), ssim=np.asarray(d["ssim"]),
-            offset=np.asarray(d["offset"]), **{k: get(k) for k in _OPTIONAL},
+            keys=[str(k) for k in d["keys"]], **{k: np.asarray(d[k]) for k in _ARRAYS if k in d},  # npz files and dicts alike
             bad=[(str(k), str(r)) for k, r in zip(d["bad_keys"], d["bad_reasons"])],
             grid=[(np.asarray(d[f"grid_o{i}"]), np.asarray(d[f"grid_r{i}"])) for i in range(int(d["grid_count"]))],
         )
@@ -595,7 +590,7 @@ def merge_chunks(
         return None if any(p is None for p in parts) else np.concatenate(parts)
 
     merged = ChunkResult(
-        keys=[k for c in kept for k in c.keys], **{name: cat(name) for name in ("psnr", "ssim", "offset", *_OPTIONAL)},  # type: ignore[arg-type]
+        keys=[k for c in kept for k in c.keys], **{name: cat(name) for name in _ARRAYS},  # type: ignore[arg-type]
         bad=[b for c in kept for b in c.bad], grid=[g for c in kept for g in c.grid],
     )
     hist = None
