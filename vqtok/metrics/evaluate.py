@@ -38,7 +38,7 @@ from vqtok.metrics.fid import (
 from vqtok.metrics.image import psnr, ssim
 from vqtok.metrics.inception import FIDInceptionV3
 from vqtok.metrics.lpips import LPIPS
-from vqtok.metrics.protocols import PROTOCOLS, Protocol, get_protocol
+from vqtok.metrics.protocols import PROTOCOLS, Protocol, get_protocol, image_list_sha256
 from vqtok.metrics.usage import CodebookUsage, usage_from_histogram
 from vqtok.tars import expand_shards, is_remote, is_shard, read_samples
 
@@ -532,8 +532,6 @@ def image_set_stats(
 ) -> tuple[FIDStats, dict[str, Any]]:
     """FID statistics of an image set (folder, files, globs, shards; :func:`resolve_data`) prepared by ``protocol``
     (default ``vqtok``; ``size`` None keeps the images' sizes) and what the card records (n, image-list sha256)."""
-    from vqtok.metrics.protocols import image_list_sha256
-
     options = ScoreOptions(protocol=protocol or PROTOCOLS["vqtok"], size=size, batch_size=batch_size)
     bad = BadSamples()
     keys: list[str] = []
@@ -878,8 +876,6 @@ def evaluate_reconstruction(
     if save_stats_path is not None:
         if merged.feats_real is None or result.n < 2:
             raise ValueError("saving statistics needs the FID Inception and at least 2 images")
-        from vqtok.metrics.protocols import image_list_sha256
-
         meta = {**(stats_meta or {}), "n": result.n, "image_list_sha256": image_list_sha256(result.keys)}
         save_stats(stats_of_features(merged.feats_real), save_stats_path, meta)
     if grid_path is not None and result.grid_pairs:

@@ -132,9 +132,7 @@ def codebook_usage(
         )
     if is_histogram:
         src = ids_or_histogram
-        if isinstance(src, torch.Tensor):
-            src = src.detach().cpu().numpy()
-        hist = merge_histograms([np.asarray(src)], codebook_size)
+        hist = merge_histograms([src.detach().cpu() if isinstance(src, torch.Tensor) else src], codebook_size)
     else:
         hist = token_histogram(ids_or_histogram, codebook_size)
     return usage_from_histogram(hist, top_k=top_k)
