@@ -714,10 +714,7 @@ def _run_ray(
 def _wait_for(paths: Sequence[Path], poll: float, what: str) -> None:
     """Block until every path exists (other ranks write them), logging what is missing every 60 s."""
     last = time.monotonic()
-    while True:
-        missing = [p for p in paths if not p.is_file()]
-        if not missing:
-            return
+    while missing := [p for p in paths if not p.is_file()]:
         if time.monotonic() - last > 60:
             logger.info("waiting for %d chunk(s) of %s from the other ranks (e.g. %s)", len(missing), what, missing[0].name)
             last = time.monotonic()
