@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from vqtok.commands import add_device_argument, add_out_argument, device_from_args, positive_int
+from vqtok.commands import add_device_argument, add_out_argument, add_progress_argument, device_from_args, positive_int
 from vqtok.metrics.codecs import CODECS
 from vqtok.metrics.protocols import PROTOCOLS
 from vqtok.tokenizer import model_id as tokenizer_model_id
@@ -86,7 +86,7 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--ray-cpus-per-actor", type=float, default=1.0, metavar="C")
     p.add_argument("--compare", nargs="+", default=None, metavar="REPORT",
                    help="print saved reports (.json) side by side instead of scoring; refused unless their protocol cards agree")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_argument(p)
     p.set_defaults(func=run_eval)
 
     f = subparsers.add_parser(
@@ -169,24 +169,30 @@ def _output_paths(args: argparse.Namespace) -> tuple[Path, Path | None, Path | N
     return report, grid, plot
 
 
+def _load_inception(args: argparse.Namespace, preprocess: str, device: Any) -> tuple[Any, Any]:
+    """:func:`load_fid_inception` as --inception-weights / --offline ask; its FileNotFoundError names the CLI's option."""
+    from vqtok.metrics.inception import load_fid_inception
+
+    try:
+        return load_fid_inception(args.inception_weights, preprocess=preprocess, allow_download=not args.offline, device=device)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(str(err).replace("weights=PATH", "--inception-weights PATH")) from None
+
+
 def _metric_networks(args: argparse.Namespace, device: Any, fid_preprocess: str) -> tuple[Any, Any, Any, Any, dict[str, str]]:
     """(inception, its weights info, lpips, its weights info, skipped) as --fid/--lpips and the weights flags ask."""
-    from vqtok.metrics.inception import load_fid_inception
     from vqtok.metrics.lpips import load_lpips
 
     skipped: dict[str, str] = {}
     inception = inception_info = lpips_model = lpips_info = None
     if args.fid is not False:
         try:
-            inception, inception_info = load_fid_inception(
-                args.inception_weights, preprocess=fid_preprocess, allow_download=not args.offline, device=device
-            )
+            inception, inception_info = _load_inception(args, fid_preprocess, device)
         except FileNotFoundError as err:
-            message = str(err).replace("weights=PATH", "--inception-weights PATH")  # the CLI's name of the option
             if args.fid or args.inception_weights is not None or args.reference_stats or args.save_stats:
-                raise FileNotFoundError(message) from None
-            skipped["rfid"] = skipped["kid"] = message
-            logger.warning("rFID/KID skipped: %s", message)
+                raise
+            skipped["rfid"] = skipped["kid"] = str(err)
+            logger.warning("rFID/KID skipped: %s", err)
     else:
         if args.reference_stats or args.save_stats:
             raise ValueError("--save-stats and --reference-stats need the FID Inception; drop --no-fid")
@@ -206,15 +212,11 @@ def _metric_networks(args: argparse.Namespace, device: Any, fid_preprocess: str)
     return inception, inception_info, lpips_model, lpips_info, skipped
 
 
-def _check_reference(info: dict[str, Any], *, fid_preprocess: str, inception_sha256: str | None, size: int | None) -> None:
-    """Refuse reference statistics that vqtok saved under another FID preprocessing, Inception or size."""
-    wrong = [
-        f"{key} {info[key]} (this run: {mine})"
-        for key, mine in (("fid_preprocess", fid_preprocess), ("inception_sha256", inception_sha256), ("size", size))
-        if key in info and info[key] != mine
-    ]
+def _check_made_with(what: str, info: dict[str, Any], run: dict[str, Any]) -> None:
+    """Refuse statistics that vqtok saved under another FID preprocessing, Inception (or size) than ``run``'s."""
+    wrong = [f"{key} {info[key]} (this run: {mine})" for key, mine in run.items() if key in info and info[key] != mine]
     if wrong:
-        raise ValueError(f"--reference-stats {info['path']} was made with another " + ", ".join(wrong) + "; its FID is not comparable")
+        raise ValueError(f"{what} was made with another " + ", ".join(wrong) + "; its FID is not comparable")
 
 
 def _safe(label: str) -> str:
@@ -232,7 +234,7 @@ def run_eval(args: argparse.Namespace) -> int:
         save_side_by_side,
         write_json,
     )
-    from vqtok.metrics.protocols import card_lines, get_protocol, image_list_sha256, protocol_card
+    from vqtok.metrics.protocols import get_protocol, image_list_sha256, protocol_card
     from vqtok.pipeline._naming import model_fingerprint
     from vqtok.pipeline.driver import resolve_rank
     from vqtok.tokenizer import Tokenizer
@@ -277,7 +279,8 @@ def run_eval(args: argparse.Namespace) -> int:
     reference = reference_info = None
     if args.reference_stats:
         reference, reference_info = load_reference_stats(args.reference_stats, inception=inception)
-        _check_reference(reference_info, fid_preprocess=fid_preprocess, inception_sha256=inception_sha, size=size)
+        _check_made_with(f"--reference-stats {reference_info['path']}", reference_info,
+                         {"fid_preprocess": fid_preprocess, "inception_sha256": inception_sha, "size": size})
     ray_options = RayEvalOptions(address=args.ray_address, num_actors=args.ray_actors, num_gpus=args.ray_gpus_per_actor,
                                  num_cpus=args.ray_cpus_per_actor)
     several = len(rows) > 1
@@ -285,9 +288,7 @@ def run_eval(args: argparse.Namespace) -> int:
     results = []
     shared_features: dict[str, Any] | None = {} if several and args.engine == "local" else None  # originals' features, once
     for k, (label, model, fingerprint) in enumerate(rows):
-        state = None
-        if args.state_dir:
-            state = Path(args.state_dir).expanduser() / (f"{k:02d}-{_safe(label)}" if several else "")
+        state = Path(args.state_dir).expanduser() / (f"{k:02d}-{_safe(label)}" if several else "") if args.state_dir else None
         result = evaluate_reconstruction(
             model, source, size=size, protocol=protocol, batch_size=args.batch_size, limit=args.limit,
             inception=inception, lpips_model=lpips_model, kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size,
@@ -315,9 +316,8 @@ def run_eval(args: argparse.Namespace) -> int:
             result, model=label, tokenizer=model if fingerprint is not None else None, data=specs,
             extra={"card": card, "protocol": protocol.name},
         )
-        if fingerprint is None:
-            report["bytes_per_image"] = budget
-            report["over_budget"] = getattr(model, "over_budget", None)
+        if fingerprint is None:  # a codec
+            report.update(bytes_per_image=budget, over_budget=getattr(model, "over_budget", None))
         reports.append(report)
         results.append(result)
     if rank != 0:
@@ -337,8 +337,6 @@ def run_eval(args: argparse.Namespace) -> int:
         common = {k: v for k, v in reports[0]["card"].items() if k not in ("model", "model_fingerprint")}
         json_path = write_json({"format": "vqtok-eval-side-by-side/1", "card": common, "models": reports, "outputs": outputs}, report_path)
         _print_side_by_side(reports)
-        for line in card_lines({**common, "model": f"{len(reports)} rows", "model_fingerprint": "per row"}):
-            print(line)
     else:
         reports[0]["outputs"] = outputs
         json_path = write_json(reports[0], report_path)
@@ -349,7 +347,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def _compare_reports(paths: list[str]) -> int:
     """``--compare``: the rows of saved reports (single or side by side) in one table, if their cards agree."""
-    from vqtok.metrics.protocols import card_lines, check_comparable
+    from vqtok.metrics.protocols import check_comparable
 
     rows: list[dict[str, Any]] = []
     for path in paths:
@@ -363,8 +361,6 @@ def _compare_reports(paths: list[str]) -> int:
         rows += data["models"] if isinstance(data.get("models"), list) else [data]
     check_comparable(rows)
     _print_side_by_side(rows)
-    for line in card_lines({**rows[0]["card"], "model": f"{len(rows)} rows", "model_fingerprint": "per row"}):
-        print(line)
     return 0
 
 
@@ -401,7 +397,8 @@ def _print_one(report: dict[str, Any], result: Any) -> None:
 
 
 def _print_side_by_side(reports: list[dict[str, Any]]) -> None:
-    """One table: a row per model or codec, the same images, the same protocol."""
+    """One table: a row per model or codec, the same images, the same protocol; then that protocol's card."""
+    from vqtok.metrics.protocols import card_lines
 
     def num(v: Any, fmt: str) -> str:
         return "n/a" if v is None else (v if isinstance(v, str) else format(v, fmt))
@@ -420,12 +417,13 @@ def _print_side_by_side(reports: list[dict[str, Any]]) -> None:
         print(f"| {r['model']} | {nbytes if nbytes is not None else 'n/a'} | {num(r['rfid'], '.2f')} | {num(r['kid_mean'], '.4f')} | "
               f"{num(r['psnr'], '.2f')} | {num(r['ssim'], '.4f')} | {num(r['lpips'], '.4f')} | "
               f"{'' if not usage else format(100 * usage['used_fraction'], '.1f') + ' %'} |")
+    for line in card_lines({**reports[0]["card"], "model": f"{len(reports)} rows", "model_fingerprint": "per row"}):
+        print(line)
 
 
 def run_fid(args: argparse.Namespace) -> int:
     from vqtok.metrics.evaluate import image_set_stats, load_reference_stats, resolve_data, save_stats
     from vqtok.metrics.fid import frechet_distance
-    from vqtok.metrics.inception import load_fid_inception
     from vqtok.metrics.protocols import get_protocol
 
     protocol = get_protocol(args.protocol)
@@ -437,11 +435,7 @@ def run_fid(args: argparse.Namespace) -> int:
     for spec in args.sets:  # a missing set fails before the Inception loads
         if not (spec.endswith(".npz") and Path(spec).expanduser().is_file()):
             resolve_data([spec])
-    device = device_from_args(args)
-    try:
-        inception, info = load_fid_inception(args.inception_weights, preprocess=preprocess, allow_download=not args.offline, device=device)
-    except FileNotFoundError as err:
-        raise FileNotFoundError(str(err).replace("weights=PATH", "--inception-weights PATH")) from None
+    inception, info = _load_inception(args, preprocess, device_from_args(args))
     described = []
     stats = []
     for k, spec in enumerate(args.sets):
@@ -454,10 +448,7 @@ def run_fid(args: argparse.Namespace) -> int:
                 save_stats(st, args.save_stats, {"protocol": protocol.name, "size": args.size or None, "fid_preprocess": preprocess,
                                                  "inception_sha256": info.sha256, "n": st.n,
                                                  "image_list_sha256": meta["image_list_sha256"]})
-        for key in ("fid_preprocess", "inception_sha256"):
-            mine = preprocess if key == "fid_preprocess" else info.sha256
-            if key in meta and meta[key] != mine:
-                raise ValueError(f"{spec} was made with {key} {meta[key]} (this run: {mine}); its FID is not comparable")
+        _check_made_with(spec, meta, {"fid_preprocess": preprocess, "inception_sha256": info.sha256})
         stats.append(st)
         described.append({"set": spec, **meta})
     value = frechet_distance(stats[0], stats[1])

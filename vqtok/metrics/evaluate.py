@@ -13,8 +13,8 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from PIL import Image
 
 from vqtok.layout import DENSE_HISTOGRAM_MAX
 from vqtok._errors import reason
+from vqtok._io import atomic_write, sha256_file
 from vqtok._runtime import actor_pool
 from vqtok.metrics.fid import (
     FIDStats,
@@ -37,7 +38,7 @@ from vqtok.metrics.fid import (
 from vqtok.metrics.image import psnr, ssim
 from vqtok.metrics.inception import FIDInceptionV3
 from vqtok.metrics.lpips import LPIPS
-from vqtok.metrics.protocols import PROTOCOLS, Protocol, get_protocol
+from vqtok.metrics.protocols import PROTOCOLS, Protocol, get_protocol, image_list_sha256
 from vqtok.metrics.usage import CodebookUsage, usage_from_histogram
 from vqtok.tars import expand_shards, is_remote, is_shard, read_samples
 
@@ -119,8 +120,6 @@ class EvalResult:
         d = asdict(self)
         for name in ("histogram", "keys", "grid_pairs"):
             d.pop(name, None)
-        if self.usage is not None:
-            d["usage"] = self.usage.to_dict()
         d["bad_samples"] = self.bad_samples.to_dict()
         return d
 
@@ -140,14 +139,6 @@ class DataSource:
     """An ordered list of inputs: ("image", path) and ("shard", path) items, in the order given."""
 
     items: list[tuple[str, Path]]
-
-    @property
-    def shards(self) -> list[Path]:
-        return [p for kind, p in self.items if kind == "shard"]
-
-    def count_hint(self) -> int | None:
-        """Number of samples when known without reading shards (None when there are shards)."""
-        return None if self.shards else len(self.items)
 
     def samples(self) -> Iterator[Sample]:
         for kind, path in self.items:
@@ -192,13 +183,12 @@ def iter_shard_samples(path: Path) -> Iterator[Sample]:
 
 
 def _decoded(
-    samples: Iterable[Sample], options: Any, factor: int, bad: BadSamples, bad_all: list[tuple[str, str]]
+    samples: Iterable[Sample], options: Any, factor: int, skip: Callable[[str, str], Any]
 ) -> Iterator[tuple[str, np.ndarray]]:
-    """(key, uint8 (H, W, 3)) of each readable sample as ``options.protocol`` prepares it; bad ones go to ``bad_all``."""
+    """(key, uint8 (H, W, 3)) of each readable sample as ``options.protocol`` prepares it; ``skip(key, reason)`` of each bad one."""
     for s in samples:
         if s.error is not None:
-            bad.add(s.key, s.error)
-            bad_all.append((s.key, s.error))
+            skip(s.key, s.error)
             continue
         try:
             assert s.data is not None
@@ -212,9 +202,7 @@ def _decoded(
         except FileNotFoundError:
             raise
         except Exception as err:  # noqa: BLE001 - any per-sample data problem is recorded, not fatal
-            why = reason(err, subject="image member")
-            bad.add(s.key, why)
-            bad_all.append((s.key, why))
+            skip(s.key, reason(err, subject="image member"))
 
 
 def _batches(
@@ -320,6 +308,10 @@ def save_side_by_side(
 
 
 # ---------------------------------------------------------------------- work units
+# the per-image arrays of a ChunkResult; those after "offset" are None in a run without LPIPS / Inception / ids
+_ARRAYS = ("psnr", "ssim", "offset", "lpips", "feats_real", "feats_fake", "ids", "ids_len")
+
+
 @dataclass
 class ChunkResult:
     """Per-image results of one work unit (a run of image files, or one shard), in input order.
@@ -348,45 +340,29 @@ class ChunkResult:
         """The first ``m`` images (and the bad samples; those met after them are dropped too only when m < n)."""
         if m >= self.n:
             return self
-        cut = int(self.ids_len[:m].sum()) if self.ids_len is not None else 0
-        return ChunkResult(
-            keys=self.keys[:m], psnr=self.psnr[:m], ssim=self.ssim[:m], offset=self.offset[:m],
-            lpips=None if self.lpips is None else self.lpips[:m],
-            feats_real=None if self.feats_real is None else self.feats_real[:m],
-            feats_fake=None if self.feats_fake is None else self.feats_fake[:m],
-            ids=None if self.ids is None else self.ids[:cut], ids_len=None if self.ids_len is None else self.ids_len[:m],
-            bad=list(self.bad), grid=self.grid[:m],
-        )
+        ends = {"ids": int(self.ids_len[:m].sum()) if self.ids_len is not None else 0, "bad": None}
+        return replace(self, **{f.name: v[: ends.get(f.name, m)] for f in fields(self) if (v := getattr(self, f.name)) is not None})
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {
-            "keys": np.array(self.keys, dtype=str), "psnr": self.psnr, "ssim": self.ssim, "offset": self.offset,
+            "keys": np.array(self.keys, dtype=str), **{k: v for k in _ARRAYS if (v := getattr(self, k)) is not None},
             "bad_keys": np.array([k for k, _ in self.bad], dtype=str), "bad_reasons": np.array([r for _, r in self.bad], dtype=str),
             "grid_count": np.array(len(self.grid)),
         }
-        for name in ("lpips", "feats_real", "feats_fake", "ids", "ids_len"):
-            value = getattr(self, name)
-            if value is not None:
-                out[name] = value
         for i, (o, r) in enumerate(self.grid):
             out[f"grid_o{i}"], out[f"grid_r{i}"] = o, r
         return out
 
     @classmethod
     def from_arrays(cls, d: Any) -> ChunkResult:
-        get = (lambda k: d[k] if k in d else None)  # noqa: E731 - npz files and dicts alike
         return cls(
-            keys=[str(k) for k in d["keys"]], psnr=np.asarray(d["psnr"]), ssim=np.asarray(d["ssim"]),
-            offset=np.asarray(d["offset"]), lpips=get("lpips"), feats_real=get("feats_real"), feats_fake=get("feats_fake"),
-            ids=get("ids"), ids_len=get("ids_len"),
+            keys=[str(k) for k in d["keys"]], **{k: np.asarray(d[k]) for k in _ARRAYS if k in d},  # npz files and dicts alike
             bad=[(str(k), str(r)) for k, r in zip(d["bad_keys"], d["bad_reasons"])],
             grid=[(np.asarray(d[f"grid_o{i}"]), np.asarray(d[f"grid_r{i}"])) for i in range(int(d["grid_count"]))],
         )
 
     def save(self, path: Path) -> None:
         """Write atomically (a killed run never leaves a half-written chunk)."""
-        from vqtok._io import atomic_write
-
         with atomic_write(path) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **self.to_arrays())
 
@@ -401,20 +377,11 @@ def plan_chunks(source: DataSource, chunk_size: int) -> list[list[tuple[str, Pat
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     chunks: list[list[tuple[str, Path]]] = []
-    run: list[tuple[str, Path]] = []
     for item in source.items:
-        if item[0] == "shard":
-            if run:
-                chunks.append(run)
-                run = []
+        if item[0] == "image" and chunks and chunks[-1][0][0] == "image" and len(chunks[-1]) < chunk_size:
+            chunks[-1].append(item)
+        else:
             chunks.append([item])
-            continue
-        run.append(item)
-        if len(run) >= chunk_size:
-            chunks.append(run)
-            run = []
-    if run:
-        chunks.append(run)
     return chunks
 
 
@@ -453,44 +420,44 @@ def score_chunk(
     ``real_features``: Inception features of originals by key, used when present and filled otherwise
     (several models scored on the same images compute the originals' features once).
     """
-    bad = BadSamples(max_listed=0)
-    bad_all: list[tuple[str, str]] = []
+    bad_all: list[tuple[str, str]] = []  # merge_chunks logs them
     keys: list[str] = []
-    psnrs: list[torch.Tensor] = []
-    ssims: list[torch.Tensor] = []
-    offsets: list[torch.Tensor] = []
-    lpipss: list[torch.Tensor] = []
-    fr_all: list[torch.Tensor] = []
-    ff_all: list[torch.Tensor] = []
-    ids_all: list[np.ndarray] = []
-    ids_len: list[int] = []
     grid: list[tuple[np.ndarray, np.ndarray]] = []
+    f64 = torch.float64
+    # a zero-row tensor of every per-image column this run records (a chunk without good images gives these)
+    empty = {"psnr": torch.zeros(0, dtype=f64), "ssim": torch.zeros(0, dtype=f64), "offset": torch.zeros(0, 3, dtype=f64)}
+    if lpips_model is not None:
+        empty["lpips"] = torch.zeros(0, dtype=f64)
+    if inception is not None:
+        empty["feats_real"] = empty["feats_fake"] = torch.zeros(0, FID_FULL_RANK_N)
+    if not hasattr(model, "reconstruct_batch"):  # a tokenizer: its ids too
+        empty["ids"] = empty["ids_len"] = torch.zeros(0, dtype=torch.int64)
+    columns: list[dict[str, torch.Tensor]] = []  # per batch
     factor = int(getattr(model, "downsample_factor", 1))
-    arrays = _decoded(DataSource(list(items)).samples(), options, factor, bad, bad_all)
+    arrays = _decoded(DataSource(list(items)).samples(), options, factor, lambda key, why: bad_all.append((key, why)))
     for batch_keys, chunk in _batches(arrays, options.batch_size, limit):
         original_u8 = torch.from_numpy(np.stack(chunk)).permute(0, 3, 1, 2).contiguous()  # (B, 3, H, W) uint8
         ids, recon = _reconstruct(model, original_u8)
         if options.quantize:
             recon = torch.round(recon * 255) / 255
         original = original_u8.float() / 255
-        psnrs.append(psnr(original, recon))
-        ssims.append(ssim(original, recon))
-        offsets.append(((recon.double() - original.double()) * 255).mean(dim=(2, 3)))  # (B, 3)
+        col = {"psnr": psnr(original, recon), "ssim": ssim(original, recon),
+               "offset": ((recon.double() - original.double()) * 255).mean(dim=(2, 3))}  # (B,), (B,), (B, 3)
         if lpips_model is not None:
-            lpipss.append(lpips_model(original, recon).cpu().double())
+            col["lpips"] = lpips_model(original, recon).cpu().double()
         if inception is not None:
             device = next(inception.parameters()).device
             if real_features is not None and all(k in real_features for k in batch_keys):
-                fr_all.append(torch.from_numpy(np.stack([real_features[k] for k in batch_keys])))
+                col["feats_real"] = torch.from_numpy(np.stack([real_features[k] for k in batch_keys]))
             else:
-                fr_all.append(inception(original.to(device)).cpu())  # (B, 2048)
+                col["feats_real"] = inception(original.to(device)).cpu()  # (B, 2048)
                 if real_features is not None:
-                    real_features.update(zip(batch_keys, fr_all[-1].numpy()))
-            ff_all.append(inception(recon.to(device)).cpu())
+                    real_features.update(zip(batch_keys, col["feats_real"].numpy()))
+            col["feats_fake"] = inception(recon.to(device)).cpu()
         if ids is not None:
-            for row in ids.reshape(ids.shape[0], -1).cpu().numpy():
-                ids_all.append(row.astype(np.int64))
-                ids_len.append(row.size)
+            col["ids"] = ids.reshape(-1).cpu().long()  # image after image
+            col["ids_len"] = torch.full((len(chunk),), ids[0].numel())
+        columns.append(col)
         for o, r in zip(original_u8, recon):
             if len(grid) >= options.grid_count:
                 break
@@ -498,19 +465,8 @@ def score_chunk(
         keys += batch_keys
         if on_images is not None:
             on_images(len(chunk))
-    empty = np.zeros(0, dtype=np.float64)
-    return ChunkResult(
-        keys=keys,
-        psnr=torch.cat(psnrs).numpy() if psnrs else empty,
-        ssim=torch.cat(ssims).numpy() if ssims else empty,
-        offset=torch.cat(offsets).numpy() if offsets else np.zeros((0, 3)),
-        lpips=torch.cat(lpipss).numpy() if lpips_model is not None and lpipss else (empty if lpips_model is not None else None),
-        feats_real=torch.cat(fr_all).numpy() if fr_all else (np.zeros((0, FID_FULL_RANK_N), np.float32) if inception is not None else None),
-        feats_fake=torch.cat(ff_all).numpy() if ff_all else (np.zeros((0, FID_FULL_RANK_N), np.float32) if inception is not None else None),
-        ids=np.concatenate(ids_all) if ids_all else (None if hasattr(model, "reconstruct_batch") else np.zeros(0, np.int64)),
-        ids_len=np.array(ids_len, dtype=np.int64) if not hasattr(model, "reconstruct_batch") else None,
-        bad=bad_all, grid=grid,
-    )
+    return ChunkResult(keys=keys, bad=bad_all, grid=grid,
+                       **{k: torch.cat([e, *(c[k] for c in columns)]).numpy() for k, e in empty.items()})
 
 
 # ---------------------------------------------------------------------- reference statistics
@@ -523,14 +479,18 @@ def stats_of_features(features: np.ndarray | torch.Tensor, step: int = 1000) -> 
     return rs.stats()
 
 
+def _features(inception: FIDInceptionV3, images: np.ndarray) -> torch.Tensor:
+    """uint8 images (B, H, W, 3) -> their Inception pool features (B, 2048) on the CPU."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    return inception(x.to(next(inception.parameters()).device)).cpu()
+
+
 def load_reference_stats(
     path: str | os.PathLike[str], *, inception: FIDInceptionV3 | None = None, batch_size: int = 50
 ) -> tuple[FIDStats, dict[str, Any]]:
     """Reference statistics from an ``.npz``: vqtok's (``--save-stats``), pytorch-fid's (``mu``, ``sigma``) or
     an ADM reference batch (``mu``, ``sigma``; a batch of only ``arr_0`` images has its statistics computed with
     ``inception``). Returns the statistics and what the card records about them."""
-    from vqtok._io import sha256_file
-
     file = Path(path).expanduser()
     if not file.is_file():
         raise FileNotFoundError(f"reference statistics {file} do not exist")
@@ -551,10 +511,7 @@ def load_reference_stats(
             raise ValueError(f"{file} holds images (arr_0) but no mu/sigma; their statistics need the FID Inception")
         if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
             raise ValueError(f"{file}: arr_0 must be uint8 (N, H, W, 3) images, got {arr.dtype} {arr.shape}")
-        device = next(inception.parameters()).device
-        feats = [inception(torch.from_numpy(arr[i : i + batch_size]).permute(0, 3, 1, 2).float().div(255).to(device)).cpu()
-                 for i in range(0, len(arr), batch_size)]
-        stats = stats_of_features(torch.cat(feats))
+        stats = stats_of_features(torch.cat([_features(inception, arr[i : i + batch_size]) for i in range(0, len(arr), batch_size)]))
         info.update({"format": "adm-images", "fid_preprocess": inception.preprocess})
     else:
         raise ValueError(f"{file} has neither mu/sigma nor arr_0 (keys: {', '.join(sorted(names))})")
@@ -575,30 +532,23 @@ def image_set_stats(
 ) -> tuple[FIDStats, dict[str, Any]]:
     """FID statistics of an image set (folder, files, globs, shards; :func:`resolve_data`) prepared by ``protocol``
     (default ``vqtok``; ``size`` None keeps the images' sizes) and what the card records (n, image-list sha256)."""
-    from vqtok.metrics.protocols import image_list_sha256
-
     options = ScoreOptions(protocol=protocol or PROTOCOLS["vqtok"], size=size, batch_size=batch_size)
-    bad_all: list[tuple[str, str]] = []
+    bad = BadSamples()
     keys: list[str] = []
     feats: list[torch.Tensor] = []
-    device = next(inception.parameters()).device
-    for batch_keys, batch in _batches(_decoded(resolve_data(spec).samples(), options, 1, BadSamples(), bad_all), batch_size, limit):
-        x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).float() / 255
-        feats.append(inception(x.to(device)).cpu())
+    for batch_keys, batch in _batches(_decoded(resolve_data(spec).samples(), options, 1, bad.add), batch_size, limit):
+        feats.append(_features(inception, np.stack(batch)))
         keys += batch_keys
     if len(keys) < 2:
         raise ValueError(f"{spec}: FID statistics need at least 2 readable images, got {len(keys)}")
     stats = stats_of_features(torch.cat(feats))
-    return stats, {"n": stats.n, "image_list_sha256": image_list_sha256(keys), "bad_samples": len(bad_all)}
+    return stats, {"n": stats.n, "image_list_sha256": image_list_sha256(keys), "bad_samples": bad.count}
 
 
 def save_stats(stats: FIDStats, path: str | os.PathLike[str], meta: dict[str, Any]) -> Path:
     """Write ``mu``, ``sigma`` (pytorch-fid's keys, readable by pytorch-fid and ADM's evaluator), ``n`` and
     ``vqtok_meta`` (JSON: protocol, size, FID preprocessing, Inception sha256, image-list sha256)."""
-    from vqtok._io import atomic_write
-
     out = Path(path).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(out) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, mu=stats.mean.numpy(), sigma=stats.cov.numpy(), n=np.int64(stats.n),
                  vqtok_meta=np.array(json.dumps(meta, sort_keys=True)))
@@ -638,8 +588,7 @@ def merge_chunks(
         return None if any(p is None for p in parts) else np.concatenate(parts)
 
     merged = ChunkResult(
-        keys=[k for c in kept for k in c.keys], psnr=cat("psnr"), ssim=cat("ssim"), offset=cat("offset"),  # type: ignore[arg-type]
-        lpips=cat("lpips"), feats_real=cat("feats_real"), feats_fake=cat("feats_fake"), ids=cat("ids"), ids_len=cat("ids_len"),
+        keys=[k for c in kept for k in c.keys], **{name: cat(name) for name in _ARRAYS},  # type: ignore[arg-type]
         bad=[b for c in kept for b in c.bad], grid=[g for c in kept for g in c.grid],
     )
     hist = None
@@ -688,9 +637,6 @@ def _chunk_path(state_dir: Path, i: int) -> Path:
 
 def _open_state(state_dir: Path, identity: dict[str, Any]) -> None:
     """Create ``state_dir`` for this run, or check that it holds the same run (else ValueError)."""
-    from vqtok._io import atomic_write
-
-    state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / STATE_NAME
     if path.is_file():
         old = json.loads(path.read_text())
@@ -725,15 +671,13 @@ class ChunkScorer:
         if threads:
             torch.set_num_threads(threads)
         self.model, self.options = model, options
-        dev = torch.device(device)
         if hasattr(model, "to") and not hasattr(model, "reconstruct_batch"):
-            model.to(dev)
-        self.inception = inception.to(dev) if inception is not None else None
-        self.lpips = lpips_model.to(dev) if lpips_model is not None else None
+            model.to(device)
+        self.inception = inception.to(device) if inception is not None else None
+        self.lpips = lpips_model.to(device) if lpips_model is not None else None
 
-    def score(self, items: list[tuple[str, str]]) -> dict[str, np.ndarray]:
-        chunk = score_chunk(self.model, [(k, Path(p)) for k, p in items], self.options, inception=self.inception, lpips_model=self.lpips)
-        return chunk.to_arrays()
+    def score(self, items: list[tuple[str, Path]]) -> dict[str, np.ndarray]:
+        return score_chunk(self.model, items, self.options, inception=self.inception, lpips_model=self.lpips).to_arrays()
 
 
 def _run_ray(
@@ -760,7 +704,7 @@ def _run_ray(
         for _ in range(num_actors)
     ]
     try:
-        for i, ref in actor_pool(ray, actors, todo, lambda actor, i: actor.score.remote([(k, str(p)) for k, p in chunks[i]])):
+        for i, ref in actor_pool(ray, actors, todo, lambda actor, i: actor.score.remote(chunks[i])):
             on_chunk(i, ChunkResult.from_arrays(ray.get(ref)))  # a chunk that failed every retry raises here
     finally:
         for actor in actors:
@@ -770,10 +714,7 @@ def _run_ray(
 def _wait_for(paths: Sequence[Path], poll: float, what: str) -> None:
     """Block until every path exists (other ranks write them), logging what is missing every 60 s."""
     last = time.monotonic()
-    while True:
-        missing = [p for p in paths if not p.is_file()]
-        if not missing:
-            return
+    while missing := [p for p in paths if not p.is_file()]:
         if time.monotonic() - last > 60:
             logger.info("waiting for %d chunk(s) of %s from the other ranks (e.g. %s)", len(missing), what, missing[0].name)
             last = time.monotonic()
@@ -874,20 +815,23 @@ def evaluate_reconstruction(
     total = sum(len(chunks[i]) for i in mine) if all(chunks[i][0][0] == "image" for i in mine) else None
     if limit is not None and total is not None:
         total = min(total, limit)
-    bar = Progress("eval", total=total, unit="img", enabled=progress and rank == 0)
+    on_ray = engine == "ray" and bool(mine)
+    bar = (Progress("eval (ray)", total=len(mine), unit="unit", enabled=progress) if on_ray
+           else Progress("eval", total=total, unit="img", enabled=progress and rank == 0))
 
     def keep(i: int, chunk: ChunkResult) -> None:
         if folder is not None:
             chunk.save(_chunk_path(folder, i))
         results[i] = chunk
 
-    def good_before(i: int) -> int:
-        return sum(results[j].n for j in range(i) if j in results)
+    def score(i: int, room: int | None) -> None:
+        keep(i, score_chunk(tokenizer, chunks[i], options, inception=inception, lpips_model=lpips_model,
+                            limit=room, on_images=bar.update, real_features=real_features))
 
-    if engine == "ray" and mine:
-        if progress:
-            bar.close()
-            bar = Progress("eval (ray)", total=len(mine), unit="unit", enabled=progress)
+    def scored() -> int:
+        return sum(c.n for c in results.values())
+
+    if on_ray:
 
         def on_chunk(i: int, chunk: ChunkResult) -> None:
             keep(i, chunk)
@@ -895,12 +839,11 @@ def evaluate_reconstruction(
 
         _run_ray(tokenizer, chunks, mine, options, inception, lpips_model, ray_options or RayEvalOptions(), on_chunk)
     else:
-        for i in mine:
-            room = None if limit is None or world_size > 1 else limit - good_before(i)
+        for i in mine:  # in order: `results` holds the units before i
+            room = None if limit is None or world_size > 1 else limit - scored()
             if room is not None and room <= 0:
                 break
-            keep(i, score_chunk(tokenizer, chunks[i], options, inception=inception, lpips_model=lpips_model,
-                                limit=room, on_images=bar.update, real_features=real_features))
+            score(i, room)
     bar.close()
     if rank != 0:
         logger.info("rank %d of %d: %d unit(s) scored into %s; rank 0 writes the report", rank, world_size, len(mine), folder)
@@ -912,13 +855,11 @@ def evaluate_reconstruction(
                 results[i] = ChunkResult.load(_chunk_path(folder, i))
     # bad samples among the first units: score further units here until the limit is reached
     nxt = len(first)
-    while limit is not None and sum(c.n for c in results.values()) < limit and nxt < len(chunks):
-        path = _chunk_path(folder, nxt) if folder is not None else None
-        if path is not None and path.is_file():
-            results[nxt] = ChunkResult.load(path)
+    while limit is not None and scored() < limit and nxt < len(chunks):
+        if folder is not None and _chunk_path(folder, nxt).is_file():
+            results[nxt] = ChunkResult.load(_chunk_path(folder, nxt))
         else:
-            keep(nxt, score_chunk(tokenizer, chunks[nxt], options, inception=inception, lpips_model=lpips_model,
-                                  limit=limit - sum(c.n for c in results.values())))
+            score(nxt, limit - scored())
         nxt += 1
     ordered = [results[i] for i in sorted(results)]
     result, merged = merge_chunks(
@@ -932,8 +873,6 @@ def evaluate_reconstruction(
     if save_stats_path is not None:
         if merged.feats_real is None or result.n < 2:
             raise ValueError("saving statistics needs the FID Inception and at least 2 images")
-        from vqtok.metrics.protocols import image_list_sha256
-
         meta = {**(stats_meta or {}), "n": result.n, "image_list_sha256": image_list_sha256(result.keys)}
         save_stats(stats_of_features(merged.feats_real), save_stats_path, meta)
     if grid_path is not None and result.grid_pairs:

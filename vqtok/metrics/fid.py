@@ -133,8 +133,7 @@ def kernel_inception_distance(
     ``features_*`` are (N, D). ``subset_size`` is lowered to ``min(N_a, N_b)`` when either set
     is smaller (torch-fidelity refuses instead; with the same subset size the numbers agree).
     """
-    fa = (features_a.detach().cpu().numpy() if isinstance(features_a, torch.Tensor) else np.asarray(features_a)).astype(np.float64)
-    fb = (features_b.detach().cpu().numpy() if isinstance(features_b, torch.Tensor) else np.asarray(features_b)).astype(np.float64)
+    fa, fb = (np.asarray(f.detach().cpu() if isinstance(f, torch.Tensor) else f, dtype=np.float64) for f in (features_a, features_b))
     if fa.ndim != 2 or fb.ndim != 2 or fa.shape[1] != fb.shape[1]:
         raise ValueError(f"expected features (N, D) with equal D, got {fa.shape} and {fb.shape}")
     m = min(subset_size, fa.shape[0], fb.shape[0])
@@ -148,9 +147,7 @@ def kernel_inception_distance(
     for i in range(subsets):
         x = fa[rng.choice(fa.shape[0], m, replace=False)]
         y = fb[rng.choice(fb.shape[0], m, replace=False)]
-        kxx = (x @ x.T * g + coef0) ** degree  # (m, m)
-        kyy = (y @ y.T * g + coef0) ** degree
-        kxy = (x @ y.T * g + coef0) ** degree
+        kxx, kyy, kxy = ((a @ b.T * g + coef0) ** degree for a, b in ((x, x), (y, y), (x, y)))  # (m, m) each
         sum_xx = kxx.sum() - np.trace(kxx)
         sum_yy = kyy.sum() - np.trace(kyy)
         mmds[i] = (sum_xx + sum_yy) / (m * (m - 1)) - 2.0 * kxy.sum() / (m * m)

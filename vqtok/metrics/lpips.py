@@ -7,7 +7,6 @@ heads are ``lin<k>.model.1.weight`` exactly as the LPIPS ``weights/v0.1/vgg.pth`
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 from collections.abc import Mapping
@@ -113,18 +112,6 @@ class LPIPSWeights:
         return {"vgg": self.vgg_path, "lin": self.lin_path}
 
 
-def _lpips_package_weights() -> Path | None:
-    """``lpips/weights/v0.1/vgg.pth`` of the registry package ``lpips`` if installed (never imported)."""
-    spec = importlib.util.find_spec("lpips")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for folder in spec.submodule_search_locations:
-        path = Path(folder) / "weights" / "v0.1" / "vgg.pth"
-        if path.is_file():
-            return path
-    return None
-
-
 def _load_pth(path: Path) -> dict[str, torch.Tensor]:
     state = torch.load(str(path), map_location="cpu", weights_only=True)
     if not isinstance(state, Mapping):
@@ -142,6 +129,7 @@ def load_lpips(
     ``FileNotFoundError`` naming the URL and the path to place the file when unavailable.
     """
     from vqtok.hub import download_weights
+    from vqtok.metrics.inception import package_file
 
     if vgg_weights is not None:
         vgg_path = Path(vgg_weights).expanduser()
@@ -155,7 +143,7 @@ def load_lpips(
         if not lin_path.is_file():
             raise FileNotFoundError(f"LPIPS linear-layer weights file {lin_path} does not exist")
     else:
-        lin_path = _lpips_package_weights() or download_weights(
+        lin_path = package_file("lpips", "weights/v0.1/vgg.pth") or download_weights(  # the registry package lpips' copy
             filename=LPIPS_VGG_FILENAME, url=LPIPS_VGG_URL, sha256=LPIPS_VGG_SHA256, local_files_only=not allow_download
         )
     model = LPIPS()

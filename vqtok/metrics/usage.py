@@ -95,18 +95,9 @@ def read_histograms(directory: str | os.PathLike[str]) -> tuple[np.ndarray, int]
     Returns ``(histogram (codebook_size,), number of files merged)``. JSON files without a
     ``"histogram"`` key are skipped; a disagreeing ``"codebook_size"`` is an error.
     """
-    folder = Path(directory)
-    if not folder.is_dir():
-        raise NotADirectoryError(f"{folder} is not a folder of token shards")
     hists: list[np.ndarray] = []
     size: int | None = None
-    for path in sorted(folder.glob("*.json")):
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from err
-        if not isinstance(data, dict) or "histogram" not in data:
-            continue
+    for path, data in _stats_files(directory):
         hist = np.asarray(data["histogram"], dtype=np.int64)
         declared = data.get("codebook_size")
         if declared is not None and int(declared) != hist.shape[0]:
@@ -116,9 +107,7 @@ def read_histograms(directory: str | os.PathLike[str]) -> tuple[np.ndarray, int]
         elif hist.shape[0] != size:
             raise ValueError(f"{path}: histogram of {hist.shape[0]} codes, other shards have {size}")
         hists.append(hist)
-    if not hists:
-        raise FileNotFoundError(f"no *.json with a 'histogram' key in {folder} (pretokenize writes them beside each shard)")
-    logger.info("merged histograms of %d shards from %s", len(hists), folder)
+    logger.info("merged histograms of %d shards from %s", len(hists), directory)
     return merge_histograms(hists), len(hists)
 
 
@@ -143,9 +132,7 @@ def codebook_usage(
         )
     if is_histogram:
         src = ids_or_histogram
-        if isinstance(src, torch.Tensor):
-            src = src.detach().cpu().numpy()
-        hist = merge_histograms([np.asarray(src)], codebook_size)
+        hist = merge_histograms([src.detach().cpu() if isinstance(src, torch.Tensor) else src], codebook_size)
     else:
         hist = token_histogram(ids_or_histogram, codebook_size)
     return usage_from_histogram(hist, top_k=top_k)
@@ -201,6 +188,17 @@ def _read_json_dict(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def _stats_files(directory: str | os.PathLike[str]) -> list[tuple[Path, dict[str, Any]]]:
+    """(path, content) of each ``*.json`` in ``directory`` that has a ``"histogram"`` (pretokenize's side files), by name."""
+    folder = Path(directory)
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is not a folder of token shards")
+    found = [(p, d) for p in sorted(folder.glob("*.json")) if (d := _read_json_dict(p)) is not None and "histogram" in d]
+    if not found:
+        raise FileNotFoundError(f"no *.json with a 'histogram' key in {folder} (pretokenize writes them beside each shard)")
+    return found
+
+
 def _int_array(value: Any, path: Path, key: str) -> np.ndarray:
     try:
         arr = np.asarray(value, dtype=np.int64)
@@ -217,23 +215,15 @@ def read_layout_usage(directory: str | os.PathLike[str], *, top_k: int = 10) -> 
     Shards written before layouts (a flat ``"histogram"``) read as one grid codebook. Shards that
     disagree on the layout or the histogram shape are a ValueError.
     """
-    folder = Path(directory)
-    if not folder.is_dir():
-        raise NotADirectoryError(f"{folder} is not a folder of token shards")
     total: np.ndarray | None = None
     scales: np.ndarray | None = None
-    layout: dict[str, Any] | None = None
-    files = 0
-    for path in sorted(folder.glob("*.json")):
-        data = _read_json_dict(path)
-        if data is None or "histogram" not in data:
-            continue
+    files = _stats_files(directory)
+    layout: dict[str, Any] | None = files[0][1].get("layout")
+    for path, data in files:
         hist = _int_array(data["histogram"], path, "histogram")
         hist = hist[None] if hist.ndim == 1 else hist  # (rows, codes)
-        this = data.get("layout")
-        if files and this != layout:
-            raise ValueError(f"{path}: token layout {this} differs from the other shards' {layout}")
-        layout = this
+        if data.get("layout") != layout:
+            raise ValueError(f"{path}: token layout {data.get('layout')} differs from the other shards' {layout}")
         if total is not None and hist.shape != total.shape:
             raise ValueError(f"{path}: histogram of shape {hist.shape}, other shards have {total.shape}")
         total = hist if total is None else total + hist
@@ -243,10 +233,8 @@ def read_layout_usage(directory: str | os.PathLike[str], *, top_k: int = 10) -> 
             if scales is not None and sh.shape != scales.shape:
                 raise ValueError(f"{path}: scale histograms of shape {sh.shape}, other shards have {scales.shape}")
             scales = sh if scales is None else scales + sh
-        files += 1
-    if total is None:
-        raise FileNotFoundError(f"no *.json with a 'histogram' key in {folder} (pretokenize writes them beside each shard)")
+    assert total is not None
     rows = [usage_from_histogram(r, top_k=top_k) for r in total]
     per_scale = [usage_from_histogram(s.sum(axis=0), top_k=top_k) for s in scales] if scales is not None else []
     return LayoutUsage(layout=layout, overall=usage_from_histogram(total.sum(axis=0), top_k=top_k), rows=rows,
-                       scales=per_scale, shards=files)
+                       scales=per_scale, shards=len(files))
