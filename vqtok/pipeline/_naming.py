@@ -68,31 +68,28 @@ def _start(tokenizer: Tokenizer, precision: str, *, legacy: bool) -> hashlib._Ha
     return h
 
 
-def _finish(h: hashlib._Hash, *, legacy: bool) -> str:
-    return h.hexdigest()[:16] if legacy else "2:" + h.hexdigest()[:16]
+def _fingerprints(tokenizer: Tokenizer, keys: list[tuple[str | None, bool]]) -> list[str]:
+    """The fingerprint of each ``(precision or None for the tokenizer's, legacy)``, from one pass over the weights."""
+    own = str(getattr(tokenizer, "precision", "fp32"))
+    hashers = [_start(tokenizer, p or own, legacy=legacy) for p, legacy in keys]
+    _hash_weights(hashers, tokenizer)
+    return [h.hexdigest()[:16] if legacy else "2:" + h.hexdigest()[:16] for h, (_, legacy) in zip(hashers, keys)]
 
 
 def model_fingerprint(tokenizer: Tokenizer, *, precision: str | None = None) -> str:
     """sha256 (16 hex) of what decides the ids: the family, its token layout, the config fields that differ
     from their defaults, the precision and the weights. Marked ``"2:"`` apart from :func:`legacy_fingerprint`."""
-    h = _start(tokenizer, precision or str(getattr(tokenizer, "precision", "fp32")), legacy=False)
-    _hash_weights([h], tokenizer)
-    return _finish(h, legacy=False)
+    return _fingerprints(tokenizer, [(precision, False)])[0]
 
 
 def legacy_fingerprint(tokenizer: Tokenizer, *, precision: str | None = None) -> str:
     """The fingerprint of vqtok 0.1's corpora (serialised config, precision, weights): still accepted on resume."""
-    h = _start(tokenizer, precision or str(getattr(tokenizer, "precision", "fp32")), legacy=True)
-    _hash_weights([h], tokenizer)
-    return _finish(h, legacy=True)
+    return _fingerprints(tokenizer, [(precision, True)])[0]
 
 
 def all_fingerprints(tokenizer: Tokenizer, precisions: tuple[str, ...] = ("fp32", "bf16", "fp16")) -> set[str]:
     """The fingerprints of ``tokenizer`` at each precision under today's rule and 0.1's, from one pass over the weights."""
-    keys = [(p, legacy) for p in precisions for legacy in (False, True)]
-    hashers = [_start(tokenizer, p, legacy=legacy) for p, legacy in keys]
-    _hash_weights(hashers, tokenizer)
-    return {_finish(h, legacy=legacy) for h, (_, legacy) in zip(hashers, keys)}
+    return set(_fingerprints(tokenizer, [(p, legacy) for p in precisions for legacy in (False, True)]))
 
 
 def fingerprint_matches(tokenizer: Tokenizer, fingerprint: object, *, current: str | None = None) -> bool:
