@@ -346,9 +346,7 @@ def _decode(args: argparse.Namespace) -> int:
     _check_npy_header(path)
     try:
         ids = np.load(path, allow_pickle=False)
-    except ValueError as err:
-        if "allow_pickle" in str(err):
-            raise ValueError(f"{path} holds pickled Python objects, not an integer array of token ids") from None
+    except ValueError as err:  # object arrays are refused by _check_npy_header already
         raise ValueError(f"{path} is not a readable .npy file of token ids ({err})") from None
     record_path = ids_record_path(path)
     record = read_ids_record(record_path)

@@ -99,13 +99,6 @@ def _cli_terms(msg: str) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    try:
-        return _run_engine(args)
-    except ValueError as err:
-        raise ValueError(_cli_terms(str(err))) from None
-
-
-def _run_engine(args: argparse.Namespace) -> int:
     from vqtok.pipeline.driver import ErrorRateExceeded, ShardsNotFetched, pretokenize
 
     try:
@@ -114,6 +107,8 @@ def _run_engine(args: argparse.Namespace) -> int:
         else:
             device = device_from_args(args)
             result = pretokenize(**_common_kwargs(args), device=str(device), rank=args.rank, world_size=args.world_size)
+    except ValueError as err:
+        raise ValueError(_cli_terms(str(err))) from None
     except ShardsNotFetched as err:
         print(err.result.summary())
         print(f"vqtok pretokenize: error: {err}", file=sys.stderr)
