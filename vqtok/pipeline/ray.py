@@ -91,14 +91,6 @@ class RayOptions:
             raise ValueError(f"num_cpus must be > 0, got {self.num_cpus}")
 
 
-def _import_ray() -> Any:
-    try:
-        import ray
-    except ImportError as err:  # pragma: no cover - exercised only without the extra
-        raise ImportError('the Ray engine needs Ray: pip install "vqtok[ray]"') from err
-    return ray
-
-
 class ShardWorker:
     """One Ray actor: a tokenizer loaded once, tokenizing whole shards on request."""
 
@@ -159,7 +151,10 @@ def pretokenize_ray(
     written) are left undone and raise :class:`ShardFailed` at the end, after everything else is
     written; run again to retry them. Per-sample failures are recorded in the stats as usual.
     """
-    ray = _import_ray()
+    try:
+        import ray
+    except ImportError as err:  # pragma: no cover - exercised only without the extra
+        raise ImportError('the Ray engine needs Ray: pip install "vqtok[ray]"') from err
     t0 = time.perf_counter()
     if max_error_rate is not None and not 0.0 <= max_error_rate <= 1.0:
         raise ValueError(f"max_error_rate must be in [0, 1], got {max_error_rate}")
