@@ -109,21 +109,14 @@ def _run(args: argparse.Namespace) -> int:
             result = pretokenize(**_common_kwargs(args), device=str(device), rank=args.rank, world_size=args.world_size)
     except ValueError as err:
         raise ValueError(_cli_terms(str(err))) from None
-    except ShardsNotFetched as err:
+    except (ShardsNotFetched, ErrorRateExceeded) as err:
         print(err.result.summary())
-        print(f"vqtok pretokenize: error: {err}", file=sys.stderr)
-        for shard, reason in err.result.fetch_failures[:10]:
-            print(f"  {shard}: {reason}", file=sys.stderr)
-        return 1
-    except ErrorRateExceeded as err:
-        r = err.result
-        print(r.summary())
-        print(f"vqtok pretokenize: error: {r.samples_failed} of {r.samples_total} samples failed "
-              f"({100 * r.error_rate:.2f}% > --max-error-rate {100 * err.max_error_rate:.2f}%)", file=sys.stderr)
-        for shard, key, reason in err.result.failures[:10]:
-            print(f"  {shard}: {key}: {reason}", file=sys.stderr)
-        if len(err.result.failures) > 10:
-            print(f"  ... {len(err.result.failures) - 10} more in the shards' .json files", file=sys.stderr)
+        print(f"vqtok pretokenize: error: {str(err).replace('max_error_rate', '--max-error-rate')}", file=sys.stderr)
+        listed = err.result.fetch_failures if isinstance(err, ShardsNotFetched) else err.result.failures
+        for item in listed[:10]:  # (shard, reason) or (shard, key, reason)
+            print("  " + ": ".join(item), file=sys.stderr)
+        if isinstance(err, ErrorRateExceeded) and len(listed) > 10:
+            print(f"  ... {len(listed) - 10} more in the shards' .json files", file=sys.stderr)
         return 1
     print(result.summary())
     return 0
