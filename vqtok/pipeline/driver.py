@@ -597,8 +597,7 @@ def pretokenize(
         finally:
             stream.close()  # after an exception here (Ctrl-C) the DataLoader workers stop now, not when it is collected
             bar.close()
-        result = run_result(folder, results, t0, fetch_failures, rank, world_size)
-    return finish_run(result, max_error_rate)
+        return finish_run(folder, results, t0, fetch_failures, max_error_rate, rank, world_size)
 
 
 def open_output(
@@ -622,24 +621,20 @@ def open_output(
     return Path(output), str(manifest["model_fingerprint"])  # a 0.1 folder continues under its own fingerprint
 
 
-def run_result(
-    folder: Path, shards: list[ShardStats], t0: float, undone: list[FetchFailure], rank: int = 0, world_size: int = 1
-) -> RunResult:
-    """Refresh ``folder``'s manifest -> the :class:`RunResult` of a run begun at ``t0`` (every failed sample of ``shards`` listed)."""
-    update_manifest(folder)
-    return RunResult(output=folder, rank=rank, world_size=world_size, shards=shards, seconds=time.perf_counter() - t0,
-                     failures=[SampleFailure(s.shard, f["key"], f["reason"]) for s in shards for f in s.samples_failed],
-                     fetch_failures=undone)
-
-
 def finish_run(
-    result: RunResult, max_error_rate: float | None, *, undone: type[ShardsNotFetched] = ShardsNotFetched
+    folder: Path, shards: list[ShardStats], t0: float, undone: list[FetchFailure], max_error_rate: float | None,
+    rank: int = 0, world_size: int = 1, *, error: type[ShardsNotFetched] = ShardsNotFetched,
 ) -> RunResult:
-    """Log the run's summary, then raise ``undone`` when shards were left undone
-    (``result.fetch_failures``), or :class:`ErrorRateExceeded` above ``max_error_rate``; else return it."""
+    """Refresh ``folder``'s manifest and log the summary of the run begun at ``t0`` (every failed sample of
+    ``shards`` listed); then raise ``error`` when shards were left ``undone``, or :class:`ErrorRateExceeded`
+    above ``max_error_rate``; else return the :class:`RunResult`."""
+    update_manifest(folder)
+    result = RunResult(output=folder, rank=rank, world_size=world_size, shards=shards, seconds=time.perf_counter() - t0,
+                       failures=[SampleFailure(s.shard, f["key"], f["reason"]) for s in shards for f in s.samples_failed],
+                       fetch_failures=undone)
     logger.info(result.summary())
     if result.fetch_failures:
-        raise undone(result)
+        raise error(result)
     if max_error_rate is not None and result.error_rate > max_error_rate:
         raise ErrorRateExceeded(result, max_error_rate)
     return result

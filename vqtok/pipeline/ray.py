@@ -49,7 +49,6 @@ from vqtok.pipeline.driver import (
     load_tokenizer,
     open_output,
     run_lock,
-    run_result,
 )
 from vqtok.pipeline.shards import TokenizeOptions, tokenize_shard
 from vqtok.tokens import ShardStats
@@ -178,8 +177,7 @@ def pretokenize_ray(
         todo = [i for i in range(len(jobs)) if i not in results]
         logger.info("ray: %d shards, %d to do, model %s (%s)", len(jobs), len(todo), model_id, fingerprint)
         failures = _run_on_ray(ray, model, tokenizer, jobs, todo, results, opts, ropts, device, precision, progress) if todo else []
-        result = run_result(folder, [results[i] for i in sorted(results)], t0, failures)
-    return finish_run(result, max_error_rate, undone=ShardFailed)
+        return finish_run(folder, [results[i] for i in sorted(results)], t0, failures, max_error_rate, error=ShardFailed)
 
 
 def _run_on_ray(
