@@ -38,8 +38,8 @@ def output_name_for(src: str | os.PathLike[str]) -> str:
 def _non_default_fields(config: object) -> dict[str, object]:
     """The config's fields whose values differ from the field defaults (a field added later, at its default, changes nothing)."""
     values = config.to_dict()  # type: ignore[attr-defined]
-    defaults = {f.name: f.default for f in dataclasses.fields(config) if f.default is not dataclasses.MISSING}  # type: ignore[arg-type]
-    defaults = {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()}
+    defaults = {f.name: list(f.default) if isinstance(f.default, tuple) else f.default  # as to_dict writes tuples
+                for f in dataclasses.fields(config) if f.default is not dataclasses.MISSING}  # type: ignore[arg-type]
     return {k: v for k, v in values.items() if k not in defaults or defaults[k] != v}
 
 

@@ -242,8 +242,6 @@ def _write_block(writer: TokenShardWriter, tokenizer: Tokenizer, block: Block, b
 
 def _encode(tokenizer: Tokenizer, good: list[Prepared], batch_size: int) -> Iterable[torch.Tensor]:
     """Encode prepared uint8 images (same path as Tokenizer.encode), giving ids (h, w) in input order."""
-    if not good:
-        return []
     results: dict[int, torch.Tensor] = {}
     by_shape: dict[tuple[int, ...], list[int]] = {}
     for j, item in enumerate(good):
