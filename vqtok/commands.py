@@ -172,7 +172,6 @@ def _encode(args: argparse.Namespace) -> int:
     tok = tokenizer_from_args(args)
     check_image_size(tok, args.size)
     out = ids_out_path(args.out)
-    record_path = ids_record_path(out)
     # Chunks of images are prepared, encoded and dropped: memory holds one chunk of pixels, whatever
     # the number of files (the ids of all images, 2 KiB each at 32x32, are kept for the one .npy).
     # A file that cannot be read or prepared is skipped and reported (with --strict: nothing is written).
@@ -210,7 +209,7 @@ def _encode(args: argparse.Namespace) -> int:
         for item in failed[:10]:
             print(f"vqtok encode: skipped {item['name']}: {item['reason']}", file=sys.stderr)
         if len(failed) > 10:
-            where = "" if stop else f" (listed in {record_path.name})"
+            where = "" if stop else f" (listed in {ids_record_path(out).name})"
             print(f"vqtok encode: ... {len(failed) - 10} more skipped{where}", file=sys.stderr)
     if stop:
         first = failed[0]
@@ -233,12 +232,12 @@ def _encode(args: argparse.Namespace) -> int:
         record["exif_transpose"] = True
     if failed:
         record["failed"] = failed  # inputs without a row: {"name", "reason"}
-    with atomic_write(record_path) as tmp_record:  # the record lands after the ids it describes
+    with atomic_write(ids_record_path(out)) as tmp_record:  # the record lands after the ids it describes
         tmp_record.write_text(json.dumps(record, indent=1) + "\n")
         with atomic_write(out) as tmp, open(tmp, "wb") as fh:
             np.save(fh, ids)
-    skipped = f"; {len(failed)} skipped (listed in {record_path.name})" if failed else ""
-    print(f"encoded {ids.shape[0]} image(s) to {tuple(ids.shape[1:])} token grids -> {out} (+ {record_path.name}){skipped}")
+    skipped = f"; {len(failed)} skipped (listed in {ids_record_path(out).name})" if failed else ""
+    print(f"encoded {ids.shape[0]} image(s) to {tuple(ids.shape[1:])} token grids -> {out} (+ {ids_record_path(out).name}){skipped}")
     return 1 if failed else 0
 
 
