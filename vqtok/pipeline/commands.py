@@ -65,29 +65,6 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
 _SHARED_OPTIONS = ("model", "size", "batch_size", "workers", "decode", "exif_transpose", "precision", "max_error_rate")
 
 
-def _common_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """The arguments the local and the Ray engine take alike (inputs, output, model, decoding, error policy)."""
-    kwargs: dict[str, Any] = {name: getattr(args, name) for name in _SHARED_OPTIONS}
-    kwargs.update(input=args.input[0] if len(args.input) == 1 else args.input, output=args.out,
-                  keep=tuple(k for k in (s.strip() for s in args.keep.split(",")) if k), progress=not args.no_progress)
-    return kwargs
-
-
-def _run_ray(args: argparse.Namespace) -> Any:
-    from vqtok.pipeline.ray import RayOptions, pretokenize_ray
-
-    if args.rank is not None or args.world_size is not None:
-        raise ValueError("--rank/--world-size are for the local engine; with --engine ray the cluster shares the shards")
-    return pretokenize_ray(
-        **_common_kwargs(args),
-        device=None if args.device in (None, "auto") else args.device,
-        ray_options=RayOptions(
-            address=args.ray_address, num_actors=args.ray_actors, num_gpus=args.ray_gpus_per_actor,
-            num_cpus=args.ray_cpus_per_actor,
-        ),
-    )
-
-
 def _cli_terms(msg: str) -> str:
     """A library message in the CLI's terms: ``model='default@v3', precision='bf16' (Tokenizer.default('v3'))``
     -> ``--model default@v3 --precision bf16``; ``keep field`` -> ``--keep field``."""
@@ -101,12 +78,23 @@ def _cli_terms(msg: str) -> str:
 def _run(args: argparse.Namespace) -> int:
     from vqtok.pipeline.driver import ErrorRateExceeded, ShardsNotFetched, pretokenize
 
+    # the arguments the local and the Ray engine take alike (inputs, output, model, decoding, error policy)
+    kwargs: dict[str, Any] = {name: getattr(args, name) for name in _SHARED_OPTIONS}
+    kwargs.update(input=args.input[0] if len(args.input) == 1 else args.input, output=args.out,
+                  keep=tuple(k for k in (s.strip() for s in args.keep.split(",")) if k), progress=not args.no_progress)
     try:
         if args.engine == "ray":  # the device is the actors' (a GPU node's), not this driver's: checked there
-            result = _run_ray(args)
+            from vqtok.pipeline.ray import RayOptions, pretokenize_ray
+
+            if args.rank is not None or args.world_size is not None:
+                raise ValueError("--rank/--world-size are for the local engine; with --engine ray the cluster shares the shards")
+            result = pretokenize_ray(
+                **kwargs, device=None if args.device in (None, "auto") else args.device,
+                ray_options=RayOptions(address=args.ray_address, num_actors=args.ray_actors, num_gpus=args.ray_gpus_per_actor,
+                                       num_cpus=args.ray_cpus_per_actor),
+            )
         else:
-            device = device_from_args(args)
-            result = pretokenize(**_common_kwargs(args), device=str(device), rank=args.rank, world_size=args.world_size)
+            result = pretokenize(**kwargs, device=str(device_from_args(args)), rank=args.rank, world_size=args.world_size)
     except ValueError as err:
         raise ValueError(_cli_terms(str(err))) from None
     except (ShardsNotFetched, ErrorRateExceeded) as err:
