@@ -222,7 +222,7 @@ class _Reading:
             if by_offset:
                 with open(path, "rb") as fh:
                     magic = fh.read(6)
-                self.seekable = not (magic[:2] == b"\x1f\x8b" or magic[:3] == b"BZh" or magic[:6] == b"\xfd7zXZ\x00")
+                self.seekable = not magic.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00"))  # not gzip, bzip2 or xz
             with tarfile.open(path, "r:" if self.seekable else "r:*") as tf:
                 yield from self._members(tf)
                 _check_complete(tf)
