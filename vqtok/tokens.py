@@ -189,12 +189,6 @@ def _add_member(tf: tarfile.TarFile, name: str, data: bytes) -> None:
     tf.addfile(info, io.BytesIO(data))
 
 
-def _npy_bytes(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, a, allow_pickle=False)
-    return buf.getvalue()
-
-
 class TokenShardWriter:
     """Writes one token shard and its stats .json under temporary names; :meth:`finish` renames
     them (the .json last), :meth:`abort` removes them."""
@@ -242,7 +236,9 @@ class TokenShardWriter:
             for i, part in enumerate(self.counting.split(torch.from_numpy(ids_np.astype(np.int64))[None])):
                 self.scale_hist[i] += self.counting.count(part)
         self.tokens += ids_np.size
-        _add_member(self.tar, f"{key}.ids.npy", _npy_bytes(ids_np))
+        npy = io.BytesIO()
+        np.save(npy, ids_np, allow_pickle=False)
+        _add_member(self.tar, f"{key}.ids.npy", npy.getvalue())
         for ext in self.keep:
             if ext in kept:
                 _add_member(self.tar, f"{key}.{ext}", kept[ext])

@@ -43,17 +43,6 @@ def _non_default_fields(config: object) -> dict[str, object]:
     return {k: v for k, v in values.items() if k not in defaults or defaults[k] != v}
 
 
-def _hash_weights(hashers: list[hashlib._Hash], tokenizer: Tokenizer) -> None:
-    """Feed every weight tensor (name, dtype, shape, bytes) to each of ``hashers``, in one pass over the weights."""
-    for name, tensor in sorted(tokenizer.model.state_dict().items()):
-        t = tensor.detach().to("cpu").contiguous()
-        head = f"{name}:{t.dtype}:{tuple(t.shape)}".encode()
-        data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-        for h in hashers:
-            h.update(head)
-            h.update(data)
-
-
 def _start(tokenizer: Tokenizer, precision: str, *, legacy: bool) -> hashlib._Hash:
     """A hasher fed with everything of a fingerprint but the weights."""
     if legacy:  # vqtok 0.1: serialised config, precision
@@ -72,7 +61,13 @@ def _fingerprints(tokenizer: Tokenizer, keys: list[tuple[str | None, bool]]) -> 
     """The fingerprint of each ``(precision or None for the tokenizer's, legacy)``, from one pass over the weights."""
     own = str(getattr(tokenizer, "precision", "fp32"))
     hashers = [_start(tokenizer, p or own, legacy=legacy) for p, legacy in keys]
-    _hash_weights(hashers, tokenizer)
+    for name, tensor in sorted(tokenizer.model.state_dict().items()):  # every weight: name, dtype, shape, bytes
+        t = tensor.detach().to("cpu").contiguous()
+        head = f"{name}:{t.dtype}:{tuple(t.shape)}".encode()
+        data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        for h in hashers:
+            h.update(head)
+            h.update(data)
     return [h.hexdigest()[:16] if legacy else "2:" + h.hexdigest()[:16] for h, (_, legacy) in zip(hashers, keys)]
 
 

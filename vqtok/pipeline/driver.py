@@ -369,9 +369,7 @@ def update_manifest(output: str | os.PathLike[str]) -> dict[str, Any]:
         done: list[str] = []
         totals = dict.fromkeys(_TOTALS, 0)
         for stats_file in sorted(folder.glob("*.json")):
-            if stats_file.name == MANIFEST_NAME:
-                continue
-            st = read_shard_stats(stats_file)
+            st = read_shard_stats(stats_file)  # None for manifest.json (another format)
             if st is None or st.get("model_fingerprint") != fp:
                 continue
             try:

@@ -214,7 +214,8 @@ def _run_on_ray(
                 results[i] = ray.get(ref)
                 bar.shard_done(results[i].num_samples)
             except Exception as err:  # noqa: BLE001 - one failed shard must not stop the others
-                why = _reason(err)
+                cause = getattr(err, "cause", None)  # the original exception when Ray wraps one
+                why = reason(cause if isinstance(cause, BaseException) else err)  # one line, address-free
                 logger.error("shard %s failed: %s (left undone)", jobs[i][0], why)
                 failures.append(FetchFailure(str(jobs[i][0]), why))
                 bar.shard_done(0)
@@ -223,9 +224,3 @@ def _run_on_ray(
         for actor in actors:
             ray.kill(actor)
     return failures
-
-
-def _reason(err: BaseException) -> str:
-    """A one-line, address-free reason for a failed Ray task (the original exception when Ray wraps one)."""
-    cause = getattr(err, "cause", None)
-    return reason(cause if isinstance(cause, BaseException) else err)
