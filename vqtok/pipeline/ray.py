@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vqtok._errors import reason
+from vqtok._progress import Progress
 from vqtok._runtime import actor_pool, resolve_device
 from vqtok.pipeline._naming import completed_output, fingerprint_matches, model_fingerprint, output_name_for
-from vqtok._progress import Progress
 from vqtok.pipeline.driver import (
     FetchFailure,
     RunResult,
