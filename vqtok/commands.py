@@ -301,8 +301,8 @@ def _decode_tokenizer(args: argparse.Namespace, record: dict[str, Any] | None, r
     unless ``--force``."""
     from vqtok.pipeline._naming import all_fingerprints
 
-    recorded = record.get("model") if record is not None else None
-    given = args.model
+    record = record or {}
+    recorded, given = record.get("model"), args.model
     if args.model is None and isinstance(recorded, str):
         logger.info("decoding with %s, the model recorded in %s (--model chooses another)", recorded, record_path)
         args.model = recorded
@@ -312,7 +312,7 @@ def _decode_tokenizer(args: argparse.Namespace, record: dict[str, Any] | None, r
             raise type(err)(f"{err} (the model recorded in {record_path}; --model chooses another)") from None
     else:
         tok = tokenizer_from_args(args)
-    want = record.get("model_fingerprint") if record is not None else None
+    want = record.get("model_fingerprint")
     if isinstance(want, str) and want not in all_fingerprints(tok):
         msg = (f"{record_path} says these ids were made by {recorded!r} (fingerprint {want}); {model_id(args.model)!r} "
                "is another model, so the images would be garbage")
