@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 import torch
 
-__all__ = ["activation_bytes", "check_image_size", "memory_bytes"]
+__all__ = ["check_image_size", "memory_bytes"]
 
 
 class SizedModel(Protocol):
@@ -16,13 +16,6 @@ class SizedModel(Protocol):
     config: Any
     device: torch.device
     downsample_factor: int
-
-
-def activation_bytes(tok: SizedModel, size: int) -> int:
-    """A rough peak of the encoder/decoder activations for one size x size image, in bytes (fp32):
-    three full-resolution feature maps of ``ch`` channels (a ResNet block's input, hidden and output)."""
-    ch = int(getattr(tok.config, "ch", 128))
-    return 3 * ch * size * size * 4
 
 
 def memory_bytes(device: torch.device) -> int | None:
@@ -43,7 +36,9 @@ def check_image_size(tok: SizedModel, size: int | None, option: str = "--size") 
     f = tok.downsample_factor
     if size <= 0 or size % f:
         raise ValueError(f"{option} must be a positive multiple of {f} (the model's downsample factor), got {size}")
-    need, have = activation_bytes(tok, size), memory_bytes(tok.device)
+    # a rough peak of the encoder/decoder activations for one size x size image, in bytes (fp32): three
+    # full-resolution feature maps of ``ch`` channels (a ResNet block's input, hidden and output)
+    need, have = 3 * int(getattr(tok.config, "ch", 128)) * size * size * 4, memory_bytes(tok.device)
     if have is not None and need > have:
         raise ValueError(
             f"{option} {size} needs about {need / 2**30:.0f} GiB of activations per image, more than the "

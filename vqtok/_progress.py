@@ -52,7 +52,7 @@ class Progress:
 
     def __init__(
         self, desc: str, *, total: float | None = None, unit: str = "it", enabled: bool = True, initial: float = 0,
-        interval: float | None = None, stream: IO[str] | None = None,
+        stream: IO[str] | None = None,
     ) -> None:
         self.desc = desc
         self.unit = unit
@@ -60,7 +60,7 @@ class Progress:
         self.n = initial
         self.postfix = ""
         self.mode = progress_mode(enabled, stream)
-        self.interval = _interval() if interval is None else interval
+        self.interval = _interval()
         self._start = time.monotonic()
         self._initial = initial
         self._last = self._start

@@ -2,7 +2,7 @@
 
 * :func:`resolve_device`: ``"auto"`` / ``"cpu"`` / ``"cuda"`` / ``"cuda:N"`` -> a checked ``torch.device``
   (one clear ``ValueError`` for an unknown name or a device this machine does not have).
-* :func:`init_distributed`: ``torchrun``'s ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` -> :class:`Distributed`
+* :func:`init_distributed`: ``torchrun``'s ``RANK`` / ``WORLD_SIZE`` -> :class:`Distributed`
   (:func:`env_int` reads them, for ``pretokenize``'s ranks too).
 * :func:`autocast_dtype` / :func:`autocast`: the ``precision`` option (``auto`` | ``bf16`` | ``fp32``).
 * :class:`CheckpointDir`: ``OUT/checkpoints/step-NNNNNNN/`` folders plus ``OUT/checkpoints/latest``.
@@ -49,13 +49,13 @@ def env_int(name: str, default: int) -> int:
         raise ValueError(f"${name}={value!r} is not an integer") from None
 
 
-def resolve_device(name: str | torch.device | None = "auto", *, local_rank: int | None = None) -> torch.device:
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     """The device a run or command uses; raises ``ValueError`` (one line) when it cannot be used here.
 
     ``"auto"`` (or None) is ``cuda:LOCAL_RANK`` when CUDA is available, else ``cpu``; a bare ``"cuda"``
     is ``cuda:LOCAL_RANK`` (``LOCAL_RANK`` from the environment under ``torchrun``, else 0).
     """
-    rank = env_int("LOCAL_RANK", 0) if local_rank is None else local_rank
+    rank = env_int("LOCAL_RANK", 0)
     if name is None or str(name) == "auto":
         return torch.device(f"cuda:{rank}") if torch.cuda.is_available() else torch.device("cpu")
     try:
@@ -124,7 +124,6 @@ class Distributed:
 
     rank: int = 0  # global rank
     world_size: int = 1  # processes in the job
-    local_rank: int = 0  # rank on this machine (picks the GPU)
     initialized_here: bool = False  # init_distributed created the process group (close() destroys it)
 
     @property
@@ -145,15 +144,12 @@ def init_distributed(device: torch.device) -> Distributed:
     """Join the ``torchrun`` job of the environment (NCCL on CUDA, gloo on CPU); select ``device``."""
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    world = env_int("WORLD_SIZE", 1)
-    local_rank = env_int("LOCAL_RANK", 0)
-    if world <= 1:
-        return Distributed(local_rank=local_rank)
+    if env_int("WORLD_SIZE", 1) <= 1:
+        return Distributed()
     created = not torch.distributed.is_initialized()
     if created:
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Distributed(rank=torch.distributed.get_rank(), world_size=torch.distributed.get_world_size(),
-                       local_rank=local_rank, initialized_here=created)
+    return Distributed(rank=torch.distributed.get_rank(), world_size=torch.distributed.get_world_size(), initialized_here=created)
 
 
 # ---------------------------------------------------------------------------- precision
@@ -199,13 +195,12 @@ class CheckpointDir:
 
     A checkpoint is filled under a temporary name and renamed into place by :func:`vqtok._io.atomic_write`
     (:meth:`write`), then named in ``latest``, so a crash never leaves ``latest`` pointing at a partial
-    folder. A folder counts as complete when it holds ``marker`` (the file written last into it).
+    folder. A folder counts as complete when it holds ``state.json`` (the file written last into it).
     """
 
-    def __init__(self, out: str | os.PathLike[str], *, keep: int = 2, marker: str = "state.json") -> None:
+    def __init__(self, out: str | os.PathLike[str], *, keep: int = 2) -> None:
         self.root = Path(out) / CHECKPOINTS_DIR
         self.keep = max(1, keep)  # newest step folders kept
-        self.marker = marker
 
     def path(self, step: int) -> Path:
         return self.root / f"step-{step:07d}"
@@ -216,7 +211,7 @@ class CheckpointDir:
         if not pointer.is_file():
             return None
         path = self.root / pointer.read_text().strip()
-        return path if (path / self.marker).is_file() else None
+        return path if (path / "state.json").is_file() else None
 
     @contextlib.contextmanager
     def write(self, step: int, *, main: bool = True) -> Iterator[Path]:

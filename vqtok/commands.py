@@ -96,13 +96,13 @@ def add_out_argument(
     group.add_argument("--output", dest="out", default=default, help=argparse.SUPPRESS)
 
 
-def add_model_arguments(p: argparse.ArgumentParser, *, batch_size: int = 32, model_help: str | None = None) -> None:
+def add_model_arguments(p: argparse.ArgumentParser, *, model_help: str | None = None) -> None:
     """--model / --device / --precision / --batch-size, shared by every command that runs a tokenizer."""
     p.add_argument("--model", "-m", default=None, help=model_help or "model folder or Hub repo id; 'default' is the built-in "
                    "tokenizer (newest version), 'default@v1' a pinned version (default: 'default')")
     add_device_argument(p)
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="fp32 is exact (default)")
-    p.add_argument("--batch-size", type=positive_int, default=batch_size, help=f"images per forward pass (default: {batch_size})")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)")
 
 
 def tokenizer_from_args(args: argparse.Namespace) -> Tokenizer:
@@ -301,8 +301,8 @@ def _decode_tokenizer(args: argparse.Namespace, record: dict[str, Any] | None, r
     unless ``--force``."""
     from vqtok.pipeline._naming import all_fingerprints
 
-    recorded = record.get("model") if record is not None else None
-    given = args.model
+    record = record or {}
+    recorded, given = record.get("model"), args.model
     if args.model is None and isinstance(recorded, str):
         logger.info("decoding with %s, the model recorded in %s (--model chooses another)", recorded, record_path)
         args.model = recorded
@@ -312,7 +312,7 @@ def _decode_tokenizer(args: argparse.Namespace, record: dict[str, Any] | None, r
             raise type(err)(f"{err} (the model recorded in {record_path}; --model chooses another)") from None
     else:
         tok = tokenizer_from_args(args)
-    want = record.get("model_fingerprint") if record is not None else None
+    want = record.get("model_fingerprint")
     if isinstance(want, str) and want not in all_fingerprints(tok):
         msg = (f"{record_path} says these ids were made by {recorded!r} (fingerprint {want}); {model_id(args.model)!r} "
                "is another model, so the images would be garbage")
@@ -346,9 +346,7 @@ def _decode(args: argparse.Namespace) -> int:
     _check_npy_header(path)
     try:
         ids = np.load(path, allow_pickle=False)
-    except ValueError as err:
-        if "allow_pickle" in str(err):
-            raise ValueError(f"{path} holds pickled Python objects, not an integer array of token ids") from None
+    except ValueError as err:  # object arrays are refused by _check_npy_header already
         raise ValueError(f"{path} is not a readable .npy file of token ids ({err})") from None
     record_path = ids_record_path(path)
     record = read_ids_record(record_path)

@@ -87,10 +87,7 @@ def split_key(name: str) -> tuple[str, str] | None:
 
 def safe_key(key: str) -> str:
     """``key`` without empty, ``.`` and ``..`` parts (``../../x`` -> ``x``): safe as a file or member name."""
-    parts = key.split("/")
-    if all(p not in ("", ".", "..") for p in parts):
-        return key
-    return "/".join(p for p in parts if p not in ("", ".", ".."))
+    return "/".join(p for p in key.split("/") if p not in ("", ".", ".."))
 
 
 def group_members(members: Iterable[tuple[str, V]]) -> Iterator[tuple[str, dict[str, V]]]:
@@ -181,10 +178,8 @@ class _HeaderCheck(tarfile.TarInfo):
 
 
 def _member_bytes(tf: tarfile.TarFile, m: tarfile.TarInfo) -> bytes:
-    """The whole data of member ``m``; ReadError when the tar ends before it does or ``m`` claims more
-    than :data:`MAX_MEMBER_BYTES` (read in chunks: memory holds what the tar has, not what it claims)."""
-    if m.size > MAX_MEMBER_BYTES:
-        raise tarfile.ReadError(f"member {m.name} claims {m.size} bytes (more than {MAX_MEMBER_BYTES})")
+    """The whole data of member ``m``; ReadError when the tar ends before it does (read in chunks: memory
+    holds what the tar has, not what it claims)."""
     fh = tf.extractfile(m)
     if fh is None:
         return b""
@@ -216,51 +211,42 @@ class _Reading:
         A remote shard (:func:`is_remote`) is streamed through webdataset's ``gopen``."""
         try:
             if is_remote(path):  # a stream: read once, in order
-                yield from self._stream_members(str(path))
+                from webdataset.gopen import gopen
+
+                with contextlib.closing(gopen(str(path), "rb")) as stream, tarfile.open(fileobj=stream, mode="r|*", tarinfo=_HeaderCheck) as tf:
+                    yield from self._members(tf)
+                    bad = getattr(tf, _BAD_HEADER, None)
+                    if bad is not None:  # tarfile ends quietly at a cut or garbled header after the first member
+                        raise tarfile.ReadError(f"no end-of-archive marker (cut or garbled header: {bad})")
                 return
             if by_offset:
                 with open(path, "rb") as fh:
                     magic = fh.read(6)
-                self.seekable = not (magic[:2] == b"\x1f\x8b" or magic[:3] == b"BZh" or magic[:6] == b"\xfd7zXZ\x00")
+                self.seekable = not magic.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00"))  # not gzip, bzip2 or xz
             with tarfile.open(path, "r:" if self.seekable else "r:*") as tf:
-                size = os.fstat(tf.fileobj.fileno()).st_size if self.seekable and tf.fileobj is not None else 0
-                for m in tf:
-                    if not m.isfile():
-                        continue
-                    self._reading = m.name
-                    value: bytes | Span
-                    if self.seekable:
-                        if m.size > MAX_MEMBER_BYTES:
-                            raise tarfile.ReadError(f"member {m.name} claims {m.size} bytes (more than {MAX_MEMBER_BYTES})")
-                        if m.offset_data + m.size > size:
-                            raise tarfile.ReadError(f"member {m.name} is cut off")
-                        value = (m.offset_data, m.size)
-                    else:
-                        value = _member_bytes(tf, m)
-                    self._reading = None
-                    self.members += 1
-                    yield m.name, value
+                yield from self._members(tf)
                 _check_complete(tf)
         except _TAR_ERRORS as err:
             self.error = f"truncated or corrupt tar after {self.members} members: {reason(err)}"
             split = split_key(self._reading) if self._reading is not None else None
             self.cut_key = safe_key(split[0]) if split is not None else None
 
-    def _stream_members(self, url: str) -> Iterator[tuple[str, bytes]]:
-        from webdataset.gopen import gopen
-
-        with contextlib.closing(gopen(url, "rb")) as stream, tarfile.open(fileobj=stream, mode="r|*", tarinfo=_HeaderCheck) as tf:
-            for m in tf:
-                if not m.isfile():
-                    continue
-                self._reading = m.name
-                value = _member_bytes(tf, m)
-                self._reading = None
-                self.members += 1
-                yield m.name, value
-            bad = getattr(tf, _BAD_HEADER, None)
-            if bad is not None:  # tarfile ends quietly at a cut or garbled header after the first member
-                raise tarfile.ReadError(f"no end-of-archive marker (cut or garbled header: {bad})")
+    def _members(self, tf: tarfile.TarFile) -> Iterator[tuple[str, bytes | Span]]:
+        """(name, data) of the file members of ``tf``: Spans when :attr:`seekable`, else whole bytes; a
+        member larger than :data:`MAX_MEMBER_BYTES`, or cut off, is a ReadError."""
+        size = os.fstat(tf.fileobj.fileno()).st_size if self.seekable and tf.fileobj is not None else 0
+        for m in tf:
+            if not m.isfile():
+                continue
+            self._reading = m.name
+            if m.size > MAX_MEMBER_BYTES:
+                raise tarfile.ReadError(f"member {m.name} claims {m.size} bytes (more than {MAX_MEMBER_BYTES})")
+            if self.seekable and m.offset_data + m.size > size:
+                raise tarfile.ReadError(f"member {m.name} is cut off")
+            value: bytes | Span = (m.offset_data, m.size) if self.seekable else _member_bytes(tf, m)
+            self._reading = None
+            self.members += 1
+            yield m.name, value
 
     def samples(self, members: Iterable[tuple[str, F]]) -> Iterator[TarSample[F]]:
         """Group members into samples and give the verdicts of the module docstring."""

@@ -189,12 +189,6 @@ def _add_member(tf: tarfile.TarFile, name: str, data: bytes) -> None:
     tf.addfile(info, io.BytesIO(data))
 
 
-def _npy_bytes(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, a, allow_pickle=False)
-    return buf.getvalue()
-
-
 class TokenShardWriter:
     """Writes one token shard and its stats .json under temporary names; :meth:`finish` renames
     them (the .json last), :meth:`abort` removes them."""
@@ -242,7 +236,9 @@ class TokenShardWriter:
             for i, part in enumerate(self.counting.split(torch.from_numpy(ids_np.astype(np.int64))[None])):
                 self.scale_hist[i] += self.counting.count(part)
         self.tokens += ids_np.size
-        _add_member(self.tar, f"{key}.ids.npy", _npy_bytes(ids_np))
+        npy = io.BytesIO()
+        np.save(npy, ids_np, allow_pickle=False)
+        _add_member(self.tar, f"{key}.ids.npy", npy.getvalue())
         for ext in self.keep:
             if ext in kept:
                 _add_member(self.tar, f"{key}.{ext}", kept[ext])
@@ -328,15 +324,6 @@ def _stream_seed(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
 
 
-def _stream_position() -> tuple[int, int, int, int]:
-    """(rank, world_size, worker, num_workers) of the calling process (webdataset's rules: ``RANK`` /
-    ``WORLD_SIZE`` or the initialised process group; the DataLoader worker info)."""
-    from webdataset.utils import pytorch_worker_info
-
-    rank, world, worker, workers = pytorch_worker_info()
-    return int(rank), int(world), int(worker), int(workers)
-
-
 class _TokenShards(torch.utils.data.IterableDataset):
     """The first stage of :func:`token_dataset`: ``{"url": ...}`` of the shards this rank/worker reads
     in this epoch, plus the seed of the stream (``(seed, epoch, rank, worker)``) for the later stages.
@@ -355,20 +342,22 @@ class _TokenShards(torch.utils.data.IterableDataset):
         self.shuffle_shards = shuffle_shards
         self.epoch: int | None = None  # set_epoch's value; None: count this copy's iterations
         self._iterations = 0
-        self.current: tuple[int, int, int, int, int] = (0, 0, 1, 0, 1)  # (epoch, rank, world, worker, workers)
+        self.current: tuple[int, int, int] = (0, 0, 0)  # (epoch, rank, worker) of the stream being read
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def stream_seed(self, stage: str) -> int:
-        epoch, rank, _, worker, _ = self.current
-        return _stream_seed(self.seed, epoch, rank, worker, stage)
+        return _stream_seed(self.seed, *self.current, stage)
 
     def __iter__(self) -> Iterator[dict[str, str]]:
         epoch = self.epoch if self.epoch is not None else self._iterations
         self._iterations += 1
-        rank, world, worker, workers = _stream_position()
-        self.current = (epoch, rank, world, worker, workers)  # read by the later stages, created after this call
+        from webdataset.utils import pytorch_worker_info
+
+        # webdataset's rules: RANK / WORLD_SIZE or the initialised process group; the DataLoader worker info
+        rank, world, worker, workers = map(int, pytorch_worker_info())
+        self.current = (epoch, rank, worker)  # read by the later stages, created after this call
         if self.resampled:
             return self._resampled()
         order = list(self.urls)

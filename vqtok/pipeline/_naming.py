@@ -38,20 +38,9 @@ def output_name_for(src: str | os.PathLike[str]) -> str:
 def _non_default_fields(config: object) -> dict[str, object]:
     """The config's fields whose values differ from the field defaults (a field added later, at its default, changes nothing)."""
     values = config.to_dict()  # type: ignore[attr-defined]
-    defaults = {f.name: f.default for f in dataclasses.fields(config) if f.default is not dataclasses.MISSING}  # type: ignore[arg-type]
-    defaults = {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()}
+    defaults = {f.name: list(f.default) if isinstance(f.default, tuple) else f.default  # as to_dict writes tuples
+                for f in dataclasses.fields(config) if f.default is not dataclasses.MISSING}  # type: ignore[arg-type]
     return {k: v for k, v in values.items() if k not in defaults or defaults[k] != v}
-
-
-def _hash_weights(hashers: list[hashlib._Hash], tokenizer: Tokenizer) -> None:
-    """Feed every weight tensor (name, dtype, shape, bytes) to each of ``hashers``, in one pass over the weights."""
-    for name, tensor in sorted(tokenizer.model.state_dict().items()):
-        t = tensor.detach().to("cpu").contiguous()
-        head = f"{name}:{t.dtype}:{tuple(t.shape)}".encode()
-        data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-        for h in hashers:
-            h.update(head)
-            h.update(data)
 
 
 def _start(tokenizer: Tokenizer, precision: str, *, legacy: bool) -> hashlib._Hash:
@@ -68,31 +57,34 @@ def _start(tokenizer: Tokenizer, precision: str, *, legacy: bool) -> hashlib._Ha
     return h
 
 
-def _finish(h: hashlib._Hash, *, legacy: bool) -> str:
-    return h.hexdigest()[:16] if legacy else "2:" + h.hexdigest()[:16]
+def _fingerprints(tokenizer: Tokenizer, keys: list[tuple[str | None, bool]]) -> list[str]:
+    """The fingerprint of each ``(precision or None for the tokenizer's, legacy)``, from one pass over the weights."""
+    own = str(getattr(tokenizer, "precision", "fp32"))
+    hashers = [_start(tokenizer, p or own, legacy=legacy) for p, legacy in keys]
+    for name, tensor in sorted(tokenizer.model.state_dict().items()):  # every weight: name, dtype, shape, bytes
+        t = tensor.detach().to("cpu").contiguous()
+        head = f"{name}:{t.dtype}:{tuple(t.shape)}".encode()
+        data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        for h in hashers:
+            h.update(head)
+            h.update(data)
+    return [h.hexdigest()[:16] if legacy else "2:" + h.hexdigest()[:16] for h, (_, legacy) in zip(hashers, keys)]
 
 
 def model_fingerprint(tokenizer: Tokenizer, *, precision: str | None = None) -> str:
     """sha256 (16 hex) of what decides the ids: the family, its token layout, the config fields that differ
     from their defaults, the precision and the weights. Marked ``"2:"`` apart from :func:`legacy_fingerprint`."""
-    h = _start(tokenizer, precision or str(getattr(tokenizer, "precision", "fp32")), legacy=False)
-    _hash_weights([h], tokenizer)
-    return _finish(h, legacy=False)
+    return _fingerprints(tokenizer, [(precision, False)])[0]
 
 
 def legacy_fingerprint(tokenizer: Tokenizer, *, precision: str | None = None) -> str:
     """The fingerprint of vqtok 0.1's corpora (serialised config, precision, weights): still accepted on resume."""
-    h = _start(tokenizer, precision or str(getattr(tokenizer, "precision", "fp32")), legacy=True)
-    _hash_weights([h], tokenizer)
-    return _finish(h, legacy=True)
+    return _fingerprints(tokenizer, [(precision, True)])[0]
 
 
 def all_fingerprints(tokenizer: Tokenizer, precisions: tuple[str, ...] = ("fp32", "bf16", "fp16")) -> set[str]:
     """The fingerprints of ``tokenizer`` at each precision under today's rule and 0.1's, from one pass over the weights."""
-    keys = [(p, legacy) for p in precisions for legacy in (False, True)]
-    hashers = [_start(tokenizer, p, legacy=legacy) for p, legacy in keys]
-    _hash_weights(hashers, tokenizer)
-    return {_finish(h, legacy=legacy) for h, (_, legacy) in zip(hashers, keys)}
+    return set(_fingerprints(tokenizer, [(p, legacy) for p in precisions for legacy in (False, True)]))
 
 
 def fingerprint_matches(tokenizer: Tokenizer, fingerprint: object, *, current: str | None = None) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -40,6 +40,7 @@ class Block:
     items: list[Prepared]
 
 
+@dataclass(eq=False)
 class BlockStream(torch.utils.data.IterableDataset):
     """Samples of several shards, prepared (read, decoded, converted, resized) in blocks of ``block`` samples.
 
@@ -49,18 +50,15 @@ class BlockStream(torch.utils.data.IterableDataset):
     block (possibly empty).
     """
 
-    def __init__(
-        self, sources: Sequence[Path], *, block: int, size: int | None, factor: int, keep: Sequence[str],
-        image_exts: Sequence[str], decode: str = "exact", exif_transpose: bool = False,
-    ) -> None:
-        self.sources = list(sources)
-        self.block = block
-        self.size = size
-        self.factor = factor
-        self.keep = tuple(keep)
-        self.image_exts = tuple(image_exts)
-        self.decode = decode
-        self.exif_transpose = exif_transpose
+    sources: Sequence[Path]
+    _: KW_ONLY
+    block: int
+    size: int | None
+    factor: int
+    keep: Sequence[str]
+    image_exts: Sequence[str]
+    decode: str = "exact"
+    exif_transpose: bool = False
 
     def __iter__(self) -> Iterator[Block]:
         info = torch.utils.data.get_worker_info()

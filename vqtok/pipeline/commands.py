@@ -65,29 +65,6 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
 _SHARED_OPTIONS = ("model", "size", "batch_size", "workers", "decode", "exif_transpose", "precision", "max_error_rate")
 
 
-def _common_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """The arguments the local and the Ray engine take alike (inputs, output, model, decoding, error policy)."""
-    kwargs: dict[str, Any] = {name: getattr(args, name) for name in _SHARED_OPTIONS}
-    kwargs.update(input=args.input[0] if len(args.input) == 1 else args.input, output=args.out,
-                  keep=tuple(k for k in (s.strip() for s in args.keep.split(",")) if k), progress=not args.no_progress)
-    return kwargs
-
-
-def _run_ray(args: argparse.Namespace) -> Any:
-    from vqtok.pipeline.ray import RayOptions, pretokenize_ray
-
-    if args.rank is not None or args.world_size is not None:
-        raise ValueError("--rank/--world-size are for the local engine; with --engine ray the cluster shares the shards")
-    return pretokenize_ray(
-        **_common_kwargs(args),
-        device=None if args.device in (None, "auto") else args.device,
-        ray_options=RayOptions(
-            address=args.ray_address, num_actors=args.ray_actors, num_gpus=args.ray_gpus_per_actor,
-            num_cpus=args.ray_cpus_per_actor,
-        ),
-    )
-
-
 def _cli_terms(msg: str) -> str:
     """A library message in the CLI's terms: ``model='default@v3', precision='bf16' (Tokenizer.default('v3'))``
     -> ``--model default@v3 --precision bf16``; ``keep field`` -> ``--keep field``."""
@@ -99,36 +76,35 @@ def _cli_terms(msg: str) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    try:
-        return _run_engine(args)
-    except ValueError as err:
-        raise ValueError(_cli_terms(str(err))) from None
-
-
-def _run_engine(args: argparse.Namespace) -> int:
     from vqtok.pipeline.driver import ErrorRateExceeded, ShardsNotFetched, pretokenize
 
+    # the arguments the local and the Ray engine take alike (inputs, output, model, decoding, error policy)
+    kwargs: dict[str, Any] = {name: getattr(args, name) for name in _SHARED_OPTIONS}
+    kwargs.update(input=args.input[0] if len(args.input) == 1 else args.input, output=args.out,
+                  keep=tuple(k for k in (s.strip() for s in args.keep.split(",")) if k), progress=not args.no_progress)
     try:
         if args.engine == "ray":  # the device is the actors' (a GPU node's), not this driver's: checked there
-            result = _run_ray(args)
+            from vqtok.pipeline.ray import RayOptions, pretokenize_ray
+
+            if args.rank is not None or args.world_size is not None:
+                raise ValueError("--rank/--world-size are for the local engine; with --engine ray the cluster shares the shards")
+            result = pretokenize_ray(
+                **kwargs, device=None if args.device in (None, "auto") else args.device,
+                ray_options=RayOptions(address=args.ray_address, num_actors=args.ray_actors, num_gpus=args.ray_gpus_per_actor,
+                                       num_cpus=args.ray_cpus_per_actor),
+            )
         else:
-            device = device_from_args(args)
-            result = pretokenize(**_common_kwargs(args), device=str(device), rank=args.rank, world_size=args.world_size)
-    except ShardsNotFetched as err:
+            result = pretokenize(**kwargs, device=str(device_from_args(args)), rank=args.rank, world_size=args.world_size)
+    except ValueError as err:
+        raise ValueError(_cli_terms(str(err))) from None
+    except (ShardsNotFetched, ErrorRateExceeded) as err:
         print(err.result.summary())
-        print(f"vqtok pretokenize: error: {err}", file=sys.stderr)
-        for shard, reason in err.result.fetch_failures[:10]:
-            print(f"  {shard}: {reason}", file=sys.stderr)
-        return 1
-    except ErrorRateExceeded as err:
-        r = err.result
-        print(r.summary())
-        print(f"vqtok pretokenize: error: {r.samples_failed} of {r.samples_total} samples failed "
-              f"({100 * r.error_rate:.2f}% > --max-error-rate {100 * err.max_error_rate:.2f}%)", file=sys.stderr)
-        for shard, key, reason in err.result.failures[:10]:
-            print(f"  {shard}: {key}: {reason}", file=sys.stderr)
-        if len(err.result.failures) > 10:
-            print(f"  ... {len(err.result.failures) - 10} more in the shards' .json files", file=sys.stderr)
+        print(f"vqtok pretokenize: error: {str(err).replace('max_error_rate', '--max-error-rate')}", file=sys.stderr)
+        listed = err.result.fetch_failures if isinstance(err, ShardsNotFetched) else err.result.failures
+        for item in listed[:10]:  # (shard, reason) or (shard, key, reason)
+            print("  " + ": ".join(item), file=sys.stderr)
+        if isinstance(err, ErrorRateExceeded) and len(listed) > 10:
+            print(f"  ... {len(listed) - 10} more in the shards' .json files", file=sys.stderr)
         return 1
     print(result.summary())
     return 0

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from vqtok._errors import reason
 from vqtok._io import atomic_write, remove_stale_tmp
+from vqtok._progress import Progress
 from vqtok._runtime import env_int, resolve_device
 from vqtok.pipeline._naming import completed_output, fingerprint_matches, model_fingerprint, output_name_for
 from vqtok.pipeline.remote import fetch, shard_name
@@ -67,6 +68,7 @@ INCOMING_DIR = ".incoming"  # local copies of remote shards while they are token
 MANIFEST_FORMAT = "vqtok-pretokenize-manifest/1"
 _LOCK_NAME = ".manifest.lock"
 _RUN_LOCK_NAME = ".run.lock"
+_TOTALS = ("shards", "samples_written", "samples_failed", "tokens")  # the manifest's "totals", summed over shards
 
 
 class ErrorRateExceeded(RuntimeError):
@@ -222,14 +224,16 @@ def run_lock(output: str | os.PathLike[str], rank: int = 0, world_size: int = 1)
             fcntl.lockf(fh.fileno(), fcntl.LOCK_UN, 1, rank)
 
 
-def _own_entry(name: str) -> bool:
-    """Files pretokenize puts in an output folder before its manifest: locks and the fetch folder."""
-    return name in (_LOCK_NAME, _RUN_LOCK_NAME, INCOMING_DIR)
-
-
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     with atomic_write(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _read_manifest(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); delete it to start over") from None
 
 
 def _identity(
@@ -239,7 +243,7 @@ def _identity(
     extra: dict[str, Any] = {"decode": decode} if decode != "exact" else {}
     if exif_transpose:
         extra["exif_transpose"] = True
-    layout = tokenizer.layout(size) if size is not None else tokenizer.layout()
+    layout = tokenizer.layout(size)
     return {
         **extra,
         "format": MANIFEST_FORMAT,
@@ -256,7 +260,7 @@ def _identity(
         "keep": list(keep),
         "input": inputs,
         "shards_done": [],
-        "totals": {"shards": 0, "samples_written": 0, "samples_failed": 0, "tokens": 0},
+        "totals": dict.fromkeys(_TOTALS, 0),
     }
 
 
@@ -308,7 +312,8 @@ def prepare_output(
     path = folder / MANIFEST_NAME
     with _locked(folder):
         if not path.exists():
-            foreign = sorted(p.name for p in folder.iterdir() if not _own_entry(p.name))
+            # what pretokenize puts in an output folder before its manifest: locks and the fetch folder
+            foreign = sorted(p.name for p in folder.iterdir() if p.name not in (_LOCK_NAME, _RUN_LOCK_NAME, INCOMING_DIR))
             if foreign:
                 more = f" (+{len(foreign) - 3} more)" if len(foreign) > 3 else ""
                 raise ValueError(
@@ -319,10 +324,7 @@ def prepare_output(
             manifest = _identity(tokenizer, model_id, fingerprint, size, keep, inputs, decode, exif_transpose)
             _write_json_atomic(path, manifest)
             return manifest
-        try:
-            manifest = json.loads(path.read_text())
-        except ValueError as err:
-            raise ValueError(f"{path} is not valid JSON ({err}); delete it to start over") from err
+        manifest = _read_manifest(path)
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise ValueError(f"{path} is not a vqtok pretokenize manifest; choose an empty output folder")
     if manifest.get("model_fingerprint") != fingerprint and not fingerprint_matches(tokenizer, manifest.get("model_fingerprint"), current=fingerprint):
@@ -360,19 +362,14 @@ def update_manifest(output: str | os.PathLike[str]) -> dict[str, Any]:
     folder = Path(output)
     path = folder / MANIFEST_NAME
     with _locked(folder):
-        try:
-            manifest = json.loads(path.read_text())
-        except ValueError as err:
-            raise ValueError(f"{path} is not valid JSON ({err}); delete it to start over") from None
+        manifest = _read_manifest(path)
         fp = manifest.get("model_fingerprint") if isinstance(manifest, dict) else None
         if not isinstance(fp, str):
             raise ValueError(f"{path} is not a vqtok pretokenize manifest (no model_fingerprint); delete it to start over")
         done: list[str] = []
-        totals = {"shards": 0, "samples_written": 0, "samples_failed": 0, "tokens": 0}
+        totals = dict.fromkeys(_TOTALS, 0)
         for stats_file in sorted(folder.glob("*.json")):
-            if stats_file.name == MANIFEST_NAME:
-                continue
-            st = read_shard_stats(stats_file)
+            st = read_shard_stats(stats_file)  # None for manifest.json (another format)
             if st is None or st.get("model_fingerprint") != fp:
                 continue
             try:
@@ -457,20 +454,18 @@ class RunResult:
         )
 
 
-class _Progress:
+class _Progress(Progress):
     """Progress over images (:mod:`vqtok._progress`'s rule) with an estimated total (known counts + mean per shard × shards not yet read)."""
 
     def __init__(self, enabled: bool, pending_shards: int) -> None:
-        from vqtok._progress import Progress
-
+        super().__init__("pretokenize", unit="img", enabled=enabled)
         self.pending, self.known, self.indexed = pending_shards, 0, 0
-        self.bar = Progress("pretokenize", unit="img", enabled=enabled)
 
     def _retotal(self) -> None:
         if not self.indexed:
             return
         rest = max(0, self.pending - self.indexed)
-        self.bar.set_total(self.known + round(self.known / self.indexed * rest))
+        self.set_total(self.known + round(self.known / self.indexed * rest))
 
     def on_index(self, n: int) -> None:
         self.known += n
@@ -480,15 +475,6 @@ class _Progress:
     def skipped(self) -> None:
         self.pending -= 1
         self._retotal()
-
-    def update(self, n: int) -> None:
-        self.bar.update(n)
-
-    def shard(self, done: int, total: int) -> None:
-        self.bar.set_postfix(f"shards {done}/{total}")
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 def _run_jobs(
@@ -591,34 +577,25 @@ def pretokenize(
     tokenizer, model_id = load_tokenizer(model, device=run_device, batch_size=opts.batch_size, precision=precision)
     folder, fingerprint = open_output(output, input, tokenizer, model_id, opts)
     with run_lock(folder, rank, world_size):  # a second run of this rank on this folder is refused
-        size = opts.size
         logger.info("rank %d/%d: %d of %d shards, model %s (%s)", rank, world_size, len(mine), len(shards), model_id, fingerprint)
 
         bar = _Progress(progress and rank == 0, len(mine))
         results: list[ShardStats] = []
-        failures: list[SampleFailure] = []
         jobs = [(src, folder / output_name_for(src)) for src in mine]
         fetch_failures: list[FetchFailure] = []
         run_opts = dataclasses.replace(opts, fingerprint=fingerprint, on_samples=bar.update, on_index=bar.on_index)
-
-        def tokenize(run: list[tuple[Path, Path]]) -> Iterator[ShardStats]:
-            return tokenize_shards(run, tokenizer, run_opts)
-
-        stream = _run_jobs(jobs, tokenize, folder / INCOMING_DIR, fingerprint=fingerprint, size=size, failures=fetch_failures)
+        stream = _run_jobs(jobs, lambda run: tokenize_shards(run, tokenizer, run_opts), folder / INCOMING_DIR,
+                           fingerprint=fingerprint, size=opts.size, failures=fetch_failures)
         try:
             for stats in stream:
                 if stats.skipped:
                     bar.skipped()
                 results.append(stats)
-                bar.shard(len(results), len(mine))
-                failures.extend(SampleFailure(stats.shard, f["key"], f["reason"]) for f in stats.samples_failed)
+                bar.set_postfix(f"shards {len(results)}/{len(mine)}")
         finally:
             stream.close()  # after an exception here (Ctrl-C) the DataLoader workers stop now, not when it is collected
             bar.close()
-        update_manifest(folder)
-        result = RunResult(output=folder, rank=rank, world_size=world_size, shards=results, seconds=time.perf_counter() - t0,
-                           failures=failures, fetch_failures=fetch_failures)
-    return finish_run(result, max_error_rate)
+        return finish_run(folder, results, t0, fetch_failures, max_error_rate, rank, world_size)
 
 
 def open_output(
@@ -643,13 +620,19 @@ def open_output(
 
 
 def finish_run(
-    result: RunResult, max_error_rate: float | None, *, undone: type[ShardsNotFetched] = ShardsNotFetched
+    folder: Path, shards: list[ShardStats], t0: float, undone: list[FetchFailure], max_error_rate: float | None,
+    rank: int = 0, world_size: int = 1, *, error: type[ShardsNotFetched] = ShardsNotFetched,
 ) -> RunResult:
-    """Log the run's summary, then raise ``undone`` when shards were left undone
-    (``result.fetch_failures``), or :class:`ErrorRateExceeded` above ``max_error_rate``; else return it."""
+    """Refresh ``folder``'s manifest and log the summary of the run begun at ``t0`` (every failed sample of
+    ``shards`` listed); then raise ``error`` when shards were left ``undone``, or :class:`ErrorRateExceeded`
+    above ``max_error_rate``; else return the :class:`RunResult`."""
+    update_manifest(folder)
+    result = RunResult(output=folder, rank=rank, world_size=world_size, shards=shards, seconds=time.perf_counter() - t0,
+                       failures=[SampleFailure(s.shard, f["key"], f["reason"]) for s in shards for f in s.samples_failed],
+                       fetch_failures=undone)
     logger.info(result.summary())
     if result.fetch_failures:
-        raise undone(result)
+        raise error(result)
     if max_error_rate is not None and result.error_rate > max_error_rate:
         raise ErrorRateExceeded(result, max_error_rate)
     return result

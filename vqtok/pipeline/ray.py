@@ -37,19 +37,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vqtok._errors import reason
+from vqtok._progress import Progress
 from vqtok._runtime import actor_pool, resolve_device
 from vqtok.pipeline._naming import completed_output, fingerprint_matches, model_fingerprint, output_name_for
 from vqtok.pipeline.driver import (
     FetchFailure,
     RunResult,
-    SampleFailure,
     ShardsNotFetched,
     expand_inputs,
     finish_run,
     load_tokenizer,
     open_output,
     run_lock,
-    update_manifest,
 )
 from vqtok.pipeline.shards import TokenizeOptions, tokenize_shard
 from vqtok.tokens import ShardStats
@@ -91,14 +90,6 @@ class RayOptions:
             raise ValueError(f"num_cpus must be > 0, got {self.num_cpus}")
 
 
-def _import_ray() -> Any:
-    try:
-        import ray
-    except ImportError as err:  # pragma: no cover - exercised only without the extra
-        raise ImportError('the Ray engine needs Ray: pip install "vqtok[ray]"') from err
-    return ray
-
-
 class ShardWorker:
     """One Ray actor: a tokenizer loaded once, tokenizing whole shards on request."""
 
@@ -110,43 +101,29 @@ class ShardWorker:
         self.options = options
         self.tokenizer, _ = load_tokenizer(model, device=resolve_device(device), batch_size=options.batch_size, precision=precision)
         fingerprint = model_fingerprint(self.tokenizer)
-        if fingerprint != options.fingerprint and not fingerprint_matches(self.tokenizer, options.fingerprint, current=fingerprint):
+        if not fingerprint_matches(self.tokenizer, options.fingerprint, current=fingerprint):
             raise ValueError(f"this Ray worker loaded a different model (fingerprint {fingerprint}) than the driver "
                              f"({options.fingerprint}); every node must see the same weights")
 
-    def tokenize(self, src: str, dst: str) -> dict[str, Any]:
-        stats = tokenize_shard(src, dst, self.tokenizer, self.options)
-        d = stats.to_json()
-        d["_seconds"], d["_skipped"] = stats.seconds, stats.skipped
-        return d
+    def tokenize(self, src: str, dst: str) -> ShardStats:
+        return tokenize_shard(src, dst, self.tokenizer, self.options)
 
 
-def _stats(d: dict[str, Any]) -> ShardStats:
-    stats = ShardStats.from_json(d, skipped=bool(d.get("_skipped")))
-    stats.seconds = float(d.get("_seconds", 0.0))
-    return stats
-
-
-class _ShardProgress:
+class _ShardProgress(Progress):
     """Shards done, with images/s and ETA as postfix, by :mod:`vqtok._progress`'s rule (bar or log lines)."""
 
     def __init__(self, total: int, enabled: bool) -> None:
-        from vqtok._progress import Progress
+        super().__init__("pretokenize (ray)", total=total, unit="shard", enabled=enabled)
+        self.shards, self.images, self.t0 = total, 0, time.perf_counter()
 
-        self.total, self.done, self.images, self.t0 = total, 0, 0, time.perf_counter()
-        self.bar = Progress("pretokenize (ray)", total=total, unit="shard", enabled=enabled)
-
-    def update(self, images: int) -> None:
-        self.done += 1
+    def shard_done(self, images: int) -> None:
         self.images += images
         elapsed = time.perf_counter() - self.t0
         rate = self.images / elapsed if elapsed > 0 else 0.0
-        eta = elapsed / self.done * (self.total - self.done)
-        self.bar.set_postfix(f"{rate:.1f} images/s, ETA {eta:.0f} s")
-        self.bar.update(1)
-
-    def close(self) -> None:
-        self.bar.close()
+        done = self.n + 1
+        eta = elapsed / done * (self.shards - done)
+        self.set_postfix(f"{rate:.1f} images/s, ETA {eta:.0f} s")
+        self.update(1)
 
 
 def pretokenize_ray(
@@ -173,7 +150,10 @@ def pretokenize_ray(
     written) are left undone and raise :class:`ShardFailed` at the end, after everything else is
     written; run again to retry them. Per-sample failures are recorded in the stats as usual.
     """
-    ray = _import_ray()
+    try:
+        import ray
+    except ImportError as err:  # pragma: no cover - exercised only without the extra
+        raise ImportError('the Ray engine needs Ray: pip install "vqtok[ray]"') from err
     t0 = time.perf_counter()
     if max_error_rate is not None and not 0.0 <= max_error_rate <= 1.0:
         raise ValueError(f"max_error_rate must be in [0, 1], got {max_error_rate}")
@@ -190,37 +170,14 @@ def pretokenize_ray(
     tokenizer, model_id = load_tokenizer(model, device="cpu", batch_size=opts.batch_size, precision=precision)
     folder, fingerprint = open_output(output, input, tokenizer, model_id, opts)
     with run_lock(folder):  # a second run on this folder is refused
-        result = _run_shards(ray, model, tokenizer, model_id, folder, fingerprint, shards, opts, ropts, device, precision, progress, t0)
-    return finish_run(result, max_error_rate, undone=ShardFailed)
-
-
-def _run_shards(
-    ray: Any, model: Any, tokenizer: Tokenizer, model_id: str, folder: Path, fingerprint: str, shards: list[Any],
-    opts: TokenizeOptions, ropts: RayOptions, device: str | None, precision: str, progress: bool, t0: float,
-) -> RunResult:
-    """The shards of :func:`pretokenize_ray` in ``folder`` (its manifest checked, its run lock held)."""
-    opts = dataclasses.replace(opts, fingerprint=fingerprint, on_samples=None, on_index=None)
-    jobs = [(Path(src), folder / output_name_for(src)) for src in shards]
-    results: dict[int, ShardStats] = {}
-    todo: list[int] = []
-    for i, (_src, dst) in enumerate(jobs):
-        done = None if opts.overwrite else completed_output(dst, fingerprint, opts.size)
-        if done is not None:
-            results[i] = done
-        else:
-            todo.append(i)
-    logger.info("ray: %d shards, %d to do, model %s (%s)", len(jobs), len(todo), model_id, fingerprint)
-
-    shard_failures: list[FetchFailure] = []
-    if todo:
-        shard_failures = _run_on_ray(ray, model, tokenizer, jobs, todo, results, opts, ropts, device, precision, progress)
-    update_manifest(folder)
-    ordered = [results[i] for i in sorted(results)]
-    return RunResult(
-        output=folder, rank=0, world_size=1, shards=ordered, seconds=time.perf_counter() - t0,
-        failures=[SampleFailure(s.shard, f["key"], f["reason"]) for s in ordered for f in s.samples_failed],
-        fetch_failures=shard_failures,
-    )
+        opts = dataclasses.replace(opts, fingerprint=fingerprint, on_samples=None, on_index=None)
+        jobs = [(Path(src), folder / output_name_for(src)) for src in shards]
+        results = {i: done for i, (_, dst) in enumerate(jobs)
+                   if (done := completed_output(dst, fingerprint, opts.size, overwrite=opts.overwrite)) is not None}
+        todo = [i for i in range(len(jobs)) if i not in results]
+        logger.info("ray: %d shards, %d to do, model %s (%s)", len(jobs), len(todo), model_id, fingerprint)
+        failures = _run_on_ray(ray, model, tokenizer, jobs, todo, results, opts, ropts, device, precision, progress) if todo else []
+        return finish_run(folder, [results[i] for i in sorted(results)], t0, failures, max_error_rate, error=ShardFailed)
 
 
 def _run_on_ray(
@@ -254,22 +211,16 @@ def _run_on_ray(
     try:
         for i, ref in actor_pool(ray, actors, todo, lambda actor, i: actor.tokenize.remote(str(jobs[i][0]), str(jobs[i][1]))):
             try:
-                stats = _stats(ray.get(ref))
-                results[i] = stats
-                bar.update(stats.num_samples)
+                results[i] = ray.get(ref)
+                bar.shard_done(results[i].num_samples)
             except Exception as err:  # noqa: BLE001 - one failed shard must not stop the others
-                why = _reason(err)
+                cause = getattr(err, "cause", None)  # the original exception when Ray wraps one
+                why = reason(cause if isinstance(cause, BaseException) else err)  # one line, address-free
                 logger.error("shard %s failed: %s (left undone)", jobs[i][0], why)
                 failures.append(FetchFailure(str(jobs[i][0]), why))
-                bar.update(0)
+                bar.shard_done(0)
     finally:
         bar.close()
         for actor in actors:
             ray.kill(actor)
     return failures
-
-
-def _reason(err: BaseException) -> str:
-    """A one-line, address-free reason for a failed Ray task (the original exception when Ray wraps one)."""
-    cause = getattr(err, "cause", None)
-    return reason(cause if isinstance(cause, BaseException) else err)

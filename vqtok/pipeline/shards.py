@@ -111,15 +111,8 @@ def tokenize_shards(
     workers = opts.workers or 0
     fingerprint = opts.fingerprint or model_fingerprint(tokenizer)
     pairs = [(Path(a), Path(b)) for a, b in jobs]
-    todo: list[tuple[Path, Path]] = []
-    ready: dict[int, ShardStats] = {}
-    for i, (src, dst) in enumerate(pairs):
-        done = _completed(src, dst, fingerprint, opts)
-        if done is not None:
-            ready[i] = done
-        else:
-            todo.append((src, dst))
-    todo_pos = [i for i in range(len(pairs)) if i not in ready]
+    ready = {i: done for i, (src, dst) in enumerate(pairs) if (done := _completed(src, dst, fingerprint, opts)) is not None}
+    todo = [i for i in range(len(pairs)) if i not in ready]  # positions in pairs of the shards to tokenize
 
     def flush(upto: int) -> Iterator[ShardStats]:
         for i in sorted(k for k in ready if k < upto):
@@ -129,7 +122,7 @@ def tokenize_shards(
         yield from flush(len(pairs))
         return
     stream = BlockStream(
-        [src for src, _ in todo], block=opts.batch_size, size=opts.size, factor=tokenizer.downsample_factor,
+        [pairs[i][0] for i in todo], block=opts.batch_size, size=opts.size, factor=tokenizer.downsample_factor,
         keep=opts.keep, image_exts=opts.image_exts, decode=opts.decode, exif_transpose=opts.exif_transpose,
     )
     loader = torch.utils.data.DataLoader(
@@ -149,13 +142,12 @@ def tokenize_shards(
             if (block.shard, block.number) != expect:  # pragma: no cover - would mean the DataLoader reordered blocks
                 raise RuntimeError(f"internal error: got block {(block.shard, block.number)}, expected {expect}")
             if block.number == 0:
-                yield from flush(todo_pos[block.shard])
-                src, dst = todo[block.shard]
+                yield from flush(todo[block.shard])
+                src, dst = pairs[todo[block.shard]]
                 writer = TokenShardWriter(
                     dst, source=src.name,
                     # a folder begun by vqtok 0.1 (its fingerprint has no "2:") keeps 0.1's stats format
-                    layout=(tokenizer.layout(opts.size) if opts.size is not None else tokenizer.layout())
-                    if fingerprint.startswith("2:") else tokenizer.codebook_size,
+                    layout=tokenizer.layout(opts.size) if fingerprint.startswith("2:") else tokenizer.codebook_size,
                     size=opts.size, keep=opts.keep, fingerprint=fingerprint, config_hash=tokenizer.config.hash(),
                 )
                 if opts.on_index is not None:
@@ -250,8 +242,6 @@ def _write_block(writer: TokenShardWriter, tokenizer: Tokenizer, block: Block, b
 
 def _encode(tokenizer: Tokenizer, good: list[Prepared], batch_size: int) -> Iterable[torch.Tensor]:
     """Encode prepared uint8 images (same path as Tokenizer.encode), giving ids (h, w) in input order."""
-    if not good:
-        return []
     results: dict[int, torch.Tensor] = {}
     by_shape: dict[tuple[int, ...], list[int]] = {}
     for j, item in enumerate(good):
