@@ -15,7 +15,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -390,10 +390,6 @@ class Tokenizer:
             return x.float().clamp_(0.0, 1.0)
         return from_model_output(x)
 
-    def _chunks(self, n: int) -> Iterator[slice]:
-        for start in range(0, n, self.batch_size):
-            yield slice(start, min(n, start + self.batch_size))
-
     def encode(self, images: Any, *, size: int | None = None) -> torch.Tensor:
         """Images -> token ids (long, on CPU) in the layout's shape: (h, w) / (n,) / (Σ hᵢwᵢ,) for one
         image, with a leading B for a batch.
@@ -418,8 +414,8 @@ class Tokenizer:
         amp = self._autocast_dtype()
         out = []
         with torch.inference_mode():
-            for sl in self._chunks(pixels.shape[0]):
-                x = self._model_input(self._to_device(pixels[sl]))  # (b, 3, H, W)
+            for chunk in pixels.split(self.batch_size):  # views of at most batch_size images
+                x = self._model_input(self._to_device(chunk))  # (b, 3, H, W)
                 out.append(self.model.encode_ids(x, autocast_dtype=amp).cpu())  # type: ignore[operator]  # (b, *layout)
         ids = torch.cat(out)
         if tuple(ids.shape[1:]) != layout.shape:
@@ -461,8 +457,7 @@ class Tokenizer:
                     f"token ids of shape {tuple(ids.shape)} hold {positions} positions per image, over "
                     f"max_decode_positions={self.max_decode_positions} (set Tokenizer.max_decode_positions to decode larger images)"
                 )
-        ids, batched = layout.check(ids, batched=batched)
-        return ids, batched
+        return layout.check(ids, batched=batched)
 
     def decode(
         self,
@@ -486,8 +481,8 @@ class Tokenizer:
         amp = self._autocast_dtype()
         out = []
         with torch.inference_mode():
-            for sl in self._chunks(ids.shape[0]):
-                x = self.model.decode_ids(self._to_device(ids[sl]), autocast_dtype=amp, channels_last=self.channels_last)  # type: ignore[operator]
+            for chunk in ids.split(self.batch_size):
+                x = self.model.decode_ids(self._to_device(chunk), autocast_dtype=amp, channels_last=self.channels_last)  # type: ignore[operator]
                 out.append(self._from_model_output(x).cpu())  # (b, 3, H, W) in [0, 1]
         images = torch.cat(out)  # (B, 3, H, W) float in [0, 1]
         if output == "pt":

@@ -49,6 +49,7 @@ from torch import nn
 from vqtok.models._config import ArchConfig
 from vqtok.models._model import LastLayerMixin, ModelOutput, TokenizerModelMixin
 from vqtok.models.fsq import FSQ
+from vqtok.models.magvit2 import _norm, swish
 from vqtok.models.registry import Family, SourceFormat, register_family
 from vqtok.models.vqgan import AttnBlock as _TamingAttnBlock
 from vqtok.models.vqgan import Downsample, _Level, _Mid
@@ -149,15 +150,6 @@ class CosmosConfig(ArchConfig):
 COSMOS_PRESETS: dict[str, int] = {"DI8x8": 8, "DI16x16": 16}  # published name -> spatial_compression
 
 
-def nonlinearity(x: torch.Tensor) -> torch.Tensor:
-    # x·σ(x) written out as Cosmos does (F.silu may round differently)
-    return x * torch.sigmoid(x)
-
-
-def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(32, channels, eps=1e-6, affine=True)
-
-
 def _haar_filters(wavelets: torch.Tensor, groups: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Low-pass (reversed taps) and high-pass (alternating signs) filters, each (groups, 1, n)."""
     n = wavelets.shape[0]
@@ -242,6 +234,7 @@ class UnPatcher(_WaveletPatching):
 
 # The building blocks are taming's (vqtok.models.vqgan: same parameter names, same layout); what
 # Cosmos computes differently is kept below, since its published pixels are matched bit for bit.
+# Its norm and nonlinearity are Open-MAGVIT2's: plain GroupNorm(32), x·σ(x) written out (F.silu may round differently).
 
 
 class ResnetBlock(_TamingResnetBlock):
@@ -253,8 +246,8 @@ class ResnetBlock(_TamingResnetBlock):
             self.nin_shortcut = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, H, W) -> (B, C_out, H, W)
-        h = self.conv1(nonlinearity(self.norm1(x)))
-        h = self.conv2(self.dropout(nonlinearity(self.norm2(h))))
+        h = self.conv1(swish(self.norm1(x)))
+        h = self.conv2(self.dropout(swish(self.norm2(h))))
         return self.nin_shortcut(x) + h
 
 
@@ -314,7 +307,7 @@ class CosmosEncoder(nn.Module):
         for level in self.down:
             h = level(h)
         h = self.mid(h)
-        return self.conv_out(nonlinearity(self.norm_out(h)))
+        return self.conv_out(swish(self.norm_out(h)))
 
 
 class CosmosDecoder(LastLayerMixin, nn.Module):
@@ -349,7 +342,7 @@ class CosmosDecoder(LastLayerMixin, nn.Module):
         h = self.mid(self.conv_in(z))
         for level in reversed(self.up):  # lowest resolution first
             h = level(h)
-        h = self.conv_out(nonlinearity(self.norm_out(h)))  # (B, out·p², H/p, W/p)
+        h = self.conv_out(swish(self.norm_out(h)))  # (B, out·p², H/p, W/p)
         return self.unpatcher(h)
 
 

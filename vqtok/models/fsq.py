@@ -75,16 +75,15 @@ class FSQ(nn.Module):
         shift = torch.atanh(offset / half_l)
         return torch.tanh(z + shift) * half_l - offset
 
-    def _level_index(self, bounded: torch.Tensor) -> torch.Tensor:
-        """Bounded values (B, D, ...) -> level index in [0, L) per channel, long."""
-        half_width = self._per_channel(self._levels // 2, bounded.ndim)
-        return torch.round(bounded).long() + half_width
+    def _ids(self, bounded: torch.Tensor) -> torch.Tensor:
+        """Bounded values (B, D, h, w) -> ids (B, h, w) long: the level indices in [0, L) in mixed radix."""
+        index = torch.round(bounded).long() + self._per_channel(self._levels // 2, bounded.ndim)  # (B, D, h, w)
+        return (index * self._per_channel(self._basis, index.ndim)).sum(dim=1)
 
     def lookup(self, z: torch.Tensor) -> torch.Tensor:
         """Ids of the quantized features: z (B, D, h, w) -> (B, h, w) long."""
         with torch.no_grad():
-            index = self._level_index(self.bound(z))  # (B, D, h, w)
-            return (index * self._per_channel(self._basis, index.ndim)).sum(dim=1)
+            return self._ids(self.bound(z))
 
     def codes(self, ids: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`lookup`: ids (B, h, w) -> codes (B, D, h, w) float32 in [−1, 1]."""
@@ -97,8 +96,7 @@ class FSQ(nn.Module):
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         bounded = self.bound(z)  # (B, D, h, w) float32+
-        index = self._level_index(bounded.detach())
-        ids = (index * self._per_channel(self._basis, index.ndim)).sum(dim=1)  # (B, h, w)
+        ids = self._ids(bounded.detach())  # (B, h, w)
         half_width = self._per_channel(self._levels // 2, z.ndim).to(bounded.dtype)
         rounded = torch.round(bounded)
         if self.training:  # straight-through rounding; in eval z_q is exactly codes(ids)

@@ -131,7 +131,7 @@ class LFQ(nn.Module):
     def codebook(self) -> torch.Tensor:
         """Every code, in id order: (K, D) float32 of ±1 (K = 2^D; for the entropy loss and analysis)."""
         ids = torch.arange(self.codebook_size, device=self._shifts.device)
-        return (((ids.unsqueeze(1) >> self._shifts) & 1).float() * 2.0 - 1.0)
+        return self.codes(ids.view(-1, 1, 1)).flatten(1)  # (K, D, 1, 1) -> (K, D)
 
     def losses(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         """Training terms for features z (B, D, h, w): per_sample_entropy, codebook_entropy, entropy, commitment."""

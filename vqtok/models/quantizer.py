@@ -120,8 +120,7 @@ def nearest_code(
         for start in range(0, n, rows):
             m = min(rows, n - start)
             zc[:m] = z[start : start + m]
-            if m < rows:
-                zc[m:] = 0
+            zc[m:] = 0  # an empty slice but in the last block
             if exact:
                 # taming: (‖z‖² + ‖e‖²) − 2·(z·eᵀ). add_(alpha=-2) gives the same bits: −2·m is exact.
                 torch.add(torch.sum(zc**2, dim=1, keepdim=True), e_sq, out=dist)  # (rows, K)
