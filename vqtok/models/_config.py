@@ -24,7 +24,7 @@ import json
 import math
 import typing
 from dataclasses import Field, asdict, fields
-from typing import Any, ClassVar, Mapping, TypeVar
+from typing import Any, ClassVar, Iterable, Mapping, TypeVar
 
 __all__ = ["ArchConfig", "HalvingLevels", "MAX_INT", "MAX_BLOCKS", "MAX_LEVELS"]
 
@@ -70,6 +70,13 @@ class ArchConfig:
         """Store the named sequence fields as tuples of ints (JSON gives lists; keeps the dataclass hashable)."""
         for name in names:
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+
+    def _positive_ints(self, where: str, names: Iterable[str]) -> None:
+        """ValueError ``{where} {name} must be a positive int`` for the first named field that is not an int >= 1."""
+        for name in names:
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise ValueError(f"{where} {name} must be a positive int, got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a JSON-ready dict (tuples become lists)."""

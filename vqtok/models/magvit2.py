@@ -228,7 +228,7 @@ class MAGVIT2(TokenizerModelMixin, nn.Module):
         self.decoder = MAGVIT2Decoder(cfg)
         self.quantize = LFQ(
             cfg.z_channels,
-            bit_order="little" if cfg.bit_order == "little" else "big",
+            bit_order=cfg.bit_order,  # type: ignore[arg-type]  # "little" or "big" (checked by the config)
             entropy_weight=cfg.entropy_weight,
             commitment_weight=cfg.commitment_weight,
             sample_weight=cfg.sample_minimization_weight,

@@ -33,6 +33,7 @@ discrete-token models of this family and are refused with the reason.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -47,7 +48,7 @@ from torch import nn
 
 from vqtok._runtime import autocast
 from vqtok.layout import TokenLayout
-from vqtok.models._config import ArchConfig, _is_int
+from vqtok.models._config import ArchConfig
 from vqtok.models._model import ModelOutput
 from vqtok.models.quantizer import nearest_code
 from vqtok.models.registry import Family, SourceFormat, register_family
@@ -96,13 +97,7 @@ class TiTokConfig(ArchConfig):
 
     def __post_init__(self) -> None:
         self._int_tuples("pixel_channel_mult")
-        for name in ("image_size", "num_latent_tokens", "codebook_size", "token_size", "encoder_patch_size",
-                     "encoder_width", "encoder_layers", "encoder_heads", "decoder_patch_size", "decoder_width",
-                     "decoder_layers", "decoder_heads", "pixel_codebook_size", "pixel_embed_dim",
-                     "pixel_hidden_channels", "pixel_num_res_blocks"):
-            value = getattr(self, name)
-            if not _is_int(value) or value < 1:
-                raise ValueError(f"TiTok {name} must be a positive int, got {value!r}")
+        self._positive_ints("TiTok", (f.name for f in dataclasses.fields(self) if f.type == "int"))  # every int field
         if not isinstance(self.use_l2_norm, bool):
             raise ValueError(f"TiTok use_l2_norm must be true or false, got {self.use_l2_norm!r}")
         if self.decoder not in DECODERS:

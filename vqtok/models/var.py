@@ -45,7 +45,7 @@ from vqtok._errors import listing
 from vqtok._runtime import autocast
 from vqtok.hub import _check_names_and_shapes
 from vqtok.layout import TokenLayout, split_scales
-from vqtok.models._config import ArchConfig, HalvingLevels, _is_int
+from vqtok.models._config import ArchConfig, HalvingLevels
 from vqtok.models.registry import Family, SourceFormat, register_family
 from vqtok.models.vqgan import Decoder, Encoder, Normalize, VQGANConfig
 
@@ -82,10 +82,7 @@ class VARConfig(HalvingLevels, ArchConfig):
 
     def __post_init__(self) -> None:
         self._int_tuples("ch_mult", "patch_nums")
-        for name in ("vocab_size", "z_channels", "ch", "num_res_blocks", "quant_conv_ks"):
-            value = getattr(self, name)
-            if not _is_int(value) or value < 1:
-                raise ValueError(f"VAR config: {name} must be a positive int, got {value!r}")
+        self._positive_ints("VAR config:", ("vocab_size", "z_channels", "ch", "num_res_blocks", "quant_conv_ks"))
         if self.quant_conv_ks % 2 == 0:
             raise ValueError(f"VAR config: quant_conv_ks must be odd (same-size convolution), got {self.quant_conv_ks}")
         if not self.ch_mult or any(m < 1 for m in self.ch_mult):
