@@ -77,17 +77,13 @@ def max_inner_product(
 class IndexQuantizer(Codebook):
     """IBQ's quantizer: a codebook of ``n_embed`` × ``embed_dim`` searched by inner product (see the module docstring)."""
 
-    # Codebook's __init__ as is: IBQ keeps nn.Embedding's N(0, 1) init.
+    # Codebook's __init__ and codes as they are: IBQ keeps nn.Embedding's N(0, 1) init.
 
     def lookup(self, z: torch.Tensor, *, exact: bool = True) -> torch.Tensor:
         """z (B, D, h, w) -> ids (B, h, w) long: the code of largest inner product."""
         b, d, h, w = z.shape
         z_flat = z.permute(0, 2, 3, 1).reshape(-1, d)  # (B*h*w, D)
         return max_inner_product(z_flat, self.embedding.weight, exact=exact).view(b, h, w)
-
-    def codes(self, ids: torch.Tensor) -> torch.Tensor:
-        """Inverse of :meth:`lookup`: ids (B, h, w) -> codes (B, D, h, w)."""
-        return F.embedding(ids, self.embedding.weight).permute(0, 3, 1, 2).contiguous()
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         ids = self.lookup(z)  # (B, h, w)

@@ -135,7 +135,8 @@ def nearest_code(
 class Codebook(nn.Module):
     """A learned codebook ``embedding`` of ``n_embed`` × ``embed_dim`` (nn.Embedding's N(0, 1) init) and the β of a loss.
 
-    The base of :class:`VectorQuantizer` and IBQ's :class:`~vqtok.models.ibq.IndexQuantizer`.
+    The base of :class:`VectorQuantizer` and IBQ's :class:`~vqtok.models.ibq.IndexQuantizer`, with the
+    ``codes`` (ids -> codes) they share.
     """
 
     def __init__(self, n_embed: int, embed_dim: int, *, beta: float = 0.25) -> None:
@@ -151,6 +152,14 @@ class Codebook(nn.Module):
     def codebook_size(self) -> int:
         """Number of codes K (= ``n_embed``)."""
         return self.n_embed
+
+    def codebook(self) -> torch.Tensor:
+        """The codes as used for lookup: (K, D)."""
+        return self.embedding.weight
+
+    def codes(self, ids: torch.Tensor) -> torch.Tensor:
+        """Inverse of ``lookup``: ids (B, h, w) -> codes (B, D, h, w)."""
+        return rearrange(F.embedding(ids, self.codebook()), "b h w d -> b d h w").contiguous()
 
 
 class VectorQuantizer(Codebook):
@@ -174,7 +183,7 @@ class VectorQuantizer(Codebook):
         self.embedding.weight.data.uniform_(-1.0 / n_embed, 1.0 / n_embed)  # taming's init
 
     def codebook(self) -> torch.Tensor:
-        """The codes as used for lookup: (K, D)."""
+        """The codes as used for lookup: (K, D), l2-normalised when ``l2_norm``."""
         weight = self.embedding.weight
         return F.normalize(weight, dim=1) if self.l2_norm else weight
 
@@ -188,10 +197,6 @@ class VectorQuantizer(Codebook):
             z_flat = F.normalize(z_flat, dim=1)
         ids = nearest_code(z_flat, self.codebook(), exact=exact)  # (B*h*w,)
         return rearrange(ids, "(b h w) -> b h w", b=b, h=h, w=w)
-
-    def codes(self, ids: torch.Tensor) -> torch.Tensor:
-        """Inverse of :meth:`lookup`: ids (B, h, w) -> codes (B, D, h, w)."""
-        return rearrange(F.embedding(ids, self.codebook()), "b h w d -> b d h w").contiguous()
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         ids = self.lookup(z)  # (B, h, w)
