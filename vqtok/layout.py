@@ -203,7 +203,7 @@ class TokenLayout:
             )
         if self.codebooks > 1 and per_image[-1] != self.codebooks:
             raise ValueError(f"{what}: the last axis must hold the {self.codebooks} sub-codebook ids, got shape {per_image}")
-        if ids.shape[0] == 0 or ids.numel() == 0:
+        if ids.numel() == 0:  # no images, or images of no ids
             raise ValueError(f"empty {what} of shape {tuple(ids.shape)}")
         ids = _as_int64(ids, what)
         lo, hi = int(ids.min()), int(ids.max())
@@ -272,11 +272,8 @@ def split_scales(ids: torch.Tensor, shapes: Sequence[tuple[int, int]]) -> list[t
     total = sum(h * w for h, w in shapes)
     if ids.ndim < 2 or ids.shape[1] != total:
         raise ValueError(f"multi-scale ids must be (B, {total}[, k]), got {tuple(ids.shape)}")
-    out, start = [], 0
-    for h, w in shapes:
-        out.append(ids[:, start : start + h * w].reshape(ids.shape[0], h, w, *ids.shape[2:]))
-        start += h * w
-    return out
+    parts = ids.split([h * w for h, w in shapes], dim=1)  # (B, hᵢwᵢ[, k]) views
+    return [part.reshape(ids.shape[0], h, w, *ids.shape[2:]) for part, (h, w) in zip(parts, shapes)]
 
 
 def _positive_int(value: Any) -> bool:
