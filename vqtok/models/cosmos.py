@@ -291,7 +291,7 @@ class CosmosEncoder(nn.Module):
         for i, mult in enumerate(cfg.channels_mult):
             block_in = cfg.channels * mult
             attention = side in cfg.attn_resolutions
-            level = _Level.build(
+            level = _Level(
                 cfg.channels * in_mult[i], block_in, cfg.num_res_blocks, cfg.dropout, attention, ResnetBlock, AttnBlock
             )
             if i < cfg.num_resamples:
@@ -327,7 +327,7 @@ class CosmosDecoder(LastLayerMixin, nn.Module):
         for i in reversed(range(n)):
             block_out = cfg.channels * cfg.channels_mult[i]
             attention = side in cfg.attn_resolutions
-            level = _Level.build(block_in, block_out, cfg.num_res_blocks + 1, cfg.dropout, attention, ResnetBlock, AttnBlock)
+            level = _Level(block_in, block_out, cfg.num_res_blocks + 1, cfg.dropout, attention, ResnetBlock, AttnBlock)
             block_in = block_out
             if i >= n - cfg.num_resamples:
                 level.upsample = Upsample(block_in)

@@ -160,7 +160,7 @@ class MAGVIT2Encoder(nn.Module):
         block_out = cfg.ch
         for i, mult in enumerate(cfg.ch_mult):
             block_out = cfg.ch * mult
-            level = _Level.build(cfg.ch * in_mult[i], block_out, cfg.num_res_blocks, 0.0, False, ResBlock)
+            level = _Level(cfg.ch * in_mult[i], block_out, cfg.num_res_blocks, 0.0, False, ResBlock)
             if i < len(cfg.ch_mult) - 1:
                 level.downsample = nn.Conv2d(block_out, block_out, 3, stride=2, padding=1)
             self.down.append(level)
@@ -189,7 +189,7 @@ class MAGVIT2Decoder(LastLayerMixin, nn.Module):
         for i in reversed(range(n)):
             adaptive.insert(0, AdaptiveGroupNorm(cfg.z_channels, block_in))
             block_out = cfg.ch * cfg.ch_mult[i]
-            level = _Level.build(block_in, block_out, cfg.num_res_blocks, 0.0, False, ResBlock)
+            level = _Level(block_in, block_out, cfg.num_res_blocks, 0.0, False, ResBlock)
             block_in = block_out
             if i > 0:
                 level.upsample = Upsampler(block_in)

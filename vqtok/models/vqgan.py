@@ -247,14 +247,8 @@ class Upsample(nn.Module):
 class _Level(nn.Module):
     """One resolution level: ``block`` (ResNets), ``attn`` (maybe empty), then ``downsample``/``upsample`` where present."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.block = nn.ModuleList()
-        self.attn = nn.ModuleList()
-
-    @classmethod
-    def build(
-        cls,
+    def __init__(
+        self,
         block_in: int,
         block_out: int,
         num_blocks: int,
@@ -262,15 +256,16 @@ class _Level(nn.Module):
         attention: bool,
         resnet: Callable[[int, int, float], nn.Module] = ResnetBlock,
         attn: Callable[[int], nn.Module] = AttnBlock,
-    ) -> "_Level":
+    ) -> None:
         """``num_blocks`` ResNets block_in -> block_out (each followed by attention when ``attention``); no resampling yet."""
-        level = cls()
+        super().__init__()
+        self.block = nn.ModuleList()
+        self.attn = nn.ModuleList()
         for _ in range(num_blocks):
-            level.block.append(resnet(block_in, block_out, dropout))
+            self.block.append(resnet(block_in, block_out, dropout))
             block_in = block_out
             if attention:
-                level.attn.append(attn(block_out))
-        return level
+                self.attn.append(attn(block_out))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:  # each block, then its attention if any, then the resampling (TorchScript-able)
         if len(self.attn) == 0:
@@ -332,7 +327,7 @@ class Encoder(nn.Module):
         block_out = cfg.ch
         for i, mult in enumerate(cfg.ch_mult):
             block_out = cfg.ch * mult
-            level = _Level.build(
+            level = _Level(
                 cfg.ch * in_mult[i], block_out, cfg.num_res_blocks, cfg.dropout, res in cfg.attn_resolutions, resnet, attn
             )
             if i != len(cfg.ch_mult) - 1:
@@ -367,7 +362,7 @@ class Decoder(LastLayerMixin, nn.Module):
         levels: list[_Level] = []
         for i in reversed(range(n)):
             block_out = cfg.ch * cfg.ch_mult[i]
-            level = _Level.build(
+            level = _Level(
                 block_in, block_out, cfg.num_res_blocks + 1, cfg.dropout, res in cfg.attn_resolutions, resnet, attn
             )
             block_in = block_out
