@@ -285,22 +285,19 @@ class CosmosEncoder(nn.Module):
         self.patcher = Patcher(p, cfg.patch_method)
         self.conv_in = nn.Conv2d(cfg.in_channels * p * p, cfg.channels, 3, padding=1)
         side = cfg.resolution // p  # running side, only for placing attention
-        in_mult = (1,) + cfg.channels_mult
         self.down = nn.ModuleList()
-        block_in = cfg.channels
+        block_out = cfg.channels
         for i, mult in enumerate(cfg.channels_mult):
-            block_in = cfg.channels * mult
+            block_in, block_out = block_out, cfg.channels * mult
             attention = side in cfg.attn_resolutions
-            level = _Level(
-                cfg.channels * in_mult[i], block_in, cfg.num_res_blocks, cfg.dropout, attention, ResnetBlock, AttnBlock
-            )
+            level = _Level(block_in, block_out, cfg.num_res_blocks, cfg.dropout, attention, ResnetBlock, AttnBlock)
             if i < cfg.num_resamples:
-                level.downsample = Downsample(block_in)
+                level.downsample = Downsample(block_out)
                 side //= 2
             self.down.append(level)
-        self.mid = _Mid(block_in, cfg.dropout, ResnetBlock, AttnBlock)
-        self.norm_out = _norm(block_in)
-        self.conv_out = nn.Conv2d(block_in, cfg.z_channels, 3, padding=1)
+        self.mid = _Mid(block_out, cfg.dropout, ResnetBlock, AttnBlock)
+        self.norm_out = _norm(block_out)
+        self.conv_out = nn.Conv2d(block_out, cfg.z_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(self.patcher(x))  # (B, channels, H/p, W/p)

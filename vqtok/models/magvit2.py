@@ -155,12 +155,11 @@ class MAGVIT2Encoder(nn.Module):
     def __init__(self, cfg: MAGVIT2Config) -> None:
         super().__init__()
         self.conv_in = nn.Conv2d(cfg.in_channels, cfg.ch, 3, padding=1, bias=False)
-        in_mult = (1,) + cfg.ch_mult
         self.down = nn.ModuleList()
         block_out = cfg.ch
         for i, mult in enumerate(cfg.ch_mult):
-            block_out = cfg.ch * mult
-            level = _Level(cfg.ch * in_mult[i], block_out, cfg.num_res_blocks, 0.0, False, ResBlock)
+            block_in, block_out = block_out, cfg.ch * mult
+            level = _Level(block_in, block_out, cfg.num_res_blocks, 0.0, False, ResBlock)
             if i < len(cfg.ch_mult) - 1:
                 level.downsample = nn.Conv2d(block_out, block_out, 3, stride=2, padding=1)
             self.down.append(level)

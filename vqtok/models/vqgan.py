@@ -67,7 +67,7 @@ class VQGANConfig(HalvingLevels, ArchConfig):
     lfq_bits: int = 0  # lfq only: bits per token D (2**D codes; channel 0 is bit 0)
 
     def __post_init__(self) -> None:
-        self._int_tuples("ch_mult", "attn_resolutions")
+        self._int_tuples("ch_mult", "attn_resolutions", "fsq_levels")
         if not self.ch_mult:
             raise ValueError("ch_mult must have at least one level")
         if self.norm_groups < 1 or any((self.ch * m) % self.norm_groups for m in (1,) + self.ch_mult):
@@ -75,7 +75,6 @@ class VQGANConfig(HalvingLevels, ArchConfig):
                 f"GroupNorm({self.norm_groups}) needs channel counts divisible by norm_groups: ch={self.ch}, "
                 f"ch_mult={self.ch_mult}"
             )
-        self._int_tuples("fsq_levels")
         if self.quantizer == "fsq":
             if not self.fsq_levels or any(v < 2 for v in self.fsq_levels):
                 raise ValueError(f"quantizer 'fsq' needs fsq_levels, integers >= 2, got {list(self.fsq_levels)}")
@@ -321,15 +320,12 @@ class Encoder(nn.Module):
         super().__init__()
         norm, resnet, attn = _norm_layers(cfg, attn)
         self.conv_in = nn.Conv2d(cfg.in_channels, cfg.ch, 3, padding=1)
-        in_mult = (1,) + cfg.ch_mult
         res = cfg.resolution
         self.down = nn.ModuleList()
         block_out = cfg.ch
         for i, mult in enumerate(cfg.ch_mult):
-            block_out = cfg.ch * mult
-            level = _Level(
-                cfg.ch * in_mult[i], block_out, cfg.num_res_blocks, cfg.dropout, res in cfg.attn_resolutions, resnet, attn
-            )
+            block_in, block_out = block_out, cfg.ch * mult
+            level = _Level(block_in, block_out, cfg.num_res_blocks, cfg.dropout, res in cfg.attn_resolutions, resnet, attn)
             if i != len(cfg.ch_mult) - 1:
                 level.downsample = Downsample(block_out)
                 res //= 2
