@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import json
 import logging
 import math
 import os
@@ -65,7 +64,7 @@ from vqtok._runtime import (
 )
 from vqtok.tokens import TokenCorpus, load_token_corpus
 from vqtok.prior.gpt import GPT, GPTConfig
-from vqtok.training.trainer import warmup_decay_lr, wrap_ddp
+from vqtok.training.trainer import STATE_NAME, read_state, warmup_decay_lr, wrap_ddp, write_state
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +79,6 @@ __all__ = [
     "train",
 ]
 
-STATE_NAME = "state.json"  # step + train config of a checkpoint (the VQGAN trainer's name)
-OPTIM_NAME = "optim.pt"  # optimizer state of a checkpoint
 LEGACY_CHECKPOINT_DIR = "checkpoint"  # vqtok 0.1: one OUT/checkpoint/ folder ...
 LEGACY_STATE_NAME = "trainer_state.pt"  # ... holding step, optimizer state and train config in one file
 
@@ -282,9 +279,7 @@ def _latest_checkpoint(out: Path) -> Path | None:
 def _read_checkpoint_state(path: Path) -> tuple[int, dict[str, Any], dict[str, Any]]:
     """(step, train config dict, optimizer state) of a checkpoint folder of either layout."""
     if (path / STATE_NAME).is_file():
-        state = json.loads((path / STATE_NAME).read_text())
-        optim = torch.load(path / OPTIM_NAME, map_location="cpu", weights_only=True)
-        return int(state["step"]), state["config"], optim
+        return read_state(path)
     legacy = torch.load(path / LEGACY_STATE_NAME, map_location="cpu", weights_only=True)
     return int(legacy["step"]), legacy["train_config"], legacy["optimizer"]
 
@@ -294,14 +289,12 @@ def _save_checkpoint(run: _Run, step: int) -> None:
     dist, out = run.dist, run.out
     ckpts = CheckpointDir(out, keep=run.cfg.keep_checkpoints)
     with ckpts.write(step, main=dist.is_main) as tmp:
-        if dist.is_main:
-            run.model.save_pretrained(tmp)
-            torch.save(run.opt.state_dict(), tmp / OPTIM_NAME)
-        dist.barrier()
+        dist.barrier()  # the main rank has made the folder
         torch.save(_rng_state(), tmp / f"rng_rank{dist.rank}.pt")
         dist.barrier()
         if dist.is_main:
-            (tmp / STATE_NAME).write_text(json.dumps({"step": step, "config": run.cfg.to_dict()}, indent=1) + "\n")
+            run.model.save_pretrained(tmp)
+            write_state(tmp, step, run.cfg.to_dict(), run.opt.state_dict())
     if dist.is_main:
         shutil.rmtree(out / LEGACY_CHECKPOINT_DIR, ignore_errors=True)  # superseded by the new layout
         run.model.save_pretrained(out)  # latest weights at the top level, for `vqtok sample`

@@ -206,9 +206,26 @@ def _restride(shape: tuple[int, ...], stride: tuple[int, ...], grad: torch.Tenso
     return grad  # a real layout difference: autograd copies it into the parameter's layout itself
 
 
+STATE_NAME = "state.json"  # step + train config of a checkpoint, written last (both trainers)
+OPTIM_NAME = "optim.pt"  # optimizer state(s) of a checkpoint
+
+
+def write_state(folder: Path, step: int, config: dict[str, Any], optim: Any) -> None:
+    """The last files of either trainer's checkpoint: ``optim`` (optimizer states) as optim.pt, then
+    state.json with the step and the train config (the file that marks the checkpoint complete)."""
+    torch.save(optim, folder / OPTIM_NAME)
+    (folder / STATE_NAME).write_text(json.dumps({"step": step, "config": config}, indent=1) + "\n")
+
+
+def read_state(folder: Path) -> tuple[int, dict[str, Any], Any]:
+    """(step, train config dict, optimizer states on the CPU) of a checkpoint written by :func:`write_state`."""
+    state = json.loads((folder / STATE_NAME).read_text())
+    return int(state["step"]), state["config"], torch.load(folder / OPTIM_NAME, map_location="cpu", weights_only=True)
+
+
 def checkpoint_config(path: str | os.PathLike[str]) -> TrainConfig:
     """The training config a checkpoint folder (``RUN/checkpoints/step-NNNNNNN``) was written with."""
-    state = Path(path) / "state.json"
+    state = Path(path) / STATE_NAME
     if not state.is_file():
         raise FileNotFoundError(
             f"from_checkpoint={str(path)!r} is not a complete training checkpoint (no state.json); "
@@ -359,14 +376,12 @@ class Trainer:
             hub.save_pretrained(tmp, state_dict=self.model.state_dict(), config=self.config.model.to_dict(), model_type=MODEL_TYPE)
             save_file(self._trainer_tensors(), str(tmp / "trainer.safetensors"))
             optim = {"ae": self.opt.state_dict(), "disc": self.opt_d.state_dict() if self.opt_d is not None else None}
-            torch.save(optim, tmp / "optim.pt")
-            (tmp / "state.json").write_text(json.dumps({"step": self.step, "config": self.config.to_dict()}, indent=1))
+            write_state(tmp, self.step, self.config.to_dict(), optim)
         return self.checkpoints.path(self.step)
 
     def load_checkpoint(self, path: Path) -> None:
-        state = json.loads((path / "state.json").read_text())  # its config may use vqtok 0.1 key names: only model is read
-        saved_model = state["config"]["model"]
-        if saved_model != self.config.model.to_dict():
+        step, config, optim = read_state(path)  # its config may use vqtok 0.1 key names: only model is read
+        if config["model"] != self.config.model.to_dict():
             raise ValueError(f"checkpoint {path} has a different model config than this run")
         self.model.load_state_dict(load_file(str(path / hub.WEIGHTS_NAME), device=str(self.device)), strict=True)
         tensors = load_file(str(path / "trainer.safetensors"), device="cpu")
@@ -391,11 +406,10 @@ class Trainer:
             self.codebook.generator.set_state(tensors["rng.codebook"])
         if "rng.cuda" in tensors and self.device.type == "cuda":
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
-        optim = torch.load(path / "optim.pt", map_location=self.device, weights_only=True)
         self.opt.load_state_dict(optim["ae"])
         if self.opt_d is not None and optim.get("disc") is not None:
             self.opt_d.load_state_dict(optim["disc"])
-        self.step = int(state["step"])
+        self.step = step
         logger.info("resumed from %s (step %d)", path, self.step)
 
     # -- logging -----------------------------------------------------------------------
