@@ -424,40 +424,44 @@ class Trainer:
         """PSNR and codebook usage of ``model`` (EMA weights if any) on the validation images."""
         from vqtok.metrics import codebook_usage, psnr
 
-        model = model or (self.ema.model if self.ema is not None else self.model)
+        model = model or self._final_model
         images = self.val_images if images is None else images
         if images is None:
             raise ValueError("no validation images (set data.val_data)")
-        was_training = model.training
-        model.eval()
         scores, ids_all = [], []
-        for start in range(0, images.shape[0], 8):
-            x = to_model_input(images[start : start + 8]).to(self.device)
-            with autocast(self.device, self.amp_dtype):
-                q = model.encode(x)
-                rec = model.decode(q.z_q)
-            scores.append(psnr(from_model_output(rec).cpu().double(), images[start : start + 8].double() / 255))
-            ids_all.append(q.ids.cpu())
-        self._restore_mode(model, was_training)
+        with self._evaluating(model):
+            for start in range(0, images.shape[0], 8):
+                x = to_model_input(images[start : start + 8]).to(self.device)
+                with autocast(self.device, self.amp_dtype):
+                    q = model.encode(x)
+                    rec = model.decode(q.z_q)
+                scores.append(psnr(from_model_output(rec).cpu().double(), images[start : start + 8].double() / 255))
+                ids_all.append(q.ids.cpu())
         usage = codebook_usage(torch.cat([i.reshape(-1) for i in ids_all]), model.config.n_embed)
         return ValidationResult(
             psnr=float(torch.cat(scores).mean()), usage=usage.used_fraction, used_codes=usage.used_codes, perplexity=usage.perplexity
         )
 
-    def _restore_mode(self, model: VQGAN, training: bool) -> None:
-        """Back to train/eval mode after validation; the training model through the autoencoder wrapper, so a
-        decoder_only run's frozen encoder side stays in eval mode."""
-        (self.ae if model is self.model else model).train(training)
+    @property
+    def _final_model(self) -> VQGAN:
+        """The model that is validated, shown and exported: the EMA weights when enabled."""
+        return self.ema.model if self.ema is not None else self.model
+
+    @contextlib.contextmanager
+    def _evaluating(self, model: VQGAN) -> Iterator[None]:
+        """``model`` in eval mode, then back in its mode; the training model through the autoencoder wrapper, so
+        a decoder_only run's frozen encoder side stays in eval mode."""
+        was_training = model.training
+        model.eval()
+        yield
+        (self.ae if model is self.model else model).train(was_training)
 
     @torch.no_grad()
     def _write_grid(self, batch: torch.Tensor) -> None:
-        model = self.ema.model if self.ema is not None else self.model
-        was_training = model.training
-        model.eval()
+        model = self._final_model
         src = self.val_images[:8] if self.val_images is not None else batch[:8]
-        with autocast(self.device, self.amp_dtype):
+        with self._evaluating(model), autocast(self.device, self.amp_dtype):
             rec = model(to_model_input(src).to(self.device)).reconstruction
-        self._restore_mode(model, was_training)
         _save_grid(src.cpu(), from_model_output(rec).cpu(), self.out / "images" / f"step-{self.step:07d}.png")
 
     # -- the loop ----------------------------------------------------------------------
@@ -591,10 +595,9 @@ class Trainer:
 
     def export(self, directory: str | os.PathLike[str]) -> Path:
         """Write the trained model (EMA weights when enabled) as a Tokenizer folder (rank 0)."""
-        model = self.ema.model if self.ema is not None else self.model
         path = Path(directory)
         if self.is_main:
-            hub.save_pretrained(path, state_dict=model.state_dict(), config=self.config.model.to_dict(), model_type=MODEL_TYPE)
+            hub.save_pretrained(path, state_dict=self._final_model.state_dict(), config=self.config.model.to_dict(), model_type=MODEL_TYPE)
         return path
 
 
