@@ -195,12 +195,10 @@ class GPT(nn.Module):
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -223,7 +221,7 @@ class GPT(nn.Module):
         if bool((labels > null).any()) or bool((labels < -1).any()):
             raise ValueError(f"labels must be class ids in [0, {self.config.n_classes}) or -1 / {null} for none; "
                              f"the model has n_classes={self.config.n_classes}")
-        return torch.where(labels < 0, torch.full_like(labels, null), labels)
+        return labels.masked_fill(labels < 0, null)
 
     def _embed(self, labels: Tensor, prefix: Tensor) -> Tensor:
         """The class token followed by the embedded ``prefix``: labels (B,), prefix (B, t) long -> (B, t+1, C)."""
@@ -386,14 +384,13 @@ class GPT(nn.Module):
         save_pretrained(directory, state_dict=self.state_dict_for_save(), config=self.config.to_dict(), model_type=MODEL_TYPE)
 
     def load_weights(self, state: dict[str, Tensor]) -> None:
-        """Load a state dict written by :meth:`state_dict_for_save` (re-ties the head)."""
+        """Load a state dict written by :meth:`state_dict_for_save` (the head stays tied: the copy is in place)."""
         state = dict(state)
         state.pop("lm_head.weight", None)
         missing, unexpected = self.load_state_dict(state, strict=False)
         missing = [k for k in missing if k != "lm_head.weight"]
         if missing or unexpected:
             raise ValueError(f"prior weights do not match the config: missing={missing}, unexpected={unexpected}")
-        self.lm_head.weight = self.tok_emb.weight
 
     @classmethod
     def from_pretrained(

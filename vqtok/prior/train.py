@@ -254,7 +254,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 def _make_optimizer(model: GPT, cfg: PriorTrainConfig) -> torch.optim.AdamW:
     decay, no_decay = [], []
-    for _, p in model.named_parameters():  # named_parameters lists the tied weight once
+    for p in model.parameters():  # the tied weight once
         (decay if p.dim() >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
@@ -411,8 +411,7 @@ def _step_batch(run: _Run, sampler: StepSampler, step: int) -> tuple[Tensor, Ten
     ids_all, labels_all = run.train_set.batch(sampler.indices(step))  # the global batch
     g = torch.Generator().manual_seed(_seed_for(cfg.seed, 4, step))
     drop = torch.rand(cfg.batch_size, generator=g) < cfg.label_dropout
-    null = run.model.config.null_class
-    labels_all = torch.where(drop | (labels_all < 0), torch.full_like(labels_all, null), labels_all)
+    labels_all = labels_all.masked_fill(drop | (labels_all < 0), run.model.config.null_class)
     n = run.per_rank * cfg.grad_accum
     mine = slice(run.dist.rank * n, (run.dist.rank + 1) * n)
     return ids_all[mine].to(run.device), labels_all[mine].to(run.device)
