@@ -276,14 +276,6 @@ def _latest_checkpoint(out: Path) -> Path | None:
     return None
 
 
-def _read_checkpoint_state(path: Path) -> tuple[int, dict[str, Any], dict[str, Any]]:
-    """(step, train config dict, optimizer state) of a checkpoint folder of either layout."""
-    if (path / STATE_NAME).is_file():
-        return read_state(path)
-    legacy = torch.load(path / LEGACY_STATE_NAME, map_location="cpu", weights_only=True)
-    return int(legacy["step"]), legacy["train_config"], legacy["optimizer"]
-
-
 def _save_checkpoint(run: _Run, step: int) -> None:
     """``out/checkpoints/step-N/``: model folder, optim.pt, rng_rank<r>.pt (every rank), state.json (last)."""
     dist, out = run.dist, run.out
@@ -355,11 +347,14 @@ def _start_model(
     cfg: PriorTrainConfig, checkpoint: Path | None, train_set: TokenCorpus, dist: Distributed, device: torch.device
 ) -> tuple[GPT, torch.optim.AdamW, int]:
     """(model, optimizer, first step): a fresh seeded model, or everything restored from ``checkpoint``."""
-    state: tuple[int, dict[str, Any], dict[str, Any]] | None = None
     if checkpoint is not None:
         model = GPT.from_pretrained(checkpoint, device=device)
-        state = _read_checkpoint_state(checkpoint)
-        saved = PriorTrainConfig.from_dict(state[1])
+        if (checkpoint / STATE_NAME).is_file():
+            step, saved_config, optim = read_state(checkpoint)
+        else:  # vqtok 0.1: step, optimizer state and train config in one file
+            legacy = torch.load(checkpoint / LEGACY_STATE_NAME, map_location="cpu", weights_only=True)
+            step, saved_config, optim = int(legacy["step"]), legacy["train_config"], legacy["optimizer"]
+        saved = PriorTrainConfig.from_dict(saved_config)
         ignored = ("steps", "tokens", "val_tokens", "device", "keep_checkpoints")
         changed = [k for k, v in saved.to_dict().items() if k not in ignored and getattr(cfg, k) != v]
         if changed:
@@ -373,15 +368,15 @@ def _start_model(
     if model.config.train_grid is not None and tuple(model.config.train_grid) != train_set.grid:
         raise ValueError(f"the model was trained on {model.config.train_grid} grids, the corpus has {train_set.grid}")
     opt = _make_optimizer(model, cfg)
-    if state is None:
+    if checkpoint is None:
         return model, opt, 0
-    opt.load_state_dict(state[2])
-    rng_file = checkpoint / f"rng_rank{dist.rank}.pt"  # type: ignore[operator]
+    opt.load_state_dict(optim)
+    rng_file = checkpoint / f"rng_rank{dist.rank}.pt"
     if rng_file.is_file():
         _set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=True))
     else:
         logger.warning("no RNG state for rank %d in the checkpoint; dropout noise will differ", dist.rank)
-    return model, opt, state[0]
+    return model, opt, step
 
 
 def _prepare(
