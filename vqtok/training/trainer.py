@@ -503,10 +503,8 @@ class Trainer:
         bar = Progress("train", total=total, initial=self.step, unit="step", enabled=self.progress and self.is_main)
         t0, window = time.time(), []
         last_val: ValidationResult | None = None
-        batch = None
         while self.step < total:
-            metrics = self._train_step(batches)
-            batch = metrics.pop("_batch")
+            metrics, batch = self._train_step(batches)
             window.append(metrics)
             bar.set_postfix(f"rec={metrics['rec']:.4f}, act={metrics['active']:.2f}")
             bar.update(1)
@@ -540,7 +538,8 @@ class Trainer:
         gc.collect()
         self.dist.close()
 
-    def _train_step(self, batches: Iterator[torch.Tensor]) -> dict[str, Any]:
+    def _train_step(self, batches: Iterator[torch.Tensor]) -> tuple[dict[str, float], torch.Tensor]:
+        """One optimizer step over grad_accum batches -> (logged means, the last uint8 batch (B, 3, S, S))."""
         cfg = self.config
         lr = self._lr(self.step)
         for group in self.opt.param_groups:
@@ -590,8 +589,7 @@ class Trainer:
             self.ema.update(self.model)
         self.step += 1
         sums.update(lr=lr, restarted=float(restarted), active=self.codebook.active_fraction())
-        sums["_batch"] = raw  # type: ignore[assignment]
-        return sums
+        return sums, raw
 
     def export(self, directory: str | os.PathLike[str]) -> Path:
         """Write the trained model (EMA weights when enabled) as a Tokenizer folder (rank 0)."""
