@@ -471,12 +471,12 @@ def train(
         raise ValueError("no token shards given (PriorTrainConfig.tokens)")
     device = resolve_device(cfg.device)
     dist = init_distributed(device)
-    run: _Run | None = None
-    try:
-        run = _prepare(cfg, out, checkpoint, dist, device, progress=progress and dist.is_main)
-        return _loop(run, stop_after=stop_after, progress=progress and dist.is_main)
+    progress = progress and dist.is_main
+    try:  # no local holds the run: its DDP wrapper (it holds the process group) is freed here, not at exit
+        return _loop(
+            _prepare(cfg, out, checkpoint, dist, device, progress=progress), stop_after=stop_after, progress=progress
+        )
     finally:
-        run = None  # its DDP wrapper holds the process group: release it, so the group stops here, not at exit
         gc.collect()
         dist.close()
 

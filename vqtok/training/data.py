@@ -18,6 +18,7 @@ same on resume; only a batch whose every crop is unreadable raises.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Iterator
@@ -189,19 +190,13 @@ class TrainImages(torch.utils.data.IterableDataset):
             raise ValueError(f"every image of training batch {k} is unreadable ({self.source}); see the warnings")
         return torch.stack(good)
 
-    def _batch_indices(self, k: int) -> list[int]:
-        """Global crop indices of this rank's batch k."""
-        first = k * self.batch_size
-        return [(first + j) * self.world_size + self.rank for j in range(self.batch_size)]
-
     def __iter__(self) -> Iterator[torch.Tensor]:
         info = torch.utils.data.get_worker_info()
         wid, nworkers = (0, 1) if info is None else (info.id, info.num_workers)
         if self.files:
-            k = self.start_batch + wid
-            while True:
-                yield self._stack([self._folder_crop(g) for g in self._batch_indices(k)], k)
-                k += nworkers
+            for k in itertools.count(self.start_batch + wid, nworkers):
+                slots = range(k * self.batch_size, (k + 1) * self.batch_size)  # this rank's crops g = slot·R + r
+                yield self._stack([self._folder_crop(slot * self.world_size + self.rank) for slot in slots], k)
         else:
             yield from self._iter_shards(wid, nworkers)
 
