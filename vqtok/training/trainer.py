@@ -465,15 +465,6 @@ class Trainer:
         _save_grid(src.cpu(), from_model_output(rec).cpu(), self.out / "images" / f"step-{self.step:07d}.png")
 
     # -- the loop ----------------------------------------------------------------------
-    def _batches(self) -> Iterator[torch.Tensor]:
-        cfg = self.config
-        dataset = TrainImages(
-            self.data, batch_size=cfg.batch_size, crop_size=cfg.data.crop_size, max_zoom_out=cfg.data.max_zoom_out,
-            flip=cfg.data.flip, hue_rotate=cfg.data.hue_rotate, seed=cfg.seed, start_batch=self.step * cfg.grad_accum,
-            rank=self.rank, world_size=self.world_size, cache_images=cfg.data.cache_images,
-        )
-        return iter(make_loader(dataset, num_workers=cfg.data.num_workers))
-
     def _lr(self, step: int) -> float:
         """Learning rate of optimizer step ``step`` (0-based): linear warmup, then the schedule's decay."""
         cfg = self.config
@@ -485,11 +476,9 @@ class Trainer:
         total = cfg.steps if steps is None else steps
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-        latest = self.checkpoints.latest()
-        if latest is not None:
-            self.load_checkpoint(latest)
-        elif self.from_checkpoint is not None:
-            self.load_checkpoint(self.from_checkpoint)
+        start = self.checkpoints.latest() or self.from_checkpoint  # the run's own checkpoint first
+        if start is not None:
+            self.load_checkpoint(start)
         if self.is_main:
             cfg.to_yaml(self.out / CONFIG_NAME)
         if cfg.data.val_data:
@@ -497,7 +486,12 @@ class Trainer:
         self.ae.train()
         if self.loss.discriminator is not None:
             self.loss.discriminator.train()
-        batches = self._batches()
+        dataset = TrainImages(
+            self.data, batch_size=cfg.batch_size, crop_size=cfg.data.crop_size, max_zoom_out=cfg.data.max_zoom_out,
+            flip=cfg.data.flip, hue_rotate=cfg.data.hue_rotate, seed=cfg.seed, start_batch=self.step * cfg.grad_accum,
+            rank=self.rank, world_size=self.world_size, cache_images=cfg.data.cache_images,
+        )
+        batches = iter(make_loader(dataset, num_workers=cfg.data.num_workers))
         from vqtok._progress import Progress
 
         bar = Progress("train", total=total, initial=self.step, unit="step", enabled=self.progress and self.is_main)
