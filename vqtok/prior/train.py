@@ -197,13 +197,9 @@ class StepSampler:
 
     def indices(self, step: int) -> Tensor:
         """(batch_size,) long indices into the corpus for optimizer step ``step``."""
-        start = step * self.batch_size
-        pos = torch.arange(start, start + self.batch_size)
-        out = torch.empty(self.batch_size, dtype=torch.long)
-        for epoch in torch.unique(pos // self.n).tolist():
-            sel = (pos // self.n) == epoch
-            out[sel] = self._perm(int(epoch))[pos[sel] % self.n]
-        return out
+        pos = torch.arange(step * self.batch_size, (step + 1) * self.batch_size)  # global stream positions
+        epochs = pos // self.n  # ascending: the batch is each epoch's part in turn
+        return torch.cat([self._perm(e)[pos[epochs == e] % self.n] for e in torch.unique(epochs).tolist()])
 
 
 def build_model_config(cfg: PriorTrainConfig, corpus: TokenCorpus) -> GPTConfig:
