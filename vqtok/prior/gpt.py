@@ -195,12 +195,10 @@ class GPT(nn.Module):
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -223,21 +221,25 @@ class GPT(nn.Module):
         if bool((labels > null).any()) or bool((labels < -1).any()):
             raise ValueError(f"labels must be class ids in [0, {self.config.n_classes}) or -1 / {null} for none; "
                              f"the model has n_classes={self.config.n_classes}")
-        return torch.where(labels < 0, torch.full_like(labels, null), labels)
+        return labels.masked_fill(labels < 0, null)
 
     def _embed(self, labels: Tensor, prefix: Tensor) -> Tensor:
         """The class token followed by the embedded ``prefix``: labels (B,), prefix (B, t) long -> (B, t+1, C)."""
         return torch.cat([self.cls_emb(labels)[:, None], self.tok_emb(prefix)], dim=1)
 
-    def _run(self, x: Tensor, *, cache: KVCache | None = None, start: int = 0) -> Tensor:
-        """Add positions and run the blocks. x: (B, L, C) input embeddings at positions start.. -> logits (B, L, V)."""
+    def _run(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
+        """Add positions and run the blocks. x: (B, L, C) input embeddings at the positions after the cached ones
+        (0.. without a cache) -> logits (B, L, V); the cache then holds L more positions."""
         L = x.shape[1]
+        start = cache.length if cache is not None else 0
         if start + L > self.config.block_size:
             raise ValueError(f"sequence of {start + L} positions exceeds block_size={self.config.block_size}")
         pos = torch.arange(start, start + L, device=x.device)
         x = self.drop(x + self.pos_emb(pos))
         for i, block in enumerate(self.blocks):
             x = block(x, cache=cache, layer=i)
+        if cache is not None:
+            cache.length = start + L
         return self.lm_head(self.ln_f(x))
 
     # ------------------------------------------------------------------ forward
@@ -273,15 +275,12 @@ class GPT(nn.Module):
         First call (``cache.length == 0``) feeds the class token (``prev`` ignored);
         later calls feed ``prev`` (B,) long, the token sampled last.
         """
-        start = cache.length
-        if start == 0:
+        if cache.length == 0:
             x = self.cls_emb(labels)[:, None]  # (B, 1, C)
         else:
             assert prev is not None
             x = self.tok_emb(prev)[:, None]
-        logits = self._run(x, cache=cache, start=start)[:, -1]
-        cache.length = start + 1
-        return logits
+        return self._run(x, cache)[:, -1]
 
     def next_logits(self, prefix: Tensor, labels: Tensor) -> Tensor:
         """Full recomputation: logits of the token after ``prefix`` (B, t) -> (B, V)."""
@@ -290,10 +289,7 @@ class GPT(nn.Module):
     def prefill(self, prefix: Tensor, labels: Tensor, cache: KVCache) -> Tensor:
         """Reset ``cache`` and fill it with the class token + ``prefix`` (B, t) -> next-token logits (B, V)."""
         cache.length = 0
-        x = self._embed(labels, prefix)
-        logits = self._run(x, cache=cache)[:, -1]
-        cache.length = x.shape[1]
-        return logits
+        return self._run(self._embed(labels, prefix), cache)[:, -1]
 
     def new_cache(self, batch: int) -> KVCache:
         return KVCache.empty(self.config, batch, device=self.device, dtype=self.tok_emb.weight.dtype)
@@ -386,14 +382,13 @@ class GPT(nn.Module):
         save_pretrained(directory, state_dict=self.state_dict_for_save(), config=self.config.to_dict(), model_type=MODEL_TYPE)
 
     def load_weights(self, state: dict[str, Tensor]) -> None:
-        """Load a state dict written by :meth:`state_dict_for_save` (re-ties the head)."""
+        """Load a state dict written by :meth:`state_dict_for_save` (the head stays tied: the copy is in place)."""
         state = dict(state)
         state.pop("lm_head.weight", None)
         missing, unexpected = self.load_state_dict(state, strict=False)
         missing = [k for k in missing if k != "lm_head.weight"]
         if missing or unexpected:
             raise ValueError(f"prior weights do not match the config: missing={missing}, unexpected={unexpected}")
-        self.lm_head.weight = self.tok_emb.weight
 
     @classmethod
     def from_pretrained(

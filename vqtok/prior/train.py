@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import json
 import logging
 import math
 import os
@@ -65,7 +64,7 @@ from vqtok._runtime import (
 )
 from vqtok.tokens import TokenCorpus, load_token_corpus
 from vqtok.prior.gpt import GPT, GPTConfig
-from vqtok.training.trainer import warmup_decay_lr, wrap_ddp
+from vqtok.training.trainer import STATE_NAME, read_state, warmup_decay_lr, wrap_ddp, write_state
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +79,6 @@ __all__ = [
     "train",
 ]
 
-STATE_NAME = "state.json"  # step + train config of a checkpoint (the VQGAN trainer's name)
-OPTIM_NAME = "optim.pt"  # optimizer state of a checkpoint
 LEGACY_CHECKPOINT_DIR = "checkpoint"  # vqtok 0.1: one OUT/checkpoint/ folder ...
 LEGACY_STATE_NAME = "trainer_state.pt"  # ... holding step, optimizer state and train config in one file
 
@@ -200,13 +197,9 @@ class StepSampler:
 
     def indices(self, step: int) -> Tensor:
         """(batch_size,) long indices into the corpus for optimizer step ``step``."""
-        start = step * self.batch_size
-        pos = torch.arange(start, start + self.batch_size)
-        out = torch.empty(self.batch_size, dtype=torch.long)
-        for epoch in torch.unique(pos // self.n).tolist():
-            sel = (pos // self.n) == epoch
-            out[sel] = self._perm(int(epoch))[pos[sel] % self.n]
-        return out
+        pos = torch.arange(step * self.batch_size, (step + 1) * self.batch_size)  # global stream positions
+        epochs = pos // self.n  # ascending: the batch is each epoch's part in turn
+        return torch.cat([self._perm(e)[pos[epochs == e] % self.n] for e in torch.unique(epochs).tolist()])
 
 
 def build_model_config(cfg: PriorTrainConfig, corpus: TokenCorpus) -> GPTConfig:
@@ -257,7 +250,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 def _make_optimizer(model: GPT, cfg: PriorTrainConfig) -> torch.optim.AdamW:
     decay, no_decay = [], []
-    for _, p in model.named_parameters():  # named_parameters lists the tied weight once
+    for p in model.parameters():  # the tied weight once
         (decay if p.dim() >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
@@ -279,29 +272,17 @@ def _latest_checkpoint(out: Path) -> Path | None:
     return None
 
 
-def _read_checkpoint_state(path: Path) -> tuple[int, dict[str, Any], dict[str, Any]]:
-    """(step, train config dict, optimizer state) of a checkpoint folder of either layout."""
-    if (path / STATE_NAME).is_file():
-        state = json.loads((path / STATE_NAME).read_text())
-        optim = torch.load(path / OPTIM_NAME, map_location="cpu", weights_only=True)
-        return int(state["step"]), state["config"], optim
-    legacy = torch.load(path / LEGACY_STATE_NAME, map_location="cpu", weights_only=True)
-    return int(legacy["step"]), legacy["train_config"], legacy["optimizer"]
-
-
 def _save_checkpoint(run: _Run, step: int) -> None:
     """``out/checkpoints/step-N/``: model folder, optim.pt, rng_rank<r>.pt (every rank), state.json (last)."""
     dist, out = run.dist, run.out
     ckpts = CheckpointDir(out, keep=run.cfg.keep_checkpoints)
     with ckpts.write(step, main=dist.is_main) as tmp:
-        if dist.is_main:
-            run.model.save_pretrained(tmp)
-            torch.save(run.opt.state_dict(), tmp / OPTIM_NAME)
-        dist.barrier()
+        dist.barrier()  # the main rank has made the folder
         torch.save(_rng_state(), tmp / f"rng_rank{dist.rank}.pt")
         dist.barrier()
         if dist.is_main:
-            (tmp / STATE_NAME).write_text(json.dumps({"step": step, "config": run.cfg.to_dict()}, indent=1) + "\n")
+            run.model.save_pretrained(tmp)
+            write_state(tmp, step, run.cfg.to_dict(), run.opt.state_dict())
     if dist.is_main:
         shutil.rmtree(out / LEGACY_CHECKPOINT_DIR, ignore_errors=True)  # superseded by the new layout
         run.model.save_pretrained(out)  # latest weights at the top level, for `vqtok sample`
@@ -362,11 +343,14 @@ def _start_model(
     cfg: PriorTrainConfig, checkpoint: Path | None, train_set: TokenCorpus, dist: Distributed, device: torch.device
 ) -> tuple[GPT, torch.optim.AdamW, int]:
     """(model, optimizer, first step): a fresh seeded model, or everything restored from ``checkpoint``."""
-    state: tuple[int, dict[str, Any], dict[str, Any]] | None = None
     if checkpoint is not None:
         model = GPT.from_pretrained(checkpoint, device=device)
-        state = _read_checkpoint_state(checkpoint)
-        saved = PriorTrainConfig.from_dict(state[1])
+        if (checkpoint / STATE_NAME).is_file():
+            step, saved_config, optim = read_state(checkpoint)
+        else:  # vqtok 0.1: step, optimizer state and train config in one file
+            legacy = torch.load(checkpoint / LEGACY_STATE_NAME, map_location="cpu", weights_only=True)
+            step, saved_config, optim = int(legacy["step"]), legacy["train_config"], legacy["optimizer"]
+        saved = PriorTrainConfig.from_dict(saved_config)
         ignored = ("steps", "tokens", "val_tokens", "device", "keep_checkpoints")
         changed = [k for k, v in saved.to_dict().items() if k not in ignored and getattr(cfg, k) != v]
         if changed:
@@ -380,15 +364,15 @@ def _start_model(
     if model.config.train_grid is not None and tuple(model.config.train_grid) != train_set.grid:
         raise ValueError(f"the model was trained on {model.config.train_grid} grids, the corpus has {train_set.grid}")
     opt = _make_optimizer(model, cfg)
-    if state is None:
+    if checkpoint is None:
         return model, opt, 0
-    opt.load_state_dict(state[2])
-    rng_file = checkpoint / f"rng_rank{dist.rank}.pt"  # type: ignore[operator]
+    opt.load_state_dict(optim)
+    rng_file = checkpoint / f"rng_rank{dist.rank}.pt"
     if rng_file.is_file():
         _set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=True))
     else:
         logger.warning("no RNG state for rank %d in the checkpoint; dropout noise will differ", dist.rank)
-    return model, opt, state[0]
+    return model, opt, step
 
 
 def _prepare(
@@ -418,8 +402,7 @@ def _step_batch(run: _Run, sampler: StepSampler, step: int) -> tuple[Tensor, Ten
     ids_all, labels_all = run.train_set.batch(sampler.indices(step))  # the global batch
     g = torch.Generator().manual_seed(_seed_for(cfg.seed, 4, step))
     drop = torch.rand(cfg.batch_size, generator=g) < cfg.label_dropout
-    null = run.model.config.null_class
-    labels_all = torch.where(drop | (labels_all < 0), torch.full_like(labels_all, null), labels_all)
+    labels_all = labels_all.masked_fill(drop | (labels_all < 0), run.model.config.null_class)
     n = run.per_rank * cfg.grad_accum
     mine = slice(run.dist.rank * n, (run.dist.rank + 1) * n)
     return ids_all[mine].to(run.device), labels_all[mine].to(run.device)
@@ -484,12 +467,12 @@ def train(
         raise ValueError("no token shards given (PriorTrainConfig.tokens)")
     device = resolve_device(cfg.device)
     dist = init_distributed(device)
-    run: _Run | None = None
-    try:
-        run = _prepare(cfg, out, checkpoint, dist, device, progress=progress and dist.is_main)
-        return _loop(run, stop_after=stop_after, progress=progress and dist.is_main)
+    progress = progress and dist.is_main
+    try:  # no local holds the run: its DDP wrapper (it holds the process group) is freed here, not at exit
+        return _loop(
+            _prepare(cfg, out, checkpoint, dist, device, progress=progress), stop_after=stop_after, progress=progress
+        )
     finally:
-        run = None  # its DDP wrapper holds the process group: release it, so the group stops here, not at exit
         gc.collect()
         dist.close()
 

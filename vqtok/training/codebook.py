@@ -72,10 +72,10 @@ def kmeans(
     n = x.shape[0]
     if n == 0:
         raise ValueError("k-means needs at least one point")
-    idx = torch.randperm(n, generator=generator)[: min(n, k)]
+    idx = torch.randperm(n, generator=generator)[:k]
     if n < k:
         idx = torch.cat([idx, torch.randint(0, n, (k - n,), generator=generator)])
-    centroids = x[idx].clone()
+    centroids = x[idx]  # a copy (index tensor)
     if n < k:
         centroids[n:] += 0.01 * x.std() * torch.randn(k - n, x.shape[1], generator=generator)
     for _ in range(iters):

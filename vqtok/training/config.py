@@ -23,7 +23,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from vqtok._runtime import check_precision, read_config_file, write_config_file
 from vqtok.models.lfq import LFQ
@@ -32,9 +32,6 @@ from vqtok.models.vqgan import VQGANConfig
 logger = logging.getLogger(__name__)
 
 __all__ = ["CodebookConfig", "DataConfig", "LossConfig", "TrainConfig", "default_model_config", "vanilla_codebook"]
-
-T = TypeVar("T")
-
 
 @dataclass
 class CodebookConfig:
@@ -164,18 +161,16 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
-        d = upgrade_legacy_keys(d)
+        d = upgrade_legacy_keys(d)  # a copy: its sections are replaced by their configs
         _check_keys(cls, d, "")
-        kwargs: dict[str, Any] = {}
         if "model" in d:
-            kwargs["model"] = VQGANConfig.from_dict(d.pop("model") or {})
+            d["model"] = VQGANConfig.from_dict(d["model"] or {})
         for name, sub in (("codebook", CodebookConfig), ("loss", LossConfig), ("data", DataConfig)):
             if name in d:
-                part = dict(d.pop(name) or {})
+                part = dict(d[name] or {})
                 _check_keys(sub, part, name + ".")
-                kwargs[name] = sub(**part)
-        kwargs.update(d)
-        return cls(**kwargs)
+                d[name] = sub(**part)
+        return cls(**d)
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> TrainConfig:

@@ -18,9 +18,11 @@ same on resume; only a batch whose every crop is unreadable raises.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Iterator
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +122,7 @@ def _shard_images(url: str) -> Iterator[tuple[str, bytes]]:
             yield sample.key, sample.image
 
 
+@dataclass(eq=False)  # compared and hashed by identity, as a Dataset
 class TrainImages(torch.utils.data.IterableDataset):
     """Infinite, deterministic stream of uint8 batches (B, 3, S, S) from a folder or shards.
 
@@ -133,33 +136,21 @@ class TrainImages(torch.utils.data.IterableDataset):
         cache_images: keep decoded folder images in memory (per worker).
     """
 
-    def __init__(
-        self,
-        source: str,
-        *,
-        batch_size: int,
-        crop_size: int,
-        max_zoom_out: float = 4.0,
-        flip: bool = True,
-        hue_rotate: float = 0.0,
-        seed: int = 0,
-        start_batch: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        cache_images: bool = False,
-    ) -> None:
-        super().__init__()
-        self.source = str(source)
-        self.batch_size = batch_size
-        self.crop_size = crop_size
-        self.max_zoom_out = max_zoom_out
-        self.flip = flip
-        self.hue_rotate = hue_rotate
-        self.seed = seed
-        self.start_batch = start_batch
-        self.rank = rank
-        self.world_size = world_size
-        self.cache_images = cache_images
+    source: str
+    _: KW_ONLY
+    batch_size: int
+    crop_size: int
+    max_zoom_out: float = 4.0
+    flip: bool = True
+    hue_rotate: float = 0.0
+    seed: int = 0
+    start_batch: int = 0
+    rank: int = 0
+    world_size: int = 1
+    cache_images: bool = False
+
+    def __post_init__(self) -> None:
+        self.source = str(self.source)
         self.files, self.shards = training_sources(self.source)
         self._cache: dict[int, Image.Image] = {}
         self._reported: set[str] = set()  # bad samples already warned about (per worker)
@@ -199,19 +190,13 @@ class TrainImages(torch.utils.data.IterableDataset):
             raise ValueError(f"every image of training batch {k} is unreadable ({self.source}); see the warnings")
         return torch.stack(good)
 
-    def _batch_indices(self, k: int) -> list[int]:
-        """Global crop indices of this rank's batch k."""
-        first = k * self.batch_size
-        return [(first + j) * self.world_size + self.rank for j in range(self.batch_size)]
-
     def __iter__(self) -> Iterator[torch.Tensor]:
         info = torch.utils.data.get_worker_info()
         wid, nworkers = (0, 1) if info is None else (info.id, info.num_workers)
         if self.files:
-            k = self.start_batch + wid
-            while True:
-                yield self._stack([self._folder_crop(g) for g in self._batch_indices(k)], k)
-                k += nworkers
+            for k in itertools.count(self.start_batch + wid, nworkers):
+                slots = range(k * self.batch_size, (k + 1) * self.batch_size)  # this rank's crops g = slot·R + r
+                yield self._stack([self._folder_crop(slot * self.world_size + self.rank) for slot in slots], k)
         else:
             yield from self._iter_shards(wid, nworkers)
 

@@ -29,20 +29,14 @@ class NLayerDiscriminator(nn.Module):
         super().__init__()
         layers: list[nn.Module] = [nn.Conv2d(in_channels, ndf, 4, stride=2, padding=1), nn.LeakyReLU(0.2, True)]
         mult = 1
-        for n in range(1, n_layers):
+        for n in [*range(1, n_layers), n_layers]:  # the last of these keeps the resolution
             prev, mult = mult, min(2**n, 8)
             layers += [
-                nn.Conv2d(ndf * prev, ndf * mult, 4, stride=2, padding=1, bias=False),
+                nn.Conv2d(ndf * prev, ndf * mult, 4, stride=2 if n < n_layers else 1, padding=1, bias=False),
                 nn.BatchNorm2d(ndf * mult),
                 nn.LeakyReLU(0.2, True),
             ]
-        prev, mult = mult, min(2**n_layers, 8)
-        layers += [
-            nn.Conv2d(ndf * prev, ndf * mult, 4, stride=1, padding=1, bias=False),
-            nn.BatchNorm2d(ndf * mult),
-            nn.LeakyReLU(0.2, True),
-            nn.Conv2d(ndf * mult, 1, 4, stride=1, padding=1),
-        ]
+        layers.append(nn.Conv2d(ndf * mult, 1, 4, stride=1, padding=1))
         self.main = nn.Sequential(*layers)
         self.apply(weights_init)
 

@@ -206,9 +206,26 @@ def _restride(shape: tuple[int, ...], stride: tuple[int, ...], grad: torch.Tenso
     return grad  # a real layout difference: autograd copies it into the parameter's layout itself
 
 
+STATE_NAME = "state.json"  # step + train config of a checkpoint, written last (both trainers)
+OPTIM_NAME = "optim.pt"  # optimizer state(s) of a checkpoint
+
+
+def write_state(folder: Path, step: int, config: dict[str, Any], optim: Any) -> None:
+    """The last files of either trainer's checkpoint: ``optim`` (optimizer states) as optim.pt, then
+    state.json with the step and the train config (the file that marks the checkpoint complete)."""
+    torch.save(optim, folder / OPTIM_NAME)
+    (folder / STATE_NAME).write_text(json.dumps({"step": step, "config": config}, indent=1) + "\n")
+
+
+def read_state(folder: Path) -> tuple[int, dict[str, Any], Any]:
+    """(step, train config dict, optimizer states on the CPU) of a checkpoint written by :func:`write_state`."""
+    state = json.loads((folder / STATE_NAME).read_text())
+    return int(state["step"]), state["config"], torch.load(folder / OPTIM_NAME, map_location="cpu", weights_only=True)
+
+
 def checkpoint_config(path: str | os.PathLike[str]) -> TrainConfig:
     """The training config a checkpoint folder (``RUN/checkpoints/step-NNNNNNN``) was written with."""
-    state = Path(path) / "state.json"
+    state = Path(path) / STATE_NAME
     if not state.is_file():
         raise FileNotFoundError(
             f"from_checkpoint={str(path)!r} is not a complete training checkpoint (no state.json); "
@@ -359,14 +376,12 @@ class Trainer:
             hub.save_pretrained(tmp, state_dict=self.model.state_dict(), config=self.config.model.to_dict(), model_type=MODEL_TYPE)
             save_file(self._trainer_tensors(), str(tmp / "trainer.safetensors"))
             optim = {"ae": self.opt.state_dict(), "disc": self.opt_d.state_dict() if self.opt_d is not None else None}
-            torch.save(optim, tmp / "optim.pt")
-            (tmp / "state.json").write_text(json.dumps({"step": self.step, "config": self.config.to_dict()}, indent=1))
+            write_state(tmp, self.step, self.config.to_dict(), optim)
         return self.checkpoints.path(self.step)
 
     def load_checkpoint(self, path: Path) -> None:
-        state = json.loads((path / "state.json").read_text())  # its config may use vqtok 0.1 key names: only model is read
-        saved_model = state["config"]["model"]
-        if saved_model != self.config.model.to_dict():
+        step, config, optim = read_state(path)  # its config may use vqtok 0.1 key names: only model is read
+        if config["model"] != self.config.model.to_dict():
             raise ValueError(f"checkpoint {path} has a different model config than this run")
         self.model.load_state_dict(load_file(str(path / hub.WEIGHTS_NAME), device=str(self.device)), strict=True)
         tensors = load_file(str(path / "trainer.safetensors"), device="cpu")
@@ -391,11 +406,10 @@ class Trainer:
             self.codebook.generator.set_state(tensors["rng.codebook"])
         if "rng.cuda" in tensors and self.device.type == "cuda":
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
-        optim = torch.load(path / "optim.pt", map_location=self.device, weights_only=True)
         self.opt.load_state_dict(optim["ae"])
         if self.opt_d is not None and optim.get("disc") is not None:
             self.opt_d.load_state_dict(optim["disc"])
-        self.step = int(state["step"])
+        self.step = step
         logger.info("resumed from %s (step %d)", path, self.step)
 
     # -- logging -----------------------------------------------------------------------
@@ -410,52 +424,47 @@ class Trainer:
         """PSNR and codebook usage of ``model`` (EMA weights if any) on the validation images."""
         from vqtok.metrics import codebook_usage, psnr
 
-        model = model or (self.ema.model if self.ema is not None else self.model)
+        model = model or self._final_model
         images = self.val_images if images is None else images
         if images is None:
             raise ValueError("no validation images (set data.val_data)")
-        was_training = model.training
-        model.eval()
         scores, ids_all = [], []
-        for start in range(0, images.shape[0], 8):
-            x = to_model_input(images[start : start + 8]).to(self.device)
-            with autocast(self.device, self.amp_dtype):
-                q = model.encode(x)
-                rec = model.decode(q.z_q)
-            scores.append(psnr(from_model_output(rec).cpu().double(), images[start : start + 8].double() / 255))
-            ids_all.append(q.ids.cpu())
-        self._restore_mode(model, was_training)
+        with self._evaluating(model):
+            for start in range(0, images.shape[0], 8):
+                x = to_model_input(images[start : start + 8]).to(self.device)
+                with autocast(self.device, self.amp_dtype):
+                    q = model.encode(x)
+                    rec = model.decode(q.z_q)
+                scores.append(psnr(from_model_output(rec).cpu().double(), images[start : start + 8].double() / 255))
+                ids_all.append(q.ids.cpu())
         usage = codebook_usage(torch.cat([i.reshape(-1) for i in ids_all]), model.config.n_embed)
         return ValidationResult(
             psnr=float(torch.cat(scores).mean()), usage=usage.used_fraction, used_codes=usage.used_codes, perplexity=usage.perplexity
         )
 
-    def _restore_mode(self, model: VQGAN, training: bool) -> None:
-        """Back to train/eval mode after validation; the training model through the autoencoder wrapper, so a
-        decoder_only run's frozen encoder side stays in eval mode."""
-        (self.ae if model is self.model else model).train(training)
+    @property
+    def _final_model(self) -> VQGAN:
+        """The model that is validated, shown and exported: the EMA weights when enabled."""
+        return self.ema.model if self.ema is not None else self.model
+
+    @contextlib.contextmanager
+    def _evaluating(self, model: VQGAN) -> Iterator[None]:
+        """``model`` in eval mode, then back in its mode; the training model through the autoencoder wrapper, so
+        a decoder_only run's frozen encoder side stays in eval mode."""
+        was_training = model.training
+        model.eval()
+        yield
+        (self.ae if model is self.model else model).train(was_training)
 
     @torch.no_grad()
     def _write_grid(self, batch: torch.Tensor) -> None:
-        model = self.ema.model if self.ema is not None else self.model
-        was_training = model.training
-        model.eval()
+        model = self._final_model
         src = self.val_images[:8] if self.val_images is not None else batch[:8]
-        with autocast(self.device, self.amp_dtype):
+        with self._evaluating(model), autocast(self.device, self.amp_dtype):
             rec = model(to_model_input(src).to(self.device)).reconstruction
-        self._restore_mode(model, was_training)
         _save_grid(src.cpu(), from_model_output(rec).cpu(), self.out / "images" / f"step-{self.step:07d}.png")
 
     # -- the loop ----------------------------------------------------------------------
-    def _batches(self) -> Iterator[torch.Tensor]:
-        cfg = self.config
-        dataset = TrainImages(
-            self.data, batch_size=cfg.batch_size, crop_size=cfg.data.crop_size, max_zoom_out=cfg.data.max_zoom_out,
-            flip=cfg.data.flip, hue_rotate=cfg.data.hue_rotate, seed=cfg.seed, start_batch=self.step * cfg.grad_accum,
-            rank=self.rank, world_size=self.world_size, cache_images=cfg.data.cache_images,
-        )
-        return iter(make_loader(dataset, num_workers=cfg.data.num_workers))
-
     def _lr(self, step: int) -> float:
         """Learning rate of optimizer step ``step`` (0-based): linear warmup, then the schedule's decay."""
         cfg = self.config
@@ -467,11 +476,9 @@ class Trainer:
         total = cfg.steps if steps is None else steps
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-        latest = self.checkpoints.latest()
-        if latest is not None:
-            self.load_checkpoint(latest)
-        elif self.from_checkpoint is not None:
-            self.load_checkpoint(self.from_checkpoint)
+        start = self.checkpoints.latest() or self.from_checkpoint  # the run's own checkpoint first
+        if start is not None:
+            self.load_checkpoint(start)
         if self.is_main:
             cfg.to_yaml(self.out / CONFIG_NAME)
         if cfg.data.val_data:
@@ -479,16 +486,19 @@ class Trainer:
         self.ae.train()
         if self.loss.discriminator is not None:
             self.loss.discriminator.train()
-        batches = self._batches()
+        dataset = TrainImages(
+            self.data, batch_size=cfg.batch_size, crop_size=cfg.data.crop_size, max_zoom_out=cfg.data.max_zoom_out,
+            flip=cfg.data.flip, hue_rotate=cfg.data.hue_rotate, seed=cfg.seed, start_batch=self.step * cfg.grad_accum,
+            rank=self.rank, world_size=self.world_size, cache_images=cfg.data.cache_images,
+        )
+        batches = iter(make_loader(dataset, num_workers=cfg.data.num_workers))
         from vqtok._progress import Progress
 
         bar = Progress("train", total=total, initial=self.step, unit="step", enabled=self.progress and self.is_main)
         t0, window = time.time(), []
         last_val: ValidationResult | None = None
-        batch = None
         while self.step < total:
-            metrics = self._train_step(batches)
-            batch = metrics.pop("_batch")
+            metrics, batch = self._train_step(batches)
             window.append(metrics)
             bar.set_postfix(f"rec={metrics['rec']:.4f}, act={metrics['active']:.2f}")
             bar.update(1)
@@ -522,7 +532,8 @@ class Trainer:
         gc.collect()
         self.dist.close()
 
-    def _train_step(self, batches: Iterator[torch.Tensor]) -> dict[str, Any]:
+    def _train_step(self, batches: Iterator[torch.Tensor]) -> tuple[dict[str, float], torch.Tensor]:
+        """One optimizer step over grad_accum batches -> (logged means, the last uint8 batch (B, 3, S, S))."""
         cfg = self.config
         lr = self._lr(self.step)
         for group in self.opt.param_groups:
@@ -572,15 +583,13 @@ class Trainer:
             self.ema.update(self.model)
         self.step += 1
         sums.update(lr=lr, restarted=float(restarted), active=self.codebook.active_fraction())
-        sums["_batch"] = raw  # type: ignore[assignment]
-        return sums
+        return sums, raw
 
     def export(self, directory: str | os.PathLike[str]) -> Path:
         """Write the trained model (EMA weights when enabled) as a Tokenizer folder (rank 0)."""
-        model = self.ema.model if self.ema is not None else self.model
         path = Path(directory)
         if self.is_main:
-            hub.save_pretrained(path, state_dict=model.state_dict(), config=self.config.model.to_dict(), model_type=MODEL_TYPE)
+            hub.save_pretrained(path, state_dict=self._final_model.state_dict(), config=self.config.model.to_dict(), model_type=MODEL_TYPE)
         return path
 
 
