@@ -192,8 +192,9 @@ class CodebookTrainer(_QuantizerTrainer):
             return
         points = torch.cat(self._kmeans_points)
         if _distributed():
+            points = points.to(self.ring.device)  # NCCL gathers device tensors only
             gathered = [torch.empty_like(points) for _ in range(dist.get_world_size())]
-            dist.all_gather(gathered, points.to(self.ring.device))
+            dist.all_gather(gathered, points)
             points = torch.cat([g.cpu() for g in gathered])
         q = self.quantizer
         centroids = kmeans(points, q.n_embed, iters=self.config.kmeans_iters, spherical=q.l2_norm, generator=self.generator)
