@@ -155,10 +155,10 @@ def looks_like_path(name: str) -> bool:
 _reachability: dict[str, str | None] = {}
 
 
-def hub_unreachable(timeout: float = 3.0) -> str | None:
-    """None when the Hub endpoint answers a TCP connection (or a proxy is configured); else a short
-    reason ("the Hub (huggingface.co) cannot be reached: ..."). ``HF_HUB_OFFLINE=1`` gives a reason at
-    once. Checked once per process."""
+def hub_unreachable() -> str | None:
+    """None when the Hub endpoint answers a TCP connection within 3 s (or a proxy is configured); else a
+    short reason ("the Hub (huggingface.co) cannot be reached: ..."). ``HF_HUB_OFFLINE=1`` gives a reason
+    at once. Checked once per process."""
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
@@ -175,7 +175,7 @@ def hub_unreachable(timeout: float = 3.0) -> str | None:
             host = parts.hostname or endpoint
             port = parts.port or (443 if parts.scheme == "https" else 80)
             try:
-                socket.create_connection((host, port), timeout=timeout).close()
+                socket.create_connection((host, port), timeout=3.0).close()
                 _reachability[endpoint] = None
             except OSError as err:
                 _reachability[endpoint] = f"the Hub ({host}) cannot be reached from this machine ({err.strerror or err})"
@@ -191,11 +191,9 @@ def _check_names_and_shapes(expected: Mapping[str, torch.Tensor], state: Mapping
         for k, v in expected.items()
         if k in state and tuple(state[k].shape) != tuple(v.shape)
     ]
-    if missing or unexpected or misshapen:
-        parts = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshapen)):
-            if items:
-                parts.append(f"{label}: {listing(items)}")
+    parts = [f"{label}: {listing(items)}" for label, items in (("missing", missing), ("unexpected", unexpected),
+                                                                 ("wrong shape", misshapen)) if items]
+    if parts:
         raise ValueError(f"weights in {source} do not match the config: " + "; ".join(parts))
 
 
@@ -266,10 +264,8 @@ def read_config_json(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     try:
         raw = json.loads(path.read_text(), parse_constant=_no_constant)
-    except json.JSONDecodeError as err:
+    except ValueError as err:  # a JSONDecodeError, or _no_constant's
         raise ValueError(f"{path} is not valid JSON: {err}") from err
-    except ValueError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
     except RecursionError:
         raise ValueError(f"{path} is not a config: its JSON is nested too deeply") from None
     if not isinstance(raw, dict):

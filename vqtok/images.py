@@ -88,10 +88,7 @@ def pil_to_rgb(img: Image.Image) -> Image.Image:
             raise ValueError("float image (mode F) contains NaN or inf")
         a = np.clip(a, 0.0, 1.0) * 255.0 if mode == "F" else np.clip(a, 0, 65535) / 257.0  # 65535 / 257 = 255
         return Image.fromarray(np.rint(a).astype(np.uint8), mode="L").convert("RGB")
-    if mode == "P":
-        img = img.convert("RGBA")
-        mode = "RGBA"
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    if mode in ("P", "RGBA", "LA", "PA", "RGBa", "La"):  # a palette may hold transparency
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
@@ -108,15 +105,20 @@ def pil_to_rgb(img: Image.Image) -> Image.Image:
 FULL_RESIZE_PIXELS = 1 << 24
 
 
+def _cover(w: int, h: int, size: int) -> tuple[int, int, int, int]:
+    """(new width, new height, left, top): the shorter side resized to ``size``, the size×size crop centred."""
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    return nw, nh, (nw - size) // 2, (nh - size) // 2
+
+
 def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     """Resize the shorter side to ``size`` (bicubic, antialiased) and center-crop to size×size.
 
     An image whose resized whole would exceed :data:`FULL_RESIZE_PIXELS` has only its crop region resized.
     """
     w, h = img.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    left, top = (nw - size) // 2, (nh - size) // 2
+    nw, nh, left, top = _cover(w, h, size)
     if nw * nh > FULL_RESIZE_PIXELS:
         sx, sy = w / nw, h / nh
         box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
@@ -220,11 +222,9 @@ def _tensor_batch(t: torch.Tensor, size: int | None, *, layout: str) -> ImageBat
 def _resize_tensor(t: torch.Tensor, size: int) -> torch.Tensor:
     """Float (B, 3, H, W) -> (B, 3, size, size): shorter side to size (bicubic, antialias), center crop."""
     h, w = t.shape[-2:]
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    nw, nh, left, top = _cover(w, h, size)
     if (nh, nw) != (h, w):
         t = F.interpolate(t.float(), size=(nh, nw), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
-    top, left = (nh - size) // 2, (nw - size) // 2
     return t[..., top : top + size, left : left + size]
 
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Generic, TypeVar, Union
 
-from vqtok._errors import reason
+from vqtok._errors import listing, reason
 from vqtok.images import IMAGE_SUFFIXES
 
 __all__ = [
@@ -369,8 +369,7 @@ def expand_shards(specs: str | os.PathLike[str] | Sequence[str | os.PathLike[str
             else:
                 missing.append(pattern)
     if missing:
-        more = f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""
-        raise FileNotFoundError(f"{len(missing)} input(s) not found (no such folder, file or shard): {', '.join(missing[:3])}{more}")
+        raise FileNotFoundError(f"{len(missing)} input(s) not found (no such folder, file or shard): {listing(missing, 3)}")
     return list(dict.fromkeys(out))
 
 

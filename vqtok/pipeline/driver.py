@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from vqtok._errors import reason
+from vqtok._errors import listing, reason
 from vqtok._io import atomic_write, remove_stale_tmp
 from vqtok._progress import Progress
 from vqtok._runtime import env_int, resolve_device
@@ -315,9 +315,8 @@ def prepare_output(
             # what pretokenize puts in an output folder before its manifest: locks and the fetch folder
             foreign = sorted(p.name for p in folder.iterdir() if p.name not in (_LOCK_NAME, _RUN_LOCK_NAME, INCOMING_DIR))
             if foreign:
-                more = f" (+{len(foreign) - 3} more)" if len(foreign) > 3 else ""
                 raise ValueError(
-                    f"output folder {folder} is not empty ({', '.join(foreign[:3])}{more}) and has no {MANIFEST_NAME}: "
+                    f"output folder {folder} is not empty ({listing(foreign, 3)}) and has no {MANIFEST_NAME}: "
                     "it is not a pretokenize output folder, and its files could be overwritten; "
                     "choose a new or empty folder"
                 )
