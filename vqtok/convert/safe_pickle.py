@@ -139,8 +139,7 @@ def _allowed_extra(module: str, name: str) -> Any | None:
     if module.startswith("numpy") and name.endswith("DType"):  # numpy >= 1.25 pickles dtypes as numpy.dtypes.Float32DType
         import numpy as np
 
-        dtypes = getattr(np, "dtypes", None)
-        obj = getattr(dtypes, name, None) if dtypes is not None else None
+        obj = getattr(getattr(np, "dtypes", None), name, None)  # numpy.dtypes is absent before 1.25
         if isinstance(obj, type):
             return obj
     if module == "copyreg" and name == "_reconstructor":
@@ -213,18 +212,17 @@ class RestrictedUnpickler(pickle.Unpickler):
     scalars) is counted against ``max_bytes`` (see :func:`allocation_limit`) before it is made.
     """
 
-    max_bytes: int = allocation_limit(0)  # per-file value: the max_bytes argument or a subclass attribute
+    max_bytes: int = allocation_limit(0)  # per file: set on a subclass (torch.load) or on the instance
 
-    def __init__(self, file: Any, *, max_bytes: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, file: Any, **kwargs: Any) -> None:
         super().__init__(file, **kwargs)
-        self._limit = self.max_bytes if max_bytes is None else max_bytes
-        self._left = self._limit
+        self._left = self.max_bytes
 
     def _charge(self, nbytes: int, what: str) -> None:
         if nbytes > self._left:
             raise UnsafeCheckpointError(
                 f"checkpoint asks for {what} ({nbytes} bytes): more than a file of its size can hold "
-                f"({self._limit} bytes in all); refusing to allocate it"
+                f"({self.max_bytes} bytes in all); refusing to allocate it"
             )
         self._left -= nbytes
 
@@ -326,20 +324,16 @@ def _restricted_module(max_bytes: int) -> types.SimpleNamespace:
 # --- zip archives (torch.save since 1.6, TorchScript) ----------------------------------------
 
 
-def _as_list(values: Any) -> list[Any]:
-    return list(values)
-
-
 def _restore_type_tag(value: Any, type_str: Any) -> Any:
     return value  # TorchScript tags containers with their static type; the value is what matters here
 
 
 # TorchScript's pickler wraps specialised lists and typed containers in these (torch/jit/_pickle.py).
 _TORCHSCRIPT_HELPERS: dict[tuple[str, str], Any] = {
-    ("torch.jit._pickle", "build_intlist"): _as_list,
-    ("torch.jit._pickle", "build_doublelist"): _as_list,
-    ("torch.jit._pickle", "build_boollist"): _as_list,
-    ("torch.jit._pickle", "build_tensorlist"): _as_list,
+    ("torch.jit._pickle", "build_intlist"): list,
+    ("torch.jit._pickle", "build_doublelist"): list,
+    ("torch.jit._pickle", "build_boollist"): list,
+    ("torch.jit._pickle", "build_tensorlist"): list,
     ("torch.jit._pickle", "restore_type_tag"): _restore_type_tag,
 }
 
@@ -349,11 +343,11 @@ _CHUNK = 16 << 20
 class _ArchiveUnpickler(RestrictedUnpickler):
     """The restricted unpickler plus TorchScript's list helpers and storages read from the zip."""
 
-    def __init__(self, file: Any, archive: zipfile.ZipFile, prefix: str, source: str, max_bytes: int) -> None:
-        super().__init__(file, max_bytes=max_bytes)
+    def __init__(self, file: Any, archive: zipfile.ZipFile, prefix: str, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        super().__init__(file)
         self._archive = archive
         self._prefix = prefix
-        self._source = source
         self._storages: dict[str, torch.storage.TypedStorage] = {}
 
     def find_class(self, module: str, name: str) -> Any:  # noqa: D102
@@ -428,7 +422,7 @@ def _load_archive(path: Path, kind: str) -> Any:
         try:
             order = archive.read(f"{prefix}byteorder").decode(errors="replace").strip() if f"{prefix}byteorder" in names else "little"
             if order == "little":
-                return _ArchiveUnpickler(io.BytesIO(archive.read(pickles[0])), archive, prefix, source, limit).load()
+                return _ArchiveUnpickler(io.BytesIO(archive.read(pickles[0])), archive, prefix, limit).load()
         except UnsafeCheckpointError as err:
             raise UnsafeCheckpointError(f"{source}: {err}") from None
         except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError, IndexError, KeyError,
