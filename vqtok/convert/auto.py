@@ -280,11 +280,11 @@ def locate(
     """
     cache = str(cache_dir) if cache_dir is not None else None
     local = Path(source)
+    root = local if local.is_dir() else local.parent
     if local.is_dir():
-        names = _local_names(local)
         try:
             recognised = recognise_layout(
-                names, filename=filename, subfolder=subfolder, read_config=lambda p: _read_json(local / p),
+                _local_names(local), filename=filename, subfolder=subfolder, read_config=lambda p: _read_json(root / p),
                 where=str(local), formats=formats,
             )
         except UnrecognisedLayout:
@@ -293,50 +293,49 @@ def locate(
             raise
         if recognised.layout == "vqtok" and subfolder is None:
             return None
-        return Located(recognised.layout, tuple(local / f for f in recognised.files), _local_key(local), "local", str(local))
-    if local.is_file():  # a checkpoint file itself: its name (and a config.json beside it) says the layout
+    elif local.is_file():  # a checkpoint file itself: its name (and a config.json beside it) says the layout
         if filename is not None or subfolder is not None:
             raise ValueError(f"{local} is a file: filename= and subfolder= apply to folders and repos")
-        beside = [CONFIG_NAME] if (local.parent / CONFIG_NAME).is_file() and local.name != CONFIG_NAME else []
+        beside = [CONFIG_NAME] if (root / CONFIG_NAME).is_file() and local.name != CONFIG_NAME else []
         try:
-            recognised = recognise_layout([local.name, *beside], filename=local.name, where=str(local.parent), formats=formats,
-                                          read_config=lambda p: _read_json(local.parent / p))
+            recognised = recognise_layout([local.name, *beside], filename=local.name, where=str(root), formats=formats,
+                                          read_config=lambda p: _read_json(root / p))
         except ValueError:  # no format claims it
             if formats is None:
                 return None  # the caller's loader explains what a model folder is
             recognised = Recognised(formats[0], (local.name,))
-        paths = tuple(local.parent / f for f in recognised.files)
-        return Located(recognised.layout, paths, _local_key(local.parent), "local", str(local))
-    repo_id = str(source)
-    if repo_id.count("/") != 1 or hub.looks_like_path(repo_id):
-        if formats is None:
-            return None  # the caller's loader explains what a repo id is, or names the missing folder
-        raise FileNotFoundError(f"{source} is neither a file, a folder nor a Hub repo id (org/name)")
-    offline_why = None if local_files_only else hub.hub_unreachable()
-    if offline_why:  # HF_HUB_OFFLINE or no network: the cache only, no retries
-        local_files_only = True
+    else:  # a Hub repo id
+        repo_id = str(source)
+        if repo_id.count("/") != 1 or hub.looks_like_path(repo_id):
+            if formats is None:
+                return None  # the caller's loader explains what a repo id is, or names the missing folder
+            raise FileNotFoundError(f"{repo_id} is neither a file, a folder nor a Hub repo id (org/name)")
+        offline_why = None if local_files_only else hub.hub_unreachable()
+        if offline_why:  # HF_HUB_OFFLINE or no network: the cache only, no retries
+            local_files_only = True
 
-    def fetch(path: str) -> Path:
-        return _hub_file(repo_id, path, revision=revision, cache_dir=cache, local_files_only=local_files_only)
+        def fetch(path: str) -> Path:
+            return _hub_file(repo_id, path, revision=revision, cache_dir=cache, local_files_only=local_files_only)
 
-    # A vqtok repo is recognised from its config.json alone: no listing, no network beyond the usual.
-    if filename is None and subfolder is None and formats is None:
-        try:
-            config = _read_json(fetch(CONFIG_NAME))
-        except Exception:  # absent, or not cached: decided from the listing below
-            config = None
-        if "vqtok_format" in (config or {}):
-            return None
+        # A vqtok repo is recognised from its config.json alone: no listing, no network beyond the usual.
+        if filename is None and subfolder is None and formats is None:
+            try:
+                config = _read_json(fetch(CONFIG_NAME))
+            except Exception:  # absent, or not cached: decided from the listing below
+                config = None
+            if "vqtok_format" in (config or {}):
+                return None
 
-    names = _hub_names(repo_id, revision=revision, cache_dir=cache, local_files_only=local_files_only, offline_why=offline_why)
-    recognised = recognise_layout(
-        names, filename=filename, subfolder=subfolder, read_config=lambda p: _read_json(fetch(p)),
-        where=f"Hub repo {repo_id!r}", formats=formats,
-    )
-    paths = tuple(fetch(f) for f in recognised.files)
-    match = _COMMIT.search(str(paths[0]))
-    commit = match.group(1) if match else (revision or "main")
-    return Located(recognised.layout, paths, repo_id, commit, f"{repo_id}/{recognised.files[-1]}")
+        names = _hub_names(repo_id, revision=revision, cache_dir=cache, local_files_only=local_files_only, offline_why=offline_why)
+        recognised = recognise_layout(
+            names, filename=filename, subfolder=subfolder, read_config=lambda p: _read_json(fetch(p)),
+            where=f"Hub repo {repo_id!r}", formats=formats,
+        )
+        paths = tuple(fetch(f) for f in recognised.files)
+        match = _COMMIT.search(str(paths[0]))
+        commit = match.group(1) if match else (revision or "main")
+        return Located(recognised.layout, paths, repo_id, commit, f"{repo_id}/{recognised.files[-1]}")
+    return Located(recognised.layout, tuple(root / f for f in recognised.files), _local_key(root), "local", str(local))
 
 
 def resolve_pretrained(
