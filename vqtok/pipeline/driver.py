@@ -610,7 +610,7 @@ def open_output(
     """
     opts.check(tokenizer)
     fingerprint = opts.fingerprint or model_fingerprint(tokenizer)
-    inputs = input if isinstance(input, str) else os.fspath(input) if isinstance(input, os.PathLike) else list(map(os.fspath, input))
+    inputs = os.fspath(input) if isinstance(input, (str, os.PathLike)) else list(map(os.fspath, input))
     manifest = prepare_output(
         output, tokenizer, model_id=model_id, size=opts.size, keep=opts.keep, inputs=inputs, fingerprint=fingerprint,
         decode=opts.decode, exif_transpose=opts.exif_transpose,
