@@ -197,23 +197,6 @@ def _check_names_and_shapes(expected: Mapping[str, torch.Tensor], state: Mapping
         raise ValueError(f"weights in {source} do not match the config: " + "; ".join(parts))
 
 
-def _check_finite(state: Mapping[str, torch.Tensor], source: str) -> None:
-    """ValueError naming the first floating-point tensor of ``state`` that holds NaN or ±inf."""
-    for key, value in state.items():
-        if value.numel() == 0 or not (value.is_floating_point() or value.is_complex()):
-            continue
-        if value.dtype.itemsize == 1:  # float8 has no aminmax; float16 holds each of its values
-            value = value.to(torch.float16)
-        if value.is_complex():
-            finite = bool(torch.isfinite(value).all())
-        else:
-            low, high = torch.aminmax(value)  # NaN propagates; no temporary the size of the tensor
-            finite = bool(torch.isfinite(low) and torch.isfinite(high))
-        if not finite:
-            bad = int((~torch.isfinite(value)).sum())
-            raise ValueError(f"weights in {source}: {key} holds {bad} NaN or infinite values (of {value.numel()})")
-
-
 class _SkipInPlaceOnMeta(TorchFunctionMode):
     """Skips in-place calls (``normal_``, ``uniform_``, ``zero_``...) on meta tensors: they change no shape,
     and torch runs some of them on meta through Python references that import torch._dynamo (seconds)."""
@@ -248,7 +231,19 @@ def load_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, so
     where the weights came from (a file, folder or repo) in the error.
     """
     _check_names_and_shapes(model.state_dict(), state, source)
-    _check_finite(state, source)
+    for key, value in state.items():  # the first floating-point tensor holding NaN or ±inf is named
+        if value.numel() == 0 or not (value.is_floating_point() or value.is_complex()):
+            continue
+        if value.dtype.itemsize == 1:  # float8 has no aminmax; float16 holds each of its values
+            value = value.to(torch.float16)
+        if value.is_complex():
+            finite = bool(torch.isfinite(value).all())
+        else:
+            low, high = torch.aminmax(value)  # NaN propagates; no temporary the size of the tensor
+            finite = bool(torch.isfinite(low) and torch.isfinite(high))
+        if not finite:
+            bad = int((~torch.isfinite(value)).sum())
+            raise ValueError(f"weights in {source}: {key} holds {bad} NaN or infinite values (of {value.numel()})")
     model.load_state_dict(state, strict=True)
 
 

@@ -181,14 +181,6 @@ def _pil_batch(images: Sequence[Any], size: int | None) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # (B, 3, H, W) uint8
 
 
-def _check_float(t: torch.Tensor, what: str) -> None:
-    if not torch.isfinite(t).all():
-        raise ValueError(f"{what} contains NaN or inf")
-    lo, hi = float(t.min()), float(t.max())
-    if lo < 0.0 or hi > 1.0:
-        raise ValueError(f"{what} must hold values in [0, 1], got [{lo:.4g}, {hi:.4g}] (uint8 images: pass dtype uint8)")
-
-
 def _tensor_batch(t: torch.Tensor, size: int | None, *, layout: str) -> ImageBatch:
     what = "numpy array" if layout == "hwc" else "tensor"
     if t.ndim not in (3, 4):
@@ -207,7 +199,11 @@ def _tensor_batch(t: torch.Tensor, size: int | None, *, layout: str) -> ImageBat
     if t.shape[0] == 0 or t.shape[2] == 0 or t.shape[3] == 0:
         raise ValueError(f"empty {what} of shape {tuple(t.shape)}")
     if t.is_floating_point():
-        _check_float(t, what)
+        if not torch.isfinite(t).all():
+            raise ValueError(f"{what} contains NaN or inf")
+        lo, hi = float(t.min()), float(t.max())
+        if lo < 0.0 or hi > 1.0:
+            raise ValueError(f"{what} must hold values in [0, 1], got [{lo:.4g}, {hi:.4g}] (uint8 images: pass dtype uint8)")
     elif t.dtype != torch.uint8:
         raise TypeError(f"{what} has dtype {t.dtype}; expected uint8 (0..255) or float in [0, 1]")
     if size is not None:
@@ -215,17 +211,13 @@ def _tensor_batch(t: torch.Tensor, size: int | None, *, layout: str) -> ImageBat
             # Same path as PIL inputs, so arrays and PIL images give the same pixels.
             pil = [Image.fromarray(a) for a in t.permute(0, 2, 3, 1).cpu().numpy()]
             return ImageBatch(_pil_batch(pil, size), batched)
-        t = _resize_tensor(t, size)
+        # float: shorter side to size (bicubic, antialias), center crop -> (B, 3, size, size)
+        h, w = t.shape[-2:]
+        nw, nh, left, top = _cover(w, h, size)
+        if (nh, nw) != (h, w):
+            t = F.interpolate(t.float(), size=(nh, nw), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+        t = t[..., top : top + size, left : left + size]
     return ImageBatch(t.contiguous(), batched)
-
-
-def _resize_tensor(t: torch.Tensor, size: int) -> torch.Tensor:
-    """Float (B, 3, H, W) -> (B, 3, size, size): shorter side to size (bicubic, antialias), center crop."""
-    h, w = t.shape[-2:]
-    nw, nh, left, top = _cover(w, h, size)
-    if (nh, nw) != (h, w):
-        t = F.interpolate(t.float(), size=(nh, nw), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
-    return t[..., top : top + size, left : left + size]
 
 
 def to_uint8_batch(images: Any, *, size: int | None = None) -> ImageBatch:

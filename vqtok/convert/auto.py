@@ -172,16 +172,13 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "x"
 
 
-def _cache_key(repo: str, commit: str, layout: str, paths: Sequence[Path]) -> Path:
-    digest = hashlib.sha256()
-    for p in paths:
-        digest.update(p.name.encode() + b"\0" + _file_hash(p).encode() + b"\0")
-    return converted_cache_dir() / _safe(repo.replace("/", "--")) / _safe(commit) / f"{_safe(layout)}-{digest.hexdigest()[:16]}"
-
-
 def _convert_cached(found: Located) -> Path:
     # A .ckpt is keyed before its family is known: the key is the bytes, not the name.
-    target = _cache_key(found.repo, found.commit, found.layout, found.paths)
+    digest = hashlib.sha256()
+    for p in found.paths:
+        digest.update(p.name.encode() + b"\0" + _file_hash(p).encode() + b"\0")
+    target = (converted_cache_dir() / _safe(found.repo.replace("/", "--")) / _safe(found.commit)
+              / f"{_safe(found.layout)}-{digest.hexdigest()[:16]}")
     if (target / CONFIG_NAME).is_file() and (target / WEIGHTS_NAME).is_file():
         logger.info("using the converted copy of %s at %s", found.source, target)
         return target
@@ -226,26 +223,6 @@ def _hub_names(repo_id: str, *, revision: str | None, cache_dir: str | None, loc
     return _local_names(snapshot)
 
 
-def _hub_file(
-    repo_id: str, path: str, *, revision: str | None, cache_dir: str | None, local_files_only: bool
-) -> Path:
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    sub, _, name = path.rpartition("/")
-    try:
-        return Path(
-            hf_hub_download(
-                repo_id, name, subfolder=sub or None, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only
-            )
-        )
-    except LocalEntryNotFoundError as err:
-        raise FileNotFoundError(
-            f"{path} of Hub repo {repo_id!r} (revision {revision or 'main'}) is not in the local cache and "
-            f"downloading is off or impossible"
-        ) from err
-
-
 @dataclass(frozen=True)
 class Located:
     """The local files of one source in a recognised layout (see :func:`locate`)."""
@@ -255,10 +232,6 @@ class Located:
     repo: str  # the conversion cache's key: "org--name" of a Hub repo, "local-..." of a folder
     commit: str  # the Hub commit of the files, "local" for a folder
     source: str  # names the source in messages
-
-
-def _local_key(root: Path) -> str:
-    return "local-" + _safe(str(root.resolve()))[-80:]
 
 
 def locate(
@@ -315,7 +288,18 @@ def locate(
             local_files_only = True
 
         def fetch(path: str) -> Path:
-            return _hub_file(repo_id, path, revision=revision, cache_dir=cache, local_files_only=local_files_only)
+            from huggingface_hub import hf_hub_download
+            from huggingface_hub.errors import LocalEntryNotFoundError
+
+            sub, _, name = path.rpartition("/")
+            try:
+                return Path(hf_hub_download(repo_id, name, subfolder=sub or None, revision=revision, cache_dir=cache,
+                                            local_files_only=local_files_only))
+            except LocalEntryNotFoundError as err:
+                raise FileNotFoundError(
+                    f"{path} of Hub repo {repo_id!r} (revision {revision or 'main'}) is not in the local cache and "
+                    f"downloading is off or impossible"
+                ) from err
 
         # A vqtok repo is recognised from its config.json alone: no listing, no network beyond the usual.
         if filename is None and subfolder is None and formats is None:
@@ -335,7 +319,7 @@ def locate(
         match = _COMMIT.search(str(paths[0]))
         commit = match.group(1) if match else (revision or "main")
         return Located(recognised.layout, paths, repo_id, commit, f"{repo_id}/{recognised.files[-1]}")
-    return Located(recognised.layout, tuple(root / f for f in recognised.files), _local_key(root), "local", str(local))
+    return Located(recognised.layout, tuple(root / f for f in recognised.files), "local-" + _safe(str(root.resolve()))[-80:], "local", str(local))
 
 
 def resolve_pretrained(

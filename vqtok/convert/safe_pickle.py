@@ -311,16 +311,6 @@ def _np_multiarray() -> Any:
     return np.core.multiarray if hasattr(np, "core") else np._core.multiarray
 
 
-def _restricted_module(max_bytes: int) -> types.SimpleNamespace:
-    """A module-like object for ``torch.load(pickle_module=...)``: Unpickler and load, bounded by ``max_bytes``."""
-    unpickler = type("BoundedUnpickler", (RestrictedUnpickler,), {"max_bytes": max_bytes})
-
-    def load(file: Any, **kwargs: Any) -> Any:
-        return unpickler(file, **kwargs).load()
-
-    return types.SimpleNamespace(Unpickler=unpickler, load=load, __name__="vqtok_restricted_pickle")
-
-
 # --- zip archives (torch.save since 1.6, TorchScript) ----------------------------------------
 
 
@@ -511,12 +501,14 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Any:
         return _load_archive(p, "PyTorch checkpoint")
     if not magic.startswith(b"\x80"):
         raise ValueError(f"{p} is not a readable PyTorch checkpoint (neither a zip archive nor a pickle)")
+    # Older torch.save files: torch.load interprets the pickle stream with RestrictedUnpickler only (see the
+    # module docstring), bounded by the file's allocation limit; torch's own weights_only unpickler cannot stand
+    # in for Lightning's classes. pickle_module is a module-like Unpickler and load.
+    unpickler = type("BoundedUnpickler", (RestrictedUnpickler,), {"max_bytes": allocation_limit(p.stat().st_size)})
+    module = types.SimpleNamespace(Unpickler=unpickler, load=lambda file, **kw: unpickler(file, **kw).load(),
+                                   __name__="vqtok_restricted_pickle")
     try:
-        # Older torch.save files: torch.load interprets the pickle stream with RestrictedUnpickler only
-        # (see the module docstring); torch's own weights_only unpickler cannot stand in for Lightning's classes.
-        return torch.load(  # noqa: S614
-            p, map_location="cpu", pickle_module=_restricted_module(allocation_limit(p.stat().st_size)), weights_only=False
-        )
+        return torch.load(p, map_location="cpu", pickle_module=module, weights_only=False)  # noqa: S614
     except UnsafeCheckpointError as err:
         raise UnsafeCheckpointError(f"{p}: {err}") from None
     except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, RuntimeError, AttributeError, TypeError, ValueError) as err:

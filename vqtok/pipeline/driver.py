@@ -100,8 +100,15 @@ class ShardsNotFetched(RuntimeError):
 
 
 # ---------------------------------------------------------------------- inputs and ranks
-def _check_not_images(inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> None:
-    """ValueError for image files, and folders of images without shards, given as inputs."""
+def expand_inputs(
+    inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *, exclude: str | os.PathLike[str] | None = None
+) -> list[Path | str]:
+    """Input shard specs -> shards, in order (:func:`vqtok.tars.expand_shards`: brace patterns, globs,
+    folders, paths, remote shards); local shards come back as Paths, remote ones (fetched when their
+    turn comes, see :mod:`vqtok.pipeline.remote`) as strings. Shards inside the folder ``exclude``
+    (the output folder, e.g. ``--input data --out data/tokens``) are left out. No two shards may share
+    a file name (outputs are named after inputs). Image files and folders of images are refused with
+    a word on what pretokenize takes."""
     from vqtok.images import IMAGE_SUFFIXES
     from vqtok.tars import _folder_files
 
@@ -119,18 +126,6 @@ def _check_not_images(inputs: str | os.PathLike[str] | Sequence[str | os.PathLik
             found = [m.lower() for m in glob.glob(str(p), recursive=True)]
             if found and not any(m.endswith(SHARD_SUFFIXES) for m in found) and any(m.endswith(IMAGE_SUFFIXES) for m in found):
                 raise ValueError(f"{spec} matches images but no tar shards; {how}")
-
-
-def expand_inputs(
-    inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *, exclude: str | os.PathLike[str] | None = None
-) -> list[Path | str]:
-    """Input shard specs -> shards, in order (:func:`vqtok.tars.expand_shards`: brace patterns, globs,
-    folders, paths, remote shards); local shards come back as Paths, remote ones (fetched when their
-    turn comes, see :mod:`vqtok.pipeline.remote`) as strings. Shards inside the folder ``exclude``
-    (the output folder, e.g. ``--input data --out data/tokens``) are left out. No two shards may share
-    a file name (outputs are named after inputs). Image files and folders of images are refused with
-    a word on what pretokenize takes."""
-    _check_not_images(inputs)
     out: list[Path | str] = [s if is_remote(s) else Path(s) for s in expand_shards(inputs)]
     if exclude is not None and Path(exclude).is_dir():
         skip = Path(exclude).resolve()
