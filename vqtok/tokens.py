@@ -45,7 +45,7 @@ import random
 import tarfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -324,6 +324,7 @@ def _stream_seed(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
 
 
+@dataclass(eq=False)
 class _TokenShards(torch.utils.data.IterableDataset):
     """The first stage of :func:`token_dataset`: ``{"url": ...}`` of the shards this rank/worker reads
     in this epoch, plus the seed of the stream (``(seed, epoch, rank, worker)``) for the later stages.
@@ -334,15 +335,14 @@ class _TokenShards(torch.utils.data.IterableDataset):
     ``(seed, epoch, rank, worker)`` draws shards with replacement from its own generator, forever.
     """
 
-    def __init__(self, urls: list[str], *, seed: int, resampled: bool, shuffle_shards: bool) -> None:
-        super().__init__()
-        self.urls = urls
-        self.seed = seed
-        self.resampled = resampled
-        self.shuffle_shards = shuffle_shards
-        self.epoch: int | None = None  # set_epoch's value; None: count this copy's iterations
-        self._iterations = 0
-        self.current: tuple[int, int, int] = (0, 0, 0)  # (epoch, rank, worker) of the stream being read
+    urls: list[str]
+    _: KW_ONLY
+    seed: int
+    resampled: bool
+    shuffle_shards: bool
+    epoch: int | None = None  # set_epoch's value; None: count this copy's iterations
+    _iterations: int = 0
+    current: tuple[int, int, int] = (0, 0, 0)  # (epoch, rank, worker) of the stream being read
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -377,12 +377,13 @@ class _TokenShards(torch.utils.data.IterableDataset):
             yield {"url": rng.choice(self.urls)}
 
 
+@dataclass
 class _ShuffleSamples:
     """The sample-shuffle stage of :func:`token_dataset`, seeded per stream by its :class:`_TokenShards`
     (a class, not a closure: the pipeline stays picklable for spawned DataLoader workers)."""
 
-    def __init__(self, source: _TokenShards, bufsize: int) -> None:
-        self.source, self.bufsize = source, bufsize
+    source: _TokenShards
+    bufsize: int
 
     def __call__(self, src: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         from webdataset.filters import _shuffle
