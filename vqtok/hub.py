@@ -110,9 +110,8 @@ def resolve_folder(
     unreachable = None if local_files_only else hub_unreachable()
     if unreachable:  # no network: read the cache only (huggingface_hub would retry for ~30 s first)
         local_files_only = True
-    folder: Path | None = None
     for alternatives in wanted:
-        for i, name in enumerate(alternatives):
+        for name in alternatives:
             try:
                 file = hf_hub_download(
                     repo_id,
@@ -123,7 +122,7 @@ def resolve_folder(
                     local_files_only=local_files_only,
                 )
             except LocalEntryNotFoundError:
-                if i + 1 < len(alternatives):
+                if name != alternatives[-1]:
                     continue
                 why = unreachable or "downloading is off (HF_HUB_OFFLINE or local_files_only)"
                 raise FileNotFoundError(
@@ -132,14 +131,12 @@ def resolve_folder(
                     f"at that cache"
                 ) from None
             except (RepositoryNotFoundError, EntryNotFoundError) as err:
-                if i + 1 < len(alternatives):
+                if name != alternatives[-1]:
                     continue
                 hint = "" if subfolder else " (a pipeline repo keeps its model in a subfolder, e.g. subfolder='vqvae')"
                 raise FileNotFoundError(f"{where} has no {name}{hint}: {err}") from err
-            folder = Path(file).parent
             break
-    assert folder is not None
-    return folder
+    return Path(file).parent  # every file lies in this one snapshot folder
 
 
 def looks_like_path(name: str) -> bool:

@@ -196,15 +196,15 @@ def _member_bytes(tf: tarfile.TarFile, m: tarfile.TarInfo) -> bytes:
     return b"".join(parts)
 
 
+@dataclass
 class _Reading:
     """What one pass over a tar found besides its members: the tail error and where it happened."""
 
-    def __init__(self) -> None:
-        self.members = 0
-        self.error: str | None = None
-        self.cut_key: str | None = None  # key of the member whose data was cut, when known
-        self.seekable = False  # members were given as Spans (uncompressed tar read by offset)
-        self._reading: str | None = None  # the member whose data is being read
+    members: int = 0
+    error: str | None = None
+    cut_key: str | None = None  # key of the member whose data was cut, when known
+    seekable: bool = False  # members were given as Spans (uncompressed tar read by offset)
+    _reading: str | None = None  # the member whose data is being read
 
     def members_of(self, path: str | os.PathLike[str], *, by_offset: bool) -> Iterator[tuple[str, bytes | Span]]:
         """(name, data) of the tar's file members; ``by_offset``: Spans instead of bytes for plain tars.
