@@ -231,34 +231,6 @@ def _read_manifest(path: Path) -> Any:
         raise ValueError(f"{path} is not valid JSON ({err}); delete it to start over") from None
 
 
-def _identity(
-    tokenizer: Tokenizer, model_id: str, fingerprint: str, size: int | None, keep: Sequence[str], inputs: Any, decode: str,
-    exif_transpose: bool = False,
-) -> dict[str, Any]:
-    extra: dict[str, Any] = {"decode": decode} if decode != "exact" else {}
-    if exif_transpose:
-        extra["exif_transpose"] = True
-    layout = tokenizer.layout(size)
-    return {
-        **extra,
-        "format": MANIFEST_FORMAT,
-        "model": model_id,
-        "model_fingerprint": fingerprint,
-        "config_hash": tokenizer.config.hash(),
-        "config": tokenizer.config.to_dict(),
-        "precision": getattr(tokenizer, "precision", "fp32"),
-        "model_type": tokenizer.model_type,
-        "layout": layout.to_dict(),
-        "codebook_size": int(layout.codebook_size),
-        "ids_dtype": layout.storage_dtype.name,
-        "size": size,
-        "keep": list(keep),
-        "input": inputs,
-        "shards_done": [],
-        "totals": dict.fromkeys(_TOTALS, 0),
-    }
-
-
 def _continue_hint(manifest: dict[str, Any]) -> str:
     """``"continue with --model default@v1, or "`` when a shipped default tokenizer version made the folder's
     tokens (``"default"`` moves to newer versions; manifests written before versioning say ``"default"``)."""
@@ -315,7 +287,29 @@ def prepare_output(
                     "it is not a pretokenize output folder, and its files could be overwritten; "
                     "choose a new or empty folder"
                 )
-            manifest = _identity(tokenizer, model_id, fingerprint, size, keep, inputs, decode, exif_transpose)
+            # this run's identity; decode and EXIF settings are recorded only when not the defaults
+            extra: dict[str, Any] = {"decode": decode} if decode != "exact" else {}
+            if exif_transpose:
+                extra["exif_transpose"] = True
+            layout = tokenizer.layout(size)
+            manifest = {
+                **extra,
+                "format": MANIFEST_FORMAT,
+                "model": model_id,
+                "model_fingerprint": fingerprint,
+                "config_hash": tokenizer.config.hash(),
+                "config": tokenizer.config.to_dict(),
+                "precision": getattr(tokenizer, "precision", "fp32"),
+                "model_type": tokenizer.model_type,
+                "layout": layout.to_dict(),
+                "codebook_size": int(layout.codebook_size),
+                "ids_dtype": layout.storage_dtype.name,
+                "size": size,
+                "keep": list(keep),
+                "input": inputs,
+                "shards_done": [],
+                "totals": dict.fromkeys(_TOTALS, 0),
+            }
             _write_json_atomic(path, manifest)
             return manifest
         manifest = _read_manifest(path)
