@@ -388,32 +388,27 @@ def download_weights(
     errors: list[str] = []
     if not local_files_only:
         folder.mkdir(parents=True, exist_ok=True)
-        if url is not None:
+        for source in sources:  # the url, then the Hub file
             try:
-                logger.info("downloading %s to %s", url, target)
-                with atomic_write(target) as tmp:
-                    torch.hub.download_url_to_file(url, str(tmp), progress=False)
-                    verify(tmp)
+                if source == url:
+                    logger.info("downloading %s to %s", url, target)
+                    with atomic_write(target) as tmp:
+                        torch.hub.download_url_to_file(url, str(tmp), progress=False)
+                        verify(tmp)
+                else:
+                    import shutil
+
+                    from huggingface_hub import hf_hub_download
+
+                    file = Path(hf_hub_download(*hub))  # type: ignore[misc]
+                    verify(file)
+                    with atomic_write(target) as tmp:
+                        shutil.copyfile(file, tmp)
                 return target
-            except ValueError:
+            except ValueError:  # a checksum mismatch
                 raise
             except Exception as err:  # network errors come in many types
-                errors.append(f"{url}: {type(err).__name__}: {err}")
-        if hub is not None:
-            try:
-                from huggingface_hub import hf_hub_download
-
-                file = Path(hf_hub_download(hub[0], hub[1]))
-                verify(file)
-                import shutil
-
-                with atomic_write(target) as tmp:
-                    shutil.copyfile(file, tmp)
-                return target
-            except ValueError:
-                raise
-            except Exception as err:
-                errors.append(f"hf://{hub[0]}/{hub[1]}: {type(err).__name__}: {err}")
+                errors.append(f"{source}: {type(err).__name__}: {err}")
     reason = "; ".join(errors) if errors else "downloads are disabled (local_files_only)"
     raise FileNotFoundError(
         f"weights file {filename} is not available ({reason}). Download it from "
