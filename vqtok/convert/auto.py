@@ -195,34 +195,6 @@ def _local_names(root: Path) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
 
 
-def _hub_names(repo_id: str, *, revision: str | None, cache_dir: str | None, local_files_only: bool, offline_why: str | None = None) -> list[str]:
-    """The repo's file names: asked of the Hub, or read from the cached snapshot when offline."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    why = offline_why or "downloading is off (local_files_only)"
-    if not local_files_only:
-        try:
-            from huggingface_hub import HfApi
-
-            return sorted(HfApi().list_repo_files(repo_id, revision=revision))
-        except Exception as err:  # offline mode, no network, gated repo: fall back to the cache
-            from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
-
-            if isinstance(err, (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError)):
-                raise FileNotFoundError(f"Hub repo {repo_id!r} (revision {revision or 'main'}): {err}") from err
-            why = f"the Hub could not be asked ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
-            logger.info("cannot list %s on the Hub (%s); using the local cache", repo_id, type(err).__name__)
-    try:
-        snapshot = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True))
-    except (LocalEntryNotFoundError, FileNotFoundError) as err:
-        raise FileNotFoundError(
-            f"Hub repo {repo_id!r} (revision {revision or 'main'}) is not in the local cache and {why}; download it "
-            f"on a connected machine (`hf download {repo_id}`) and point HF_HOME/cache_dir at that cache"
-        ) from err
-    return _local_names(snapshot)
-
-
 @dataclass(frozen=True)
 class Located:
     """The local files of one source in a recognised layout (see :func:`locate`)."""
@@ -310,7 +282,32 @@ def locate(
             if "vqtok_format" in (config or {}):
                 return None
 
-        names = _hub_names(repo_id, revision=revision, cache_dir=cache, local_files_only=local_files_only, offline_why=offline_why)
+        # the repo's file names: asked of the Hub, or read from the cached snapshot when offline
+        names: list[str] | None = None
+        why = offline_why or "downloading is off (local_files_only)"
+        if not local_files_only:
+            try:
+                from huggingface_hub import HfApi
+
+                names = sorted(HfApi().list_repo_files(repo_id, revision=revision))
+            except Exception as err:  # offline mode, no network, gated repo: fall back to the cache
+                from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+                if isinstance(err, (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError)):
+                    raise FileNotFoundError(f"Hub repo {repo_id!r} (revision {revision or 'main'}): {err}") from err
+                why = f"the Hub could not be asked ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+                logger.info("cannot list %s on the Hub (%s); using the local cache", repo_id, type(err).__name__)
+        if names is None:
+            from huggingface_hub import snapshot_download
+
+            try:
+                snapshot = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache, local_files_only=True))
+            except FileNotFoundError as err:  # LocalEntryNotFoundError included
+                raise FileNotFoundError(
+                    f"Hub repo {repo_id!r} (revision {revision or 'main'}) is not in the local cache and {why}; download "
+                    f"it on a connected machine (`hf download {repo_id}`) and point HF_HOME/cache_dir at that cache"
+                ) from err
+            names = _local_names(snapshot)
         recognised = recognise_layout(
             names, filename=filename, subfolder=subfolder, read_config=lambda p: _read_json(fetch(p)),
             where=f"Hub repo {repo_id!r}", formats=formats,
