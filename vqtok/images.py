@@ -235,9 +235,7 @@ def to_uint8_batch(images: Any, *, size: int | None = None) -> ImageBatch:
             parts = [to_uint8_batch(i, size=size) for i in images]
             if any(p.batched for p in parts):
                 raise ValueError("a list of arrays must hold single images (H, W, 3) / (3, H, W), not batches")
-            dtypes = {p.pixels.dtype for p in parts}
-            shapes = {tuple(p.pixels.shape) for p in parts}
-            if len(shapes) > 1 or len(dtypes) > 1:
+            if len({(p.pixels.dtype, p.pixels.shape) for p in parts}) > 1:
                 raise ValueError("images in one batch must share size and dtype; pass size=S to resize and crop")
             return ImageBatch(torch.cat([p.pixels for p in parts]), batched=True)
         bad = [type(i).__name__ for i in images if not isinstance(i, (Image.Image, np.ndarray, torch.Tensor))]
