@@ -28,6 +28,7 @@ One verdict for damaged shards (every reader gets the same samples and the same 
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import os
 import re
@@ -181,19 +182,11 @@ def _member_bytes(tf: tarfile.TarFile, m: tarfile.TarInfo) -> bytes:
     """The whole data of member ``m``; ReadError when the tar ends before it does (read in chunks: memory
     holds what the tar has, not what it claims)."""
     fh = tf.extractfile(m)
-    if fh is None:
-        return b""
-    parts: list[bytes] = []
-    got = 0
-    while got < m.size:
-        part = fh.read(min(_READ_CHUNK, m.size - got))
-        if not part:
-            break
-        parts.append(part)
-        got += len(part)
-    if got != m.size:
-        raise tarfile.ReadError(f"member {m.name} is cut off ({got} of {m.size} bytes)")
-    return b"".join(parts)
+    assert fh is not None, "a file member has data"
+    data = b"".join(iter(functools.partial(fh.read, _READ_CHUNK), b""))  # reads stop at the member's end
+    if len(data) != m.size:
+        raise tarfile.ReadError(f"member {m.name} is cut off ({len(data)} of {m.size} bytes)")
+    return data
 
 
 @dataclass

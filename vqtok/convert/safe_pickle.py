@@ -61,13 +61,11 @@ class Placeholder:
     sequence: list[Any]
 
     def __new__(cls, *args: Any, **kwargs: Any) -> "Placeholder":
-        # pickle's NEWOBJ calls __new__ without __init__: set everything up here.
+        # pickle's NEWOBJ calls __new__ without __init__: set everything up here (object.__init__
+        # ignores the arguments of a class that overrides __new__ only).
         self = super().__new__(cls)
         self.args, self.kwargs, self.state, self.mapping, self.sequence = args, kwargs, None, {}, []
         return self
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
 
     def __setstate__(self, state: Any) -> None:
         self.state = state
