@@ -211,7 +211,6 @@ class TokenShardWriter:
         # an int is the codebook size of a grid (the 0.1 signature): its stats stay byte-identical
         self.layout = layout if isinstance(layout, TokenLayout) else None
         self.counting = layout if isinstance(layout, TokenLayout) else TokenLayout.grid(int(layout))
-        self.codebook_size = self.counting.codebook_size
         self.dtype = self.counting.storage_dtype
         self.hist = np.zeros(self.counting.histogram_shape(), dtype=np.int64)
         n_scales = len(self.counting.scale_shapes)
@@ -248,7 +247,7 @@ class TokenShardWriter:
         self.tar.close()
         stats = ShardStats(
             shard=self.dst.name, source=self.source, samples_written=self.written, samples_failed=self.failed,
-            histogram=self.hist, codebook_size=self.codebook_size, ids_dtype=self.dtype.name, size=self.size,
+            histogram=self.hist, codebook_size=self.counting.codebook_size, ids_dtype=self.dtype.name, size=self.size,
             model_fingerprint=self.fingerprint, config_hash=self.config_hash, tokens=self.tokens, layout=self.layout,
             scale_histograms=self.scale_hist,
         )
