@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import glob
+import itertools
 import os
 import re
 import tarfile
@@ -93,20 +94,9 @@ def safe_key(key: str) -> str:
 
 def group_members(members: Iterable[tuple[str, V]]) -> Iterator[tuple[str, dict[str, V]]]:
     """(member name, value) pairs -> (key, {ext: value}) samples; members without an extension are skipped."""
-    key: str | None = None
-    fields: dict[str, V] = {}
-    for name, value in members:
-        split = split_key(name)
-        if split is None:
-            continue
-        k, ext = split
-        if k != key:
-            if key is not None:
-                yield key, fields
-            key, fields = k, {}
-        fields[ext] = value
-    if key is not None:
-        yield key, fields
+    named = ((split, value) for name, value in members if (split := split_key(name)) is not None)
+    for key, group in itertools.groupby(named, key=lambda item: item[0][0]):
+        yield key, {ext: value for (_, ext), value in group}
 
 
 def is_remote(spec: str | os.PathLike[str]) -> bool:
