@@ -184,7 +184,7 @@ def _storage_type(name: str) -> type[_Uncallable] | None:
     """``torch.FloatStorage`` etc. as an inert class that carries only the dtype (what the loaders read)."""
     if name not in _storage_types:
         cls = getattr(torch, name, None)
-        if not (name.endswith("Storage") and isinstance(cls, type)):
+        if not isinstance(cls, type):  # the caller checked the name ends in Storage
             return None
         with warnings.catch_warnings():  # torch.FloatStorage.dtype warns that TypedStorage is deprecated
             warnings.simplefilter("ignore", UserWarning)
@@ -388,35 +388,34 @@ def _load_archive(path: Path, kind: str) -> Any:
     The archive's records must unpack to at most :func:`allocation_limit` of the file size, which
     also bounds what the pickle may allocate. ``kind`` names the file in errors.
     """
-    source = str(path)
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile as err:
-        raise ValueError(f"{source} is not a {kind} (not a zip file)") from err
+        raise ValueError(f"{path} is not a {kind} (not a zip file)") from err
     with archive:
         size = path.stat().st_size
         limit = allocation_limit(size)
         unpacked = sum(info.file_size for info in archive.infolist())
         if unpacked > limit:
             raise UnsafeCheckpointError(
-                f"{source}: its zip records unpack to {unpacked} bytes from a {size}-byte file (more than "
+                f"{path}: its zip records unpack to {unpacked} bytes from a {size}-byte file (more than "
                 f"{EXPANSION}x + {SLACK >> 20} MiB); refusing a zip bomb"
             )
         names = archive.namelist()
         pickles = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
         if len(pickles) != 1:
-            raise ValueError(f"{source} is not a {kind}: expected one <name>/data.pkl, found {pickles or 'none'}")
+            raise ValueError(f"{path} is not a {kind}: expected one <name>/data.pkl, found {pickles or 'none'}")
         prefix = pickles[0][: -len("data.pkl")]
         try:
             order = archive.read(f"{prefix}byteorder").decode(errors="replace").strip() if f"{prefix}byteorder" in names else "little"
             if order == "little":
                 return _ArchiveUnpickler(io.BytesIO(archive.read(pickles[0])), archive, prefix, limit).load()
         except UnsafeCheckpointError as err:
-            raise UnsafeCheckpointError(f"{source}: {err}") from None
+            raise UnsafeCheckpointError(f"{path}: {err}") from None
         except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError, IndexError, KeyError,
                 RuntimeError, OSError, NotImplementedError, zipfile.BadZipFile, zlib.error) as err:
-            raise ValueError(f"{source}: data.pkl is not a readable {kind}: {err}") from err
-    raise ValueError(f"{source} stores its tensors {order}-endian; only little-endian archives are supported")
+            raise ValueError(f"{path}: data.pkl is not a readable {kind}: {err}") from err
+    raise ValueError(f"{path} stores its tensors {order}-endian; only little-endian archives are supported")
 
 
 def _collect(obj: Any, prefix: str, out: dict[str, torch.Tensor], seen: set[int]) -> None:
