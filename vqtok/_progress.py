@@ -40,13 +40,6 @@ def progress_mode(enabled: bool, stream: IO[str] | None = None) -> str:
     return "bar" if tty else "log"
 
 
-def _interval() -> float:
-    try:
-        return max(0.0, float(os.environ.get("VQTOK_PROGRESS_INTERVAL", DEFAULT_INTERVAL)))
-    except ValueError:
-        return DEFAULT_INTERVAL
-
-
 class Progress:
     """A counter shown by :func:`progress_mode`'s rule; ``total`` may be None or change (:meth:`set_total`)."""
 
@@ -60,7 +53,10 @@ class Progress:
         self.n = initial
         self.postfix = ""
         self.mode = progress_mode(enabled, stream)
-        self.interval = _interval()
+        try:
+            self.interval = max(0.0, float(os.environ.get("VQTOK_PROGRESS_INTERVAL", DEFAULT_INTERVAL)))
+        except ValueError:
+            self.interval = DEFAULT_INTERVAL
         self._start = time.monotonic()
         self._initial = initial
         self._last = self._start

@@ -110,9 +110,8 @@ def resolve_folder(
     unreachable = None if local_files_only else hub_unreachable()
     if unreachable:  # no network: read the cache only (huggingface_hub would retry for ~30 s first)
         local_files_only = True
-    folder: Path | None = None
     for alternatives in wanted:
-        for i, name in enumerate(alternatives):
+        for name in alternatives:
             try:
                 file = hf_hub_download(
                     repo_id,
@@ -123,7 +122,7 @@ def resolve_folder(
                     local_files_only=local_files_only,
                 )
             except LocalEntryNotFoundError:
-                if i + 1 < len(alternatives):
+                if name != alternatives[-1]:
                     continue
                 why = unreachable or "downloading is off (HF_HUB_OFFLINE or local_files_only)"
                 raise FileNotFoundError(
@@ -132,14 +131,12 @@ def resolve_folder(
                     f"at that cache"
                 ) from None
             except (RepositoryNotFoundError, EntryNotFoundError) as err:
-                if i + 1 < len(alternatives):
+                if name != alternatives[-1]:
                     continue
                 hint = "" if subfolder else " (a pipeline repo keeps its model in a subfolder, e.g. subfolder='vqvae')"
                 raise FileNotFoundError(f"{where} has no {name}{hint}: {err}") from err
-            folder = Path(file).parent
             break
-    assert folder is not None
-    return folder
+    return Path(file).parent  # every file lies in this one snapshot folder
 
 
 def looks_like_path(name: str) -> bool:
@@ -155,10 +152,10 @@ def looks_like_path(name: str) -> bool:
 _reachability: dict[str, str | None] = {}
 
 
-def hub_unreachable(timeout: float = 3.0) -> str | None:
-    """None when the Hub endpoint answers a TCP connection (or a proxy is configured); else a short
-    reason ("the Hub (huggingface.co) cannot be reached: ..."). ``HF_HUB_OFFLINE=1`` gives a reason at
-    once. Checked once per process."""
+def hub_unreachable() -> str | None:
+    """None when the Hub endpoint answers a TCP connection within 3 s (or a proxy is configured); else a
+    short reason ("the Hub (huggingface.co) cannot be reached: ..."). ``HF_HUB_OFFLINE=1`` gives a reason
+    at once. Checked once per process."""
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
@@ -175,7 +172,7 @@ def hub_unreachable(timeout: float = 3.0) -> str | None:
             host = parts.hostname or endpoint
             port = parts.port or (443 if parts.scheme == "https" else 80)
             try:
-                socket.create_connection((host, port), timeout=timeout).close()
+                socket.create_connection((host, port), timeout=3.0).close()
                 _reachability[endpoint] = None
             except OSError as err:
                 _reachability[endpoint] = f"the Hub ({host}) cannot be reached from this machine ({err.strerror or err})"
@@ -191,29 +188,10 @@ def _check_names_and_shapes(expected: Mapping[str, torch.Tensor], state: Mapping
         for k, v in expected.items()
         if k in state and tuple(state[k].shape) != tuple(v.shape)
     ]
-    if missing or unexpected or misshapen:
-        parts = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshapen)):
-            if items:
-                parts.append(f"{label}: {listing(items)}")
+    parts = [f"{label}: {listing(items)}" for label, items in (("missing", missing), ("unexpected", unexpected),
+                                                                 ("wrong shape", misshapen)) if items]
+    if parts:
         raise ValueError(f"weights in {source} do not match the config: " + "; ".join(parts))
-
-
-def _check_finite(state: Mapping[str, torch.Tensor], source: str) -> None:
-    """ValueError naming the first floating-point tensor of ``state`` that holds NaN or ±inf."""
-    for key, value in state.items():
-        if value.numel() == 0 or not (value.is_floating_point() or value.is_complex()):
-            continue
-        if value.dtype.itemsize == 1:  # float8 has no aminmax; float16 holds each of its values
-            value = value.to(torch.float16)
-        if value.is_complex():
-            finite = bool(torch.isfinite(value).all())
-        else:
-            low, high = torch.aminmax(value)  # NaN propagates; no temporary the size of the tensor
-            finite = bool(torch.isfinite(low) and torch.isfinite(high))
-        if not finite:
-            bad = int((~torch.isfinite(value)).sum())
-            raise ValueError(f"weights in {source}: {key} holds {bad} NaN or infinite values (of {value.numel()})")
 
 
 class _SkipInPlaceOnMeta(TorchFunctionMode):
@@ -250,7 +228,19 @@ def load_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, so
     where the weights came from (a file, folder or repo) in the error.
     """
     _check_names_and_shapes(model.state_dict(), state, source)
-    _check_finite(state, source)
+    for key, value in state.items():  # the first floating-point tensor holding NaN or ±inf is named
+        if value.numel() == 0 or not (value.is_floating_point() or value.is_complex()):
+            continue
+        if value.dtype.itemsize == 1:  # float8 has no aminmax; float16 holds each of its values
+            value = value.to(torch.float16)
+        if value.is_complex():
+            finite = bool(torch.isfinite(value).all())
+        else:
+            low, high = torch.aminmax(value)  # NaN propagates; no temporary the size of the tensor
+            finite = bool(torch.isfinite(low) and torch.isfinite(high))
+        if not finite:
+            bad = int((~torch.isfinite(value)).sum())
+            raise ValueError(f"weights in {source}: {key} holds {bad} NaN or infinite values (of {value.numel()})")
     model.load_state_dict(state, strict=True)
 
 
@@ -266,10 +256,8 @@ def read_config_json(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     try:
         raw = json.loads(path.read_text(), parse_constant=_no_constant)
-    except json.JSONDecodeError as err:
+    except ValueError as err:  # a JSONDecodeError, or _no_constant's
         raise ValueError(f"{path} is not valid JSON: {err}") from err
-    except ValueError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
     except RecursionError:
         raise ValueError(f"{path} is not a config: its JSON is nested too deeply") from None
     if not isinstance(raw, dict):
@@ -400,32 +388,27 @@ def download_weights(
     errors: list[str] = []
     if not local_files_only:
         folder.mkdir(parents=True, exist_ok=True)
-        if url is not None:
+        for source in sources:  # the url, then the Hub file
             try:
-                logger.info("downloading %s to %s", url, target)
-                with atomic_write(target) as tmp:
-                    torch.hub.download_url_to_file(url, str(tmp), progress=False)
-                    verify(tmp)
+                if source == url:
+                    logger.info("downloading %s to %s", url, target)
+                    with atomic_write(target) as tmp:
+                        torch.hub.download_url_to_file(url, str(tmp), progress=False)
+                        verify(tmp)
+                else:
+                    import shutil
+
+                    from huggingface_hub import hf_hub_download
+
+                    file = Path(hf_hub_download(*hub))  # type: ignore[misc]
+                    verify(file)
+                    with atomic_write(target) as tmp:
+                        shutil.copyfile(file, tmp)
                 return target
-            except ValueError:
+            except ValueError:  # a checksum mismatch
                 raise
             except Exception as err:  # network errors come in many types
-                errors.append(f"{url}: {type(err).__name__}: {err}")
-        if hub is not None:
-            try:
-                from huggingface_hub import hf_hub_download
-
-                file = Path(hf_hub_download(hub[0], hub[1]))
-                verify(file)
-                import shutil
-
-                with atomic_write(target) as tmp:
-                    shutil.copyfile(file, tmp)
-                return target
-            except ValueError:
-                raise
-            except Exception as err:
-                errors.append(f"hf://{hub[0]}/{hub[1]}: {type(err).__name__}: {err}")
+                errors.append(f"{source}: {type(err).__name__}: {err}")
     reason = "; ".join(errors) if errors else "downloads are disabled (local_files_only)"
     raise FileNotFoundError(
         f"weights file {filename} is not available ({reason}). Download it from "

@@ -88,10 +88,7 @@ def pil_to_rgb(img: Image.Image) -> Image.Image:
             raise ValueError("float image (mode F) contains NaN or inf")
         a = np.clip(a, 0.0, 1.0) * 255.0 if mode == "F" else np.clip(a, 0, 65535) / 257.0  # 65535 / 257 = 255
         return Image.fromarray(np.rint(a).astype(np.uint8), mode="L").convert("RGB")
-    if mode == "P":
-        img = img.convert("RGBA")
-        mode = "RGBA"
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    if mode in ("P", "RGBA", "LA", "PA", "RGBa", "La"):  # a palette may hold transparency
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
@@ -108,15 +105,20 @@ def pil_to_rgb(img: Image.Image) -> Image.Image:
 FULL_RESIZE_PIXELS = 1 << 24
 
 
+def _cover(w: int, h: int, size: int) -> tuple[int, int, int, int]:
+    """(new width, new height, left, top): the shorter side resized to ``size``, the size×size crop centred."""
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    return nw, nh, (nw - size) // 2, (nh - size) // 2
+
+
 def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     """Resize the shorter side to ``size`` (bicubic, antialiased) and center-crop to size×size.
 
     An image whose resized whole would exceed :data:`FULL_RESIZE_PIXELS` has only its crop region resized.
     """
     w, h = img.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    left, top = (nw - size) // 2, (nh - size) // 2
+    nw, nh, left, top = _cover(w, h, size)
     if nw * nh > FULL_RESIZE_PIXELS:
         sx, sy = w / nw, h / nh
         box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
@@ -179,14 +181,6 @@ def _pil_batch(images: Sequence[Any], size: int | None) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # (B, 3, H, W) uint8
 
 
-def _check_float(t: torch.Tensor, what: str) -> None:
-    if not torch.isfinite(t).all():
-        raise ValueError(f"{what} contains NaN or inf")
-    lo, hi = float(t.min()), float(t.max())
-    if lo < 0.0 or hi > 1.0:
-        raise ValueError(f"{what} must hold values in [0, 1], got [{lo:.4g}, {hi:.4g}] (uint8 images: pass dtype uint8)")
-
-
 def _tensor_batch(t: torch.Tensor, size: int | None, *, layout: str) -> ImageBatch:
     what = "numpy array" if layout == "hwc" else "tensor"
     if t.ndim not in (3, 4):
@@ -205,7 +199,11 @@ def _tensor_batch(t: torch.Tensor, size: int | None, *, layout: str) -> ImageBat
     if t.shape[0] == 0 or t.shape[2] == 0 or t.shape[3] == 0:
         raise ValueError(f"empty {what} of shape {tuple(t.shape)}")
     if t.is_floating_point():
-        _check_float(t, what)
+        if not torch.isfinite(t).all():
+            raise ValueError(f"{what} contains NaN or inf")
+        lo, hi = float(t.min()), float(t.max())
+        if lo < 0.0 or hi > 1.0:
+            raise ValueError(f"{what} must hold values in [0, 1], got [{lo:.4g}, {hi:.4g}] (uint8 images: pass dtype uint8)")
     elif t.dtype != torch.uint8:
         raise TypeError(f"{what} has dtype {t.dtype}; expected uint8 (0..255) or float in [0, 1]")
     if size is not None:
@@ -213,19 +211,13 @@ def _tensor_batch(t: torch.Tensor, size: int | None, *, layout: str) -> ImageBat
             # Same path as PIL inputs, so arrays and PIL images give the same pixels.
             pil = [Image.fromarray(a) for a in t.permute(0, 2, 3, 1).cpu().numpy()]
             return ImageBatch(_pil_batch(pil, size), batched)
-        t = _resize_tensor(t, size)
+        # float: shorter side to size (bicubic, antialias), center crop -> (B, 3, size, size)
+        h, w = t.shape[-2:]
+        nw, nh, left, top = _cover(w, h, size)
+        if (nh, nw) != (h, w):
+            t = F.interpolate(t.float(), size=(nh, nw), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+        t = t[..., top : top + size, left : left + size]
     return ImageBatch(t.contiguous(), batched)
-
-
-def _resize_tensor(t: torch.Tensor, size: int) -> torch.Tensor:
-    """Float (B, 3, H, W) -> (B, 3, size, size): shorter side to size (bicubic, antialias), center crop."""
-    h, w = t.shape[-2:]
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    if (nh, nw) != (h, w):
-        t = F.interpolate(t.float(), size=(nh, nw), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
-    top, left = (nh - size) // 2, (nw - size) // 2
-    return t[..., top : top + size, left : left + size]
 
 
 def to_uint8_batch(images: Any, *, size: int | None = None) -> ImageBatch:
@@ -243,9 +235,7 @@ def to_uint8_batch(images: Any, *, size: int | None = None) -> ImageBatch:
             parts = [to_uint8_batch(i, size=size) for i in images]
             if any(p.batched for p in parts):
                 raise ValueError("a list of arrays must hold single images (H, W, 3) / (3, H, W), not batches")
-            dtypes = {p.pixels.dtype for p in parts}
-            shapes = {tuple(p.pixels.shape) for p in parts}
-            if len(shapes) > 1 or len(dtypes) > 1:
+            if len({(p.pixels.dtype, p.pixels.shape) for p in parts}) > 1:
                 raise ValueError("images in one batch must share size and dtype; pass size=S to resize and crop")
             return ImageBatch(torch.cat([p.pixels for p in parts]), batched=True)
         bad = [type(i).__name__ for i in images if not isinstance(i, (Image.Image, np.ndarray, torch.Tensor))]

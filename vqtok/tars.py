@@ -28,7 +28,9 @@ One verdict for damaged shards (every reader gets the same samples and the same 
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
+import itertools
 import os
 import re
 import tarfile
@@ -38,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Generic, TypeVar, Union
 
-from vqtok._errors import reason
+from vqtok._errors import listing, reason
 from vqtok.images import IMAGE_SUFFIXES
 
 __all__ = [
@@ -92,20 +94,9 @@ def safe_key(key: str) -> str:
 
 def group_members(members: Iterable[tuple[str, V]]) -> Iterator[tuple[str, dict[str, V]]]:
     """(member name, value) pairs -> (key, {ext: value}) samples; members without an extension are skipped."""
-    key: str | None = None
-    fields: dict[str, V] = {}
-    for name, value in members:
-        split = split_key(name)
-        if split is None:
-            continue
-        k, ext = split
-        if k != key:
-            if key is not None:
-                yield key, fields
-            key, fields = k, {}
-        fields[ext] = value
-    if key is not None:
-        yield key, fields
+    named = ((split, value) for name, value in members if (split := split_key(name)) is not None)
+    for key, group in itertools.groupby(named, key=lambda item: item[0][0]):
+        yield key, {ext: value for (_, ext), value in group}
 
 
 def is_remote(spec: str | os.PathLike[str]) -> bool:
@@ -181,30 +172,22 @@ def _member_bytes(tf: tarfile.TarFile, m: tarfile.TarInfo) -> bytes:
     """The whole data of member ``m``; ReadError when the tar ends before it does (read in chunks: memory
     holds what the tar has, not what it claims)."""
     fh = tf.extractfile(m)
-    if fh is None:
-        return b""
-    parts: list[bytes] = []
-    got = 0
-    while got < m.size:
-        part = fh.read(min(_READ_CHUNK, m.size - got))
-        if not part:
-            break
-        parts.append(part)
-        got += len(part)
-    if got != m.size:
-        raise tarfile.ReadError(f"member {m.name} is cut off ({got} of {m.size} bytes)")
-    return b"".join(parts)
+    assert fh is not None, "a file member has data"
+    data = b"".join(iter(functools.partial(fh.read, _READ_CHUNK), b""))  # reads stop at the member's end
+    if len(data) != m.size:
+        raise tarfile.ReadError(f"member {m.name} is cut off ({len(data)} of {m.size} bytes)")
+    return data
 
 
+@dataclass
 class _Reading:
     """What one pass over a tar found besides its members: the tail error and where it happened."""
 
-    def __init__(self) -> None:
-        self.members = 0
-        self.error: str | None = None
-        self.cut_key: str | None = None  # key of the member whose data was cut, when known
-        self.seekable = False  # members were given as Spans (uncompressed tar read by offset)
-        self._reading: str | None = None  # the member whose data is being read
+    members: int = 0
+    error: str | None = None
+    cut_key: str | None = None  # key of the member whose data was cut, when known
+    seekable: bool = False  # members were given as Spans (uncompressed tar read by offset)
+    _reading: str | None = None  # the member whose data is being read
 
     def members_of(self, path: str | os.PathLike[str], *, by_offset: bool) -> Iterator[tuple[str, bytes | Span]]:
         """(name, data) of the tar's file members; ``by_offset``: Spans instead of bytes for plain tars.
@@ -369,8 +352,7 @@ def expand_shards(specs: str | os.PathLike[str] | Sequence[str | os.PathLike[str
             else:
                 missing.append(pattern)
     if missing:
-        more = f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""
-        raise FileNotFoundError(f"{len(missing)} input(s) not found (no such folder, file or shard): {', '.join(missing[:3])}{more}")
+        raise FileNotFoundError(f"{len(missing)} input(s) not found (no such folder, file or shard): {listing(missing, 3)}")
     return list(dict.fromkeys(out))
 
 

@@ -45,7 +45,7 @@ import random
 import tarfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -211,7 +211,6 @@ class TokenShardWriter:
         # an int is the codebook size of a grid (the 0.1 signature): its stats stay byte-identical
         self.layout = layout if isinstance(layout, TokenLayout) else None
         self.counting = layout if isinstance(layout, TokenLayout) else TokenLayout.grid(int(layout))
-        self.codebook_size = self.counting.codebook_size
         self.dtype = self.counting.storage_dtype
         self.hist = np.zeros(self.counting.histogram_shape(), dtype=np.int64)
         n_scales = len(self.counting.scale_shapes)
@@ -248,7 +247,7 @@ class TokenShardWriter:
         self.tar.close()
         stats = ShardStats(
             shard=self.dst.name, source=self.source, samples_written=self.written, samples_failed=self.failed,
-            histogram=self.hist, codebook_size=self.codebook_size, ids_dtype=self.dtype.name, size=self.size,
+            histogram=self.hist, codebook_size=self.counting.codebook_size, ids_dtype=self.dtype.name, size=self.size,
             model_fingerprint=self.fingerprint, config_hash=self.config_hash, tokens=self.tokens, layout=self.layout,
             scale_histograms=self.scale_hist,
         )
@@ -324,6 +323,7 @@ def _stream_seed(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
 
 
+@dataclass(eq=False)
 class _TokenShards(torch.utils.data.IterableDataset):
     """The first stage of :func:`token_dataset`: ``{"url": ...}`` of the shards this rank/worker reads
     in this epoch, plus the seed of the stream (``(seed, epoch, rank, worker)``) for the later stages.
@@ -334,15 +334,14 @@ class _TokenShards(torch.utils.data.IterableDataset):
     ``(seed, epoch, rank, worker)`` draws shards with replacement from its own generator, forever.
     """
 
-    def __init__(self, urls: list[str], *, seed: int, resampled: bool, shuffle_shards: bool) -> None:
-        super().__init__()
-        self.urls = urls
-        self.seed = seed
-        self.resampled = resampled
-        self.shuffle_shards = shuffle_shards
-        self.epoch: int | None = None  # set_epoch's value; None: count this copy's iterations
-        self._iterations = 0
-        self.current: tuple[int, int, int] = (0, 0, 0)  # (epoch, rank, worker) of the stream being read
+    urls: list[str]
+    _: KW_ONLY
+    seed: int
+    resampled: bool
+    shuffle_shards: bool
+    epoch: int | None = None  # set_epoch's value; None: count this copy's iterations
+    _iterations: int = 0
+    current: tuple[int, int, int] = (0, 0, 0)  # (epoch, rank, worker) of the stream being read
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -377,12 +376,13 @@ class _TokenShards(torch.utils.data.IterableDataset):
             yield {"url": rng.choice(self.urls)}
 
 
+@dataclass
 class _ShuffleSamples:
     """The sample-shuffle stage of :func:`token_dataset`, seeded per stream by its :class:`_TokenShards`
     (a class, not a closure: the pipeline stays picklable for spawned DataLoader workers)."""
 
-    def __init__(self, source: _TokenShards, bufsize: int) -> None:
-        self.source, self.bufsize = source, bufsize
+    source: _TokenShards
+    bufsize: int
 
     def __call__(self, src: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         from webdataset.filters import _shuffle

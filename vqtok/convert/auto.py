@@ -172,16 +172,13 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "x"
 
 
-def _cache_key(repo: str, commit: str, layout: str, paths: Sequence[Path]) -> Path:
-    digest = hashlib.sha256()
-    for p in paths:
-        digest.update(p.name.encode() + b"\0" + _file_hash(p).encode() + b"\0")
-    return converted_cache_dir() / _safe(repo.replace("/", "--")) / _safe(commit) / f"{_safe(layout)}-{digest.hexdigest()[:16]}"
-
-
 def _convert_cached(found: Located) -> Path:
     # A .ckpt is keyed before its family is known: the key is the bytes, not the name.
-    target = _cache_key(found.repo, found.commit, found.layout, found.paths)
+    digest = hashlib.sha256()
+    for p in found.paths:
+        digest.update(p.name.encode() + b"\0" + _file_hash(p).encode() + b"\0")
+    target = (converted_cache_dir() / _safe(found.repo.replace("/", "--")) / _safe(found.commit)
+              / f"{_safe(found.layout)}-{digest.hexdigest()[:16]}")
     if (target / CONFIG_NAME).is_file() and (target / WEIGHTS_NAME).is_file():
         logger.info("using the converted copy of %s at %s", found.source, target)
         return target
@@ -198,54 +195,6 @@ def _local_names(root: Path) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
 
 
-def _hub_names(repo_id: str, *, revision: str | None, cache_dir: str | None, local_files_only: bool, offline_why: str | None = None) -> list[str]:
-    """The repo's file names: asked of the Hub, or read from the cached snapshot when offline."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    why = offline_why or "downloading is off (local_files_only)"
-    if not local_files_only:
-        try:
-            from huggingface_hub import HfApi
-
-            return sorted(HfApi().list_repo_files(repo_id, revision=revision))
-        except Exception as err:  # offline mode, no network, gated repo: fall back to the cache
-            from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
-
-            if isinstance(err, (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError)):
-                raise FileNotFoundError(f"Hub repo {repo_id!r} (revision {revision or 'main'}): {err}") from err
-            why = f"the Hub could not be asked ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
-            logger.info("cannot list %s on the Hub (%s); using the local cache", repo_id, type(err).__name__)
-    try:
-        snapshot = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True))
-    except (LocalEntryNotFoundError, FileNotFoundError) as err:
-        raise FileNotFoundError(
-            f"Hub repo {repo_id!r} (revision {revision or 'main'}) is not in the local cache and {why}; download it "
-            f"on a connected machine (`hf download {repo_id}`) and point HF_HOME/cache_dir at that cache"
-        ) from err
-    return _local_names(snapshot)
-
-
-def _hub_file(
-    repo_id: str, path: str, *, revision: str | None, cache_dir: str | None, local_files_only: bool
-) -> Path:
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    sub, _, name = path.rpartition("/")
-    try:
-        return Path(
-            hf_hub_download(
-                repo_id, name, subfolder=sub or None, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only
-            )
-        )
-    except LocalEntryNotFoundError as err:
-        raise FileNotFoundError(
-            f"{path} of Hub repo {repo_id!r} (revision {revision or 'main'}) is not in the local cache and "
-            f"downloading is off or impossible"
-        ) from err
-
-
 @dataclass(frozen=True)
 class Located:
     """The local files of one source in a recognised layout (see :func:`locate`)."""
@@ -255,10 +204,6 @@ class Located:
     repo: str  # the conversion cache's key: "org--name" of a Hub repo, "local-..." of a folder
     commit: str  # the Hub commit of the files, "local" for a folder
     source: str  # names the source in messages
-
-
-def _local_key(root: Path) -> str:
-    return "local-" + _safe(str(root.resolve()))[-80:]
 
 
 def locate(
@@ -280,11 +225,11 @@ def locate(
     """
     cache = str(cache_dir) if cache_dir is not None else None
     local = Path(source)
+    root = local if local.is_dir() else local.parent
     if local.is_dir():
-        names = _local_names(local)
         try:
             recognised = recognise_layout(
-                names, filename=filename, subfolder=subfolder, read_config=lambda p: _read_json(local / p),
+                _local_names(local), filename=filename, subfolder=subfolder, read_config=lambda p: _read_json(root / p),
                 where=str(local), formats=formats,
             )
         except UnrecognisedLayout:
@@ -293,50 +238,85 @@ def locate(
             raise
         if recognised.layout == "vqtok" and subfolder is None:
             return None
-        return Located(recognised.layout, tuple(local / f for f in recognised.files), _local_key(local), "local", str(local))
-    if local.is_file():  # a checkpoint file itself: its name (and a config.json beside it) says the layout
+    elif local.is_file():  # a checkpoint file itself: its name (and a config.json beside it) says the layout
         if filename is not None or subfolder is not None:
             raise ValueError(f"{local} is a file: filename= and subfolder= apply to folders and repos")
-        beside = [CONFIG_NAME] if (local.parent / CONFIG_NAME).is_file() and local.name != CONFIG_NAME else []
+        beside = [CONFIG_NAME] if (root / CONFIG_NAME).is_file() and local.name != CONFIG_NAME else []
         try:
-            recognised = recognise_layout([local.name, *beside], filename=local.name, where=str(local.parent), formats=formats,
-                                          read_config=lambda p: _read_json(local.parent / p))
+            recognised = recognise_layout([local.name, *beside], filename=local.name, where=str(root), formats=formats,
+                                          read_config=lambda p: _read_json(root / p))
         except ValueError:  # no format claims it
             if formats is None:
                 return None  # the caller's loader explains what a model folder is
             recognised = Recognised(formats[0], (local.name,))
-        paths = tuple(local.parent / f for f in recognised.files)
-        return Located(recognised.layout, paths, _local_key(local.parent), "local", str(local))
-    repo_id = str(source)
-    if repo_id.count("/") != 1 or hub.looks_like_path(repo_id):
-        if formats is None:
-            return None  # the caller's loader explains what a repo id is, or names the missing folder
-        raise FileNotFoundError(f"{source} is neither a file, a folder nor a Hub repo id (org/name)")
-    offline_why = None if local_files_only else hub.hub_unreachable()
-    if offline_why:  # HF_HUB_OFFLINE or no network: the cache only, no retries
-        local_files_only = True
+    else:  # a Hub repo id
+        repo_id = str(source)
+        if repo_id.count("/") != 1 or hub.looks_like_path(repo_id):
+            if formats is None:
+                return None  # the caller's loader explains what a repo id is, or names the missing folder
+            raise FileNotFoundError(f"{repo_id} is neither a file, a folder nor a Hub repo id (org/name)")
+        offline_why = None if local_files_only else hub.hub_unreachable()
+        if offline_why:  # HF_HUB_OFFLINE or no network: the cache only, no retries
+            local_files_only = True
 
-    def fetch(path: str) -> Path:
-        return _hub_file(repo_id, path, revision=revision, cache_dir=cache, local_files_only=local_files_only)
+        def fetch(path: str) -> Path:
+            from huggingface_hub import hf_hub_download
+            from huggingface_hub.errors import LocalEntryNotFoundError
 
-    # A vqtok repo is recognised from its config.json alone: no listing, no network beyond the usual.
-    if filename is None and subfolder is None and formats is None:
-        try:
-            config = _read_json(fetch(CONFIG_NAME))
-        except Exception:  # absent, or not cached: decided from the listing below
-            config = None
-        if "vqtok_format" in (config or {}):
-            return None
+            sub, _, name = path.rpartition("/")
+            try:
+                return Path(hf_hub_download(repo_id, name, subfolder=sub or None, revision=revision, cache_dir=cache,
+                                            local_files_only=local_files_only))
+            except LocalEntryNotFoundError as err:
+                raise FileNotFoundError(
+                    f"{path} of Hub repo {repo_id!r} (revision {revision or 'main'}) is not in the local cache and "
+                    f"downloading is off or impossible"
+                ) from err
 
-    names = _hub_names(repo_id, revision=revision, cache_dir=cache, local_files_only=local_files_only, offline_why=offline_why)
-    recognised = recognise_layout(
-        names, filename=filename, subfolder=subfolder, read_config=lambda p: _read_json(fetch(p)),
-        where=f"Hub repo {repo_id!r}", formats=formats,
-    )
-    paths = tuple(fetch(f) for f in recognised.files)
-    match = _COMMIT.search(str(paths[0]))
-    commit = match.group(1) if match else (revision or "main")
-    return Located(recognised.layout, paths, repo_id, commit, f"{repo_id}/{recognised.files[-1]}")
+        # A vqtok repo is recognised from its config.json alone: no listing, no network beyond the usual.
+        if filename is None and subfolder is None and formats is None:
+            try:
+                config = _read_json(fetch(CONFIG_NAME))
+            except Exception:  # absent, or not cached: decided from the listing below
+                config = None
+            if "vqtok_format" in (config or {}):
+                return None
+
+        # the repo's file names: asked of the Hub, or read from the cached snapshot when offline
+        names: list[str] | None = None
+        why = offline_why or "downloading is off (local_files_only)"
+        if not local_files_only:
+            try:
+                from huggingface_hub import HfApi
+
+                names = sorted(HfApi().list_repo_files(repo_id, revision=revision))
+            except Exception as err:  # offline mode, no network, gated repo: fall back to the cache
+                from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+                if isinstance(err, (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError)):
+                    raise FileNotFoundError(f"Hub repo {repo_id!r} (revision {revision or 'main'}): {err}") from err
+                why = f"the Hub could not be asked ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+                logger.info("cannot list %s on the Hub (%s); using the local cache", repo_id, type(err).__name__)
+        if names is None:
+            from huggingface_hub import snapshot_download
+
+            try:
+                snapshot = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache, local_files_only=True))
+            except FileNotFoundError as err:  # LocalEntryNotFoundError included
+                raise FileNotFoundError(
+                    f"Hub repo {repo_id!r} (revision {revision or 'main'}) is not in the local cache and {why}; download "
+                    f"it on a connected machine (`hf download {repo_id}`) and point HF_HOME/cache_dir at that cache"
+                ) from err
+            names = _local_names(snapshot)
+        recognised = recognise_layout(
+            names, filename=filename, subfolder=subfolder, read_config=lambda p: _read_json(fetch(p)),
+            where=f"Hub repo {repo_id!r}", formats=formats,
+        )
+        paths = tuple(fetch(f) for f in recognised.files)
+        match = _COMMIT.search(str(paths[0]))
+        commit = match.group(1) if match else (revision or "main")
+        return Located(recognised.layout, paths, repo_id, commit, f"{repo_id}/{recognised.files[-1]}")
+    return Located(recognised.layout, tuple(root / f for f in recognised.files), "local-" + _safe(str(root.resolve()))[-80:], "local", str(local))
 
 
 def resolve_pretrained(

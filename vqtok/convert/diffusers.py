@@ -303,32 +303,6 @@ def vqtok_to_diffusers_keys(state: Mapping[str, torch.Tensor], *, levels: int) -
 
 
 # ---------------------------------------------------------------------------------- files
-def _resolve_diffusers_folder(
-    path_or_repo: str | os.PathLike[str],
-    *,
-    subfolder: str | None,
-    revision: str | None,
-    cache_dir: str | os.PathLike[str] | None,
-    local_files_only: bool,
-) -> tuple[Path, Path]:
-    """(config.json, weights file) of a local diffusers folder or a Hub repo (through :func:`vqtok.hub.resolve_folder`)."""
-    path = Path(path_or_repo)
-    if path.is_dir() and not subfolder and not (path / DIFFUSERS_CONFIG_NAME).is_file() and (path / "vqvae" / DIFFUSERS_CONFIG_NAME).is_file():
-        subfolder = "vqvae"  # a whole pipeline folder: its VQModel lives in vqvae/
-        logger.info("using the pipeline's vqvae/ subfolder of %s", path)
-    weights = (DIFFUSERS_WEIGHTS_NAME, _DIFFUSERS_BIN_NAME)
-    folder = resolve_folder(
-        path_or_repo,
-        files=(DIFFUSERS_CONFIG_NAME, weights),
-        subfolder=subfolder,
-        revision=revision,
-        cache_dir=cache_dir,
-        local_files_only=local_files_only,
-        what=f"a diffusers VQModel folder holds {DIFFUSERS_CONFIG_NAME} and {DIFFUSERS_WEIGHTS_NAME}",
-    )
-    return folder / DIFFUSERS_CONFIG_NAME, next(folder / n for n in weights if (folder / n).is_file())
-
-
 def convert_diffusers(paths: list[Path]) -> tuple[VQGANConfig, dict[str, torch.Tensor]]:
     """``[config.json, diffusion_pytorch_model.safetensors]`` -> (VQGANConfig, state dict): the ``diffusers`` format's converter."""
     config_path, weights_path = (Path(p) for p in paths)
@@ -355,10 +329,22 @@ def from_diffusers(
     ``subfolder="vqvae"`` (a local pipeline folder's ``vqvae/`` is found by itself).
     diffusers need not be installed.
     """
-    paths = _resolve_diffusers_folder(
-        path_or_repo, subfolder=subfolder, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only
+    path = Path(path_or_repo)
+    if path.is_dir() and not subfolder and not (path / DIFFUSERS_CONFIG_NAME).is_file() and (path / "vqvae" / DIFFUSERS_CONFIG_NAME).is_file():
+        subfolder = "vqvae"  # a whole pipeline folder: its VQModel lives in vqvae/
+        logger.info("using the pipeline's vqvae/ subfolder of %s", path)
+    weights = (DIFFUSERS_WEIGHTS_NAME, _DIFFUSERS_BIN_NAME)
+    folder = resolve_folder(
+        path_or_repo,
+        files=(DIFFUSERS_CONFIG_NAME, weights),
+        subfolder=subfolder,
+        revision=revision,
+        cache_dir=cache_dir,
+        local_files_only=local_files_only,
+        what=f"a diffusers VQModel folder holds {DIFFUSERS_CONFIG_NAME} and {DIFFUSERS_WEIGHTS_NAME}",
     )
-    return convert_files("diffusers", list(paths), source=str(paths[1]))[1]
+    weights_path = next(folder / n for n in weights if (folder / n).is_file())
+    return convert_files("diffusers", [folder / DIFFUSERS_CONFIG_NAME, weights_path], source=str(weights_path))[1]
 
 
 def to_diffusers(model: Tokenizer | VQGAN, directory: str | os.PathLike[str]) -> Path:

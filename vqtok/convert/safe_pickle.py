@@ -61,13 +61,11 @@ class Placeholder:
     sequence: list[Any]
 
     def __new__(cls, *args: Any, **kwargs: Any) -> "Placeholder":
-        # pickle's NEWOBJ calls __new__ without __init__: set everything up here.
+        # pickle's NEWOBJ calls __new__ without __init__: set everything up here (object.__init__
+        # ignores the arguments of a class that overrides __new__ only).
         self = super().__new__(cls)
         self.args, self.kwargs, self.state, self.mapping, self.sequence = args, kwargs, None, {}, []
         return self
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
 
     def __setstate__(self, state: Any) -> None:
         self.state = state
@@ -139,8 +137,7 @@ def _allowed_extra(module: str, name: str) -> Any | None:
     if module.startswith("numpy") and name.endswith("DType"):  # numpy >= 1.25 pickles dtypes as numpy.dtypes.Float32DType
         import numpy as np
 
-        dtypes = getattr(np, "dtypes", None)
-        obj = getattr(dtypes, name, None) if dtypes is not None else None
+        obj = getattr(getattr(np, "dtypes", None), name, None)  # numpy.dtypes is absent before 1.25
         if isinstance(obj, type):
             return obj
     if module == "copyreg" and name == "_reconstructor":
@@ -187,7 +184,7 @@ def _storage_type(name: str) -> type[_Uncallable] | None:
     """``torch.FloatStorage`` etc. as an inert class that carries only the dtype (what the loaders read)."""
     if name not in _storage_types:
         cls = getattr(torch, name, None)
-        if not (name.endswith("Storage") and isinstance(cls, type)):
+        if not isinstance(cls, type):  # the caller checked the name ends in Storage
             return None
         with warnings.catch_warnings():  # torch.FloatStorage.dtype warns that TypedStorage is deprecated
             warnings.simplefilter("ignore", UserWarning)
@@ -213,18 +210,17 @@ class RestrictedUnpickler(pickle.Unpickler):
     scalars) is counted against ``max_bytes`` (see :func:`allocation_limit`) before it is made.
     """
 
-    max_bytes: int = allocation_limit(0)  # per-file value: the max_bytes argument or a subclass attribute
+    max_bytes: int = allocation_limit(0)  # per file: set on a subclass (torch.load) or on the instance
 
-    def __init__(self, file: Any, *, max_bytes: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, file: Any, **kwargs: Any) -> None:
         super().__init__(file, **kwargs)
-        self._limit = self.max_bytes if max_bytes is None else max_bytes
-        self._left = self._limit
+        self._left = self.max_bytes
 
     def _charge(self, nbytes: int, what: str) -> None:
         if nbytes > self._left:
             raise UnsafeCheckpointError(
                 f"checkpoint asks for {what} ({nbytes} bytes): more than a file of its size can hold "
-                f"({self._limit} bytes in all); refusing to allocate it"
+                f"({self.max_bytes} bytes in all); refusing to allocate it"
             )
         self._left -= nbytes
 
@@ -313,21 +309,7 @@ def _np_multiarray() -> Any:
     return np.core.multiarray if hasattr(np, "core") else np._core.multiarray
 
 
-def _restricted_module(max_bytes: int) -> types.SimpleNamespace:
-    """A module-like object for ``torch.load(pickle_module=...)``: Unpickler and load, bounded by ``max_bytes``."""
-    unpickler = type("BoundedUnpickler", (RestrictedUnpickler,), {"max_bytes": max_bytes})
-
-    def load(file: Any, **kwargs: Any) -> Any:
-        return unpickler(file, **kwargs).load()
-
-    return types.SimpleNamespace(Unpickler=unpickler, load=load, __name__="vqtok_restricted_pickle")
-
-
 # --- zip archives (torch.save since 1.6, TorchScript) ----------------------------------------
-
-
-def _as_list(values: Any) -> list[Any]:
-    return list(values)
 
 
 def _restore_type_tag(value: Any, type_str: Any) -> Any:
@@ -336,10 +318,10 @@ def _restore_type_tag(value: Any, type_str: Any) -> Any:
 
 # TorchScript's pickler wraps specialised lists and typed containers in these (torch/jit/_pickle.py).
 _TORCHSCRIPT_HELPERS: dict[tuple[str, str], Any] = {
-    ("torch.jit._pickle", "build_intlist"): _as_list,
-    ("torch.jit._pickle", "build_doublelist"): _as_list,
-    ("torch.jit._pickle", "build_boollist"): _as_list,
-    ("torch.jit._pickle", "build_tensorlist"): _as_list,
+    ("torch.jit._pickle", "build_intlist"): list,
+    ("torch.jit._pickle", "build_doublelist"): list,
+    ("torch.jit._pickle", "build_boollist"): list,
+    ("torch.jit._pickle", "build_tensorlist"): list,
     ("torch.jit._pickle", "restore_type_tag"): _restore_type_tag,
 }
 
@@ -349,11 +331,11 @@ _CHUNK = 16 << 20
 class _ArchiveUnpickler(RestrictedUnpickler):
     """The restricted unpickler plus TorchScript's list helpers and storages read from the zip."""
 
-    def __init__(self, file: Any, archive: zipfile.ZipFile, prefix: str, source: str, max_bytes: int) -> None:
-        super().__init__(file, max_bytes=max_bytes)
+    def __init__(self, file: Any, archive: zipfile.ZipFile, prefix: str, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        super().__init__(file)
         self._archive = archive
         self._prefix = prefix
-        self._source = source
         self._storages: dict[str, torch.storage.TypedStorage] = {}
 
     def find_class(self, module: str, name: str) -> Any:  # noqa: D102
@@ -406,35 +388,34 @@ def _load_archive(path: Path, kind: str) -> Any:
     The archive's records must unpack to at most :func:`allocation_limit` of the file size, which
     also bounds what the pickle may allocate. ``kind`` names the file in errors.
     """
-    source = str(path)
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile as err:
-        raise ValueError(f"{source} is not a {kind} (not a zip file)") from err
+        raise ValueError(f"{path} is not a {kind} (not a zip file)") from err
     with archive:
         size = path.stat().st_size
         limit = allocation_limit(size)
         unpacked = sum(info.file_size for info in archive.infolist())
         if unpacked > limit:
             raise UnsafeCheckpointError(
-                f"{source}: its zip records unpack to {unpacked} bytes from a {size}-byte file (more than "
+                f"{path}: its zip records unpack to {unpacked} bytes from a {size}-byte file (more than "
                 f"{EXPANSION}x + {SLACK >> 20} MiB); refusing a zip bomb"
             )
         names = archive.namelist()
         pickles = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
         if len(pickles) != 1:
-            raise ValueError(f"{source} is not a {kind}: expected one <name>/data.pkl, found {pickles or 'none'}")
+            raise ValueError(f"{path} is not a {kind}: expected one <name>/data.pkl, found {pickles or 'none'}")
         prefix = pickles[0][: -len("data.pkl")]
         try:
             order = archive.read(f"{prefix}byteorder").decode(errors="replace").strip() if f"{prefix}byteorder" in names else "little"
             if order == "little":
-                return _ArchiveUnpickler(io.BytesIO(archive.read(pickles[0])), archive, prefix, source, limit).load()
+                return _ArchiveUnpickler(io.BytesIO(archive.read(pickles[0])), archive, prefix, limit).load()
         except UnsafeCheckpointError as err:
-            raise UnsafeCheckpointError(f"{source}: {err}") from None
+            raise UnsafeCheckpointError(f"{path}: {err}") from None
         except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError, IndexError, KeyError,
                 RuntimeError, OSError, NotImplementedError, zipfile.BadZipFile, zlib.error) as err:
-            raise ValueError(f"{source}: data.pkl is not a readable {kind}: {err}") from err
-    raise ValueError(f"{source} stores its tensors {order}-endian; only little-endian archives are supported")
+            raise ValueError(f"{path}: data.pkl is not a readable {kind}: {err}") from err
+    raise ValueError(f"{path} stores its tensors {order}-endian; only little-endian archives are supported")
 
 
 def _collect(obj: Any, prefix: str, out: dict[str, torch.Tensor], seen: set[int]) -> None:
@@ -517,12 +498,14 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Any:
         return _load_archive(p, "PyTorch checkpoint")
     if not magic.startswith(b"\x80"):
         raise ValueError(f"{p} is not a readable PyTorch checkpoint (neither a zip archive nor a pickle)")
+    # Older torch.save files: torch.load interprets the pickle stream with RestrictedUnpickler only (see the
+    # module docstring), bounded by the file's allocation limit; torch's own weights_only unpickler cannot stand
+    # in for Lightning's classes. pickle_module is a module-like Unpickler and load.
+    unpickler = type("BoundedUnpickler", (RestrictedUnpickler,), {"max_bytes": allocation_limit(p.stat().st_size)})
+    module = types.SimpleNamespace(Unpickler=unpickler, load=lambda file, **kw: unpickler(file, **kw).load(),
+                                   __name__="vqtok_restricted_pickle")
     try:
-        # Older torch.save files: torch.load interprets the pickle stream with RestrictedUnpickler only
-        # (see the module docstring); torch's own weights_only unpickler cannot stand in for Lightning's classes.
-        return torch.load(  # noqa: S614
-            p, map_location="cpu", pickle_module=_restricted_module(allocation_limit(p.stat().st_size)), weights_only=False
-        )
+        return torch.load(p, map_location="cpu", pickle_module=module, weights_only=False)  # noqa: S614
     except UnsafeCheckpointError as err:
         raise UnsafeCheckpointError(f"{p}: {err}") from None
     except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, RuntimeError, AttributeError, TypeError, ValueError) as err:

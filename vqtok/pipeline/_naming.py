@@ -35,14 +35,6 @@ def output_name_for(src: str | os.PathLike[str]) -> str:
     return name + ".tar"
 
 
-def _non_default_fields(config: object) -> dict[str, object]:
-    """The config's fields whose values differ from the field defaults (a field added later, at its default, changes nothing)."""
-    values = config.to_dict()  # type: ignore[attr-defined]
-    defaults = {f.name: list(f.default) if isinstance(f.default, tuple) else f.default  # as to_dict writes tuples
-                for f in dataclasses.fields(config) if f.default is not dataclasses.MISSING}  # type: ignore[arg-type]
-    return {k: v for k, v in values.items() if k not in defaults or defaults[k] != v}
-
-
 def _start(tokenizer: Tokenizer, precision: str, *, legacy: bool) -> hashlib._Hash:
     """A hasher fed with everything of a fingerprint but the weights."""
     if legacy:  # vqtok 0.1: serialised config, precision
@@ -51,8 +43,12 @@ def _start(tokenizer: Tokenizer, precision: str, *, legacy: bool) -> hashlib._Ha
         h.update(precision.encode())
         return h
     h = hashlib.sha256(b"vqtok-fingerprint/2\0")
+    # the config fields whose values differ from the field defaults (a field added later, at its default, changes nothing)
+    values = tokenizer.config.to_dict()
+    defaults = {f.name: list(f.default) if isinstance(f.default, tuple) else f.default  # as to_dict writes tuples
+                for f in dataclasses.fields(tokenizer.config) if f.default is not dataclasses.MISSING}  # type: ignore[arg-type]
     identity = {"model_type": tokenizer.model_type, "layout": tokenizer.layout().to_dict(),
-                "config": _non_default_fields(tokenizer.config), "precision": precision}
+                "config": {k: v for k, v in values.items() if k not in defaults or defaults[k] != v}, "precision": precision}
     h.update(json.dumps(identity, sort_keys=True).encode())
     return h
 

@@ -72,8 +72,7 @@ class BlockStream(torch.utils.data.IterableDataset):
             tail = index.samples[-1].error if index.samples and index.samples[-1].key == TRUNCATED_KEY else None
             samples = index.samples[:-1] if tail is not None else index.samples
             nblocks = max(1, -(-len(samples) // self.block))
-            with contextlib.ExitStack() as stack:
-                fh = stack.enter_context(open(src, "rb")) if index.seekable and samples else None
+            with open(src, "rb") if index.seekable and samples else contextlib.nullcontext() as fh:
                 for b in range(nblocks):
                     if number % nworkers == wid:
                         part = samples[b * self.block : (b + 1) * self.block]

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from vqtok._errors import reason
+from vqtok._errors import listing, reason
 from vqtok._io import atomic_write, remove_stale_tmp
 from vqtok._progress import Progress
 from vqtok._runtime import env_int, resolve_device
@@ -100,8 +100,15 @@ class ShardsNotFetched(RuntimeError):
 
 
 # ---------------------------------------------------------------------- inputs and ranks
-def _check_not_images(inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> None:
-    """ValueError for image files, and folders of images without shards, given as inputs."""
+def expand_inputs(
+    inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *, exclude: str | os.PathLike[str] | None = None
+) -> list[Path | str]:
+    """Input shard specs -> shards, in order (:func:`vqtok.tars.expand_shards`: brace patterns, globs,
+    folders, paths, remote shards); local shards come back as Paths, remote ones (fetched when their
+    turn comes, see :mod:`vqtok.pipeline.remote`) as strings. Shards inside the folder ``exclude``
+    (the output folder, e.g. ``--input data --out data/tokens``) are left out. No two shards may share
+    a file name (outputs are named after inputs). Image files and folders of images are refused with
+    a word on what pretokenize takes."""
     from vqtok.images import IMAGE_SUFFIXES
     from vqtok.tars import _folder_files
 
@@ -119,18 +126,6 @@ def _check_not_images(inputs: str | os.PathLike[str] | Sequence[str | os.PathLik
             found = [m.lower() for m in glob.glob(str(p), recursive=True)]
             if found and not any(m.endswith(SHARD_SUFFIXES) for m in found) and any(m.endswith(IMAGE_SUFFIXES) for m in found):
                 raise ValueError(f"{spec} matches images but no tar shards; {how}")
-
-
-def expand_inputs(
-    inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *, exclude: str | os.PathLike[str] | None = None
-) -> list[Path | str]:
-    """Input shard specs -> shards, in order (:func:`vqtok.tars.expand_shards`: brace patterns, globs,
-    folders, paths, remote shards); local shards come back as Paths, remote ones (fetched when their
-    turn comes, see :mod:`vqtok.pipeline.remote`) as strings. Shards inside the folder ``exclude``
-    (the output folder, e.g. ``--input data --out data/tokens``) are left out. No two shards may share
-    a file name (outputs are named after inputs). Image files and folders of images are refused with
-    a word on what pretokenize takes."""
-    _check_not_images(inputs)
     out: list[Path | str] = [s if is_remote(s) else Path(s) for s in expand_shards(inputs)]
     if exclude is not None and Path(exclude).is_dir():
         skip = Path(exclude).resolve()
@@ -236,34 +231,6 @@ def _read_manifest(path: Path) -> Any:
         raise ValueError(f"{path} is not valid JSON ({err}); delete it to start over") from None
 
 
-def _identity(
-    tokenizer: Tokenizer, model_id: str, fingerprint: str, size: int | None, keep: Sequence[str], inputs: Any, decode: str,
-    exif_transpose: bool = False,
-) -> dict[str, Any]:
-    extra: dict[str, Any] = {"decode": decode} if decode != "exact" else {}
-    if exif_transpose:
-        extra["exif_transpose"] = True
-    layout = tokenizer.layout(size)
-    return {
-        **extra,
-        "format": MANIFEST_FORMAT,
-        "model": model_id,
-        "model_fingerprint": fingerprint,
-        "config_hash": tokenizer.config.hash(),
-        "config": tokenizer.config.to_dict(),
-        "precision": getattr(tokenizer, "precision", "fp32"),
-        "model_type": tokenizer.model_type,
-        "layout": layout.to_dict(),
-        "codebook_size": int(layout.codebook_size),
-        "ids_dtype": layout.storage_dtype.name,
-        "size": size,
-        "keep": list(keep),
-        "input": inputs,
-        "shards_done": [],
-        "totals": dict.fromkeys(_TOTALS, 0),
-    }
-
-
 def _continue_hint(manifest: dict[str, Any]) -> str:
     """``"continue with --model default@v1, or "`` when a shipped default tokenizer version made the folder's
     tokens (``"default"`` moves to newer versions; manifests written before versioning say ``"default"``)."""
@@ -315,13 +282,34 @@ def prepare_output(
             # what pretokenize puts in an output folder before its manifest: locks and the fetch folder
             foreign = sorted(p.name for p in folder.iterdir() if p.name not in (_LOCK_NAME, _RUN_LOCK_NAME, INCOMING_DIR))
             if foreign:
-                more = f" (+{len(foreign) - 3} more)" if len(foreign) > 3 else ""
                 raise ValueError(
-                    f"output folder {folder} is not empty ({', '.join(foreign[:3])}{more}) and has no {MANIFEST_NAME}: "
+                    f"output folder {folder} is not empty ({listing(foreign, 3)}) and has no {MANIFEST_NAME}: "
                     "it is not a pretokenize output folder, and its files could be overwritten; "
                     "choose a new or empty folder"
                 )
-            manifest = _identity(tokenizer, model_id, fingerprint, size, keep, inputs, decode, exif_transpose)
+            # this run's identity; decode and EXIF settings are recorded only when not the defaults
+            extra: dict[str, Any] = {"decode": decode} if decode != "exact" else {}
+            if exif_transpose:
+                extra["exif_transpose"] = True
+            layout = tokenizer.layout(size)
+            manifest = {
+                **extra,
+                "format": MANIFEST_FORMAT,
+                "model": model_id,
+                "model_fingerprint": fingerprint,
+                "config_hash": tokenizer.config.hash(),
+                "config": tokenizer.config.to_dict(),
+                "precision": getattr(tokenizer, "precision", "fp32"),
+                "model_type": tokenizer.model_type,
+                "layout": layout.to_dict(),
+                "codebook_size": int(layout.codebook_size),
+                "ids_dtype": layout.storage_dtype.name,
+                "size": size,
+                "keep": list(keep),
+                "input": inputs,
+                "shards_done": [],
+                "totals": dict.fromkeys(_TOTALS, 0),
+            }
             _write_json_atomic(path, manifest)
             return manifest
         manifest = _read_manifest(path)
@@ -611,7 +599,7 @@ def open_output(
     """
     opts.check(tokenizer)
     fingerprint = opts.fingerprint or model_fingerprint(tokenizer)
-    inputs = input if isinstance(input, str) else os.fspath(input) if isinstance(input, os.PathLike) else list(map(os.fspath, input))
+    inputs = os.fspath(input) if isinstance(input, (str, os.PathLike)) else list(map(os.fspath, input))
     manifest = prepare_output(
         output, tokenizer, model_id=model_id, size=opts.size, keep=opts.keep, inputs=inputs, fingerprint=fingerprint,
         decode=opts.decode, exif_transpose=opts.exif_transpose,

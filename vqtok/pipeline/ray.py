@@ -176,51 +176,45 @@ def pretokenize_ray(
                    if (done := completed_output(dst, fingerprint, opts.size, overwrite=opts.overwrite)) is not None}
         todo = [i for i in range(len(jobs)) if i not in results]
         logger.info("ray: %d shards, %d to do, model %s (%s)", len(jobs), len(todo), model_id, fingerprint)
-        failures = _run_on_ray(ray, model, tokenizer, jobs, todo, results, opts, ropts, device, precision, progress) if todo else []
-        return finish_run(folder, [results[i] for i in sorted(results)], t0, failures, max_error_rate, error=ShardFailed)
-
-
-def _run_on_ray(
-    ray: Any, model: Any, tokenizer: Tokenizer, jobs: list[tuple[Path, Path]], todo: list[int], results: dict[int, ShardStats],
-    opts: TokenizeOptions, ropts: RayOptions, device: str | None, precision: str, progress: bool,
-) -> list[FetchFailure]:
-    """Start the actors, keep each busy with one shard at a time, collect stats into ``results``."""
-    if not ray.is_initialized():
-        ray.init(address=ropts.address, log_to_driver=False, logging_level=logging.WARNING)
-    cpus = float(ropts.num_cpus) if ropts.num_cpus is not None else 1.0 + (opts.workers or 0)
-    num_actors = ropts.num_actors
-    if num_actors is None:
-        resources = ray.cluster_resources()
-        num_actors = int(resources.get("GPU", 0) // ropts.num_gpus) if ropts.num_gpus > 0 else int(resources.get("CPU", 1) // cpus)
-    num_actors = max(1, min(num_actors, len(todo)))
-    device = device or ("cuda" if ropts.num_gpus > 0 else "cpu")
-    # Our own in-memory Tokenizer travels through Ray's object store (between our processes only);
-    # a folder / Hub id / None is loaded by each actor itself.
-    model_ref = ray.put(tokenizer) if model is not None and not isinstance(model, (str, os.PathLike)) else model
-    actor_cls = ray.remote(ShardWorker)
-    run_id = uuid.uuid4().hex[:8]  # named (vqtok-<run>-<k>) so operators can find and inspect them
-    actors = [
-        actor_cls.options(
-            name=f"vqtok-{run_id}-{k}", num_cpus=cpus, num_gpus=ropts.num_gpus,
-            max_restarts=ropts.max_retries, max_task_retries=ropts.max_retries,
-        ).remote(model_ref, opts, device, precision, ropts.threads)
-        for k in range(num_actors)
-    ]
-    failures: list[FetchFailure] = []
-    bar = _ShardProgress(len(todo), progress)
-    try:
-        for i, ref in actor_pool(ray, actors, todo, lambda actor, i: actor.tokenize.remote(str(jobs[i][0]), str(jobs[i][1]))):
+        failures: list[FetchFailure] = []
+        if todo:  # start the actors, keep each busy with one shard at a time, collect stats into results
+            if not ray.is_initialized():
+                ray.init(address=ropts.address, log_to_driver=False, logging_level=logging.WARNING)
+            cpus = float(ropts.num_cpus) if ropts.num_cpus is not None else 1.0 + (opts.workers or 0)
+            num_actors = ropts.num_actors
+            if num_actors is None:
+                resources = ray.cluster_resources()
+                num_actors = (int(resources.get("GPU", 0) // ropts.num_gpus) if ropts.num_gpus > 0
+                              else int(resources.get("CPU", 1) // cpus))
+            num_actors = max(1, min(num_actors, len(todo)))
+            device = device or ("cuda" if ropts.num_gpus > 0 else "cpu")
+            # Our own in-memory Tokenizer travels through Ray's object store (between our processes only);
+            # a folder / Hub id / None is loaded by each actor itself.
+            model_ref = ray.put(tokenizer) if model is not None and not isinstance(model, (str, os.PathLike)) else model
+            actor_cls = ray.remote(ShardWorker)
+            run_id = uuid.uuid4().hex[:8]  # named (vqtok-<run>-<k>) so operators can find and inspect them
+            actors = [
+                actor_cls.options(
+                    name=f"vqtok-{run_id}-{k}", num_cpus=cpus, num_gpus=ropts.num_gpus,
+                    max_restarts=ropts.max_retries, max_task_retries=ropts.max_retries,
+                ).remote(model_ref, opts, device, precision, ropts.threads)
+                for k in range(num_actors)
+            ]
+            bar = _ShardProgress(len(todo), progress)
             try:
-                results[i] = ray.get(ref)
-                bar.shard_done(results[i].num_samples)
-            except Exception as err:  # noqa: BLE001 - one failed shard must not stop the others
-                cause = getattr(err, "cause", None)  # the original exception when Ray wraps one
-                why = reason(cause if isinstance(cause, BaseException) else err)  # one line, address-free
-                logger.error("shard %s failed: %s (left undone)", jobs[i][0], why)
-                failures.append(FetchFailure(str(jobs[i][0]), why))
-                bar.shard_done(0)
-    finally:
-        bar.close()
-        for actor in actors:
-            ray.kill(actor)
-    return failures
+                for i, ref in actor_pool(ray, actors, todo,
+                                         lambda actor, i: actor.tokenize.remote(str(jobs[i][0]), str(jobs[i][1]))):
+                    try:
+                        results[i] = ray.get(ref)
+                        bar.shard_done(results[i].num_samples)
+                    except Exception as err:  # noqa: BLE001 - one failed shard must not stop the others
+                        cause = getattr(err, "cause", None)  # the original exception when Ray wraps one
+                        why = reason(cause if isinstance(cause, BaseException) else err)  # one line, address-free
+                        logger.error("shard %s failed: %s (left undone)", jobs[i][0], why)
+                        failures.append(FetchFailure(str(jobs[i][0]), why))
+                        bar.shard_done(0)
+            finally:
+                bar.close()
+                for actor in actors:
+                    ray.kill(actor)
+        return finish_run(folder, [results[i] for i in sorted(results)], t0, failures, max_error_rate, error=ShardFailed)

@@ -86,15 +86,6 @@ class TokenizeOptions:
         check_image_size(tokenizer, size, option="size")  # the activations of one image must fit in memory
 
 
-def _completed(src: Path, dst: Path, fingerprint: str, opts: TokenizeOptions) -> ShardStats | None:
-    """The stats of a complete output of this model and size, None when the shard must be (re)done."""
-    if not src.is_file():
-        raise FileNotFoundError(f"input shard {src} does not exist")
-    if dst.exists() and src.resolve() == dst.resolve():
-        raise ValueError(f"output {dst} is the input shard itself; choose another output folder")
-    return completed_output(dst, fingerprint, opts.size, overwrite=opts.overwrite)
-
-
 def tokenize_shards(
     jobs: Sequence[tuple[str | os.PathLike[str], str | os.PathLike[str]]],
     tokenizer: Tokenizer,
@@ -111,7 +102,14 @@ def tokenize_shards(
     workers = opts.workers or 0
     fingerprint = opts.fingerprint or model_fingerprint(tokenizer)
     pairs = [(Path(a), Path(b)) for a, b in jobs]
-    ready = {i: done for i, (src, dst) in enumerate(pairs) if (done := _completed(src, dst, fingerprint, opts)) is not None}
+    ready: dict[int, ShardStats] = {}  # position in pairs -> stats of a complete output of this model and size
+    for i, (src, dst) in enumerate(pairs):
+        if not src.is_file():
+            raise FileNotFoundError(f"input shard {src} does not exist")
+        if dst.exists() and src.resolve() == dst.resolve():
+            raise ValueError(f"output {dst} is the input shard itself; choose another output folder")
+        if (done := completed_output(dst, fingerprint, opts.size, overwrite=opts.overwrite)) is not None:
+            ready[i] = done
     todo = [i for i in range(len(pairs)) if i not in ready]  # positions in pairs of the shards to tokenize
 
     def flush(upto: int) -> Iterator[ShardStats]:
