@@ -38,9 +38,9 @@ __all__ = [
     "add_out_argument",
     "add_progress_argument",
     "check_image_size",
-    "parse_grid",
     "device_from_args",
     "number_in",
+    "parse_grid",
     "positive_int",
     "tokenizer_from_args",
 ]
@@ -241,17 +241,21 @@ def _encode(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+class _GridError(argparse.ArgumentTypeError, ValueError):
+    """A bad ``--grid``: argparse prints its message; a Python caller catches a ValueError."""
+
+
 def parse_grid(text: str) -> tuple[int, int]:
-    """argparse type of ``--grid``: ``HxW`` or ``N`` (N x N)."""
-    parts = text.lower().replace(",", "x").split("x")
+    """argparse type of ``--grid``: ``HxW`` (also ``H,W`` or ``H×W``) or ``N`` (N x N)."""
+    parts = text.lower().replace(",", "x").replace("×", "x").split("x")
     try:
         values = [int(v) for v in parts]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW or N, got {text!r}") from None
+        raise _GridError(f"expected HxW or N, got {text!r}") from None
     if len(values) == 1:
         values *= 2
     if len(values) != 2 or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected HxW or N with positive sides, got {text!r}")
+        raise _GridError(f"expected HxW or N with positive sides, got {text!r}")
     return values[0], values[1]
 
 

@@ -10,23 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from vqtok._runtime import env_int
-from vqtok.commands import add_device_argument, add_out_argument, device_from_args, positive_int
+from vqtok.commands import add_device_argument, add_out_argument, device_from_args, parse_grid, positive_int
 
 __all__ = ["add_commands", "parse_grid"]
-
-
-def parse_grid(text: str) -> tuple[int, int]:
-    """``"32x32"`` -> (32, 32); also accepts a single number for a square grid."""
-    parts = text.lower().replace("×", "x").split("x")
-    try:
-        nums = [int(p) for p in parts]
-    except ValueError:
-        raise ValueError(f"grid must look like 32x32, got {text!r}") from None
-    if len(nums) == 1:
-        nums = nums * 2
-    if len(nums) != 2 or min(nums) < 1:
-        raise ValueError(f"grid must look like 32x32 with positive sizes, got {text!r}")
-    return nums[0], nums[1]
 
 
 def add_commands(subparsers: Any) -> None:
