@@ -7,7 +7,7 @@ import re
 import sys
 from typing import Any
 
-from vqtok.commands import add_model_arguments, add_out_argument, device_from_args, number_in
+from vqtok.commands import add_model_arguments, add_out_argument, add_progress_argument, device_from_args, number_in
 from vqtok.tokens import DEFAULT_KEEP
 
 __all__ = ["add_commands"]
@@ -57,7 +57,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
                    help="CPUs reserved per actor (default 1 + --workers)")
     p.add_argument("--rank", type=int, default=None, help="this process's rank (default $RANK or 0)")
     p.add_argument("--world-size", type=int, default=None, help="number of processes (default $WORLD_SIZE or 1)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_argument(p)
     p.set_defaults(func=_run)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from vqtok._runtime import env_int
-from vqtok.commands import add_device_argument, add_out_argument, device_from_args, parse_grid, positive_int
+from vqtok.commands import add_device_argument, add_out_argument, add_progress_argument, device_from_args, parse_grid, positive_int
 
 __all__ = ["add_commands", "parse_grid"]
 
@@ -34,7 +34,7 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), help="autocast precision")
     p.add_argument("--stop-after", type=int, help="stop with a checkpoint after this step (time-sliced jobs; schedule unchanged)")
     p.add_argument("--no-resume", action="store_true", help="refuse to continue an existing run in OUT")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_argument(p)
     p.set_defaults(func=_train_prior)
 
     s = subparsers.add_parser(
@@ -58,7 +58,7 @@ def add_commands(subparsers: Any) -> None:
     s.add_argument("--nrow", type=int, help="images per row of the grid (default: ~sqrt(n))")
     s.add_argument("--save-ids", help="also write the sampled ids (n, h, w) to this .npy file")
     add_device_argument(s)
-    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_argument(s)
     s.set_defaults(func=_sample)
 
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vqtok.commands import add_device_argument, add_out_argument, device_from_args, positive_int
+from vqtok.commands import add_device_argument, add_out_argument, add_progress_argument, device_from_args, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def add_commands(subparsers: Any) -> None:
                    help="override any config field, dotted, value in YAML syntax (e.g. --set data.max_zoom_out=8, "
                         "--set model.quantizer=fsq --set model.fsq_levels=[8,8,8,8]); repeatable")
     p.add_argument("--no-resume", action="store_true", help="refuse to continue an existing run in OUT")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_argument(p)
     p.set_defaults(func=run_train)
 
 
