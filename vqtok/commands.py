@@ -96,13 +96,15 @@ def add_out_argument(
     group.add_argument("--output", dest="out", default=default, help=argparse.SUPPRESS)
 
 
-def add_model_arguments(p: argparse.ArgumentParser, *, model_help: str | None = None) -> None:
-    """--model / --device / --precision / --batch-size, shared by every command that runs a tokenizer."""
-    p.add_argument("--model", "-m", default=None, help=model_help or "model folder or Hub repo id; 'default' is the built-in "
-                   "tokenizer (newest version), 'default@v1' a pinned version (default: 'default')")
+def add_model_arguments(p: argparse.ArgumentParser, *, model_help: str | None = None, action: str | None = None,
+                        batch_size: int = 32) -> None:
+    """--model / --device / --precision / --batch-size, shared by every command that runs a tokenizer
+    (``action="append"``: several --model, a list)."""
+    p.add_argument("--model", "-m", action=action, default=None, help=model_help or "model folder or Hub repo id; 'default' is "
+                   "the built-in tokenizer (newest version), 'default@v1' a pinned version (default: 'default')")
     add_device_argument(p)
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="fp32 is exact (default)")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)")
+    p.add_argument("--batch-size", type=positive_int, default=batch_size, help=f"images per forward pass (default: {batch_size})")
 
 
 def tokenizer_from_args(args: argparse.Namespace) -> Tokenizer:

@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from vqtok.commands import add_device_argument, add_out_argument, add_progress_argument, device_from_args, positive_int
+from vqtok.commands import add_device_argument, add_model_arguments, add_out_argument, add_progress_argument, device_from_args, positive_int
 from vqtok.metrics.codecs import CODECS
 from vqtok.metrics.protocols import PROTOCOLS
 from vqtok.tokenizer import model_id as tokenizer_model_id
@@ -29,12 +29,9 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--data", nargs="+", action="extend", default=None, metavar="SHARDS_OR_FOLDER",
                    help="image folder (recursive), image files, globs, or WebDataset shards "
                    "(data/val-{000000..000009}.tar); several allowed")
-    p.add_argument("--model", "-m", action="append", default=None,
-                   help="model folder or Hub repo id; 'default' is the built-in tokenizer (newest version), 'default@v1' a "
-                   "pinned version (default: 'default'). Several --model: all are scored on the same images, side by side")
-    add_device_argument(p)
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="fp32 is exact (default)")
-    p.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass (default: 8)")
+    add_model_arguments(p, action="append", batch_size=8, model_help="model folder or Hub repo id; 'default' is the built-in "
+                        "tokenizer (newest version), 'default@v1' a pinned version (default: 'default'). Several --model: "
+                        "all are scored on the same images, side by side")
     p.add_argument("--codec", action="append", default=None, choices=sorted(CODECS),
                    help="also score this classical codec at the first model's bytes per image (repeatable)")
     p.add_argument("--codec-bytes", type=positive_int, default=None, metavar="B",
