@@ -122,6 +122,7 @@ def ids_record_path(ids_path: str | os.PathLike[str]) -> Path:
 def image_paths(specs: list[str]) -> list[str]:
     """Image files and folders (their images, recursively, sorted; hidden folders skipped) -> image paths,
     in order, without repeats. FileNotFoundError naming what does not exist or holds no image."""
+    from vqtok._errors import listing
     from vqtok.images import IMAGE_SUFFIXES
     from vqtok.tars import _folder_files
 
@@ -139,8 +140,7 @@ def image_paths(specs: list[str]) -> list[str]:
         else:
             missing.append(spec)
     if missing:
-        more = f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""
-        raise FileNotFoundError(f"{len(missing)} input(s) not found: {', '.join(missing[:3])}{more}")
+        raise FileNotFoundError(f"{len(missing)} input(s) not found: {listing(missing, 3)}")
     return list(dict.fromkeys(out))
 
 
@@ -345,10 +345,6 @@ def _decode(args: argparse.Namespace) -> int:
     path = Path(args.ids)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
-    with open(path, "rb") as fh:
-        magic = fh.read(6)
-    if magic != b"\x93NUMPY":
-        raise ValueError(f"{path} is not a .npy file of token ids (write one with `vqtok encode` or numpy.save)")
     _check_npy_header(path)
     try:
         ids = np.load(path, allow_pickle=False)
@@ -375,16 +371,20 @@ def _decode(args: argparse.Namespace) -> int:
 
 
 def _check_npy_header(path: Path) -> None:
-    """Refuse an .npy whose header claims more data than the file holds, before numpy allocates it."""
+    """Refuse a file that is not an .npy, or whose header claims more data than the file holds, before numpy
+    allocates it."""
     from numpy.lib import format as npy
 
-    try:
-        with open(path, "rb") as fh:
+    with open(path, "rb") as fh:
+        if fh.read(6) != b"\x93NUMPY":
+            raise ValueError(f"{path} is not a .npy file of token ids (write one with `vqtok encode` or numpy.save)")
+        fh.seek(0)
+        try:
             version = npy.read_magic(fh)
             shape, _, dtype = npy.read_array_header_1_0(fh) if version == (1, 0) else npy.read_array_header_2_0(fh)
-            header_end = fh.tell()
-    except (ValueError, OSError, SyntaxError) as err:
-        raise ValueError(f"{path} is not a readable .npy file of token ids ({err})") from None
+        except (ValueError, OSError, SyntaxError) as err:
+            raise ValueError(f"{path} is not a readable .npy file of token ids ({err})") from None
+        header_end = fh.tell()
     if dtype.hasobject:
         raise ValueError(f"{path} holds pickled Python objects, not an integer array of token ids")
     claimed = int(np.prod(shape, dtype=object)) * dtype.itemsize
