@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -216,10 +217,6 @@ def _check_made_with(what: str, info: dict[str, Any], run: dict[str, Any]) -> No
         raise ValueError(f"{what} was made with another " + ", ".join(wrong) + "; its FID is not comparable")
 
 
-def _safe(label: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_.@" else "_" for c in label)[:60]
-
-
 def run_eval(args: argparse.Namespace) -> int:
     from vqtok.metrics.codecs import CodecReconstructor, ids_bytes
     from vqtok.metrics.evaluate import (
@@ -266,8 +263,7 @@ def run_eval(args: argparse.Namespace) -> int:
     budget = args.codec_bytes
     if args.codec and budget is None:
         first = rows[0][1]
-        side = size or 256
-        budget = ids_bytes(first.codebook_size, first.layout(side).tokens_per_image)
+        budget = ids_bytes(first.codebook_size, first.layout(size or 256).tokens_per_image)
     for codec in args.codec or []:
         c = CodecReconstructor(codec, budget)
         rows.append((c.name, c, None))
@@ -285,7 +281,7 @@ def run_eval(args: argparse.Namespace) -> int:
     results = []
     shared_features: dict[str, Any] | None = {} if several and args.engine == "local" else None  # originals' features, once
     for k, (label, model, fingerprint) in enumerate(rows):
-        state = Path(args.state_dir).expanduser() / (f"{k:02d}-{_safe(label)}" if several else "") if args.state_dir else None
+        state = Path(args.state_dir).expanduser() / (f"{k:02d}-" + re.sub(r"[^\w.@-]", "_", label)[:60] if several else "") if args.state_dir else None
         result = evaluate_reconstruction(
             model, source, size=size, protocol=protocol, batch_size=args.batch_size, limit=args.limit,
             inception=inception, lpips_model=lpips_model, kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size,
@@ -320,13 +316,12 @@ def run_eval(args: argparse.Namespace) -> int:
     if rank != 0:
         print(f"rank {rank} of {world}: units scored into {args.state_dir}; rank 0 writes the report")
         return 0
+    outputs = {"report": str(report_path), "grid": str(grid_path) if grid_path else None,
+               "usage_plot": str(plot_path) if plot_path else None}
     if picture_path is not None:
         originals = [o for o, _ in results[0].grid_pairs]
         save_side_by_side(originals, [(label, [r for _, r in res.grid_pairs]) for (label, _, _), res in zip(rows, results)],
                           picture_path)
-    outputs = {"report": str(report_path), "grid": str(grid_path) if grid_path else None,
-               "usage_plot": str(plot_path) if plot_path else None}
-    if picture_path is not None:
         outputs["picture"] = str(picture_path)
     if args.save_stats:
         outputs["saved_stats"] = str(args.save_stats)
@@ -411,7 +406,7 @@ def _print_side_by_side(reports: list[dict[str, Any]]) -> None:
             from vqtok.metrics.codecs import ids_bytes
 
             nbytes = ids_bytes(r["codebook_size"], (size // r["downsample_factor"]) ** 2)
-        print(f"| {r['model']} | {nbytes if nbytes is not None else 'n/a'} | {num(r['rfid'], '.2f')} | {num(r['kid_mean'], '.4f')} | "
+        print(f"| {r['model']} | {num(nbytes, '')} | {num(r['rfid'], '.2f')} | {num(r['kid_mean'], '.4f')} | "
               f"{num(r['psnr'], '.2f')} | {num(r['ssim'], '.4f')} | {num(r['lpips'], '.4f')} | "
               f"{'' if not usage else format(100 * usage['used_fraction'], '.1f') + ' %'} |")
     for line in card_lines({**reports[0]["card"], "model": f"{len(reports)} rows", "model_fingerprint": "per row"}):
