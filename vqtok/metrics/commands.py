@@ -13,7 +13,6 @@ from typing import Any
 from vqtok.commands import add_device_argument, add_model_arguments, add_out_argument, add_progress_argument, device_from_args, positive_int
 from vqtok.metrics.codecs import CODECS
 from vqtok.metrics.protocols import PROTOCOLS
-from vqtok.tokenizer import model_id as tokenizer_model_id
 
 logger = logging.getLogger(__name__)
 
@@ -231,7 +230,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from vqtok.metrics.protocols import get_protocol, image_list_sha256, protocol_card
     from vqtok.pipeline._naming import model_fingerprint
     from vqtok.pipeline.driver import resolve_rank
-    from vqtok.tokenizer import Tokenizer
+    from vqtok.tokenizer import Tokenizer, model_id
 
     if args.compare:
         return _compare_reports(args.compare)
@@ -243,7 +242,7 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ValueError(f"--size 0 (native sizes) is for --protocol vqtok; {protocol.name} scores {protocol.size}x{protocol.size}")
     if args.grid_count < 1 or args.grid_columns < 1:
         raise ValueError("--grid-count and --grid-columns must be >= 1")
-    specs = list(args.data or []) + list(args.images or [])
+    specs = (args.data or []) + args.images
     if not specs:
         raise ValueError("no input: give --data SHARDS_OR_FOLDER (an image folder, image files/globs or .tar shards)")
     if args.engine == "ray" and (args.rank is not None or args.world_size is not None):
@@ -259,7 +258,7 @@ def run_eval(args: argparse.Namespace) -> int:
     rows: list[tuple[str, Any, str | None]] = []  # (label, tokenizer or codec, weights fingerprint)
     for name in args.model or ["default"]:
         tok = Tokenizer.load(name, device=device, precision=args.precision, batch_size=args.batch_size)
-        rows.append((tokenizer_model_id(name), tok, model_fingerprint(tok)))
+        rows.append((model_id(name), tok, model_fingerprint(tok)))
     budget = args.codec_bytes
     if args.codec and budget is None:
         first = rows[0][1]

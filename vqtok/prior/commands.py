@@ -99,9 +99,11 @@ def _train_prior(args: argparse.Namespace) -> int:
     return 0
 
 
-def _image_grid(images: list[Any], *, nrow: int, pad: int = 2) -> Any:
+def _image_grid(images: list[Any], *, nrow: int) -> Any:
+    """``images`` in rows of ``nrow`` on white, 2 pixels apart and around."""
     from PIL import Image
 
+    pad = 2
     w, h = images[0].size
     rows = math.ceil(len(images) / nrow)
     canvas = Image.new("RGB", (nrow * w + (nrow + 1) * pad, rows * h + (rows + 1) * pad), (255, 255, 255))
