@@ -356,9 +356,9 @@ def _compare_reports(paths: list[str]) -> int:
 
 
 def _print_one(report: dict[str, Any], result: Any) -> None:
-    def show(name: str, value: float | None, fmt: str, key: str) -> None:
-        if value is None:
-            print(f"{name:<9} skipped ({result.skipped.get(key, 'unavailable')})")
+    def show(name: str, value: float | None, fmt: str) -> None:
+        if value is None:  # skipped under the metric's lower-case name
+            print(f"{name:<9} skipped ({result.skipped.get(name.lower(), 'unavailable')})")
         else:
             print(f"{name:<9} {value:{fmt}}")
 
@@ -366,18 +366,18 @@ def _print_one(report: dict[str, Any], result: Any) -> None:
 
     print(f"model     {report['model']}  (config {report.get('config_hash')})")
     print(f"n         {result.n}" + ("  (n < 2048: singular covariance, rFID biased; compare at equal n)" if result.n < 2048 and result.rfid is not None and not report["card"]["reference_stats"] else ""))
-    show("rFID", result.rfid, ".4f", "rfid")
+    show("rFID", result.rfid, ".4f")
     if result.kid_mean is not None:
         print(f"KID       {result.kid_mean:.6f} ± {result.kid_std:.6f}  (subset size {result.kid_subset_size})")
     else:
-        show("KID", None, "", "kid")
+        show("KID", None, "")
     print(f"PSNR      {result.psnr:.4f} dB")
     print(f"SSIM      {result.ssim:.6f}")
     if result.color_offset is not None and result.abs_color_offset is not None:
         signed = " / ".join(f"{v:+.2f}" for v in result.color_offset)
         per_image = " / ".join(f"{v:.2f}" for v in result.abs_color_offset)
         print(f"colour    mean offset R/G/B {signed} (1/255; per image |offset| {per_image})")
-    show("LPIPS", result.lpips, ".6f", "lpips")
+    show("LPIPS", result.lpips, ".6f")
     if result.usage is not None:
         print(f"usage     {result.usage.summary()}")
     if result.bad_samples.count:

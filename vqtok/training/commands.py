@@ -104,17 +104,6 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _saved_run_config(out: str) -> TrainConfig | None:
-    """The config of the run in ``out`` when it has a checkpoint to continue (vqtok 0.1 key names read)."""
-    from vqtok._runtime import CONFIG_NAME, CheckpointDir
-    from vqtok.training.config import TrainConfig
-
-    path = Path(out) / CONFIG_NAME
-    if CheckpointDir(out).latest() is None or not path.is_file():
-        return None
-    return TrainConfig.from_yaml(path)
-
-
 def _check_resume(saved: TrainConfig, config: TrainConfig, origins: Mapping[str, str], out: str) -> None:
     """ValueError (one line, naming the option and both values) for a change that would not continue the run."""
     from vqtok._runtime import CONFIG_NAME
@@ -144,6 +133,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from vqtok._runtime import CONFIG_NAME, CheckpointDir
     from vqtok.training.config import LEGACY_KEYS, TrainConfig
     from vqtok.training.data import training_sources
     from vqtok.training.trainer import Trainer, checkpoint_config
@@ -152,7 +142,10 @@ def _train(args: argparse.Namespace) -> int:
         device_from_args(args)
     training_sources(args.data)  # no data is said before weights, models or the run folder
 
-    saved = None if args.no_resume else _saved_run_config(args.out)
+    # the config of the run in OUT when it has a checkpoint to continue (vqtok 0.1 key names read)
+    saved_path = Path(args.out) / CONFIG_NAME
+    resumable = not args.no_resume and CheckpointDir(args.out).latest() is not None and saved_path.is_file()
+    saved = TrainConfig.from_yaml(saved_path) if resumable else None
     if args.config:
         config = TrainConfig.from_yaml(args.config)
     elif saved is not None:  # a run folder knows its own config: re-running with --data/--out continues it
