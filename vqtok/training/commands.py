@@ -160,11 +160,7 @@ def _train(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None:
             top[name] = getattr(args, name)
             origins[name] = f"--{name.replace('_', '-')} {top[name]}"
-    data_changes: dict[str, Any] = {}
-    if args.val_data is not None:
-        data_changes["val_data"] = args.val_data
-    if args.workers is not None:
-        data_changes["num_workers"] = args.workers
+    data_changes = {k: v for k, v in (("val_data", args.val_data), ("num_workers", args.workers)) if v is not None}
     if data_changes:
         top["data"] = dataclasses.replace(config.data, **data_changes)
     if args.perceptual_weight is not None:
