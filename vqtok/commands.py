@@ -412,7 +412,7 @@ def _info(args: argparse.Namespace) -> int:
         print(f"downsample factor: {tok.downsample_factor}")
         print(f"parameters:        {n_params:,} ({n_params / 1e6:.1f} M)")
         print(f"config hash:       {info['config_hash']}")
-        for k, v in tok.config.to_dict().items():
+        for k, v in info["config"].items():
             print(f"  {k}: {v}")
     return 0
 
