@@ -36,15 +36,6 @@ EXPECTED_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError,
 _SYSTEM_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
 
 
-def _local_folder_note(args: argparse.Namespace, msg: str) -> str:
-    """``msg`` about a Hub repo missing from the cache, with a word about the local folder of that name
-    (``--model models/nope`` is more often a mistyped folder than a Hub repo)."""
-    model = getattr(args, "model", None)
-    if isinstance(model, str) and msg.startswith(f"Hub repo {model!r}") and not os.path.exists(model):
-        return f"no local folder {model} (in {os.getcwd()}), and {msg}"
-    return msg
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vqtok", description="Images to discrete tokens and back (VQGAN).")
     parser.add_argument("--version", action="version", version=f"vqtok {__version__}")
@@ -96,7 +87,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _quiet_broken_pipe()
     except EXPECTED_ERRORS as err:
         msg = str(err.args[0] if isinstance(err, KeyError) and err.args else err)
-        print(f"vqtok {args.command}: error: {_local_folder_note(args, msg)}", file=sys.stderr)
+        model = getattr(args, "model", None)
+        if isinstance(model, str) and msg.startswith(f"Hub repo {model!r}") and not os.path.exists(model):
+            # a Hub repo missing from the cache: ``--model models/nope`` is more often a mistyped folder
+            msg = f"no local folder {model} (in {os.getcwd()}), and {msg}"
+        print(f"vqtok {args.command}: error: {msg}", file=sys.stderr)
         return 2
     except OSError as err:  # the machine's, not the input's: disk full, read-only or vanished file system
         if err.errno not in _SYSTEM_ERRNOS:

@@ -38,9 +38,9 @@ __all__ = [
     "add_out_argument",
     "add_progress_argument",
     "check_image_size",
-    "parse_grid",
     "device_from_args",
     "number_in",
+    "parse_grid",
     "positive_int",
     "tokenizer_from_args",
 ]
@@ -96,13 +96,15 @@ def add_out_argument(
     group.add_argument("--output", dest="out", default=default, help=argparse.SUPPRESS)
 
 
-def add_model_arguments(p: argparse.ArgumentParser, *, model_help: str | None = None) -> None:
-    """--model / --device / --precision / --batch-size, shared by every command that runs a tokenizer."""
-    p.add_argument("--model", "-m", default=None, help=model_help or "model folder or Hub repo id; 'default' is the built-in "
-                   "tokenizer (newest version), 'default@v1' a pinned version (default: 'default')")
+def add_model_arguments(p: argparse.ArgumentParser, *, model_help: str | None = None, action: str | None = None,
+                        batch_size: int = 32) -> None:
+    """--model / --device / --precision / --batch-size, shared by every command that runs a tokenizer
+    (``action="append"``: several --model, a list)."""
+    p.add_argument("--model", "-m", action=action, default=None, help=model_help or "model folder or Hub repo id; 'default' is "
+                   "the built-in tokenizer (newest version), 'default@v1' a pinned version (default: 'default')")
     add_device_argument(p)
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="fp32 is exact (default)")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)")
+    p.add_argument("--batch-size", type=positive_int, default=batch_size, help=f"images per forward pass (default: {batch_size})")
 
 
 def tokenizer_from_args(args: argparse.Namespace) -> Tokenizer:
@@ -120,6 +122,7 @@ def ids_record_path(ids_path: str | os.PathLike[str]) -> Path:
 def image_paths(specs: list[str]) -> list[str]:
     """Image files and folders (their images, recursively, sorted; hidden folders skipped) -> image paths,
     in order, without repeats. FileNotFoundError naming what does not exist or holds no image."""
+    from vqtok._errors import listing
     from vqtok.images import IMAGE_SUFFIXES
     from vqtok.tars import _folder_files
 
@@ -137,8 +140,7 @@ def image_paths(specs: list[str]) -> list[str]:
         else:
             missing.append(spec)
     if missing:
-        more = f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""
-        raise FileNotFoundError(f"{len(missing)} input(s) not found: {', '.join(missing[:3])}{more}")
+        raise FileNotFoundError(f"{len(missing)} input(s) not found: {listing(missing, 3)}")
     return list(dict.fromkeys(out))
 
 
@@ -241,17 +243,21 @@ def _encode(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+class _GridError(argparse.ArgumentTypeError, ValueError):
+    """A bad ``--grid``: argparse prints its message; a Python caller catches a ValueError."""
+
+
 def parse_grid(text: str) -> tuple[int, int]:
-    """argparse type of ``--grid``: ``HxW`` or ``N`` (N x N)."""
-    parts = text.lower().replace(",", "x").split("x")
+    """argparse type of ``--grid``: ``HxW`` (also ``H,W`` or ``H×W``) or ``N`` (N x N)."""
+    parts = text.lower().replace(",", "x").replace("×", "x").split("x")
     try:
         values = [int(v) for v in parts]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW or N, got {text!r}") from None
+        raise _GridError(f"expected HxW or N, got {text!r}") from None
     if len(values) == 1:
         values *= 2
     if len(values) != 2 or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected HxW or N with positive sides, got {text!r}")
+        raise _GridError(f"expected HxW or N with positive sides, got {text!r}")
     return values[0], values[1]
 
 
@@ -339,10 +345,6 @@ def _decode(args: argparse.Namespace) -> int:
     path = Path(args.ids)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
-    with open(path, "rb") as fh:
-        magic = fh.read(6)
-    if magic != b"\x93NUMPY":
-        raise ValueError(f"{path} is not a .npy file of token ids (write one with `vqtok encode` or numpy.save)")
     _check_npy_header(path)
     try:
         ids = np.load(path, allow_pickle=False)
@@ -369,16 +371,20 @@ def _decode(args: argparse.Namespace) -> int:
 
 
 def _check_npy_header(path: Path) -> None:
-    """Refuse an .npy whose header claims more data than the file holds, before numpy allocates it."""
+    """Refuse a file that is not an .npy, or whose header claims more data than the file holds, before numpy
+    allocates it."""
     from numpy.lib import format as npy
 
-    try:
-        with open(path, "rb") as fh:
+    with open(path, "rb") as fh:
+        if fh.read(6) != b"\x93NUMPY":
+            raise ValueError(f"{path} is not a .npy file of token ids (write one with `vqtok encode` or numpy.save)")
+        fh.seek(0)
+        try:
             version = npy.read_magic(fh)
             shape, _, dtype = npy.read_array_header_1_0(fh) if version == (1, 0) else npy.read_array_header_2_0(fh)
-            header_end = fh.tell()
-    except (ValueError, OSError, SyntaxError) as err:
-        raise ValueError(f"{path} is not a readable .npy file of token ids ({err})") from None
+        except (ValueError, OSError, SyntaxError) as err:
+            raise ValueError(f"{path} is not a readable .npy file of token ids ({err})") from None
+        header_end = fh.tell()
     if dtype.hasobject:
         raise ValueError(f"{path} holds pickled Python objects, not an integer array of token ids")
     claimed = int(np.prod(shape, dtype=object)) * dtype.itemsize
@@ -406,7 +412,7 @@ def _info(args: argparse.Namespace) -> int:
         print(f"downsample factor: {tok.downsample_factor}")
         print(f"parameters:        {n_params:,} ({n_params / 1e6:.1f} M)")
         print(f"config hash:       {info['config_hash']}")
-        for k, v in tok.config.to_dict().items():
+        for k, v in info["config"].items():
             print(f"  {k}: {v}")
     return 0
 

@@ -6,13 +6,13 @@ import argparse
 import json
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Any
 
-from vqtok.commands import add_device_argument, add_out_argument, add_progress_argument, device_from_args, positive_int
+from vqtok.commands import add_device_argument, add_model_arguments, add_out_argument, add_progress_argument, device_from_args, positive_int
 from vqtok.metrics.codecs import CODECS
 from vqtok.metrics.protocols import PROTOCOLS
-from vqtok.tokenizer import model_id as tokenizer_model_id
 
 logger = logging.getLogger(__name__)
 
@@ -29,12 +29,9 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--data", nargs="+", action="extend", default=None, metavar="SHARDS_OR_FOLDER",
                    help="image folder (recursive), image files, globs, or WebDataset shards "
                    "(data/val-{000000..000009}.tar); several allowed")
-    p.add_argument("--model", "-m", action="append", default=None,
-                   help="model folder or Hub repo id; 'default' is the built-in tokenizer (newest version), 'default@v1' a "
-                   "pinned version (default: 'default'). Several --model: all are scored on the same images, side by side")
-    add_device_argument(p)
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="fp32 is exact (default)")
-    p.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass (default: 8)")
+    add_model_arguments(p, action="append", batch_size=8, model_help="model folder or Hub repo id; 'default' is the built-in "
+                        "tokenizer (newest version), 'default@v1' a pinned version (default: 'default'). Several --model: "
+                        "all are scored on the same images, side by side")
     p.add_argument("--codec", action="append", default=None, choices=sorted(CODECS),
                    help="also score this classical codec at the first model's bytes per image (repeatable)")
     p.add_argument("--codec-bytes", type=positive_int, default=None, metavar="B",
@@ -219,10 +216,6 @@ def _check_made_with(what: str, info: dict[str, Any], run: dict[str, Any]) -> No
         raise ValueError(f"{what} was made with another " + ", ".join(wrong) + "; its FID is not comparable")
 
 
-def _safe(label: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_.@" else "_" for c in label)[:60]
-
-
 def run_eval(args: argparse.Namespace) -> int:
     from vqtok.metrics.codecs import CodecReconstructor, ids_bytes
     from vqtok.metrics.evaluate import (
@@ -237,7 +230,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from vqtok.metrics.protocols import get_protocol, image_list_sha256, protocol_card
     from vqtok.pipeline._naming import model_fingerprint
     from vqtok.pipeline.driver import resolve_rank
-    from vqtok.tokenizer import Tokenizer
+    from vqtok.tokenizer import Tokenizer, model_id
 
     if args.compare:
         return _compare_reports(args.compare)
@@ -249,7 +242,7 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ValueError(f"--size 0 (native sizes) is for --protocol vqtok; {protocol.name} scores {protocol.size}x{protocol.size}")
     if args.grid_count < 1 or args.grid_columns < 1:
         raise ValueError("--grid-count and --grid-columns must be >= 1")
-    specs = list(args.data or []) + list(args.images or [])
+    specs = (args.data or []) + args.images
     if not specs:
         raise ValueError("no input: give --data SHARDS_OR_FOLDER (an image folder, image files/globs or .tar shards)")
     if args.engine == "ray" and (args.rank is not None or args.world_size is not None):
@@ -265,12 +258,11 @@ def run_eval(args: argparse.Namespace) -> int:
     rows: list[tuple[str, Any, str | None]] = []  # (label, tokenizer or codec, weights fingerprint)
     for name in args.model or ["default"]:
         tok = Tokenizer.load(name, device=device, precision=args.precision, batch_size=args.batch_size)
-        rows.append((tokenizer_model_id(name), tok, model_fingerprint(tok)))
+        rows.append((model_id(name), tok, model_fingerprint(tok)))
     budget = args.codec_bytes
     if args.codec and budget is None:
         first = rows[0][1]
-        side = size or 256
-        budget = ids_bytes(first.codebook_size, first.layout(side).tokens_per_image)
+        budget = ids_bytes(first.codebook_size, first.layout(size or 256).tokens_per_image)
     for codec in args.codec or []:
         c = CodecReconstructor(codec, budget)
         rows.append((c.name, c, None))
@@ -288,7 +280,7 @@ def run_eval(args: argparse.Namespace) -> int:
     results = []
     shared_features: dict[str, Any] | None = {} if several and args.engine == "local" else None  # originals' features, once
     for k, (label, model, fingerprint) in enumerate(rows):
-        state = Path(args.state_dir).expanduser() / (f"{k:02d}-{_safe(label)}" if several else "") if args.state_dir else None
+        state = Path(args.state_dir).expanduser() / (f"{k:02d}-" + re.sub(r"[^\w.@-]", "_", label)[:60] if several else "") if args.state_dir else None
         result = evaluate_reconstruction(
             model, source, size=size, protocol=protocol, batch_size=args.batch_size, limit=args.limit,
             inception=inception, lpips_model=lpips_model, kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size,
@@ -323,13 +315,12 @@ def run_eval(args: argparse.Namespace) -> int:
     if rank != 0:
         print(f"rank {rank} of {world}: units scored into {args.state_dir}; rank 0 writes the report")
         return 0
+    outputs = {"report": str(report_path), "grid": str(grid_path) if grid_path else None,
+               "usage_plot": str(plot_path) if plot_path else None}
     if picture_path is not None:
         originals = [o for o, _ in results[0].grid_pairs]
         save_side_by_side(originals, [(label, [r for _, r in res.grid_pairs]) for (label, _, _), res in zip(rows, results)],
                           picture_path)
-    outputs = {"report": str(report_path), "grid": str(grid_path) if grid_path else None,
-               "usage_plot": str(plot_path) if plot_path else None}
-    if picture_path is not None:
         outputs["picture"] = str(picture_path)
     if args.save_stats:
         outputs["saved_stats"] = str(args.save_stats)
@@ -365,9 +356,9 @@ def _compare_reports(paths: list[str]) -> int:
 
 
 def _print_one(report: dict[str, Any], result: Any) -> None:
-    def show(name: str, value: float | None, fmt: str, key: str) -> None:
-        if value is None:
-            print(f"{name:<9} skipped ({result.skipped.get(key, 'unavailable')})")
+    def show(name: str, value: float | None, fmt: str) -> None:
+        if value is None:  # skipped under the metric's lower-case name
+            print(f"{name:<9} skipped ({result.skipped.get(name.lower(), 'unavailable')})")
         else:
             print(f"{name:<9} {value:{fmt}}")
 
@@ -375,18 +366,18 @@ def _print_one(report: dict[str, Any], result: Any) -> None:
 
     print(f"model     {report['model']}  (config {report.get('config_hash')})")
     print(f"n         {result.n}" + ("  (n < 2048: singular covariance, rFID biased; compare at equal n)" if result.n < 2048 and result.rfid is not None and not report["card"]["reference_stats"] else ""))
-    show("rFID", result.rfid, ".4f", "rfid")
+    show("rFID", result.rfid, ".4f")
     if result.kid_mean is not None:
         print(f"KID       {result.kid_mean:.6f} ± {result.kid_std:.6f}  (subset size {result.kid_subset_size})")
     else:
-        show("KID", None, "", "kid")
+        show("KID", None, "")
     print(f"PSNR      {result.psnr:.4f} dB")
     print(f"SSIM      {result.ssim:.6f}")
     if result.color_offset is not None and result.abs_color_offset is not None:
         signed = " / ".join(f"{v:+.2f}" for v in result.color_offset)
         per_image = " / ".join(f"{v:.2f}" for v in result.abs_color_offset)
         print(f"colour    mean offset R/G/B {signed} (1/255; per image |offset| {per_image})")
-    show("LPIPS", result.lpips, ".6f", "lpips")
+    show("LPIPS", result.lpips, ".6f")
     if result.usage is not None:
         print(f"usage     {result.usage.summary()}")
     if result.bad_samples.count:
@@ -414,7 +405,7 @@ def _print_side_by_side(reports: list[dict[str, Any]]) -> None:
             from vqtok.metrics.codecs import ids_bytes
 
             nbytes = ids_bytes(r["codebook_size"], (size // r["downsample_factor"]) ** 2)
-        print(f"| {r['model']} | {nbytes if nbytes is not None else 'n/a'} | {num(r['rfid'], '.2f')} | {num(r['kid_mean'], '.4f')} | "
+        print(f"| {r['model']} | {num(nbytes, '')} | {num(r['rfid'], '.2f')} | {num(r['kid_mean'], '.4f')} | "
               f"{num(r['psnr'], '.2f')} | {num(r['ssim'], '.4f')} | {num(r['lpips'], '.4f')} | "
               f"{'' if not usage else format(100 * usage['used_fraction'], '.1f') + ' %'} |")
     for line in card_lines({**reports[0]["card"], "model": f"{len(reports)} rows", "model_fingerprint": "per row"}):

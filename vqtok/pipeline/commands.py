@@ -7,7 +7,7 @@ import re
 import sys
 from typing import Any
 
-from vqtok.commands import add_model_arguments, add_out_argument, device_from_args, number_in
+from vqtok.commands import add_model_arguments, add_out_argument, add_progress_argument, device_from_args, number_in, positive_int
 from vqtok.tokens import DEFAULT_KEEP
 
 __all__ = ["add_commands"]
@@ -49,7 +49,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
                    help="local: this process (and torchrun ranks); ray: actors on a Ray cluster (pip install 'vqtok[ray]')")
     p.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="Ray cluster to join ('auto', 'ray://head:10001'; default $RAY_ADDRESS or a local Ray)")
-    p.add_argument("--ray-actors", type=number_in(int, 1), default=None, metavar="N",
+    p.add_argument("--ray-actors", type=positive_int, default=None, metavar="N",
                    help="model replicas (default: GPUs / --ray-gpus-per-actor, else CPUs / --ray-cpus-per-actor)")
     p.add_argument("--ray-gpus-per-actor", type=number_in(float, 0.0), default=0.0, metavar="G",
                    help="GPUs per actor (1: one actor per GPU; default 0: CPU actors)")
@@ -57,7 +57,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
                    help="CPUs reserved per actor (default 1 + --workers)")
     p.add_argument("--rank", type=int, default=None, help="this process's rank (default $RANK or 0)")
     p.add_argument("--world-size", type=int, default=None, help="number of processes (default $WORLD_SIZE or 1)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_argument(p)
     p.set_defaults(func=_run)
 
 

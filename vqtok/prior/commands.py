@@ -10,23 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from vqtok._runtime import env_int
-from vqtok.commands import add_device_argument, add_out_argument, device_from_args, positive_int
+from vqtok.commands import add_device_argument, add_out_argument, add_progress_argument, device_from_args, parse_grid, positive_int
 
 __all__ = ["add_commands", "parse_grid"]
-
-
-def parse_grid(text: str) -> tuple[int, int]:
-    """``"32x32"`` -> (32, 32); also accepts a single number for a square grid."""
-    parts = text.lower().replace("×", "x").split("x")
-    try:
-        nums = [int(p) for p in parts]
-    except ValueError:
-        raise ValueError(f"grid must look like 32x32, got {text!r}") from None
-    if len(nums) == 1:
-        nums = nums * 2
-    if len(nums) != 2 or min(nums) < 1:
-        raise ValueError(f"grid must look like 32x32 with positive sizes, got {text!r}")
-    return nums[0], nums[1]
 
 
 def add_commands(subparsers: Any) -> None:
@@ -48,7 +34,7 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), help="autocast precision")
     p.add_argument("--stop-after", type=int, help="stop with a checkpoint after this step (time-sliced jobs; schedule unchanged)")
     p.add_argument("--no-resume", action="store_true", help="refuse to continue an existing run in OUT")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_argument(p)
     p.set_defaults(func=_train_prior)
 
     s = subparsers.add_parser(
@@ -72,7 +58,7 @@ def add_commands(subparsers: Any) -> None:
     s.add_argument("--nrow", type=int, help="images per row of the grid (default: ~sqrt(n))")
     s.add_argument("--save-ids", help="also write the sampled ids (n, h, w) to this .npy file")
     add_device_argument(s)
-    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_argument(s)
     s.set_defaults(func=_sample)
 
 
@@ -113,9 +99,11 @@ def _train_prior(args: argparse.Namespace) -> int:
     return 0
 
 
-def _image_grid(images: list[Any], *, nrow: int, pad: int = 2) -> Any:
+def _image_grid(images: list[Any], *, nrow: int) -> Any:
+    """``images`` in rows of ``nrow`` on white, 2 pixels apart and around."""
     from PIL import Image
 
+    pad = 2
     w, h = images[0].size
     rows = math.ceil(len(images) / nrow)
     canvas = Image.new("RGB", (nrow * w + (nrow + 1) * pad, rows * h + (rows + 1) * pad), (255, 255, 255))

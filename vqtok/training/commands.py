@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vqtok.commands import add_device_argument, add_out_argument, device_from_args, positive_int
+from vqtok.commands import add_device_argument, add_out_argument, add_progress_argument, device_from_args, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def add_commands(subparsers: Any) -> None:
                    help="override any config field, dotted, value in YAML syntax (e.g. --set data.max_zoom_out=8, "
                         "--set model.quantizer=fsq --set model.fsq_levels=[8,8,8,8]); repeatable")
     p.add_argument("--no-resume", action="store_true", help="refuse to continue an existing run in OUT")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_argument(p)
     p.set_defaults(func=run_train)
 
 
@@ -104,17 +104,6 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _saved_run_config(out: str) -> TrainConfig | None:
-    """The config of the run in ``out`` when it has a checkpoint to continue (vqtok 0.1 key names read)."""
-    from vqtok._runtime import CONFIG_NAME, CheckpointDir
-    from vqtok.training.config import TrainConfig
-
-    path = Path(out) / CONFIG_NAME
-    if CheckpointDir(out).latest() is None or not path.is_file():
-        return None
-    return TrainConfig.from_yaml(path)
-
-
 def _check_resume(saved: TrainConfig, config: TrainConfig, origins: Mapping[str, str], out: str) -> None:
     """ValueError (one line, naming the option and both values) for a change that would not continue the run."""
     from vqtok._runtime import CONFIG_NAME
@@ -144,6 +133,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from vqtok._runtime import CONFIG_NAME, CheckpointDir
     from vqtok.training.config import LEGACY_KEYS, TrainConfig
     from vqtok.training.data import training_sources
     from vqtok.training.trainer import Trainer, checkpoint_config
@@ -152,7 +142,10 @@ def _train(args: argparse.Namespace) -> int:
         device_from_args(args)
     training_sources(args.data)  # no data is said before weights, models or the run folder
 
-    saved = None if args.no_resume else _saved_run_config(args.out)
+    # the config of the run in OUT when it has a checkpoint to continue (vqtok 0.1 key names read)
+    saved_path = Path(args.out) / CONFIG_NAME
+    resumable = not args.no_resume and CheckpointDir(args.out).latest() is not None and saved_path.is_file()
+    saved = TrainConfig.from_yaml(saved_path) if resumable else None
     if args.config:
         config = TrainConfig.from_yaml(args.config)
     elif saved is not None:  # a run folder knows its own config: re-running with --data/--out continues it
@@ -167,11 +160,7 @@ def _train(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None:
             top[name] = getattr(args, name)
             origins[name] = f"--{name.replace('_', '-')} {top[name]}"
-    data_changes: dict[str, Any] = {}
-    if args.val_data is not None:
-        data_changes["val_data"] = args.val_data
-    if args.workers is not None:
-        data_changes["num_workers"] = args.workers
+    data_changes = {k: v for k, v in (("val_data", args.val_data), ("num_workers", args.workers)) if v is not None}
     if data_changes:
         top["data"] = dataclasses.replace(config.data, **data_changes)
     if args.perceptual_weight is not None:
