@@ -369,7 +369,7 @@ class ChunkResult:
     @classmethod
     def load(cls, path: Path) -> ChunkResult:
         with np.load(path, allow_pickle=False) as d:
-            return cls.from_arrays({k: d[k] for k in d.files})
+            return cls.from_arrays(d)
 
 
 def plan_chunks(source: DataSource, chunk_size: int) -> list[list[tuple[str, Path]]]:
@@ -550,8 +550,7 @@ def save_stats(stats: FIDStats, path: str | os.PathLike[str], meta: dict[str, An
     ``vqtok_meta`` (JSON: protocol, size, FID preprocessing, Inception sha256, image-list sha256)."""
     out = Path(path).expanduser()
     with atomic_write(out) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, mu=stats.mean.numpy(), sigma=stats.cov.numpy(), n=np.int64(stats.n),
-                 vqtok_meta=np.array(json.dumps(meta, sort_keys=True)))
+        stats.save(fh, vqtok_meta=np.array(json.dumps(meta, sort_keys=True)))
     return out
 
 
@@ -676,8 +675,8 @@ class ChunkScorer:
         self.inception = inception.to(device) if inception is not None else None
         self.lpips = lpips_model.to(device) if lpips_model is not None else None
 
-    def score(self, items: list[tuple[str, Path]]) -> dict[str, np.ndarray]:
-        return score_chunk(self.model, items, self.options, inception=self.inception, lpips_model=self.lpips).to_arrays()
+    def score(self, items: list[tuple[str, Path]]) -> ChunkResult:
+        return score_chunk(self.model, items, self.options, inception=self.inception, lpips_model=self.lpips)
 
 
 def _run_ray(
@@ -705,7 +704,7 @@ def _run_ray(
     ]
     try:
         for i, ref in actor_pool(ray, actors, todo, lambda actor, i: actor.score.remote(chunks[i])):
-            on_chunk(i, ChunkResult.from_arrays(ray.get(ref)))  # a chunk that failed every retry raises here
+            on_chunk(i, ray.get(ref))  # a chunk that failed every retry raises here
     finally:
         for actor in actors:
             ray.kill(actor)
@@ -806,15 +805,11 @@ def evaluate_reconstruction(
             if covered >= limit:
                 break
     results: dict[int, ChunkResult] = {}
-    done: set[int] = set()
-    if folder is not None:
-        done = {i for i in first if _chunk_path(folder, i).is_file()}
-        if done and rank == 0:
-            logger.info("resuming: %d of %d unit(s) already scored in %s", len(done), len(first), folder)
+    done = {i for i in first if folder is not None and _chunk_path(folder, i).is_file()}
+    if done and rank == 0:
+        logger.info("resuming: %d of %d unit(s) already scored in %s", len(done), len(first), folder)
     mine = [i for i in first if i % world_size == rank and i not in done]
-    total = sum(len(chunks[i]) for i in mine) if all(chunks[i][0][0] == "image" for i in mine) else None
-    if limit is not None and total is not None:
-        total = min(total, limit)
+    total = min(sum(len(chunks[i]) for i in mine), limit or math.inf) if all(chunks[i][0][0] == "image" for i in mine) else None
     on_ray = engine == "ray" and bool(mine)
     bar = (Progress("eval (ray)", total=len(mine), unit="unit", enabled=progress) if on_ray
            else Progress("eval", total=total, unit="img", enabled=progress and rank == 0))

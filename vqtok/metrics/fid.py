@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -30,8 +31,9 @@ class FIDStats:
     mean: torch.Tensor  # (D,) float64
     cov: torch.Tensor  # (D, D) float64, normalised by n - 1 (as numpy.cov)
 
-    def save(self, path: str) -> None:
-        np.savez(path, mu=self.mean.numpy(), sigma=self.cov.numpy(), n=np.int64(self.n))
+    def save(self, path: str | BinaryIO, **extra: np.ndarray) -> None:
+        """Write ``mu``, ``sigma`` (pytorch-fid's keys), ``n`` and any ``extra`` arrays as an ``.npz``."""
+        np.savez(path, mu=self.mean.numpy(), sigma=self.cov.numpy(), n=np.int64(self.n), **extra)
 
     @classmethod
     def load(cls, path: str) -> FIDStats:
