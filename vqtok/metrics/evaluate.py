@@ -141,11 +141,25 @@ class DataSource:
     items: list[tuple[str, Path]]
 
     def samples(self) -> Iterator[Sample]:
+        """Image files as they are; the samples of a WebDataset tar (plain or compressed) in tar order,
+        keyed ``<shard name>:<key>``.
+
+        A sample without an image field, or the unreadable rest of a truncated/corrupt tar (key
+        ``<shard name>:<rest of shard>``), gives a :class:`Sample` with ``error`` set; reading then
+        goes on with the next shard (see :func:`vqtok.tars.read_samples`).
+        """
         for kind, path in self.items:
             if kind == "image":
                 yield Sample(key=str(path), data=path)
-            else:
-                yield from iter_shard_samples(path)
+                continue
+            for s in read_samples(path):
+                key = f"{path.name}:{s.key}"
+                if s.error is not None:
+                    yield Sample(key, None, s.error)
+                elif s.image is None:
+                    yield Sample(key, None, s.missing_image())
+                else:
+                    yield Sample(key, s.image)
 
 
 def resolve_data(specs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> DataSource:
@@ -163,23 +177,6 @@ def resolve_data(specs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]
     if remote:
         raise ValueError(f"evaluation reads local files; {remote[0]} is remote (copy the shards first)")
     return DataSource([("shard" if is_shard(f) else "image", Path(f)) for f in found])
-
-
-def iter_shard_samples(path: Path) -> Iterator[Sample]:
-    """Samples of one WebDataset tar (plain or compressed), in tar order, keyed ``<shard name>:<key>``.
-
-    A sample without an image field, or the unreadable rest of a truncated/corrupt tar (key
-    ``<shard name>:<rest of shard>``), gives a :class:`Sample` with ``error`` set; reading then
-    goes on with the next shard (see :func:`vqtok.tars.read_samples`).
-    """
-    for s in read_samples(path):
-        key = f"{path.name}:{s.key}"
-        if s.error is not None:
-            yield Sample(key, None, s.error)
-        elif s.image is None:
-            yield Sample(key, None, s.missing_image())
-        else:
-            yield Sample(key, s.image)
 
 
 def _decoded(

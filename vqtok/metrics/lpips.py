@@ -129,19 +129,15 @@ def load_lpips(
     ``FileNotFoundError`` naming the URL and the path to place the file when unavailable.
     """
     from vqtok.hub import download_weights
-    from vqtok.metrics.inception import package_file
+    from vqtok.metrics.inception import existing_file, package_file
 
     if vgg_weights is not None:
-        vgg_path = Path(vgg_weights).expanduser()
-        if not vgg_path.is_file():
-            raise FileNotFoundError(f"VGG16 weights file {vgg_path} does not exist")
+        vgg_path = existing_file(vgg_weights, "VGG16 weights")
     else:
         vgg_path = download_weights(filename=VGG16_FILENAME, url=VGG16_URL, sha256=VGG16_SHA256_PREFIX,
                                     local_files_only=not allow_download)
     if lin_weights is not None:
-        lin_path = Path(lin_weights).expanduser()
-        if not lin_path.is_file():
-            raise FileNotFoundError(f"LPIPS linear-layer weights file {lin_path} does not exist")
+        lin_path = existing_file(lin_weights, "LPIPS linear-layer weights")
     else:
         lin_path = package_file("lpips", "weights/v0.1/vgg.pth") or download_weights(  # the registry package lpips' copy
             filename=LPIPS_VGG_FILENAME, url=LPIPS_VGG_URL, sha256=LPIPS_VGG_SHA256, local_files_only=not allow_download
