@@ -591,16 +591,11 @@ def merge_chunks(
     # a dense count per code; bitwise / huge codebooks (over 2**20 codes) are counted per bit by `vqtok usage`
     if codebook_size is not None and codebook_size <= DENSE_HISTOGRAM_MAX and merged.ids is not None:
         hist = np.bincount(merged.ids, minlength=codebook_size).astype(np.int64)
-    result = EvalResult(n=n, image_size=size, bad_samples=bad, histogram=hist)
-    result.psnr = float(torch.from_numpy(merged.psnr).mean())
-    result.ssim = float(torch.from_numpy(merged.ssim).mean())
+    mean = {k: float(torch.from_numpy(v).mean()) for k in ("psnr", "ssim", "lpips") if (v := getattr(merged, k)) is not None}
     per_image = torch.from_numpy(merged.offset)  # (n, 3); images of one size: the image mean is the pixel mean
-    result.color_offset = [round(float(v), 4) for v in per_image.mean(0)]
-    result.abs_color_offset = [round(float(v), 4) for v in per_image.abs().mean(0)]
-    if merged.lpips is not None:
-        result.lpips = float(torch.from_numpy(merged.lpips).mean())
-    if hist is not None:
-        result.usage = usage_from_histogram(hist)
+    color_offset, abs_color_offset = ([round(float(v), 4) for v in t.mean(0)] for t in (per_image, per_image.abs()))
+    result = EvalResult(n=n, image_size=size, bad_samples=bad, histogram=hist, **mean, color_offset=color_offset,
+                        abs_color_offset=abs_color_offset, usage=usage_from_histogram(hist) if hist is not None else None)
     if merged.feats_real is not None and merged.feats_fake is not None:
         fr, ff = torch.from_numpy(merged.feats_real), torch.from_numpy(merged.feats_fake)
         if n >= 2:
