@@ -664,8 +664,7 @@ class ChunkScorer:
         self.model, self.options = model, options
         if hasattr(model, "to") and not hasattr(model, "reconstruct_batch"):
             model.to(device)
-        self.inception = inception.to(device) if inception is not None else None
-        self.lpips = lpips_model.to(device) if lpips_model is not None else None
+        self.inception, self.lpips = (m.to(device) if m is not None else None for m in (inception, lpips_model))
 
     def score(self, items: list[tuple[str, Path]]) -> ChunkResult:
         return score_chunk(self.model, items, self.options, inception=self.inception, lpips_model=self.lpips)

@@ -78,12 +78,10 @@ class LPIPS(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if x.shape != y.shape or x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected two RGB batches (B, 3, H, W) of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
-        fx = self._taps(((2 * x.float() - 1) - self.shift) / self.scale)
-        fy = self._taps(((2 * y.float() - 1) - self.shift) / self.scale)
+        fx, fy = (self._taps(((2 * t.float() - 1) - self.shift) / self.scale) for t in (x, y))
         total = torch.zeros(x.shape[0], device=x.device)
-        for k, (a, b) in enumerate(zip(fx, fy)):
-            a = a / (a.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)  # unit length over channels
-            b = b / (b.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+        for k, taps in enumerate(zip(fx, fy)):
+            a, b = (t / (t.pow(2).sum(1, keepdim=True).sqrt() + 1e-10) for t in taps)  # unit length over channels
             d = getattr(self, f"lin{k}")((a - b).pow(2))  # (B, 1, h, w)
             total = total + d.mean(dim=(1, 2, 3))
         return total
