@@ -529,7 +529,7 @@ def image_set_stats(
 ) -> tuple[FIDStats, dict[str, Any]]:
     """FID statistics of an image set (folder, files, globs, shards; :func:`resolve_data`) prepared by ``protocol``
     (default ``vqtok``; ``size`` None keeps the images' sizes) and what the card records (n, image-list sha256)."""
-    options = ScoreOptions(protocol=protocol or PROTOCOLS["vqtok"], size=size, batch_size=batch_size)
+    options = ScoreOptions(protocol=protocol or PROTOCOLS["vqtok"], size=size)
     bad = BadSamples()
     keys: list[str] = []
     feats: list[torch.Tensor] = []

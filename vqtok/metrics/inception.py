@@ -229,14 +229,13 @@ class FIDInceptionV3(nn.Module):
     def forward_normalized(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, 299, 299) scaled input -> (B, 2048) pool features."""
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))  # (B, 64, 147, 147)
-        x = F.max_pool2d(x, 3, stride=2)  # (B, 64, 73, 73)
+        x = _max3_stride2(x)  # (B, 64, 73, 73)
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))  # (B, 192, 71, 71)
-        x = F.max_pool2d(x, 3, stride=2)  # (B, 192, 35, 35)
-        x = self.Mixed_5d(self.Mixed_5c(self.Mixed_5b(x)))  # (B, 288, 35, 35)
-        x = self.Mixed_6a(x)  # (B, 768, 17, 17)
-        x = self.Mixed_6e(self.Mixed_6d(self.Mixed_6c(self.Mixed_6b(x))))  # (B, 768, 17, 17)
-        x = self.Mixed_7a(x)  # (B, 1280, 8, 8)
-        x = self.Mixed_7c(self.Mixed_7b(x))  # (B, 2048, 8, 8)
+        x = _max3_stride2(x)  # (B, 192, 35, 35)
+        # Mixed_5b ... Mixed_7c in the order they are made: (B, 288, 35, 35) after Mixed_5d, (B, 768, 17, 17)
+        # after Mixed_6a ... Mixed_6e, (B, 1280, 8, 8) after Mixed_7a, (B, 2048, 8, 8) after Mixed_7c
+        for block in list(self.children())[5:]:
+            x = block(x)
         return x.mean(dim=(2, 3))  # (B, 2048)
 
     @torch.no_grad()
