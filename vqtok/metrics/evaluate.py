@@ -240,8 +240,7 @@ def save_grid(
         raise ValueError("no images for the grid")
     if columns < 1:
         raise ValueError(f"columns must be >= 1, got {columns}")
-    h = max(max(a.shape[0], b.shape[0]) for a, b in pairs)
-    w = max(max(a.shape[1], b.shape[1]) for a, b in pairs)
+    h, w = (max(x.shape[axis] for pair in pairs for x in pair) for axis in (0, 1))
     cols = min(columns, len(pairs))
     rows = -(-len(pairs) // cols)
     width = cols * w + (cols - 1) * gap
@@ -278,8 +277,7 @@ def save_side_by_side(
     for label, recons in rows:
         if len(recons) != len(originals):
             raise ValueError(f"row {label!r} has {len(recons)} images for {len(originals)} originals")
-    h = max(a.shape[0] for a in originals)
-    w = max(a.shape[1] for a in originals)
+    h, w = (max(a.shape[axis] for a in originals) for axis in (0, 1))
     cols, nrows = len(originals), 1 + len(rows)
     canvas = Image.new("RGB", (label_width + cols * (w + gap), nrows * h + (nrows - 1) * gap), "white")
     draw = ImageDraw.Draw(canvas)
