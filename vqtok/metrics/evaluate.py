@@ -380,14 +380,6 @@ def plan_chunks(source: DataSource, chunk_size: int) -> list[list[tuple[str, Pat
     return chunks
 
 
-def _reconstruct(model: Any, original_u8: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """(ids or None, reconstructions float (B, 3, H, W) in [0, 1]) of a tokenizer or a codec (``reconstruct_batch``)."""
-    if hasattr(model, "reconstruct_batch"):
-        return model.reconstruct_batch(original_u8)
-    ids = model.encode(original_u8, size=None)  # (B, h, w)
-    return ids, model.decode(ids, output="pt").float()
-
-
 @dataclass(frozen=True)
 class ScoreOptions:
     """How each chunk is scored (the same on every worker)."""
@@ -425,14 +417,19 @@ def score_chunk(
         empty["lpips"] = torch.zeros(0, dtype=f64)
     if inception is not None:
         empty["feats_real"] = empty["feats_fake"] = torch.zeros(0, FID_FULL_RANK_N)
-    if not hasattr(model, "reconstruct_batch"):  # a tokenizer: its ids too
+    codec = hasattr(model, "reconstruct_batch")  # else a tokenizer: its ids too
+    if not codec:
         empty["ids"] = empty["ids_len"] = torch.zeros(0, dtype=torch.int64)
     columns: list[dict[str, torch.Tensor]] = []  # per batch
     factor = int(getattr(model, "downsample_factor", 1))
     arrays = _decoded(DataSource(list(items)).samples(), options, factor, lambda key, why: bad_all.append((key, why)))
     for batch_keys, chunk in _batches(arrays, options.batch_size, limit):
         original_u8 = torch.from_numpy(np.stack(chunk)).permute(0, 3, 1, 2).contiguous()  # (B, 3, H, W) uint8
-        ids, recon = _reconstruct(model, original_u8)
+        if codec:  # (None, reconstructions float (B, 3, H, W) in [0, 1])
+            ids, recon = model.reconstruct_batch(original_u8)
+        else:
+            ids = model.encode(original_u8, size=None)  # (B, h, w)
+            recon = model.decode(ids, output="pt").float()  # (B, 3, H, W) in [0, 1]
         if options.quantize:
             recon = torch.round(recon * 255) / 255
         original = original_u8.float() / 255
