@@ -280,12 +280,10 @@ _TS_PARAM = {"weight": "conv.weight", "beta": "bn.bias", "mean": "bn.running_mea
 
 
 def _ts_conv_name(path: str) -> str:
-    """``mixed_4.tower_1.conv_2`` -> ``Mixed_6b.branch7x7dbl_3``."""
+    """``mixed_4.tower_1.conv_2`` -> ``Mixed_6b.branch7x7dbl_3``; KeyError for a name outside the tables."""
     if path in _TS_STEM:
         return _TS_STEM[path]
     block, _, rest = path.partition(".")
-    if block not in _TS_BLOCKS or not rest:
-        raise KeyError(path)
     ours, table = _TS_BLOCKS[block]
     return f"{ours}.{table[rest]}"
 
