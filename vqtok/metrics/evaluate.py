@@ -561,9 +561,10 @@ def merge_chunks(
     kept: list[ChunkResult] = []
     n = 0
     for c in chunks:
-        if limit is not None and n >= limit:
-            break
-        c = c.take(limit - n) if limit is not None else c
+        if limit is not None:
+            if n >= limit:
+                break
+            c = c.take(limit - n)
         kept.append(c)
         n += c.n
     bad = BadSamples()
