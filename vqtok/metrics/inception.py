@@ -68,7 +68,9 @@ Preprocess = Literal["pytorch-fid", "torch-fidelity"]
 class BasicConv2d(nn.Module):
     """Conv (no bias) + BatchNorm (eps 1e-3, as TF) + ReLU."""
 
-    def __init__(self, cin: int, cout: int, kernel: int | tuple[int, int], stride: int = 1, padding: int | str | tuple[int, int] = 0) -> None:
+    def __init__(
+        self, cin: int, cout: int, kernel: int | tuple[int, int], stride: int = 1, padding: int | str | tuple[int, int] = 0
+    ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding, bias=False)
         self.bn = nn.BatchNorm2d(cout, eps=0.001)
@@ -114,7 +116,7 @@ class _Mixed(nn.Module):
                 c = cout
             self.branches.append((pool, steps))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, cin, H, W) -> (B, channels of all branches, H', W')
         outs = []
         for pool, steps in self.branches:
             y = x if pool is None else pool(x)
