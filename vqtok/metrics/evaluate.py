@@ -141,11 +141,25 @@ class DataSource:
     items: list[tuple[str, Path]]
 
     def samples(self) -> Iterator[Sample]:
+        """Image files as they are; the samples of a WebDataset tar (plain or compressed) in tar order,
+        keyed ``<shard name>:<key>``.
+
+        A sample without an image field, or the unreadable rest of a truncated/corrupt tar (key
+        ``<shard name>:<rest of shard>``), gives a :class:`Sample` with ``error`` set; reading then
+        goes on with the next shard (see :func:`vqtok.tars.read_samples`).
+        """
         for kind, path in self.items:
             if kind == "image":
                 yield Sample(key=str(path), data=path)
-            else:
-                yield from iter_shard_samples(path)
+                continue
+            for s in read_samples(path):
+                key = f"{path.name}:{s.key}"
+                if s.error is not None:
+                    yield Sample(key, None, s.error)
+                elif s.image is None:
+                    yield Sample(key, None, s.missing_image())
+                else:
+                    yield Sample(key, s.image)
 
 
 def resolve_data(specs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> DataSource:
@@ -163,23 +177,6 @@ def resolve_data(specs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]
     if remote:
         raise ValueError(f"evaluation reads local files; {remote[0]} is remote (copy the shards first)")
     return DataSource([("shard" if is_shard(f) else "image", Path(f)) for f in found])
-
-
-def iter_shard_samples(path: Path) -> Iterator[Sample]:
-    """Samples of one WebDataset tar (plain or compressed), in tar order, keyed ``<shard name>:<key>``.
-
-    A sample without an image field, or the unreadable rest of a truncated/corrupt tar (key
-    ``<shard name>:<rest of shard>``), gives a :class:`Sample` with ``error`` set; reading then
-    goes on with the next shard (see :func:`vqtok.tars.read_samples`).
-    """
-    for s in read_samples(path):
-        key = f"{path.name}:{s.key}"
-        if s.error is not None:
-            yield Sample(key, None, s.error)
-        elif s.image is None:
-            yield Sample(key, None, s.missing_image())
-        else:
-            yield Sample(key, s.image)
 
 
 def _decoded(
@@ -243,8 +240,7 @@ def save_grid(
         raise ValueError("no images for the grid")
     if columns < 1:
         raise ValueError(f"columns must be >= 1, got {columns}")
-    h = max(max(a.shape[0], b.shape[0]) for a, b in pairs)
-    w = max(max(a.shape[1], b.shape[1]) for a, b in pairs)
+    h, w = (max(x.shape[axis] for pair in pairs for x in pair) for axis in (0, 1))
     cols = min(columns, len(pairs))
     rows = -(-len(pairs) // cols)
     width = cols * w + (cols - 1) * gap
@@ -281,8 +277,7 @@ def save_side_by_side(
     for label, recons in rows:
         if len(recons) != len(originals):
             raise ValueError(f"row {label!r} has {len(recons)} images for {len(originals)} originals")
-    h = max(a.shape[0] for a in originals)
-    w = max(a.shape[1] for a in originals)
+    h, w = (max(a.shape[axis] for a in originals) for axis in (0, 1))
     cols, nrows = len(originals), 1 + len(rows)
     canvas = Image.new("RGB", (label_width + cols * (w + gap), nrows * h + (nrows - 1) * gap), "white")
     draw = ImageDraw.Draw(canvas)
@@ -369,7 +364,7 @@ class ChunkResult:
     @classmethod
     def load(cls, path: Path) -> ChunkResult:
         with np.load(path, allow_pickle=False) as d:
-            return cls.from_arrays({k: d[k] for k in d.files})
+            return cls.from_arrays(d)
 
 
 def plan_chunks(source: DataSource, chunk_size: int) -> list[list[tuple[str, Path]]]:
@@ -383,14 +378,6 @@ def plan_chunks(source: DataSource, chunk_size: int) -> list[list[tuple[str, Pat
         else:
             chunks.append([item])
     return chunks
-
-
-def _reconstruct(model: Any, original_u8: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """(ids or None, reconstructions float (B, 3, H, W) in [0, 1]) of a tokenizer or a codec (``reconstruct_batch``)."""
-    if hasattr(model, "reconstruct_batch"):
-        return model.reconstruct_batch(original_u8)
-    ids = model.encode(original_u8, size=None)  # (B, h, w)
-    return ids, model.decode(ids, output="pt").float()
 
 
 @dataclass(frozen=True)
@@ -430,14 +417,19 @@ def score_chunk(
         empty["lpips"] = torch.zeros(0, dtype=f64)
     if inception is not None:
         empty["feats_real"] = empty["feats_fake"] = torch.zeros(0, FID_FULL_RANK_N)
-    if not hasattr(model, "reconstruct_batch"):  # a tokenizer: its ids too
+    codec = hasattr(model, "reconstruct_batch")  # else a tokenizer: its ids too
+    if not codec:
         empty["ids"] = empty["ids_len"] = torch.zeros(0, dtype=torch.int64)
     columns: list[dict[str, torch.Tensor]] = []  # per batch
     factor = int(getattr(model, "downsample_factor", 1))
     arrays = _decoded(DataSource(list(items)).samples(), options, factor, lambda key, why: bad_all.append((key, why)))
     for batch_keys, chunk in _batches(arrays, options.batch_size, limit):
         original_u8 = torch.from_numpy(np.stack(chunk)).permute(0, 3, 1, 2).contiguous()  # (B, 3, H, W) uint8
-        ids, recon = _reconstruct(model, original_u8)
+        if codec:  # (None, reconstructions float (B, 3, H, W) in [0, 1])
+            ids, recon = model.reconstruct_batch(original_u8)
+        else:
+            ids = model.encode(original_u8, size=None)  # (B, h, w)
+            recon = model.decode(ids, output="pt").float()  # (B, 3, H, W) in [0, 1]
         if options.quantize:
             recon = torch.round(recon * 255) / 255
         original = original_u8.float() / 255
@@ -532,7 +524,7 @@ def image_set_stats(
 ) -> tuple[FIDStats, dict[str, Any]]:
     """FID statistics of an image set (folder, files, globs, shards; :func:`resolve_data`) prepared by ``protocol``
     (default ``vqtok``; ``size`` None keeps the images' sizes) and what the card records (n, image-list sha256)."""
-    options = ScoreOptions(protocol=protocol or PROTOCOLS["vqtok"], size=size, batch_size=batch_size)
+    options = ScoreOptions(protocol=protocol or PROTOCOLS["vqtok"], size=size)
     bad = BadSamples()
     keys: list[str] = []
     feats: list[torch.Tensor] = []
@@ -550,8 +542,7 @@ def save_stats(stats: FIDStats, path: str | os.PathLike[str], meta: dict[str, An
     ``vqtok_meta`` (JSON: protocol, size, FID preprocessing, Inception sha256, image-list sha256)."""
     out = Path(path).expanduser()
     with atomic_write(out) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, mu=stats.mean.numpy(), sigma=stats.cov.numpy(), n=np.int64(stats.n),
-                 vqtok_meta=np.array(json.dumps(meta, sort_keys=True)))
+        stats.save(fh, vqtok_meta=np.array(json.dumps(meta, sort_keys=True)))
     return out
 
 
@@ -570,9 +561,10 @@ def merge_chunks(
     kept: list[ChunkResult] = []
     n = 0
     for c in chunks:
-        if limit is not None and n >= limit:
-            break
-        c = c.take(limit - n) if limit is not None else c
+        if limit is not None:
+            if n >= limit:
+                break
+            c = c.take(limit - n)
         kept.append(c)
         n += c.n
     bad = BadSamples()
@@ -595,16 +587,11 @@ def merge_chunks(
     # a dense count per code; bitwise / huge codebooks (over 2**20 codes) are counted per bit by `vqtok usage`
     if codebook_size is not None and codebook_size <= DENSE_HISTOGRAM_MAX and merged.ids is not None:
         hist = np.bincount(merged.ids, minlength=codebook_size).astype(np.int64)
-    result = EvalResult(n=n, image_size=size, bad_samples=bad, histogram=hist)
-    result.psnr = float(torch.from_numpy(merged.psnr).mean())
-    result.ssim = float(torch.from_numpy(merged.ssim).mean())
+    mean = {k: float(torch.from_numpy(v).mean()) for k in ("psnr", "ssim", "lpips") if (v := getattr(merged, k)) is not None}
     per_image = torch.from_numpy(merged.offset)  # (n, 3); images of one size: the image mean is the pixel mean
-    result.color_offset = [round(float(v), 4) for v in per_image.mean(0)]
-    result.abs_color_offset = [round(float(v), 4) for v in per_image.abs().mean(0)]
-    if merged.lpips is not None:
-        result.lpips = float(torch.from_numpy(merged.lpips).mean())
-    if hist is not None:
-        result.usage = usage_from_histogram(hist)
+    color_offset, abs_color_offset = ([round(float(v), 4) for v in t.mean(0)] for t in (per_image, per_image.abs()))
+    result = EvalResult(n=n, image_size=size, bad_samples=bad, histogram=hist, **mean, color_offset=color_offset,
+                        abs_color_offset=abs_color_offset, usage=usage_from_histogram(hist) if hist is not None else None)
     if merged.feats_real is not None and merged.feats_fake is not None:
         fr, ff = torch.from_numpy(merged.feats_real), torch.from_numpy(merged.feats_fake)
         if n >= 2:
@@ -673,11 +660,10 @@ class ChunkScorer:
         self.model, self.options = model, options
         if hasattr(model, "to") and not hasattr(model, "reconstruct_batch"):
             model.to(device)
-        self.inception = inception.to(device) if inception is not None else None
-        self.lpips = lpips_model.to(device) if lpips_model is not None else None
+        self.inception, self.lpips = (m.to(device) if m is not None else None for m in (inception, lpips_model))
 
-    def score(self, items: list[tuple[str, Path]]) -> dict[str, np.ndarray]:
-        return score_chunk(self.model, items, self.options, inception=self.inception, lpips_model=self.lpips).to_arrays()
+    def score(self, items: list[tuple[str, Path]]) -> ChunkResult:
+        return score_chunk(self.model, items, self.options, inception=self.inception, lpips_model=self.lpips)
 
 
 def _run_ray(
@@ -705,7 +691,7 @@ def _run_ray(
     ]
     try:
         for i, ref in actor_pool(ray, actors, todo, lambda actor, i: actor.score.remote(chunks[i])):
-            on_chunk(i, ChunkResult.from_arrays(ray.get(ref)))  # a chunk that failed every retry raises here
+            on_chunk(i, ray.get(ref))  # a chunk that failed every retry raises here
     finally:
         for actor in actors:
             ray.kill(actor)
@@ -806,15 +792,11 @@ def evaluate_reconstruction(
             if covered >= limit:
                 break
     results: dict[int, ChunkResult] = {}
-    done: set[int] = set()
-    if folder is not None:
-        done = {i for i in first if _chunk_path(folder, i).is_file()}
-        if done and rank == 0:
-            logger.info("resuming: %d of %d unit(s) already scored in %s", len(done), len(first), folder)
+    done = {i for i in first if folder is not None and _chunk_path(folder, i).is_file()}
+    if done and rank == 0:
+        logger.info("resuming: %d of %d unit(s) already scored in %s", len(done), len(first), folder)
     mine = [i for i in first if i % world_size == rank and i not in done]
-    total = sum(len(chunks[i]) for i in mine) if all(chunks[i][0][0] == "image" for i in mine) else None
-    if limit is not None and total is not None:
-        total = min(total, limit)
+    total = min(sum(len(chunks[i]) for i in mine), limit or math.inf) if all(chunks[i][0][0] == "image" for i in mine) else None
     on_ray = engine == "ray" and bool(mine)
     bar = (Progress("eval (ray)", total=len(mine), unit="unit", enabled=progress) if on_ray
            else Progress("eval", total=total, unit="img", enabled=progress and rank == 0))

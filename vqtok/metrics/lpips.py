@@ -78,12 +78,10 @@ class LPIPS(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if x.shape != y.shape or x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected two RGB batches (B, 3, H, W) of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
-        fx = self._taps(((2 * x.float() - 1) - self.shift) / self.scale)
-        fy = self._taps(((2 * y.float() - 1) - self.shift) / self.scale)
+        fx, fy = (self._taps(((2 * t.float() - 1) - self.shift) / self.scale) for t in (x, y))
         total = torch.zeros(x.shape[0], device=x.device)
-        for k, (a, b) in enumerate(zip(fx, fy)):
-            a = a / (a.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)  # unit length over channels
-            b = b / (b.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+        for k, taps in enumerate(zip(fx, fy)):
+            a, b = (t / (t.pow(2).sum(1, keepdim=True).sqrt() + 1e-10) for t in taps)  # unit length over channels
             d = getattr(self, f"lin{k}")((a - b).pow(2))  # (B, 1, h, w)
             total = total + d.mean(dim=(1, 2, 3))
         return total
@@ -129,19 +127,15 @@ def load_lpips(
     ``FileNotFoundError`` naming the URL and the path to place the file when unavailable.
     """
     from vqtok.hub import download_weights
-    from vqtok.metrics.inception import package_file
+    from vqtok.metrics.inception import existing_file, package_file
 
     if vgg_weights is not None:
-        vgg_path = Path(vgg_weights).expanduser()
-        if not vgg_path.is_file():
-            raise FileNotFoundError(f"VGG16 weights file {vgg_path} does not exist")
+        vgg_path = existing_file(vgg_weights, "VGG16 weights")
     else:
         vgg_path = download_weights(filename=VGG16_FILENAME, url=VGG16_URL, sha256=VGG16_SHA256_PREFIX,
                                     local_files_only=not allow_download)
     if lin_weights is not None:
-        lin_path = Path(lin_weights).expanduser()
-        if not lin_path.is_file():
-            raise FileNotFoundError(f"LPIPS linear-layer weights file {lin_path} does not exist")
+        lin_path = existing_file(lin_weights, "LPIPS linear-layer weights")
     else:
         lin_path = package_file("lpips", "weights/v0.1/vgg.pth") or download_weights(  # the registry package lpips' copy
             filename=LPIPS_VGG_FILENAME, url=LPIPS_VGG_URL, sha256=LPIPS_VGG_SHA256, local_files_only=not allow_download

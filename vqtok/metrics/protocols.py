@@ -85,9 +85,7 @@ def torchvision_resize_center_crop(pil_image: Image.Image, image_size: int) -> n
     Returns uint8 (image_size, image_size, C).
     """
     w, h = pil_image.size
-    short, long = (w, h) if w <= h else (h, w)
-    new_short, new_long = image_size, int(image_size * long / short)
-    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    new_w, new_h = (image_size, int(image_size * h / w)) if w <= h else (int(image_size * w / h), image_size)
     if (new_w, new_h) != (w, h):
         pil_image = pil_image.resize((new_w, new_h), resample=Image.Resampling.BICUBIC)
     top = int(round((new_h - image_size) / 2.0))

@@ -96,16 +96,13 @@ def read_histograms(directory: str | os.PathLike[str]) -> tuple[np.ndarray, int]
     ``"histogram"`` key are skipped; a disagreeing ``"codebook_size"`` is an error.
     """
     hists: list[np.ndarray] = []
-    size: int | None = None
     for path, data in _stats_files(directory):
         hist = np.asarray(data["histogram"], dtype=np.int64)
         declared = data.get("codebook_size")
         if declared is not None and int(declared) != hist.shape[0]:
             raise ValueError(f"{path}: codebook_size {declared} but histogram has {hist.shape[0]} entries")
-        if size is None:
-            size = hist.shape[0]
-        elif hist.shape[0] != size:
-            raise ValueError(f"{path}: histogram of {hist.shape[0]} codes, other shards have {size}")
+        if hists and hist.shape[0] != hists[0].shape[0]:
+            raise ValueError(f"{path}: histogram of {hist.shape[0]} codes, other shards have {hists[0].shape[0]}")
         hists.append(hist)
     logger.info("merged histograms of %d shards from %s", len(hists), directory)
     return merge_histograms(hists), len(hists)
