@@ -19,7 +19,10 @@ import os
 import sys
 import time
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self from Python 3.11
 
 logger = logging.getLogger("vqtok.progress")
 
@@ -69,7 +72,7 @@ class Progress:
                 dynamic_ncols=True, leave=False,
             )
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None) -> None:

@@ -9,7 +9,8 @@
 * :func:`append_jsonl` / :func:`read_jsonl`: the ``OUT/log.jsonl`` of a run.
 * :func:`read_config_file` / :func:`write_config_file`: training configs as YAML (or JSON).
 * :func:`die_with_parent`: the ``worker_init_fn`` of every vqtok DataLoader (workers never outlive their parent).
-* :func:`actor_pool`: keep a set of Ray actors busy over a list of items (pretokenize's and eval's Ray engines).
+* :func:`ray_actors` / :func:`actor_pool`: start Ray actors and keep them busy over a list of items
+  (pretokenize's and eval's Ray engines).
 """
 
 from __future__ import annotations
@@ -284,6 +285,33 @@ def write_config_file(path: str | os.PathLike[str], config: Mapping[str, Any]) -
     p = Path(path)
     p.write_text(yaml.safe_dump(json.loads(json.dumps(dict(config))), sort_keys=False))
     return p
+
+
+@contextlib.contextmanager
+def ray_actors(ray: Any, cls: type, args: Sequence[Any], opts: Any, *, work: int, num_cpus: float, name: str = "") -> Iterator[list[Any]]:
+    """Start Ray (at ``opts.address``) if needed and actors ``cls(*args)``, killed on exit.
+
+    ``opts`` gives ``num_actors`` (None: as many as the cluster's GPUs / ``num_gpus``, else its CPUs /
+    ``num_cpus``; at most ``work``, at least one), ``num_gpus`` and ``max_retries`` (restarts of a dead
+    actor and retries of its task). ``name``: actors are named ``name-k`` so operators can find them.
+    """
+    if not ray.is_initialized():
+        ray.init(address=opts.address, log_to_driver=False, logging_level=logging.WARNING)
+    count = opts.num_actors
+    if count is None:
+        res = ray.cluster_resources()
+        count = int(res.get("GPU", 0) // opts.num_gpus) if opts.num_gpus > 0 else int(res.get("CPU", 1) // num_cpus)
+    remote = ray.remote(cls)
+    actors = [
+        remote.options(name=f"{name}-{k}" if name else None, num_cpus=num_cpus, num_gpus=opts.num_gpus,
+                       max_restarts=opts.max_retries, max_task_retries=opts.max_retries).remote(*args)
+        for k in range(max(1, min(count, work)))
+    ]
+    try:
+        yield actors
+    finally:
+        for actor in actors:
+            ray.kill(actor)
 
 
 def actor_pool(ray: Any, actors: Sequence[Any], todo: Sequence[int], submit: Callable[[Any, int], Any]) -> Iterator[tuple[int, Any]]:

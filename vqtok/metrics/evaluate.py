@@ -25,7 +25,7 @@ from PIL import Image
 from vqtok.layout import DENSE_HISTOGRAM_MAX
 from vqtok._errors import reason
 from vqtok._io import atomic_write, sha256_file
-from vqtok._runtime import actor_pool
+from vqtok._runtime import actor_pool, ray_actors
 from vqtok.metrics.fid import (
     FIDStats,
     KIDResult,
@@ -674,27 +674,11 @@ def _run_ray(
         import ray
     except ImportError as err:  # pragma: no cover - exercised only without the extra
         raise ImportError('engine="ray" needs Ray: pip install "vqtok[ray]"') from err
-    if not ray.is_initialized():
-        ray.init(address=ropts.address, log_to_driver=False, logging_level=logging.WARNING)
-    num_actors = ropts.num_actors
-    if num_actors is None:
-        res = ray.cluster_resources()
-        num_actors = int(res.get("GPU", 0) // ropts.num_gpus) if ropts.num_gpus > 0 else int(res.get("CPU", 1) // ropts.num_cpus)
-    num_actors = max(1, min(num_actors, len(todo)))
-    device = "cuda" if ropts.num_gpus > 0 else "cpu"
     refs = [ray.put(x) for x in (model, inception, lpips_model)]
-    actor_cls = ray.remote(ChunkScorer)
-    actors = [
-        actor_cls.options(num_cpus=ropts.num_cpus, num_gpus=ropts.num_gpus, max_restarts=ropts.max_retries,
-                          max_task_retries=ropts.max_retries).remote(refs[0], options, refs[1], refs[2], device, ropts.threads)
-        for _ in range(num_actors)
-    ]
-    try:
+    args = (refs[0], options, refs[1], refs[2], "cuda" if ropts.num_gpus > 0 else "cpu", ropts.threads)
+    with ray_actors(ray, ChunkScorer, args, ropts, work=len(todo), num_cpus=ropts.num_cpus) as actors:
         for i, ref in actor_pool(ray, actors, todo, lambda actor, i: actor.score.remote(chunks[i])):
             on_chunk(i, ray.get(ref))  # a chunk that failed every retry raises here
-    finally:
-        for actor in actors:
-            ray.kill(actor)
 
 
 def _wait_for(paths: Sequence[Path], poll: float, what: str) -> None:

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from vqtok._errors import reason
 from vqtok._progress import Progress
-from vqtok._runtime import actor_pool, resolve_device
+from vqtok._runtime import actor_pool, ray_actors, resolve_device
 from vqtok.pipeline._naming import completed_output, fingerprint_matches, model_fingerprint, output_name_for
 from vqtok.pipeline.driver import (
     FetchFailure,
@@ -178,30 +178,15 @@ def pretokenize_ray(
         logger.info("ray: %d shards, %d to do, model %s (%s)", len(jobs), len(todo), model_id, fingerprint)
         failures: list[FetchFailure] = []
         if todo:  # start the actors, keep each busy with one shard at a time, collect stats into results
-            if not ray.is_initialized():
-                ray.init(address=ropts.address, log_to_driver=False, logging_level=logging.WARNING)
             cpus = float(ropts.num_cpus) if ropts.num_cpus is not None else 1.0 + (opts.workers or 0)
-            num_actors = ropts.num_actors
-            if num_actors is None:
-                resources = ray.cluster_resources()
-                num_actors = (int(resources.get("GPU", 0) // ropts.num_gpus) if ropts.num_gpus > 0
-                              else int(resources.get("CPU", 1) // cpus))
-            num_actors = max(1, min(num_actors, len(todo)))
             device = device or ("cuda" if ropts.num_gpus > 0 else "cpu")
             # Our own in-memory Tokenizer travels through Ray's object store (between our processes only);
             # a folder / Hub id / None is loaded by each actor itself.
             model_ref = ray.put(tokenizer) if model is not None and not isinstance(model, (str, os.PathLike)) else model
-            actor_cls = ray.remote(ShardWorker)
-            run_id = uuid.uuid4().hex[:8]  # named (vqtok-<run>-<k>) so operators can find and inspect them
-            actors = [
-                actor_cls.options(
-                    name=f"vqtok-{run_id}-{k}", num_cpus=cpus, num_gpus=ropts.num_gpus,
-                    max_restarts=ropts.max_retries, max_task_retries=ropts.max_retries,
-                ).remote(model_ref, opts, device, precision, ropts.threads)
-                for k in range(num_actors)
-            ]
-            bar = _ShardProgress(len(todo), progress)
-            try:
+            args = (model_ref, opts, device, precision, ropts.threads)
+            name = f"vqtok-{uuid.uuid4().hex[:8]}"  # actors vqtok-<run>-<k>, for operators to find
+            with _ShardProgress(len(todo), progress) as bar, \
+                    ray_actors(ray, ShardWorker, args, ropts, work=len(todo), num_cpus=cpus, name=name) as actors:
                 for i, ref in actor_pool(ray, actors, todo,
                                          lambda actor, i: actor.tokenize.remote(str(jobs[i][0]), str(jobs[i][1]))):
                     try:
@@ -213,8 +198,4 @@ def pretokenize_ray(
                         logger.error("shard %s failed: %s (left undone)", jobs[i][0], why)
                         failures.append(FetchFailure(str(jobs[i][0]), why))
                         bar.shard_done(0)
-            finally:
-                bar.close()
-                for actor in actors:
-                    ray.kill(actor)
         return finish_run(folder, [results[i] for i in sorted(results)], t0, failures, max_error_rate, error=ShardFailed)
