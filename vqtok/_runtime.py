@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -137,7 +138,9 @@ class Distributed:
             torch.distributed.barrier()
 
     def close(self) -> None:
+        """Leave the process group this run joined; objects that hold it (a dropped DDP wrapper) are collected first."""
         if self.initialized_here and torch.distributed.is_initialized():
+            gc.collect()
             torch.distributed.destroy_process_group()
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import logging
 import math
 import os
@@ -473,7 +472,6 @@ def train(
             _prepare(cfg, out, checkpoint, dist, device, progress=progress), stop_after=stop_after, progress=progress
         )
     finally:
-        gc.collect()
         dist.close()
 
 

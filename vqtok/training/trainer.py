@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import gc
 import json
 import logging
 import math
@@ -529,7 +528,6 @@ class Trainer:
         the group too, so it is dropped first: the group's threads then stop here, not at exit.
         """
         self.ae_ddp = self.ae
-        gc.collect()
         self.dist.close()
 
     def _train_step(self, batches: Iterator[torch.Tensor]) -> tuple[dict[str, float], torch.Tensor]:
