@@ -3,7 +3,7 @@
 Reports must be reproducible byte for byte: two runs over the same bad sample write the same reason.
 Python and PIL messages can hold object reprs with memory addresses (``<_io.BytesIO object at
 0x7fc4409a7c40>``) and temporary file names; :func:`reason` replaces those and keeps the first line.
-:func:`listing` names the first few of many items in an error.
+:func:`listing` names the first few of many items in an error; :func:`is_int` is the int check of those errors.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-__all__ = ["listing", "reason"]
+__all__ = ["is_int", "listing", "reason"]
 
 _OBJECT_REPR = re.compile(r"<([A-Za-z_][\w.]*) object at 0x[0-9a-fA-F]+>")
 _ADDRESS = re.compile(r"\b0x[0-9a-fA-F]{6,}\b")
@@ -31,6 +31,11 @@ def reason(err: BaseException, *, subject: str | None = None) -> str:
     if subject is not None:
         text = text.replace("<bytes>", subject)
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def is_int(value: object, minimum: int | None = None) -> bool:
+    """Whether ``value`` is an int (not a bool, which JSON and Python also accept as one), at least ``minimum``."""
+    return isinstance(value, int) and not isinstance(value, bool) and (minimum is None or value >= minimum)
 
 
 def listing(items: Sequence[str], n: int = 5) -> str:

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.overrides import TorchFunctionMode
 
-from vqtok._errors import listing
+from vqtok._errors import is_int, listing
 from vqtok._io import atomic_write, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -286,7 +286,7 @@ def load_pretrained(
     version = raw.pop("vqtok_format", None)
     if version is None:
         raise ValueError(f"{folder / CONFIG_NAME} has no 'vqtok_format' key: not a vqtok model folder")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+    if not is_int(version, 1):
         raise ValueError(f"{folder / CONFIG_NAME}: vqtok_format must be a positive integer, got {version!r:.40}")
     if version > FORMAT_VERSION:
         raise ValueError(

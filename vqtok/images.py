@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from vqtok._errors import is_int
+
 __all__ = [
     "DECODE_MODES",
     "IMAGE_SUFFIXES",
@@ -222,7 +224,7 @@ def _tensor_batch(t: torch.Tensor, size: int | None, *, layout: str) -> ImageBat
 
 def to_uint8_batch(images: Any, *, size: int | None = None) -> ImageBatch:
     """Normalise any accepted image input to a (B, 3, H, W) tensor (uint8 or float in [0, 1])."""
-    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
+    if size is not None and not is_int(size, 1):
         raise ValueError(f"size must be a positive int, got {size!r}")
     if isinstance(images, Image.Image):
         return ImageBatch(_pil_batch([images], size), batched=False)

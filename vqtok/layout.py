@@ -28,6 +28,8 @@ from typing import Any, Literal, Mapping, Sequence
 import numpy as np
 import torch
 
+from vqtok._errors import is_int
+
 __all__ = ["TokenLayout", "LayoutKind", "split_scales"]
 
 LayoutKind = Literal["grid", "sequence", "scales"]
@@ -56,9 +58,9 @@ class TokenLayout:
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
             raise ValueError(f"layout kind must be one of {', '.join(_KINDS)}, got {self.kind!r}")
-        if not _positive_int(self.codebook_size):
+        if not is_int(self.codebook_size, 1):
             raise ValueError(f"codebook_size must be a positive int, got {self.codebook_size!r}")
-        if not _positive_int(self.codebooks):
+        if not is_int(self.codebooks, 1):
             raise ValueError(f"codebooks must be a positive int, got {self.codebooks!r}")
         if self.bits is not None:
             if not isinstance(self.bits, int) or not 1 <= self.bits <= MAX_BITS:
@@ -72,7 +74,7 @@ class TokenLayout:
                 object.__setattr__(self, "grid_shape", _positive_pair(self.grid_shape, "grid_shape"))
             positions = 0 if self.grid_shape is None else self.grid_shape[0] * self.grid_shape[1]
         elif self.kind == "sequence":
-            if not _positive_int(self.length):
+            if not is_int(self.length, 1):
                 raise ValueError(f"a sequence layout needs a positive length, got {self.length!r}")
             positions = self.length
         else:
@@ -276,14 +278,10 @@ def split_scales(ids: torch.Tensor, shapes: Sequence[tuple[int, int]]) -> list[t
     return [part.reshape(ids.shape[0], h, w, *ids.shape[2:]) for part, (h, w) in zip(parts, shapes)]
 
 
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
 def _positive_pair(value: Any, what: str) -> tuple[int, int]:
     if (
         not isinstance(value, (tuple, list)) or len(value) != 2
-        or not all(_positive_int(v) for v in value)
+        or not all(is_int(v, 1) for v in value)
     ):
         raise ValueError(f"{what} must be two positive ints (h, w), got {value!r}")
     return (int(value[0]), int(value[1]))

@@ -52,8 +52,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from vqtok.layout import TokenLayout
+from vqtok._errors import is_int
 from vqtok._io import atomic_write
+from vqtok.layout import TokenLayout
 from vqtok.tars import expand_shards, is_remote, read_samples
 
 logger = logging.getLogger(__name__)
@@ -496,7 +497,7 @@ def _stats_of(url: str) -> tuple[int | None, TokenLayout | None]:
         except ValueError as err:
             raise ValueError(f"{stats}: {err}") from None
     for key in ("codebook_size", "n_embed", "vocab_size"):
-        if isinstance(data.get(key), int) and not isinstance(data.get(key), bool):
+        if is_int(data.get(key)):
             return int(data[key]), layout
     return None, layout
 

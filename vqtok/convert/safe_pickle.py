@@ -40,6 +40,8 @@ from typing import Any
 
 import torch
 
+from vqtok._errors import is_int
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["load_checkpoint", "read_torchscript_tensors", "allocation_limit", "Placeholder", "UnsafeCheckpointError"]
@@ -198,7 +200,7 @@ def _storage_type(name: str) -> type[_Uncallable] | None:
 def _sizes(value: Any, what: str) -> tuple[int, ...]:
     """``value`` as a tuple of non-negative ints (a tensor or array shape)."""
     dims = tuple(value) if isinstance(value, (tuple, list)) else (value,)
-    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in dims):
+    if not all(is_int(d, 0) for d in dims):
         raise pickle.UnpicklingError(f"{what} shape {dims!r:.80} is not a list of sizes")
     return dims
 
@@ -372,7 +374,7 @@ class _ArchiveUnpickler(RestrictedUnpickler):
         dtype = getattr(storage_type, "dtype", None)
         if not isinstance(dtype, torch.dtype):
             raise pickle.UnpicklingError(f"storage {key!r:.40} has no known dtype ({storage_type!r:.80})")
-        if not isinstance(numel, int) or isinstance(numel, bool) or numel < 0:
+        if not is_int(numel, 0):
             raise pickle.UnpicklingError(f"storage {key!r:.40} has size {numel!r:.40}")
         key = str(key)
         if key not in self._storages:

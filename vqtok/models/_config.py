@@ -26,6 +26,8 @@ import typing
 from dataclasses import Field, asdict, fields
 from typing import Any, ClassVar, Iterable, Mapping, TypeVar
 
+from vqtok._errors import is_int
+
 __all__ = ["ArchConfig", "HalvingLevels", "MAX_INT", "MAX_BLOCKS", "MAX_LEVELS"]
 
 _C = TypeVar("_C", bound="ArchConfig")
@@ -35,27 +37,23 @@ MAX_BLOCKS = 32  # num_res_blocks (published models: 2 to 4)
 MAX_LEVELS = 16  # length of any tuple field (ch_mult, attn_resolutions, levels...)
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _check_value(where: str, field: Field[Any], kind: Any, value: Any) -> None:
     """ValueError naming the field unless ``value`` fits the annotation ``kind`` (see the module docstring)."""
     name = f"{where} {field.name}"
     if kind is int:
         low = 0 if field.default == 0 else 1
         high = MAX_BLOCKS if field.name == "num_res_blocks" else MAX_INT
-        if not _is_int(value) or not low <= value <= high:
+        if not is_int(value) or not low <= value <= high:
             raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r:.40}")
     elif kind is float:
-        if not (_is_int(value) or isinstance(value, float)) or not math.isfinite(value):
+        if not (is_int(value) or isinstance(value, float)) or not math.isfinite(value):
             raise ValueError(f"{name} must be a finite number, got {value!r:.40}")
     elif kind is bool or kind is str:
         if not isinstance(value, kind):
             raise ValueError(f"{name} must be a {kind.__name__}, got {value!r:.40}")
     elif typing.get_origin(kind) is tuple and typing.get_args(kind) == (int, ...):
         if not isinstance(value, (list, tuple)) or len(value) > MAX_LEVELS or not all(
-            _is_int(v) and 1 <= v <= MAX_INT for v in value
+            is_int(v) and 1 <= v <= MAX_INT for v in value
         ):
             raise ValueError(f"{name} must be a list of at most {MAX_LEVELS} integers in [1, {MAX_INT}], got {value!r:.60}")
 
@@ -75,7 +73,7 @@ class ArchConfig:
         """ValueError ``{where} {name} must be a positive int`` for the first named field that is not an int >= 1."""
         for name in names:
             value = getattr(self, name)
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"{where} {name} must be a positive int, got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from vqtok._errors import is_int
 from vqtok._memory import check_image_size
 from vqtok._runtime import die_with_parent
 from vqtok.images import DECODE_MODES
@@ -79,7 +80,7 @@ class TokenizeOptions:
         if self.workers is not None and self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         size = self.size
-        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
+        if size is not None and not is_int(size, 1):
             raise ValueError(f"size must be a positive int or None, got {size!r}")
         if size is not None and size % tokenizer.downsample_factor:
             raise ValueError(f"size {size} is not a multiple of the model's downsample factor {tokenizer.downsample_factor}")
