@@ -270,11 +270,10 @@ def read_ids_record(record_path: Path) -> dict[str, Any] | None:
         return None
     try:
         record = json.loads(record_path.read_text())
+        if not isinstance(record, dict):
+            raise ValueError("not a JSON object")
     except (OSError, ValueError) as err:
         logger.warning("ignoring %s: %s", record_path, err)
-        return None
-    if not isinstance(record, dict):
-        logger.warning("ignoring %s: not a JSON object", record_path)
         return None
     return record
 
