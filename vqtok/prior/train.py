@@ -352,7 +352,7 @@ def _start_model(
         np.random.seed(_seed_for(cfg.seed, 3, dist.rank) % 2**32)
         model = GPT(build_model_config(cfg, train_set)).to(device)
     model.train()
-    if model.config.train_grid is not None and tuple(model.config.train_grid) != train_set.grid:
+    if model.config.train_grid is not None and model.config.train_grid != train_set.grid:
         raise ValueError(f"the model was trained on {model.config.train_grid} grids, the corpus has {train_set.grid}")
     decay, no_decay = [], []  # AdamW's decay on matrices and embeddings only
     for p in model.parameters():  # the tied weight once

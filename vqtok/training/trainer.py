@@ -543,9 +543,8 @@ class Trainer:
         for micro in range(cfg.grad_accum):
             raw = next(batches)
             x = to_model_input(raw).to(self.device)
-            sync = micro == cfg.grad_accum - 1
-            ctx = self.ae_ddp.no_sync() if (self.world_size > 1 and not sync) else contextlib.nullcontext()  # type: ignore[operator]
-            with ctx:
+            last = micro == cfg.grad_accum - 1  # DDP syncs the gradients on the last micro-step only
+            with self.ae_ddp.no_sync() if self.world_size > 1 and not last else contextlib.nullcontext():  # type: ignore[operator]
                 if self.loss.discriminator is not None:
                     self.loss.discriminator.requires_grad_(False)
                 with autocast(self.device, self.amp_dtype):
