@@ -110,12 +110,9 @@ class KVCache:
 
     @classmethod
     def empty(cls, config: GPTConfig, batch: int, *, device: torch.device, dtype: torch.dtype) -> KVCache:
-        hd = config.n_embd // config.n_head
-        shape = (batch, config.n_head, config.block_size, hd)
-        return cls(
-            k=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)],
-            v=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)],
-        )
+        shape = (batch, config.n_head, config.block_size, config.n_embd // config.n_head)
+        k, v = ([torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)] for _ in "kv")
+        return cls(k, v)
 
 
 class CausalSelfAttention(nn.Module):
@@ -275,12 +272,8 @@ class GPT(nn.Module):
         First call (``cache.length == 0``) feeds the class token (``prev`` ignored);
         later calls feed ``prev`` (B,) long, the token sampled last.
         """
-        if cache.length == 0:
-            x = self.cls_emb(labels)[:, None]  # (B, 1, C)
-        else:
-            assert prev is not None
-            x = self.tok_emb(prev)[:, None]
-        return self._run(x, cache)[:, -1]
+        x = self.cls_emb(labels) if cache.length == 0 else self.tok_emb(prev)  # (B, C)
+        return self._run(x[:, None], cache)[:, -1]
 
     def next_logits(self, prefix: Tensor, labels: Tensor) -> Tensor:
         """Full recomputation: logits of the token after ``prefix`` (B, t) -> (B, V)."""

@@ -215,10 +215,10 @@ def build_model_config(cfg: PriorTrainConfig, corpus: TokenCorpus) -> GPTConfig:
                            "(set model.vocab_size to the tokenizer's codebook size)", max_id + 1)
     if max_id >= m["vocab_size"]:
         raise ValueError(f"token id {max_id} does not fit vocab_size={m['vocab_size']}")
-    if "n_classes" not in m:
-        m["n_classes"] = int(corpus.labels.max()) + 1 if corpus.has_labels else 0
-    if corpus.has_labels and int(corpus.labels.max()) >= m["n_classes"]:
-        raise ValueError(f"label {int(corpus.labels.max())} does not fit n_classes={m['n_classes']}")
+    max_label = int(corpus.labels.max()) if corpus.has_labels else -1
+    m.setdefault("n_classes", max_label + 1)
+    if corpus.has_labels and max_label >= m["n_classes"]:
+        raise ValueError(f"label {max_label} does not fit n_classes={m['n_classes']}")
     m.setdefault("block_size", h * w)
     m.setdefault("train_grid", (h, w))
     if h * w > m["block_size"]:
@@ -245,14 +245,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
-
-
-def _make_optimizer(model: GPT, cfg: PriorTrainConfig) -> torch.optim.AdamW:
-    decay, no_decay = [], []
-    for p in model.parameters():  # the tied weight once
-        (decay if p.dim() >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -360,9 +352,13 @@ def _start_model(
         np.random.seed(_seed_for(cfg.seed, 3, dist.rank) % 2**32)
         model = GPT(build_model_config(cfg, train_set)).to(device)
     model.train()
-    if model.config.train_grid is not None and tuple(model.config.train_grid) != train_set.grid:
+    if model.config.train_grid is not None and model.config.train_grid != train_set.grid:
         raise ValueError(f"the model was trained on {model.config.train_grid} grids, the corpus has {train_set.grid}")
-    opt = _make_optimizer(model, cfg)
+    decay, no_decay = [], []  # AdamW's decay on matrices and embeddings only
+    for p in model.parameters():  # the tied weight once
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     if checkpoint is None:
         return model, opt, 0
     opt.load_state_dict(optim)
@@ -437,9 +433,8 @@ def _validate(run: _Run) -> float:
     assert val is not None
     model.eval()
     total, count = 0.0, 0
-    for start in range(0, len(val), run.per_rank):
-        ids, labels = val.batch(torch.arange(start, min(start + run.per_rank, len(val))))
-        ids, labels = ids.to(run.device), labels.to(run.device)
+    for index in torch.arange(len(val)).split(run.per_rank):
+        ids, labels = (t.to(run.device) for t in val.batch(index))
         with autocast(run.device, run.amp):
             loss = model.loss(ids, labels)
         total += float(loss) * ids.numel()

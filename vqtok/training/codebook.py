@@ -72,18 +72,16 @@ def kmeans(
     n = x.shape[0]
     if n == 0:
         raise ValueError("k-means needs at least one point")
-    idx = torch.randperm(n, generator=generator)[:k]
-    if n < k:
-        idx = torch.cat([idx, torch.randint(0, n, (k - n,), generator=generator)])
-    centroids = x[idx]  # a copy (index tensor)
-    if n < k:
-        centroids[n:] += 0.01 * x.std() * torch.randn(k - n, x.shape[1], generator=generator)
+    centroids = x[torch.randperm(n, generator=generator)[:k]]  # (min(n, k), D)
+    if n < k:  # random points plus noise
+        extra = x[torch.randint(0, n, (k - n,), generator=generator)]
+        centroids = torch.cat([centroids, extra + 0.01 * x.std() * torch.randn(k - n, x.shape[1], generator=generator)])
     for _ in range(iters):
         ids = nearest_code(x, centroids)
         sums = torch.zeros_like(centroids).index_add_(0, ids, x)
         counts = torch.bincount(ids, minlength=k).to(x.dtype)
         empty = counts == 0
-        centroids = torch.where(empty[:, None], centroids, sums / counts.clamp(min=1)[:, None])
+        centroids = sums / counts.clamp(min=1)[:, None]  # the empty clusters' rows are replaced below
         if empty.any():
             centroids[empty] = x[torch.randint(0, n, (int(empty.sum()),), generator=generator)]
         if spherical:
@@ -160,14 +158,13 @@ class CodebookTrainer(_QuantizerTrainer):
         return F.normalize(flat, dim=1) if self.quantizer.l2_norm else flat
 
     @torch.no_grad()
-    def _set_codes(self, rows: torch.Tensor | None, values: torch.Tensor) -> None:
-        """Set the codes at ``rows`` (None: all of them) to ``values``, their EMA statistics with them."""
+    def _set_codes(self, rows: torch.Tensor | slice, values: torch.Tensor) -> None:
+        """Set the codes at ``rows`` (an index tensor, or ``slice(None)`` for all) to ``values``, their EMA statistics with them."""
         weight = self.quantizer.embedding.weight
-        at = slice(None) if rows is None else rows
-        weight[at] = values.to(weight.dtype)
+        weight[rows] = values.to(weight.dtype)
         if self.ema:
-            self.embed_sum[at] = values.float()
-            self.cluster_size[at] = 1.0
+            self.embed_sum[rows] = values.float()
+            self.cluster_size[rows] = 1.0
 
     def _broadcast_codes(self) -> None:
         if _distributed():
@@ -198,7 +195,7 @@ class CodebookTrainer(_QuantizerTrainer):
             points = torch.cat([g.cpu() for g in gathered])
         q = self.quantizer
         centroids = kmeans(points, q.n_embed, iters=self.config.kmeans_iters, spherical=q.l2_norm, generator=self.generator)
-        self._set_codes(None, centroids.to(q.embedding.weight.device))
+        self._set_codes(slice(None), centroids.to(q.embedding.weight.device))
         self._broadcast_codes()
         self._kmeans_points.clear()
         self.initialised.fill_(True)

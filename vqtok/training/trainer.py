@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from einops import rearrange
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -144,17 +145,6 @@ class WeightEMA:
             b_ema.copy_(b)
 
 
-def _save_grid(originals: torch.Tensor, recs: torch.Tensor, path: Path) -> None:
-    """uint8 (N,3,H,W) originals over [0,1] reconstructions -> one PNG (2 rows)."""
-    from PIL import Image
-
-    top = torch.cat(list(originals), dim=2)
-    bottom = torch.cat(list((recs * 255).round().to(torch.uint8)), dim=2)
-    grid = torch.cat([top, bottom], dim=1).permute(1, 2, 0).numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid).save(path)
-
-
 def warmup_decay_lr(step: int, lr: float, warmup_steps: int, total_steps: int, min_lr: float, schedule: str = "cosine") -> float:
     """Learning rate of optimizer step ``step`` (0-based), for both trainers: linear warmup over ``warmup_steps``,
     then ``schedule`` ("constant", "cosine" or "linear") from ``lr`` down to ``min_lr`` at ``total_steps``."""
@@ -193,15 +183,15 @@ def grads_in_param_strides(module: nn.Module) -> None:
     """
     for p in module.parameters():
         if p.requires_grad:
-            p.register_hook(functools.partial(_restride, tuple(p.shape), p.stride()))
+            p.register_hook(functools.partial(_restride, p.stride()))
 
 
-def _restride(shape: tuple[int, ...], stride: tuple[int, ...], grad: torch.Tensor) -> torch.Tensor:
-    """The gradient hook of a parameter of ``shape`` and ``stride``."""
+def _restride(stride: tuple[int, ...], grad: torch.Tensor) -> torch.Tensor:
+    """The gradient hook of a parameter of strides ``stride`` (the gradient has the parameter's shape)."""
     if grad.stride() == stride or grad.layout != torch.strided:
         return grad
     if all(a == b or n == 1 for n, a, b in zip(grad.shape, grad.stride(), stride)):
-        return grad.as_strided(shape, stride)  # only size-1 dims differ: the same memory
+        return grad.as_strided(grad.shape, stride)  # only size-1 dims differ: the same memory
     return grad  # a real layout difference: autograd copies it into the parameter's layout itself
 
 
@@ -384,20 +374,21 @@ class Trainer:
             raise ValueError(f"checkpoint {path} has a different model config than this run")
         self.model.load_state_dict(load_file(str(path / hub.WEIGHTS_NAME), device=str(self.device)), strict=True)
         tensors = load_file(str(path / "trainer.safetensors"), device="cpu")
-        cfg = self.config
+        cfg, modules = self.config, self._state_modules()
         parts = {  # optional parts of the training state: the checkpoint must have exactly the run's
-            "readout.": ("the chroma read-out", f"loss.chroma_readout_weight {cfg.loss.chroma_readout_weight}", self.ae.readout),
-            "disc.": ("a discriminator", f"loss.disc_weight {cfg.loss.disc_weight}", self.loss.discriminator),
-            "ema.": ("EMA weights", f"ema_decay {cfg.ema_decay}", self.ema),
+            "readout.": ("the chroma read-out", f"loss.chroma_readout_weight {cfg.loss.chroma_readout_weight}"),
+            "disc.": ("a discriminator", f"loss.disc_weight {cfg.loss.disc_weight}"),
+            "ema.": ("EMA weights", f"ema_decay {cfg.ema_decay}"),
         }
-        for prefix, (what, setting, part_here) in parts.items():
-            if any(k.startswith(prefix) for k in tensors) != (part_here is not None):
+        for prefix, (what, setting) in parts.items():
+            here = modules[prefix] is not None
+            if any(k.startswith(prefix) for k in tensors) != here:
                 raise ValueError(
-                    f"checkpoint {path} was written with{'out' if part_here is not None else ''} {what}, and this run "
+                    f"checkpoint {path} was written with{'out' if here else ''} {what}, and this run "
                     f"has {setting}: its training state does not fit; keep the setting of that run, or start a new "
                     "run from its weights (--init)"
                 )
-        for prefix, module in self._state_modules().items():
+        for prefix, module in modules.items():
             if module is not None:
                 module.load_state_dict({k[len(prefix):]: v.to(self.device) for k, v in tensors.items() if k.startswith(prefix)}, strict=True)
         torch.set_rng_state(tensors["rng.torch"])
@@ -429,14 +420,13 @@ class Trainer:
             raise ValueError("no validation images (set data.val_data)")
         scores, ids_all = [], []
         with self._evaluating(model):
-            for start in range(0, images.shape[0], 8):
-                x = to_model_input(images[start : start + 8]).to(self.device)
+            for chunk in images.split(8):  # (<=8, 3, H, W) uint8
                 with autocast(self.device, self.amp_dtype):
-                    q = model.encode(x)
+                    q = model.encode(to_model_input(chunk).to(self.device))
                     rec = model.decode(q.z_q)
-                scores.append(psnr(from_model_output(rec).cpu().double(), images[start : start + 8].double() / 255))
-                ids_all.append(q.ids.cpu())
-        usage = codebook_usage(torch.cat([i.reshape(-1) for i in ids_all]), model.config.n_embed)
+                scores.append(psnr(from_model_output(rec).cpu().double(), chunk.double() / 255))
+                ids_all.append(q.ids.cpu())  # (<=8, h, w)
+        usage = codebook_usage(torch.cat(ids_all).reshape(-1), model.config.n_embed)
         return ValidationResult(
             psnr=float(torch.cat(scores).mean()), usage=usage.used_fraction, used_codes=usage.used_codes, perplexity=usage.perplexity
         )
@@ -457,11 +447,17 @@ class Trainer:
 
     @torch.no_grad()
     def _write_grid(self, batch: torch.Tensor) -> None:
+        """images/step-N.png: up to 8 uint8 originals (top row) over their reconstructions (bottom row)."""
+        from PIL import Image
+
         model = self._final_model
-        src = self.val_images[:8] if self.val_images is not None else batch[:8]
+        src = (self.val_images if self.val_images is not None else batch)[:8]  # (N, 3, H, W) uint8
         with self._evaluating(model), autocast(self.device, self.amp_dtype):
             rec = model(to_model_input(src).to(self.device)).reconstruction
-        _save_grid(src.cpu(), from_model_output(rec).cpu(), self.out / "images" / f"step-{self.step:07d}.png")
+        rows = torch.stack([src.cpu(), (from_model_output(rec).cpu() * 255).round().to(torch.uint8)])  # (2, N, 3, H, W)
+        path = self.out / "images" / f"step-{self.step:07d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rearrange(rows, "r n c h w -> (r h) (n w) c").numpy()).save(path)
 
     # -- the loop ----------------------------------------------------------------------
     def _lr(self, step: int) -> float:
@@ -547,9 +543,8 @@ class Trainer:
         for micro in range(cfg.grad_accum):
             raw = next(batches)
             x = to_model_input(raw).to(self.device)
-            sync = micro == cfg.grad_accum - 1
-            ctx = self.ae_ddp.no_sync() if (self.world_size > 1 and not sync) else contextlib.nullcontext()  # type: ignore[operator]
-            with ctx:
+            last = micro == cfg.grad_accum - 1  # DDP syncs the gradients on the last micro-step only
+            with self.ae_ddp.no_sync() if self.world_size > 1 and not last else contextlib.nullcontext():  # type: ignore[operator]
                 if self.loss.discriminator is not None:
                     self.loss.discriminator.requires_grad_(False)
                 with autocast(self.device, self.amp_dtype):
