@@ -289,3 +289,17 @@ def test_main_cli_integration(
     assert code == 2 and "vqtok train-prior: error:" in capsys.readouterr().err
     code = vqtok.cli.main(["sample", "--prior", str(tmp_path / "nope"), "--tokenizer", "x", "--out", "s.png"])
     assert code == 2
+
+
+def test_validation_keeps_val_max_samples(tmp_path: Path) -> None:
+    """val_tokens larger than val_max_samples: validation uses exactly val_max_samples of them (the last)."""
+    from vqtok.prior.train import _load_data
+
+    rng = np.random.default_rng(1)
+    train_spec = write_corpus(tmp_path / "train", rng.integers(0, 16, size=(4, 4, 4)), [None] * 4)
+    val_grids = rng.integers(0, 16, size=(7, 4, 4))
+    val_spec = write_corpus(tmp_path / "val", val_grids, [None] * 7)
+    cfg = PriorTrainConfig(tokens=train_spec, val_tokens=val_spec, val_max_samples=5)
+    _, val = _load_data(cfg, progress=False)
+    assert val is not None and len(val) == 5
+    np.testing.assert_array_equal(np.asarray(val.ids), val_grids[2:])

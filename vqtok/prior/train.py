@@ -324,7 +324,7 @@ def _load_data(cfg: PriorTrainConfig, *, progress: bool) -> tuple[TokenCorpus, T
     else:
         train_set, val_set = corpus, None
     if val_set is not None and len(val_set) > cfg.val_max_samples:
-        val_set = val_set.split(len(val_set) - cfg.val_max_samples)[1]
+        val_set = val_set.split(cfg.val_max_samples)[1]  # the last val_max_samples
     if val_set is not None and val_set.grid != train_set.grid:
         raise ValueError(f"validation grids are {val_set.grid}, training grids {train_set.grid}")
     return train_set, val_set
