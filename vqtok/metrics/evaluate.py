@@ -666,31 +666,6 @@ class ChunkScorer:
         return score_chunk(self.model, items, self.options, inception=self.inception, lpips_model=self.lpips)
 
 
-def _run_ray(
-    model: Any, chunks: list[list[tuple[str, Path]]], todo: list[int], options: ScoreOptions,
-    inception: Any, lpips_model: Any, ropts: RayEvalOptions, on_chunk: Any,
-) -> None:
-    try:
-        import ray
-    except ImportError as err:  # pragma: no cover - exercised only without the extra
-        raise ImportError('engine="ray" needs Ray: pip install "vqtok[ray]"') from err
-    refs = [ray.put(x) for x in (model, inception, lpips_model)]
-    args = (refs[0], options, refs[1], refs[2], "cuda" if ropts.num_gpus > 0 else "cpu", ropts.threads)
-    with ray_actors(ray, ChunkScorer, args, ropts, work=len(todo), num_cpus=ropts.num_cpus) as actors:
-        for i, ref in actor_pool(ray, actors, todo, lambda actor, i: actor.score.remote(chunks[i])):
-            on_chunk(i, ray.get(ref))  # a chunk that failed every retry raises here
-
-
-def _wait_for(paths: Sequence[Path], poll: float, what: str) -> None:
-    """Block until every path exists (other ranks write them), logging what is missing every 60 s."""
-    last = time.monotonic()
-    while missing := [p for p in paths if not p.is_file()]:
-        if time.monotonic() - last > 60:
-            logger.info("waiting for %d chunk(s) of %s from the other ranks (e.g. %s)", len(missing), what, missing[0].name)
-            last = time.monotonic()
-        time.sleep(poll)
-
-
 def evaluate_reconstruction(
     tokenizer: Any,
     data: DataSource | Sequence[Path | str],
@@ -798,12 +773,17 @@ def evaluate_reconstruction(
         return sum(c.n for c in results.values())
 
     if on_ray:
-
-        def on_chunk(i: int, chunk: ChunkResult) -> None:
-            keep(i, chunk)
-            bar.update(1)
-
-        _run_ray(tokenizer, chunks, mine, options, inception, lpips_model, ray_options or RayEvalOptions(), on_chunk)
+        try:
+            import ray
+        except ImportError as err:  # pragma: no cover - exercised only without the extra
+            raise ImportError('engine="ray" needs Ray: pip install "vqtok[ray]"') from err
+        ropts = ray_options or RayEvalOptions()
+        refs = [ray.put(x) for x in (tokenizer, inception, lpips_model)]
+        args = (refs[0], options, refs[1], refs[2], "cuda" if ropts.num_gpus > 0 else "cpu", ropts.threads)
+        with ray_actors(ray, ChunkScorer, args, ropts, work=len(mine), num_cpus=ropts.num_cpus) as actors:
+            for i, ref in actor_pool(ray, actors, mine, lambda actor, i: actor.score.remote(chunks[i])):
+                keep(i, ray.get(ref))  # a chunk that failed every retry raises here
+                bar.update(1)
     else:
         for i in mine:  # in order: `results` holds the units before i
             room = None if limit is None or world_size > 1 else limit - scored()
@@ -815,7 +795,13 @@ def evaluate_reconstruction(
         logger.info("rank %d of %d: %d unit(s) scored into %s; rank 0 writes the report", rank, world_size, len(mine), folder)
         return None
     if folder is not None:
-        _wait_for([_chunk_path(folder, i) for i in first], poll_seconds, str(folder))
+        # block until every unit exists (other ranks write them), logging what is missing every 60 s
+        last = time.monotonic()
+        while missing := [p for i in first if not (p := _chunk_path(folder, i)).is_file()]:
+            if time.monotonic() - last > 60:
+                logger.info("waiting for %d chunk(s) of %s from the other ranks (e.g. %s)", len(missing), folder, missing[0].name)
+                last = time.monotonic()
+            time.sleep(poll_seconds)
         for i in first:
             if i not in results:
                 results[i] = ChunkResult.load(_chunk_path(folder, i))
