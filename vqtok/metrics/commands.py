@@ -309,7 +309,7 @@ def run_eval(args: argparse.Namespace) -> int:
             extra={"card": card, "protocol": protocol.name},
         )
         if fingerprint is None:  # a codec
-            report.update(bytes_per_image=budget, over_budget=getattr(model, "over_budget", None))
+            report.update(bytes_per_image=budget, over_budget=model.over_budget)
         reports.append(report)
         results.append(result)
     if rank != 0:

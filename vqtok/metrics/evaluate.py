@@ -28,7 +28,6 @@ from vqtok._io import atomic_write, sha256_file
 from vqtok._runtime import actor_pool, ray_actors
 from vqtok.metrics.fid import (
     FIDStats,
-    KIDResult,
     RunningStats,
     fid_from_features,
     fid_to_stats,
@@ -601,7 +600,7 @@ def merge_chunks(
                 result.rfid = fid_from_features(fr, ff)
             else:
                 result.rfid = frechet_distance(stats_of_features(fr), stats_of_features(ff))
-            kid: KIDResult = kernel_inception_distance(fr, ff, subsets=kid_subsets, subset_size=kid_subset_size)
+            kid = kernel_inception_distance(fr, ff, subsets=kid_subsets, subset_size=kid_subset_size)
             result.kid_mean, result.kid_std, result.kid_subset_size = kid.mean, kid.std, kid.subset_size
         else:
             result.skipped["rfid"] = result.skipped["kid"] = "needs at least 2 images"
@@ -844,7 +843,6 @@ def build_report(
     model: str,
     tokenizer: Any = None,
     data: Sequence[str] = (),
-    outputs: dict[str, str | None] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON report of ``vqtok eval`` (schema in docs/metrics.md)."""
@@ -876,17 +874,15 @@ def build_report(
     }
     report["weights"] = {"inception": result.inception_weights, "fid_preprocess": result.fid_preprocess,
                          "lpips": result.lpips_weights}
-    report.update(bad_samples=result.bad_samples.to_dict(), outputs=dict(outputs or {}), vqtok_version=__version__)
+    report.update(bad_samples=result.bad_samples.to_dict(), outputs={}, vqtok_version=__version__)
     report.update(extra or {})
     return report
 
 
-def write_json(
-    result: EvalResult | dict[str, Any], path: str | os.PathLike[str], *, extra: dict[str, Any] | None = None
-) -> Path:
+def write_json(result: EvalResult | dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """Write a result (or a ready report dict) as indented JSON, creating parent folders."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     body = result if isinstance(result, dict) else result.to_dict()
-    out.write_text(json.dumps({**(extra or {}), **body}, indent=2, default=str) + "\n")
+    out.write_text(json.dumps(body, indent=2, default=str) + "\n")
     return out
