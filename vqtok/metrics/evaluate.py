@@ -337,33 +337,22 @@ class ChunkResult:
         ends = {"ids": int(self.ids_len[:m].sum()) if self.ids_len is not None else 0, "bad": None}
         return replace(self, **{f.name: v[: ends.get(f.name, m)] for f in fields(self) if (v := getattr(self, f.name)) is not None})
 
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        out: dict[str, np.ndarray] = {
-            "keys": np.array(self.keys, dtype=str), **{k: v for k in _ARRAYS if (v := getattr(self, k)) is not None},
-            "bad_keys": np.array([k for k, _ in self.bad], dtype=str), "bad_reasons": np.array([r for _, r in self.bad], dtype=str),
-            "grid_count": np.array(len(self.grid)),
-        }
-        for i, (o, r) in enumerate(self.grid):
-            out[f"grid_o{i}"], out[f"grid_r{i}"] = o, r
-        return out
-
-    @classmethod
-    def from_arrays(cls, d: Any) -> ChunkResult:
-        return cls(
-            keys=[str(k) for k in d["keys"]], **{k: np.asarray(d[k]) for k in _ARRAYS if k in d},  # npz files and dicts alike
-            bad=[(str(k), str(r)) for k, r in zip(d["bad_keys"], d["bad_reasons"])],
-            grid=[(np.asarray(d[f"grid_o{i}"]), np.asarray(d[f"grid_r{i}"])) for i in range(int(d["grid_count"]))],
-        )
-
     def save(self, path: Path) -> None:
         """Write atomically (a killed run never leaves a half-written chunk)."""
+        grid = {f"grid_{side}{i}": a for i, pair in enumerate(self.grid) for side, a in zip("or", pair)}
         with atomic_write(path) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, **self.to_arrays())
+            np.savez(fh, keys=np.array(self.keys, dtype=str), **{k: v for k in _ARRAYS if (v := getattr(self, k)) is not None},
+                     bad_keys=np.array([k for k, _ in self.bad], dtype=str), bad_reasons=np.array([r for _, r in self.bad], dtype=str),
+                     grid_count=np.array(len(self.grid)), **grid)
 
     @classmethod
     def load(cls, path: Path) -> ChunkResult:
         with np.load(path, allow_pickle=False) as d:
-            return cls.from_arrays(d)
+            return cls(
+                keys=[str(k) for k in d["keys"]], **{k: d[k] for k in _ARRAYS if k in d},
+                bad=[(str(k), str(r)) for k, r in zip(d["bad_keys"], d["bad_reasons"])],
+                grid=[(d[f"grid_o{i}"], d[f"grid_r{i}"]) for i in range(int(d["grid_count"]))],
+            )
 
 
 def plan_chunks(source: DataSource, chunk_size: int) -> list[list[tuple[str, Path]]]:
