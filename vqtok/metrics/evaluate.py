@@ -801,9 +801,8 @@ def evaluate_reconstruction(
         else:
             score(nxt, limit - scored())
         nxt += 1
-    ordered = [results[i] for i in sorted(results)]
     result, merged = merge_chunks(
-        ordered, size=size, codebook_size=getattr(tokenizer, "codebook_size", None), limit=limit,
+        [results[i] for i in sorted(results)], size=size, codebook_size=getattr(tokenizer, "codebook_size", None), limit=limit,
         kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, reference=reference_stats,
     )
     result.keys = merged.keys
