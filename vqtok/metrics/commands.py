@@ -123,7 +123,7 @@ def run_usage(args: argparse.Namespace) -> int:
     from vqtok.metrics.usage import read_layout_usage
 
     report = read_layout_usage(args.directory, top_k=args.top_k)
-    usage, files = report.overall, report.shards
+    usage = report.overall
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
         return 0
@@ -131,7 +131,7 @@ def run_usage(args: argparse.Namespace) -> int:
         from vqtok.layout import TokenLayout
 
         print(f"layout        {TokenLayout.from_dict(report.layout).describe()}")
-    print(f"shards        {files}")
+    print(f"shards        {report.shards}")
     print(f"tokens        {usage.total_tokens}")
     print(f"codebook      {usage.codebook_size}")
     print(f"used          {usage.used_codes} ({100 * usage.used_fraction:.2f}%)")
@@ -309,7 +309,7 @@ def run_eval(args: argparse.Namespace) -> int:
             extra={"card": card, "protocol": protocol.name},
         )
         if fingerprint is None:  # a codec
-            report.update(bytes_per_image=budget, over_budget=getattr(model, "over_budget", None))
+            report.update(bytes_per_image=budget, over_budget=model.over_budget)
         reports.append(report)
         results.append(result)
     if rank != 0:

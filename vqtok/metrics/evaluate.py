@@ -28,7 +28,6 @@ from vqtok._io import atomic_write, sha256_file
 from vqtok._runtime import actor_pool, ray_actors
 from vqtok.metrics.fid import (
     FIDStats,
-    KIDResult,
     RunningStats,
     fid_from_features,
     fid_to_stats,
@@ -338,33 +337,22 @@ class ChunkResult:
         ends = {"ids": int(self.ids_len[:m].sum()) if self.ids_len is not None else 0, "bad": None}
         return replace(self, **{f.name: v[: ends.get(f.name, m)] for f in fields(self) if (v := getattr(self, f.name)) is not None})
 
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        out: dict[str, np.ndarray] = {
-            "keys": np.array(self.keys, dtype=str), **{k: v for k in _ARRAYS if (v := getattr(self, k)) is not None},
-            "bad_keys": np.array([k for k, _ in self.bad], dtype=str), "bad_reasons": np.array([r for _, r in self.bad], dtype=str),
-            "grid_count": np.array(len(self.grid)),
-        }
-        for i, (o, r) in enumerate(self.grid):
-            out[f"grid_o{i}"], out[f"grid_r{i}"] = o, r
-        return out
-
-    @classmethod
-    def from_arrays(cls, d: Any) -> ChunkResult:
-        return cls(
-            keys=[str(k) for k in d["keys"]], **{k: np.asarray(d[k]) for k in _ARRAYS if k in d},  # npz files and dicts alike
-            bad=[(str(k), str(r)) for k, r in zip(d["bad_keys"], d["bad_reasons"])],
-            grid=[(np.asarray(d[f"grid_o{i}"]), np.asarray(d[f"grid_r{i}"])) for i in range(int(d["grid_count"]))],
-        )
-
     def save(self, path: Path) -> None:
         """Write atomically (a killed run never leaves a half-written chunk)."""
+        grid = {f"grid_{side}{i}": a for i, pair in enumerate(self.grid) for side, a in zip("or", pair)}
         with atomic_write(path) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, **self.to_arrays())
+            np.savez(fh, keys=np.array(self.keys, dtype=str), **{k: v for k in _ARRAYS if (v := getattr(self, k)) is not None},
+                     bad_keys=np.array([k for k, _ in self.bad], dtype=str), bad_reasons=np.array([r for _, r in self.bad], dtype=str),
+                     grid_count=np.array(len(self.grid)), **grid)
 
     @classmethod
     def load(cls, path: Path) -> ChunkResult:
         with np.load(path, allow_pickle=False) as d:
-            return cls.from_arrays(d)
+            return cls(
+                keys=[str(k) for k in d["keys"]], **{k: d[k] for k in _ARRAYS if k in d},
+                bad=[(str(k), str(r)) for k, r in zip(d["bad_keys"], d["bad_reasons"])],
+                grid=[(d[f"grid_o{i}"], d[f"grid_r{i}"]) for i in range(int(d["grid_count"]))],
+            )
 
 
 def plan_chunks(source: DataSource, chunk_size: int) -> list[list[tuple[str, Path]]]:
@@ -601,7 +589,7 @@ def merge_chunks(
                 result.rfid = fid_from_features(fr, ff)
             else:
                 result.rfid = frechet_distance(stats_of_features(fr), stats_of_features(ff))
-            kid: KIDResult = kernel_inception_distance(fr, ff, subsets=kid_subsets, subset_size=kid_subset_size)
+            kid = kernel_inception_distance(fr, ff, subsets=kid_subsets, subset_size=kid_subset_size)
             result.kid_mean, result.kid_std, result.kid_subset_size = kid.mean, kid.std, kid.subset_size
         else:
             result.skipped["rfid"] = result.skipped["kid"] = "needs at least 2 images"
@@ -664,31 +652,6 @@ class ChunkScorer:
 
     def score(self, items: list[tuple[str, Path]]) -> ChunkResult:
         return score_chunk(self.model, items, self.options, inception=self.inception, lpips_model=self.lpips)
-
-
-def _run_ray(
-    model: Any, chunks: list[list[tuple[str, Path]]], todo: list[int], options: ScoreOptions,
-    inception: Any, lpips_model: Any, ropts: RayEvalOptions, on_chunk: Any,
-) -> None:
-    try:
-        import ray
-    except ImportError as err:  # pragma: no cover - exercised only without the extra
-        raise ImportError('engine="ray" needs Ray: pip install "vqtok[ray]"') from err
-    refs = [ray.put(x) for x in (model, inception, lpips_model)]
-    args = (refs[0], options, refs[1], refs[2], "cuda" if ropts.num_gpus > 0 else "cpu", ropts.threads)
-    with ray_actors(ray, ChunkScorer, args, ropts, work=len(todo), num_cpus=ropts.num_cpus) as actors:
-        for i, ref in actor_pool(ray, actors, todo, lambda actor, i: actor.score.remote(chunks[i])):
-            on_chunk(i, ray.get(ref))  # a chunk that failed every retry raises here
-
-
-def _wait_for(paths: Sequence[Path], poll: float, what: str) -> None:
-    """Block until every path exists (other ranks write them), logging what is missing every 60 s."""
-    last = time.monotonic()
-    while missing := [p for p in paths if not p.is_file()]:
-        if time.monotonic() - last > 60:
-            logger.info("waiting for %d chunk(s) of %s from the other ranks (e.g. %s)", len(missing), what, missing[0].name)
-            last = time.monotonic()
-        time.sleep(poll)
 
 
 def evaluate_reconstruction(
@@ -798,12 +761,17 @@ def evaluate_reconstruction(
         return sum(c.n for c in results.values())
 
     if on_ray:
-
-        def on_chunk(i: int, chunk: ChunkResult) -> None:
-            keep(i, chunk)
-            bar.update(1)
-
-        _run_ray(tokenizer, chunks, mine, options, inception, lpips_model, ray_options or RayEvalOptions(), on_chunk)
+        try:
+            import ray
+        except ImportError as err:  # pragma: no cover - exercised only without the extra
+            raise ImportError('engine="ray" needs Ray: pip install "vqtok[ray]"') from err
+        ropts = ray_options or RayEvalOptions()
+        refs = [ray.put(x) for x in (tokenizer, inception, lpips_model)]
+        args = (refs[0], options, refs[1], refs[2], "cuda" if ropts.num_gpus > 0 else "cpu", ropts.threads)
+        with ray_actors(ray, ChunkScorer, args, ropts, work=len(mine), num_cpus=ropts.num_cpus) as actors:
+            for i, ref in actor_pool(ray, actors, mine, lambda actor, i: actor.score.remote(chunks[i])):
+                keep(i, ray.get(ref))  # a chunk that failed every retry raises here
+                bar.update(1)
     else:
         for i in mine:  # in order: `results` holds the units before i
             room = None if limit is None or world_size > 1 else limit - scored()
@@ -815,7 +783,13 @@ def evaluate_reconstruction(
         logger.info("rank %d of %d: %d unit(s) scored into %s; rank 0 writes the report", rank, world_size, len(mine), folder)
         return None
     if folder is not None:
-        _wait_for([_chunk_path(folder, i) for i in first], poll_seconds, str(folder))
+        # block until every unit exists (other ranks write them), logging what is missing every 60 s
+        last = time.monotonic()
+        while missing := [p for i in first if not (p := _chunk_path(folder, i)).is_file()]:
+            if time.monotonic() - last > 60:
+                logger.info("waiting for %d chunk(s) of %s from the other ranks (e.g. %s)", len(missing), folder, missing[0].name)
+                last = time.monotonic()
+            time.sleep(poll_seconds)
         for i in first:
             if i not in results:
                 results[i] = ChunkResult.load(_chunk_path(folder, i))
@@ -827,9 +801,8 @@ def evaluate_reconstruction(
         else:
             score(nxt, limit - scored())
         nxt += 1
-    ordered = [results[i] for i in sorted(results)]
     result, merged = merge_chunks(
-        ordered, size=size, codebook_size=getattr(tokenizer, "codebook_size", None), limit=limit,
+        [results[i] for i in sorted(results)], size=size, codebook_size=getattr(tokenizer, "codebook_size", None), limit=limit,
         kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, reference=reference_stats,
     )
     result.keys = merged.keys
@@ -858,7 +831,6 @@ def build_report(
     model: str,
     tokenizer: Any = None,
     data: Sequence[str] = (),
-    outputs: dict[str, str | None] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON report of ``vqtok eval`` (schema in docs/metrics.md)."""
@@ -890,17 +862,15 @@ def build_report(
     }
     report["weights"] = {"inception": result.inception_weights, "fid_preprocess": result.fid_preprocess,
                          "lpips": result.lpips_weights}
-    report.update(bad_samples=result.bad_samples.to_dict(), outputs=dict(outputs or {}), vqtok_version=__version__)
+    report.update(bad_samples=result.bad_samples.to_dict(), outputs={}, vqtok_version=__version__)
     report.update(extra or {})
     return report
 
 
-def write_json(
-    result: EvalResult | dict[str, Any], path: str | os.PathLike[str], *, extra: dict[str, Any] | None = None
-) -> Path:
+def write_json(result: EvalResult | dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """Write a result (or a ready report dict) as indented JSON, creating parent folders."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     body = result if isinstance(result, dict) else result.to_dict()
-    out.write_text(json.dumps({**(extra or {}), **body}, indent=2, default=str) + "\n")
+    out.write_text(json.dumps(body, indent=2, default=str) + "\n")
     return out
