@@ -112,12 +112,7 @@ class TokenLayout:
     @property
     def shape(self) -> tuple[int, ...] | None:
         """The ids shape of one image; None for a grid of unspecified size."""
-        if self.kind == "grid":
-            base: tuple[int, ...] | None = self.grid_shape
-        elif self.kind == "sequence":
-            base = (self.length,)  # type: ignore[assignment]
-        else:
-            base = (self._positions,)
+        base: tuple[int, ...] | None = self.grid_shape if self.kind == "grid" else (self._positions,)  # a sequence's positions are its length
         if base is None:
             return None
         return base + ((self.codebooks,) if self.codebooks > 1 else ())
@@ -173,11 +168,8 @@ class TokenLayout:
         a = ids.detach().cpu().numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids)
         a = a.astype(np.int64, copy=False).reshape(-1, self.codebooks)  # (N, k)
         rows, cols = self.histogram_shape()
-        if self.dense_histogram:
-            out = np.empty((rows, cols), dtype=np.int64)
-            for j in range(self.codebooks):
-                out[j] = np.bincount(a[:, j], minlength=cols)[:cols]
-            return out
+        if self.dense_histogram:  # one bincount row per sub-codebook
+            return np.stack([np.bincount(a[:, j], minlength=cols)[:cols] for j in range(rows)]).astype(np.int64, copy=False)
         bits = rows // self.codebooks
         ones = ((a[:, :, None] >> np.arange(bits, dtype=np.int64)) & 1).sum(axis=0).reshape(-1)  # (k*bits,)
         return np.stack([a.shape[0] - ones, ones], axis=1).astype(np.int64)

@@ -444,11 +444,10 @@ class Tokenizer:
                 raise ValueError(f"grid= applies to grid layouts; {self.model_type} ids are a {layout.describe()}")
             layout = layout.with_grid(tuple(grid))  # type: ignore[arg-type]  # ValueError for (0, 0), (-1, 4), ...
             h, w = layout.grid_shape  # type: ignore[misc]
-            k = (layout.codebooks,) if layout.codebooks > 1 else ()
-            if ids.ndim == layout.ndim - 1 and ids.shape[0] == h * w:  # one flat image (h*w[, k])
-                ids, batched = ids.reshape(h, w, *k), False
-            elif ids.ndim == layout.ndim and ids.shape[1] == h * w and tuple(ids.shape[:1]) != (h,):  # (B, h*w[, k])
-                ids, batched = ids.reshape(ids.shape[0], h, w, *k), True
+            if ids.ndim == layout.ndim - 1 and ids.shape[0] == h * w:  # one flat image (h*w[, k]) -> (h, w[, k])
+                ids, batched = ids.reshape(layout.shape), False  # type: ignore[arg-type]
+            elif ids.ndim == layout.ndim and ids.shape[1] == h * w and ids.shape[0] != h:  # (B, h*w[, k])
+                ids, batched = ids.reshape(ids.shape[0], *layout.shape), True  # type: ignore[misc]
         if ids.ndim in (layout.ndim, layout.ndim + 1):
             per_image = ids.shape[-layout.ndim :]
             positions = math.prod(per_image[: layout.ndim - (1 if layout.codebooks > 1 else 0)])
