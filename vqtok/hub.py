@@ -233,12 +233,9 @@ def load_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, so
             continue
         if value.dtype.itemsize == 1:  # float8 has no aminmax; float16 holds each of its values
             value = value.to(torch.float16)
-        if value.is_complex():
-            finite = bool(torch.isfinite(value).all())
-        else:
-            low, high = torch.aminmax(value)  # NaN propagates; no temporary the size of the tensor
-            finite = bool(torch.isfinite(low) and torch.isfinite(high))
-        if not finite:
+        # NaN propagates; no temporary the size of the tensor (a complex tensor: over its real and imaginary parts)
+        low, high = torch.aminmax(torch.view_as_real(value) if value.is_complex() else value)
+        if not (torch.isfinite(low) and torch.isfinite(high)):
             bad = int((~torch.isfinite(value)).sum())
             raise ValueError(f"weights in {source}: {key} holds {bad} NaN or infinite values (of {value.numel()})")
     model.load_state_dict(state, strict=True)
@@ -340,9 +337,7 @@ def weights_cache_dir() -> Path:
     env = os.environ.get("VQTOK_CACHE")
     if env:
         return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "vqtok"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "vqtok"
 
 
 def download_weights(

@@ -45,7 +45,7 @@ import random
 import tarfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import KW_ONLY, dataclass, field
+from dataclasses import KW_ONLY, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -467,15 +467,13 @@ class TokenCorpus:
     def subset(self, index: np.ndarray) -> TokenCorpus:
         """The samples at ``index`` (1-D integer array), in that order."""
         index = np.asarray(index, dtype=np.int64)
-        return TokenCorpus(self.ids[index], self.labels[index], [self.keys[i] for i in index], self.codebook_size, self.layout)
+        return replace(self, ids=self.ids[index], labels=self.labels[index], keys=[self.keys[i] for i in index])
 
     def split(self, n_val: int) -> tuple[TokenCorpus, TokenCorpus]:
         """(train, val) with the last ``n_val`` samples as validation."""
-        cut = len(self) - n_val
-        return (
-            TokenCorpus(self.ids[:cut], self.labels[:cut], self.keys[:cut], self.codebook_size, self.layout),
-            TokenCorpus(self.ids[cut:], self.labels[cut:], self.keys[cut:], self.codebook_size, self.layout),
-        )
+        train, val = (replace(self, ids=self.ids[s], labels=self.labels[s], keys=self.keys[s])
+                      for s in (slice(None, len(self) - n_val), slice(len(self) - n_val, None)))
+        return train, val
 
 
 def _stats_of(url: str) -> tuple[int | None, TokenLayout | None]:
