@@ -22,7 +22,7 @@ A batch puts ``B`` in front. Ids are ``int64`` in torch; files store them in :at
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
@@ -126,7 +126,7 @@ class TokenLayout:
         """This grid layout at a concrete (h, w)."""
         if self.kind != "grid":
             raise ValueError(f"a {self.kind} layout has no grid to set")
-        return TokenLayout.grid(self.codebook_size, shape, codebooks=self.codebooks, bits=self.bits)
+        return replace(self, grid_shape=shape)
 
     def describe(self) -> str:
         """One line for logs and errors: ``grid 16x16, 1024 codes`` / ``scales 1,2,...,16 (680), 4096 codes``."""
@@ -182,19 +182,14 @@ class TokenLayout:
         more); nothing else is guessed. ValueError naming the expected and the given shape, or
         the first id outside the codebook.
         """
-        nd = self.ndim
+        given = tuple(ids.shape)
         if batched is None:
-            batched = ids.ndim == nd + 1
-        if ids.ndim != nd + int(batched):
-            raise ValueError(f"{what} of shape {tuple(ids.shape)} do not match the layout ({self.describe()}): {self._expected()}")
-        ids = ids if batched else ids.unsqueeze(0)
-        per_image = tuple(ids.shape[1:])
+            batched = len(given) == self.ndim + 1
+        per_image = given[int(batched) :]
         want = self.shape
-        if want is not None and per_image != want:
-            raise ValueError(
-                f"{what} of shape {tuple(ids.shape) if batched else per_image} do not match the layout "
-                f"({self.describe()}): {self._expected()}"
-            )
+        if len(per_image) != self.ndim or (want is not None and per_image != want):
+            raise ValueError(f"{what} of shape {given} do not match the layout ({self.describe()}): {self._expected()}")
+        ids = ids if batched else ids.unsqueeze(0)
         if self.codebooks > 1 and per_image[-1] != self.codebooks:
             raise ValueError(f"{what}: the last axis must hold the {self.codebooks} sub-codebook ids, got shape {per_image}")
         if ids.numel() == 0:  # no images, or images of no ids
