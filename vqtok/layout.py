@@ -21,7 +21,6 @@ A batch puts ``B`` in front. Ids are ``int64`` in torch; files store them in :at
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Mapping, Sequence
 
@@ -160,7 +159,7 @@ class TokenLayout:
         (bits, 2) per sub-codebook for bitwise / huge codebooks (rows = codebooks × bits)."""
         if self.dense_histogram:
             return (self.codebooks, self.codebook_size)
-        bits = self.bits if self.bits is not None else math.ceil(math.log2(self.codebook_size))
+        bits = self.bits if self.bits is not None else (self.codebook_size - 1).bit_length()  # ceil(log2(size)), exact for any int
         return (self.codebooks * bits, 2)
 
     def count(self, ids: torch.Tensor | np.ndarray) -> np.ndarray:

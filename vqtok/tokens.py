@@ -232,9 +232,8 @@ class TokenShardWriter:
         """One sample: ids in the layout's shape (an (h, w) grid, (n,), (L,) ...), plus the ``keep`` fields it has."""
         ids_np = ids.numpy().astype(self.dtype, copy=False)
         self.hist += self.counting.count(ids_np)
-        if self.scale_hist is not None:
-            for i, part in enumerate(self.counting.split(torch.from_numpy(ids_np.astype(np.int64))[None])):
-                self.scale_hist[i] += self.counting.count(part)
+        if self.scale_hist is not None:  # (scales, *histogram shape) += one count per scale
+            self.scale_hist += [self.counting.count(part) for part in self.counting.split(torch.from_numpy(ids_np.astype(np.int64))[None])]
         self.tokens += ids_np.size
         npy = io.BytesIO()
         np.save(npy, ids_np, allow_pickle=False)
