@@ -121,18 +121,16 @@ def resolve_folder(
                     cache_dir=str(cache_dir) if cache_dir is not None else None,
                     local_files_only=local_files_only,
                 )
-            except LocalEntryNotFoundError:
+            except (RepositoryNotFoundError, EntryNotFoundError) as err:  # LocalEntryNotFoundError is an EntryNotFoundError
                 if name != alternatives[-1]:
                     continue
-                why = unreachable or "downloading is off (HF_HUB_OFFLINE or local_files_only)"
-                raise FileNotFoundError(
-                    f"{name} of {where} (revision {revision or 'main'}) is not in the local cache and {why}; "
-                    f"download it on a connected machine (`hf download {repo_id}`) and point HF_HOME/cache_dir "
-                    f"at that cache"
-                ) from None
-            except (RepositoryNotFoundError, EntryNotFoundError) as err:
-                if name != alternatives[-1]:
-                    continue
+                if isinstance(err, LocalEntryNotFoundError):
+                    why = unreachable or "downloading is off (HF_HUB_OFFLINE or local_files_only)"
+                    raise FileNotFoundError(
+                        f"{name} of {where} (revision {revision or 'main'}) is not in the local cache and {why}; "
+                        f"download it on a connected machine (`hf download {repo_id}`) and point HF_HOME/cache_dir "
+                        f"at that cache"
+                    ) from None
                 hint = "" if subfolder else " (a pipeline repo keeps its model in a subfolder, e.g. subfolder='vqvae')"
                 raise FileNotFoundError(f"{where} has no {name}{hint}: {err}") from err
             break
