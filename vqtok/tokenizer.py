@@ -378,7 +378,7 @@ class Tokenizer:
 
     def _model_input(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 (b, 3, H, W) on the device -> the model's pixel range in the model's dtype (NHWC if channels_last)."""
-        if tuple(self.model.pixel_range) == (0.0, 1.0):  # type: ignore[attr-defined]
+        if self.model.pixel_range == (0.0, 1.0):  # type: ignore[attr-defined]
             x = (pixels.to(torch.float64) / 255.0).to(self.dtype)
         else:
             x = to_model_input(pixels, dtype=self.dtype)  # [-1, 1]
@@ -386,7 +386,7 @@ class Tokenizer:
 
     def _from_model_output(self, x: torch.Tensor) -> torch.Tensor:
         """Model output in its pixel range -> float [0, 1]."""
-        if tuple(self.model.pixel_range) == (0.0, 1.0):  # type: ignore[attr-defined]
+        if self.model.pixel_range == (0.0, 1.0):  # type: ignore[attr-defined]
             return x.float().clamp_(0.0, 1.0)
         return from_model_output(x)
 

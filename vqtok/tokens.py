@@ -490,7 +490,7 @@ def _stats_of(url: str) -> tuple[int | None, TokenLayout | None]:
             raise ValueError(f"{stats}: {err}") from None
     for key in ("codebook_size", "n_embed", "vocab_size"):
         if is_int(data.get(key)):
-            return int(data[key]), layout
+            return data[key], layout
     return None, layout
 
 
