@@ -77,7 +77,6 @@ __all__ = [
 FORMAT = "vqtok-token-shard/1"
 DEFAULT_KEEP: tuple[str, ...] = ("cls", "txt", "json")  # input fields copied into token shards
 NO_LABEL = -1  # label of samples without a .cls member
-_MEMBER_MTIME = 0  # fixed so that outputs are byte-identical across runs
 
 
 # ---------------------------------------------------------------------- names and stats
@@ -181,12 +180,9 @@ class ShardStats:
 
 
 def _add_member(tf: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
+    info = tarfile.TarInfo(name)  # its defaults are fixed: mtime 0, uid/gid 0, no user or group name
     info.size = len(data)
-    info.mtime = _MEMBER_MTIME
     info.mode = 0o444
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
     tf.addfile(info, io.BytesIO(data))
 
 
