@@ -279,7 +279,7 @@ def _as_int64(ids: torch.Tensor, what: str) -> torch.Tensor:
         raise ValueError(f"{what} must be integers, got dtype {ids.dtype}")
     if ids.dtype == torch.uint64:  # values over 2**63 would wrap negative: check them as unsigned
         arr = ids.cpu().numpy()
-        hi = int(arr.max()) if arr.size else 0
+        hi = int(arr.max())  # check refused empty ids before this
         if hi > (1 << 63) - 1:
             raise ValueError(f"{what} must lie in int64, got {hi}")
         return torch.from_numpy(arr.astype(np.int64)).to(ids.device)
