@@ -184,7 +184,7 @@ def _check_names_and_shapes(expected: Mapping[str, torch.Tensor], state: Mapping
     misshapen = [
         f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}"
         for k, v in expected.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
+        if k in state and state[k].shape != v.shape  # torch.Size is a tuple
     ]
     parts = [f"{label}: {listing(items)}" for label, items in (("missing", missing), ("unexpected", unexpected),
                                                                  ("wrong shape", misshapen)) if items]
