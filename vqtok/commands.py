@@ -187,7 +187,7 @@ def _encode(args: argparse.Namespace) -> int:
     with Progress("encode", total=len(paths), unit="img", enabled=not args.no_progress) as bar:
         for start in range(0, len(paths), chunk):
             batch = paths[start : start + chunk]
-            good: list[tuple[str, np.ndarray]] = []
+            good: dict[str, np.ndarray] = {}  # path -> pixels (image_paths has no repeats)
             for path in batch:
                 try:
                     # (H, W, 3) uint8, as Tokenizer.encode
@@ -201,11 +201,11 @@ def _encode(args: argparse.Namespace) -> int:
                     failed.append({"name": path, "reason": f"a {grid[0]}x{grid[1]} token grid, the images before it "
                                    f"{want[0]}x{want[1]}; pass --size S to resize them all to SxS"})
                     continue
-                good.append((path, pixels))
+                good[path] = pixels
             if good:
-                ids = tok.encode(np.stack([px for _, px in good])).numpy()  # (b, h, w)
+                ids = tok.encode(np.stack(list(good.values()))).numpy()  # (b, h, w)
                 parts.append(ids.astype(ids_dtype_for(tok.codebook_size)))  # as in token shards
-                names += [name for name, _ in good]
+                names += good
             bar.update(len(batch))
         stop = bool(failed) and (args.strict or not parts)  # nothing is written
         bar.close(log_summary=not stop)
