@@ -174,6 +174,7 @@ def _encode(args: argparse.Namespace) -> int:
     tok = tokenizer_from_args(args)
     check_image_size(tok, args.size)
     out = ids_out_path(args.out)
+    record_path = ids_record_path(out)
     # Chunks of images are prepared, encoded and dropped: memory holds one chunk of pixels, whatever
     # the number of files (the ids of all images, 2 KiB each at 32x32, are kept for the one .npy).
     # A file that cannot be read or prepared is skipped and reported (with --strict: nothing is written).
@@ -185,8 +186,9 @@ def _encode(args: argparse.Namespace) -> int:
     want: tuple[int, int] | None = None
     with Progress("encode", total=len(paths), unit="img", enabled=not args.no_progress) as bar:
         for start in range(0, len(paths), chunk):
-            good: list[tuple[str, np.ndarray]] = []
-            for path in paths[start : start + chunk]:
+            batch = paths[start : start + chunk]
+            good: dict[str, np.ndarray] = {}  # path -> pixels (image_paths has no repeats)
+            for path in batch:
                 try:
                     # (H, W, 3) uint8, as Tokenizer.encode
                     pixels = prepare_image(path, size=args.size, factor=f, exif_transpose=args.exif_transpose)
@@ -199,19 +201,19 @@ def _encode(args: argparse.Namespace) -> int:
                     failed.append({"name": path, "reason": f"a {grid[0]}x{grid[1]} token grid, the images before it "
                                    f"{want[0]}x{want[1]}; pass --size S to resize them all to SxS"})
                     continue
-                good.append((path, pixels))
+                good[path] = pixels
             if good:
-                ids = tok.encode(np.stack([px for _, px in good])).numpy()  # (b, h, w)
+                ids = tok.encode(np.stack(list(good.values()))).numpy()  # (b, h, w)
                 parts.append(ids.astype(ids_dtype_for(tok.codebook_size)))  # as in token shards
-                names += [name for name, _ in good]
-            bar.update(len(paths[start : start + chunk]))
+                names += good
+            bar.update(len(batch))
         stop = bool(failed) and (args.strict or not parts)  # nothing is written
         bar.close(log_summary=not stop)
     if len(failed) > 1 or (failed and not stop):
         for item in failed[:10]:
             print(f"vqtok encode: skipped {item['name']}: {item['reason']}", file=sys.stderr)
         if len(failed) > 10:
-            where = "" if stop else f" (listed in {ids_record_path(out).name})"
+            where = "" if stop else f" (listed in {record_path.name})"
             print(f"vqtok encode: ... {len(failed) - 10} more skipped{where}", file=sys.stderr)
     if stop:
         first = failed[0]
@@ -234,12 +236,12 @@ def _encode(args: argparse.Namespace) -> int:
         record["exif_transpose"] = True
     if failed:
         record["failed"] = failed  # inputs without a row: {"name", "reason"}
-    with atomic_write(ids_record_path(out)) as tmp_record:  # the record lands after the ids it describes
+    with atomic_write(record_path) as tmp_record:  # the record lands after the ids it describes
         tmp_record.write_text(json.dumps(record, indent=1) + "\n")
         with atomic_write(out) as tmp, open(tmp, "wb") as fh:
             np.save(fh, ids)
-    skipped = f"; {len(failed)} skipped (listed in {ids_record_path(out).name})" if failed else ""
-    print(f"encoded {ids.shape[0]} image(s) to {tuple(ids.shape[1:])} token grids -> {out} (+ {ids_record_path(out).name}){skipped}")
+    skipped = f"; {len(failed)} skipped (listed in {record_path.name})" if failed else ""
+    print(f"encoded {ids.shape[0]} image(s) to {tuple(ids.shape[1:])} token grids -> {out} (+ {record_path.name}){skipped}")
     return 1 if failed else 0
 
 

@@ -121,18 +121,16 @@ def resolve_folder(
                     cache_dir=str(cache_dir) if cache_dir is not None else None,
                     local_files_only=local_files_only,
                 )
-            except LocalEntryNotFoundError:
+            except (RepositoryNotFoundError, EntryNotFoundError) as err:  # LocalEntryNotFoundError is an EntryNotFoundError
                 if name != alternatives[-1]:
                     continue
-                why = unreachable or "downloading is off (HF_HUB_OFFLINE or local_files_only)"
-                raise FileNotFoundError(
-                    f"{name} of {where} (revision {revision or 'main'}) is not in the local cache and {why}; "
-                    f"download it on a connected machine (`hf download {repo_id}`) and point HF_HOME/cache_dir "
-                    f"at that cache"
-                ) from None
-            except (RepositoryNotFoundError, EntryNotFoundError) as err:
-                if name != alternatives[-1]:
-                    continue
+                if isinstance(err, LocalEntryNotFoundError):
+                    why = unreachable or "downloading is off (HF_HUB_OFFLINE or local_files_only)"
+                    raise FileNotFoundError(
+                        f"{name} of {where} (revision {revision or 'main'}) is not in the local cache and {why}; "
+                        f"download it on a connected machine (`hf download {repo_id}`) and point HF_HOME/cache_dir "
+                        f"at that cache"
+                    ) from None
                 hint = "" if subfolder else " (a pipeline repo keeps its model in a subfolder, e.g. subfolder='vqvae')"
                 raise FileNotFoundError(f"{where} has no {name}{hint}: {err}") from err
             break
@@ -186,7 +184,7 @@ def _check_names_and_shapes(expected: Mapping[str, torch.Tensor], state: Mapping
     misshapen = [
         f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}"
         for k, v in expected.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
+        if k in state and state[k].shape != v.shape  # torch.Size is a tuple
     ]
     parts = [f"{label}: {listing(items)}" for label, items in (("missing", missing), ("unexpected", unexpected),
                                                                  ("wrong shape", misshapen)) if items]
@@ -233,12 +231,9 @@ def load_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, so
             continue
         if value.dtype.itemsize == 1:  # float8 has no aminmax; float16 holds each of its values
             value = value.to(torch.float16)
-        if value.is_complex():
-            finite = bool(torch.isfinite(value).all())
-        else:
-            low, high = torch.aminmax(value)  # NaN propagates; no temporary the size of the tensor
-            finite = bool(torch.isfinite(low) and torch.isfinite(high))
-        if not finite:
+        # NaN propagates; no temporary the size of the tensor (a complex tensor: over its real and imaginary parts)
+        low, high = torch.aminmax(torch.view_as_real(value) if value.is_complex() else value)
+        if not (torch.isfinite(low) and torch.isfinite(high)):
             bad = int((~torch.isfinite(value)).sum())
             raise ValueError(f"weights in {source}: {key} holds {bad} NaN or infinite values (of {value.numel()})")
     model.load_state_dict(state, strict=True)
@@ -340,9 +335,7 @@ def weights_cache_dir() -> Path:
     env = os.environ.get("VQTOK_CACHE")
     if env:
         return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "vqtok"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "vqtok"
 
 
 def download_weights(

@@ -21,8 +21,7 @@ A batch puts ``B`` in front. Ids are ``int64`` in torch; files store them in :at
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
@@ -112,12 +111,7 @@ class TokenLayout:
     @property
     def shape(self) -> tuple[int, ...] | None:
         """The ids shape of one image; None for a grid of unspecified size."""
-        if self.kind == "grid":
-            base: tuple[int, ...] | None = self.grid_shape
-        elif self.kind == "sequence":
-            base = (self.length,)  # type: ignore[assignment]
-        else:
-            base = (self._positions,)
+        base: tuple[int, ...] | None = self.grid_shape if self.kind == "grid" else (self._positions,)  # a sequence's positions are its length
         if base is None:
             return None
         return base + ((self.codebooks,) if self.codebooks > 1 else ())
@@ -131,7 +125,7 @@ class TokenLayout:
         """This grid layout at a concrete (h, w)."""
         if self.kind != "grid":
             raise ValueError(f"a {self.kind} layout has no grid to set")
-        return TokenLayout.grid(self.codebook_size, shape, codebooks=self.codebooks, bits=self.bits)
+        return replace(self, grid_shape=shape)
 
     def describe(self) -> str:
         """One line for logs and errors: ``grid 16x16, 1024 codes`` / ``scales 1,2,...,16 (680), 4096 codes``."""
@@ -165,7 +159,7 @@ class TokenLayout:
         (bits, 2) per sub-codebook for bitwise / huge codebooks (rows = codebooks × bits)."""
         if self.dense_histogram:
             return (self.codebooks, self.codebook_size)
-        bits = self.bits if self.bits is not None else math.ceil(math.log2(self.codebook_size))
+        bits = self.bits if self.bits is not None else (self.codebook_size - 1).bit_length()  # ceil(log2(size)), exact for any int
         return (self.codebooks * bits, 2)
 
     def count(self, ids: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -173,11 +167,8 @@ class TokenLayout:
         a = ids.detach().cpu().numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids)
         a = a.astype(np.int64, copy=False).reshape(-1, self.codebooks)  # (N, k)
         rows, cols = self.histogram_shape()
-        if self.dense_histogram:
-            out = np.empty((rows, cols), dtype=np.int64)
-            for j in range(self.codebooks):
-                out[j] = np.bincount(a[:, j], minlength=cols)[:cols]
-            return out
+        if self.dense_histogram:  # one bincount row per sub-codebook
+            return np.stack([np.bincount(a[:, j], minlength=cols)[:cols] for j in range(rows)]).astype(np.int64, copy=False)
         bits = rows // self.codebooks
         ones = ((a[:, :, None] >> np.arange(bits, dtype=np.int64)) & 1).sum(axis=0).reshape(-1)  # (k*bits,)
         return np.stack([a.shape[0] - ones, ones], axis=1).astype(np.int64)
@@ -190,19 +181,14 @@ class TokenLayout:
         more); nothing else is guessed. ValueError naming the expected and the given shape, or
         the first id outside the codebook.
         """
-        nd = self.ndim
+        given = tuple(ids.shape)
         if batched is None:
-            batched = ids.ndim == nd + 1
-        if ids.ndim != nd + int(batched):
-            raise ValueError(f"{what} of shape {tuple(ids.shape)} do not match the layout ({self.describe()}): {self._expected()}")
-        ids = ids if batched else ids.unsqueeze(0)
-        per_image = tuple(ids.shape[1:])
+            batched = len(given) == self.ndim + 1
+        per_image = given[int(batched) :]
         want = self.shape
-        if want is not None and per_image != want:
-            raise ValueError(
-                f"{what} of shape {tuple(ids.shape) if batched else per_image} do not match the layout "
-                f"({self.describe()}): {self._expected()}"
-            )
+        if len(per_image) != self.ndim or (want is not None and per_image != want):
+            raise ValueError(f"{what} of shape {given} do not match the layout ({self.describe()}): {self._expected()}")
+        ids = ids if batched else ids.unsqueeze(0)
         if self.codebooks > 1 and per_image[-1] != self.codebooks:
             raise ValueError(f"{what}: the last axis must hold the {self.codebooks} sub-codebook ids, got shape {per_image}")
         if ids.numel() == 0:  # no images, or images of no ids
@@ -293,7 +279,7 @@ def _as_int64(ids: torch.Tensor, what: str) -> torch.Tensor:
         raise ValueError(f"{what} must be integers, got dtype {ids.dtype}")
     if ids.dtype == torch.uint64:  # values over 2**63 would wrap negative: check them as unsigned
         arr = ids.cpu().numpy()
-        hi = int(arr.max()) if arr.size else 0
+        hi = int(arr.max())  # check refused empty ids before this
         if hi > (1 << 63) - 1:
             raise ValueError(f"{what} must lie in int64, got {hi}")
         return torch.from_numpy(arr.astype(np.int64)).to(ids.device)

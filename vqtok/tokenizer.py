@@ -378,7 +378,7 @@ class Tokenizer:
 
     def _model_input(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 (b, 3, H, W) on the device -> the model's pixel range in the model's dtype (NHWC if channels_last)."""
-        if tuple(self.model.pixel_range) == (0.0, 1.0):  # type: ignore[attr-defined]
+        if self.model.pixel_range == (0.0, 1.0):  # type: ignore[attr-defined]
             x = (pixels.to(torch.float64) / 255.0).to(self.dtype)
         else:
             x = to_model_input(pixels, dtype=self.dtype)  # [-1, 1]
@@ -386,7 +386,7 @@ class Tokenizer:
 
     def _from_model_output(self, x: torch.Tensor) -> torch.Tensor:
         """Model output in its pixel range -> float [0, 1]."""
-        if tuple(self.model.pixel_range) == (0.0, 1.0):  # type: ignore[attr-defined]
+        if self.model.pixel_range == (0.0, 1.0):  # type: ignore[attr-defined]
             return x.float().clamp_(0.0, 1.0)
         return from_model_output(x)
 
@@ -444,11 +444,10 @@ class Tokenizer:
                 raise ValueError(f"grid= applies to grid layouts; {self.model_type} ids are a {layout.describe()}")
             layout = layout.with_grid(tuple(grid))  # type: ignore[arg-type]  # ValueError for (0, 0), (-1, 4), ...
             h, w = layout.grid_shape  # type: ignore[misc]
-            k = (layout.codebooks,) if layout.codebooks > 1 else ()
-            if ids.ndim == layout.ndim - 1 and ids.shape[0] == h * w:  # one flat image (h*w[, k])
-                ids, batched = ids.reshape(h, w, *k), False
-            elif ids.ndim == layout.ndim and ids.shape[1] == h * w and tuple(ids.shape[:1]) != (h,):  # (B, h*w[, k])
-                ids, batched = ids.reshape(ids.shape[0], h, w, *k), True
+            if ids.ndim == layout.ndim - 1 and ids.shape[0] == h * w:  # one flat image (h*w[, k]) -> (h, w[, k])
+                ids, batched = ids.reshape(layout.shape), False  # type: ignore[arg-type]
+            elif ids.ndim == layout.ndim and ids.shape[1] == h * w and ids.shape[0] != h:  # (B, h*w[, k])
+                ids, batched = ids.reshape(ids.shape[0], *layout.shape), True  # type: ignore[misc]
         if ids.ndim in (layout.ndim, layout.ndim + 1):
             per_image = ids.shape[-layout.ndim :]
             positions = math.prod(per_image[: layout.ndim - (1 if layout.codebooks > 1 else 0)])

@@ -45,7 +45,7 @@ import random
 import tarfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import KW_ONLY, dataclass, field
+from dataclasses import KW_ONLY, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +77,6 @@ __all__ = [
 FORMAT = "vqtok-token-shard/1"
 DEFAULT_KEEP: tuple[str, ...] = ("cls", "txt", "json")  # input fields copied into token shards
 NO_LABEL = -1  # label of samples without a .cls member
-_MEMBER_MTIME = 0  # fixed so that outputs are byte-identical across runs
 
 
 # ---------------------------------------------------------------------- names and stats
@@ -181,12 +180,9 @@ class ShardStats:
 
 
 def _add_member(tf: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
+    info = tarfile.TarInfo(name)  # its defaults are fixed: mtime 0, uid/gid 0, no user or group name
     info.size = len(data)
-    info.mtime = _MEMBER_MTIME
     info.mode = 0o444
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
     tf.addfile(info, io.BytesIO(data))
 
 
@@ -206,58 +202,52 @@ class TokenShardWriter:
         config_hash: str,
     ) -> None:
         self.dst = Path(dst)
-        self.stats_path = stats_path_for(self.dst)
-        self.source = source
         self.keep = tuple(keep)
-        # an int is the codebook size of a grid (the 0.1 signature): its stats stay byte-identical
-        self.layout = layout if isinstance(layout, TokenLayout) else None
+        # an int is the codebook size of a grid (the 0.1 signature): its stats stay byte-identical (no layout recorded)
         self.counting = layout if isinstance(layout, TokenLayout) else TokenLayout.grid(int(layout))
         self.dtype = self.counting.storage_dtype
-        self.hist = np.zeros(self.counting.histogram_shape(), dtype=np.int64)
-        n_scales = len(self.counting.scale_shapes)
-        self.scale_hist = np.zeros((n_scales, *self.counting.histogram_shape()), dtype=np.int64) if n_scales else None
-        self.failed: list[dict[str, str]] = []
-        self.written = self.tokens = 0
-        self.size, self.fingerprint, self.config_hash = size, fingerprint, config_hash
+        shape, n_scales = self.counting.histogram_shape(), len(self.counting.scale_shapes)
+        self.stats = ShardStats(  # counts, failures and histograms filled in by add and fail
+            shard=self.dst.name, source=source, samples_written=0, samples_failed=[],
+            histogram=np.zeros(shape, dtype=np.int64), codebook_size=self.counting.codebook_size, ids_dtype=self.dtype.name,
+            size=size, model_fingerprint=fingerprint, config_hash=config_hash,
+            layout=layout if isinstance(layout, TokenLayout) else None,
+            scale_histograms=np.zeros((n_scales, *shape), dtype=np.int64) if n_scales else None,
+        )
         self.t0 = time.perf_counter()
         self._files = contextlib.ExitStack()  # exits innermost first: the tar is renamed before the .json
-        self.tmp_stats = self._files.enter_context(atomic_write(self.stats_path))
+        self.tmp_stats = self._files.enter_context(atomic_write(stats_path_for(self.dst)))
         self.tmp_tar = self._files.enter_context(atomic_write(self.dst))
         self.tar = tarfile.open(self.tmp_tar, "w", format=tarfile.PAX_FORMAT)  # noqa: SIM115 - closed in finish/abort
 
     def fail(self, key: str, reason: str) -> None:
-        self.failed.append({"key": key, "reason": reason})
+        self.stats.samples_failed.append({"key": key, "reason": reason})
 
     def add(self, key: str, ids: torch.Tensor, kept: dict[str, bytes]) -> None:
         """One sample: ids in the layout's shape (an (h, w) grid, (n,), (L,) ...), plus the ``keep`` fields it has."""
+        stats = self.stats
         ids_np = ids.numpy().astype(self.dtype, copy=False)
-        self.hist += self.counting.count(ids_np)
-        if self.scale_hist is not None:
-            for i, part in enumerate(self.counting.split(torch.from_numpy(ids_np.astype(np.int64))[None])):
-                self.scale_hist[i] += self.counting.count(part)
-        self.tokens += ids_np.size
+        stats.histogram += self.counting.count(ids_np)
+        if stats.scale_histograms is not None:  # (scales, *histogram shape) += one count per scale
+            stats.scale_histograms += [self.counting.count(part) for part in self.counting.split(torch.from_numpy(ids_np.astype(np.int64))[None])]
+        stats.tokens += ids_np.size
         npy = io.BytesIO()
         np.save(npy, ids_np, allow_pickle=False)
         _add_member(self.tar, f"{key}.ids.npy", npy.getvalue())
         for ext in self.keep:
             if ext in kept:
                 _add_member(self.tar, f"{key}.{ext}", kept[ext])
-        self.written += 1
+        stats.samples_written += 1
 
     def finish(self) -> ShardStats:
         self.tar.close()
-        stats = ShardStats(
-            shard=self.dst.name, source=self.source, samples_written=self.written, samples_failed=self.failed,
-            histogram=self.hist, codebook_size=self.counting.codebook_size, ids_dtype=self.dtype.name, size=self.size,
-            model_fingerprint=self.fingerprint, config_hash=self.config_hash, tokens=self.tokens, layout=self.layout,
-            scale_histograms=self.scale_hist,
-        )
+        stats = self.stats
         self.tmp_stats.write_text(json.dumps(stats.to_json(), sort_keys=True) + "\n")
         self._files.close()  # renames: the tar, then the .json that marks the shard complete
         stats.seconds = time.perf_counter() - self.t0
-        if self.failed:
-            first = self.failed[0]
-            logger.info("%s: %d written, %d failed (first: %s: %s)", self.dst.name, self.written, len(self.failed), first["key"], first["reason"])
+        if stats.samples_failed:
+            first = stats.samples_failed[0]
+            logger.info("%s: %d written, %d failed (first: %s: %s)", self.dst.name, stats.samples_written, stats.num_failed, first["key"], first["reason"])
         return stats
 
     def abort(self) -> None:
@@ -467,15 +457,13 @@ class TokenCorpus:
     def subset(self, index: np.ndarray) -> TokenCorpus:
         """The samples at ``index`` (1-D integer array), in that order."""
         index = np.asarray(index, dtype=np.int64)
-        return TokenCorpus(self.ids[index], self.labels[index], [self.keys[i] for i in index], self.codebook_size, self.layout)
+        return replace(self, ids=self.ids[index], labels=self.labels[index], keys=[self.keys[i] for i in index])
 
     def split(self, n_val: int) -> tuple[TokenCorpus, TokenCorpus]:
         """(train, val) with the last ``n_val`` samples as validation."""
-        cut = len(self) - n_val
-        return (
-            TokenCorpus(self.ids[:cut], self.labels[:cut], self.keys[:cut], self.codebook_size, self.layout),
-            TokenCorpus(self.ids[cut:], self.labels[cut:], self.keys[cut:], self.codebook_size, self.layout),
-        )
+        train, val = (replace(self, ids=self.ids[s], labels=self.labels[s], keys=self.keys[s])
+                      for s in (slice(None, len(self) - n_val), slice(len(self) - n_val, None)))
+        return train, val
 
 
 def _stats_of(url: str) -> tuple[int | None, TokenLayout | None]:
@@ -498,7 +486,7 @@ def _stats_of(url: str) -> tuple[int | None, TokenLayout | None]:
             raise ValueError(f"{stats}: {err}") from None
     for key in ("codebook_size", "n_embed", "vocab_size"):
         if is_int(data.get(key)):
-            return int(data[key]), layout
+            return data[key], layout
     return None, layout
 
 
