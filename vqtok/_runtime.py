@@ -5,7 +5,9 @@
 * :func:`init_distributed`: ``torchrun``'s ``RANK`` / ``WORLD_SIZE`` -> :class:`Distributed`
   (:func:`env_int` reads them, for ``pretokenize``'s ranks too).
 * :func:`autocast_dtype` / :func:`autocast`: the ``precision`` option (``auto`` | ``bf16`` | ``fp32``).
-* :class:`CheckpointDir`: ``OUT/checkpoints/step-NNNNNNN/`` folders plus ``OUT/checkpoints/latest``.
+* :class:`CheckpointDir`: ``OUT/checkpoints/step-NNNNNNN/`` folders plus ``OUT/checkpoints/latest``;
+  :func:`write_state` / :func:`read_state`: the step, train config and optimizer states in each.
+* :func:`warmup_decay_lr`, :func:`wrap_ddp`: the learning-rate schedule and the DDP wrapper of both trainers.
 * :func:`append_jsonl` / :func:`read_jsonl`: the ``OUT/log.jsonl`` of a run.
 * :func:`read_config_file` / :func:`write_config_file`: training configs as YAML (or JSON).
 * :func:`die_with_parent`: the ``worker_init_fn`` of every vqtok DataLoader (workers never outlive their parent).
@@ -19,6 +21,7 @@ import contextlib
 import gc
 import json
 import logging
+import math
 import os
 import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from vqtok._io import atomic_write, temporary_path
 
@@ -156,6 +160,31 @@ def init_distributed(device: torch.device) -> Distributed:
     return Distributed(rank=torch.distributed.get_rank(), world_size=torch.distributed.get_world_size(), initialized_here=created)
 
 
+def warmup_decay_lr(step: int, lr: float, warmup_steps: int, total_steps: int, min_lr: float, schedule: str = "cosine") -> float:
+    """Learning rate of optimizer step ``step`` (0-based), for both trainers: linear warmup over ``warmup_steps``,
+    then ``schedule`` ("constant", "cosine" or "linear") from ``lr`` down to ``min_lr`` at ``total_steps``."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return lr
+    t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))  # 0 -> 1 over the decay
+    shape = 0.5 * (1.0 + math.cos(math.pi * t)) if schedule == "cosine" else 1.0 - t
+    return min_lr + (lr - min_lr) * shape
+
+
+def wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
+    """``module`` in DDP on ``device`` (both trainers), without the buffer broadcast before each forward:
+    ``forward_sync_buffers=False`` where torch has it (``broadcast_buffers`` is deprecated there, with a
+    FutureWarning on every rank), else ``broadcast_buffers=False``. Buffers are equal on every rank at
+    construction (same seed), so the one sync at init that the new keyword keeps changes nothing; the
+    VQGAN's codebook statistics are synchronised by CodebookTrainer itself, the prior has no buffers."""
+    import inspect
+
+    params = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+    no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+    return nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None, **no_sync)
+
+
 # ---------------------------------------------------------------------------- precision
 def check_precision(value: str) -> str:
     if value not in PRECISIONS:
@@ -242,6 +271,23 @@ class CheckpointDir:
 
 
 # ---------------------------------------------------------------------------- logs and config files
+STATE_NAME = "state.json"  # step + train config of a checkpoint, written last (both trainers)
+OPTIM_NAME = "optim.pt"  # optimizer state(s) of a checkpoint
+
+
+def write_state(folder: Path, step: int, config: dict[str, Any], optim: Any) -> None:
+    """The last files of either trainer's checkpoint: ``optim`` (optimizer states) as optim.pt, then
+    state.json with the step and the train config (the file that marks the checkpoint complete)."""
+    torch.save(optim, folder / OPTIM_NAME)
+    (folder / STATE_NAME).write_text(json.dumps({"step": step, "config": config}, indent=1) + "\n")
+
+
+def read_state(folder: Path) -> tuple[int, dict[str, Any], Any]:
+    """(step, train config dict, optimizer states on the CPU) of a checkpoint written by :func:`write_state`."""
+    state = json.loads((folder / STATE_NAME).read_text())
+    return int(state["step"]), state["config"], torch.load(folder / OPTIM_NAME, map_location="cpu", weights_only=True)
+
+
 def append_jsonl(path: str | os.PathLike[str], record: Mapping[str, Any]) -> None:
     """Append one JSON object as a line to ``path``."""
     with open(path, "a") as f:

@@ -49,6 +49,7 @@ from vqtok._runtime import (
     CHECKPOINTS_DIR,
     CONFIG_NAME,
     LOG_NAME,
+    STATE_NAME,
     CheckpointDir,
     Distributed,
     append_jsonl,
@@ -58,12 +59,15 @@ from vqtok._runtime import (
     init_distributed,
     read_config_file,
     read_jsonl,
+    read_state,
     resolve_device,
+    warmup_decay_lr,
+    wrap_ddp,
     write_config_file,
+    write_state,
 )
 from vqtok.tokens import TokenCorpus, load_token_corpus
 from vqtok.prior.gpt import GPT, GPTConfig
-from vqtok.training.trainer import STATE_NAME, read_state, warmup_decay_lr, wrap_ddp, write_state
 
 logger = logging.getLogger(__name__)
 

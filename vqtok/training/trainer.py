@@ -22,7 +22,6 @@ import copy
 import functools
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Iterator
@@ -41,12 +40,17 @@ from vqtok import hub
 from vqtok._runtime import (
     CONFIG_NAME,
     LOG_NAME,
+    STATE_NAME,
     CheckpointDir,
     append_jsonl,
     autocast,
     autocast_dtype,
     init_distributed,
+    read_state,
     resolve_device,
+    warmup_decay_lr,
+    wrap_ddp,
+    write_state,
 )
 from vqtok.images import from_model_output, to_model_input
 from vqtok.models.vqgan import VQGAN
@@ -145,31 +149,6 @@ class WeightEMA:
             b_ema.copy_(b)
 
 
-def warmup_decay_lr(step: int, lr: float, warmup_steps: int, total_steps: int, min_lr: float, schedule: str = "cosine") -> float:
-    """Learning rate of optimizer step ``step`` (0-based), for both trainers: linear warmup over ``warmup_steps``,
-    then ``schedule`` ("constant", "cosine" or "linear") from ``lr`` down to ``min_lr`` at ``total_steps``."""
-    if step < warmup_steps:
-        return lr * (step + 1) / warmup_steps
-    if schedule == "constant":
-        return lr
-    t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))  # 0 -> 1 over the decay
-    shape = 0.5 * (1.0 + math.cos(math.pi * t)) if schedule == "cosine" else 1.0 - t
-    return min_lr + (lr - min_lr) * shape
-
-
-def wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
-    """``module`` in DDP on ``device`` (both trainers), without the buffer broadcast before each forward:
-    ``forward_sync_buffers=False`` where torch has it (``broadcast_buffers`` is deprecated there, with a
-    FutureWarning on every rank), else ``broadcast_buffers=False``. Buffers are equal on every rank at
-    construction (same seed), so the one sync at init that the new keyword keeps changes nothing; the
-    VQGAN's codebook statistics are synchronised by CodebookTrainer itself, the prior has no buffers."""
-    import inspect
-
-    params = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
-    no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
-    return nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None, **no_sync)
-
-
 def grads_in_param_strides(module: nn.Module) -> None:
     """Hand DDP every parameter's gradient with the parameter's own strides.
 
@@ -193,23 +172,6 @@ def _restride(stride: tuple[int, ...], grad: torch.Tensor) -> torch.Tensor:
     if all(a == b or n == 1 for n, a, b in zip(grad.shape, grad.stride(), stride)):
         return grad.as_strided(grad.shape, stride)  # only size-1 dims differ: the same memory
     return grad  # a real layout difference: autograd copies it into the parameter's layout itself
-
-
-STATE_NAME = "state.json"  # step + train config of a checkpoint, written last (both trainers)
-OPTIM_NAME = "optim.pt"  # optimizer state(s) of a checkpoint
-
-
-def write_state(folder: Path, step: int, config: dict[str, Any], optim: Any) -> None:
-    """The last files of either trainer's checkpoint: ``optim`` (optimizer states) as optim.pt, then
-    state.json with the step and the train config (the file that marks the checkpoint complete)."""
-    torch.save(optim, folder / OPTIM_NAME)
-    (folder / STATE_NAME).write_text(json.dumps({"step": step, "config": config}, indent=1) + "\n")
-
-
-def read_state(folder: Path) -> tuple[int, dict[str, Any], Any]:
-    """(step, train config dict, optimizer states on the CPU) of a checkpoint written by :func:`write_state`."""
-    state = json.loads((folder / STATE_NAME).read_text())
-    return int(state["step"]), state["config"], torch.load(folder / OPTIM_NAME, map_location="cpu", weights_only=True)
 
 
 def checkpoint_config(path: str | os.PathLike[str]) -> TrainConfig:
